@@ -1,0 +1,15 @@
+# The test command of the README: the suite under Keras 3, then under legacy tf-keras.
+PYTHON ?= python
+
+.PHONY: test test-keras3 test-legacy bench
+
+test: test-keras3 test-legacy
+
+test-keras3:
+	$(PYTHON) -m pytest -q
+
+test-legacy:
+	TF_USE_LEGACY_KERAS=1 $(PYTHON) -m pytest -q
+
+bench:
+	$(PYTHON) bench/bench_gradcam.py

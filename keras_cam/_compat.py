@@ -1,0 +1,70 @@
+"""Keras 3 and legacy tf-keras in one place.
+
+``keras`` is the Keras the user works with: ``tf_keras`` when the
+environment sets ``TF_USE_LEGACY_KERAS=1`` (the same rule TensorFlow uses for
+``tf.keras``), Keras 3 otherwise. The predicates below recognise objects from
+either package, so a model built with one works whichever is the default.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+LEGACY = os.environ.get("TF_USE_LEGACY_KERAS", "").lower() in ("1", "true", "yes")
+
+if LEGACY:
+    import tf_keras as keras  # noqa: F401
+else:
+    import keras  # noqa: F401
+
+
+def _packages():
+    """The Keras packages that are already imported (never imports one)."""
+    mods = []
+    for name in ("keras", "tf_keras"):
+        mod = sys.modules.get(name)
+        if mod is not None and hasattr(mod, "layers"):
+            mods.append(mod)
+    return mods
+
+
+def is_layer(obj) -> bool:
+    """True for a layer (or model) of Keras 3 or of tf-keras."""
+    return any(isinstance(obj, m.layers.Layer) for m in _packages())
+
+
+def is_model(obj) -> bool:
+    """True for a ``Model`` (functional, Sequential or subclassed) of either Keras."""
+    return any(isinstance(obj, m.Model) for m in _packages())
+
+
+def keras_of(obj):
+    """The Keras package ``obj`` belongs to (Keras 3 or tf-keras)."""
+    for m in _packages():
+        if isinstance(obj, m.layers.Layer):
+            return m
+    return keras
+
+
+def producer(tensor):
+    """The layer or operation that produced a symbolic Keras tensor, or None."""
+    history = getattr(tensor, "_keras_history", None)
+    if history is None:
+        return None
+    # Keras 3 names it ``operation``, tf-keras ``layer``.
+    return getattr(history, "operation", None) or getattr(history, "layer", None)
+
+
+def set_attr(obj, name, value):
+    """Set an attribute without Keras's attribute tracking."""
+    object.__setattr__(obj, name, value)
+
+
+def del_attr(obj, name):
+    object.__delattr__(obj, name)
+
+
+def progbar(target, verbose=1):
+    """A Keras progress bar (the one ``model.fit`` draws)."""
+    return keras.utils.Progbar(target, verbose=verbose)

@@ -1,0 +1,207 @@
+"""The explainer contract shared by every method.
+
+An explainer is built once per model and target layer, and called on batches:
+
+    maps = explainer(images, targets=None, upsample=True, normalize=True)
+
+Everything common lives here: turning the input into a batch, validating the
+targets, chunking a large batch, compiling the whole computation once per
+input shape (``tf.function``), upsampling to the input size and normalizing.
+A method only defines :meth:`Explainer.raw_maps`, the map at the target
+layer's resolution.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+
+import numpy as np
+import tensorflow as tf
+
+from keras_cam import targets as _targets
+from keras_cam.graph import ActivationGraph
+
+# A map whose range is below this fraction of its magnitude is constant up to
+# float rounding (bilinear resizing adds a few ulps): it carries no location.
+_CONSTANT_RTOL = 1e-6
+
+
+def upsample(maps, size):
+    """Bilinear resize of ``(N, h, w)`` maps to ``size = (H, W)``."""
+    return tf.image.resize(maps[..., None], size, method="bilinear")[..., 0]
+
+
+def minmax(maps):
+    """Per-map min-max scaling to [0, 1]: ``(M - min M) / (max M - min M)``.
+
+    A constant map (range within rounding of zero, all-zero maps included)
+    has no location to show and becomes all zeros, never NaN.
+    """
+    lo = tf.reduce_min(maps, axis=(1, 2), keepdims=True)
+    hi = tf.reduce_max(maps, axis=(1, 2), keepdims=True)
+    span = hi - lo
+    scale = tf.maximum(tf.abs(hi), tf.abs(lo))
+    varies = span > _CONSTANT_RTOL * scale
+    return tf.where(varies, tf.math.divide_no_nan(maps - lo, span), tf.zeros_like(maps))
+
+
+def as_batch(images):
+    """``(images as a float32 (N, H, W, C) tensor, whether one image was given)``."""
+    if isinstance(images, (list, tuple)):
+        shapes = {tuple(np.shape(im)) for im in images}
+        if len(shapes) > 1:
+            raise ValueError(
+                f"`images` is a list of arrays of different shapes {sorted(shapes)}; resize "
+                f"them to one size (the model's input size) before explaining them together."
+            )
+        images = np.stack([np.asarray(im) for im in images]) if images else np.zeros((0,))
+    x = tf.convert_to_tensor(images)
+    if not x.dtype.is_floating:
+        x = tf.cast(x, tf.float32)
+    elif x.dtype != tf.float32:
+        x = tf.cast(x, tf.float32)
+    if x.shape.rank == 3:
+        return x[None], True
+    if x.shape.rank != 4:
+        raise ValueError(
+            f"`images` must be one image (H, W, C) or a batch (N, H, W, C); received shape "
+            f"{tuple(x.shape)}."
+        )
+    if x.shape[0] == 0:
+        raise ValueError("`images` is an empty batch (0 images); pass at least one image.")
+    return x, False
+
+
+@dataclasses.dataclass
+class Explanation:
+    """What an explainer computed for a batch.
+
+    Attributes:
+        maps: ``(N, H, W)`` float32 maps (``(H, W)`` when one image was given).
+        targets: ``(N,)`` class index explained per image (None for callable targets).
+        scores: ``(N,)`` the score ``S`` that was explained (a logit when linearized).
+        probabilities: ``(N,)`` probability of the target class (None for callable targets).
+    """
+
+    maps: np.ndarray
+    targets: np.ndarray | None
+    scores: np.ndarray
+    probabilities: np.ndarray | None
+
+
+class Explainer:
+    """Base of every explainer.
+
+    Args:
+        model: a Keras model (functional, Sequential, subclassed, nested). It is
+            never modified.
+        layer: the target layer: a name, a path through nested models
+            (``"base/top_activation"``), a layer object, or None for the last
+            spatial layer of the whole computation.
+        output: for multi-output models, the output (index or name) whose
+            class scores ``targets`` refers to.
+        linearize: differentiate / score the logit before a final softmax or
+            sigmoid (recommended; the papers' definition).
+        batch_size: images per compiled call; larger batches are chunked.
+    """
+
+    def __init__(self, model, layer=None, *, output=None, linearize=True, batch_size=32):
+        if batch_size is not None and (not isinstance(batch_size, (int, np.integer)) or batch_size < 1):
+            raise ValueError(f"`batch_size` must be a positive int or None; received {batch_size!r}.")
+        self.graph = ActivationGraph(model, [layer], output=output, linearize=linearize)
+        self.batch_size = batch_size
+        self._functions = {}
+
+    @property
+    def model(self):
+        return self.graph.model
+
+    @property
+    def layer(self):
+        """The target layer object (None until chosen, for models of unknown input size)."""
+        return self.graph.layers[0]
+
+    @property
+    def layer_path(self):
+        """The target layer's path, e.g. ``"efficientnetb0/top_activation"``."""
+        return self.graph.paths[0]
+
+    @property
+    def tracing_count(self):
+        """How many times the compiled computation was traced (once per input shape)."""
+        return sum(f.experimental_get_tracing_count() for f in self._functions.values())
+
+    def __repr__(self):
+        return f"{type(self).__name__}(model={self.model.name!r}, layer={self.layer_path!r})"
+
+    def __call__(self, images, targets=None, upsample=True, normalize=True):
+        """Maps for ``images``: ``(N, H, W)`` float32, or ``(H, W)`` for one image.
+
+        Args:
+            images: one image ``(H, W, C)`` or a batch ``(N, H, W, C)``, numpy or
+                tensor, preprocessed as the model expects.
+            targets: None (top-1), an int, one int per image, or a callable
+                ``f(outputs) -> (N,)``; see :mod:`keras_cam.targets`.
+            upsample: resize maps bilinearly to the input's height and width.
+            normalize: scale each map to [0, 1] (constant maps become zeros).
+        """
+        return self.explain(images, targets, upsample=upsample, normalize=normalize).maps
+
+    def explain(self, images, targets=None, upsample=True, normalize=True) -> Explanation:
+        """Like calling the explainer, but also returns the targets and scores."""
+        batch, single = as_batch(images)
+        self.graph.prepare(batch)
+        n = int(batch.shape[0])
+        if callable(targets):
+            fn, idx = self._function(targets), np.full((n,), _targets.TOP1, np.int32)
+        else:
+            fn, idx = self._function(None), _targets.class_indices(targets, n, self.graph.num_classes)
+        step = self.batch_size or n
+        parts = [
+            fn(batch[i:i + step], tf.constant(idx[i:i + step]), bool(upsample), bool(normalize))
+            for i in range(0, n, step)
+        ]
+        maps, scores, used, probs = (np.concatenate([p[k].numpy() for p in parts]) for k in range(4))
+        if callable(targets):
+            used = probs = None
+        if single:
+            maps = maps[0]
+        return Explanation(maps=maps, targets=used, scores=scores, probabilities=probs)
+
+    def _function(self, target_fn):
+        """The compiled computation for class targets (key None) or one callable."""
+        if target_fn not in self._functions:
+            callables = [k for k in self._functions if k is not None]
+            if len(callables) >= 8:  # callables made per call must not pile up traces
+                del self._functions[callables[0]]
+            self._functions[target_fn] = tf.function(functools.partial(self._compute, target_fn=target_fn))
+        return self._functions[target_fn]
+
+    def _compute(self, images, class_idx, upsample_, normalize_, target_fn=None):
+        maps, outputs = self.raw_maps(images, class_idx, target_fn)
+        scores, idx, probs = outputs
+        maps = tf.cast(maps, tf.float32)
+        if upsample_:
+            maps = upsample(maps, tf.shape(images)[1:3])
+        if normalize_:
+            maps = minmax(maps)
+        return maps, scores, idx, probs
+
+    def target_scores(self, outputs, class_idx, target_fn=None):
+        """``(S, idx, p)``: the explained score per image, the class used, its probability."""
+        if target_fn is not None:
+            s = _targets.call_target(target_fn, outputs, None)
+            return s, tf.fill(tf.shape(s), _targets.TOP1), tf.zeros_like(s)
+        scores = self.graph.scores(outputs)
+        self.graph.num_classes = int(scores.shape[-1])
+        s, idx = _targets.select(scores, class_idx)
+        probs = tf.gather(self.graph.probabilities(scores), idx, batch_dims=1)
+        return s, idx, probs
+
+    def raw_maps(self, images, class_idx, target_fn=None):
+        """The method: ``(maps (N, h, w) at the layer's resolution, target_scores(...))``.
+
+        Runs inside the compiled function; subclasses define it.
+        """
+        raise NotImplementedError

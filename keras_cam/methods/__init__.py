@@ -1,0 +1,1 @@
+"""The methods, grouped by what they need from the model."""
