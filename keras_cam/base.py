@@ -46,6 +46,45 @@ def minmax(maps):
     return tf.where(varies, tf.math.divide_no_nan(maps - lo, span), tf.zeros_like(maps))
 
 
+def principal_component(x):
+    """Each pixel's channel vector projected on the first principal axis.
+
+    Per image, the ``h * w`` pixels of ``x`` ``(N, h, w, K)`` are the samples
+    and the ``K`` channels the features: the vectors are centred over the
+    pixels and projected on their first principal axis (the first right
+    singular vector). The axis's sign is arbitrary; it is chosen so that the
+    projection correlates positively with the channel sum ``sum_k x_k``.
+
+    Returns:
+        ``(N, h, w)`` projections (zero-mean per image).
+    """
+    shape = tf.shape(x)
+    flat = tf.reshape(x, (shape[0], shape[1] * shape[2], shape[3]))
+    centred = flat - tf.reduce_mean(flat, axis=1, keepdims=True)
+    s, u, _ = tf.linalg.svd(centred, full_matrices=False)
+    proj = u[..., 0] * s[:, :1]
+    total = tf.reduce_sum(centred, axis=-1)
+    sign = tf.where(tf.reduce_sum(proj * total, axis=1, keepdims=True) < 0, -1.0, 1.0)
+    return tf.reshape(proj * sign, shape[:3])
+
+
+def _shift(x, dy, dx, fill):
+    """``out[:, y, x] = x[:, y - dy, x - dx]``; pixels shifted in take the edge
+    value (``fill="edge"``) or zero (``fill="zeros"``)."""
+    h, w = tf.shape(x)[1], tf.shape(x)[2]
+    pads = [[0, 0], [max(dy, 0), max(-dy, 0)], [max(dx, 0), max(-dx, 0)]] + [[0, 0]] * (x.shape.rank - 3)
+    padded = tf.pad(x, pads, mode="SYMMETRIC" if fill == "edge" else "CONSTANT")
+    return padded[:, max(-dy, 0):max(-dy, 0) + h, max(-dx, 0):max(-dx, 0) + w]
+
+
+def augmentations(size):
+    """The ``aug_smooth`` transforms: ``(flip, dy, dx)`` for the identity, the
+    horizontal flip, and diagonal shifts by 1/32 of the image side (at least one
+    pixel) each way, with and without the flip."""
+    d = max(1, round(min(size) / 32))
+    return [(flip, dy, dx) for flip in (False, True) for dy, dx in ((0, 0), (d, d), (-d, -d))]
+
+
 def as_batch(images):
     """``(images as a float32 (N, H, W, C) tensor, whether one image was given)``."""
     if isinstance(images, (list, tuple)):
@@ -106,12 +145,28 @@ class Explainer:
         batch_size: images per compiled call; larger batches are chunked.
     """
 
-    def __init__(self, model, layer=None, *, output=None, linearize=True, batch_size=32):
+    # Whether the method's map is a sum of weighted channels, so that
+    # ``eigen_smooth`` (the weighted channels' principal component) applies.
+    _weights_channels = False
+
+    def __init__(self, model, layer=None, *, output=None, linearize=True, batch_size=32,
+                 aug_smooth=False, eigen_smooth=False):
         if batch_size is not None and (not isinstance(batch_size, (int, np.integer)) or batch_size < 1):
             raise ValueError(f"`batch_size` must be a positive int or None; received {batch_size!r}.")
-        self.graph = ActivationGraph(model, [layer], output=output, linearize=linearize)
+        if eigen_smooth and not self._weights_channels:
+            raise ValueError(
+                f"`eigen_smooth` takes the principal component of weighted channels; "
+                f"{type(self).__name__} does not weight channels, so it does not apply."
+            )
+        self.graph = ActivationGraph(model, self._layer_specs(layer), output=output, linearize=linearize)
         self.batch_size = batch_size
+        self.aug_smooth = bool(aug_smooth)
+        self.eigen_smooth = bool(eigen_smooth)
         self._functions = {}
+
+    def _layer_specs(self, layer):
+        """The target layers to capture: one; a method that fuses several layers overrides this."""
+        return [layer]
 
     @property
     def model(self):
@@ -120,12 +175,17 @@ class Explainer:
     @property
     def layer(self):
         """The target layer object (None until chosen, for models of unknown input size)."""
-        return self.graph.layers[0]
+        return self.graph.layers[0] if self.graph.layers else None
 
     @property
     def layer_path(self):
         """The target layer's path, e.g. ``"efficientnetb0/top_activation"``."""
-        return self.graph.paths[0]
+        return self.graph.paths[0] if self.graph.paths else None
+
+    @property
+    def layer_paths(self):
+        """The paths of all target layers (several for a multi-layer Layer-CAM)."""
+        return list(self.graph.paths)
 
     @property
     def tracing_count(self):
@@ -151,7 +211,12 @@ class Explainer:
     def explain(self, images, targets=None, upsample=True, normalize=True) -> Explanation:
         """Like calling the explainer, but also returns the targets and scores."""
         batch, single = as_batch(images)
-        self.graph.prepare(batch)
+        if self.aug_smooth and not upsample:
+            raise ValueError(
+                "`aug_smooth` averages maps at the input resolution (that is where a flip or "
+                "shift is undone exactly); call with upsample=True."
+            )
+        self.prepare(batch)
         n = int(batch.shape[0])
         if callable(targets):
             fn, idx = self._function(targets), np.full((n,), _targets.TOP1, np.int32)
@@ -178,15 +243,53 @@ class Explainer:
             self._functions[target_fn] = tf.function(functools.partial(self._compute, target_fn=target_fn))
         return self._functions[target_fn]
 
+    def prepare(self, images):
+        """Choose automatic layers (one probe run) before the first compiled call."""
+        self.graph.prepare(images)
+
     def _compute(self, images, class_idx, upsample_, normalize_, target_fn=None):
-        maps, outputs = self.raw_maps(images, class_idx, target_fn)
+        if self.aug_smooth:
+            maps, outputs = self._smoothed_maps(images, class_idx, target_fn)
+        else:
+            maps, outputs = self.raw_maps(images, class_idx, target_fn)
+            maps = tf.cast(maps, tf.float32)
+            if upsample_:
+                maps = upsample(maps, tf.shape(images)[1:3])
         scores, idx, probs = outputs
-        maps = tf.cast(maps, tf.float32)
-        if upsample_:
-            maps = upsample(maps, tf.shape(images)[1:3])
         if normalize_:
             maps = minmax(maps)
         return maps, scores, idx, probs
+
+    def _smoothed_maps(self, images, class_idx, target_fn):
+        """``aug_smooth``: the mean over :func:`augmentations` of each transformed
+        image's map, upsampled and transformed back; a pixel a shift moved out
+        of the frame is averaged over the transforms that still see it. The
+        class is the one chosen on the untransformed images."""
+        size = tf.shape(images)[1:3]
+        total = count = outputs = None
+        for flip, dy, dx in augmentations(images.shape[1:3]):
+            x = _shift(images[:, :, ::-1] if flip else images, dy, dx, "edge")
+            maps, scored = self.raw_maps(x, class_idx, target_fn)
+            if outputs is None:
+                outputs, class_idx = scored, scored[1]
+            maps = _shift(upsample(tf.cast(maps, tf.float32), size), -dy, -dx, "zeros")
+            seen = _shift(tf.ones_like(maps), -dy, -dx, "zeros")
+            if flip:
+                maps, seen = maps[:, :, ::-1], seen[:, :, ::-1]
+            total = maps if total is None else total + maps
+            count = seen if count is None else count + seen
+        return total / count, outputs
+
+    def reduce_channels(self, weighted):
+        """The map from weighted channels ``w_k A^k`` ``(N, h, w, K)``: ``ReLU(sum_k w_k A^k)``.
+
+        With ``eigen_smooth``, ``ReLU`` of their first principal component
+        instead (:func:`principal_component`), which keeps the dominant
+        pattern and drops the noise of the other components.
+        """
+        if self.eigen_smooth:
+            return tf.nn.relu(principal_component(weighted))
+        return tf.nn.relu(tf.reduce_sum(weighted, axis=-1))
 
     def target_scores(self, outputs, class_idx, target_fn=None):
         """``(S, idx, p)``: the explained score per image, the class used, its probability."""

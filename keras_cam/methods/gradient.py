@@ -3,37 +3,45 @@
 Notation (per image): ``A`` is the activation ``(h, w, K)`` of the target
 layer, ``S`` the explained score (the pre-softmax logit of the target class
 by default) and ``G = dS/dA`` its gradient. Each method is a weight per
-channel ``w_k(A, G)``; the map is ``ReLU(sum_k w_k A^k)``.
+channel ``w_k(A, G)``; the map is ``ReLU(sum_k w_k A^k)``. Layer-CAM weights
+every pixel of every channel instead.
 """
 
 from __future__ import annotations
 
 import tensorflow as tf
 
-from keras_cam.base import Explainer
+from keras_cam.base import Explainer, upsample
 
 
 class GradientExplainer(Explainer):
     """Base of gradient methods: runs the model under a tape, then combines A and G."""
+
+    _weights_channels = True
 
     def raw_maps(self, images, class_idx, target_fn=None):
         with tf.GradientTape() as tape:
             acts, outputs = self.graph.forward(images, tape)
             scored = self.target_scores(outputs, class_idx, target_fn)
         grads = tape.gradient(scored[0], acts)
-        if grads[0] is None:
-            raise ValueError(
-                f"The explained score does not depend on layer {self.layer_path!r} (no "
-                f"gradient flows from it). Choose a layer that feeds the output."
-            )
-        a = tf.cast(acts[0], tf.float32)
-        g = tf.cast(grads[0], tf.float32)
-        return self.combine(a, g), scored
+        maps = []
+        for path, a, g in zip(self.graph.paths, acts, grads):
+            if g is None:
+                raise ValueError(
+                    f"The explained score does not depend on layer {path!r} (no "
+                    f"gradient flows from it). Choose a layer that feeds the output."
+                )
+            maps.append(self.combine(tf.cast(a, tf.float32), tf.cast(g, tf.float32)))
+        return self.fuse(maps), scored
 
     def combine(self, a, g):
         """``ReLU(sum_k w_k A^k)`` with the method's channel weights."""
         w = self.channel_weights(a, g)
-        return tf.nn.relu(tf.einsum("nhwk,nk->nhw", a, w))
+        return self.reduce_channels(a * w[:, None, None, :])
+
+    def fuse(self, maps):
+        """One map from the target layers' maps (a single layer: its map)."""
+        return maps[0]
 
     @staticmethod
     def channel_weights(a, g):
@@ -46,11 +54,23 @@ class GradCAM(GradientExplainer):
 
     ``w_k = mean_ij dS/dA^k_ij``; map ``= ReLU(sum_k w_k A^k)``.
 
+    With ``counterfactual=True`` the gradient is negated (section 5 of the
+    paper): ``w_k = mean_ij -dS/dA^k_ij``, the regions whose removal would
+    raise the score ``S`` (the evidence against the class).
+
     Example:
         >>> cam = keras_cam.GradCAM(model)            # last spatial layer
         >>> maps = cam(images)                         # (N, H, W) in [0, 1]
         >>> maps = cam(images, targets=[3, 7])         # one class per image
+        >>> against = keras_cam.GradCAM(model, counterfactual=True)(images)
     """
+
+    def __init__(self, model, layer=None, *, counterfactual=False, **kwargs):
+        super().__init__(model, layer, **kwargs)
+        self.counterfactual = bool(counterfactual)
+
+    def combine(self, a, g):
+        return super().combine(a, -g if self.counterfactual else g)
 
     @staticmethod
     def channel_weights(a, g):
@@ -72,3 +92,56 @@ class GradCAMPlusPlus(GradientExplainer):
         denom = 2.0 * g2 + tf.reduce_sum(a, axis=(1, 2), keepdims=True) * g3
         alpha = tf.math.divide_no_nan(g2, denom)
         return tf.reduce_sum(alpha * tf.nn.relu(g), axis=(1, 2))
+
+
+class LayerCAM(GradientExplainer):
+    """Layer-CAM (Jiang et al., IEEE TIP 2021).
+
+    Every position has its own weight: ``w^k_ij = ReLU(dS/dA^k_ij)``; map
+    ``= ReLU(sum_k w^k_ij A^k_ij)``. Because a weight is not averaged over the
+    map, shallow (high-resolution) layers give usable, fine-grained maps.
+
+    Args:
+        layers: several target layers whose maps are fused (instead of
+            ``layer``): each map ``M`` is scaled to ``tanh(gamma * M / max M)``
+            (section III-C of the paper; ``gamma = 2`` lifts the weak maps of
+            shallow layers), upsampled bilinearly to the largest layer's
+            resolution, and the maps are fused by their element-wise maximum.
+        gamma: the scaling of the fusion.
+
+    Example:
+        >>> fine = keras_cam.LayerCAM(model, layer="block3_conv3")(images)
+        >>> fused = keras_cam.LayerCAM(model, layers=["block3_conv3", "block4_conv3", "block5_conv3"])
+    """
+
+    def __init__(self, model, layer=None, *, layers=None, gamma=2.0, **kwargs):
+        if layers is not None:
+            if layer is not None:
+                raise ValueError("Pass either `layer` (one target layer) or `layers` (several to fuse), not both.")
+            if isinstance(layers, str) or not isinstance(layers, (list, tuple)) or not layers:
+                raise TypeError(
+                    f"`layers` must be a non-empty list of layer names, paths or layers; "
+                    f"received {layers!r}."
+                )
+        if not gamma > 0:
+            raise ValueError(f"`gamma` must be positive; received {gamma!r}.")
+        self._fused_layers = list(layers) if layers is not None else None
+        self.gamma = float(gamma)
+        super().__init__(model, layer, **kwargs)
+
+    def _layer_specs(self, layer):
+        return self._fused_layers or [layer]
+
+    def combine(self, a, g):
+        return self.reduce_channels(tf.nn.relu(g) * a)
+
+    def fuse(self, maps):
+        if len(maps) == 1:
+            return maps[0]
+        sizes = [m.shape[1] * m.shape[2] for m in maps]
+        size = tf.shape(maps[sizes.index(max(sizes))])[1:3]
+        scaled = []
+        for m in maps:
+            top = tf.reduce_max(m, axis=(1, 2), keepdims=True)
+            scaled.append(upsample(tf.tanh(self.gamma * tf.math.divide_no_nan(m, top)), size))
+        return tf.reduce_max(tf.stack(scaled), axis=0)
