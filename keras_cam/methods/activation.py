@@ -1,0 +1,127 @@
+"""Methods that read the target layer's activations without differentiating.
+
+Notation (per image): ``A`` is the activation ``(h, w, K)`` of the target
+layer and ``c`` the explained class.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import tensorflow as tf
+
+from keras_cam import _compat
+from keras_cam import layers as _layers
+from keras_cam.base import Explainer, principal_component
+
+# Layers that are the identity when the model predicts (training=False).
+_INERT = (
+    "Dropout", "SpatialDropout1D", "SpatialDropout2D", "SpatialDropout3D", "GaussianDropout",
+    "GaussianNoise", "AlphaDropout", "ActivityRegularization", "Identity",
+)
+_OUTPUT_ACTIVATIONS = ("Activation", "Softmax")
+
+
+class CAM(Explainer):
+    """Class Activation Mapping (Zhou et al., CVPR 2016), without gradients.
+
+    For a model whose target layer feeds ``GlobalAveragePooling2D`` and then
+    one ``Dense`` layer with kernel ``W`` ``(K, classes)``, the logit of class
+    ``c`` is ``mean_ij sum_k W[k, c] A^k_ij + b_c``, and the map is
+    ``ReLU(sum_k W[k, c] A^k)``. The ``ReLU`` keeps the evidence for the class,
+    as in Grad-CAM; since Grad-CAM's weights on this model are ``W[k, c] / (h w)``,
+    the two maps are equal up to that positive scale.
+
+    A fully convolutional classifier, whose target layer has one channel per
+    class followed by ``GlobalAveragePooling2D`` (and at most a final
+    activation), is covered too: the map of class ``c`` is ``ReLU(A^c)``.
+
+    Between these layers only layers that are the identity at inference
+    (``Dropout`` and the like) may sit, and after the ``Dense`` only the final
+    softmax/sigmoid. Any other model raises a ``ValueError``: use
+    :class:`keras_cam.GradCAM`, which needs no particular head.
+
+    Targets are classes (None, ints); a callable target has no class weights.
+    """
+
+    _weights_channels = True
+
+    def __init__(self, model, layer=None, **kwargs):
+        self._dense = self._channels = None
+        super().__init__(model, layer, **kwargs)
+        shape = _layers.probe_input_shape(model)
+        if shape is not None:
+            self.prepare(np.zeros(shape, dtype="float32"))
+
+    def prepare(self, images):
+        super().prepare(images)
+        if self._channels is None:
+            self._find_head(images[:1])
+
+    def _find_head(self, sample):
+        """Check the model's shape after the target layer; remember the Dense."""
+        infos = [i for i in _layers.trace_layers(self.model, sample) if not _compat.is_model(i.layer)]
+        where = [n for n, i in enumerate(infos) if i.layer is self.layer]
+        after = [i for i in (infos[where[-1] + 1:] if where else []) if type(i.layer).__name__ not in _INERT]
+        kinds = [type(i.layer).__name__ for i in after]
+        channels = infos[where[-1]].output_shape[-1] if where and infos[where[-1]].output_shape else None
+        if kinds[:1] == ["GlobalAveragePooling2D"] and channels is not None:
+            rest = kinds[1:]
+            if rest[:1] == ["Dense"] and all(k in _OUTPUT_ACTIVATIONS for k in rest[1:]):
+                if int(after[1].layer.kernel.shape[0]) == channels:
+                    self._dense, self._channels = after[1].layer, int(channels)
+                    return
+            elif all(k in _OUTPUT_ACTIVATIONS for k in rest) and self._one_channel_per_class(channels):
+                self._channels = int(channels)
+                return
+        found = " -> ".join(kinds[:4]) or "nothing"
+        raise ValueError(
+            f"CAM needs the target layer {self.layer_path!r} to feed GlobalAveragePooling2D and "
+            f"then one Dense layer (or to have one channel per class, then GlobalAveragePooling2D); "
+            f"after it this model runs: {found}. Use keras_cam.GradCAM, which works for any head "
+            f"(and equals CAM up to scale where CAM applies)."
+        )
+
+    def _one_channel_per_class(self, channels):
+        classes = self.graph.num_classes
+        single_sigmoid = channels == 1 and self.graph.output_activation == "sigmoid"
+        return classes is None or channels == classes or single_sigmoid
+
+    def class_weights(self):
+        """``(classes, K)``: row ``c`` holds the weight of each channel for class ``c``."""
+        if self._dense is not None:
+            w = tf.transpose(tf.cast(self._dense.kernel, tf.float32))
+        else:
+            w = tf.eye(self._channels, dtype=tf.float32)  # channel c is class c
+        if self.graph.output_activation == "sigmoid" and w.shape[0] == 1:
+            w = tf.concat([-w, w], axis=0)  # the scores of one sigmoid unit z are [-z, z]
+        return w
+
+    def raw_maps(self, images, class_idx, target_fn=None):
+        if target_fn is not None:
+            raise ValueError(
+                "CAM explains a class through the Dense layer's weights; a callable target has no "
+                "such weights. Pass class indices, or use keras_cam.GradCAM for callable targets."
+            )
+        acts, outputs = self.graph.forward(images)
+        scored = self.target_scores(outputs, class_idx)
+        a = tf.cast(acts[0], tf.float32)
+        w = tf.gather(self.class_weights(), scored[1])
+        return self.reduce_channels(a * w[:, None, None, :]), scored
+
+
+class EigenCAM(Explainer):
+    """Eigen-CAM (Muhammad and Yeasin, IJCNN 2020): no gradients, no class.
+
+    The map is the first principal component of the target layer's
+    activations: per image, the ``h * w`` channel vectors ``A_ij`` are centred
+    and projected on their first principal axis; the axis's sign is chosen so
+    that the map correlates positively with the mean activation
+    ``mean_k A^k``, and the map is ``ReLU`` of the projection. The map is the
+    same whatever the target class (the explanation still reports the scores
+    of ``targets``).
+    """
+
+    def raw_maps(self, images, class_idx, target_fn=None):
+        acts, outputs = self.graph.forward(images)
+        scored = self.target_scores(outputs, class_idx, target_fn)
+        return tf.nn.relu(principal_component(tf.cast(acts[0], tf.float32))), scored

@@ -1,0 +1,151 @@
+"""Guided Backpropagation and Guided Grad-CAM: pixel-level gradients.
+
+Guided backpropagation (Springenberg et al., ICLR 2015 workshop) changes the
+backward pass of every ReLU: a gradient passes only where the ReLU's input
+was positive (the ordinary ReLU gradient) *and* the gradient arriving from
+above is positive. Here the change exists only inside the explainer's
+compiled function: while it is traced, each ReLU of the model (``ReLU``
+layers, ``Activation("relu")`` and ``activation="relu"``/``"relu6"`` fused
+into a layer) is routed through a ``tf.custom_gradient`` that does this, and
+the layers are restored when the trace ends (``keras_cam/_patch.py``), so the
+user's model keeps its ordinary gradients. A ReLU applied as a plain function
+inside a subclassed model's ``call`` cannot be reached and keeps its
+ordinary gradient.
+"""
+
+from __future__ import annotations
+
+import contextlib
+
+import numpy as np
+import tensorflow as tf
+
+from keras_cam import layers as _layers
+from keras_cam._patch import patched_attr, replaced_call
+from keras_cam.base import Explainer, minmax, upsample
+from keras_cam.methods.gradient import GradCAM
+
+_RELUS = ("relu", "relu6")
+
+
+def _guided(fn):
+    """``fn`` (an element-wise ReLU) with a guided backward pass:
+    ``dx = fn'(x) * ReLU(dy)``."""
+
+    def guided_fn(x, *args, **kwargs):
+        @tf.custom_gradient
+        def f(x):
+            def grad(dy):
+                with tf.GradientTape() as tape:
+                    tape.watch(x)
+                    y = fn(x, *args, **kwargs)
+                return tape.gradient(y, x, output_gradients=tf.nn.relu(dy))
+            return fn(x, *args, **kwargs), grad
+        return f(tf.convert_to_tensor(x))
+    return guided_fn
+
+
+@contextlib.contextmanager
+def guided_relus(model):
+    """Give every reachable ReLU of ``model`` a guided gradient inside the block."""
+    with contextlib.ExitStack() as stack:
+        for _, layer in _layers.walk(model):
+            if type(layer).__name__ == "ReLU":
+                stack.enter_context(replaced_call(layer, lambda inner, x, *a, **k: _guided(inner)(x, *a, **k)))
+            elif getattr(getattr(layer, "activation", None), "__name__", None) in _RELUS:
+                stack.enter_context(patched_attr(layer, "activation", _guided(layer.activation)))
+        yield
+
+
+def guided_gradients(explainer, images, class_idx, target_fn=None):
+    """``(dS/dx with guided ReLUs (N, H, W, C), explainer.target_scores(...))``."""
+    with guided_relus(explainer.model), tf.GradientTape() as tape:
+        tape.watch(images)
+        _, outputs = explainer.graph.forward(images)
+        scored = explainer.target_scores(outputs, class_idx, target_fn)
+    return tape.gradient(scored[0], images), scored
+
+
+def gradient_image(gradients, contrast=0.15):
+    """Input gradients as images that can be shown, in [0, 1].
+
+    Each image's gradients are standardized (zero mean, unit standard
+    deviation over all its pixels and channels), multiplied by ``contrast``
+    and centred on mid-grey: ``clip(0.5 + contrast * (g - mean) / std, 0, 1)``.
+    Zero gradients give a uniform grey image.
+
+    Args:
+        gradients: ``(N, H, W, C)`` or one ``(H, W, C)``, e.g. from
+            :class:`GuidedBackprop` or :class:`GuidedGradCAM`.
+        contrast: how far one standard deviation reaches from grey.
+
+    Returns:
+        float32 numpy array of the same shape.
+    """
+    g = np.asarray(gradients, dtype=np.float32)
+    if g.ndim not in (3, 4):
+        raise ValueError(f"`gradients` must be (N, H, W, C) or (H, W, C); received shape {g.shape}.")
+    axes = tuple(range(g.ndim - 3, g.ndim))
+    centred = g - g.mean(axis=axes, keepdims=True)
+    std = centred.std(axis=axes, keepdims=True)
+    scaled = np.divide(centred, std, out=np.zeros_like(centred), where=std > 0)
+    return np.clip(0.5 + contrast * scaled, 0.0, 1.0).astype(np.float32)
+
+
+class GuidedBackprop(Explainer):
+    """Guided Backpropagation: ``dS/dx`` with guided ReLU gradients.
+
+    Returns ``(N, H, W, C)`` input gradients (``(H, W, C)`` for one image),
+    signed and unscaled; :func:`gradient_image` turns them into images.
+    Guided gradients are a fine-grained picture of the edges the network
+    responds to, but they hardly depend on the class or on the deeper weights
+    (Adebayo et al. 2018; see :func:`keras_cam.sanity_check`).
+
+    Example:
+        >>> grads = keras_cam.GuidedBackprop(model)(images)      # (N, H, W, C)
+        >>> plt.imshow(keras_cam.gradient_image(grads)[0])
+    """
+
+    def __init__(self, model, *, output=None, linearize=True, batch_size=32):
+        super().__init__(model, None, output=output, linearize=linearize, batch_size=batch_size)
+
+    def _layer_specs(self, layer):
+        return []  # the gradient is taken at the input
+
+    def __call__(self, images, targets=None):
+        """``(N, H, W, C)`` guided gradients for ``images`` (``targets`` as for any explainer)."""
+        return self.explain(images, targets).maps
+
+    def explain(self, images, targets=None):
+        return super().explain(images, targets, upsample=False, normalize=False)
+
+    def _compute(self, images, class_idx, upsample_, normalize_, target_fn=None):
+        grads, (scores, idx, probs) = guided_gradients(self, images, class_idx, target_fn)
+        return grads, scores, idx, probs
+
+
+class GuidedGradCAM(GradCAM):
+    """Guided Grad-CAM (Selvaraju et al. 2017): guided gradients times Grad-CAM.
+
+    ``G_guided(x) * M(x)[..., None]``, where ``M`` is the Grad-CAM map of the
+    same class, upsampled bilinearly to the input size and min-max scaled to
+    [0, 1]. Returns ``(N, H, W, C)``, like :class:`GuidedBackprop`; the Grad-CAM
+    part uses ordinary gradients.
+    """
+
+    def __init__(self, model, layer=None, *, output=None, linearize=True, batch_size=32, eigen_smooth=False):
+        super().__init__(model, layer, output=output, linearize=linearize, batch_size=batch_size,
+                         eigen_smooth=eigen_smooth)
+
+    def __call__(self, images, targets=None):
+        """``(N, H, W, C)`` Guided Grad-CAM for ``images``."""
+        return self.explain(images, targets).maps
+
+    def explain(self, images, targets=None):
+        return super().explain(images, targets, upsample=True, normalize=False)
+
+    def _compute(self, images, class_idx, upsample_, normalize_, target_fn=None):
+        cam, (scores, idx, probs) = self.raw_maps(images, class_idx, target_fn)
+        cam = minmax(upsample(cam, tf.shape(images)[1:3]))
+        grads, _ = guided_gradients(self, images, idx, target_fn)
+        return grads * cam[..., None], scores, idx, probs
