@@ -153,6 +153,11 @@ class ActivationGraph:
             with replaced_call(self.head, lambda inner, x, *a, **k: x):
                 yield
 
+    def run(self, images):
+        """The model's outputs (logits if linearized), without capturing any layer."""
+        with self._linearized():
+            return self.model(images, training=False)
+
     def forward(self, images, tape=None):
         """Run the model, capturing the target layers' outputs.
 
