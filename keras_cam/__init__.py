@@ -4,21 +4,34 @@ Shows where a CNN looked when it made a prediction (Grad-CAM, Grad-CAM++ and
 their family), for Keras 3 on TensorFlow and for legacy tf-keras.
 """
 
+from keras_cam import metrics
 from keras_cam.base import Explainer, Explanation
 from keras_cam.layers import list_layers
-from keras_cam.methods.gradient import GradCAM, GradCAMPlusPlus
+from keras_cam.methods.activation import CAM, EigenCAM
+from keras_cam.methods.gradient import GradCAM, GradCAMPlusPlus, LayerCAM
+from keras_cam.methods.guided import GuidedBackprop, GuidedGradCAM, gradient_image
 from keras_cam.methods.score import ScoreCAM
+from keras_cam.sanity import SanityResult, sanity_check
 from keras_cam.viz import overlay, plot
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "CAM",
+    "EigenCAM",
     "Explainer",
     "Explanation",
     "GradCAM",
     "GradCAMPlusPlus",
+    "GuidedBackprop",
+    "GuidedGradCAM",
+    "LayerCAM",
+    "SanityResult",
     "ScoreCAM",
+    "gradient_image",
     "list_layers",
+    "metrics",
     "overlay",
     "plot",
+    "sanity_check",
 ]
