@@ -13,6 +13,7 @@ from keras_cam.methods.guided import GuidedBackprop, GuidedGradCAM, gradient_ima
 from keras_cam.methods.score import ScoreCAM
 from keras_cam.sanity import SanityResult, sanity_check
 from keras_cam.viz import overlay, plot
+from keras_cam.vizgradcam import VizGradCAM
 
 __version__ = "0.1.0"
 
@@ -28,6 +29,7 @@ __all__ = [
     "LayerCAM",
     "SanityResult",
     "ScoreCAM",
+    "VizGradCAM",
     "gradient_image",
     "list_layers",
     "metrics",
