@@ -21,8 +21,9 @@ Conventions: ``images`` ``(N, H, W, C)`` as the model takes them; ``maps``
 ``(N, H, W)`` at the image size (an explainer's output); ``targets`` None for
 each image's top-1 class (on the unchanged image), an int, or one int per
 image; ``boxes`` ``(N, 4)`` as ``(y0, x0, y1, x1)`` pixel coordinates, end
-exclusive. Each model is compiled once (one ``tf.function`` per model, kept
-while the model lives) and images are scored ``batch_size`` at a time.
+exclusive. Images are scored ``batch_size`` at a time by one compiled
+``tf.function`` per model; the functions of the last few models used are
+kept, so calling metrics again on the same model does not recompile.
 
 Example:
     >>> maps = keras_cam.GradCAM(model)(images)
@@ -33,8 +34,8 @@ Example:
 
 from __future__ import annotations
 
+import collections
 import math
-import weakref
 
 import numpy as np
 import tensorflow as tf
@@ -45,13 +46,17 @@ from keras_cam.graph import ActivationGraph
 
 SUBSTRATES = ("zeros", "blur", "mean")
 
-_scorers = weakref.WeakKeyDictionary()
+# The compiled scorers of the most recently used models (by identity). A
+# scorer holds its model, so the cache is small rather than weak.
+_scorers = collections.OrderedDict()
+_KEEP = 4
 
 
 class _Scorer:
     """The explained-class probabilities of one model, compiled once."""
 
     def __init__(self, model):
+        self.model = model
         self.graph = ActivationGraph(model, layers=[], linearize=True)
         self.probabilities = tf.function(self._probabilities)
         self.curve = tf.function(self._curve)
@@ -75,9 +80,13 @@ class _Scorer:
 
 
 def _scorer(model):
-    if model not in _scorers:
-        _scorers[model] = _Scorer(model)
-    return _scorers[model]
+    key = id(model)
+    if key not in _scorers or _scorers[key].model is not model:
+        _scorers[key] = _Scorer(model)
+        while len(_scorers) > _KEEP:
+            _scorers.popitem(last=False)
+    _scorers.move_to_end(key)
+    return _scorers[key]
 
 
 def _check_batch_size(batch_size):

@@ -229,3 +229,17 @@ def test_an_explainer_maps_plug_in():
     y = p[np.arange(3), c]
     np.testing.assert_allclose(metrics.average_drop(model, x, maps), 100 * np.mean(np.maximum(0, y - o) / y), rtol=1e-4)
     assert 0 <= metrics.deletion_auc(model, x, maps, steps=5) <= 1
+
+
+def test_a_model_is_compiled_once_and_few_are_kept(images, maps):
+    model = region_model("softmax")
+    metrics.average_drop(model, images, maps)
+    scorer = metrics._scorer(model)
+    traces = scorer.probabilities.experimental_get_tracing_count()
+    metrics.average_drop(model, images, maps)
+    metrics.increase_in_confidence(model, images, maps)
+    assert metrics._scorer(model) is scorer
+    assert scorer.probabilities.experimental_get_tracing_count() == traces
+    for _ in range(metrics._KEEP + 1):
+        metrics._scorer(region_model("logits"))
+    assert len(metrics._scorers) == metrics._KEEP
