@@ -1,0 +1,500 @@
+"""Maps for a whole ``tf.data.Dataset``, on one device or on a ``tf.distribute`` strategy.
+
+    for batch in keras_cam.explain_dataset(cam, dataset):          # Explanation per batch
+        ...
+    keras_cam.explain_dataset(cam, dataset, out="maps/",            # .npy shards + index
+                              strategy=tf.distribute.MirroredStrategy())
+
+The dataset is read the way ``model.predict`` reads it: elements are
+``images`` or ``(images, labels[, sample_weights])``; a dataset of single
+images is batched. Every image gets a global index (its position in the
+dataset) that travels with it through the strategy, so the maps come back in
+dataset order whatever the number of replicas, and the last, partial batch is
+explained like the others.
+
+On disk (``out=``), batch ``b`` becomes ``maps_{b:06d}.npy`` (``(n, H, W)``
+float32) or one PNG overlay per image, and ``index.jsonl`` records, one JSON
+line per finished shard, which images it holds, a fingerprint of each input
+image, the explained class, score and probability, and a SHA-256 of each file.
+A rerun with the same settings skips every shard whose files and inputs still
+match the index, and recomputes the others.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+
+import cv2
+import numpy as np
+import tensorflow as tf
+
+from keras_cam import _compat
+from keras_cam import targets as _targets
+from keras_cam.base import Explainer, Explanation
+
+INDEX = "index.jsonl"
+_FORMAT = "keras-cam/explain_dataset"
+_VERSION = 1
+
+
+def explain_dataset(explainer, dataset, *, targets="labels", strategy=None, batch_size=64,
+                    out=None, save="npy", upsample=True, normalize=True, verbose=1):
+    """Explain every image of a ``tf.data.Dataset``.
+
+    Args:
+        explainer: an explainer (``keras_cam.GradCAM(model)``, ...).
+        dataset: a ``tf.data.Dataset`` of ``images`` or ``(images, labels)``
+            (a third element, sample weights, is ignored). Batched elements
+            ``(n, H, W, C)`` are explained batch by batch; single images
+            ``(H, W, C)`` are first batched by ``batch_size``.
+        targets: ``"labels"`` (the default): each image's label where the
+            dataset has labels (integer classes, or one-hot / probability
+            rows, read by argmax), its top-1 class otherwise; ``None``: the
+            top-1 class; an int: that class for every image; or a callable
+            ``f(outputs) -> (n,)`` (see :mod:`keras_cam.targets`).
+        strategy: a ``tf.distribute.Strategy``; every replica explains its
+            share of each batch (``strategy.run``) and the maps are gathered in
+            dataset order. None uses the strategy in scope (the default,
+            single-device one outside any ``strategy.scope()``). Build the
+            model inside ``strategy.scope()`` so each replica reads its own
+            copy of the weights.
+        batch_size: images per batch for a dataset of single images (a batched
+            dataset keeps its batches).
+        out: None to return an iterator of results; a folder to write them
+            to instead (created if needed; see the module docstring).
+        save: with ``out``: ``"npy"`` (one maps shard per batch) or ``"png"``
+            (one overlay per image; images must be displayable, i.e. in
+            [0, 1] or [0, 255], otherwise they are min-max scaled for display).
+        upsample: maps at the input resolution (True) or the layer's.
+        normalize: each map scaled to [0, 1].
+        verbose: 1 draws a progress bar (batches), 0 is silent.
+
+    Returns:
+        Without ``out``: an iterator of :class:`~keras_cam.Explanation`, one per
+        batch, in dataset order (``targets``, ``probabilities`` are None for a
+        callable target). With ``out``: a dict summarizing the run:
+        ``{"out", "index", "images", "shards", "written", "skipped"}``.
+
+    Raises:
+        TypeError / ValueError: for a wrong explainer, dataset, element
+            structure, target or option (raised by this call, before any
+            work); ValueError for labels that are not classes of the model
+            (when the batch that holds them is read).
+
+    Example:
+        >>> cam = keras_cam.GradCAM(model)
+        >>> for result in keras_cam.explain_dataset(cam, val_ds):
+        ...     save(result.maps, result.targets)
+        >>> keras_cam.explain_dataset(cam, val_ds, out="maps/")   # rerun resumes
+    """
+    if not isinstance(explainer, Explainer):
+        raise TypeError(
+            f"`explainer` must be a keras_cam explainer such as keras_cam.GradCAM(model); "
+            f"received {type(explainer).__name__}."
+        )
+    if not isinstance(dataset, tf.data.Dataset):
+        raise TypeError(
+            f"`dataset` must be a tf.data.Dataset; received {type(dataset).__name__}. For arrays, "
+            f"call the explainer directly, or wrap them: tf.data.Dataset.from_tensor_slices(images)."
+        )
+    if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
+        raise ValueError(f"`batch_size` must be a positive int; received {batch_size!r}.")
+    if save not in ("npy", "png"):
+        raise ValueError(f"`save` must be 'npy' or 'png'; received {save!r}.")
+    if save == "png" and not (upsample and normalize):
+        raise ValueError("`save='png'` draws maps over their images: it needs upsample=True and normalize=True.")
+    if getattr(explainer, "aug_smooth", False) and not upsample:
+        raise ValueError("`aug_smooth` averages maps at the input resolution; use upsample=True.")
+    if strategy is None:
+        strategy = tf.distribute.get_strategy()
+    elif not isinstance(strategy, tf.distribute.Strategy):
+        raise TypeError(f"`strategy` must be a tf.distribute.Strategy or None; received {type(strategy).__name__}.")
+
+    job = _Job(explainer, dataset, targets, strategy, int(batch_size), upsample, normalize,
+               fingerprints=out is not None, images=save == "png" and out is not None)
+    if out is None:
+        return (result for _, _, result, _ in job.run(verbose))
+    writer = _Writer(out, job.header(save), save, active=strategy.extended.should_checkpoint)
+    return writer.consume(job, verbose)
+
+
+def _has_labels(spec):
+    return isinstance(spec, (tuple, list)) and len(spec) in (2, 3)
+
+
+def _image_spec(spec):
+    """The images' TensorSpec of an element spec, or a clear error."""
+    images = spec[0] if _has_labels(spec) else spec
+    if not isinstance(images, tf.TensorSpec):
+        raise TypeError(
+            f"Dataset elements must be `images` or `(images, labels)`, with images a single "
+            f"tensor; received elements of structure {spec}. Map the dataset to that form first, "
+            f"e.g. dataset.map(lambda d: (d['image'], d['label']))."
+        )
+    if images.shape.rank not in (3, 4):
+        raise ValueError(
+            f"Dataset images must be (H, W, C) single images or (n, H, W, C) batches; the "
+            f"dataset yields shape {images.shape}."
+        )
+    return images
+
+
+def _label_spec(spec):
+    labels = spec[1]
+    if not isinstance(labels, tf.TensorSpec):
+        raise TypeError(
+            f"`targets='labels'` needs one label tensor per batch; the dataset's labels are "
+            f"{labels}. Pass `targets=` explicitly (None for top-1, an int or a callable)."
+        )
+    rank = labels.shape.rank
+    if rank not in (1, 2) or not (labels.dtype.is_integer or labels.dtype.is_floating):
+        raise ValueError(
+            f"Labels must be class indices (n,) or (n, 1), or one-hot / probability rows "
+            f"(n, classes); the dataset's labels are {labels}. Pass `targets=` explicitly instead."
+        )
+    return labels
+
+
+def _labels_to_classes(labels, num_classes):
+    """Labels ``(n,)``, ``(n, 1)`` or ``(n, C)`` as int32 class indices, checked in range."""
+    if labels.shape.rank == 2 and labels.shape[-1] != 1:
+        return tf.argmax(labels, axis=-1, output_type=tf.int32)
+    labels = tf.reshape(labels, [-1])
+    if labels.dtype.is_floating:
+        tf.debugging.assert_equal(
+            labels, tf.round(labels),
+            message="keras-cam: labels read as class indices must be whole numbers")
+    classes = tf.cast(labels, tf.int32)
+    tf.debugging.assert_non_negative(classes, message="keras-cam: labels must be classes >= 0")
+    if num_classes is not None:
+        tf.debugging.assert_less(
+            classes, tf.constant(num_classes, tf.int32),
+            message=f"keras-cam: labels must be classes of the model (0..{num_classes - 1})")
+    return classes
+
+
+def _targets_kind(targets, use_labels):
+    """What is explained, as recorded in an index: "labels", "top1", "callable" or a class."""
+    if callable(targets):
+        return "callable"
+    if use_labels:
+        return "labels"
+    if targets is None or (isinstance(targets, str) and targets == "labels"):
+        return "top1"
+    if isinstance(targets, (int, np.integer)) and not isinstance(targets, bool):
+        return int(targets)
+    raise TypeError(
+        f"`targets` must be 'labels', None, an int or a callable for a dataset; received "
+        f"{targets!r}. (A list of classes has no meaning across a dataset: put the classes in "
+        f"the dataset as labels.)"
+    )
+
+
+class _Job:
+    """One pass over the dataset: the input pipeline and the compiled, distributed step."""
+
+    def __init__(self, explainer, dataset, targets, strategy, batch_size, upsample, normalize,
+                 fingerprints, images):
+        self.explainer, self.strategy = explainer, strategy
+        self.upsample, self.normalize = bool(upsample), bool(normalize)
+        self.keep_images = images
+        spec = dataset.element_spec
+        image_spec = _image_spec(spec)
+        if image_spec.shape.rank == 3:
+            dataset = dataset.batch(batch_size)
+            spec = dataset.element_spec
+        use_labels = isinstance(targets, str) and targets == "labels" and _has_labels(spec)
+        if use_labels:
+            _label_spec(spec)
+        self.target_fn = targets if callable(targets) else None
+        self.targets_kind = _targets_kind(targets, use_labels)
+        self.steps = int(dataset.cardinality())
+
+        first = next(iter(dataset.take(1)), None)
+        if first is None:
+            raise ValueError("`dataset` is empty; there is nothing to explain.")
+        sample = tf.cast((first[0] if _has_labels(spec) else first)[:1], tf.float32)
+        explainer.prepare(sample)
+        num_classes = None
+        if self.target_fn is None:
+            num_classes = self._num_classes(sample)
+        if isinstance(self.targets_kind, int):
+            _targets.class_indices(self.targets_kind, 1, num_classes)  # validates the class
+
+        def element(offset, el):
+            x = el[0] if _has_labels(spec) else el
+            n = tf.shape(x, out_type=tf.int64)[0]
+            ids = offset + tf.range(n, dtype=tf.int64)
+            if use_labels:
+                classes = _labels_to_classes(el[1], num_classes)
+            else:
+                fill = self.targets_kind if isinstance(self.targets_kind, int) else _targets.TOP1
+                classes = tf.fill([n], tf.constant(fill, tf.int32))
+            x = tf.cast(x, tf.float32)
+            marks = tf.bitcast(tf.fingerprint(x), tf.int64) if fingerprints else tf.zeros([n], tf.int64)
+            return offset + n, (ids, x, classes, marks)
+
+        self.dataset = dataset.scan(tf.constant(0, tf.int64), element).prefetch(tf.data.AUTOTUNE)
+        self._step = tf.function(self._distributed_step)
+        try:
+            self.local = len(strategy.extended.worker_devices) == strategy.num_replicas_in_sync
+        except RuntimeError:  # the default strategy has no device list: one local replica
+            self.local = True
+
+    def _num_classes(self, sample):
+        graph = self.explainer.graph
+        if graph.num_classes is not None:
+            return graph.num_classes
+        return int(graph.scores(graph.model(sample, training=False)).shape[-1])
+
+    def header(self, save):
+        return {
+            "format": _FORMAT, "version": _VERSION, "save": save,
+            "method": type(self.explainer).__name__, "model": self.explainer.model.name,
+            "layers": [str(p) for p in self.explainer.layer_paths],
+            "targets": self.targets_kind, "upsample": self.upsample, "normalize": self.normalize,
+        }
+
+    def _replica_step(self, ids, images, classes, marks):
+        maps, scores, used, probs = self.explainer._compute(
+            images, classes, self.upsample, self.normalize, target_fn=self.target_fn)
+        kept = images if self.keep_images else tf.zeros([tf.shape(images)[0], 0])
+        return ids, marks, maps, scores, used, probs, kept
+
+    def _distributed_step(self, ids, images, classes, marks):
+        return self.strategy.run(self._replica_step, args=(ids, images, classes, marks))
+
+    def _gather(self, values):
+        """Per-replica values as numpy arrays concatenated in replica order."""
+        if self.local:  # every replica is on this machine: read them where they are
+            return [np.concatenate([np.asarray(p) for p in self.strategy.experimental_local_results(v)])
+                    for v in values]
+        return [self.strategy.gather(v, axis=0).numpy() for v in values]  # across workers
+
+    def run(self, verbose, skip=None):
+        """Yield ``(step, ids, Explanation, images or None)`` per batch, in order.
+
+        ``skip(step, ids, marks)`` -> True leaves a batch out without computing it.
+        """
+        bar = _compat.progbar(self.steps if self.steps >= 0 else None) if verbose else None
+        iterator = iter(self.strategy.experimental_distribute_dataset(self.dataset))
+        step = 0
+        while True:
+            try:
+                element = next(iterator)
+            except StopIteration:
+                break
+            except tf.errors.InvalidArgumentError as err:
+                if "keras-cam:" in str(err):
+                    message = str(err).split("keras-cam:", 1)[1].split("\n")[0].strip()
+                    raise ValueError(
+                        f"Batch {step} of the dataset: {message}. Fix the labels, or pass `targets=` "
+                        f"explicitly (None explains each image's top-1 class)."
+                    ) from None
+                raise
+            if skip is not None:
+                ids, marks = self._gather((element[0], element[3]))
+                if skip(step, ids, marks):
+                    step += 1
+                    if bar is not None:
+                        bar.update(step)
+                    continue
+            ids, marks, maps, scores, used, probs, kept = self._gather(self._step(*element))
+            order = np.argsort(ids, kind="stable")
+            if self.target_fn is not None:
+                used = probs = None
+            else:
+                used, probs = used[order], probs[order]
+            result = Explanation(maps=maps[order], targets=used, scores=scores[order], probabilities=probs)
+            yield step, (ids[order], marks[order]), result, (kept[order] if self.keep_images else None)
+            step += 1
+            if bar is not None:
+                bar.update(step)
+
+
+def _hex(marks):
+    """Input fingerprints (int64) as 16-digit hex strings."""
+    return [format(int(m) & 0xFFFFFFFFFFFFFFFF, "016x") for m in marks]
+
+
+def _sha256(path):
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _write_atomic(path, data: bytes):
+    """Write ``data`` to ``path`` so that ``path`` is either absent or complete."""
+    tmp = f"{path}.tmp-{os.getpid()}"
+    try:
+        with open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
+
+
+def _npy_bytes(array):
+    import io
+
+    buf = io.BytesIO()
+    np.save(buf, array, allow_pickle=False)
+    return buf.getvalue()
+
+
+def displayable(image):
+    """An image ready for :func:`keras_cam.viz.overlay`: as it is when its values
+    are in [0, 1] or [0, 255], otherwise min-max scaled to [0, 1] (images
+    that were preprocessed for the model, e.g. to [-1, 1])."""
+    x = np.asarray(image, dtype=np.float32)
+    lo, hi = float(np.min(x)), float(np.max(x))
+    if lo >= 0 and hi <= 255:
+        return x if hi > 1 else np.clip(x, 0, 1)
+    return (x - lo) / (hi - lo) if hi > lo else np.zeros_like(x)
+
+
+def _png_bytes(rgb):
+    ok, data = cv2.imencode(".png", cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR))
+    if not ok:
+        raise RuntimeError("OpenCV could not encode a PNG.")
+    return data.tobytes()
+
+
+class _Writer:
+    """Shards and ``index.jsonl`` in ``out``; decides which shards a rerun can skip."""
+
+    def __init__(self, out, header, save, active=True):
+        self.out, self.header, self.save, self.active = os.fspath(out), header, save, active
+        self.index = os.path.join(self.out, INDEX)
+        self.entries = {}
+        if not active:
+            return
+        if os.path.exists(self.out) and not os.path.isdir(self.out):
+            raise ValueError(f"`out={self.out!r}` is a file; pass a folder for the maps.")
+        os.makedirs(self.out, exist_ok=True)
+        if os.path.exists(self.index):
+            self._read_index()
+        else:
+            self._append(header)
+
+    def _read_index(self):
+        old, self.entries = _load_index(self.index)
+        changed = {k: (old.get(k), v) for k, v in self.header.items() if old.get(k) != v}
+        if changed:
+            detail = ", ".join(f"{k}: {a!r} there, {b!r} now" for k, (a, b) in changed.items())
+            raise ValueError(
+                f"{self.out} holds maps computed with other settings ({detail}). Use another "
+                f"folder, or delete this one to start over."
+            )
+
+    def _append(self, record):
+        with open(self.index, "a", encoding="utf-8") as f:
+            f.write(json.dumps(record) + "\n")
+            f.flush()
+            os.fsync(f.fileno())
+
+    def _files(self, step, ids):
+        if self.save == "npy":
+            return [f"maps_{step:06d}.npy"]
+        return [f"overlay_{int(i):07d}.png" for i in ids]
+
+    def unchanged(self, step, ids, marks):
+        """True when shard ``step`` is on disk, intact, and made from these very images."""
+        entry = self.entries.get(step)
+        if entry is None:
+            return False
+        if entry.get("ids") != [int(i) for i in ids] or entry.get("inputs") != _hex(marks):
+            return False
+        files = entry.get("files", [])
+        if files != self._files(step, ids):
+            return False
+        for name, digest in zip(files, entry.get("sha256", [])):
+            path = os.path.join(self.out, name)
+            if not os.path.isfile(path) or _sha256(path) != digest:
+                return False
+        return len(entry.get("sha256", [])) == len(files)
+
+    def write(self, step, ids, marks, result, images):
+        files = self._files(step, ids)
+        if self.save == "npy":
+            blobs = [_npy_bytes(result.maps.astype(np.float32))]
+        else:
+            from keras_cam.viz import overlay
+
+            blobs = [_png_bytes(overlay(displayable(im), m)) for im, m in zip(images, result.maps)]
+        for name, blob in zip(files, blobs):
+            _write_atomic(os.path.join(self.out, name), blob)
+        record = {
+            "shard": step, "files": files, "sha256": [hashlib.sha256(b).hexdigest() for b in blobs],
+            "ids": [int(i) for i in ids], "inputs": _hex(marks),
+            "shape": list(result.maps.shape),
+            "targets": None if result.targets is None else [int(t) for t in result.targets],
+            "scores": [float(s) for s in result.scores],
+            "probabilities": None if result.probabilities is None else [float(p) for p in result.probabilities],
+        }
+        self._append(record)
+        self.entries[step] = record
+
+    def consume(self, job, verbose):
+        counts = {"images": 0, "shards": 0, "written": 0, "skipped": 0}
+
+        def skip(step, ids, marks):
+            if self.active and self.unchanged(step, ids, marks):
+                counts["skipped"] += 1
+                counts["images"] += len(ids)
+                counts["shards"] += 1
+                return True
+            return False
+
+        for step, (ids, marks), result, images in job.run(verbose, skip=skip):
+            if self.active:
+                self.write(step, ids, marks, result, images)
+                counts["written"] += 1
+            counts["shards"] += 1
+            counts["images"] += len(ids)
+        return {"out": self.out, "index": self.index, **counts}
+
+
+def _load_index(path):
+    """``(header, {shard: latest record})`` from an ``index.jsonl``."""
+    with open(path, encoding="utf-8") as f:
+        lines = f.read().split("\n")
+    records = []
+    for line in lines:
+        try:
+            records.append(json.loads(line))
+        except ValueError:
+            continue  # an empty or torn last line (an interrupted append)
+    if not records or not isinstance(records[0], dict) or records[0].get("format") != _FORMAT:
+        raise ValueError(
+            f"{path} is not a keras-cam index; pass an empty folder or one written by "
+            f"explain_dataset."
+        )
+    return records[0], {r["shard"]: r for r in records[1:] if isinstance(r, dict) and "shard" in r}
+
+
+def read_index(out):
+    """The shards recorded in ``out/index.jsonl``, in dataset order.
+
+    Returns:
+        ``(header, shards)``: the settings the maps were computed with, and
+        one dict per shard (``files``, ``ids``, ``targets``, ``scores``,
+        ``probabilities``, ...), the latest record of each shard.
+
+    Example:
+        >>> header, shards = keras_cam.dataset.read_index("maps/")
+        >>> maps = np.concatenate([np.load(os.path.join("maps", s["files"][0])) for s in shards])
+    """
+    path = os.path.join(os.fspath(out), INDEX)
+    if not os.path.isfile(path):
+        raise ValueError(f"No {INDEX} in {os.fspath(out)!r}; it is not a folder written by explain_dataset.")
+    header, entries = _load_index(path)
+    return header, [entries[k] for k in sorted(entries)]

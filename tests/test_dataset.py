@@ -1,0 +1,296 @@
+"""explain_dataset: maps for a tf.data.Dataset, streamed or written to shards.
+
+Every expected value comes from the explainer's own path (``cam.explain`` on
+the whole array), which shares no code with the dataset pipeline, the
+distribution or the shard writer. The two-replica test runs in a subprocess
+(this file run as a script), because logical devices must be configured
+before TensorFlow initializes, which the rest of the suite has already done.
+"""
+
+import json
+import os
+import subprocess
+import sys
+import tempfile
+
+import cv2
+import numpy as np
+import pytest
+import tensorflow as tf
+
+import keras_cam as kc
+from keras_cam._compat import keras
+from keras_cam.dataset import explain_dataset, read_index
+
+N, SIZE, CLASSES = 11, 16, 3
+
+
+def small_model():
+    return keras.Sequential([
+        keras.Input((SIZE, SIZE, 3)),
+        keras.layers.Conv2D(6, 3, activation="relu", name="conv"),
+        keras.layers.GlobalAveragePooling2D(),
+        keras.layers.Dense(CLASSES, activation="softmax"),
+    ])
+
+
+@pytest.fixture(scope="module")
+def setup():
+    keras.utils.set_random_seed(1)
+    model = small_model()
+    rng = np.random.default_rng(1)
+    x = rng.random((N, SIZE, SIZE, 3), dtype=np.float32)
+    y = (np.arange(N) * 2) % CLASSES
+    return kc.GradCAM(model), x, y
+
+
+def collect(results):
+    results = list(results)
+    maps = np.concatenate([r.maps for r in results])
+    targets = None if results[0].targets is None else np.concatenate([r.targets for r in results])
+    scores = np.concatenate([r.scores for r in results])
+    return results, maps, targets, scores
+
+
+def test_unbatched_labels_become_targets(setup):
+    cam, x, y = setup
+    ref = cam.explain(x, targets=y)
+    results, maps, targets, scores = collect(
+        explain_dataset(cam, tf.data.Dataset.from_tensor_slices((x, y)), batch_size=4, verbose=0))
+    assert [r.maps.shape for r in results] == [(4, SIZE, SIZE), (4, SIZE, SIZE), (3, SIZE, SIZE)]
+    np.testing.assert_array_equal(targets, y)
+    np.testing.assert_allclose(maps, ref.maps, atol=1e-5)
+    np.testing.assert_allclose(scores, ref.scores, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(np.concatenate([r.probabilities for r in results]), ref.probabilities, atol=1e-6)
+
+
+@pytest.mark.parametrize("form", ["one_hot", "column", "float"])
+def test_label_forms(setup, form):
+    cam, x, y = setup
+    labels = {"one_hot": np.eye(CLASSES, dtype=np.float32)[y], "column": y[:, None],
+              "float": y.astype(np.float32)}[form]
+    ds = tf.data.Dataset.from_tensor_slices((x, labels)).batch(5)
+    _, maps, targets, _ = collect(explain_dataset(cam, ds, verbose=0))
+    np.testing.assert_array_equal(targets, y)
+    np.testing.assert_allclose(maps, cam(x, targets=y), atol=1e-5)
+
+
+def test_batched_images_only_is_top1_and_keeps_batches(setup):
+    cam, x, _ = setup
+    ref = cam.explain(x)
+    results, maps, targets, _ = collect(
+        explain_dataset(cam, tf.data.Dataset.from_tensor_slices(x).batch(3), batch_size=64, verbose=0))
+    assert [len(r.maps) for r in results] == [3, 3, 3, 2]
+    np.testing.assert_array_equal(targets, ref.targets)
+    np.testing.assert_allclose(maps, ref.maps, atol=1e-5)
+
+
+def test_explicit_targets_override_labels(setup):
+    cam, x, y = setup
+    ds = tf.data.Dataset.from_tensor_slices((x, y, np.ones(N, np.float32))).batch(4)  # with sample weights
+    _, _, targets, _ = collect(explain_dataset(cam, ds, targets=None, verbose=0))
+    np.testing.assert_array_equal(targets, cam.explain(x).targets)
+    _, maps, targets, _ = collect(explain_dataset(cam, ds, targets=2, verbose=0))
+    np.testing.assert_array_equal(targets, np.full(N, 2))
+    np.testing.assert_allclose(maps, cam(x, targets=2), atol=1e-5)
+
+    def score(out):
+        return out[:, 1] - out[:, 0]
+
+    results, maps, targets, scores = collect(explain_dataset(cam, ds, targets=score, verbose=0))
+    ref = cam.explain(x, targets=score)
+    assert targets is None and results[0].probabilities is None
+    np.testing.assert_allclose(maps, ref.maps, atol=1e-5)
+    np.testing.assert_allclose(scores, ref.scores, rtol=1e-5, atol=1e-6)
+
+
+def test_raw_maps_pass_through(setup):
+    cam, x, y = setup
+    ds = tf.data.Dataset.from_tensor_slices((x, y)).batch(4)
+    _, maps, _, _ = collect(explain_dataset(cam, ds, upsample=False, normalize=False, verbose=0))
+    assert maps.shape == (N, SIZE - 2, SIZE - 2)
+    np.testing.assert_allclose(maps, cam(x, targets=y, upsample=False, normalize=False), rtol=1e-5, atol=1e-6)
+
+
+def test_progress_bar(setup, capsys):
+    cam, x, _ = setup
+    list(explain_dataset(cam, tf.data.Dataset.from_tensor_slices(x).batch(4), verbose=1))
+    assert "3/3" in capsys.readouterr().out
+
+
+def test_bad_inputs(setup):
+    cam, x, y = setup
+    ds = tf.data.Dataset.from_tensor_slices((x, y))
+    with pytest.raises(TypeError, match="tf.data.Dataset"):
+        explain_dataset(cam, x)
+    with pytest.raises(TypeError, match="explainer"):
+        explain_dataset(cam.model, ds)
+    with pytest.raises(TypeError, match="structure"):
+        explain_dataset(cam, tf.data.Dataset.from_tensor_slices({"image": x}))
+    with pytest.raises(ValueError, match=r"\(H, W, C\)"):
+        explain_dataset(cam, tf.data.Dataset.from_tensor_slices(x[:, :, :, 0]))
+    with pytest.raises(TypeError, match="list of classes"):
+        explain_dataset(cam, ds, targets=[0, 1])
+    with pytest.raises(ValueError, match="out of range"):
+        explain_dataset(cam, ds, targets=CLASSES)
+    with pytest.raises(ValueError, match="empty"):
+        explain_dataset(cam, ds.take(0))
+    with pytest.raises(ValueError, match="save"):
+        explain_dataset(cam, ds, out="x", save="jpg")
+    with pytest.raises(ValueError, match="batch_size"):
+        explain_dataset(cam, ds, batch_size=0)
+    with pytest.raises(TypeError, match="strategy"):
+        explain_dataset(cam, ds, strategy="mirrored")
+    bad = tf.data.Dataset.from_tensor_slices((x, np.where(np.arange(N) == 6, CLASSES, y))).batch(4)
+    with pytest.raises(ValueError, match=r"Batch 1 .*classes of the model \(0\.\.2\)"):
+        list(explain_dataset(cam, bad, verbose=0))
+
+
+def test_shards_index_and_resume(setup, tmp_path):
+    cam, x, y = setup
+    ds = tf.data.Dataset.from_tensor_slices((x, y))
+    ref = cam.explain(x, targets=y)
+    out = tmp_path / "maps"
+
+    # An interrupted run: only the first two batches got written.
+    first = explain_dataset(cam, ds.take(8), batch_size=4, out=out, verbose=0)
+    assert (first["written"], first["skipped"]) == (2, 0)
+    stamps = {p: os.stat(out / p).st_mtime_ns for p in ("maps_000000.npy", "maps_000001.npy")}
+    summary = explain_dataset(cam, ds, batch_size=4, out=str(out), verbose=0)
+    assert summary == {"out": str(out), "index": str(out / "index.jsonl"), "images": N,
+                       "shards": 3, "written": 1, "skipped": 2}
+    assert {p: os.stat(out / p).st_mtime_ns for p in stamps} == stamps  # not rewritten
+
+    header, shards = read_index(out)
+    assert header["method"] == "GradCAM" and header["layers"] == ["conv"] and header["targets"] == "labels"
+    assert [s["ids"] for s in shards] == [list(range(0, 4)), list(range(4, 8)), list(range(8, 11))]
+    maps = np.concatenate([np.load(out / s["files"][0]) for s in shards])
+    np.testing.assert_allclose(maps, ref.maps, atol=1e-5)
+    assert sum((s["targets"] for s in shards), []) == y.tolist()
+    np.testing.assert_allclose(sum((s["scores"] for s in shards), []), ref.scores, rtol=1e-5, atol=1e-6)
+
+    # A damaged shard, a missing one, and a torn last index line: those two are recomputed.
+    np.save(out / "maps_000001.npy", np.zeros((4, SIZE, SIZE), np.float32))
+    os.remove(out / "maps_000002.npy")
+    with open(out / "index.jsonl", "a") as f:
+        f.write('{"shard": 2, "files": ["maps_0')
+    summary = explain_dataset(cam, ds, batch_size=4, out=out, verbose=0)
+    assert (summary["written"], summary["skipped"]) == (2, 1)
+    _, shards = read_index(out)
+    np.testing.assert_allclose(np.concatenate([np.load(out / s["files"][0]) for s in shards]), ref.maps, atol=1e-5)
+    assert not [p for p in os.listdir(out) if ".tmp" in p]
+
+    # Other images at the same positions: their shard no longer matches and is redone.
+    x2 = x.copy()
+    x2[9] = 1.0 - x2[9]
+    summary = explain_dataset(cam, tf.data.Dataset.from_tensor_slices((x2, y)), batch_size=4, out=out, verbose=0)
+    assert (summary["written"], summary["skipped"]) == (1, 2)
+    _, shards = read_index(out)
+    np.testing.assert_allclose(np.load(out / shards[2]["files"][0]), cam(x2[8:], targets=y[8:]), atol=1e-5)
+
+    with pytest.raises(ValueError, match="other settings.*targets"):
+        explain_dataset(cam, ds, batch_size=4, out=out, targets=None, verbose=0)
+    with pytest.raises(ValueError, match="other settings.*GradCAMPlusPlus"):
+        explain_dataset(kc.GradCAMPlusPlus(cam.model), ds, batch_size=4, out=out, verbose=0)
+
+
+def test_png_overlays(setup, tmp_path):
+    cam, x, y = setup
+    from keras_cam.viz import overlay
+
+    summary = explain_dataset(cam, tf.data.Dataset.from_tensor_slices((x, y)).batch(4), out=tmp_path,
+                              save="png", verbose=0)
+    assert summary["written"] == 3
+    _, shards = read_index(tmp_path)
+    files = sum((s["files"] for s in shards), [])
+    assert files == [f"overlay_{i:07d}.png" for i in range(N)]
+    maps = cam(x, targets=y)
+    for i in (0, 5, N - 1):
+        png = cv2.cvtColor(cv2.imread(str(tmp_path / files[i])), cv2.COLOR_BGR2RGB)
+        np.testing.assert_array_equal(png, overlay(x[i], maps[i]))
+    again = explain_dataset(cam, tf.data.Dataset.from_tensor_slices((x, y)).batch(4), out=tmp_path,
+                            save="png", verbose=0)
+    assert (again["written"], again["skipped"]) == (0, 3)
+
+
+def test_two_replicas_match_one_device():
+    """Two logical CPUs with MirroredStrategy: same maps, same order, every image once."""
+    proc = subprocess.run([sys.executable, __file__], capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    report = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert report["replicas"] == 2
+    for case in ("batched", "unbatched"):
+        r = report[case]
+        assert r["ids"] == list(range(r["n"])), case                  # order, nothing lost or doubled
+        assert r["batch_sizes"] == r["expected_batch_sizes"], case    # the last partial batch included
+        assert r["max_map_diff"] < 1e-5 and r["max_score_diff"] < 1e-4, case
+        assert r["targets_equal"], case
+        # Both replicas computed a share of the work, and each image once.
+        shares = r["shares"]
+        assert set(shares) == {"0", "1"} and all(v > 0 for v in shares.values()), shares
+        assert sum(shares.values()) == r["n"], shares
+
+
+def _two_replica_report():
+    """Run in a fresh interpreter: configure two logical CPUs, compare with one device."""
+    cpu = tf.config.list_physical_devices("CPU")[0]
+    tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
+    strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
+    shares = {}
+
+    def count(replica, images):
+        shares[str(int(replica))] = shares.get(str(int(replica)), 0) + int(images.shape[0])
+        return images
+
+    class Probe(kc.GradCAM):
+        """Grad-CAM that counts, at run time, the images each replica receives."""
+
+        def raw_maps(self, images, class_idx, target_fn=None):
+            replica = tf.distribute.get_replica_context().replica_id_in_sync_group
+            counted = tf.py_function(count, [replica, images], tf.float32)
+            counted.set_shape(images.shape)
+            return super().raw_maps(counted, class_idx, target_fn)
+
+    keras.utils.set_random_seed(2)
+    with strategy.scope():
+        model = small_model()
+    rng = np.random.default_rng(2)
+    report = {"replicas": strategy.num_replicas_in_sync}
+    for case, n, ds_of in (
+        ("batched", 11, lambda x, y: tf.data.Dataset.from_tensor_slices((x, y)).batch(4)),  # 4, 4, 3
+        ("unbatched", 9, lambda x, y: tf.data.Dataset.from_tensor_slices((x, y))),          # 4, 4, 1
+    ):
+        x = rng.random((n, SIZE, SIZE, 3), dtype=np.float32)
+        y = rng.integers(0, CLASSES, n)
+        ref = kc.GradCAM(model).explain(x, targets=y)  # one device, the explainer's own path
+        shares.clear()
+        seen_ids = []
+        batch_sizes = []
+        probe = Probe(model)
+        job_results = explain_dataset(probe, ds_of(x, y), strategy=strategy, batch_size=4, verbose=0)
+        maps, scores, targets = [], [], []
+        for result in job_results:
+            batch_sizes.append(len(result.maps))
+            maps.append(result.maps)
+            scores.append(result.scores)
+            targets.append(result.targets)
+        # The ids travel with the images: check them through the written index too.
+        with tempfile.TemporaryDirectory() as out:
+            explain_dataset(kc.GradCAM(model), ds_of(x, y), strategy=strategy, batch_size=4, out=out, verbose=0)
+            _, shards = read_index(out)
+        seen_ids = sum((s["ids"] for s in shards), [])
+        maps, scores, targets = np.concatenate(maps), np.concatenate(scores), np.concatenate(targets)
+        report[case] = {
+            "n": n, "ids": seen_ids, "batch_sizes": batch_sizes,
+            "expected_batch_sizes": [min(4, n - i) for i in range(0, n, 4)],
+            "max_map_diff": float(np.abs(maps - ref.maps).max()) if maps.shape == ref.maps.shape else 1e9,
+            "max_score_diff": float(np.abs(scores - ref.scores).max()),
+            "targets_equal": bool(np.array_equal(targets, y)),
+            "shares": dict(shares),
+        }
+    print(json.dumps(report))
+
+
+if __name__ == "__main__":
+    _two_replica_report()
