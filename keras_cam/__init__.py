@@ -6,6 +6,8 @@ their family), for Keras 3 on TensorFlow and for legacy tf-keras.
 
 from keras_cam import metrics
 from keras_cam.base import Explainer, Explanation
+from keras_cam.callbacks import CAMCallback
+from keras_cam.dataset import explain_dataset
 from keras_cam.layers import list_layers
 from keras_cam.methods.activation import CAM, EigenCAM
 from keras_cam.methods.gradient import GradCAM, GradCAMPlusPlus, LayerCAM
@@ -19,6 +21,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "CAM",
+    "CAMCallback",
     "EigenCAM",
     "Explainer",
     "Explanation",
@@ -30,6 +33,7 @@ __all__ = [
     "SanityResult",
     "ScoreCAM",
     "VizGradCAM",
+    "explain_dataset",
     "gradient_image",
     "list_layers",
     "metrics",

@@ -1,0 +1,269 @@
+"""Watch the maps change while a model trains: a Keras callback.
+
+    cb = keras_cam.CAMCallback(images, method="gradcam", log_dir="logs/cam")
+    model.fit(x, y, epochs=10, callbacks=[cb])
+
+At the end of every ``every``-th epoch the callback explains the same
+``images`` with the model as it is at that moment, and writes a picture of
+the maps (``epoch_003.png``, and a TensorBoard image under one tag, so the
+epoch slider steps through training) plus faithfulness scalars from
+:mod:`keras_cam.metrics`.
+
+The callback is a thin wrapper: the explaining is an ordinary explainer,
+built once. It reaches the target layer by intercepting its call while the
+model runs, so it reads the live weights: training changes them in place and
+the explainer needs neither a rebuild nor a retrace.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import warnings
+
+import cv2
+import numpy as np
+import tensorflow as tf
+from tensorflow.core.framework import summary_pb2
+
+from keras_cam import metrics as _metrics
+from keras_cam import methods as _methods
+from keras_cam import targets as _targets
+from keras_cam._compat import keras
+from keras_cam.base import Explainer, as_batch
+from keras_cam.dataset import _png_bytes, _write_atomic, displayable
+from keras_cam.viz import as_rgb_uint8, overlay
+
+FAITHFULNESS = ("average_drop", "increase_in_confidence")
+
+# Pictures smaller than this (pixels, longer side) are enlarged by a whole
+# factor, pixel for pixel, so that a 32 x 32 image is still readable.
+_MIN_TILE = 128
+_COLUMNS = 8
+_FONT = cv2.FONT_HERSHEY_SIMPLEX
+
+
+class CAMCallback(keras.callbacks.Callback):
+    """Explain fixed images at the end of every ``every``-th epoch.
+
+    Args:
+        images: the images to follow, ``(N, H, W, C)`` (or one image), as the
+            model takes them. They may be given before the model is built.
+        targets: what to explain: None (each image's top-1 class at that
+            epoch), an int, one int per image, or a callable
+            ``f(outputs) -> (N,)``; see :mod:`keras_cam.targets`.
+        method: a method name (``"gradcam"``, ``"gradcam++"``, any name of
+            :func:`keras_cam.methods.names`) or an explainer class.
+        layer: the target layer (name, path or layer); None chooses it
+            automatically when the callback first runs.
+        every: explain after epochs ``every, 2 * every, ...`` (1-based, as
+            Keras prints them).
+        log_dir: folder for the PNGs and the TensorBoard event files.
+        tensorboard: write a ``tf.summary.image`` (tag ``cam/<Method>``) and
+            the faithfulness scalars (``cam/average_drop``, ...) to ``log_dir``.
+        save_png: write ``log_dir/epoch_003.png`` (atomically: a file is
+            either complete or absent).
+        class_names: names of the classes, for the captions.
+        at_train_end: also explain when training ends, if the last epoch was
+            not an explained one.
+        metrics: names of :mod:`keras_cam.metrics` functions
+            ``f(model, images, maps, targets)`` to compute on the maps and log
+            (class targets only); ``()`` for none.
+
+    Attributes:
+        records: one dict per explained epoch: ``epoch``, ``png`` (path or
+            None), ``targets``, ``probabilities`` and the metric values.
+        errors: ``(epoch, exception)`` for every epoch the callback could not
+            explain. The first one is reported as a warning; training goes on.
+
+    Example:
+        >>> cb = keras_cam.CAMCallback(x_val[:8], method="gradcam++", every=2,
+        ...                            class_names=["cat", "dog"])
+        >>> model.fit(train_ds, validation_data=val_ds, epochs=10, callbacks=[cb])
+        >>> # tensorboard --logdir logs/cam   (IMAGES tab, slide through the epochs)
+    """
+
+    def __init__(self, images, targets=None, method="gradcam", layer=None, every=1,
+                 log_dir="logs/cam", tensorboard=True, save_png=True, class_names=None,
+                 *, at_train_end=True, metrics=FAITHFULNESS):
+        super().__init__()
+        batch, _ = as_batch(images)
+        self.images = batch.numpy()
+        if not callable(targets):
+            _targets.class_indices(targets, len(self.images))  # type and length; range once the model is known
+        self.targets = targets
+        self.method = _method_class(method)
+        self.layer = layer
+        if isinstance(every, bool) or not isinstance(every, (int, np.integer)) or every < 1:
+            raise ValueError(f"`every` must be a positive int (explain every `every` epochs); received {every!r}.")
+        self.every = int(every)
+        self.log_dir = os.fspath(log_dir)
+        self.tensorboard = bool(tensorboard)
+        self.save_png = bool(save_png)
+        self.class_names = class_names
+        self.at_train_end = bool(at_train_end)
+        self.metrics = _metric_functions(metrics)
+        self.records = []
+        self.errors = []
+        self._explainer = None
+        self._writer = None
+        self._epoch = 0
+        self._attempted = None  # the last epoch explained (or tried)
+
+    @property
+    def explainer(self):
+        """The explainer in use (built at the first explained epoch, then kept)."""
+        return self._explainer
+
+    def on_epoch_end(self, epoch, logs=None):
+        self._epoch = epoch + 1
+        if self._epoch % self.every == 0:
+            self._record(self._epoch)
+
+    def on_train_end(self, logs=None):
+        if self.at_train_end and self._epoch and self._attempted != self._epoch:
+            self._record(self._epoch)
+        if self._writer is not None:
+            self._writer.close()
+            self._writer = None
+
+    def _explainer_for(self, model):
+        """The one explainer, rebuilt only if the callback is moved to another model."""
+        if self._explainer is None or self._explainer.model is not model:
+            self._explainer = self.method(model, self.layer)
+        return self._explainer
+
+    def _record(self, epoch):
+        self._attempted = epoch
+        try:
+            self.records.append(self._explain(epoch))
+        except Exception as err:  # the callback must never stop training
+            self.errors.append((epoch, err))
+            if len(self.errors) == 1:
+                warnings.warn(
+                    f"CAMCallback could not explain the images after epoch {epoch}: "
+                    f"{type(err).__name__}: {err} Training goes on; further failures are not "
+                    f"reported (they are listed in the callback's `errors`).",
+                    RuntimeWarning, stacklevel=2,
+                )
+
+    def _explain(self, epoch):
+        explainer = self._explainer_for(self.model)
+        result = explainer.explain(self.images, self.targets)
+        scalars = {}
+        if result.targets is not None:
+            for name, fn in self.metrics.items():
+                scalars[name] = float(fn(explainer.model, self.images, result.maps, result.targets))
+        picture = grid(self.images, result, self.class_names,
+                       title=f"epoch {epoch}  {type(explainer).__name__}  {explainer.layer_path}")
+        encoded = _png_bytes(picture)
+        png = None
+        if self.save_png:
+            os.makedirs(self.log_dir, exist_ok=True)
+            png = os.path.join(self.log_dir, f"epoch_{epoch:03d}.png")
+            _write_atomic(png, encoded)
+        if self.tensorboard:
+            if self._writer is None:
+                self._writer = tf.summary.create_file_writer(self.log_dir)
+            with self._writer.as_default():
+                height, width = picture.shape[:2]
+                _write_summary(f"cam/{type(explainer).__name__}", "images",
+                               tf.constant([str(width), str(height), encoded]), epoch)
+                for name, value in scalars.items():
+                    _write_summary(f"cam/{name}", "scalars", tf.constant(value, tf.float32), epoch)
+            self._writer.flush()
+        return {
+            "epoch": epoch, "png": png,
+            "targets": None if result.targets is None else result.targets.tolist(),
+            "probabilities": None if result.probabilities is None else result.probabilities.tolist(),
+            **scalars,
+        }
+
+
+def _write_summary(tag, plugin, tensor, step):
+    """One TensorBoard summary in the layout of the ``plugin`` ("images": the
+    string vector ``[width, height, png]``; "scalars": a float), written with
+    TensorFlow alone, so the ``tensorboard`` package is needed only to view it."""
+    metadata = summary_pb2.SummaryMetadata(
+        plugin_data=summary_pb2.SummaryMetadata.PluginData(plugin_name=plugin))
+    tf.summary.write(tag, tensor, step=step, metadata=metadata.SerializeToString())
+
+
+def _method_class(method):
+    if isinstance(method, type) and issubclass(method, Explainer):
+        return method
+    if isinstance(method, str):
+        return _methods.get(method)
+    raise TypeError(
+        f"`method` must be a method name such as 'gradcam' (one of {_methods.names()}) or an "
+        f"explainer class such as keras_cam.GradCAM; received {method!r}."
+    )
+
+
+def _metric_functions(names):
+    if names is None:
+        return {}
+    if isinstance(names, str):
+        names = (names,)
+    found = {}
+    for name in names:
+        fn = getattr(_metrics, name, None) if isinstance(name, str) and not name.startswith("_") else None
+        if not callable(fn):
+            raise ValueError(
+                f"`metrics` must name functions of keras_cam.metrics such as {list(FAITHFULNESS)}; "
+                f"{name!r} is not one."
+            )
+        found[name] = fn
+    return found
+
+
+def _caption(result, i, class_names):
+    if result.targets is None:
+        return f"S={float(result.scores[i]):.3g}"
+    k = int(result.targets[i])
+    try:
+        name = str(class_names[k]) if class_names is not None else f"class {k}"
+    except (IndexError, KeyError):
+        name = f"class {k}"
+    return f"{name} {float(result.probabilities[i]):.2f}"
+
+
+def _text_band(text, width, height, scale=0.4):
+    """A white band of ``(height, width, 3)`` with ``text`` in black, cut to fit."""
+    band = np.full((height, width, 3), 255, np.uint8)
+    while text and cv2.getTextSize(text, _FONT, scale, 1)[0][0] > width - 4:
+        text = text[:-2] + "~" if len(text) > 2 else ""
+    cv2.putText(band, text, (2, height - 5), _FONT, scale, (0, 0, 0), 1, cv2.LINE_AA)
+    return band
+
+
+def grid(images, result, class_names=None, title=None, columns=_COLUMNS):
+    """One RGB picture of images and their maps: image above overlay, captioned.
+
+    Up to ``columns`` images per row; the caption names the explained class
+    and its probability (or the score, for callable targets). Built with
+    NumPy and OpenCV (no figure), so it costs milliseconds per epoch.
+
+    Returns:
+        ``(H, W, 3)`` uint8.
+    """
+    pictures = [as_rgb_uint8(displayable(im)) for im in images]
+    h, w = pictures[0].shape[:2]
+    scale = max(1, math.ceil(_MIN_TILE / max(h, w)))
+    tiles = []
+    for i, picture in enumerate(pictures):
+        big = cv2.resize(picture, (w * scale, h * scale), interpolation=cv2.INTER_NEAREST)
+        tile = np.concatenate([big, overlay(big, result.maps[i]),
+                               _text_band(_caption(result, i, class_names), w * scale, 18)])
+        tiles.append(np.pad(tile, ((2, 2), (2, 2), (0, 0)), constant_values=255))
+    blank = np.full_like(tiles[0], 255)
+    rows = []
+    for start in range(0, len(tiles), columns):
+        row = tiles[start:start + columns]
+        if rows:
+            row = row + [blank] * (columns - len(row))
+        rows.append(np.concatenate(row, axis=1))
+    picture = np.concatenate(rows, axis=0)
+    if title:
+        picture = np.concatenate([_text_band(title, picture.shape[1], 20, 0.45), picture])
+    return picture
