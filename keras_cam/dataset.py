@@ -25,6 +25,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import weakref
 
 import cv2
 import numpy as np
@@ -192,6 +193,31 @@ def _targets_kind(targets, use_labels):
     )
 
 
+# Compiled steps per explainer, kept while the explainer lives, so explaining
+# dataset after dataset with the same settings traces once per batch shape.
+_steps = weakref.WeakKeyDictionary()
+
+
+def _compiled_step(explainer, strategy, upsample, normalize, target_fn, keep_images):
+    """``step(ids, images, classes, marks)``: every replica explains its share of a batch."""
+    key = (strategy, upsample, normalize, target_fn, keep_images)
+    steps = _steps.setdefault(explainer, {})
+    if key not in steps:
+        if len(steps) >= 8:  # callables made per call must not pile up traces
+            del steps[next(iter(steps))]
+
+        owner = weakref.ref(explainer)  # the cache must not keep the explainer alive
+
+        def replica_step(ids, images, classes, marks):
+            maps, scores, used, probs = owner()._compute(
+                images, classes, upsample, normalize, target_fn=target_fn)
+            kept = images if keep_images else tf.zeros([tf.shape(images)[0], 0])
+            return ids, marks, maps, scores, used, probs, kept
+
+        steps[key] = tf.function(lambda *args: strategy.run(replica_step, args=args))
+    return steps[key]
+
+
 class _Job:
     """One pass over the dataset: the input pipeline and the compiled, distributed step."""
 
@@ -237,7 +263,8 @@ class _Job:
             return offset + n, (ids, x, classes, marks)
 
         self.dataset = dataset.scan(tf.constant(0, tf.int64), element).prefetch(tf.data.AUTOTUNE)
-        self._step = tf.function(self._distributed_step)
+        self._step = _compiled_step(explainer, strategy, self.upsample, self.normalize, self.target_fn,
+                                    self.keep_images)
         try:
             self.local = len(strategy.extended.worker_devices) == strategy.num_replicas_in_sync
         except RuntimeError:  # the default strategy has no device list: one local replica
@@ -256,15 +283,6 @@ class _Job:
             "layers": [str(p) for p in self.explainer.layer_paths],
             "targets": self.targets_kind, "upsample": self.upsample, "normalize": self.normalize,
         }
-
-    def _replica_step(self, ids, images, classes, marks):
-        maps, scores, used, probs = self.explainer._compute(
-            images, classes, self.upsample, self.normalize, target_fn=self.target_fn)
-        kept = images if self.keep_images else tf.zeros([tf.shape(images)[0], 0])
-        return ids, marks, maps, scores, used, probs, kept
-
-    def _distributed_step(self, ids, images, classes, marks):
-        return self.strategy.run(self._replica_step, args=(ids, images, classes, marks))
 
     def _gather(self, values):
         """Per-replica values as numpy arrays concatenated in replica order."""

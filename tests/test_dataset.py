@@ -7,11 +7,13 @@ distribution or the shard writer. The two-replica test runs in a subprocess
 before TensorFlow initializes, which the rest of the suite has already done.
 """
 
+import gc
 import json
 import os
 import subprocess
 import sys
 import tempfile
+import weakref
 
 import cv2
 import numpy as np
@@ -110,6 +112,29 @@ def test_raw_maps_pass_through(setup):
     _, maps, _, _ = collect(explain_dataset(cam, ds, upsample=False, normalize=False, verbose=0))
     assert maps.shape == (N, SIZE - 2, SIZE - 2)
     np.testing.assert_allclose(maps, cam(x, targets=y, upsample=False, normalize=False), rtol=1e-5, atol=1e-6)
+
+
+def _explain_three_times(model, x, y, traces):
+    class Counting(kc.GradCAM):
+        def raw_maps(self, images, class_idx, target_fn=None):
+            traces.append(images.shape[0])  # runs while tracing only
+            return super().raw_maps(images, class_idx, target_fn)
+
+    counting = Counting(model)
+    ds = tf.data.Dataset.from_tensor_slices((x, y)).batch(4)
+    for _ in range(3):
+        _, maps, _, _ = collect(explain_dataset(counting, ds, verbose=0))
+    return maps, weakref.ref(counting)
+
+
+def test_traced_once_per_batch_shape_and_no_leak(setup):
+    cam, x, y = setup
+    traces = []
+    maps, ref = _explain_three_times(cam.model, x, y, traces)
+    assert len(traces) == 2   # the full batches and the last, smaller one; then reused
+    np.testing.assert_allclose(maps, cam(x, targets=y), atol=1e-5)
+    gc.collect()
+    assert ref() is None      # the cached compiled step does not keep the explainer alive
 
 
 def test_progress_bar(setup, capsys):
