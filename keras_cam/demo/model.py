@@ -1,0 +1,117 @@
+"""The demo model: a small CNN ending in global average pooling + Dense.
+
+The architecture is built in code and the trained weights ship as a plain
+``.npz`` (one array per layer weight, keyed ``"<layer>/<index>"``), so the
+same file loads under Keras 3 and under legacy tf-keras (a ``.keras`` file
+written by Keras 3 cannot be read by tf-keras). ``train.py`` in this package
+produces the file.
+
+Because the last convolution feeds ``GlobalAveragePooling2D`` and one
+``Dense``, every method applies, CAM included.
+"""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+
+from keras_cam.demo.data import CLASS_NAMES, IMAGE_SIZE
+
+WEIGHTS_PATH = os.path.join(os.path.dirname(os.path.abspath(__file__)), "demo_weights.npz")
+TARGET_LAYER = "conv4_relu"
+
+
+def build_model(keras=None):
+    """The demo architecture, freshly initialized.
+
+    ``(64, 64, 3)`` RGB in [0, 1] -> per-image, per-channel standardization
+    (``LayerNormalization`` over height and width, no weights: removes the
+    background's tint) -> 2 x 2 average pooling -> four 3 x 3 convolutions
+    with batch normalization and ReLU (16, 32, 32, 64 channels; one max
+    pooling after the first) -> ``"conv4_relu"``, a 16 x 16 x 64 map ->
+    global average pooling -> ``Dense(4, softmax)`` (``"predictions"``).
+
+    Args:
+        keras: the Keras package to build with (``keras`` or ``tf_keras``);
+            by default the one in use (:mod:`keras_cam._compat`).
+    """
+    if keras is None:
+        from keras_cam._compat import keras
+    layers = keras.layers
+
+    def conv_block(x, channels, name):
+        x = layers.Conv2D(channels, 3, padding="same", use_bias=False, name=name)(x)
+        x = layers.BatchNormalization(momentum=0.9, name=f"{name}_bn")(x)
+        return layers.ReLU(name=f"{name}_relu")(x)
+
+    inputs = keras.Input((IMAGE_SIZE, IMAGE_SIZE, 3), name="image")
+    x = layers.LayerNormalization(axis=(1, 2), center=False, scale=False, name="standardize")(inputs)
+    x = layers.AveragePooling2D(2, name="downsample")(x)
+    x = conv_block(x, 16, "conv1")
+    x = layers.MaxPooling2D(2, name="pool1")(x)
+    x = conv_block(x, 32, "conv2")
+    x = conv_block(x, 32, "conv3")
+    x = conv_block(x, 64, "conv4")
+    x = layers.GlobalAveragePooling2D(name="gap")(x)
+    outputs = layers.Dense(len(CLASS_NAMES), activation="softmax", name="predictions")(x)
+    return keras.Model(inputs, outputs, name="keras_cam_demo")
+
+
+def weights_of(model):
+    """The model's weights as a flat dict ``{"<layer>/<index>": array}``."""
+    return {
+        f"{layer.name}/{i}": np.asarray(w)
+        for layer in model.layers
+        for i, w in enumerate(layer.get_weights())
+    }
+
+
+def save_weights(model, path):
+    """Write the model's weights as a compressed ``.npz`` (see :func:`weights_of`)."""
+    tmp = f"{path}.tmp.npz"
+    np.savez_compressed(tmp, **weights_of(model))
+    os.replace(tmp, path)
+
+
+def load_model(path=None, keras=None):
+    """The trained demo model, ready to explain.
+
+    Args:
+        path: a weights ``.npz`` written by :func:`save_weights`; by default
+            the one shipped with the package.
+        keras: the Keras package to build with; by default the one in use.
+
+    Returns:
+        A new functional model with the trained weights (not compiled).
+
+    Example:
+        >>> from keras_cam.demo import load_model, make_dataset, CLASS_NAMES
+        >>> model = load_model()
+        >>> images, labels, boxes = make_dataset(8, seed=1)
+        >>> model.predict(images).argmax(-1)
+    """
+    path = WEIGHTS_PATH if path is None else path
+    if not os.path.exists(path):
+        raise FileNotFoundError(
+            f"Demo weights {path!r} not found. Reinstall keras-cam, or train them with "
+            f"`python -m keras_cam.demo.train`."
+        )
+    model = build_model(keras)
+    with np.load(path) as stored:
+        stored = dict(stored)
+    for layer in model.layers:
+        expected = layer.get_weights()
+        keys = [f"{layer.name}/{i}" for i in range(len(expected))]
+        missing = [k for k in keys if k not in stored]
+        if missing:
+            raise ValueError(f"Demo weights {path!r} lack {missing}; they do not match the demo architecture.")
+        values = [stored[k] for k in keys]
+        for key, want, got in zip(keys, expected, values):
+            if want.shape != got.shape:
+                raise ValueError(
+                    f"Demo weights {path!r}: {key} has shape {got.shape}, the architecture "
+                    f"needs {want.shape}."
+                )
+        layer.set_weights(values)
+    return model
