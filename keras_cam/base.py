@@ -143,6 +143,12 @@ class Explainer:
         linearize: differentiate / score the logit before a final softmax or
             sigmoid (recommended; the papers' definition).
         batch_size: images per compiled call; larger batches are chunked.
+        aug_smooth: average the maps of the image, its horizontal flip and
+            small shifts (:func:`augmentations`), each transformed back; six
+            passes instead of one.
+        eigen_smooth: for methods whose map is ``ReLU(sum_k w_k A^k)``, use
+            ``ReLU`` of the first principal component of ``w_k A^k`` instead
+            (:meth:`reduce_channels`).
     """
 
     # Whether the method's map is a sum of weighted channels, so that
