@@ -15,10 +15,12 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import warnings
 
 import numpy as np
 import tensorflow as tf
 
+from keras_cam import layers as _layers
 from keras_cam import targets as _targets
 from keras_cam.graph import ActivationGraph
 
@@ -112,6 +114,60 @@ def as_batch(images):
     return x, False
 
 
+def _input_shape(model):
+    """The shape of the model's (first) input, None dims allowed; None if unknown."""
+    try:
+        inputs = model.inputs
+    except (AttributeError, ValueError):
+        return None
+    return tuple(inputs[0].shape) if inputs else None
+
+
+def _has_preprocessing(model):
+    return any(type(l).__name__ in ("Rescaling", "Normalization") for _, l in _layers.walk(model))
+
+
+def check_images(batch, model):
+    """Reject input the model cannot take, before TensorFlow fails deep inside.
+
+    Checks the rank, the channel count and any fixed height/width against the
+    model's input, and that every value is finite. Warns (it cannot know for
+    sure) when the values look like raw 0-255 pixels and the model has no
+    preprocessing layer of its own (``Rescaling``/``Normalization``).
+    """
+    expected = _input_shape(model)
+    if expected is not None:
+        got = tuple(batch.shape[1:])
+        if len(got) != len(expected) - 1:
+            raise ValueError(
+                f"`images` has shape {tuple(batch.shape)} but model {model.name!r} takes inputs "
+                f"of shape {(None,) + tuple(expected[1:])}."
+            )
+        for axis, (g, e) in enumerate(zip(got, expected[1:]), start=1):
+            if e is not None and g != e:
+                what = "channels" if axis == len(got) else f"size on axis {axis}"
+                raise ValueError(
+                    f"`images` has shape {tuple(batch.shape)} but model {model.name!r} takes "
+                    f"(N,) + {tuple(expected[1:])}: its {what} is {g}, the model's is {e}. Resize the "
+                    f"images (or convert gray/RGB) to the model's input shape first."
+                )
+    finite = tf.reduce_all(tf.math.is_finite(batch), axis=tuple(range(1, batch.shape.rank)))
+    if not bool(tf.reduce_all(finite)):
+        bad = np.flatnonzero(~finite.numpy()).tolist()
+        raise ValueError(
+            f"`images` contains NaN or Inf (images {bad[:10]}); a map of such an input is "
+            f"meaningless. Clean or drop those images first."
+        )
+    if float(tf.reduce_max(batch)) > 2.0 and not _has_preprocessing(model):
+        warnings.warn(
+            f"`images` has values up to {float(tf.reduce_max(batch)):.0f}, like raw 0-255 pixels, "
+            f"and model {model.name!r} has no Rescaling/Normalization layer. If the model was "
+            f"trained on scaled input ([0, 1] or [-1, 1]), preprocess the images as for "
+            f"`model.predict`, or the maps explain a prediction on out-of-range input.",
+            stacklevel=4,
+        )
+
+
 @dataclasses.dataclass
 class Explanation:
     """What an explainer computed for a batch.
@@ -127,6 +183,18 @@ class Explanation:
     targets: np.ndarray | None
     scores: np.ndarray
     probabilities: np.ndarray | None
+
+
+def _warn_empty_maps(maps, explainer):
+    empty = np.flatnonzero(maps.reshape(len(maps), -1).max(axis=1) == 0)
+    if len(empty):
+        warnings.warn(
+            f"{type(explainer).__name__}: the maps of images {empty[:10].tolist()} are all zeros: "
+            f"nothing at layer {explainer.layer_path!r} raises the explained score (or the "
+            f"score carries no gradient, e.g. a saturated probability with linearize=False). "
+            f"Try another target, a shallower layer, or linearize=True.",
+            stacklevel=4,
+        )
 
 
 class Explainer:
@@ -217,6 +285,7 @@ class Explainer:
     def explain(self, images, targets=None, upsample=True, normalize=True) -> Explanation:
         """Like calling the explainer, but also returns the targets and scores."""
         batch, single = as_batch(images)
+        check_images(batch, self.model)
         if self.aug_smooth and not upsample:
             raise ValueError(
                 "`aug_smooth` averages maps at the input resolution (that is where a flip or "
@@ -236,6 +305,8 @@ class Explainer:
         maps, scores, used, probs = (np.concatenate([p[k].numpy() for p in parts]) for k in range(4))
         if callable(targets):
             used = probs = None
+        if normalize:
+            _warn_empty_maps(maps, self)
         if single:
             maps = maps[0]
         return Explanation(maps=maps, targets=used, scores=scores, probabilities=probs)
