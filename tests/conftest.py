@@ -20,6 +20,13 @@ def pytest_report_header(config):
     return f"keras-cam tests with {'tf-keras (legacy)' if LEGACY else 'Keras 3'}, TensorFlow {tf.__version__}"
 
 
+@pytest.fixture(scope="module", autouse=True)
+def _seed_module():
+    """Module-scoped fixtures are built before function-scoped ones: seed them too,
+    so a module's models do not depend on which tests ran before it."""
+    keras.utils.set_random_seed(0)
+
+
 @pytest.fixture(autouse=True)
 def _seed():
     keras.utils.set_random_seed(0)
