@@ -83,14 +83,16 @@ class GradCAMPlusPlus(GradientExplainer):
     With ``g = dS/dA``:
     ``alpha_ij^k = g^2 / (2 g^2 + sum_ab A^k_ab g^3)`` (0 where the denominator is 0),
     ``w_k = sum_ij alpha_ij^k ReLU(g_ij^k)``; map ``= ReLU(sum_k w_k A^k)``.
+
+    Computed as ``alpha = 1 / (2 + g sum_ab A_ab)`` where ``g != 0``: the same
+    value with the common factor ``g^2`` cancelled, so huge activations or
+    gradients cannot overflow a cube (float16 or float32).
     """
 
     @staticmethod
     def channel_weights(a, g):
-        g2 = tf.square(g)
-        g3 = g2 * g
-        denom = 2.0 * g2 + tf.reduce_sum(a, axis=(1, 2), keepdims=True) * g3
-        alpha = tf.math.divide_no_nan(g2, denom)
+        total = tf.reduce_sum(a, axis=(1, 2), keepdims=True)
+        alpha = tf.where(g != 0, tf.math.divide_no_nan(tf.ones_like(g), 2.0 + g * total), 0.0)
         return tf.reduce_sum(alpha * tf.nn.relu(g), axis=(1, 2))
 
 
