@@ -1,1 +1,66 @@
-"""The methods, grouped by what they need from the model."""
+"""The methods, grouped by what they need from the model, and their names.
+
+``METHODS`` maps a short name (what the ``keras-cam`` command and the demo
+use) to ``"module:Class"`` of an explainer that returns ``(N, H, W)`` maps;
+the class is imported when it is asked for, so listing names costs nothing.
+To register a method, add one line here. (Guided Backprop and Guided
+Grad-CAM return ``(N, H, W, C)`` gradient images, not maps, and are not
+listed.)
+
+    >>> from keras_cam import methods
+    >>> methods.get("gradcam++")           # -> keras_cam.GradCAMPlusPlus
+    >>> methods.names()                    # ['gradcam', 'gradcampp', ...]
+    >>> cam = methods.create("scorecam", model, layer="conv4_relu")
+"""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+
+METHODS = {
+    "gradcam": "keras_cam.methods.gradient:GradCAM",
+    "gradcampp": "keras_cam.methods.gradient:GradCAMPlusPlus",
+    "scorecam": "keras_cam.methods.score:ScoreCAM",
+    "layercam": "keras_cam.methods.gradient:LayerCAM",
+    "eigencam": "keras_cam.methods.activation:EigenCAM",
+    "cam": "keras_cam.methods.activation:CAM",
+}
+
+
+def canonical(name: str) -> str:
+    """The registry key for a spelling: case, ``-``, ``_`` and spaces ignored, ``++`` read as ``pp``.
+
+    ``"Grad-CAM++"``, ``"grad_cam_pp"`` and ``"gradcampp"`` are the same name.
+    """
+    return "".join(name.lower().replace("++", "pp").replace("+", "p").split()).replace("-", "").replace("_", "")
+
+
+def names() -> list:
+    """The registered method names, in registration order."""
+    return list(METHODS)
+
+
+def get(name: str):
+    """The explainer class registered as ``name`` (any spelling :func:`canonical` accepts).
+
+    Raises:
+        ValueError: when no method has that name; the message lists them.
+        TypeError: when ``name`` is not a string.
+    """
+    if not isinstance(name, str):
+        raise TypeError(f"A method name must be a string such as 'gradcam'; received {type(name).__name__}.")
+    key = canonical(name)
+    if key not in METHODS:
+        raise ValueError(f"Unknown method {name!r}; choose one of {', '.join(METHODS)}.")
+    module, _, attr = METHODS[key].partition(":")
+    return getattr(importlib.import_module(module), attr)
+
+
+def create(name: str, model, layer=None, **kwargs):
+    """``get(name)(model, layer=layer, **kwargs)``, silent: methods that draw their own
+    progress bar (``verbose``) are built with ``verbose=0`` unless told otherwise."""
+    cls = get(name)
+    if "verbose" in inspect.signature(cls.__init__).parameters:
+        kwargs.setdefault("verbose", 0)
+    return cls(model, layer=layer, **kwargs)
