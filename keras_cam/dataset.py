@@ -33,7 +33,7 @@ import tensorflow as tf
 
 from keras_cam import _compat
 from keras_cam import targets as _targets
-from keras_cam.base import Explainer, Explanation
+from keras_cam.base import Explainer, Explanation, check_images
 
 INDEX = "index.jsonl"
 _FORMAT = "keras-cam/explain_dataset"
@@ -241,7 +241,9 @@ class _Job:
         first = next(iter(dataset.take(1)), None)
         if first is None:
             raise ValueError("`dataset` is empty; there is nothing to explain.")
-        sample = tf.cast((first[0] if _has_labels(spec) else first)[:1], tf.float32)
+        first = tf.cast(first[0] if _has_labels(spec) else first, tf.float32)
+        check_images(first, explainer.model)  # shape and channels; finiteness is checked per batch below
+        sample = first[:1]
         explainer.prepare(sample)
         num_classes = None
         if self.target_fn is None:
@@ -259,6 +261,7 @@ class _Job:
                 fill = self.targets_kind if isinstance(self.targets_kind, int) else _targets.TOP1
                 classes = tf.fill([n], tf.constant(fill, tf.int32))
             x = tf.cast(x, tf.float32)
+            tf.debugging.assert_all_finite(x, "keras-cam: images contain NaN or Inf, so their maps are meaningless")
             marks = tf.bitcast(tf.fingerprint(x), tf.int64) if fingerprints else tf.zeros([n], tf.int64)
             return offset + n, (ids, x, classes, marks)
 
@@ -307,10 +310,10 @@ class _Job:
             except tf.errors.InvalidArgumentError as err:
                 if "keras-cam:" in str(err):
                     message = str(err).split("keras-cam:", 1)[1].split("\n")[0].strip()
-                    raise ValueError(
-                        f"Batch {step} of the dataset: {message}. Fix the labels, or pass `targets=` "
-                        f"explicitly (None explains each image's top-1 class)."
-                    ) from None
+                    hint = ("Clean or drop those images." if "NaN" in message else
+                            "Fix the labels, or pass `targets=` explicitly (None explains each "
+                            "image's top-1 class).")
+                    raise ValueError(f"Batch {step} of the dataset: {message}. {hint}") from None
                 raise
             if skip is not None:
                 ids, marks = self._gather((element[0], element[3]))

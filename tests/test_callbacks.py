@@ -41,9 +41,11 @@ def make_model(with_input=True):
 def data():
     rng = np.random.default_rng(3)
     y = rng.integers(0, CLASSES, 48)
-    x = rng.random((48, SIZE, SIZE, 3), dtype=np.float32) * 0.5
-    for i, k in enumerate(y):  # a bright patch whose place depends on the class
-        x[i, 4 + 8 * k:12 + 8 * k, 4:12] = 1.0
+    x = rng.random((48, SIZE, SIZE, 3), dtype=np.float32) * 0.3
+    for i, k in enumerate(y):  # a patch at a random place, pure colour k = the class
+        r, c = rng.integers(0, SIZE - 8, 2)
+        x[i, r:r + 8, c:c + 8] = 0.0
+        x[i, r:r + 8, c:c + 8, k] = 1.0
     return x, y
 
 
@@ -81,6 +83,7 @@ def test_every_epoch_png_tensorboard_and_live_weights(data, tmp_path):
 
     # The last picture is what a fresh explainer on the trained model shows.
     fresh = kc.GradCAM(model).explain(images)
+    assert (fresh.maps.max(axis=(1, 2)) > 0).all()   # maps with something to show
     assert cb.records[-1]["targets"] == fresh.targets.tolist()
     np.testing.assert_allclose(cb.records[-1]["probabilities"], fresh.probabilities, atol=1e-5)
     expected = grid(images, fresh, ["top", "middle", "bottom"], title="epoch 3  GradCAM  conv2")

@@ -169,6 +169,12 @@ def test_bad_inputs(setup):
     bad = tf.data.Dataset.from_tensor_slices((x, np.where(np.arange(N) == 6, CLASSES, y))).batch(4)
     with pytest.raises(ValueError, match=r"Batch 1 .*classes of the model \(0\.\.2\)"):
         list(explain_dataset(cam, bad, verbose=0))
+    with pytest.raises(ValueError, match="channels"):
+        explain_dataset(cam, tf.data.Dataset.from_tensor_slices(x[..., :2]).batch(4))
+    nan = x.copy()
+    nan[9, 3, 3, 0] = np.nan
+    with pytest.raises(ValueError, match="Batch 2 .*NaN"):
+        list(explain_dataset(cam, tf.data.Dataset.from_tensor_slices(nan).batch(4), verbose=0))
 
 
 def test_shards_index_and_resume(setup, tmp_path):
