@@ -1,0 +1,148 @@
+"""Unusual models and numerical edge cases (issue: hardening)."""
+
+import warnings
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+import keras_cam as kc
+from keras_cam._compat import keras
+
+H = W = 12
+
+
+@pytest.fixture(scope="module")
+def images():
+    return np.random.default_rng(3).random((3, H, W, 3), dtype=np.float32)
+
+
+def conv_trunk(inp, name="target"):
+    x = keras.layers.Conv2D(4, 3, padding="same", activation="relu", name="c1")(inp)
+    return keras.layers.Conv2D(6, 3, padding="same", activation="relu", name=name)(x)
+
+
+def test_multi_output_model_explains_the_chosen_output(images):
+    inp = keras.Input((H, W, 3))
+    a = conv_trunk(inp)
+    pooled = keras.layers.GlobalAveragePooling2D()(a)
+    first = keras.layers.Dense(3, activation="softmax", name="first")(pooled)
+    second = keras.layers.Dense(4, name="second")(pooled)
+    model = keras.Model(inp, [first, second])
+    single = keras.Model(inp, second)  # the same layers, one output
+    expected = kc.GradCAM(single, layer="target")(images, targets=2)
+    by_index = kc.GradCAM(model, layer="target", output=1)(images, targets=2)
+    by_name = kc.GradCAM(model, layer="target", output="second")(images, targets=2)
+    np.testing.assert_allclose(by_index, expected, atol=1e-6)
+    np.testing.assert_allclose(by_name, expected, atol=1e-6)
+    with pytest.raises(ValueError, match="not an output"):
+        kc.GradCAM(model, output="third")
+
+
+def test_batchnorm_and_dropout_are_explained_in_inference_mode(images):
+    inp = keras.Input((H, W, 3))
+    x = keras.layers.BatchNormalization()(conv_trunk(inp))
+    x = keras.layers.Dropout(0.5)(x)
+    out = keras.layers.Dense(3)(keras.layers.GlobalAveragePooling2D()(x))
+    model = keras.Model(inp, out)
+    # Non-trivial moving statistics, so training-mode normalization would differ.
+    bn = model.layers[3]
+    bn.set_weights([np.full(6, 2.0), np.full(6, 0.5), np.full(6, 0.3), np.full(6, 4.0)])
+    cam = kc.GradCAM(model, layer="target")
+    first = cam(images)
+    np.testing.assert_array_equal(first, cam(images))  # no dropout noise
+    # Inference-mode BN is a per-channel affine map: gamma / sqrt(var + eps) scales dS/dA.
+    acts = keras.Model(inp, model.get_layer("target").output)(images).numpy()
+    kernel = model.layers[-1].get_weights()[0]
+    scale = 2.0 / np.sqrt(4.0 + bn.epsilon)
+    logits = model(images, training=False).numpy()
+    c = logits.argmax(axis=1)
+    w = scale * kernel[:, c].T / (H * W)
+    raw = np.maximum(np.einsum("nhwk,nk->nhw", acts, w), 0)
+    np.testing.assert_allclose(cam(images, upsample=False, normalize=False), raw, rtol=1e-4, atol=1e-7)
+
+
+def test_saturated_softmax_still_has_a_logit_map(images):
+    inp = keras.Input((H, W, 3))
+    a = conv_trunk(inp)
+    dense = keras.layers.Dense(3, activation="softmax")
+    model = keras.Model(inp, dense(keras.layers.GlobalAveragePooling2D()(a)))
+    kernel, bias = dense.get_weights()
+    dense.set_weights([kernel * 1e4, bias + np.array([1e4, 0, 0])])
+    assert (model.predict(images, verbose=0)[:, 0] == 1.0).all()  # probability exactly 1
+    maps = kc.GradCAM(model, layer="target")(images)
+    assert np.isfinite(maps).all() and (maps.max(axis=(1, 2)) == 1).all()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        flat = kc.GradCAM(model, layer="target", linearize=False)(images)
+    assert (flat == 0).all()
+    assert any("all zeros" in str(w.message) and "linearize=True" in str(w.message) for w in caught)
+
+
+def test_target_layer_feeding_several_branches(images):
+    inp = keras.Input((H, W, 3))
+    a = conv_trunk(inp)
+    left = keras.layers.GlobalAveragePooling2D()(keras.layers.Conv2D(3, 1, name="left")(a))
+    right = keras.layers.GlobalMaxPooling2D()(a)
+    out = keras.layers.Dense(3)(keras.layers.Concatenate()([left, right]))
+    model = keras.Model(inp, out)
+    acts = keras.Model(inp, a)(images)
+    with tf.GradientTape() as tape:  # the rest of the model, written out
+        tape.watch(acts)
+        lk, lb = model.get_layer("left").get_weights()
+        l = tf.reduce_mean(tf.nn.conv2d(acts, lk, 1, "VALID") + lb, axis=(1, 2))
+        r = tf.reduce_max(acts, axis=(1, 2))
+        dk, db = model.layers[-1].get_weights()
+        logits = tf.concat([l, r], axis=1) @ dk + db
+        s = tf.reduce_sum(logits[:, 1])
+    g = tape.gradient(s, acts).numpy()
+    raw = np.maximum(np.einsum("nhwk,nk->nhw", acts.numpy(), g.mean(axis=(1, 2))), 0)
+    np.testing.assert_allclose(kc.GradCAM(model, layer="target")(images, targets=1, upsample=False, normalize=False),
+                               raw, rtol=1e-4, atol=1e-7)
+
+
+def test_mixed_precision_maps_are_float32_and_finite(images):
+    policy = keras.mixed_precision.global_policy()
+    keras.mixed_precision.set_global_policy("mixed_float16")
+    try:
+        inp = keras.Input((H, W, 3))
+        a = conv_trunk(inp)
+        out = keras.layers.Dense(3, activation="softmax", dtype="float32")(keras.layers.GlobalAveragePooling2D()(a))
+        model = keras.Model(inp, out)
+    finally:
+        keras.mixed_precision.set_global_policy(policy)
+    assert model.get_layer("target").compute_dtype == "float16"
+    for method in (kc.GradCAM, kc.GradCAMPlusPlus, kc.LayerCAM):
+        maps = method(model, layer="target")(images)
+        assert maps.dtype == np.float32 and np.isfinite(maps).all() and maps.max() == 1
+
+
+def test_single_pixel_map_upsamples_to_a_constant(images):
+    inp = keras.Input((H, W, 3))
+    a = keras.layers.Conv2D(5, H, activation="relu", name="target")(inp)  # a 1x1 map
+    out = keras.layers.Dense(3)(keras.layers.Flatten()(a))
+    cam = kc.GradCAM(keras.Model(inp, out), layer="target")
+    raw = cam(images, upsample=False, normalize=False)
+    assert raw.shape == (3, 1, 1)
+    up = cam(images, normalize=False)
+    np.testing.assert_allclose(up, np.broadcast_to(raw, up.shape), rtol=1e-6)
+
+
+def test_input_that_the_model_cannot_take(images):
+    inp = keras.Input((H, W, 3))
+    out = keras.layers.Dense(3)(keras.layers.GlobalAveragePooling2D()(conv_trunk(inp)))
+    cam = kc.GradCAM(keras.Model(inp, out))
+    with pytest.raises(ValueError, match="channels is 1, the model's is 3"):
+        cam(images[..., :1])
+    with pytest.raises(ValueError, match="axis 1 is 6"):
+        cam(images[:, :6])
+    with pytest.raises(ValueError, match="different shapes"):
+        cam([images[0], images[0, :6]])
+    with pytest.raises(ValueError, match="empty batch"):
+        cam(images[:0])
+    bad = images.copy()
+    bad[1, 0, 0, 0] = np.nan
+    with pytest.raises(ValueError, match=r"NaN or Inf \(images \[1\]\)"):
+        cam(bad)
+    with pytest.warns(UserWarning, match="raw 0-255 pixels"):
+        cam((images * 255).astype(np.uint8))
