@@ -8,6 +8,7 @@ from keras_cam import metrics
 from keras_cam.base import Explainer, Explanation
 from keras_cam.callbacks import CAMCallback
 from keras_cam.dataset import explain_dataset
+from keras_cam.flatten import flatten_model
 from keras_cam.layers import list_layers
 from keras_cam.methods.activation import CAM, EigenCAM
 from keras_cam.methods.gradient import GradCAM, GradCAMPlusPlus, LayerCAM
@@ -34,6 +35,7 @@ __all__ = [
     "ScoreCAM",
     "VizGradCAM",
     "explain_dataset",
+    "flatten_model",
     "gradient_image",
     "list_layers",
     "metrics",

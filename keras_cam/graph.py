@@ -23,6 +23,7 @@ import tensorflow as tf
 
 from keras_cam import _compat
 from keras_cam import layers as _layers
+from keras_cam import saved_model as _saved_model
 from keras_cam._patch import patched_attr, replaced_call, wrapped_call
 
 
@@ -56,10 +57,14 @@ def find_head(model, output=None):
     Returns:
         ``(op, kind, how)``: ``kind`` is ``"softmax"``, ``"sigmoid"`` or None;
         ``how`` says how to remove it: ``"activation"`` (an activation fused
-        into a Dense/Conv/Activation layer) or ``"call"`` (a Softmax layer or
-        op whose call is the activation). ``(None, None, None)`` when the
+        into a Dense/Conv/Activation layer), ``"call"`` (a Softmax layer or
+        op whose call is the activation) or ``"frozen"`` (a Softmax op inside
+        a SavedModel, see ``saved_model.py``). ``(None, None, None)`` when the
         model has no static graph to look at (subclassed models).
     """
+    if isinstance(model, _saved_model.FrozenModel):
+        kind = model.frozen.heads[_output_index(model, output)][0]
+        return model, kind, ("frozen" if kind else None)
     try:
         outputs = model.outputs
     except (AttributeError, ValueError):
@@ -73,6 +78,9 @@ def find_head(model, output=None):
         return None, None, None
     if _compat.is_model(op):
         return find_head(op)
+    if _saved_model.is_wrapper(op):
+        kind = _saved_model.head_kind(op)
+        return op, kind, ("frozen" if kind else None)
     kind = _activation_kind(getattr(op, "activation", None))
     if kind is not None:
         return op, kind, "activation"
@@ -90,7 +98,8 @@ class ActivationGraph:
     """A model seen as ``images -> (activations of target layers, outputs)``.
 
     Args:
-        model: the user's Keras model (never modified).
+        model: the user's Keras model (never modified), or a loaded SavedModel
+            (``tf.saved_model.load``), seen through ``saved_model.FrozenModel``.
         layers: list of target layers, each a path, a bare name, a layer or
             None (the automatic choice of :func:`keras_cam.layers.auto_layer`).
         output: which model output holds the class scores (index or name),
@@ -99,8 +108,12 @@ class ActivationGraph:
     """
 
     def __init__(self, model, layers=(None,), output=None, linearize=True):
-        if not _compat.is_model(model):
-            raise TypeError(f"`model` must be a Keras model; received {type(model).__name__}.")
+        model = _saved_model.adapt(model)
+        if not (_compat.is_model(model) or isinstance(model, _saved_model.FrozenModel)):
+            raise TypeError(
+                f"`model` must be a Keras model or a loaded SavedModel (tf.saved_model.load); "
+                f"received {type(model).__name__}."
+            )
         self.model = model
         self.output = output
         self.linearize = linearize
@@ -112,6 +125,8 @@ class ActivationGraph:
         for i, spec in enumerate(self._specs):
             if spec is not None:
                 self.paths[i], self.layers[i] = _layers.resolve(model, spec)
+            elif (known := _layers.default_layer(model)) is not None:  # a known architecture
+                self.paths[i], self.layers[i] = known[:2]
         shape = _layers.probe_input_shape(model)
         if shape is not None and None in self.layers:
             self.prepare(np.zeros(shape, dtype="float32"))
@@ -143,9 +158,15 @@ class ActivationGraph:
                 self.paths[i], self.layers[i] = info.path, info.layer
 
     @contextlib.contextmanager
-    def _linearized(self):
+    def _linearized(self, intercepted=()):
         if not (self.linearize and self.output_activation):
             yield
+        elif self._how == "frozen":
+            if any(owner is self.head for owner in intercepted):
+                yield  # its interception already linearizes
+            else:
+                with _saved_model.intercept(self.head, {}, linearize=True):
+                    yield
         elif self._how == "activation":
             with patched_attr(self.head, "activation", _identity):
                 yield
@@ -181,10 +202,18 @@ class ActivationGraph:
 
         with contextlib.ExitStack() as stack:
             # One wrapper per distinct layer; a layer listed twice fills both slots.
+            # Ops inside a SavedModel are tapped by the layer that runs its graph.
+            taps = {}
             for layer in dict.fromkeys(self.layers):
                 slots = [i for i, l in enumerate(self.layers) if l is layer]
-                stack.enter_context(wrapped_call(layer, _fill(slots, capture)))
-            stack.enter_context(self._linearized())
+                if isinstance(layer, _saved_model.GraphOp):
+                    taps.setdefault(layer.owner, {})[layer.op_name] = _fill(slots, capture)
+                else:
+                    stack.enter_context(wrapped_call(layer, _fill(slots, capture)))
+            linear = self.linearize and self._how == "frozen"
+            for owner, owner_taps in taps.items():
+                stack.enter_context(_saved_model.intercept(owner, owner_taps, linear and owner is self.head))
+            stack.enter_context(self._linearized(list(taps)))
             outputs = self.model(images, training=False)
         for i, act in enumerate(captured):
             if act is None:
@@ -192,6 +221,12 @@ class ActivationGraph:
                     f"Layer {self.paths[i]!r} was not called when the model ran, so it has "
                     f"no activation to explain. Choose a layer on the path from the input "
                     f"to the output (keras_cam.list_layers(model) lists them)."
+                )
+            if not tf.is_tensor(act):
+                raise ValueError(
+                    f"Layer {self.paths[i]!r} returns a {type(act).__name__} of tensors, not one "
+                    f"feature map; choose a layer whose output is a single (N, H, W, C) tensor "
+                    f"(keras_cam.list_layers(model) shows each layer's output shape)."
                 )
         return captured, outputs
 

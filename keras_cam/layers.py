@@ -3,11 +3,29 @@
 A layer's *path* joins the names of the models that contain it with ``/``:
 ``"efficientnetb0/top_activation"`` is the layer ``top_activation`` of the
 sub-model ``efficientnetb0``. A bare name that is unique in the whole tree is
-accepted too (``"top_activation"``).
+accepted too (``"top_activation"``), and so is any unique tail of a path.
+Besides layers, the tree holds the operations of Keras 3 functional models
+(``x + y``, ``keras.ops.*``: tf-keras makes them ``TFOpLambda`` layers) and
+the ops inside a SavedModel run by a TF-Hub ``KerasLayer`` or a ``TFSMLayer``
+(see ``saved_model.py``).
 
-The automatic choice (``layer=None``) runs the model once on a probe input and
-records, in execution order, what every layer returns; it picks the last layer
-whose output is a spatial feature map, looking through nested models.
+**The automatic choice** (``layer=None``) works in two steps:
+
+1. *Known architectures*: :data:`DEFAULTS` names the target layer of common
+   families (VGG, ResNet, DenseNet, MobileNet, EfficientNet, Xception,
+   Inception, ConvNeXt, the ``efficientnet`` package). It applies to the model
+   itself, or to one recognized backbone nested in a functional model or a
+   Sequential when only a classifier head follows it (dropout, then global
+   pooling or flatten, then dense-like layers). No probe run is needed.
+2. *Otherwise*, the model runs once on a probe input and every layer's
+   output is recorded in execution order; the choice is the last layer whose
+   output is a spatial feature map ``(N, H, W, C)``, wherever it is nested.
+   Layers that only see a *globally pooled* map are passed over: a global
+   pooling (or flatten) and everything computed from it alone, such as the
+   1x1 "spatial" classifier convolutions of MobileNetV3 or the
+   squeeze-excitation convolutions of EfficientNet. Input preprocessing and
+   local pooling layers are never chosen. A backbone's own 1x1 map (a small
+   input) stays a candidate: it is not after a pooling.
 """
 
 from __future__ import annotations
@@ -15,12 +33,14 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import difflib
+import re
 
 import numpy as np
 import tensorflow as tf
 
 from keras_cam import _compat
-from keras_cam._patch import wrapped_call
+from keras_cam import saved_model as _saved_model
+from keras_cam._patch import replaced_call
 
 # Layers whose 4-D output is still "the image", or a resolution-losing
 # summary of a feature map: never chosen automatically.
@@ -31,6 +51,8 @@ _NOT_TARGETS = (
     "MaxPooling2D", "AveragePooling2D", "GlobalAveragePooling2D",
     "GlobalMaxPooling2D",
 )
+# Layers that summarize a whole map (with keepdims they stay 4-D, 1x1).
+_GLOBAL_POOLS = ("GlobalAveragePooling2D", "GlobalMaxPooling2D", "GlobalAveragePooling3D", "GlobalMaxPooling3D")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -39,14 +61,17 @@ class LayerInfo:
 
     Attributes:
         path: ``/``-joined names from the outermost model to the layer.
-        layer: the layer object itself.
+        layer: the layer object itself (a :class:`~keras_cam.saved_model.GraphOp`
+            for an op inside a SavedModel).
         output_shape: shape of its output in the probe run (batch axis
             included), or None when it returned a structure or was not run.
+        pooled: its output is computed only from a globally pooled map.
     """
 
     path: str
     layer: object
     output_shape: tuple | None = None
+    pooled: bool = False
 
     @property
     def is_spatial(self) -> bool:
@@ -68,9 +93,23 @@ def _spatial_dims(layer, shape):
     return shape[1], shape[2]
 
 
+def is_container(layer) -> bool:
+    """A model, or a layer that runs a SavedModel: its inner layers compete, it does not."""
+    return (
+        _compat.is_model(layer)
+        or _saved_model.is_wrapper(layer)
+        or isinstance(layer, _saved_model.FrozenModel)
+    )
+
+
 def _children(layer):
     if _compat.is_model(layer):
-        return [l for l in layer.layers if type(l).__name__ != "InputLayer"]
+        # Keras 3 functional models also run operations that are not layers (x + y).
+        ops = getattr(layer, "operations", None)
+        items = ops if isinstance(ops, list) else layer.layers
+        return [l for l in items if type(l).__name__ != "InputLayer"]
+    if _saved_model.is_wrapper(layer) or isinstance(layer, _saved_model.FrozenModel):
+        return _saved_model.graph_ops(layer)
     return []
 
 
@@ -94,9 +133,10 @@ def resolve(model, layer):
         ValueError: when the layer is not in the model; the message lists the
             closest names.
     """
+    model = _saved_model.adapt(model)
     pairs = walk(model)
     if not isinstance(layer, str):
-        if not _compat.is_layer(layer):
+        if not (_compat.is_layer(layer) or isinstance(layer, _saved_model.GraphOp)):
             raise TypeError(
                 f"`layer` must be a layer name, a path like 'base/conv', a Keras layer "
                 f"or None; received {type(layer).__name__}."
@@ -108,16 +148,18 @@ def resolve(model, layer):
             f"Layer {layer.name!r} is not part of model {model.name!r} (nor of any model "
             f"nested in it). Pass one of the model's own layers, or its name."
         )
-    exact = [(p, l) for p, l in pairs if p == layer]
+    exact = [(p, l) for p, l in pairs if p == layer or getattr(l, "op_name", None) == layer]
     if exact:
         return exact[0]
-    by_name = [(p, l) for p, l in pairs if l.name == layer.rsplit("/", 1)[-1] and p.endswith(layer)]
-    if len(by_name) == 1:
-        return by_name[0]
-    if len(by_name) > 1:
+    # A unique tail of a path: a bare name, or "base/top_activation" inside an outer model.
+    # (Names may themselves contain "/", as MobileNetV3's "Conv_1/BatchNorm" does.)
+    tails = [(p, l) for p, l in pairs if p.endswith("/" + layer)]
+    if len(tails) == 1:
+        return tails[0]
+    if len(tails) > 1:
         raise ValueError(
             f"Layer name {layer!r} is ambiguous in model {model.name!r}: it matches "
-            f"{[p for p, _ in by_name]}. Pass the full path."
+            f"{[p for p, _ in tails]}. Pass the full path."
         )
     names = list(dict.fromkeys([p for p, _ in pairs] + [l.name for _, l in pairs]))
     close = difflib.get_close_matches(layer, names, n=5, cutoff=0.4)
@@ -142,40 +184,98 @@ def probe_input_shape(model):
     return (1,) + tuple(int(d) for d in shape[1:])
 
 
+# ---------------------------------------------------------------------------
+# The probe run
+
+
+def _tensors(structure):
+    return [t for t in tf.nest.flatten(structure) if tf.is_tensor(t)]
+
+
+def _is_global(layer, inputs, out_shape):
+    """Whether ``layer`` summarizes a whole map: a global pooling, a flatten, a reduction.
+
+    (Not a strided convolution that happens to reach 1x1 on a small input:
+    that is still the backbone's map.)
+    """
+    if not any(s is not None and len(s) == 4 for s in inputs):
+        return False
+    if type(layer).__name__ in _GLOBAL_POOLS:
+        return True
+    return out_shape is None or len(out_shape) < 4  # Flatten, a reduction, a reshape to a vector
+
+
 def trace_layers(model, sample):
     """Run ``model`` once on ``sample`` and record every layer's output.
 
     Returns:
         A list of :class:`LayerInfo` in execution order (a layer called twice
-        appears at its last call), nested models and their layers included.
+        appears at its last call), nested models, their layers and the ops
+        inside SavedModel layers included.
     """
+    model = _saved_model.adapt(model)
     pairs = walk(model)
+    ops_of = {}
+    for path, layer in pairs:
+        if isinstance(layer, _saved_model.GraphOp):
+            ops_of.setdefault(id(layer.owner), {})[layer.op_name] = path
     seen = {}
+    producer = {}  # id(tensor) -> (path, tensor): the first layer that returned it
+    pooled = set()
+
+    def record(path, layer, args, out):
+        inputs = _tensors(args)
+        sources = [producer[id(t)][0] for t in inputs if id(t) in producer]
+        if id(layer) in ops_of:
+            in_shape = tuple(inputs[0].shape) if inputs else None
+            for op_name, shape, is_pooled in _saved_model.op_infos(layer, in_shape):
+                op_path = ops_of[id(layer)][op_name]
+                if is_pooled:
+                    pooled.add(op_path)
+                seen.pop(op_path, None)
+                seen[op_path] = LayerInfo(op_path, _find(pairs, op_path), shape, is_pooled)
+        shape = tuple(out.shape) if hasattr(out, "shape") else None
+        is_pooled = _is_global(layer, [tuple(t.shape) for t in inputs], shape) or (
+            bool(sources) and all(s in pooled for s in sources)
+        )
+        if is_pooled:
+            pooled.add(path)
+        for t in _tensors(out):
+            producer.setdefault(id(t), (path, t))  # keeps t alive: ids stay unique
+        seen.pop(path, None)
+        seen[path] = LayerInfo(path, layer, shape, is_pooled)
 
     def recorder(path, layer):
-        def record(out):
-            shape = tuple(out.shape) if hasattr(out, "shape") else None
-            seen.pop(path, None)
-            seen[path] = LayerInfo(path, layer, shape)
+        def call(inner, *args, **kwargs):
+            out = inner(*args, **kwargs)
+            record(path, layer, args, out)
             return out
-        return record
+        return call
 
     with contextlib.ExitStack() as stack:
         for path, layer in pairs:
-            stack.enter_context(wrapped_call(layer, recorder(path, layer)))
+            if not isinstance(layer, _saved_model.GraphOp):
+                stack.enter_context(replaced_call(layer, recorder(path, layer)))
+        if isinstance(model, _saved_model.FrozenModel):
+            stack.enter_context(replaced_call(model, recorder("", model)))
         model(tf.convert_to_tensor(sample), training=False)
+    seen.pop("", None)
     return list(seen.values())
+
+
+def _find(pairs, path):
+    return next(l for p, l in pairs if p == path)
 
 
 def auto_layer(model, sample):
     """The last spatial layer of the whole computation (see module docstring).
 
     Nested models are looked through (their inner layers compete, the model
-    itself does not); a layer whose map is a single pixel is chosen only when
-    no larger map exists (global pooling with ``keepdims``, 1x1 classifier
-    convolutions).
+    itself does not); layers computed only from a globally pooled map are
+    chosen only when nothing else is spatial.
     """
-    infos = [i for i in trace_layers(model, sample) if not _compat.is_model(i.layer)]
+    model = _saved_model.adapt(model)
+    infos = [i for i in trace_layers(model, sample) if not is_container(i.layer)]
     spatial = [i for i in infos if i.is_spatial]
     if not spatial:
         raise ValueError(
@@ -183,15 +283,136 @@ def auto_layer(model, sample):
             f"there is nothing for a class-activation map to localize. Class-activation "
             f"maps need a convolutional model."
         )
-    larger = [i for i in spatial if i.spatial_size > 1]
-    return (larger or spatial)[-1]
+    maps = [i for i in spatial if not i.pooled]
+    return (maps or spatial)[-1]
+
+
+# ---------------------------------------------------------------------------
+# Default target layers of known architectures
+
+
+@dataclasses.dataclass(frozen=True)
+class Default:
+    """The default target layer of one architecture family.
+
+    Attributes:
+        family: what it is, for humans.
+        model: regular expression the model's name must match in full.
+        layer: regular expression for the target's name: the last matching
+            layer of the model, or, with ``after``, the first one that
+            follows the last layer matching ``after`` (for targets whose own
+            name is generated, such as an activation after a named layer).
+        after: see ``layer``.
+    """
+
+    family: str
+    model: str
+    layer: str
+    after: str | None = None
+
+
+DEFAULTS = (
+    Default("VGG16", r"vgg16", r"block5_conv3"),
+    Default("VGG19", r"vgg19", r"block5_conv4"),
+    Default("ResNet50 / 101 / 152", r"resnet(50|101|152)", r"conv5_block\d+_out"),
+    Default("ResNet50V2 / 101V2 / 152V2", r"resnet(50|101|152)v2", r"post_relu"),
+    Default("DenseNet121 / 169 / 201", r"densenet(121|169|201)", r"relu"),
+    Default("MobileNet", r"mobilenet_[\d.]+_\d+", r"conv_pw_13_relu"),
+    Default("MobileNetV2", r"mobilenetv2_[\d.]+_\d+", r"out_relu"),
+    # The hard-swish after the last 1x1 expansion (an Activation in Keras 3,
+    # a Multiply in tf-keras); the layers after the global pooling are 1x1.
+    Default("MobileNetV3Small / Large", r"(?i:mobilenetv3(small|large))",
+            r"(activation|multiply)(_\d+)?", after=r"conv_1_bn|Conv_1/BatchNorm"),
+    Default("EfficientNetB0-B7", r"efficientnetb[0-7]", r"top_activation"),
+    Default("EfficientNetV2 B0-B3 / S / M / L", r"efficientnetv2-(b[0-3]|s|m|l)", r"top_activation"),
+    Default("efficientnet package B0-B7 / L2", r"efficientnet-(b[0-7]|l2)", r"top_activation"),
+    Default("Xception", r"xception", r"block14_sepconv2_act"),
+    Default("InceptionV3", r"inception_v3", r"mixed10"),
+    Default("InceptionResNetV2", r"inception_resnet_v2", r"conv_7b_ac"),
+    # The residual sum that ends the last block (an op in Keras 3, a TFOpLambda in tf-keras).
+    Default("ConvNeXt Tiny / Small / Base / Large / XLarge", r"convnext_(tiny|small|base|large|xlarge)",
+            r"(tf\.__operators__\.)?add(_\d+)?", after=r".*_stage_3_block_\d+_(identity|stochastic_depth)"),
+)
+
+# What may follow a recognized backbone for its default to stay the last map:
+# identity-at-inference layers on the map, then one global pooling or flatten,
+# then layers on vectors.
+_ON_MAP = frozenset({"Dropout", "SpatialDropout2D", "GaussianNoise", "GaussianDropout", "AlphaDropout",
+                     "ActivityRegularization"})
+_POOL = frozenset({"GlobalAveragePooling2D", "GlobalMaxPooling2D", "Flatten"})
+_ON_VECTOR = frozenset({"Dense", "Dropout", "GaussianNoise", "GaussianDropout", "AlphaDropout",
+                        "BatchNormalization", "LayerNormalization", "Activation", "Softmax", "ReLU",
+                        "LeakyReLU", "ELU", "PReLU", "Flatten", "ActivityRegularization"})
+
+
+def lookup(model):
+    """``(Default, layer)`` when ``model`` itself is a known architecture, else None."""
+    name = getattr(model, "name", "")
+    for entry in DEFAULTS:
+        if not re.fullmatch(entry.model, name):
+            continue
+        children = _children(model)
+        names = [c.name for c in children]
+        start = 0
+        if entry.after:
+            before = [i for i, n in enumerate(names) if re.fullmatch(entry.after, n)]
+            if not before:
+                continue
+            start = before[-1] + 1
+        hits = [i for i in range(start, len(names)) if re.fullmatch(entry.layer, names[i])]
+        if hits:
+            return entry, children[hits[0] if entry.after else hits[-1]]
+    return None
+
+
+def _has_static_order(model):
+    return type(model).__name__ in ("Functional", "Sequential")
+
+
+def _only_head(layers):
+    stage = 0  # 0: on the map, 1: after the pooling
+    for layer in layers:
+        kind = type(layer).__name__
+        if stage == 0 and kind in _ON_MAP:
+            continue
+        if stage == 0 and kind in _POOL:
+            stage = 1
+        elif stage == 1 and kind in _ON_VECTOR:
+            continue
+        else:
+            return False
+    return True
+
+
+def default_layer(model):
+    """The table's target for ``model``: ``(path, layer, Default)``, or None.
+
+    Looks at the model itself, then (recursively) at a single recognized
+    backbone nested in a functional model or Sequential that only a
+    classifier head follows.
+    """
+    hit = lookup(model)
+    if hit is not None:
+        return hit[1].name, hit[1], hit[0]
+    if not (_compat.is_model(model) and _has_static_order(model)):
+        return None
+    children = _children(model)
+    nested = [i for i, c in enumerate(children) if _compat.is_model(c)]
+    if len(nested) != 1 or not _only_head(children[nested[0] + 1:]):
+        return None
+    base = children[nested[0]]
+    inner = default_layer(base)
+    if inner is None:
+        return None
+    return f"{base.name}/{inner[0]}", inner[1], inner[2]
 
 
 def list_layers(model, sample=None):
     """The model's layers as target candidates, for humans.
 
     Args:
-        model: a Keras model.
+        model: a Keras model, or a loaded SavedModel (``tf.saved_model.load``),
+            whose layers are then its graph's ops.
         sample: an input batch to probe with; by default zeros of the model's
             input shape.
 
@@ -203,6 +424,7 @@ def list_layers(model, sample=None):
         >>> for path, shape in keras_cam.list_layers(model):
         ...     print(path, shape)
     """
+    model = _saved_model.adapt(model)
     if sample is None:
         shape = probe_input_shape(model)
         if shape is None:
