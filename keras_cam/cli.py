@@ -1,0 +1,585 @@
+"""The ``keras-cam`` command.
+
+    keras-cam demo [--out DIR]
+    keras-cam explain IMAGE... --model PATH [--method NAME] [--layer NAME] [--target N] [--out DIR]
+    keras-cam layers --model PATH
+
+``demo`` runs every method on the built-in model and generated images (no
+argument, no network). ``explain`` writes one overlay PNG per image and
+method and a ``predictions.json``. ``layers`` lists the layers ``--layer``
+accepts. Problems with the input (a missing file, an unreadable image, a
+wrong channel count, an unknown layer, a model that needs code to load) end
+with one line on stderr starting ``keras-cam: error:`` and exit status 1;
+``--traceback`` shows the Python traceback instead.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import sys
+import warnings
+
+import numpy as np
+
+EXIT_ERROR = 1
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
+
+# ImageNet statistics of `keras.applications` preprocessing (RGB order).
+_CAFFE_MEAN_BGR = np.array([103.939, 116.779, 123.68], np.float32)
+_TORCH_MEAN = np.array([0.485, 0.456, 0.406], np.float32)
+_TORCH_STD = np.array([0.229, 0.224, 0.225], np.float32)
+
+PREPROCESS_HELP = {
+    "none": "RGB values 0-255 as float32 (models that preprocess inside, e.g. keras.applications EfficientNet)",
+    "scale": "x / 255, in [0, 1] (the demo model)",
+    "tf": "x / 127.5 - 1, in [-1, 1] (MobileNet, Inception, Xception, ...)",
+    "torch": "(x / 255 - ImageNet mean) / std, per RGB channel (DenseNet, ...)",
+    "caffe": "RGB -> BGR, minus ImageNet BGR mean (VGG, ResNet50)",
+}
+
+
+class CliError(Exception):
+    """A problem with what the user asked for: reported as one line, exit status 1."""
+
+
+# --- reading and writing files -------------------------------------------------------------
+
+
+def preprocess(images, mode):
+    """Apply a named preprocessing to RGB images with values 0-255.
+
+    Args:
+        images: float array ``(..., H, W, C)`` of RGB values in [0, 255].
+        mode: one of :data:`PREPROCESS_HELP`: ``none``, ``scale``, ``tf``,
+            ``torch``, ``caffe`` (the ``keras.applications`` modes).
+
+    Returns:
+        A float32 array of the same shape.
+    """
+    x = np.asarray(images, np.float32)
+    if mode == "none":
+        return x
+    if mode == "scale":
+        return x / 255.0
+    if mode == "tf":
+        return x / 127.5 - 1.0
+    if mode in ("torch", "caffe") and x.shape[-1] != 3:
+        raise CliError(f"--preprocess {mode} uses ImageNet statistics of RGB images; the images have {x.shape[-1]} channel(s).")
+    if mode == "torch":
+        return (x / 255.0 - _TORCH_MEAN) / _TORCH_STD
+    if mode == "caffe":
+        return x[..., ::-1] - _CAFFE_MEAN_BGR
+    raise CliError(f"Unknown --preprocess {mode!r}; choose one of {', '.join(PREPROCESS_HELP)}.")
+
+
+def read_image(path):
+    """An image file as float32 RGB(A) or gray ``(H, W, C)`` with values 0-255 (OpenCV)."""
+    import cv2
+
+    if not os.path.isfile(path):
+        raise CliError(f"image not found: {path}")
+    data = np.fromfile(path, dtype=np.uint8)
+    image = cv2.imdecode(data, cv2.IMREAD_UNCHANGED) if data.size else None
+    if image is None:
+        raise CliError(f"cannot read image {path}: not an image format OpenCV can decode")
+    if image.dtype == np.uint16:
+        image = image.astype(np.float32) / 257.0
+    elif image.dtype != np.uint8:
+        raise CliError(f"cannot read image {path}: unsupported pixel type {image.dtype} (use 8- or 16-bit images)")
+    if image.ndim == 2:
+        image = image[..., None]
+    elif image.shape[-1] == 3:
+        image = image[..., ::-1]                         # BGR -> RGB
+    elif image.shape[-1] == 4:
+        image = image[..., [2, 1, 0, 3]]                 # BGRA -> RGBA
+    return np.ascontiguousarray(image, dtype=np.float32)
+
+
+def fit_channels(image, channels, path):
+    """Match an image's channels to the model's: RGBA loses its alpha for a 3-channel model."""
+    have = image.shape[-1]
+    if channels is None or have == channels:
+        return image
+    if have == 4 and channels == 3:
+        return image[..., :3]
+    kinds = {1: "grayscale", 3: "RGB", 4: "RGBA"}
+    raise CliError(
+        f"image {path} has {have} channel(s) ({kinds.get(have, 'unusual')}) but the model expects "
+        f"{channels}; convert the image (e.g. to {kinds.get(channels, f'{channels} channels')}) first"
+    )
+
+
+def write_atomic(path, data: bytes):
+    """Write ``data`` to ``path`` through a temporary file in the same folder, then rename."""
+    tmp = f"{path}.{os.getpid()}.tmp"
+    try:
+        with open(tmp, "wb") as f:
+            f.write(data)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+def write_png(path, rgb):
+    import cv2
+
+    ok, buf = cv2.imencode(".png", np.ascontiguousarray(np.asarray(rgb)[..., ::-1]))
+    if not ok:
+        raise CliError(f"could not encode {path} as PNG")
+    write_atomic(path, buf.tobytes())
+
+
+def check_free(paths, overwrite):
+    """Refuse to replace existing files unless ``overwrite``."""
+    taken = [p for p in paths if os.path.exists(p)]
+    if taken and not overwrite:
+        more = f" (and {len(taken) - 1} more output file(s))" if len(taken) > 1 else ""
+        raise CliError(f"{taken[0]}{more} already exists; pass --overwrite to replace it, or choose another --out")
+
+
+def expand_images(items):
+    """Image paths from the arguments: files as given, folders as their image files (sorted)."""
+    paths = []
+    for item in items:
+        if os.path.isdir(item):
+            found = sorted(
+                os.path.join(item, f) for f in os.listdir(item)
+                if f.lower().endswith(IMAGE_SUFFIXES) and os.path.isfile(os.path.join(item, f))
+            )
+            if not found:
+                raise CliError(f"folder {item} holds no image files ({', '.join(IMAGE_SUFFIXES)})")
+            paths.extend(found)
+        elif not os.path.exists(item):
+            raise CliError(f"image not found: {item}")
+        else:
+            paths.append(item)
+    return paths
+
+
+def unique_stems(paths):
+    """One output name per image: the file's stem, made unique with ``-2``, ``-3``, ..."""
+    stems, seen = [], {}
+    for path in paths:
+        stem = os.path.splitext(os.path.basename(path))[0]
+        seen[stem] = seen.get(stem, 0) + 1
+        stems.append(stem if seen[stem] == 1 else f"{stem}-{seen[stem]}")
+    return stems
+
+
+# --- loading models ------------------------------------------------------------------------
+
+
+def load_custom_objects(path):
+    """Import a Python file and collect what it defines, for ``custom_objects``.
+
+    A dict named ``custom_objects`` (or ``CUSTOM_OBJECTS``) in the file is
+    used as is; otherwise every class and function the file defines. Classes
+    registered with ``register_keras_serializable`` are found by importing.
+    """
+    import importlib.util
+
+    if not os.path.isfile(path):
+        raise CliError(f"--custom-objects file not found: {path}")
+    spec = importlib.util.spec_from_file_location("keras_cam_custom_objects", path)
+    module = importlib.util.module_from_spec(spec)
+    try:
+        spec.loader.exec_module(module)
+    except Exception as e:  # the user's file: report, don't trace
+        raise CliError(f"--custom-objects {path} failed to import: {type(e).__name__}: {e}") from e
+    for name in ("custom_objects", "CUSTOM_OBJECTS"):
+        if isinstance(getattr(module, name, None), dict):
+            return dict(getattr(module, name))
+    return {
+        name: obj for name, obj in vars(module).items()
+        if not name.startswith("_") and callable(obj) and getattr(obj, "__module__", None) == module.__name__
+    }
+
+
+def _missing_object(message):
+    """The name of the unknown class/function in a Keras loading error, or None."""
+    import re
+
+    for pattern in (r"Could not locate (?:class|function) '([^']+)'", r"Unknown (?:layer|object|activation|loss|metric)[^']*'([^']+)'"):
+        m = re.search(pattern, message)
+        if m:
+            return m.group(1)
+    return None
+
+
+def _lambda_in_config(config):
+    """True when a (nested) Keras config holds a ``Lambda`` layer."""
+    if isinstance(config, dict):
+        if config.get("class_name") == "Lambda":
+            return True
+        return any(_lambda_in_config(v) for v in config.values())
+    if isinstance(config, list):
+        return any(_lambda_in_config(v) for v in config)
+    return False
+
+
+def holds_lambda(path):
+    """Whether an ``.h5`` file or a SavedModel folder stores a ``Lambda`` layer (Python bytecode).
+
+    tf-keras applies ``safe_mode`` to ``.keras`` files only, so these formats are
+    checked here before loading.
+    """
+    if os.path.isdir(path):
+        meta = os.path.join(path, "keras_metadata.pb")
+        if not os.path.exists(meta):
+            return False
+        with open(meta, "rb") as f:
+            data = f.read()
+        return b'"class_name": "Lambda"' in data or b'"class_name":"Lambda"' in data
+    import h5py
+
+    try:
+        with h5py.File(path, "r") as f:
+            config = f.attrs.get("model_config")
+    except OSError:
+        return False  # not HDF5: the loader reports it
+    if config is None:
+        return False
+    if isinstance(config, bytes):
+        config = config.decode("utf-8")
+    return _lambda_in_config(json.loads(config))
+
+
+def _load_error(path, error, legacy):
+    """A one-line explanation of why Keras could not load ``path``."""
+    message = " ".join(str(error).split())
+    if "safe_mode" in message or "safe mode" in message:
+        return _UNSAFE.format(path=path)
+    missing = _missing_object(message)
+    if legacy and ("keras.src." in message or "batch_shape" in message):
+        return (f"model {path} was saved by Keras 3, which tf-keras cannot read; run keras-cam "
+                f"without TF_USE_LEGACY_KERAS=1")
+    if not legacy and ("tf_keras.src" in message or missing in ("Functional", "Sequential", "Model")):
+        return (f"model {path} was saved by tf-keras (Keras 2) in a form Keras 3 cannot read; run "
+                f"keras-cam with TF_USE_LEGACY_KERAS=1")
+    if missing:
+        return (f"model {path} uses a custom object {missing!r} that is not defined here; pass "
+                f"--custom-objects FILE.py, a Python file defining it (the file is executed)")
+    short = message if len(message) <= 200 else message[:200].rsplit(" ", 1)[0] + " ..."
+    return f"could not load model {path}: {type(error).__name__}: {short}"
+
+
+_UNSAFE = ("model {path} contains Python code (a Lambda layer or function) that safe loading refuses "
+           "to run; if you trust the file, pass --unsafe (loading then executes code from it)")
+
+
+def load_model(path, unsafe=False, custom_objects_file=None):
+    """Load a ``.keras`` / ``.h5`` file or a SavedModel folder, safely unless ``unsafe``."""
+    from keras_cam._compat import LEGACY, keras
+
+    if not os.path.exists(path):
+        raise CliError(f"model not found: {path}")
+    is_dir = os.path.isdir(path)
+    if is_dir and not os.path.exists(os.path.join(path, "saved_model.pb")):
+        raise CliError(f"model folder {path} is not a SavedModel (no saved_model.pb in it)")
+    if not is_dir and not path.lower().endswith((".keras", ".h5", ".hdf5")):
+        raise CliError(f"model {path}: expected a .keras or .h5 file, or a SavedModel folder")
+    if is_dir and not LEGACY:
+        raise CliError(
+            f"model {path} is a SavedModel folder; Keras 3 cannot load it as a model with layers. "
+            f"Run with TF_USE_LEGACY_KERAS=1 (tf-keras), or save it as .keras"
+        )
+    if not unsafe and not path.lower().endswith(".keras") and holds_lambda(path):
+        raise CliError(_UNSAFE.format(path=path))
+    custom = load_custom_objects(custom_objects_file) if custom_objects_file else None
+    try:
+        return keras.models.load_model(path, custom_objects=custom, compile=False, safe_mode=not unsafe)
+    except Exception as e:
+        raise CliError(_load_error(path, e, LEGACY)) from e
+
+
+def model_input(model):
+    """``(height, width, channels)`` of the model's image input; unknown sizes are None."""
+    try:
+        shape = tuple(model.inputs[0].shape)
+    except (AttributeError, IndexError, TypeError, ValueError):
+        return None, None, None
+    if len(shape) != 4:
+        raise CliError(
+            f"model {model.name!r} takes inputs of shape {shape}, not images (N, H, W, C); "
+            f"keras-cam explain works on image classifiers"
+        )
+    return shape[1], shape[2], shape[3]
+
+
+def read_class_names(path):
+    if path is None:
+        return None
+    if not os.path.isfile(path):
+        raise CliError(f"--class-names file not found: {path}")
+    with open(path, encoding="utf-8") as f:
+        return [line.strip() for line in f if line.strip()]
+
+
+# --- the subcommands -----------------------------------------------------------------------
+
+
+def _as_model_input(image, size):
+    import cv2
+
+    if size is None or image.shape[:2] == tuple(size):
+        return image
+    h, w = size
+    shrink = h * w < image.shape[0] * image.shape[1]
+    out = cv2.resize(image, (w, h), interpolation=cv2.INTER_AREA if shrink else cv2.INTER_LINEAR)
+    return out.reshape(h, w, image.shape[-1])
+
+
+def _parse_size(text):
+    if text is None:
+        return None
+    try:
+        h, w = (int(v) for v in text.lower().split("x"))
+    except ValueError:
+        raise CliError(f"--size must look like 224x224 (height x width); received {text!r}") from None
+    if h < 1 or w < 1:
+        raise CliError(f"--size must be positive; received {text!r}")
+    return h, w
+
+
+def cmd_explain(args):
+    from keras_cam import methods as registry
+    from keras_cam._compat import progbar
+    from keras_cam.viz import overlay
+
+    method_names = args.method or ["gradcam"]
+    for m in method_names:
+        registry.get(m)  # an unknown name fails before any work
+    keys = list(dict.fromkeys(registry.canonical(m) for m in method_names))
+    if not (0 <= args.alpha <= 1):
+        raise CliError(f"--alpha is the heatmap's weight, in [0, 1]; received {args.alpha}")
+    for option, value in (("--batch-size", args.batch_size), ("--top", args.top)):
+        if value < 1:
+            raise CliError(f"{option} must be at least 1; received {value}")
+    if args.target is not None and args.target < 0:
+        raise CliError(f"--target is a class index >= 0; received {args.target}")
+    size = _parse_size(args.size)
+    paths = expand_images(args.images)
+    stems = unique_stems(paths)
+    out = args.out
+    overlay_paths = [[os.path.join(out, f"{s}_{k}.png") for k in keys] for s in stems]
+    json_path = os.path.join(out, "predictions.json")
+    check_free([p for row in overlay_paths for p in row] + [json_path], args.overwrite)
+    class_names = read_class_names(args.class_names)
+    originals = [read_image(p) for p in paths]
+
+    model = load_model(args.model, args.unsafe, args.custom_objects)
+    height, width, channels = model_input(model)
+    if height is not None and width is not None:
+        if size is not None and size != (height, width):
+            raise CliError(f"--size {args.size} differs from the model's fixed input size {height}x{width}")
+        size = (height, width)
+    originals = [fit_channels(im, channels, p) for im, p in zip(originals, paths)]
+    try:
+        explainers = [registry.create(k, model, layer=args.layer) for k in keys]
+    except ValueError as e:
+        hint = " (`keras-cam layers --model PATH` lists the layers)" if args.layer else ""
+        raise CliError(f"{' '.join(str(e).split())}{hint}") from e
+
+    # Same-size inputs go through in batches; otherwise one image at a time.
+    inputs = [_as_model_input(im, size) for im in originals]
+    step = args.batch_size if size is not None else 1
+    bar = progbar(len(paths)) if (not args.quiet and len(paths) > 1) else None
+    records = []
+    for start in range(0, len(paths), step):
+        batch = preprocess(np.stack(inputs[start:start + step]), args.preprocess)
+        results = [e.explain(batch, targets=args.target) for e in explainers]
+        probs = _probabilities(explainers[0], batch)
+        os.makedirs(out, exist_ok=True)
+        for i in range(len(batch)):
+            n = start + i
+            for j, result in enumerate(results):
+                write_png(overlay_paths[n][j], overlay(originals[n] / 255.0, result.maps[i], args.alpha, args.colormap))
+            records.append(_record(paths[n], overlay_paths[n], keys, results[0], i, probs[i], class_names, args.top))
+        if bar is not None:
+            bar.update(min(start + step, len(paths)))
+    report = {
+        "model": args.model,
+        "layer": explainers[0].layer_path,
+        "methods": keys,
+        "preprocess": args.preprocess,
+        "target": args.target,
+        "images": records,
+    }
+    write_atomic(json_path, (json.dumps(report, indent=2) + "\n").encode("utf-8"))
+    print(f"wrote {len(paths) * len(keys)} overlay(s) and {json_path}")
+    return 0
+
+
+def _probabilities(explainer, batch):
+    """Class probabilities ``(N, C)``: the model's output activation applied once to its logits."""
+    graph = explainer.graph
+    _, outputs = graph.forward(batch)
+    return graph.probabilities(graph.scores(outputs)).numpy()
+
+
+def _name(class_names, k):
+    if class_names is not None and 0 <= k < len(class_names):
+        return class_names[k]
+    return None
+
+
+def _record(path, overlays, keys, result, i, probs, class_names, top):
+    target = int(result.targets[i])
+    order = np.argsort(-probs)[:top]
+    return {
+        "image": path,
+        "overlays": dict(zip(keys, overlays)),
+        "target": target,
+        "target_name": _name(class_names, target),
+        "score": float(result.scores[i]),
+        "probability": float(probs[target]),
+        "top": [{"class": int(k), "name": _name(class_names, int(k)), "probability": float(probs[k])} for k in order],
+    }
+
+
+def cmd_demo(args):
+    from keras_cam.demo.run import run_demo
+
+    run_demo(args.out, n_images=args.images, seed=args.seed, n_eval=args.eval_images,
+             overwrite=args.overwrite, verbose=not args.quiet)
+    return 0
+
+
+def cmd_layers(args):
+    from keras_cam.layers import list_layers
+
+    model = load_model(args.model, args.unsafe, args.custom_objects)
+    for path, shape in list_layers(model):
+        print(f"{path}\t{shape}")
+    return 0
+
+
+# --- the parser ----------------------------------------------------------------------------
+
+
+def _add_model_args(p):
+    p.add_argument("--model", required=True, metavar="PATH",
+                   help="the model: a .keras or .h5 file, or a SavedModel folder (tf-keras only)")
+    p.add_argument("--unsafe", action="store_true",
+                   help="load models that contain Python code (Lambda layers). This executes code "
+                        "stored in the model file: use only for files you trust")
+    p.add_argument("--custom-objects", metavar="FILE.py",
+                   help="a Python file defining the model's custom layers/functions (a dict "
+                        "`custom_objects`, or every class and function it defines); it is executed")
+
+
+def build_parser():
+    from keras_cam import __version__
+    from keras_cam import methods as registry
+
+    parser = argparse.ArgumentParser(
+        prog="keras-cam",
+        description="Class-activation maps (Grad-CAM and family) for Keras image classifiers.",
+        epilog="Run `keras-cam demo` for a first look (no arguments, no network).",
+    )
+    parser.add_argument("--version", action="version", version=f"keras-cam {__version__}")
+    parser.add_argument("--traceback", action="store_true", help="on errors, show the Python traceback")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    demo = sub.add_parser(
+        "demo", help="explain generated images with the built-in model; writes a figure and a summary",
+        description="Explain a few generated shape images with every method, using the small CNN that "
+                    "ships with keras-cam. Writes demo.png (the methods side by side, ground-truth boxes "
+                    "drawn) and summary.txt (accuracy and how often each map points into the box). "
+                    "No network needed.",
+    )
+    demo.add_argument("--out", default="keras-cam-demo", metavar="DIR", help="output folder (default: ./keras-cam-demo)")
+    demo.add_argument("--images", type=int, default=4, metavar="N", help="images in the figure (default 4)")
+    demo.add_argument("--eval-images", type=int, default=128, metavar="N",
+                      help="images behind the accuracy and localization numbers of the summary (default 128)")
+    demo.add_argument("--seed", type=int, default=7, help="seed of the generated images (default 7)")
+    demo.add_argument("--overwrite", action="store_true", help="replace existing output files")
+    demo.add_argument("--quiet", action="store_true", help="print only where the outputs are")
+    demo.set_defaults(func=cmd_demo)
+
+    names = ", ".join(registry.names())
+    explain = sub.add_parser(
+        "explain", help="write overlay PNGs and predictions.json for image files",
+        description="Explain image files with a saved Keras model: one overlay PNG per image and method "
+                    "(OUT/<image>_<method>.png) and OUT/predictions.json with each image's top classes "
+                    "and the explained class. Images are read with OpenCV, resized to the model's input "
+                    "size and preprocessed with --preprocess; overlays are drawn on the original images.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="preprocessing modes (--preprocess):\n" + "\n".join(f"  {k:6s} {v}" for k, v in PREPROCESS_HELP.items()),
+    )
+    explain.add_argument("images", nargs="+", metavar="IMAGE", help="image files, or folders of images")
+    _add_model_args(explain)
+    explain.add_argument("--method", action="append", metavar="NAME",
+                         help=f"method, repeat for several (default gradcam): {names}")
+    explain.add_argument("--layer", metavar="NAME",
+                         help="target layer name or path (e.g. base/top_activation); default: the last "
+                              "spatial layer. `keras-cam layers --model PATH` lists them")
+    explain.add_argument("--target", type=int, metavar="N", help="class index to explain (default: each image's top class)")
+    explain.add_argument("--preprocess", default="none", choices=list(PREPROCESS_HELP),
+                         help="preprocessing applied to the 0-255 RGB pixels (default none; see below)")
+    explain.add_argument("--size", metavar="HxW", help="resize images to HxW for models without a fixed input size")
+    explain.add_argument("--out", default="keras-cam-out", metavar="DIR", help="output folder (default: ./keras-cam-out)")
+    explain.add_argument("--class-names", metavar="FILE", help="text file with one class name per line, for predictions.json")
+    explain.add_argument("--top", type=int, default=5, metavar="K", help="top classes listed per image (default 5)")
+    explain.add_argument("--alpha", type=float, default=0.5, help="heatmap weight in the overlay, 0-1 (default 0.5)")
+    explain.add_argument("--colormap", default="jet", help="OpenCV colormap name (default jet)")
+    explain.add_argument("--batch-size", type=int, default=16, metavar="N", help="images per batch (default 16)")
+    explain.add_argument("--overwrite", action="store_true", help="replace existing output files")
+    explain.add_argument("--quiet", action="store_true", help="no progress bar")
+    explain.set_defaults(func=cmd_explain)
+
+    layers = sub.add_parser("layers", help="list a model's layers and output shapes (targets for --layer)",
+                            description="Print each layer's path and output shape, in execution order; "
+                                        "layers with 4-D (N, H, W, C) outputs can be explained.")
+    _add_model_args(layers)
+    layers.set_defaults(func=cmd_layers)
+    return parser
+
+
+@contextlib.contextmanager
+def _one_line_warnings():
+    """Show Python warnings as ``keras-cam: warning: ...`` lines, each message once."""
+    shown = set()
+
+    def show(message, category, filename, lineno, file=None, line=None):
+        text = " ".join(str(message).split())
+        if text not in shown:
+            shown.add(text)
+            print(f"keras-cam: warning: {text}", file=sys.stderr)
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("default")
+        warnings.showwarning = show
+        yield
+
+
+def main(argv=None):
+    """Entry point of the ``keras-cam`` console script; returns the exit status."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command is None:
+        parser.print_help()
+        return EXIT_ERROR
+    try:
+        with _one_line_warnings():
+            return args.func(args)
+    except KeyboardInterrupt:
+        print("keras-cam: interrupted", file=sys.stderr)
+        return 130
+    except Exception as e:
+        if args.traceback:
+            raise
+        expected = isinstance(e, (CliError, ValueError, TypeError, OSError))
+        message = " ".join(str(e).split()) or type(e).__name__
+        if not expected:
+            message = f"unexpected {type(e).__name__}: {message} (rerun with --traceback for details)"
+        print(f"keras-cam: error: {message}", file=sys.stderr)
+        return EXIT_ERROR
+
+
+if __name__ == "__main__":
+    sys.exit(main())
