@@ -110,6 +110,11 @@ class FrozenGraph:
     def __init__(self, concrete_fn):
         frozen = convert_variables_to_constants_v2(concrete_fn, aggressive_inlining=True)
         graph_def = frozen.graph.as_graph_def()
+        for node in graph_def.node:
+            # A custom gradient (tf.nn.silu, swish) leaves an IdentityN naming a gradient function
+            # that only existed in the process that saved the model: differentiate the ops instead.
+            if "_gradient_op_type" in node.attr:
+                del node.attr["_gradient_op_type"]
         if len(frozen.inputs) != 1:
             raise ValueError(
                 f"keras-cam explains SavedModel functions with one image input; this one takes "

@@ -233,3 +233,17 @@ def test_a_function_with_two_inputs_is_refused(tmp_path):
     tf.saved_model.save(TwoInputs(), str(tmp_path / "two"))
     with pytest.raises(ValueError, match="no function of one image tensor"):
         kc.GradCAM(tf.saved_model.load(str(tmp_path / "two")))
+
+
+def test_swish_custom_gradient_is_differentiated(images, tmp_path):
+    """tf.nn.silu's custom gradient is not in a loaded graph: the explainer differentiates its ops."""
+    keras.utils.set_random_seed(7)
+    inp = keras.Input((H, H, 3))
+    x = keras.layers.Conv2D(6, 3, padding="same", activation="swish", name="c2")(inp)
+    x = keras.layers.GlobalAveragePooling2D(name="gap")(x)
+    model = keras.Model(inp, keras.layers.Dense(3, activation="softmax", name="head")(x))
+    loaded = tf.saved_model.load(save(model, tmp_path / "swish"))
+    cam = kc.GradCAM(loaded)
+    assert cam.layer_path.endswith("c2/mul_1") or cam.layer_path.endswith("c2_1/mul_1")  # x * sigmoid(x)
+    ref, _, _ = reference(model, "c2", images)
+    assert_maps_equal(cam(images, upsample=False, normalize=False), ref)
