@@ -85,11 +85,12 @@ def probs_of(logits, head):
 
 
 def reference(model, head, x, weighting, classes=None, max_channels=None, baseline=0.0, score=None):
-    """Score-CAM maps at the layer's resolution, per the definition, one channel at a time."""
+    """``(maps at the layer's resolution, classes, channel weights)``, per the definition,
+    one channel at a time."""
     acts = activations(model, x)
     logits = head_logits(model, x)
     classes = logits.argmax(axis=1) if classes is None else np.asarray(classes)
-    out = []
+    out, weights = [], []
     for n in range(len(x)):
         a, c = acts[n], classes[n]
         ks = [k for k in range(a.shape[-1]) if a[..., k].max() != a[..., k].min()]
@@ -111,7 +112,8 @@ def reference(model, head, x, weighting, classes=None, max_channels=None, baseli
             e = np.exp(w[ks] - w[ks].max())
             w[ks] = e / e.sum()
         out.append(np.maximum(np.einsum("hwk,k->hw", a.astype(np.float64), w), 0.0))
-    return np.stack(out), classes
+        weights.append(w)
+    return np.stack(out), classes, np.stack(weights)
 
 
 def assert_close_to_max(actual, expected, rtol=1e-5):
@@ -157,7 +159,7 @@ def test_matches_independent_implementation(models, images, head, weighting):
     model = models[head]
     acts = activations(model, images)
     assert (acts[..., DEAD] == 0).all() and (acts[..., FLAT] == 0.5).all()  # the constant channels
-    want, classes = reference(model, head, images, weighting)
+    want, classes, _ = reference(model, head, images, weighting)
     result = cam_of(model, weighting=weighting).explain(images, upsample=False, normalize=False)
     np.testing.assert_array_equal(result.targets, classes)
     assert want.max() > 0
@@ -173,7 +175,7 @@ def test_matches_independent_implementation(models, images, head, weighting):
 def test_explicit_targets_and_final_maps(models, images, weighting):
     model = models["softmax"]
     classes = [2, 0, 1]
-    raw, _ = reference(model, "softmax", images, weighting, classes=classes)
+    raw, _, _ = reference(model, "softmax", images, weighting, classes=classes)
     up = tf.image.resize(raw[..., None].astype("float32"), (SIZE, SIZE), method="bilinear").numpy()[..., 0]
     lo, hi = up.min(axis=(1, 2), keepdims=True), up.max(axis=(1, 2), keepdims=True)
     want = (up - lo) / (hi - lo)
@@ -184,15 +186,15 @@ def test_explicit_targets_and_final_maps(models, images, weighting):
 
 def test_paper_weighting_does_not_depend_on_the_baseline(models, images):
     model = models["logits"]
-    zeros, _ = reference(model, "logits", images, "paper", baseline=0.0)
-    other, _ = reference(model, "logits", images, "paper", baseline=0.7)
+    zeros, _, _ = reference(model, "logits", images, "paper", baseline=0.0)
+    other, _, _ = reference(model, "logits", images, "paper", baseline=0.7)
     assert_close_to_max(other, zeros, rtol=1e-9)  # softmax_k is shift-invariant
     assert_close_to_max(cam_of(model, weighting="paper")(images, upsample=False, normalize=False), other)
 
 
 def test_callable_target_is_the_weight(models, images):
     model = models["logits"]
-    want, _ = reference(model, "logits", images, "reference", score=lambda z: z[:, 1])
+    want, _, _ = reference(model, "logits", images, "reference", score=lambda z: z[:, 1])
     got = cam_of(model)(images, targets=lambda out: out[:, 1], upsample=False, normalize=False)
     assert_close_to_max(got, want)
 
@@ -204,6 +206,29 @@ def test_linearize_false_gives_the_same_probabilities(models, images):
     assert_close_to_max(b, a)
 
 
+def test_eigen_smooth_is_the_principal_component_of_the_weighted_channels(models, images):
+    model = models["softmax"]
+    _, _, w = reference(model, "softmax", images, "reference")
+    weighted = activations(model, images).astype(np.float64) * w[:, None, None, :]
+    want = []
+    for wa in weighted:
+        flat = wa.reshape(-1, wa.shape[-1])
+        centred = flat - flat.mean(axis=0)
+        u, s, _ = np.linalg.svd(centred, full_matrices=False)
+        proj = u[:, 0] * s[0]
+        proj = proj if (proj * centred.sum(axis=1)).sum() >= 0 else -proj
+        want.append(np.maximum(proj, 0).reshape(wa.shape[:2]))
+    got = cam_of(model, eigen_smooth=True)(images, upsample=False, normalize=False)
+    assert_close_to_max(got, np.stack(want), rtol=1e-4)
+
+
+def test_aug_smooth_is_accepted(models, images):
+    plain = cam_of(models["softmax"])(images)
+    smooth = cam_of(models["softmax"], aug_smooth=True)(images)
+    assert smooth.shape == plain.shape and np.isfinite(smooth).all()
+    assert smooth.min() >= 0 and smooth.max() <= 1 and not np.allclose(smooth, plain)
+
+
 # ----------------------------------------------------------------------------- Faster Score-CAM
 
 @pytest.mark.parametrize("weighting", ["reference", "paper"])
@@ -212,7 +237,7 @@ def test_max_channels(models, images, weighting):
     full = cam_of(model, weighting=weighting)(images, upsample=False, normalize=False)
     every = cam_of(model, weighting=weighting, max_channels=6)(images, upsample=False, normalize=False)
     np.testing.assert_array_equal(every, full)
-    want, _ = reference(model, "softmax", images, weighting, max_channels=2)
+    want, _, _ = reference(model, "softmax", images, weighting, max_channels=2)
     top2 = cam_of(model, weighting=weighting, max_channels=2)(images, upsample=False, normalize=False)
     assert_close_to_max(top2, want)
     assert not np.allclose(top2, full)
@@ -277,7 +302,8 @@ def test_no_constant_channel_left_gives_zero_maps(images):
     k, b = model.get_layer("target").get_weights()
     model.get_layer("target").set_weights([k, np.full_like(b, -1e3)])
     for weighting in ("reference", "paper"):
-        maps = cam_of(model, weighting=weighting)(images)
+        with pytest.warns(UserWarning, match="all zeros"):
+            maps = cam_of(model, weighting=weighting)(images)
         assert np.isfinite(maps).all() and (maps == 0).all()
 
 

@@ -44,7 +44,8 @@ class ScoreCAM(Explainer):
       to be chosen.
 
     The map is ``ReLU(sum_k w_k A_k)`` at the layer's resolution, then
-    upsampled and normalized as for Grad-CAM.
+    upsampled and normalized as for Grad-CAM (``eigen_smooth`` and
+    ``aug_smooth`` apply as for Grad-CAM, see :class:`keras_cam.Explainer`).
 
     With ``max_channels=m`` only the ``m`` channels with the largest spatial
     variance of ``A_k`` are run, per image (Faster Score-CAM); the others get
@@ -65,6 +66,7 @@ class ScoreCAM(Explainer):
         max_channels: None for all channels, or a positive int for Faster
             Score-CAM.
         verbose: 1 draws a progress bar over the masked passes, 0 is silent.
+        aug_smooth, eigen_smooth: see :class:`keras_cam.Explainer`.
 
     Example:
         >>> cam = keras_cam.ScoreCAM(model, batch_size=32)
@@ -72,8 +74,11 @@ class ScoreCAM(Explainer):
         >>> fast = keras_cam.ScoreCAM(model, max_channels=64, verbose=0)
     """
 
+    _weights_channels = True
+
     def __init__(self, model, layer=None, *, output=None, linearize=True, batch_size=32,
-                 weighting="reference", max_channels=None, verbose=1):
+                 weighting="reference", max_channels=None, verbose=1, aug_smooth=False,
+                 eigen_smooth=False):
         if not isinstance(batch_size, (int, np.integer)) or isinstance(batch_size, bool) or batch_size < 1:
             raise ValueError(
                 f"`batch_size` must be a positive int (masked inputs per forward pass); "
@@ -91,7 +96,8 @@ class ScoreCAM(Explainer):
             )
         if verbose not in (0, 1, False, True):
             raise ValueError(f"`verbose` must be 0 or 1; received {verbose!r}.")
-        super().__init__(model, layer, output=output, linearize=linearize, batch_size=int(batch_size))
+        super().__init__(model, layer, output=output, linearize=linearize, batch_size=int(batch_size),
+                         aug_smooth=aug_smooth, eigen_smooth=eigen_smooth)
         self.weighting = weighting
         self.max_channels = None if max_channels is None else int(max_channels)
         self.verbose = int(verbose)
@@ -126,7 +132,7 @@ class ScoreCAM(Explainer):
             w = masked_softmax(values, chosen)
         else:
             w = values
-        return tf.nn.relu(tf.einsum("nhwk,nk->nhw", a, w)), scored
+        return self.reduce_channels(a * w[:, None, None, :]), scored
 
     @staticmethod
     def channels(a, max_channels=None):
