@@ -13,3 +13,4 @@ test-legacy:
 
 bench:
 	$(PYTHON) bench/bench_gradcam.py
+	$(PYTHON) bench/bench_scorecam.py
