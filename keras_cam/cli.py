@@ -272,7 +272,12 @@ _UNSAFE = ("model {path} contains Python code (a Lambda layer or function) that 
 
 
 def load_model(path, unsafe=False, custom_objects_file=None):
-    """Load a ``.keras`` / ``.h5`` file or a SavedModel folder, safely unless ``unsafe``."""
+    """Load a ``.keras`` / ``.h5`` file or a SavedModel folder, safely unless ``unsafe``.
+
+    A SavedModel written by tf-keras is loaded as a Keras model under tf-keras
+    (its layers keep their names); any other SavedModel (``model.export()``,
+    ``tf.saved_model.save``) is explained through its frozen graph.
+    """
     from keras_cam._compat import LEGACY, keras
 
     if not os.path.exists(path):
@@ -282,11 +287,8 @@ def load_model(path, unsafe=False, custom_objects_file=None):
         raise CliError(f"model folder {path} is not a SavedModel (no saved_model.pb in it)")
     if not is_dir and not path.lower().endswith((".keras", ".h5", ".hdf5")):
         raise CliError(f"model {path}: expected a .keras or .h5 file, or a SavedModel folder")
-    if is_dir and not LEGACY:
-        raise CliError(
-            f"model {path} is a SavedModel folder; Keras 3 cannot load it as a model with layers. "
-            f"Run with TF_USE_LEGACY_KERAS=1 (tf-keras), or save it as .keras"
-        )
+    if is_dir and not (LEGACY and os.path.exists(os.path.join(path, "keras_metadata.pb"))):
+        return _load_saved_model(path)
     if not unsafe and not path.lower().endswith(".keras") and holds_lambda(path):
         raise CliError(_UNSAFE.format(path=path))
     custom = load_custom_objects(custom_objects_file) if custom_objects_file else None
@@ -294,6 +296,24 @@ def load_model(path, unsafe=False, custom_objects_file=None):
         return keras.models.load_model(path, custom_objects=custom, compile=False, safe_mode=not unsafe)
     except Exception as e:
         raise CliError(_load_error(path, e, LEGACY)) from e
+
+
+def _load_saved_model(path):
+    """A SavedModel folder as a model of graph ops (see :mod:`keras_cam.saved_model`).
+
+    Loading a SavedModel runs TensorFlow graphs only, never Python code from the
+    folder, so it needs no ``--unsafe``.
+    """
+    import tensorflow as tf
+
+    from keras_cam.saved_model import FrozenModel
+
+    try:
+        return FrozenModel(tf.saved_model.load(path), name=os.path.basename(os.path.normpath(path)))
+    except Exception as e:
+        message = " ".join(str(e).split())
+        short = message if len(message) <= 200 else message[:200].rsplit(" ", 1)[0] + " ..."
+        raise CliError(f"could not load SavedModel {path}: {type(e).__name__}: {short}") from e
 
 
 def model_input(model):
@@ -463,7 +483,7 @@ def cmd_layers(args):
 
 def _add_model_args(p):
     p.add_argument("--model", required=True, metavar="PATH",
-                   help="the model: a .keras or .h5 file, or a SavedModel folder (tf-keras only)")
+                   help="the model: a .keras or .h5 file, or a SavedModel folder")
     p.add_argument("--unsafe", action="store_true",
                    help="load models that contain Python code (Lambda layers). This executes code "
                         "stored in the model file: use only for files you trust")

@@ -100,7 +100,7 @@ def run_demo(out="keras-cam-demo", n_images=4, seed=7, n_eval=128, overwrite=Fal
     os.makedirs(out, exist_ok=True)
     shown = one_per_class(labels, n_images)
     columns = {_TITLES.get(n, n): _subset(r, shown) for n, r in results.items()}
-    fig = plot(images[shown], columns, class_names=CLASS_NAMES, labels=labels[shown])
+    fig = plot(images[shown], columns, class_names=CLASS_NAMES, labels=labels[shown], cell_size=1.6)
     _draw_boxes(fig, boxes[shown], n_columns=len(explainers) + 1)
     tmp = os.path.join(out, f".{FIGURE}.{os.getpid()}.png")
     fig.savefig(tmp, bbox_inches="tight")
