@@ -114,6 +114,15 @@ class ActivationGraph:
                 f"`model` must be a Keras model or a loaded SavedModel (tf.saved_model.load); "
                 f"received {type(model).__name__}."
             )
+        inputs = getattr(model, "inputs", None) if _compat.is_model(model) else None
+        if inputs and len(inputs) > 1:
+            raise ValueError(
+                f"Model {model.name!r} has {len(inputs)} inputs; keras-cam explains models with one "
+                f"image input. Wrap it in a one-input model whose call supplies the other inputs "
+                f"(a small subclassed keras.Model: `call(self, images): return "
+                f"self.inner([images, self.others])`) and explain the wrapper; its layers are "
+                f"reached by path, e.g. layer='{model.name}/<layer>'."
+            )
         self.model = model
         self.output = output
         self.linearize = linearize

@@ -146,3 +146,31 @@ def test_input_that_the_model_cannot_take(images):
         cam(bad)
     with pytest.warns(UserWarning, match="raw 0-255 pixels"):
         cam((images * 255).astype(np.uint8))
+
+
+class HoldOthers(keras.Model):
+    """The documented route for a multi-input model: supply the other inputs."""
+
+    def __init__(self, inner, others):
+        super().__init__()
+        self.inner = inner
+        self.others = others
+
+    def call(self, images):
+        return self.inner([images, self.others])
+
+
+def test_multi_input_model_gets_a_clear_error_and_the_wrapper_route_works(images):
+    a, b = keras.Input((H, W, 3)), keras.Input((2,))
+    x = keras.layers.GlobalAveragePooling2D()(conv_trunk(a))
+    model = keras.Model([a, b], keras.layers.Dense(3)(keras.layers.Concatenate()([x, b])))
+    with pytest.raises(ValueError, match="2 inputs.*Wrap it in a one-input model"):
+        kc.GradCAM(model)
+    meta = tf.constant(np.tile([[0.5, -1.0]], (len(images), 1)), tf.float32)
+    wrapped = kc.GradCAM(HoldOthers(model, meta), layer="target")
+    # The 'meta' input only shifts the logits; through GAP + Dense, dS/dA^k = W[k, 1] / (h w)
+    # for the 6 image features that come first in the concatenation.
+    acts = keras.Model(a, model.get_layer("target").output)(images).numpy()
+    kernel = model.layers[-1].get_weights()[0]
+    expected = np.maximum(np.einsum("nhwk,k->nhw", acts, kernel[:6, 1] / (H * W)), 0)
+    np.testing.assert_allclose(wrapped(images, targets=1, upsample=False, normalize=False), expected, rtol=1e-5, atol=1e-7)
