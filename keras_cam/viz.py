@@ -196,11 +196,13 @@ def _default_headers(items):
 
 def _columns(columns):
     if isinstance(columns, dict):
-        return [str(k) for k in columns], list(columns.values())
-    items = list(columns) if isinstance(columns, (list, tuple)) else [columns]
+        headers, items = [str(k) for k in columns], list(columns.values())
+    else:
+        items = list(columns) if isinstance(columns, (list, tuple)) else [columns]
+        headers = _default_headers(items)
     if not items:
         raise ValueError("`columns` is empty; pass at least one explainer, Explanation or maps array.")
-    return _default_headers(items), items
+    return headers, items
 
 
 def _images_batch(images):

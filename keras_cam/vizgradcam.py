@@ -97,9 +97,9 @@ def VizGradCAM(model, img, interpolant=0.5, plot_results=True):  # noqa: N802 (t
             f"VizGradCAM explains one image; received a batch of {batch.shape[0]}. Call it per "
             f"image, or use keras_cam.GradCAM(model)(images) for a batch."
         )
-    # One image, once: the method's own computation run eagerly. Compiling it
-    # (what an explainer does, to be fast on every later call) would cost
-    # several times more than running it for a single use.
+    # One image, once: the method's own computation, run eagerly. Compiling it
+    # (what an explainer does so that its later calls are fast) would cost
+    # more than this single run.
     cam = GradCAM(model, layer=last_conv_layer(model, batch))
     maps, (_, idx, prob) = cam.raw_maps(batch, tf.constant([_targets.TOP1], tf.int32))
     heatmap = minmax(upsample(tf.cast(maps, tf.float32), tf.shape(batch)[1:3]))[0].numpy()

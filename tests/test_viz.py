@@ -191,8 +191,9 @@ def test_plot_precomputed_columns(cnn):
         kc.plot(images, {"few": maps[:1]})
     with pytest.raises(TypeError, match="Column 'bad'"):
         kc.plot(images, {"bad": "not maps"})
-    with pytest.raises(ValueError, match="columns"):
-        kc.plot(images, [])
+    for empty in ([], {}):
+        with pytest.raises(ValueError, match="columns"):
+            kc.plot(images, empty)
 
 
 # ---------------------------------------------------------------- VizGradCAM
