@@ -173,7 +173,7 @@ class ScoreCAM(Explainer):
             s, _, p = self.target_scores(outputs, tf.gather(idx, which), target_fn)
             v = p if (self.weighting == "reference" and target_fn is None) else s
             if self.verbose:
-                tf.py_function(self._progress, [i, n_steps, total], [])
+                tf.py_function(self._progress, [i, total], [])
             return i + 1, tf.tensor_scatter_nd_update(values, chunk, v)
 
         _, values = tf.while_loop(
@@ -182,9 +182,9 @@ class ScoreCAM(Explainer):
         )
         return values
 
-    def _progress(self, i, n_steps, total):
+    def _progress(self, i, total):
         """Progress bar over the masked passes of one compiled call (runs eagerly)."""
-        i, n_steps, total = int(i), int(n_steps), int(total)
+        i, total = int(i), int(total)
         if i == 0 or self._bar is None:
             self._bar = _compat.progbar(total, verbose=self.verbose)
         self._bar.update(min((i + 1) * self.batch_size, total))
