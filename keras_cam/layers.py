@@ -214,6 +214,10 @@ def trace_layers(model, sample):
         inside SavedModel layers included.
     """
     model = _saved_model.adapt(model)
+    if isinstance(model, _saved_model.FrozenModel):  # its graph's shapes are known without running it
+        shape = tuple(np.shape(sample))
+        return [LayerInfo(op.name, op, s, pooled) for op, (_, s, pooled) in
+                zip(model.layers, _saved_model.op_infos(model, shape))]
     pairs = walk(model)
     ops_of = {}
     for path, layer in pairs:

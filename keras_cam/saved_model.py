@@ -108,24 +108,25 @@ class FrozenGraph:
     """
 
     def __init__(self, concrete_fn):
-        frozen = convert_variables_to_constants_v2(concrete_fn, aggressive_inlining=True)
-        graph_def = frozen.graph.as_graph_def()
+        graph_def, inputs, outputs = _freeze(concrete_fn)
         for node in graph_def.node:
             # A custom gradient (tf.nn.silu, swish) leaves an IdentityN naming a gradient function
             # that only existed in the process that saved the model: differentiate the ops instead.
-            if "_gradient_op_type" in node.attr:
-                del node.attr["_gradient_op_type"]
-        if len(frozen.inputs) != 1:
+            # Colocation hints may name nodes that a piece leaves out.
+            for attr in ("_gradient_op_type", "_class"):
+                if attr in node.attr:
+                    del node.attr[attr]
+        if len(inputs) != 1:
             raise ValueError(
                 f"keras-cam explains SavedModel functions with one image input; this one takes "
-                f"{len(frozen.inputs)} inputs ({[t.name for t in frozen.inputs]})."
+                f"{len(inputs)} inputs ({inputs})."
             )
         self._graph_def = graph_def
         self.graph = g = tf.Graph()  # for looking at the ops; never run
         with g.as_default():
             tf.graph_util.import_graph_def(graph_def, name="")
-        self.input = g.get_tensor_by_name(frozen.inputs[0].name)
-        self.outputs = [g.get_tensor_by_name(t.name) for t in frozen.outputs]
+        self.input = g.get_tensor_by_name(inputs[0])
+        self.outputs = [g.get_tensor_by_name(name) for name in outputs]
         self.structure = concrete_fn.structured_outputs
         self._pieces = {}
         self._order = {op.name: i for i, op in enumerate(g.get_operations())}  # import order is topological
@@ -195,6 +196,28 @@ class FrozenGraph:
         ]
         flat = self._piece(feeds, outs)(*values)
         return tf.nest.pack_sequence_as(self.structure, flat)
+
+
+def _freeze(fn):
+    """``(graph_def, input names, output names)`` of ``fn`` with variables as constants, calls inlined.
+
+    ``convert_variables_to_constants_v2`` does this and then wraps the result
+    in a new ConcreteFunction, which takes most of its time (seconds for an
+    EfficientNet) and is not needed here: its two steps are called directly
+    when this TensorFlow has them.
+    """
+    try:
+        from tensorflow.python.framework import convert_to_constants as c2c
+
+        data = c2c._FunctionConverterDataInEager(func=fn, lower_control_flow=True, aggressive_inlining=True)
+        graph_def, converted = c2c._replace_variables_by_constants(converter_data=data)
+        captures = fn.graph.internal_captures
+        constant = {id(captures[i]) for i in converted}
+        inputs = [t.name for t in fn.inputs if id(t) not in constant]
+    except (ImportError, AttributeError, TypeError):
+        frozen = convert_variables_to_constants_v2(fn, aggressive_inlining=True)
+        graph_def, inputs = frozen.graph.as_graph_def(), [t.name for t in frozen.inputs]
+    return graph_def, inputs, [t.name for t in fn.outputs]
 
 
 def _sub_graph(graph_def, names):
