@@ -281,7 +281,7 @@ def guided_reference(model, x, cls):
 
 
 def test_guided_backprop_by_hand_and_the_model_is_untouched(relu_model):
-    x = np.random.default_rng(2).normal(size=(3, 8, 8, 2)).astype(np.float32)
+    x = np.random.default_rng(2).uniform(-1, 1, (3, 8, 8, 2)).astype(np.float32)
     act = relu_model.get_layer("act2").activation
 
     def plain_gradient():
@@ -309,7 +309,7 @@ def test_guided_backprop_by_hand_and_the_model_is_untouched(relu_model):
 
 
 def test_guided_gradcam_is_guided_gradients_times_gradcam(relu_model):
-    x = np.random.default_rng(3).normal(size=(2, 8, 8, 2)).astype(np.float32)
+    x = np.random.default_rng(3).uniform(-1, 1, (2, 8, 8, 2)).astype(np.float32)
     guided, _ = guided_reference(relu_model, x, np.full(2, 2))
     # Grad-CAM at act2 with ordinary gradients
     xt = tf.constant(x)
