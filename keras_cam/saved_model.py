@@ -12,10 +12,14 @@ its layers anyway, keras-cam
    target "layer", named by its op name (wrapper scopes such as
    ``StatefulPartitionedCall/`` removed, so ``"model/conv2d/Relu"`` reads like
    a layer path);
-3. runs the graph in pruned pieces: ``input -> activation`` and
-   ``(input, activation) -> output``. The activation is an ordinary tensor
+3. runs the graph in pieces: ``input -> activation`` and
+   ``(input, activation) -> output``, each a ``tf.function`` that imports the
+   frozen graph with those tensors fed. The activation is an ordinary tensor
    between the two pieces, so a ``GradientTape`` that watches it gets
-   ``dS/dA``, exactly as for a Keras layer.
+   ``dS/dA``, exactly as for a Keras layer. A custom gradient recorded in the
+   graph (``tf.nn.silu``/swish is one) names a function that only existed
+   where the model was saved; the graph's own ops are differentiated instead,
+   which gives the same derivative.
 
 Within a Keras model the wrapper layer's ``call`` is replaced by those pieces
 while an explainer runs (the same temporary interception as for Keras layers,
@@ -89,7 +93,11 @@ class GraphOp:
     def __init__(self, name, op_name, owner):
         self.name = name
         self.op_name = op_name
-        self.owner = owner
+        self._owner = weakref.ref(owner)  # the op list is cached per owner: no cycle through the cache
+
+    @property
+    def owner(self):
+        return self._owner()
 
     def __repr__(self):
         return f"GraphOp({self.name!r})"
@@ -373,19 +381,19 @@ class FrozenModel:
         return [f"output_{i}" for i in range(len(self.frozen.outputs))]
 
 
-_ADAPTED = weakref.WeakKeyDictionary()  # loaded SavedModel -> its FrozenModel (frozen once)
+# id(loaded SavedModel) -> its FrozenModel, while something (an explainer) keeps that alive;
+# the FrozenModel holds the object, so its id cannot be reused meanwhile.
+_ADAPTED = weakref.WeakValueDictionary()
 
 
 def adapt(model):
-    """``model`` itself, or the :class:`FrozenModel` of a loaded SavedModel (built once per object)."""
+    """``model`` itself, or the :class:`FrozenModel` of a loaded SavedModel (frozen once while in use)."""
     if not is_saved_model(model):
         return model
-    try:
-        if model not in _ADAPTED:
-            _ADAPTED[model] = FrozenModel(model)
-        return _ADAPTED[model]
-    except TypeError:  # not weak-referenceable
-        return FrozenModel(model)
+    frozen = _ADAPTED.get(id(model))
+    if frozen is None or frozen.source is not model:
+        frozen = _ADAPTED[id(model)] = FrozenModel(model)
+    return frozen
 
 
 # ---------------------------------------------------------------------------

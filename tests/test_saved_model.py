@@ -6,7 +6,9 @@ original Keras model (same weights): ``A`` is a layer's output, ``S`` the
 logit of the explained class, ``w = mean dS/dA``, ``map = ReLU(sum_k w_k A^k)``.
 """
 
+import gc
 import re
+import weakref
 
 import numpy as np
 import pytest
@@ -247,3 +249,16 @@ def test_swish_custom_gradient_is_differentiated(images, tmp_path):
     assert cam.layer_path.endswith("c2/mul_1") or cam.layer_path.endswith("c2_1/mul_1")  # x * sigmoid(x)
     ref, _, _ = reference(model, "c2", images)
     assert_maps_equal(cam(images, upsample=False, normalize=False), ref)
+
+
+def test_frozen_model_is_released_with_its_explainer(saved, images):
+    def explain_once():  # in a function: its frame (and anything that looked at it) is gone after
+        loaded = tf.saved_model.load(saved)
+        cam = kc.GradCAM(loaded)
+        assert kc.GradCAM(loaded).model is cam.model  # frozen once while in use
+        cam(images)
+        return weakref.ref(cam.model)
+
+    frozen = explain_once()
+    gc.collect()
+    assert frozen() is None
