@@ -203,7 +203,9 @@ def _missing_object(message):
     """The name of the unknown class/function in a Keras loading error, or None."""
     import re
 
-    for pattern in (r"Could not locate (?:class|function) '([^']+)'", r"Unknown (?:layer|object|activation|loss|metric)[^']*'([^']+)'"):
+    for pattern in (r"Could not locate (?:class|function) '([^']+)'",
+                    r"Unknown (?:layer|object|activation|loss|metric)[^']*'([^']+)'",
+                    r"Cannot deserialize object of type `([^`]+)`"):
         m = re.search(pattern, message)
         if m:
             return m.group(1)
@@ -248,12 +250,41 @@ def holds_lambda(path):
     return _lambda_in_config(json.loads(config))
 
 
+def _foreign_classes(path):
+    """Classes in a ``.keras`` file's config that come from outside Keras (custom objects)."""
+    import zipfile
+
+    try:
+        with zipfile.ZipFile(path) as archive:
+            config = json.loads(archive.read("config.json"))
+    except (OSError, KeyError, ValueError, zipfile.BadZipFile):
+        return []
+    found = []
+
+    def visit(node):
+        if isinstance(node, dict):
+            if "class_name" in node and "module" in node:
+                module = node["module"] or ""
+                if module.split(".")[0] not in ("keras", "tf_keras"):
+                    found.append(node["class_name"])
+            for value in node.values():
+                visit(value)
+        elif isinstance(node, list):
+            for value in node:
+                visit(value)
+
+    visit(config)
+    return list(dict.fromkeys(found))
+
+
 def _load_error(path, error, legacy):
     """A one-line explanation of why Keras could not load ``path``."""
     message = " ".join(str(error).split())
     if "safe_mode" in message or "safe mode" in message:
         return _UNSAFE.format(path=path)
     missing = _missing_object(message)
+    if missing is None and path.lower().endswith(".keras"):
+        missing = next(iter(_foreign_classes(path)), None)
     if legacy and ("keras.src." in message or "batch_shape" in message):
         return (f"model {path} was saved by Keras 3, which tf-keras cannot read; run keras-cam "
                 f"without TF_USE_LEGACY_KERAS=1")
