@@ -229,7 +229,10 @@ def trace_layers(model, sample):
 
     def record(path, layer, args, out):
         inputs = _tensors(args)
-        sources = [producer[id(t)][0] for t in inputs if id(t) in producer]
+        # Per input: does it come from a pooled map? A map from no recorded layer (the model's
+        # input) does not; constants (rank < 4) do not count.
+        from_pooled = [producer[id(t)][0] in pooled if id(t) in producer else False
+                       for t in inputs if id(t) in producer or t.shape.rank == 4]
         if id(layer) in ops_of:
             in_shape = tuple(inputs[0].shape) if inputs else None
             for op_name, shape, is_pooled in _saved_model.op_infos(layer, in_shape):
@@ -240,7 +243,7 @@ def trace_layers(model, sample):
                 seen[op_path] = LayerInfo(op_path, _find(pairs, op_path), shape, is_pooled)
         shape = tuple(out.shape) if hasattr(out, "shape") else None
         is_pooled = _is_global(layer, [tuple(t.shape) for t in inputs], shape) or (
-            bool(sources) and all(s in pooled for s in sources)
+            bool(from_pooled) and all(from_pooled)
         )
         if is_pooled:
             pooled.add(path)

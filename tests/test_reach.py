@@ -133,7 +133,7 @@ def test_efficientnet_with_batchnorm_and_dropout_head_and_flatten_model(b0, phot
 
 
 def test_efficientnet_package_colab_recipe(photos, eager):
-    efn = pytest.importorskip("efficientnet.tfkeras")
+    import efficientnet.tfkeras as efn  # in the test extras
     keras.utils.set_random_seed(3)
     base = efn.EfficientNetB0(weights=None, include_top=False, input_shape=(S, S, 3))
     # efficientnet.tfkeras builds with tf.keras: tf-keras under TF_USE_LEGACY_KERAS=1, Keras 3 otherwise.
