@@ -26,7 +26,6 @@ import contextlib
 import io
 import json
 import os
-import resource
 import subprocess
 import sys
 import warnings
@@ -117,10 +116,13 @@ def speed(args):
                  "tf-keras-vis s", "tf-keras-vis / Score-CAM"], [row]), flush=True)
 
 
-def rss_mb():
+def status_mb(field):
+    """``VmRSS`` (now) or ``VmHWM`` (peak) of this process, in MB. The peak is read here
+    rather than from ``getrusage``, whose ``ru_maxrss`` in a child process also counts
+    the parent's memory at the time of the fork."""
     with open("/proc/self/status") as f:
         for line in f:
-            if line.startswith("VmRSS:"):
+            if line.startswith(field + ":"):
                 return int(line.split()[1]) / 1024
     return float("nan")
 
@@ -130,14 +132,13 @@ def memory_child(who, channels, batch_size):
     model = mobilenet()
     x1 = image(1)
     top = int(np.argmax(model(x1, training=False)))
-    before = rss_mb()
+    before = status_mb("VmRSS")
     max_channels = None if channels >= CHANNELS else channels
     if who == "keras-cam":
         kc.ScoreCAM(model, LAYER, batch_size=batch_size, max_channels=max_channels, verbose=0)(x1)
     else:
         peer(model, batch_size, max_n=max_channels)(x1, top)
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
-    print(json.dumps({"before": before, "peak": peak}))
+    print(json.dumps({"before": before, "peak": status_mb("VmHWM")}))
 
 
 def memory(args):
