@@ -14,3 +14,5 @@ test-legacy:
 bench:
 	$(PYTHON) bench/bench_gradcam.py
 	$(PYTHON) bench/bench_scorecam.py
+	$(PYTHON) bench/bench_callback.py
+	$(PYTHON) bench/bench_dataset.py
