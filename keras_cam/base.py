@@ -114,28 +114,84 @@ def as_batch(images):
     return x, False
 
 
-def _input_shape(model):
-    """The shape of the model's (first) input, None dims allowed; None if unknown."""
+def _input_shape(model, index=0):
+    """The shape of the model's input ``index``, None dims allowed; None if unknown."""
     try:
         inputs = model.inputs
     except (AttributeError, ValueError):
         return None
-    return tuple(inputs[0].shape) if inputs else None
+    return tuple(inputs[index].shape) if inputs else None
+
+
+def _as_input_list(graph, inputs):
+    """The inputs of a multi-input model, in the order of ``model.inputs``."""
+    names = graph.input_names
+    if isinstance(inputs, dict):
+        missing = [n for n in names if n not in inputs]
+        if missing or len(inputs) != len(names):
+            raise ValueError(
+                f"`images` is a dict with keys {sorted(inputs)}; model {graph.model.name!r} takes "
+                f"the inputs {names}. Pass one entry per input."
+            )
+        return [inputs[n] for n in names]
+    if isinstance(inputs, (list, tuple)) and len(inputs) == len(names):
+        return list(inputs)
+    raise ValueError(
+        f"Model {graph.model.name!r} has {len(names)} inputs {names}: pass them all, as a list "
+        f"in that order or a dict by name, as for `model.predict` (the maps explain input "
+        f"{names[graph.input_index]!r}; the others are held fixed). Received "
+        f"{type(inputs).__name__}{'' if not hasattr(inputs, '__len__') else f' of length {len(inputs)}'}."
+    )
+
+
+def read_inputs(graph, inputs):
+    """The user's input as an explainer computes on it.
+
+    Returns:
+        ``(images, others, single)``: the images as a checked float32
+        channels-last ``(N, H, W, C)`` tensor, the other inputs of a
+        multi-input model (a tuple of tensors whose rows go with the images;
+        empty otherwise) and whether one example without a batch axis was given.
+    """
+    if not graph.multi_input:
+        batch, single = as_batch(inputs)
+        others = ()
+    else:
+        parts = _as_input_list(graph, inputs)
+        batch, single = as_batch(parts.pop(graph.input_index))
+        specs = [t for i, t in enumerate(graph.model.inputs) if i != graph.input_index]
+        others = []
+        for name, part, spec in zip([n for i, n in enumerate(graph.input_names) if i != graph.input_index],
+                                    parts, specs):
+            t = tf.convert_to_tensor(part)
+            t = t[None] if single else t
+            if t.dtype != spec.dtype and (t.dtype.is_floating or tf.as_dtype(spec.dtype).is_floating):
+                t = tf.cast(t, spec.dtype)
+            if t.shape.rank == 0 or t.shape[0] != batch.shape[0]:
+                raise ValueError(
+                    f"Input {name!r} has shape {tuple(t.shape)}, but there are {int(batch.shape[0])} "
+                    f"images: every input needs one row per image."
+                )
+            others.append(t)
+        others = tuple(others)
+    check_images(batch, graph.model, graph.input_index, graph.data_format == "channels_first")
+    return graph.to_channels_last(batch), others, single
 
 
 def _has_preprocessing(model):
     return any(type(l).__name__ in ("Rescaling", "Normalization") for _, l in _layers.walk(model))
 
 
-def check_images(batch, model):
+def check_images(batch, model, index=0, channels_first=False):
     """Reject input the model cannot take, before TensorFlow fails deep inside.
 
     Checks the rank, the channel count and any fixed height/width against the
-    model's input, and that every value is finite. Warns (it cannot know for
-    sure) when the values look like raw 0-255 pixels and the model has no
+    model's input ``index`` (whose format ``batch`` is in), and that every
+    value is finite. Warns (it cannot know for sure) when the values look like
+    raw 0-255 pixels (none negative, some above 2) and the model has no
     preprocessing layer of its own (``Rescaling``/``Normalization``).
     """
-    expected = _input_shape(model)
+    expected = _input_shape(model, index)
     if expected is not None:
         got = tuple(batch.shape[1:])
         if len(got) != len(expected) - 1:
@@ -145,7 +201,7 @@ def check_images(batch, model):
             )
         for axis, (g, e) in enumerate(zip(got, expected[1:]), start=1):
             if e is not None and g != e:
-                what = "channels" if axis == len(got) else f"size on axis {axis}"
+                what = "channels" if axis == (1 if channels_first else len(got)) else f"size on axis {axis}"
                 raise ValueError(
                     f"`images` has shape {tuple(batch.shape)} but model {model.name!r} takes "
                     f"(N,) + {tuple(expected[1:])}: its {what} is {g}, the model's is {e}. Resize the "
@@ -158,7 +214,8 @@ def check_images(batch, model):
             f"`images` contains NaN or Inf (images {bad[:10]}); a map of such an input is "
             f"meaningless. Clean or drop those images first."
         )
-    if float(tf.reduce_max(batch)) > 2.0 and not _has_preprocessing(model):
+    if float(tf.reduce_max(batch)) > 2.0 and float(tf.reduce_min(batch)) >= 0.0 \
+            and not _has_preprocessing(model):
         warnings.warn(
             f"`images` has values up to {float(tf.reduce_max(batch)):.0f}, like raw 0-255 pixels, "
             f"and model {model.name!r} has no Rescaling/Normalization layer. If the model was "
@@ -217,6 +274,13 @@ class Explainer:
         eigen_smooth: for methods whose map is ``ReLU(sum_k w_k A^k)``, use
             ``ReLU`` of the first principal component of ``w_k A^k`` instead
             (:meth:`reduce_channels`).
+        image_input: for a multi-input model, the input (index or name) whose
+            images are explained; None picks its only 4-D input. The call
+            then takes all inputs (a list or dict, as ``model.predict``) and
+            holds the others fixed.
+        data_format: ``"channels_first"`` for a model that takes
+            ``(N, C, H, W)`` images; None infers it from the model's layers.
+            Maps are ``(N, H, W)`` either way.
     """
 
     # Whether the method's map is a sum of weighted channels, so that
@@ -224,7 +288,7 @@ class Explainer:
     _weights_channels = False
 
     def __init__(self, model, layer=None, *, output=None, linearize=True, batch_size=32,
-                 aug_smooth=False, eigen_smooth=False):
+                 aug_smooth=False, eigen_smooth=False, image_input=None, data_format=None):
         if batch_size is not None and (not isinstance(batch_size, (int, np.integer)) or batch_size < 1):
             raise ValueError(f"`batch_size` must be a positive int or None; received {batch_size!r}.")
         if eigen_smooth and not self._weights_channels:
@@ -232,7 +296,8 @@ class Explainer:
                 f"`eigen_smooth` takes the principal component of weighted channels; "
                 f"{type(self).__name__} does not weight channels, so it does not apply."
             )
-        self.graph = ActivationGraph(model, self._layer_specs(layer), output=output, linearize=linearize)
+        self.graph = ActivationGraph(model, self._layer_specs(layer), output=output, linearize=linearize,
+                                     image_input=image_input, data_format=data_format)
         self.batch_size = batch_size
         self.aug_smooth = bool(aug_smooth)
         self.eigen_smooth = bool(eigen_smooth)
@@ -284,14 +349,13 @@ class Explainer:
 
     def explain(self, images, targets=None, upsample=True, normalize=True) -> Explanation:
         """Like calling the explainer, but also returns the targets and scores."""
-        batch, single = as_batch(images)
-        check_images(batch, self.model)
+        batch, others, single = read_inputs(self.graph, images)
         if self.aug_smooth and not upsample:
             raise ValueError(
                 "`aug_smooth` averages maps at the input resolution (that is where a flip or "
                 "shift is undone exactly); call with upsample=True."
             )
-        self.prepare(batch)
+        self.prepare(self.graph.assemble(self.graph.to_model_format(batch[:1]), [o[:1] for o in others]))
         n = int(batch.shape[0])
         if callable(targets):
             fn, idx = self._function(targets), np.full((n,), _targets.TOP1, np.int32)
@@ -299,7 +363,8 @@ class Explainer:
             fn, idx = self._function(None), _targets.class_indices(targets, n, self.graph.num_classes)
         step = self.batch_size or n
         parts = [
-            fn(batch[i:i + step], tf.constant(idx[i:i + step]), bool(upsample), bool(normalize))
+            fn(batch[i:i + step], tf.constant(idx[i:i + step]), bool(upsample), bool(normalize),
+               tuple(o[i:i + step] for o in others))
             for i in range(0, n, step)
         ]
         maps, scores, used, probs = (np.concatenate([p[k].numpy() for p in parts]) for k in range(4))
@@ -317,14 +382,32 @@ class Explainer:
             callables = [k for k in self._functions if k is not None]
             if len(callables) >= 8:  # callables made per call must not pile up traces
                 del self._functions[callables[0]]
-            self._functions[target_fn] = tf.function(functools.partial(self._compute, target_fn=target_fn))
+            self._functions[target_fn] = tf.function(functools.partial(self._held_compute, target_fn=target_fn))
         return self._functions[target_fn]
 
-    def prepare(self, images):
-        """Choose automatic layers (one probe run) before the first compiled call."""
-        self.graph.prepare(images)
+    def _held_compute(self, images, class_idx, upsample_, normalize_, others, target_fn=None):
+        with self.graph.holding(others):
+            return self.compute(images, class_idx, upsample_, normalize_, target_fn)
 
-    def _compute(self, images, class_idx, upsample_, normalize_, target_fn=None):
+    def prepare(self, sample):
+        """Choose automatic layers (one probe run on ``sample``, one input as
+        the model takes it) before the first compiled call."""
+        self.graph.prepare(sample)
+
+    def compute(self, images, class_idx, upsample_, normalize_, target_fn=None):
+        """The whole computation for one batch, traceable: what :meth:`explain`
+        compiles, and what :func:`keras_cam.explain_dataset` runs per replica.
+
+        Args:
+            images: channels-last float32 ``(n, H, W, C)`` (see
+                ``ActivationGraph.to_channels_last``).
+            class_idx: ``(n,)`` int32 classes, ``targets.TOP1`` for top-1.
+            upsample_, normalize_: as in :meth:`__call__`.
+            target_fn: a callable target, or None for class targets.
+
+        Returns:
+            ``(maps, scores, classes used, probabilities)``, one row per image.
+        """
         if self.aug_smooth:
             maps, outputs = self._smoothed_maps(images, class_idx, target_fn)
         else:

@@ -209,8 +209,9 @@ def _compiled_step(explainer, strategy, upsample, normalize, target_fn, keep_ima
         owner = weakref.ref(explainer)  # the cache must not keep the explainer alive
 
         def replica_step(ids, images, classes, marks):
-            maps, scores, used, probs = owner()._compute(
-                images, classes, upsample, normalize, target_fn=target_fn)
+            explainer = owner()
+            maps, scores, used, probs = explainer.compute(
+                explainer.graph.to_channels_last(images), classes, upsample, normalize, target_fn=target_fn)
             kept = images if keep_images else tf.zeros([tf.shape(images)[0], 0])
             return ids, marks, maps, scores, used, probs, kept
 
@@ -223,6 +224,12 @@ class _Job:
 
     def __init__(self, explainer, dataset, targets, strategy, batch_size, upsample, normalize,
                  fingerprints, images):
+        if explainer.graph.multi_input:
+            raise ValueError(
+                f"explain_dataset explains single-input models; model {explainer.model.name!r} has "
+                f"the inputs {explainer.graph.input_names}. Explain its batches with the explainer "
+                f"itself: `explainer([images, other, ...])`."
+            )
         self.explainer, self.strategy = explainer, strategy
         self.upsample, self.normalize = bool(upsample), bool(normalize)
         self.keep_images = images
@@ -242,7 +249,7 @@ class _Job:
         if first is None:
             raise ValueError("`dataset` is empty; there is nothing to explain.")
         first = tf.cast(first[0] if _has_labels(spec) else first, tf.float32)
-        check_images(first, explainer.model)  # shape and channels; finiteness is checked per batch below
+        check_images(first, explainer.model, 0, explainer.graph.data_format == "channels_first")  # shape and channels; finiteness is checked per batch below
         sample = first[:1]
         explainer.prepare(sample)
         num_classes = None

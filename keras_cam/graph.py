@@ -105,27 +105,32 @@ class ActivationGraph:
         output: which model output holds the class scores (index or name),
             for multi-output models.
         linearize: remove a final softmax/sigmoid so scores are logits.
+        image_input: for multi-input models, the input (index or name) that
+            holds the images; None picks the only 4-D input. The other
+            inputs are held fixed (:meth:`holding`).
+        data_format: ``"channels_last"``, ``"channels_first"`` or None, which
+            infers it from the model's layers (any ``channels_first`` layer).
+
+    Inside an explainer, images and activations are channels-last
+    ``(N, H, W, C)``; this class converts at the model's boundary, where a
+    channels-first model takes ``(N, C, H, W)`` input and its layers return
+    ``(N, C, h, w)`` maps.
     """
 
-    def __init__(self, model, layers=(None,), output=None, linearize=True):
+    def __init__(self, model, layers=(None,), output=None, linearize=True, image_input=None,
+                 data_format=None):
         model = _saved_model.adapt(model)
         if not (_compat.is_model(model) or isinstance(model, _saved_model.FrozenModel)):
             raise TypeError(
                 f"`model` must be a Keras model or a loaded SavedModel (tf.saved_model.load); "
                 f"received {type(model).__name__}."
             )
-        inputs = getattr(model, "inputs", None) if _compat.is_model(model) else None
-        if inputs and len(inputs) > 1:
-            raise ValueError(
-                f"Model {model.name!r} has {len(inputs)} inputs; keras-cam explains models with one "
-                f"image input. Wrap it in a one-input model whose call supplies the other inputs "
-                f"(a small subclassed keras.Model: `call(self, images): return "
-                f"self.inner([images, self.others])`) and explain the wrapper; its layers are "
-                f"reached by path, e.g. layer='{model.name}/<layer>'."
-            )
         self.model = model
         self.output = output
         self.linearize = linearize
+        self.input_names, self.input_index = _image_input(model, image_input)
+        self.data_format = _data_format(model, data_format)
+        self._held = None
         self.head, self.output_activation, self._how = find_head(model, output)
         self.num_classes = self._static_num_classes()
         self._specs = list(layers)
@@ -136,9 +141,9 @@ class ActivationGraph:
                 self.paths[i], self.layers[i] = _layers.resolve(model, spec)
             elif (known := _layers.default_layer(model)) is not None:  # a known architecture
                 self.paths[i], self.layers[i] = known[:2]
-        shape = _layers.probe_input_shape(model)
-        if shape is not None and None in self.layers:
-            self.prepare(np.zeros(shape, dtype="float32"))
+        sample = _layers.probe_sample(model)
+        if sample is not None and None in self.layers:
+            self.prepare(sample)
 
     def _static_num_classes(self):
         try:
@@ -157,11 +162,15 @@ class ActivationGraph:
     def ready(self):
         return None not in self.layers
 
-    def prepare(self, images):
-        """Resolve automatic layer choices by probing with one input (once)."""
+    def prepare(self, sample):
+        """Resolve automatic layer choices by probing with ``sample`` (once).
+
+        ``sample`` is one input as the model takes it (batch of 1, the
+        model's data format, all inputs of a multi-input model).
+        """
         if self.ready:
             return
-        info = _layers.auto_layer(self.model, images[:1])
+        info = _layers.auto_layer(self.model, sample)
         for i, layer in enumerate(self.layers):
             if layer is None:
                 self.paths[i], self.layers[i] = info.path, info.layer
@@ -183,26 +192,96 @@ class ActivationGraph:
             with replaced_call(self.head, lambda inner, x, *a, **k: x):
                 yield
 
-    def run(self, images):
-        """The model's outputs (logits if linearized), without capturing any layer."""
+    @property
+    def multi_input(self):
+        return len(self.input_names) > 1
+
+    def assemble(self, images, others=()):
+        """The model's input from images in its own format and the other inputs."""
+        if not self.multi_input:
+            return images
+        parts = list(others)
+        parts.insert(self.input_index, images)
+        if isinstance(getattr(self.model, "input", None), dict):
+            return dict(zip(self.input_names, parts))
+        return parts
+
+    @contextlib.contextmanager
+    def holding(self, others):
+        """Inside the block, the inputs other than the images are ``others``
+        (tensors whose rows are aligned with the images'), see :meth:`model_inputs`."""
+        previous, self._held = self._held, tuple(others)
+        try:
+            yield
+        finally:
+            self._held = previous
+
+    def to_model_format(self, images):
+        """Channels-last images ``(N, H, W, C)`` in the model's data format."""
+        return tf.transpose(images, (0, 3, 1, 2)) if self.data_format == "channels_first" else images
+
+    def to_channels_last(self, images):
+        """Images in the model's data format as ``(N, H, W, C)``."""
+        return tf.transpose(images, (0, 2, 3, 1)) if self.data_format == "channels_first" else images
+
+    def model_inputs(self, images, rows=None):
+        """The model's input for channels-last ``images``.
+
+        ``rows[i]`` is the row of the held inputs (:meth:`holding`) that goes
+        with image ``i`` (by default image ``i``'s own): Score-CAM runs many
+        masked copies of one image with that image's other inputs.
+        """
+        x = self.to_model_format(images)
+        if not self.multi_input:
+            return x
+        if self._held is None:
+            raise ValueError(
+                f"Model {self.model.name!r} has {len(self.input_names)} inputs "
+                f"{self.input_names}; this function explains only single-input models. Use an "
+                f"explainer on a batch: `explainer([images, other_input, ...])`."
+            )
+        others = [o if rows is None else tf.gather(o, rows) for o in self._held]
+        return self.assemble(x, others)
+
+    def layer_is_channels_first(self, layer):
+        """Whether ``layer`` returns ``(N, C, h, w)`` maps: its own ``data_format``, or the model's."""
+        return getattr(layer, "data_format", None) == "channels_first" or (
+            getattr(layer, "data_format", None) is None and self.data_format == "channels_first"
+        )
+
+    def run(self, images, rows=None):
+        """The model's outputs (logits if linearized) for channels-last ``images``,
+        without capturing any layer (``rows``: see :meth:`model_inputs`)."""
         with self._linearized():
-            return self.model(images, training=False)
+            return self.model(self.model_inputs(images, rows), training=False)
 
     def forward(self, images, tape=None):
         """Run the model, capturing the target layers' outputs.
 
         Args:
-            images: input batch.
+            images: channels-last input batch (the other inputs of a
+                multi-input model are the held ones, see :meth:`holding`).
             tape: a ``tf.GradientTape`` that should watch the activations.
 
         Returns:
-            ``(activations, outputs)``: a list with one tensor per target layer
-            (its last call), and the model's outputs (logits if linearized).
+            ``(activations, outputs)``: a list with one channels-last tensor per
+            target layer (its last call), and the model's outputs (logits if
+            linearized).
         """
         captured = [None] * len(self.layers)
 
         def capture(i):
+            first = self.layer_is_channels_first(self.layers[i])
+
             def on_output(out):
+                if first and tf.is_tensor(out) and out.shape.rank == 4:
+                    # The tape watches the channels-last view, and the model goes on
+                    # with its transpose back, so gradients reach the view.
+                    out = tf.transpose(out, (0, 2, 3, 1))
+                    if tape is not None:
+                        tape.watch(out)
+                    captured[i] = out
+                    return tf.transpose(out, (0, 3, 1, 2))
                 if tape is not None:
                     tape.watch(out)
                 captured[i] = out
@@ -223,7 +302,7 @@ class ActivationGraph:
             for owner, owner_taps in taps.items():
                 stack.enter_context(_saved_model.intercept(owner, owner_taps, linear and owner is self.head))
             stack.enter_context(self._linearized(list(taps)))
-            outputs = self.model(images, training=False)
+            outputs = self.model(self.model_inputs(images), training=False)
         for i, act in enumerate(captured):
             if act is None:
                 raise ValueError(
@@ -269,6 +348,71 @@ class ActivationGraph:
         if self.output_activation == "softmax" and not self.linearize:
             return scores
         return tf.nn.softmax(scores, axis=-1)
+
+
+def _input_names(model):
+    try:
+        inputs = model.inputs
+    except (AttributeError, ValueError):
+        return None
+    if not inputs:
+        return None
+    names = getattr(model, "input_names", None)
+    if names and len(names) == len(inputs):
+        return list(names)
+    return [str(getattr(t, "name", i)).split(":")[0] for i, t in enumerate(inputs)]
+
+
+def _image_input(model, image_input):
+    """``(input names, index of the image input)``; one unnamed input for models without a graph."""
+    names = _input_names(model) if _compat.is_model(model) else None
+    if not names:
+        if image_input not in (None, 0):
+            raise ValueError(
+                f"`image_input={image_input!r}` selects one input of a multi-input model; model "
+                f"{getattr(model, 'name', model)!r} has a single input (or none known)."
+            )
+        return ["input"], 0
+    shapes = [tuple(t.shape) for t in model.inputs]
+    listing = ", ".join(f"{i}: {n!r} {s}" for i, (n, s) in enumerate(zip(names, shapes)))
+    if image_input is None:
+        images = [i for i, s in enumerate(shapes) if len(s) == 4]
+        if len(names) == 1 or len(images) == 1:
+            return names, (images[0] if len(names) > 1 else 0)
+        raise ValueError(
+            f"Model {model.name!r} has {len(names)} inputs ({listing}) and "
+            f"{'several' if images else 'none'} of them 4-D; pass `image_input=` (an index or "
+            f"a name) for the one that holds the images to explain."
+        )
+    if isinstance(image_input, str) and image_input in names:
+        index = names.index(image_input)
+    elif isinstance(image_input, (int, np.integer)) and not isinstance(image_input, bool) \
+            and 0 <= image_input < len(names):
+        index = int(image_input)
+    else:
+        raise ValueError(f"`image_input={image_input!r}` is not an input of model {model.name!r}: {listing}.")
+    if len(shapes[index]) != 4:
+        raise ValueError(
+            f"`image_input={image_input!r}` has shape {shapes[index]}, not images (N, H, W, C); "
+            f"the inputs of model {model.name!r} are {listing}."
+        )
+    return names, index
+
+
+def _data_format(model, data_format):
+    if data_format is not None:
+        if data_format not in ("channels_last", "channels_first"):
+            raise ValueError(
+                f"`data_format` must be 'channels_last', 'channels_first' or None (inferred); "
+                f"received {data_format!r}."
+            )
+        return data_format
+    if not _compat.is_model(model):
+        return "channels_last"
+    for _, layer in _layers.walk(model):
+        if getattr(layer, "data_format", None) == "channels_first":
+            return "channels_first"
+    return "channels_last"
 
 
 def _fill(slots, capture):

@@ -170,18 +170,31 @@ def resolve(model, layer):
     )
 
 
-def probe_input_shape(model):
-    """The model's input shape with batch 1, or None when it is not fully known."""
+def probe_sample(model):
+    """Zeros shaped like one input of ``model`` (batch 1, every input of a
+    multi-input model, in its structure), or None when a shape is not fully known."""
     try:
         inputs = model.inputs
     except (AttributeError, ValueError):
         inputs = None
     if not inputs:
         return None
-    shape = tuple(inputs[0].shape)
-    if any(d is None for d in shape[1:]):
+    shapes = [tuple(t.shape) for t in inputs]
+    if any(d is None for s in shapes for d in s[1:]):
         return None
-    return (1,) + tuple(int(d) for d in shape[1:])
+    zeros = [np.zeros((1,) + tuple(int(d) for d in s[1:]), dtype=_dtype(t)) for s, t in zip(shapes, inputs)]
+    if len(zeros) == 1:
+        return zeros[0]
+    structure = getattr(model, "input", None)
+    if isinstance(structure, dict):
+        by_tensor = {id(t): z for t, z in zip(inputs, zeros)}
+        return {k: by_tensor.get(id(t), zeros[i]) for i, (k, t) in enumerate(structure.items())}
+    return zeros
+
+
+def _dtype(tensor):
+    dtype = getattr(tensor, "dtype", "float32")
+    return getattr(dtype, "name", dtype) or "float32"
 
 
 # ---------------------------------------------------------------------------
@@ -265,7 +278,7 @@ def trace_layers(model, sample):
                 stack.enter_context(replaced_call(layer, recorder(path, layer)))
         if isinstance(model, _saved_model.FrozenModel):
             stack.enter_context(replaced_call(model, recorder("", model)))
-        model(tf.convert_to_tensor(sample), training=False)
+        model(tf.nest.map_structure(tf.convert_to_tensor, sample), training=False)
     seen.pop("", None)
     return list(seen.values())
 
@@ -433,11 +446,10 @@ def list_layers(model, sample=None):
     """
     model = _saved_model.adapt(model)
     if sample is None:
-        shape = probe_input_shape(model)
-        if shape is None:
+        sample = probe_sample(model)
+        if sample is None:
             raise ValueError(
                 f"Model {model.name!r} has no fixed input shape; pass `sample=` (one "
                 f"input batch) so its layers can be run and listed."
             )
-        sample = np.zeros(shape, dtype="float32")
     return [(i.path, i.output_shape) for i in trace_layers(model, sample)]

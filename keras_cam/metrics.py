@@ -58,6 +58,11 @@ class _Scorer:
     def __init__(self, model):
         self.model = model
         self.graph = ActivationGraph(model, layers=[], linearize=True)
+        if self.graph.multi_input:
+            raise ValueError(
+                f"The faithfulness metrics perturb the input of single-input models; model "
+                f"{model.name!r} has the inputs {self.graph.input_names}."
+            )
         self.probabilities = tf.function(self._probabilities)
         self.curve = tf.function(self._curve)
 
@@ -94,9 +99,11 @@ def _check_batch_size(batch_size):
         raise ValueError(f"`batch_size` must be a positive int; received {batch_size!r}.")
 
 
-def _inputs(images, maps):
-    """Images as a float32 batch and maps as float32 ``(N, H, W)``, checked against each other."""
+def _inputs(images, maps, scorer):
+    """Images as a float32 channels-last batch and maps as float32 ``(N, H, W)``,
+    checked against each other."""
     x, single = as_batch(images)
+    x = scorer.graph.to_channels_last(x)
     m = np.asarray(maps, dtype=np.float32)
     if single and m.ndim == 2:
         m = m[None]
@@ -134,13 +141,13 @@ def _probabilities(scorer, x, idx, batch_size):
 def _masked_scores(model, images, maps, targets, batch_size):
     """``(Y, O)``: the class probability on each image and on ``image * map``."""
     _check_batch_size(batch_size)
-    x, m = _inputs(images, maps)
+    scorer = _scorer(model)
+    x, m = _inputs(images, maps, scorer)
     if m.min() < 0 or m.max() > 1:
         raise ValueError(
             f"`maps` must lie in [0, 1] to mask the images (they range over [{m.min():.3g}, "
             f"{m.max():.3g}]); explain with normalize=True (the default)."
         )
-    scorer = _scorer(model)
     y, idx = _classes(scorer, x, targets, batch_size)
     o, _ = _probabilities(scorer, x * m[..., None], idx, batch_size)
     return y.astype(np.float64), o.astype(np.float64)
@@ -229,9 +236,12 @@ def _auc_curve(model, images, maps, targets, steps, substrate, batch_size, inser
     if not isinstance(steps, (int, np.integer)) or steps < 1:
         raise ValueError(f"`steps` must be a positive int; received {steps!r}.")
     _check_batch_size(batch_size)
-    x, m = _inputs(images, maps)
     scorer = _scorer(model)
+    x, m = _inputs(images, maps, scorer)
     _, idx = _classes(scorer, x, targets, batch_size)
+    if not isinstance(substrate, str) and scorer.graph.data_format == "channels_first":
+        full = tf.broadcast_to(tf.cast(substrate, tf.float32), tf.shape(scorer.graph.to_model_format(x)))
+        substrate = scorer.graph.to_channels_last(full)  # given like the images, used channels-last
     base = substrate_images(x, substrate)
     ranks = tf.constant(saliency_ranks(m))
     pixels = m.shape[1] * m.shape[2]

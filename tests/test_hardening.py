@@ -7,6 +7,7 @@ import pytest
 import tensorflow as tf
 
 import keras_cam as kc
+from keras_cam.methods import create
 from keras_cam._compat import keras
 
 H = W = 12
@@ -146,31 +147,104 @@ def test_input_that_the_model_cannot_take(images):
         cam(bad)
     with pytest.warns(UserWarning, match="raw 0-255 pixels"):
         cam((images * 255).astype(np.uint8))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # standardized input (negative values) is not raw pixels
+        cam(np.random.default_rng(0).normal(0, 3, images.shape).astype(np.float32))
 
 
-class HoldOthers(keras.Model):
-    """The documented route for a multi-input model: supply the other inputs."""
+class HoldGate(keras.Model):
+    """A second code path for the gated model: a one-input model that supplies the gate."""
 
-    def __init__(self, inner, others):
+    def __init__(self, inner, gate):
         super().__init__()
         self.inner = inner
-        self.others = others
+        self.gate = tf.constant(gate)
 
     def call(self, images):
-        return self.inner([images, self.others])
+        return self.inner({"image": images, "gate": self.gate})
 
 
-def test_multi_input_model_gets_a_clear_error_and_the_wrapper_route_works(images):
-    a, b = keras.Input((H, W, 3)), keras.Input((2,))
-    x = keras.layers.GlobalAveragePooling2D()(conv_trunk(a))
-    model = keras.Model([a, b], keras.layers.Dense(3)(keras.layers.Concatenate()([x, b])))
-    with pytest.raises(ValueError, match="2 inputs.*Wrap it in a one-input model"):
-        kc.GradCAM(model)
-    meta = tf.constant(np.tile([[0.5, -1.0]], (len(images), 1)), tf.float32)
-    wrapped = kc.GradCAM(HoldOthers(model, meta), layer="target")
-    # The 'meta' input only shifts the logits; through GAP + Dense, dS/dA^k = W[k, 1] / (h w)
-    # for the 6 image features that come first in the concatenation.
+def gated_model(name_inputs=False):
+    """Two inputs: images, and a per-image gate on the 6 pooled features (so the other input
+    changes the map: dS/dA^k_ij = gate_k W[k, c] / (h w))."""
+    a = keras.Input((H, W, 3), name="image" if name_inputs else None)
+    b = keras.Input((6,), name="gate" if name_inputs else None)
+    pooled = keras.layers.GlobalAveragePooling2D()(conv_trunk(a))
+    out = keras.layers.Dense(3)(keras.layers.Multiply()([pooled, b]))
+    if name_inputs:
+        return keras.Model({"image": a, "gate": b}, out), a
+    return keras.Model([b, a], out), a  # the image second: found by its rank
+
+
+def test_multi_input_model_is_explained_with_the_other_inputs_held(images):
+    model, a = gated_model()
+    gates = np.random.default_rng(0).normal(size=(len(images), 6)).astype(np.float32)
+    cam = kc.GradCAM(model, layer="target")
+    raw = cam([gates, images], targets=1, upsample=False, normalize=False)
     acts = keras.Model(a, model.get_layer("target").output)(images).numpy()
     kernel = model.layers[-1].get_weights()[0]
-    expected = np.maximum(np.einsum("nhwk,k->nhw", acts, kernel[:6, 1] / (H * W)), 0)
-    np.testing.assert_allclose(wrapped(images, targets=1, upsample=False, normalize=False), expected, rtol=1e-5, atol=1e-7)
+    expected = np.maximum(np.einsum("nhwk,nk->nhw", acts, gates * kernel[:, 1] / (H * W)), 0)
+    np.testing.assert_allclose(raw, expected, rtol=1e-5, atol=1e-7)
+    # One example without a batch axis, and the automatic layer, see through the other input.
+    np.testing.assert_allclose(kc.GradCAM(model)([gates[2], images[2]], targets=1, upsample=False,
+                                                 normalize=False), expected[2], rtol=1e-5, atol=1e-7)
+    with pytest.raises(ValueError, match=r"2 inputs .*as a list in that order or a dict"):
+        cam(images)
+    with pytest.raises(ValueError, match=r"'.*' has shape \(2, 6\), but there are 3 images"):
+        cam([gates[:2], images])
+    with pytest.raises(ValueError, match="has shape .*not images"):
+        kc.GradCAM(model, image_input=0)
+
+
+def test_score_cam_runs_each_image_with_its_own_other_inputs(images):
+    """Score-CAM's masked batches mix images; each masked copy must get its image's gate."""
+    model, _ = gated_model(name_inputs=True)
+    gates = np.random.default_rng(1).uniform(0.2, 2.0, size=(len(images), 6)).astype(np.float32)
+    together = kc.ScoreCAM(model, layer="target", batch_size=5, verbose=0)(
+        {"gate": gates, "image": images}, targets=[0, 1, 2], upsample=False, normalize=False)
+    for i in range(len(images)):
+        alone = kc.ScoreCAM(HoldGate(model, gates[i:i + 1]), layer="target", verbose=0)
+        one = alone(images[i:i + 1], targets=i, upsample=False, normalize=False)
+        np.testing.assert_allclose(together[i], one[0], rtol=1e-5, atol=1e-7)
+    with pytest.raises(ValueError, match=r"dict with keys \['image'\]"):
+        kc.GradCAM(model)({"image": images})
+
+
+def channels_first_pair():
+    """The same layers as a channels-first model (NCHW in, an NCHW map, a channels-first
+    pooling; TensorFlow's CPU convolutions need NHWC, so the convolutions run between
+    Permutes) and as a plain channels-last model."""
+    first = keras.Input((3, H, W))
+    x = keras.layers.Permute((2, 3, 1))(first)
+    c1 = keras.layers.Conv2D(4, 3, padding="same", activation="relu", name="c1")
+    c2 = keras.layers.Conv2D(6, 3, padding="same", activation="relu", name="target")
+    head = keras.layers.Dense(3, activation="softmax", name="head")
+    x = keras.layers.Permute((3, 1, 2), name="nchw")(c2(c1(x)))
+    cf = keras.Model(first, head(keras.layers.GlobalAveragePooling2D(data_format="channels_first")(x)))
+    last = keras.Input((H, W, 3))
+    cl = keras.Model(last, head(keras.layers.GlobalAveragePooling2D()(c2(c1(last)))))
+    return cf, cl
+
+
+@pytest.mark.parametrize("method", ["gradcam", "gradcam++", "scorecam", "layercam", "eigencam"])
+def test_channels_first_model_gives_the_channels_last_maps(images, method):
+    cf, cl = channels_first_pair()
+    nchw = np.transpose(images, (0, 3, 1, 2))
+    expected = create(method, cl, layer="target")(images, targets=[0, 1, 2])
+    for layer in ("nchw", "target", None):  # an NCHW map, an NHWC conv inside, the automatic choice
+        cam = create(method, cf, layer=layer)
+        assert cam.graph.data_format == "channels_first"
+        np.testing.assert_allclose(cam(nchw, targets=[0, 1, 2]), expected, rtol=1e-4, atol=1e-5)
+    assert cam.layer_path == "nchw"
+
+
+def test_channels_first_input_is_checked_and_measured(images):
+    cf, cl = channels_first_pair()
+    nchw = np.transpose(images, (0, 3, 1, 2))
+    with pytest.raises(ValueError, match="its channels is 12, the model's is 3"):
+        kc.GradCAM(cf)(images)  # channels-last images for a channels-first model
+    maps = kc.GradCAM(cl, layer="target")(images)
+    for metric in (kc.metrics.average_drop, kc.metrics.deletion_auc):
+        np.testing.assert_allclose(metric(cf, nchw, maps), metric(cl, images, maps), rtol=1e-5)
+    with pytest.raises(ValueError, match="data_format"):
+        kc.GradCAM(cf, data_format="NCHW")

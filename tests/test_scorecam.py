@@ -350,7 +350,7 @@ def test_layer_without_a_spatial_map(models, images):
 def test_out_of_memory_suggests_a_smaller_batch(models, images, monkeypatch):
     cam = ScoreCAM(models["softmax"], "target", batch_size=64, verbose=0)
 
-    def exhausted(x):
+    def exhausted(x, rows=None):
         raise tf.errors.ResourceExhaustedError(None, None, "OOM when allocating tensor")
 
     monkeypatch.setattr(cam.graph, "run", exhausted)

@@ -48,14 +48,14 @@ class CAM(Explainer):
     def __init__(self, model, layer=None, **kwargs):
         self._dense = self._channels = None
         super().__init__(model, layer, **kwargs)
-        shape = _layers.probe_input_shape(model)
-        if shape is not None:
-            self.prepare(np.zeros(shape, dtype="float32"))
+        sample = _layers.probe_sample(self.model)
+        if sample is not None:
+            self.prepare(sample)
 
-    def prepare(self, images):
-        super().prepare(images)
+    def prepare(self, sample):
+        super().prepare(sample)
         if self._channels is None:
-            self._find_head(images[:1])
+            self._find_head(sample)
 
     def _find_head(self, sample):
         """Check the model's shape after the target layer; remember the Dense."""
@@ -63,7 +63,8 @@ class CAM(Explainer):
         where = [n for n, i in enumerate(infos) if i.layer is self.layer]
         after = [i for i in (infos[where[-1] + 1:] if where else []) if type(i.layer).__name__ not in _INERT]
         kinds = [type(i.layer).__name__ for i in after]
-        channels = infos[where[-1]].output_shape[-1] if where and infos[where[-1]].output_shape else None
+        shape = infos[where[-1]].output_shape if where else None
+        channels = (shape[1] if self.graph.layer_is_channels_first(self.layer) else shape[-1]) if shape else None
         if kinds[:1] == ["GlobalAveragePooling2D"] and channels is not None:
             rest = kinds[1:]
             if rest[:1] == ["Dense"] and all(k in _OUTPUT_ACTIVATIONS for k in rest[1:]):

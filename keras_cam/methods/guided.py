@@ -119,7 +119,7 @@ class GuidedBackprop(Explainer):
     def explain(self, images, targets=None):
         return super().explain(images, targets, upsample=False, normalize=False)
 
-    def _compute(self, images, class_idx, upsample_, normalize_, target_fn=None):
+    def compute(self, images, class_idx, upsample_, normalize_, target_fn=None):
         grads, (scores, idx, probs) = guided_gradients(self, images, class_idx, target_fn)
         return grads, scores, idx, probs
 
@@ -144,7 +144,7 @@ class GuidedGradCAM(GradCAM):
     def explain(self, images, targets=None):
         return super().explain(images, targets, upsample=True, normalize=False)
 
-    def _compute(self, images, class_idx, upsample_, normalize_, target_fn=None):
+    def compute(self, images, class_idx, upsample_, normalize_, target_fn=None):
         cam, (scores, idx, probs) = self.raw_maps(images, class_idx, target_fn)
         cam = minmax(upsample(cam, tf.shape(images)[1:3]))
         grads, _ = guided_gradients(self, images, idx, target_fn)

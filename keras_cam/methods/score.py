@@ -169,7 +169,7 @@ class ScoreCAM(Explainer):
             chunk = pairs[i * step:(i + 1) * step]
             which = chunk[:, 0]
             masks = minmax(upsample(tf.gather_nd(maps, chunk), size))
-            outputs = self.graph.run(tf.gather(images, which) * masks[..., None])
+            outputs = self.graph.run(tf.gather(images, which) * masks[..., None], rows=which)
             s, _, p = self.target_scores(outputs, tf.gather(idx, which), target_fn)
             v = p if (self.weighting == "reference" and target_fn is None) else s
             if self.verbose:
