@@ -16,3 +16,5 @@ bench:
 	$(PYTHON) bench/bench_scorecam.py
 	$(PYTHON) bench/bench_callback.py
 	$(PYTHON) bench/bench_dataset.py
+	$(PYTHON) bench/bench_build.py
+	$(PYTHON) bench/bench_quality.py

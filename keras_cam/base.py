@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import re
 import warnings
 
 import numpy as np
@@ -23,6 +24,7 @@ import tensorflow as tf
 from keras_cam import layers as _layers
 from keras_cam import targets as _targets
 from keras_cam.graph import ActivationGraph
+from keras_cam.saved_model import GraphOp
 
 # A map whose range is below this fraction of its magnitude is constant up to
 # float rounding (bilinear resizing adds a few ulps): it carries no location.
@@ -178,8 +180,14 @@ def read_inputs(graph, inputs):
     return graph.to_channels_last(batch), others, single
 
 
+_PREPROCESSING = ("Rescaling", "Normalization")
+# Inside a SavedModel the layers are ops named after them, e.g. "rescaling/mul".
+_PREPROCESSING_OPS = re.compile(r"(^|/)(rescaling|normalization)(_\d+)?/")
+
+
 def _has_preprocessing(model):
-    return any(type(l).__name__ in ("Rescaling", "Normalization") for _, l in _layers.walk(model))
+    return any(type(l).__name__ in _PREPROCESSING or (isinstance(l, GraphOp) and _PREPROCESSING_OPS.search(path))
+               for path, l in _layers.walk(model))
 
 
 def check_images(batch, model, index=0, channels_first=False):

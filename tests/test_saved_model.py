@@ -8,6 +8,7 @@ logit of the explained class, ``w = mean dS/dA``, ``map = ReLU(sum_k w_k A^k)``.
 
 import gc
 import re
+import warnings
 import weakref
 
 import numpy as np
@@ -262,3 +263,16 @@ def test_frozen_model_is_released_with_its_explainer(saved, images):
     frozen = explain_once()
     gc.collect()
     assert frozen() is None
+
+
+def test_raw_pixel_warning_sees_a_rescaling_inside_a_saved_model(images, tmp_path):
+    inp = keras.Input((H, H, 3))
+    x = keras.layers.Conv2D(4, 3, padding="same", activation="relu")(keras.layers.Rescaling(1 / 255)(inp))
+    model = keras.Model(inp, keras.layers.Dense(3)(keras.layers.GlobalAveragePooling2D()(x)))
+    rescaling = tf.saved_model.load(save(model, tmp_path / "rescaling"))
+    pixels = np.round(images * 255)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        kc.GradCAM(rescaling)(pixels)
+    with pytest.warns(UserWarning, match="raw 0-255 pixels"):
+        kc.GradCAM(tf.saved_model.load(save(classifier(), tmp_path / "plain")))(pixels)
