@@ -120,10 +120,12 @@ class FrozenGraph:
         for node in graph_def.node:
             # A custom gradient (tf.nn.silu, swish) leaves an IdentityN naming a gradient function
             # that only existed in the process that saved the model: differentiate the ops instead.
-            # Colocation hints may name nodes that a piece leaves out.
-            for attr in ("_gradient_op_type", "_class"):
-                if attr in node.attr:
-                    del node.attr[attr]
+            if "_gradient_op_type" in node.attr:
+                del node.attr["_gradient_op_type"]
+            # Colocation hints may name nodes that a piece leaves out: none, as an empty list
+            # (importing an op without the attribute costs a caught exception each).
+            node.attr["_class"].list.Clear()
+            node.attr["_class"].list.SetInParent()
         if len(inputs) != 1:
             raise ValueError(
                 f"keras-cam explains SavedModel functions with one image input; this one takes "

@@ -8,7 +8,7 @@ import tensorflow as tf
 
 import keras_cam as kc
 from keras_cam.methods import create
-from keras_cam._compat import keras
+from keras_cam._compat import LEGACY, keras
 
 H = W = 12
 
@@ -249,3 +249,39 @@ def test_channels_first_input_is_checked_and_measured(images):
         np.testing.assert_allclose(metric(cf, nchw, maps), metric(cl, images, maps), rtol=1e-5)
     with pytest.raises(ValueError, match="data_format"):
         kc.GradCAM(cf, data_format="NCHW")
+
+
+class BranchOnValues(keras.Model):
+    """A model whose call branches on a tensor's value in Python: it needs AutoGraph."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = keras.layers.Conv2D(6, 3, padding="same", activation="relu", name="target")
+        self.pool = keras.layers.GlobalAveragePooling2D()
+        self.dense = keras.layers.Dense(3)
+
+    def call(self, x):
+        a = self.conv(x)
+        if tf.reduce_mean(x) > 100.0:  # never true for these images: the dense path is taken
+            a = a * 0.0
+        return self.dense(self.pool(a))
+
+
+def test_a_model_that_needs_autograph_is_compiled_with_it(images):
+    """tf-keras converts a layer's call with AutoGraph when the caller has it on, so the
+    explainer retries with it. Keras 3 never converts a layer's call: such a model fails
+    in `model.predict` too, and the explainer reports the same error."""
+    model = BranchOnValues()
+    model(images)
+    cam = kc.GradCAM(model, layer="target")
+    if not LEGACY:
+        for run in (lambda: model.predict(images, verbose=0), lambda: cam(images)):
+            with pytest.raises(tf.errors.OperatorNotAllowedInGraphError):
+                run()
+        return
+    raw = cam(images, targets=1, upsample=False, normalize=False)
+    acts = model.conv(images).numpy()
+    w = model.dense.get_weights()[0][:, 1] / (H * W)
+    np.testing.assert_allclose(raw, np.maximum(np.einsum("nhwk,k->nhw", acts, w), 0), rtol=1e-5, atol=1e-7)
+    cam(images)
+    assert cam.tracing_count == 2  # the AutoGraph trace once per target kind; none after
