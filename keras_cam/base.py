@@ -182,7 +182,7 @@ def read_inputs(graph, inputs):
 
 _PREPROCESSING = ("Rescaling", "Normalization")
 # Inside a SavedModel the layers are ops named after them, e.g. "rescaling/mul".
-_PREPROCESSING_OPS = re.compile(r"(^|/)(rescaling|normalization)(_\d+)?/")
+_PREPROCESSING_OPS = re.compile(r"(^|/)(rescaling|normalization)(_\d+)*/")
 
 
 def _has_preprocessing(model):

@@ -41,7 +41,7 @@ import numpy as np
 import tensorflow as tf
 
 from keras_cam import targets as _targets
-from keras_cam.base import as_batch
+from keras_cam.base import Compiled, as_batch
 from keras_cam.graph import ActivationGraph
 
 SUBSTRATES = ("zeros", "blur", "mean")
@@ -63,8 +63,8 @@ class _Scorer:
                 f"The faithfulness metrics perturb the input of single-input models; model "
                 f"{model.name!r} has the inputs {self.graph.input_names}."
             )
-        self.probabilities = tf.function(self._probabilities)
-        self.curve = tf.function(self._curve)
+        self.probabilities = Compiled(self._probabilities)
+        self.curve = Compiled(self._curve)
 
     def _probabilities(self, images, class_idx):
         _, outputs = self.graph.forward(images)

@@ -266,6 +266,7 @@ def test_frozen_model_is_released_with_its_explainer(saved, images):
 
 
 def test_raw_pixel_warning_sees_a_rescaling_inside_a_saved_model(images, tmp_path):
+    keras.layers.Rescaling(1.0)  # so the layer's name is numbered, as in a session: "rescaling_1_1/mul"
     inp = keras.Input((H, H, 3))
     x = keras.layers.Conv2D(4, 3, padding="same", activation="relu")(keras.layers.Rescaling(1 / 255)(inp))
     model = keras.Model(inp, keras.layers.Dense(3)(keras.layers.GlobalAveragePooling2D()(x)))
