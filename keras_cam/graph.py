@@ -357,6 +357,14 @@ def _input_names(model):
         return None
     if not inputs:
         return None
+    try:
+        structure = model.input
+    except (AttributeError, ValueError):
+        structure = None
+    if isinstance(structure, dict):  # a model built on a dict of inputs is called with its keys
+        key_of = {id(t): k for k, t in structure.items()}
+        if all(id(t) in key_of for t in inputs):
+            return [key_of[id(t)] for t in inputs]
     names = getattr(model, "input_names", None)
     if names and len(names) == len(inputs):
         return list(names)

@@ -161,18 +161,18 @@ class HoldGate(keras.Model):
         self.gate = tf.constant(gate)
 
     def call(self, images):
-        return self.inner({"image": images, "gate": self.gate})
+        return self.inner({"rgb": images, "gate_values": self.gate})
 
 
 def gated_model(name_inputs=False):
     """Two inputs: images, and a per-image gate on the 6 pooled features (so the other input
     changes the map: dS/dA^k_ij = gate_k W[k, c] / (h w))."""
-    a = keras.Input((H, W, 3), name="image" if name_inputs else None)
-    b = keras.Input((6,), name="gate" if name_inputs else None)
+    a = keras.Input((H, W, 3), name="rgb" if name_inputs else None)
+    b = keras.Input((6,), name="gate_values" if name_inputs else None)
     pooled = keras.layers.GlobalAveragePooling2D()(conv_trunk(a))
     out = keras.layers.Dense(3)(keras.layers.Multiply()([pooled, b]))
-    if name_inputs:
-        return keras.Model({"image": a, "gate": b}, out), a
+    if name_inputs:  # a dict in another order than the sorted keys of model.inputs
+        return keras.Model({"rgb": a, "gate_values": b}, out), a
     return keras.Model([b, a], out), a  # the image second: found by its rank
 
 
@@ -202,13 +202,13 @@ def test_score_cam_runs_each_image_with_its_own_other_inputs(images):
     model, _ = gated_model(name_inputs=True)
     gates = np.random.default_rng(1).uniform(0.2, 2.0, size=(len(images), 6)).astype(np.float32)
     together = kc.ScoreCAM(model, layer="target", batch_size=5, verbose=0)(
-        {"gate": gates, "image": images}, targets=[0, 1, 2], upsample=False, normalize=False)
+        {"gate_values": gates, "rgb": images}, targets=[0, 1, 2], upsample=False, normalize=False)
     for i in range(len(images)):
         alone = kc.ScoreCAM(HoldGate(model, gates[i:i + 1]), layer="target", verbose=0)
         one = alone(images[i:i + 1], targets=i, upsample=False, normalize=False)
         np.testing.assert_allclose(together[i], one[0], rtol=1e-5, atol=1e-7)
-    with pytest.raises(ValueError, match=r"dict with keys \['image'\]"):
-        kc.GradCAM(model)({"image": images})
+    with pytest.raises(ValueError, match=r"dict with keys \['rgb'\]"):
+        kc.GradCAM(model)({"rgb": images})
 
 
 def channels_first_pair():
