@@ -96,7 +96,9 @@ def as_batch(images):
         if len(shapes) > 1:
             raise ValueError(
                 f"`images` is a list of arrays of different shapes {sorted(shapes)}; resize "
-                f"them to one size (the model's input size) before explaining them together."
+                f"them to one size (the model's input size) before explaining them together. (The "
+                f"inputs of a multi-input model go to an explainer as a list; CAMCallback, "
+                f"explain_dataset and the metrics take single-input models.)"
             )
         images = np.stack([np.asarray(im) for im in images]) if images else np.zeros((0,))
     x = tf.convert_to_tensor(images)

@@ -189,6 +189,8 @@ def test_multi_input_model_is_explained_with_the_other_inputs_held(images):
     np.testing.assert_allclose(kc.GradCAM(model)([gates[2], images[2]], targets=1, upsample=False,
                                                  normalize=False), expected[2], rtol=1e-5, atol=1e-7)
     assert [path for path, shape in kc.list_layers(model) if len(shape) == 4] == ["c1", "target"]
+    with pytest.raises(ValueError, match="CAMCallback, explain_dataset and the metrics take single-input"):
+        kc.CAMCallback([gates, images])
     with pytest.raises(ValueError, match=r"2 inputs .*as a list in that order or a dict"):
         cam(images)
     with pytest.raises(ValueError, match=r"'.*' has shape \(2, 6\), but there are 3 images"):
