@@ -17,6 +17,7 @@ gradients give the maps of the papers; differentiating probabilities does not.
 from __future__ import annotations
 
 import contextlib
+import warnings
 
 import numpy as np
 import tensorflow as tf
@@ -78,6 +79,11 @@ def find_head(model, output=None):
         return None, None, None
     if _compat.is_model(op):
         return find_head(op)
+    return _head_of(op)
+
+
+def _head_of(op):
+    """``(op, kind, how)`` of :func:`find_head` for the layer that produces the output."""
     if _saved_model.is_wrapper(op):
         kind = _saved_model.head_kind(op)
         return op, kind, ("frozen" if kind else None)
@@ -132,6 +138,8 @@ class ActivationGraph:
         self.data_format = _data_format(model, data_format)
         self._held = None
         self.head, self.output_activation, self._how = find_head(model, output)
+        if self.head is None and _compat.is_model(model) and _layers._children(model):
+            self._how = "probe"  # no static graph: the head is found by running the model (prepare)
         self.num_classes = self._static_num_classes()
         self._specs = list(layers)
         self.layers = [None] * len(self._specs)
@@ -142,7 +150,7 @@ class ActivationGraph:
             elif (known := _layers.default_layer(model)) is not None:  # a known architecture
                 self.paths[i], self.layers[i] = known[:2]
         sample = _layers.probe_sample(model)
-        if sample is not None and None in self.layers:
+        if sample is not None and not self.ready:
             self.prepare(sample)
 
     def _static_num_classes(self):
@@ -160,7 +168,7 @@ class ActivationGraph:
 
     @property
     def ready(self):
-        return None not in self.layers
+        return None not in self.layers and self._how != "probe"
 
     def prepare(self, sample):
         """Resolve automatic layer choices by probing with ``sample`` (once).
@@ -168,6 +176,10 @@ class ActivationGraph:
         ``sample`` is one input as the model takes it (batch of 1, the
         model's data format, all inputs of a multi-input model).
         """
+        if self._how == "probe":
+            self.head, self.output_activation, self._how = _head_by_probe(self.model, sample, self.output)
+            if self.linearize and self.output_activation is None:
+                _warn_if_probabilities(self.model, sample, self.output)
         if self.ready:
             return
         info = _layers.auto_layer(self.model, sample)
@@ -348,6 +360,53 @@ class ActivationGraph:
         if self.output_activation == "softmax" and not self.linearize:
             return scores
         return tf.nn.softmax(scores, axis=-1)
+
+
+def _selected(outputs, output):
+    if isinstance(outputs, dict):
+        outputs = list(outputs.values())
+    if isinstance(outputs, (list, tuple)):
+        return outputs[output if isinstance(output, (int, np.integer)) else 0]
+    return outputs
+
+
+def _head_by_probe(model, sample, output=None):
+    """:func:`find_head` for a model without a static graph (subclassed): run it once and
+    take the last layer whose output is the model's output, if there is one."""
+    calls = []
+
+    def recorder(layer):
+        def call(inner, *args, **kwargs):
+            out = inner(*args, **kwargs)
+            calls.append((layer, out))
+            return out
+        return call
+
+    with contextlib.ExitStack() as stack:
+        for _, layer in _layers.walk(model):
+            if not _layers.is_container(layer) and not isinstance(layer, _saved_model.GraphOp):
+                stack.enter_context(replaced_call(layer, recorder(layer)))
+        final = _selected(model(tf.nest.map_structure(tf.convert_to_tensor, sample), training=False), output)
+    for layer, out in reversed(calls):
+        if tf.is_tensor(out) and out.shape == final.shape:
+            if np.array_equal(np.asarray(out), np.asarray(final)):
+                return _head_of(layer)
+            break
+    return None, None, None
+
+
+def _warn_if_probabilities(model, sample, output=None):
+    """Warn when a model whose head could not be found returns rows that sum to 1."""
+    out = _selected(model(tf.nest.map_structure(tf.convert_to_tensor, sample), training=False), output)
+    p = np.asarray(out, dtype=np.float64)
+    if p.ndim == 2 and p.shape[-1] > 1 and p.min() >= 0 and np.allclose(p.sum(axis=-1), 1.0, atol=1e-4):
+        warnings.warn(
+            f"The outputs of model {model.name!r} look like softmax probabilities, but the softmax "
+            f"is not a layer keras-cam can see (e.g. `tf.nn.softmax` inside `call`), so the maps "
+            f"explain probabilities, not logits. Apply the softmax with a layer "
+            f"(`Dense(..., activation='softmax')` or `keras.layers.Softmax()`) or return logits.",
+            stacklevel=5,
+        )
 
 
 def _input_names(model):

@@ -103,6 +103,7 @@ def _inputs(images, maps, scorer):
     """Images as a float32 channels-last batch and maps as float32 ``(N, H, W)``,
     checked against each other."""
     x, single = as_batch(images)
+    scorer.graph.prepare(x[:1])  # a model without a static graph: find its softmax/sigmoid once
     x = scorer.graph.to_channels_last(x)
     m = np.asarray(maps, dtype=np.float32)
     if single and m.ndim == 2:

@@ -7,7 +7,7 @@ import pytest
 import tensorflow as tf
 
 import keras_cam as kc
-from keras_cam.methods import create
+from keras_cam.methods import create, names
 from keras_cam._compat import LEGACY, keras
 
 H = W = 12
@@ -213,6 +213,37 @@ def test_score_cam_runs_each_image_with_its_own_other_inputs(images):
         kc.GradCAM(model)({"rgb": images})
 
 
+def film_model():
+    """Two inputs: images, and a per-image scale of their three channels (a head CAM applies to).
+    It ends in logits: a subclassed wrapper around it has no static head to linearize."""
+    a, b = keras.Input((H, W, 3), name="rgb"), keras.Input((3,), name="gate_values")
+    scaled = keras.layers.Multiply()([a, keras.layers.Reshape((1, 1, 3))(b)])
+    pooled = keras.layers.GlobalAveragePooling2D()(conv_trunk(scaled))
+    return keras.Model({"rgb": a, "gate_values": b}, keras.layers.Dense(3)(pooled))
+
+
+@pytest.mark.parametrize("method", names() + ["guidedbackprop", "guidedgradcam"])
+def test_every_method_holds_the_other_inputs_of_each_image(images, method):
+    """A second code path per method: the maps of a multi-input model's batch equal each
+    image's maps through a one-input model that supplies that image's gate."""
+    model = film_model()
+    gates = np.random.default_rng(2).uniform(0.2, 2.0, size=(len(images), 3)).astype(np.float32)
+
+    def build(m, **kwargs):
+        if method == "guidedbackprop":
+            return kc.GuidedBackprop(m, **kwargs)
+        if method == "guidedgradcam":
+            return kc.GuidedGradCAM(m, layer="target", **kwargs)
+        return create(method, m, layer="target", **kwargs)
+
+    together = build(model, image_input="rgb", batch_size=2).explain(
+        {"rgb": images, "gate_values": gates}, targets=[0, 1, 2]).maps
+    for i in range(len(images)):
+        one = build(HoldGate(model, gates[i:i + 1])).explain(images[i:i + 1], targets=i).maps
+        np.testing.assert_allclose(together[i], one[0], rtol=1e-4, atol=1e-6)
+    assert np.abs(together).max() > 0
+
+
 def channels_first_pair():
     """The same layers as a channels-first model (NCHW in, an NCHW map, a channels-first
     pooling; TensorFlow's CPU convolutions need NHWC, so the convolutions run between
@@ -235,7 +266,7 @@ def test_channels_first_model_gives_the_channels_last_maps(images, method):
     nchw = np.transpose(images, (0, 3, 1, 2))
     expected = create(method, cl, layer="target")(images, targets=[0, 1, 2])
     for layer in ("nchw", "target", None):  # an NCHW map, an NHWC conv inside, the automatic choice
-        cam = create(method, cf, layer=layer)
+        cam = create(method, cf, layer=layer, data_format="channels_first" if layer else None)
         assert cam.graph.data_format == "channels_first"
         np.testing.assert_allclose(cam(nchw, targets=[0, 1, 2]), expected, rtol=1e-4, atol=1e-5)
     assert cam.layer_path == "nchw"
@@ -287,3 +318,47 @@ def test_a_model_that_needs_autograph_is_compiled_with_it(images):
     np.testing.assert_allclose(raw, np.maximum(np.einsum("nhwk,k->nhw", acts, w), 0), rtol=1e-5, atol=1e-7)
     cam(images)
     assert cam.tracing_count == 2  # the AutoGraph trace once per target kind; none after
+
+
+class SubclassedClassifier(keras.Model):
+    """No static graph: the softmax is found by running the model, fused in a Dense or as a
+    Softmax layer, or not at all when it is a plain function in `call`."""
+
+    def __init__(self, head="dense"):
+        super().__init__()
+        self.head = head
+        self.c1 = keras.layers.Conv2D(4, 3, padding="same", activation="relu", name="c1")
+        self.conv = keras.layers.Conv2D(6, 3, padding="same", activation="relu", name="target")
+        self.pool = keras.layers.GlobalAveragePooling2D()
+        self.dense = keras.layers.Dense(3, activation="softmax" if head == "dense" else None)
+        self.softmax = keras.layers.Softmax()
+
+    def call(self, x):
+        z = self.dense(self.pool(self.conv(self.c1(x))))
+        if self.head == "layer":
+            return self.softmax(z)
+        return tf.nn.softmax(z) if self.head == "function" else z
+
+
+def test_subclassed_model_softmax_is_found_by_running_it(images):
+    """Maps, scores and probabilities equal those of the same layers as a logits model
+    (a second code path) when the softmax is a layer; a softmax function gets a warning."""
+    logits = SubclassedClassifier("logits")
+    logits(images)
+    expected = kc.GradCAM(logits, layer="target").explain(images, targets=[0, 1, 2])
+    for head in ("dense", "layer"):
+        model = SubclassedClassifier(head)
+        model(images)
+        model.set_weights(logits.get_weights())
+        got = kc.GradCAM(model, layer="target").explain(images, targets=[0, 1, 2])
+        np.testing.assert_allclose(got.maps, expected.maps, rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(got.scores, expected.scores, rtol=1e-5)
+        np.testing.assert_allclose(got.probabilities, expected.probabilities, rtol=1e-5)  # one softmax
+        maps = kc.ScoreCAM(model, layer="target", verbose=0)(images)
+        np.testing.assert_allclose(maps, kc.ScoreCAM(logits, layer="target", verbose=0)(images), atol=1e-5)
+        np.testing.assert_allclose(kc.metrics.average_drop(model, images, maps),
+                                   kc.metrics.average_drop(logits, images, maps), rtol=1e-5)
+    hidden = SubclassedClassifier("function")
+    hidden(images)
+    with pytest.warns(UserWarning, match="look like softmax probabilities"):
+        kc.GradCAM(hidden, layer="target")(images)

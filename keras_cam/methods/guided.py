@@ -95,8 +95,9 @@ def gradient_image(gradients, contrast=0.15):
 class GuidedBackprop(Explainer):
     """Guided Backpropagation: ``dS/dx`` with guided ReLU gradients.
 
-    Returns ``(N, H, W, C)`` input gradients (``(H, W, C)`` for one image),
-    signed and unscaled; :func:`gradient_image` turns them into images.
+    Returns ``(N, H, W, C)`` input gradients (``(H, W, C)`` for one image;
+    channels last whatever the model's data format), signed and unscaled;
+    :func:`gradient_image` turns them into images.
     Guided gradients are a fine-grained picture of the edges the network
     responds to, but they hardly depend on the class or on the deeper weights
     (Adebayo et al. 2018; see :func:`keras_cam.sanity_check`).
@@ -106,8 +107,9 @@ class GuidedBackprop(Explainer):
         >>> plt.imshow(keras_cam.gradient_image(grads)[0])
     """
 
-    def __init__(self, model, *, output=None, linearize=True, batch_size=32):
-        super().__init__(model, None, output=output, linearize=linearize, batch_size=batch_size)
+    def __init__(self, model, *, output=None, linearize=True, batch_size=32, image_input=None, data_format=None):
+        super().__init__(model, None, output=output, linearize=linearize, batch_size=batch_size,
+                         image_input=image_input, data_format=data_format)
 
     def _layer_specs(self, layer):
         return []  # the gradient is taken at the input
@@ -133,9 +135,10 @@ class GuidedGradCAM(GradCAM):
     part uses ordinary gradients.
     """
 
-    def __init__(self, model, layer=None, *, output=None, linearize=True, batch_size=32, eigen_smooth=False):
+    def __init__(self, model, layer=None, *, output=None, linearize=True, batch_size=32, eigen_smooth=False,
+                 image_input=None, data_format=None):
         super().__init__(model, layer, output=output, linearize=linearize, batch_size=batch_size,
-                         eigen_smooth=eigen_smooth)
+                         eigen_smooth=eigen_smooth, image_input=image_input, data_format=data_format)
 
     def __call__(self, images, targets=None):
         """``(N, H, W, C)`` Guided Grad-CAM for ``images``."""

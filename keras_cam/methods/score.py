@@ -66,7 +66,7 @@ class ScoreCAM(Explainer):
         max_channels: None for all channels, or a positive int for Faster
             Score-CAM.
         verbose: 1 draws a progress bar over the masked passes, 0 is silent.
-        aug_smooth, eigen_smooth: see :class:`keras_cam.Explainer`.
+        aug_smooth, eigen_smooth, image_input, data_format: see :class:`keras_cam.Explainer`.
 
     Example:
         >>> cam = keras_cam.ScoreCAM(model, batch_size=32)
@@ -78,7 +78,7 @@ class ScoreCAM(Explainer):
 
     def __init__(self, model, layer=None, *, output=None, linearize=True, batch_size=32,
                  weighting="reference", max_channels=None, verbose=1, aug_smooth=False,
-                 eigen_smooth=False):
+                 eigen_smooth=False, image_input=None, data_format=None):
         if not isinstance(batch_size, (int, np.integer)) or isinstance(batch_size, bool) or batch_size < 1:
             raise ValueError(
                 f"`batch_size` must be a positive int (masked inputs per forward pass); "
@@ -97,7 +97,8 @@ class ScoreCAM(Explainer):
         if verbose not in (0, 1, False, True):
             raise ValueError(f"`verbose` must be 0 or 1; received {verbose!r}.")
         super().__init__(model, layer, output=output, linearize=linearize, batch_size=int(batch_size),
-                         aug_smooth=aug_smooth, eigen_smooth=eigen_smooth)
+                         aug_smooth=aug_smooth, eigen_smooth=eigen_smooth, image_input=image_input,
+                         data_format=data_format)
         self.weighting = weighting
         self.max_channels = None if max_channels is None else int(max_channels)
         self.verbose = int(verbose)
