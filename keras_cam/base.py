@@ -162,11 +162,11 @@ def read_inputs(graph, inputs):
         others = ()
     else:
         parts = _as_input_list(graph, inputs)
-        batch, single = as_batch(parts.pop(graph.input_index))
-        specs = [t for i, t in enumerate(graph.model.inputs) if i != graph.input_index]
+        batch, single = as_batch(parts[graph.input_index])
         others = []
-        for name, part, spec in zip([n for i, n in enumerate(graph.input_names) if i != graph.input_index],
-                                    parts, specs):
+        for i, (name, part, spec) in enumerate(zip(graph.input_names, parts, graph.model.inputs)):
+            if i == graph.input_index:
+                continue
             t = tf.convert_to_tensor(part)
             t = t[None] if single else t
             if t.dtype != spec.dtype and (t.dtype.is_floating or tf.as_dtype(spec.dtype).is_floating):

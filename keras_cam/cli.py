@@ -467,8 +467,10 @@ def cmd_explain(args):
 
 def _probabilities(explainer, batch):
     """Class probabilities ``(N, C)``: the model's output activation applied once to its logits."""
+    import tensorflow as tf
+
     graph = explainer.graph
-    _, outputs = graph.forward(batch)
+    outputs = graph.run(graph.to_channels_last(tf.convert_to_tensor(batch, tf.float32)))
     return graph.probabilities(graph.scores(outputs)).numpy()
 
 

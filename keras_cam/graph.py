@@ -177,9 +177,10 @@ class ActivationGraph:
         model's data format, all inputs of a multi-input model).
         """
         if self._how == "probe":
-            self.head, self.output_activation, self._how = _head_by_probe(self.model, sample, self.output)
+            (self.head, self.output_activation, self._how), outputs = _head_by_probe(
+                self.model, sample, self.output)
             if self.linearize and self.output_activation is None:
-                _warn_if_probabilities(self.model, sample, self.output)
+                _warn_if_probabilities(self.model, outputs)
         if self.ready:
             return
         info = _layers.auto_layer(self.model, sample)
@@ -372,7 +373,11 @@ def _selected(outputs, output):
 
 def _head_by_probe(model, sample, output=None):
     """:func:`find_head` for a model without a static graph (subclassed): run it once and
-    take the last layer whose output is the model's output, if there is one."""
+    take the last layer whose output is the model's output, if there is one.
+
+    Returns:
+        ``((op, kind, how), the selected output of that run)``.
+    """
     calls = []
 
     def recorder(layer):
@@ -387,18 +392,18 @@ def _head_by_probe(model, sample, output=None):
             if not _layers.is_container(layer) and not isinstance(layer, _saved_model.GraphOp):
                 stack.enter_context(replaced_call(layer, recorder(layer)))
         final = _selected(model(tf.nest.map_structure(tf.convert_to_tensor, sample), training=False), output)
+    head = (None, None, None)
     for layer, out in reversed(calls):
         if tf.is_tensor(out) and out.shape == final.shape:
             if np.array_equal(np.asarray(out), np.asarray(final)):
-                return _head_of(layer)
+                head = _head_of(layer)
             break
-    return None, None, None
+    return head, final
 
 
-def _warn_if_probabilities(model, sample, output=None):
+def _warn_if_probabilities(model, outputs):
     """Warn when a model whose head could not be found returns rows that sum to 1."""
-    out = _selected(model(tf.nest.map_structure(tf.convert_to_tensor, sample), training=False), output)
-    p = np.asarray(out, dtype=np.float64)
+    p = np.asarray(outputs, dtype=np.float64)
     if p.ndim == 2 and p.shape[-1] > 1 and p.min() >= 0 and np.allclose(p.sum(axis=-1), 1.0, atol=1e-4):
         warnings.warn(
             f"The outputs of model {model.name!r} look like softmax probabilities, but the softmax "
