@@ -22,100 +22,81 @@ import numpy as np
 import tensorflow as tf
 
 from keras_cam import layers as _layers
+from keras_cam import layout as _layout
 from keras_cam import targets as _targets
 from keras_cam.graph import ActivationGraph
 from keras_cam.saved_model import GraphOp
 
-# A map whose range is below this fraction of its magnitude is constant up to
-# float rounding (bilinear resizing adds a few ulps): it carries no location.
-_CONSTANT_RTOL = 1e-6
-
-
 def upsample(maps, size):
-    """Bilinear resize of ``(N, h, w)`` maps to ``size = (H, W)``."""
-    return tf.image.resize(maps[..., None], size, method="bilinear")[..., 0]
+    """Resize ``(N, *s)`` maps to ``size`` (linear, bilinear or trilinear; see :func:`keras_cam.layout.resize`)."""
+    return _layout.resize(maps, size)
 
 
-def minmax(maps):
-    """Per-map min-max scaling to [0, 1]: ``(M - min M) / (max M - min M)``.
-
-    A constant map (range within rounding of zero, all-zero maps included)
-    has no location to show and becomes all zeros, never NaN.
-    """
-    lo = tf.reduce_min(maps, axis=(1, 2), keepdims=True)
-    hi = tf.reduce_max(maps, axis=(1, 2), keepdims=True)
-    span = hi - lo
-    scale = tf.maximum(tf.abs(hi), tf.abs(lo))
-    varies = span > _CONSTANT_RTOL * scale
-    return tf.where(varies, tf.math.divide_no_nan(maps - lo, span), tf.zeros_like(maps))
+minmax = _layout.minmax
 
 
 def principal_component(x):
-    """Each pixel's channel vector projected on the first principal axis.
+    """Each position's channel vector projected on the first principal axis.
 
-    Per image, the ``h * w`` pixels of ``x`` ``(N, h, w, K)`` are the samples
-    and the ``K`` channels the features: the vectors are centred over the
-    pixels and projected on their first principal axis (the first right
-    singular vector). The axis's sign is arbitrary; it is chosen so that the
+    Per image, the positions of ``x`` ``(N, *s, K)`` are the samples and the
+    ``K`` channels the features: the vectors are centred over the positions
+    and projected on their first principal axis (the first right singular
+    vector). The axis's sign is arbitrary; it is chosen so that the
     projection correlates positively with the channel sum ``sum_k x_k``.
 
     Returns:
-        ``(N, h, w)`` projections (zero-mean per image).
+        ``(N, *s)`` projections (zero-mean per image).
     """
-    shape = tf.shape(x)
-    flat = tf.reshape(x, (shape[0], shape[1] * shape[2], shape[3]))
+    flat = _layout.flatten_spatial(x)
     centred = flat - tf.reduce_mean(flat, axis=1, keepdims=True)
     s, u, _ = tf.linalg.svd(centred, full_matrices=False)
     proj = u[..., 0] * s[:, :1]
     total = tf.reduce_sum(centred, axis=-1)
     sign = tf.where(tf.reduce_sum(proj * total, axis=1, keepdims=True) < 0, -1.0, 1.0)
-    return tf.reshape(proj * sign, shape[:3])
+    return tf.reshape(proj * sign, tf.shape(x)[:-1])
 
 
-def _shift(x, dy, dx, fill):
-    """``out[:, y, x] = x[:, y - dy, x - dx]``; pixels shifted in take the edge
-    value (``fill="edge"``) or zero (``fill="zeros"``)."""
-    h, w = tf.shape(x)[1], tf.shape(x)[2]
-    pads = [[0, 0], [max(dy, 0), max(-dy, 0)], [max(dx, 0), max(-dx, 0)]] + [[0, 0]] * (x.shape.rank - 3)
+def _shift(x, shifts, fill):
+    """``out[:, i + d] = x[:, i]`` along each spatial axis (``shifts``, one per axis);
+    positions shifted in take the edge value (``fill="edge"``) or zero (``fill="zeros"``)."""
+    sizes = tf.shape(x)
+    pads, begin = [[0, 0]], [0]
+    for d in shifts:
+        pads.append([max(d, 0), max(-d, 0)])
+        begin.append(max(-d, 0))
+    rest = x.shape.rank - 1 - len(shifts)
+    pads += [[0, 0]] * rest
+    begin += [0] * rest
     padded = tf.pad(x, pads, mode="SYMMETRIC" if fill == "edge" else "CONSTANT")
-    return padded[:, max(-dy, 0):max(-dy, 0) + h, max(-dx, 0):max(-dx, 0) + w]
+    return tf.slice(padded, begin, sizes)
+
+
+def _flip(x, rank):
+    """Mirror the last spatial axis (the width) of ``(N, *S, ...)``."""
+    return tf.reverse(x, axis=[rank])
 
 
 def augmentations(size):
-    """The ``aug_smooth`` transforms: ``(flip, dy, dx)`` for the identity, the
-    horizontal flip, and diagonal shifts by 1/32 of the image side (at least one
-    pixel) each way, with and without the flip."""
+    """The ``aug_smooth`` transforms of an input of spatial ``size``: ``(flip, shifts)``.
+
+    The identity and diagonal shifts by 1/32 of the smallest side (at least
+    one position) each way, on every spatial axis; for images and volumes
+    each with and without a horizontal flip (the last spatial axis). A signal
+    is not reversed in time, which changes what most signals mean.
+    """
     d = max(1, round(min(size) / 32))
-    return [(flip, dy, dx) for flip in (False, True) for dy, dx in ((0, 0), (d, d), (-d, -d))]
+    flips = (False,) if len(size) == 1 else (False, True)
+    return [(flip, tuple(s for _ in size)) for flip in flips for s in (0, d, -d)]
 
 
-def as_batch(images):
-    """``(images as a float32 (N, H, W, C) tensor, whether one image was given)``."""
-    if isinstance(images, (list, tuple)):
-        shapes = {tuple(np.shape(im)) for im in images}
-        if len(shapes) > 1:
-            raise ValueError(
-                f"`images` is a list of arrays of different shapes {sorted(shapes)}; resize "
-                f"them to one size (the model's input size) before explaining them together. (The "
-                f"inputs of a multi-input model go to an explainer as a list; CAMCallback, "
-                f"explain_dataset and the metrics take single-input models.)"
-            )
-        images = np.stack([np.asarray(im) for im in images]) if images else np.zeros((0,))
-    x = tf.convert_to_tensor(images)
-    if not x.dtype.is_floating:
-        x = tf.cast(x, tf.float32)
-    elif x.dtype != tf.float32:
-        x = tf.cast(x, tf.float32)
-    if x.shape.rank == 3:
-        return x[None], True
-    if x.shape.rank != 4:
-        raise ValueError(
-            f"`images` must be one image (H, W, C) or a batch (N, H, W, C); received shape "
-            f"{tuple(x.shape)}."
-        )
-    if x.shape[0] == 0:
-        raise ValueError("`images` is an empty batch (0 images); pass at least one image.")
-    return x, False
+def as_batch(images, layout=None):
+    """``(images as a float32 batch in the model's format, whether one example was given)``.
+
+    ``layout`` is the model's :class:`~keras_cam.layout.InputLayout` (2-D
+    images by default): an array of its rank is a batch, one rank less is
+    one example.
+    """
+    return (layout or _layout.InputLayout()).batch(images)
 
 
 def _input_shape(model, index=0):
@@ -153,16 +134,16 @@ def read_inputs(graph, inputs):
 
     Returns:
         ``(images, others, single)``: the images as a checked float32
-        channels-last ``(N, H, W, C)`` tensor, the other inputs of a
+        channels-last ``(N, *S, C)`` tensor, the other inputs of a
         multi-input model (a tuple of tensors whose rows go with the images;
         empty otherwise) and whether one example without a batch axis was given.
     """
     if not graph.multi_input:
-        batch, single = as_batch(inputs)
+        batch, single = as_batch(inputs, graph.inputs)
         others = ()
     else:
         parts = _as_input_list(graph, inputs)
-        batch, single = as_batch(parts[graph.input_index])
+        batch, single = as_batch(parts[graph.input_index], graph.inputs)
         others = []
         for i, (name, part, spec) in enumerate(zip(graph.input_names, parts, graph.model.inputs)):
             if i == graph.input_index:
@@ -195,7 +176,7 @@ def _has_preprocessing(model):
 def check_images(batch, model, index=0, channels_first=False):
     """Reject input the model cannot take, before TensorFlow fails deep inside.
 
-    Checks the rank, the channel count and any fixed height/width against the
+    Checks the rank, the channel count and any fixed spatial size against the
     model's input ``index`` (whose format ``batch`` is in), and that every
     value is finite. Warns (it cannot know for sure) when the values look like
     raw 0-255 pixels (none negative, some above 2) and the model has no
@@ -204,6 +185,7 @@ def check_images(batch, model, index=0, channels_first=False):
     expected = _input_shape(model, index)
     if expected is not None:
         got = tuple(batch.shape[1:])
+        spatial = len(expected) - 2
         if len(got) != len(expected) - 1:
             raise ValueError(
                 f"`images` has shape {tuple(batch.shape)} but model {model.name!r} takes inputs "
@@ -212,10 +194,12 @@ def check_images(batch, model, index=0, channels_first=False):
         for axis, (g, e) in enumerate(zip(got, expected[1:]), start=1):
             if e is not None and g != e:
                 what = "channels" if axis == (1 if channels_first else len(got)) else f"size on axis {axis}"
+                fix = ("Resize the images (or convert gray/RGB)" if spatial == 2 else
+                       "Resample or crop the inputs (or fix their channels)")
                 raise ValueError(
                     f"`images` has shape {tuple(batch.shape)} but model {model.name!r} takes "
-                    f"(N,) + {tuple(expected[1:])}: its {what} is {g}, the model's is {e}. Resize the "
-                    f"images (or convert gray/RGB) to the model's input shape first."
+                    f"(N,) + {tuple(expected[1:])}: its {what} is {g}, the model's is {e}. {fix} "
+                    f"to the model's input shape first."
                 )
     finite = tf.reduce_all(tf.math.is_finite(batch), axis=tuple(range(1, batch.shape.rank)))
     if not bool(tf.reduce_all(finite)):
@@ -268,7 +252,9 @@ class Explanation:
     """What an explainer computed for a batch.
 
     Attributes:
-        maps: ``(N, H, W)`` float32 maps (``(H, W)`` when one image was given).
+        maps: float32 maps ``(N, *S)``: ``(N, T)`` for signals, ``(N, H, W)`` for
+            images, ``(N, D, H, W)`` for volumes (no batch axis when one
+            example was given).
         targets: ``(N,)`` class index explained per image (None for callable targets).
         scores: ``(N,)`` the score ``S`` that was explained (a logit when linearized).
         probabilities: ``(N,)`` probability of the target class (None for callable targets).
@@ -313,12 +299,23 @@ class Explainer:
             ``ReLU`` of the first principal component of ``w_k A^k`` instead
             (:meth:`reduce_channels`).
         image_input: for a multi-input model, the input (index or name) whose
-            images are explained; None picks its only 4-D input. The call
-            then takes all inputs (a list or dict, as ``model.predict``) and
-            holds the others fixed.
+            images are explained; None picks its only 4-D input (else its
+            only input with spatial axes). The call then takes all inputs (a
+            list or dict, as ``model.predict``) and holds the others fixed.
         data_format: ``"channels_first"`` for a model that takes
-            ``(N, C, H, W)`` images; None infers it from the model's layers.
-            Maps are ``(N, H, W)`` either way.
+            ``(N, C, *S)`` inputs; None infers it from the model's layers.
+            Maps are ``(N, *S)`` either way.
+        reshape: for a token layer ``(N, L, K)`` of a vision transformer, its
+            patch grid: None infers it from the input's aspect ratio and the
+            token count (dropping up to 8 leading class/register tokens), a
+            ``(h, w)`` pair sets it (the leading ``L - h w`` tokens are
+            dropped), a callable ``(N, L, K) -> (N, h, w, K)`` replaces it
+            (applied to activations and gradients alike).
+
+    Inputs and maps follow the model's layout (:mod:`keras_cam.layout`): a
+    signal model takes ``(N, T, C)`` and gives ``(N, T)`` maps, an image
+    model ``(N, H, W, C)`` and ``(N, H, W)``, a volume model
+    ``(N, D, H, W, C)`` and ``(N, D, H, W)``.
     """
 
     # Whether the method's map is a sum of weighted channels, so that
@@ -326,7 +323,7 @@ class Explainer:
     _weights_channels = False
 
     def __init__(self, model, layer=None, *, output=None, linearize=True, batch_size=32,
-                 aug_smooth=False, eigen_smooth=False, image_input=None, data_format=None):
+                 aug_smooth=False, eigen_smooth=False, image_input=None, data_format=None, reshape=None):
         if batch_size is not None and (not isinstance(batch_size, (int, np.integer)) or batch_size < 1):
             raise ValueError(f"`batch_size` must be a positive int or None; received {batch_size!r}.")
         if eigen_smooth and not self._weights_channels:
@@ -335,7 +332,7 @@ class Explainer:
                 f"{type(self).__name__} does not weight channels, so it does not apply."
             )
         self.graph = ActivationGraph(model, self._layer_specs(layer), output=output, linearize=linearize,
-                                     image_input=image_input, data_format=data_format)
+                                     image_input=image_input, data_format=data_format, reshape=reshape)
         self.batch_size = batch_size
         self.aug_smooth = bool(aug_smooth)
         self.eigen_smooth = bool(eigen_smooth)
@@ -452,7 +449,7 @@ class Explainer:
             maps, outputs = self.raw_maps(images, class_idx, target_fn)
             maps = tf.cast(maps, tf.float32)
             if upsample_:
-                maps = upsample(maps, tf.shape(images)[1:3])
+                maps = upsample(maps, tf.shape(images)[1:-1])
         scores, idx, probs = outputs
         if normalize_:
             maps = minmax(maps)
@@ -463,17 +460,19 @@ class Explainer:
         image's map, upsampled and transformed back; a pixel a shift moved out
         of the frame is averaged over the transforms that still see it. The
         class is the one chosen on the untransformed images."""
-        size = tf.shape(images)[1:3]
+        size = tf.shape(images)[1:-1]
+        rank = images.shape.rank - 2
         total = count = outputs = None
-        for flip, dy, dx in augmentations(images.shape[1:3]):
-            x = _shift(images[:, :, ::-1] if flip else images, dy, dx, "edge")
+        for flip, shifts in augmentations(images.shape[1:-1]):
+            x = _shift(_flip(images, rank) if flip else images, shifts, "edge")
             maps, scored = self.raw_maps(x, class_idx, target_fn)
             if outputs is None:
                 outputs, class_idx = scored, scored[1]
-            maps = _shift(upsample(tf.cast(maps, tf.float32), size), -dy, -dx, "zeros")
-            seen = _shift(tf.ones_like(maps), -dy, -dx, "zeros")
+            back = tuple(-d for d in shifts)
+            maps = _shift(upsample(tf.cast(maps, tf.float32), size), back, "zeros")
+            seen = _shift(tf.ones_like(maps), back, "zeros")
             if flip:
-                maps, seen = maps[:, :, ::-1], seen[:, :, ::-1]
+                maps, seen = _flip(maps, rank), _flip(seen, rank)
             total = maps if total is None else total + maps
             count = seen if count is None else count + seen
         return total / count, outputs

@@ -26,11 +26,13 @@ import numpy as np
 import tensorflow as tf
 from tensorflow.core.framework import summary_pb2
 
+from keras_cam import layout as _layout
 from keras_cam import metrics as _metrics
 from keras_cam import methods as _methods
 from keras_cam import targets as _targets
 from keras_cam._compat import keras
 from keras_cam.base import Explainer, as_batch
+from keras_cam.graph import input_layout as graph_input_layout
 from keras_cam.dataset import _png_bytes, _write_atomic, displayable
 from keras_cam.viz import as_rgb_uint8, overlay
 
@@ -87,10 +89,12 @@ class CAMCallback(keras.callbacks.Callback):
                  log_dir="logs/cam", tensorboard=True, save_png=True, class_names=None,
                  *, at_train_end=True, metrics=FAITHFULNESS):
         super().__init__()
-        batch, _ = as_batch(images)
-        self.images = batch.numpy()
-        if not callable(targets):
-            _targets.class_indices(targets, len(self.images))  # type and length; range once the model is known
+        # Read as a batch against the model's layout once the model is known (a (N, T, C)
+        # batch of signals and one (H, W, C) image have the same rank).
+        self._given = np.asarray(_layout.stack(images), dtype=np.float32)
+        self.images = None
+        if not callable(targets) and np.ndim(images) >= 4:
+            _targets.class_indices(targets, len(images))  # type and length; range once the model is known
         self.targets = targets
         self.method = _method_class(method)
         self.layer = layer
@@ -115,6 +119,12 @@ class CAMCallback(keras.callbacks.Callback):
         """The explainer in use (built at the first explained epoch, then kept)."""
         return self._explainer
 
+    def set_model(self, model):
+        """Keras hands the callback its model before training: the images are read
+        against the model's layout here, so a wrong shape fails before the first epoch."""
+        super().set_model(model)
+        self._read_images(graph_input_layout(model))
+
     def on_epoch_end(self, epoch, logs=None):
         self._epoch = epoch + 1
         if self._epoch % self.every == 0:
@@ -131,7 +141,14 @@ class CAMCallback(keras.callbacks.Callback):
         """The one explainer, rebuilt only if the callback is moved to another model."""
         if self._explainer is None or self._explainer.model is not model:
             self._explainer = self.method(model, self.layer)
+            self._read_images(self._explainer.graph.inputs)
         return self._explainer
+
+    def _read_images(self, layout):
+        batch, _ = as_batch(self._given, layout)
+        self.images = batch.numpy()
+        if not callable(self.targets):
+            _targets.class_indices(self.targets, len(self.images))
 
     def _record(self, epoch):
         self._attempted = epoch

@@ -134,10 +134,10 @@ def _image_spec(spec):
             f"tensor; received elements of structure {spec}. Map the dataset to that form first, "
             f"e.g. dataset.map(lambda d: (d['image'], d['label']))."
         )
-    if images.shape.rank not in (3, 4):
+    if images.shape.rank not in (2, 3, 4, 5, 6):
         raise ValueError(
-            f"Dataset images must be (H, W, C) single images or (n, H, W, C) batches; the "
-            f"dataset yields shape {images.shape}."
+            f"Dataset images must be single examples ((H, W, C) images, (T, C) signals, "
+            f"(D, H, W, C) volumes) or batches of them; the dataset yields shape {images.shape}."
         )
     return images
 
@@ -235,7 +235,7 @@ class _Job:
         self.keep_images = images
         spec = dataset.element_spec
         image_spec = _image_spec(spec)
-        if image_spec.shape.rank == 3:
+        if image_spec.shape.rank == explainer.graph.inputs.rank + 1:  # single examples
             dataset = dataset.batch(batch_size)
             spec = dataset.element_spec
         use_labels = isinstance(targets, str) and targets == "labels" and _has_labels(spec)

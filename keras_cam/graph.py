@@ -24,6 +24,7 @@ import tensorflow as tf
 
 from keras_cam import _compat
 from keras_cam import layers as _layers
+from keras_cam import layout as _layout
 from keras_cam import saved_model as _saved_model
 from keras_cam._patch import patched_attr, replaced_call, wrapped_call
 
@@ -116,15 +117,19 @@ class ActivationGraph:
             inputs are held fixed (:meth:`holding`).
         data_format: ``"channels_last"``, ``"channels_first"`` or None, which
             infers it from the model's layers (any ``channels_first`` layer).
+        reshape: how a token layer's output lies on a grid: None (inferred),
+            ``(h, w)`` or a callable ``(N, L, C) -> (N, h, w, C)``; see
+            :mod:`keras_cam.layout`.
 
-    Inside an explainer, images and activations are channels-last
-    ``(N, H, W, C)``; this class converts at the model's boundary, where a
-    channels-first model takes ``(N, C, H, W)`` input and its layers return
-    ``(N, C, h, w)`` maps.
+    Inside an explainer, images are channels-last ``(N, *S, C)`` and
+    activations feature maps ``(N, *s, K)`` (see :mod:`keras_cam.layout`);
+    this class converts at the model's boundary: a channels-first model
+    takes ``(N, C, *S)`` input and its layers return ``(N, K, *s)`` maps, and
+    a vision transformer's layers return token sequences ``(N, L, K)``.
     """
 
     def __init__(self, model, layers=(None,), output=None, linearize=True, image_input=None,
-                 data_format=None):
+                 data_format=None, reshape=None):
         model = _saved_model.adapt(model)
         if not (_compat.is_model(model) or isinstance(model, _saved_model.FrozenModel)):
             raise TypeError(
@@ -136,6 +141,8 @@ class ActivationGraph:
         self.linearize = linearize
         self.input_names, self.input_index = _image_input(model, image_input)
         self.data_format = _data_format(model, data_format)
+        self.inputs = input_layout(model, self.input_index, self.data_format)
+        self.reshape = _layout.check_reshape(reshape)
         self._held = None
         self.head, self.output_activation, self._how = find_head(model, output)
         if self.head is None and _compat.is_model(model) and _layers._children(model):
@@ -147,6 +154,9 @@ class ActivationGraph:
         for i, spec in enumerate(self._specs):
             if spec is not None:
                 self.paths[i], self.layers[i] = _layers.resolve(model, spec)
+                shape = _layers.static_output_shape(self.layers[i])
+                if shape is not None:  # a named layer that is no feature map fails here, before tracing
+                    self.feature_layout(i, shape)
             elif (known := _layers.default_layer(model)) is not None:  # a known architecture
                 self.paths[i], self.layers[i] = known[:2]
         sample = _layers.probe_sample(model)
@@ -230,12 +240,12 @@ class ActivationGraph:
             self._held = previous
 
     def to_model_format(self, images):
-        """Channels-last images ``(N, H, W, C)`` in the model's data format."""
-        return tf.transpose(images, (0, 3, 1, 2)) if self.data_format == "channels_first" else images
+        """Channels-last images ``(N, *S, C)`` in the model's data format."""
+        return self.inputs.to_model_format(images)
 
     def to_channels_last(self, images):
-        """Images in the model's data format as ``(N, H, W, C)``."""
-        return tf.transpose(images, (0, 2, 3, 1)) if self.data_format == "channels_first" else images
+        """Images in the model's data format as ``(N, *S, C)``."""
+        return self.inputs.to_channels_last(images)
 
     def model_inputs(self, images, rows=None):
         """The model's input for channels-last ``images``.
@@ -257,7 +267,7 @@ class ActivationGraph:
         return self.assemble(x, others)
 
     def layer_is_channels_first(self, layer):
-        """Whether ``layer`` returns ``(N, C, h, w)`` maps: its own ``data_format``, or the model's."""
+        """Whether ``layer`` returns ``(N, K, *s)`` maps: its own ``data_format``, or the model's."""
         return getattr(layer, "data_format", None) == "channels_first" or (
             getattr(layer, "data_format", None) is None and self.data_format == "channels_first"
         )
@@ -268,34 +278,39 @@ class ActivationGraph:
         with self._linearized():
             return self.model(self.model_inputs(images, rows), training=False)
 
-    def forward(self, images, tape=None):
-        """Run the model, capturing the target layers' outputs.
+    def feature_layout(self, i, shape, image_size=None):
+        """The :class:`~keras_cam.layout.FeatureLayout` of target ``i``'s output of ``shape``.
+
+        Raises:
+            ValueError: when the output is not a feature map of the model's
+                layout; the message names the layer, its shape, and what fits.
+        """
+        found = _layout.describe(shape, self.inputs.rank, image_size or self.inputs.spatial_shape,
+                                 self.layer_is_channels_first(self.layers[i]), self.reshape)
+        if found is None:
+            raise ValueError(_not_a_feature_map(self, i, shape))
+        return found
+
+    def capture(self, images, tape=None):
+        """Run the model, capturing the target layers' raw outputs.
 
         Args:
             images: channels-last input batch (the other inputs of a
                 multi-input model are the held ones, see :meth:`holding`).
-            tape: a ``tf.GradientTape`` that should watch the activations.
+            tape: a ``tf.GradientTape`` that should watch the outputs.
 
         Returns:
-            ``(activations, outputs)``: a list with one channels-last tensor per
-            target layer (its last call), and the model's outputs (logits if
-            linearized).
+            ``(raw, layouts, outputs)``: per target layer its output as the
+            layer returned it (its last call) and its
+            :class:`~keras_cam.layout.FeatureLayout`; the model's outputs
+            (logits if linearized). ``layouts[i].view`` turns a raw output,
+            or its gradient, into a channels-last feature map.
         """
         captured = [None] * len(self.layers)
 
         def capture(i):
-            first = self.layer_is_channels_first(self.layers[i])
-
             def on_output(out):
-                if first and tf.is_tensor(out) and out.shape.rank == 4:
-                    # The tape watches the channels-last view, and the model goes on
-                    # with its transpose back, so gradients reach the view.
-                    out = tf.transpose(out, (0, 2, 3, 1))
-                    if tape is not None:
-                        tape.watch(out)
-                    captured[i] = out
-                    return tf.transpose(out, (0, 3, 1, 2))
-                if tape is not None:
+                if tape is not None and tf.is_tensor(out):
                     tape.watch(out)
                 captured[i] = out
                 return out
@@ -316,6 +331,7 @@ class ActivationGraph:
                 stack.enter_context(_saved_model.intercept(owner, owner_taps, linear and owner is self.head))
             stack.enter_context(self._linearized(list(taps)))
             outputs = self.model(self.model_inputs(images), training=False)
+        layouts = []
         for i, act in enumerate(captured):
             if act is None:
                 raise ValueError(
@@ -326,10 +342,17 @@ class ActivationGraph:
             if not tf.is_tensor(act):
                 raise ValueError(
                     f"Layer {self.paths[i]!r} returns a {type(act).__name__} of tensors, not one "
-                    f"feature map; choose a layer whose output is a single (N, H, W, C) tensor "
+                    f"feature map; choose a layer whose output is a single tensor "
                     f"(keras_cam.list_layers(model) shows each layer's output shape)."
                 )
-        return captured, outputs
+            layouts.append(self.feature_layout(i, act.shape, tuple(images.shape[1:-1])))
+        return captured, layouts, outputs
+
+    def forward(self, images):
+        """Run the model and return ``(feature maps, outputs)``: the target layers'
+        outputs as channels-last feature maps ``(N, *s, K)`` (see :meth:`capture`)."""
+        raw, layouts, outputs = self.capture(images)
+        return [lay.view(r) for lay, r in zip(layouts, raw)], outputs
 
     def scores(self, outputs):
         """The class scores ``(N, C)`` of the selected output, as float32.
@@ -448,13 +471,17 @@ def _image_input(model, image_input):
     shapes = [tuple(t.shape) for t in model.inputs]
     listing = ", ".join(f"{i}: {n!r} {s}" for i, (n, s) in enumerate(zip(names, shapes)))
     if image_input is None:
-        images = [i for i, s in enumerate(shapes) if len(s) == 4]
-        if len(names) == 1 or len(images) == 1:
-            return names, (images[0] if len(names) > 1 else 0)
+        if len(names) == 1:
+            return names, 0
+        # The only image (4-D) input; else the only input with 1 to 3 spatial axes.
+        for ranks in ((4,), (3, 4, 5)):
+            images = [i for i, s in enumerate(shapes) if len(s) in ranks]
+            if len(images) == 1:
+                return names, images[0]
         raise ValueError(
             f"Model {model.name!r} has {len(names)} inputs ({listing}) and "
-            f"{'several' if images else 'none'} of them 4-D; pass `image_input=` (an index or "
-            f"a name) for the one that holds the images to explain."
+            f"{'several' if images else 'none'} of them with spatial axes; pass `image_input=` (an "
+            f"index or a name) for the one that holds the images to explain."
         )
     if isinstance(image_input, str) and image_input in names:
         index = names.index(image_input)
@@ -463,10 +490,11 @@ def _image_input(model, image_input):
         index = int(image_input)
     else:
         raise ValueError(f"`image_input={image_input!r}` is not an input of model {model.name!r}: {listing}.")
-    if len(shapes[index]) != 4:
+    if len(shapes[index]) not in (3, 4, 5):
         raise ValueError(
-            f"`image_input={image_input!r}` has shape {shapes[index]}, not images (N, H, W, C); "
-            f"the inputs of model {model.name!r} are {listing}."
+            f"`image_input={image_input!r}` has shape {shapes[index]}, not a batch with 1 to 3 "
+            f"spatial axes and channels ((N, T, C), (N, H, W, C) or (N, D, H, W, C)); the inputs "
+            f"of model {model.name!r} are {listing}."
         )
     return names, index
 
@@ -485,6 +513,40 @@ def _data_format(model, data_format):
         if getattr(layer, "data_format", None) == "channels_first":
             return "channels_first"
     return "channels_last"
+
+
+def input_layout(model, index=0, data_format=None):
+    """The :class:`~keras_cam.layout.InputLayout` of the model's input ``index``."""
+    first = _data_format(model, data_format) == "channels_first"
+    return _layout.input_layout(_input_shape(model, index), first)
+
+
+def _input_shape(model, index=0):
+    """The shape of the model's input ``index`` (None dims allowed), or None if unknown."""
+    try:
+        inputs = model.inputs
+    except (AttributeError, ValueError):
+        return None
+    return tuple(inputs[index].shape) if inputs else None
+
+
+def _not_a_feature_map(graph, i, shape):
+    """The message for a target layer whose output is no feature map of the model's layout."""
+    rank = graph.inputs.rank
+    what = {1: "(N, T, C) signal maps", 2: "(N, H, W, C) feature maps or (N, tokens, C) token "
+            "sequences on a grid", 3: "(N, D, H, W, C) volume maps"}[rank]
+    hint = ""
+    if len(shape) == 3 and rank == 2:
+        hint = (" Its tokens fit no patch grid of the input (at most "
+                f"{_layout.MAX_PREFIX_TOKENS} leading class/register tokens): pass `reshape=(h, w)` "
+                f"or a callable `reshape=` that lays them out as (N, h, w, C).")
+    near = _layers.nearest_feature_layers(graph.model, graph.paths[i], rank)
+    close = f" The nearest layers that are: {near}." if near else ""
+    return (
+        f"Layer {graph.paths[i]!r} outputs shape {tuple(shape)}, which is not a feature map of "
+        f"this model's {rank}-D input: class-activation maps need {what}.{hint}{close} "
+        f"(keras_cam.list_layers(model) lists every layer's output shape.)"
+    )
 
 
 def _fill(slots, capture):

@@ -47,12 +47,13 @@ from keras_cam._patch import replaced_call
 _NOT_TARGETS = (
     "InputLayer", "Rescaling", "Normalization", "Resizing", "CenterCrop",
     "RandomFlip", "RandomRotation", "RandomZoom", "RandomTranslation",
-    "RandomContrast", "RandomCrop", "ZeroPadding2D", "Cropping2D",
-    "MaxPooling2D", "AveragePooling2D", "GlobalAveragePooling2D",
-    "GlobalMaxPooling2D",
+    "RandomContrast", "RandomCrop",
+    *(f"{kind}{d}D" for d in (1, 2, 3) for kind in (
+        "ZeroPadding", "Cropping", "MaxPooling", "AveragePooling", "GlobalAveragePooling",
+        "GlobalMaxPooling")),
 )
-# Layers that summarize a whole map (with keepdims they stay 4-D, 1x1).
-_GLOBAL_POOLS = ("GlobalAveragePooling2D", "GlobalMaxPooling2D", "GlobalAveragePooling3D", "GlobalMaxPooling3D")
+# Layers that summarize a whole map (with keepdims they keep their rank, size 1).
+_GLOBAL_POOLS = tuple(f"Global{kind}Pooling{d}D" for kind in ("Average", "Max") for d in (1, 2, 3))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -72,25 +73,27 @@ class LayerInfo:
     layer: object
     output_shape: tuple | None = None
     pooled: bool = False
+    rank: int = 2
 
     @property
     def is_spatial(self) -> bool:
+        """A feature map over the input's ``rank`` spatial axes, and not the input itself."""
         s = self.output_shape
-        return s is not None and len(s) == 4 and type(self.layer).__name__ not in _NOT_TARGETS
+        return s is not None and len(s) == self.rank + 2 and type(self.layer).__name__ not in _NOT_TARGETS
 
     @property
     def spatial_size(self) -> int:
-        """H * W of a spatial output (channels last), else 0."""
+        """The number of positions of a spatial output, else 0."""
         if not self.is_spatial:
             return 0
-        h, w = _spatial_dims(self.layer, self.output_shape)
-        return int(h) * int(w)
+        first = getattr(self.layer, "data_format", None) == "channels_first"
+        dims = self.output_shape[2:] if first else self.output_shape[1:-1]
+        return int(np.prod([int(d) for d in dims]))
 
 
-def _spatial_dims(layer, shape):
-    if getattr(layer, "data_format", None) == "channels_first":
-        return shape[2], shape[3]
-    return shape[1], shape[2]
+def sample_rank(sample):
+    """The spatial rank of a probe sample (its largest array, batch and channel axes excluded)."""
+    return max(np.ndim(t) for t in tf.nest.flatten(sample)) - 2
 
 
 def is_container(layer) -> bool:
@@ -205,17 +208,17 @@ def _tensors(structure):
     return [t for t in tf.nest.flatten(structure) if tf.is_tensor(t)]
 
 
-def _is_global(layer, inputs, out_shape):
+def _is_global(layer, inputs, out_shape, rank=2):
     """Whether ``layer`` summarizes a whole map: a global pooling, a flatten, a reduction.
 
-    (Not a strided convolution that happens to reach 1x1 on a small input:
+    (Not a strided convolution that happens to reach size 1 on a small input:
     that is still the backbone's map.)
     """
-    if not any(s is not None and len(s) == 4 for s in inputs):
+    if not any(s is not None and len(s) == rank + 2 for s in inputs):
         return False
     if type(layer).__name__ in _GLOBAL_POOLS:
         return True
-    return out_shape is None or len(out_shape) < 4  # Flatten, a reduction, a reshape to a vector
+    return out_shape is None or len(out_shape) < rank + 2  # Flatten, a reduction, a reshape to a vector
 
 
 def trace_layers(model, sample):
@@ -227,9 +230,10 @@ def trace_layers(model, sample):
         inside SavedModel layers included.
     """
     model = _saved_model.adapt(model)
+    rank = sample_rank(sample)
     if isinstance(model, _saved_model.FrozenModel):  # its graph's shapes are known without running it
         shape = tuple(np.shape(sample))
-        return [LayerInfo(op.name, op, s, pooled) for op, (_, s, pooled) in
+        return [LayerInfo(op.name, op, s, pooled, rank) for op, (_, s, pooled) in
                 zip(model.layers, _saved_model.op_infos(model, shape))]
     pairs = walk(model)
     ops_of = {}
@@ -243,9 +247,9 @@ def trace_layers(model, sample):
     def record(path, layer, args, out):
         inputs = _tensors(args)
         # Per input: does it come from a pooled map? A map from no recorded layer (the model's
-        # input) does not; constants (rank < 4) do not count.
+        # input) does not; constants (of lower rank) do not count.
         from_pooled = [producer[id(t)][0] in pooled if id(t) in producer else False
-                       for t in inputs if id(t) in producer or t.shape.rank == 4]
+                       for t in inputs if id(t) in producer or t.shape.rank == rank + 2]
         if id(layer) in ops_of:
             in_shape = tuple(inputs[0].shape) if inputs else None
             for op_name, shape, is_pooled in _saved_model.op_infos(layer, in_shape):
@@ -253,9 +257,9 @@ def trace_layers(model, sample):
                 if is_pooled:
                     pooled.add(op_path)
                 seen.pop(op_path, None)
-                seen[op_path] = LayerInfo(op_path, _find(pairs, op_path), shape, is_pooled)
+                seen[op_path] = LayerInfo(op_path, _find(pairs, op_path), shape, is_pooled, rank)
         shape = tuple(out.shape) if hasattr(out, "shape") else None
-        is_pooled = _is_global(layer, [tuple(t.shape) for t in inputs], shape) or (
+        is_pooled = _is_global(layer, [tuple(t.shape) for t in inputs], shape, rank) or (
             bool(from_pooled) and all(from_pooled)
         )
         if is_pooled:
@@ -263,7 +267,7 @@ def trace_layers(model, sample):
         for t in _tensors(out):
             producer.setdefault(id(t), (path, t))  # keeps t alive: ids stay unique
         seen.pop(path, None)
-        seen[path] = LayerInfo(path, layer, shape, is_pooled)
+        seen[path] = LayerInfo(path, layer, shape, is_pooled, rank)
 
     def recorder(path, layer):
         def call(inner, *args, **kwargs):
@@ -298,10 +302,12 @@ def auto_layer(model, sample):
     infos = [i for i in trace_layers(model, sample) if not is_container(i.layer)]
     spatial = [i for i in infos if i.is_spatial]
     if not spatial:
+        rank = sample_rank(sample)
+        shape = {1: "(N, T, C)", 2: "(N, H, W, C)", 3: "(N, D, H, W, C)"}[rank]
         raise ValueError(
-            f"Model {model.name!r} has no layer with a spatial (N, H, W, C) output, so "
+            f"Model {model.name!r} has no layer with a spatial {shape} output, so "
             f"there is nothing for a class-activation map to localize. Class-activation "
-            f"maps need a convolutional model."
+            f"maps need a convolutional model (or a vision transformer's token layer)."
         )
     maps = [i for i in spatial if not i.pooled]
     return (maps or spatial)[-1]
@@ -427,6 +433,36 @@ def default_layer(model):
     return f"{base.name}/{inner[0]}", inner[1], inner[2]
 
 
+def static_output_shape(layer):
+    """The output shape of ``layer`` in its model's graph (batch axis included), or None.
+
+    Known without running the model for layers of functional models (called
+    once); None for subclassed models, layers called several times and ops
+    inside a SavedModel.
+    """
+    if isinstance(layer, _saved_model.GraphOp):
+        return None
+    try:
+        out = layer.output
+    except (AttributeError, ValueError, RuntimeError):
+        return None
+    shape = getattr(out, "shape", None)
+    return None if shape is None else tuple(shape)
+
+
+def nearest_feature_layers(model, path, rank, n=3):
+    """Up to ``n`` paths of layers near ``path`` (in graph order) whose output is a feature
+    map with ``rank`` spatial axes: what to suggest instead of a layer that is not one."""
+    pairs = [(p, l) for p, l in walk(model) if not is_container(l)]
+    where = next((k for k, (p, _) in enumerate(pairs) if p == path), None)
+    found = []
+    for k, (p, l) in enumerate(pairs):
+        shape = static_output_shape(l)
+        if shape is not None and LayerInfo(p, l, shape, rank=rank).is_spatial:
+            found.append((abs(k - where) if where is not None else -k, p))
+    return [p for _, p in sorted(found)[:n]]
+
+
 def list_layers(model, sample=None):
     """The model's layers as target candidates, for humans.
 
@@ -437,8 +473,10 @@ def list_layers(model, sample=None):
             input shape.
 
     Returns:
-        A list of ``(path, output_shape)`` in execution order; spatial layers
-        (the usable targets) have 4-D shapes.
+        A list of ``(path, output_shape)`` in execution order; the usable
+        targets are feature maps with the input's spatial axes (e.g.
+        ``(N, h, w, K)`` for images) and, in a vision transformer, token
+        sequences ``(N, L, K)``.
 
     Example:
         >>> for path, shape in keras_cam.list_layers(model):

@@ -17,11 +17,15 @@ Localization metrics compare a map with a ground-truth box:
 - :func:`energy_pointing_game` (Wang et al., CVPR-W 2020, "Score-CAM",
   section 5.2): the share of the map's energy inside the box.
 
-Conventions: ``images`` ``(N, H, W, C)`` as the model takes them; ``maps``
-``(N, H, W)`` at the image size (an explainer's output); ``targets`` None for
-each image's top-1 class (on the unchanged image), an int, or one int per
-image; ``boxes`` ``(N, 4)`` as ``(y0, x0, y1, x1)`` pixel coordinates, end
-exclusive. Images are scored ``batch_size`` at a time by one compiled
+Conventions: ``images`` ``(N, H, W, C)`` as the model takes them (or
+``(N, T, C)`` signals, ``(N, D, H, W, C)`` volumes: every metric works in
+each layout of :mod:`keras_cam.layout`, "pixel" meaning one position);
+``maps`` ``(N, H, W)`` at the image size (an explainer's output; ``(N, T)``,
+``(N, D, H, W)``); ``targets`` None for each image's top-1 class (on the
+unchanged image), an int, or one int per image; ``boxes`` ``(N, 4)`` as
+``(y0, x0, y1, x1)`` pixel coordinates, end exclusive (``(N, 2 r)`` with the
+``r`` starts then the ``r`` ends for ``r`` spatial axes: ``(t0, t1)`` for a
+signal, ``(z0, y0, x0, z1, y1, x1)`` for a volume). Images are scored ``batch_size`` at a time by one compiled
 ``tf.function`` per model; the functions of the last few models used are
 kept, so calling metrics again on the same model does not recompile.
 
@@ -75,9 +79,10 @@ class _Scorer:
     def _curve(self, images, ranks, substrate, class_idx, counts, insert):
         """Probabilities ``(T, n)`` with the ``counts[t]`` most salient pixels
         replaced by the substrate (deletion) or taken from the image (insertion)."""
-        shown = ranks[None] < counts[:, None, None, None]            # (T, n, H, W)
+        counts = tf.reshape(counts, tf.concat([[-1], tf.ones([ranks.shape.rank], tf.int32)], axis=0))
+        shown = ranks[None] < counts                                  # (T, n, *S)
         first, second = (images, substrate) if insert else (substrate, images)
-        mixed = tf.where(shown[..., None], first[None], second[None])  # (T, n, H, W, C)
+        mixed = tf.where(shown[..., None], first[None], second[None])  # (T, n, *S, C)
         t, n = tf.shape(counts)[0], tf.shape(images)[0]
         flat = tf.reshape(mixed, tf.concat([[t * n], tf.shape(images)[1:]], axis=0))
         probs, _ = self._probabilities(flat, tf.tile(class_idx, [t]))
@@ -100,18 +105,18 @@ def _check_batch_size(batch_size):
 
 
 def _inputs(images, maps, scorer):
-    """Images as a float32 channels-last batch and maps as float32 ``(N, H, W)``,
+    """Images as a float32 channels-last batch and maps as float32 ``(N, *S)``,
     checked against each other."""
-    x, single = as_batch(images)
+    x, single = as_batch(images, scorer.graph.inputs)
     scorer.graph.prepare(x[:1])  # a model without a static graph: find its softmax/sigmoid once
     x = scorer.graph.to_channels_last(x)
     m = np.asarray(maps, dtype=np.float32)
-    if single and m.ndim == 2:
+    if single and m.ndim == x.shape.rank - 2:
         m = m[None]
-    n, h, w = int(x.shape[0]), int(x.shape[1]), int(x.shape[2])
-    if m.shape != (n, h, w):
+    expected = tuple(int(d) for d in x.shape[:-1])
+    if m.shape != expected:
         raise ValueError(
-            f"`maps` must be (N, H, W) = {(n, h, w)}, one map per image at the image size; "
+            f"`maps` must be (N, *S) = {expected}, one map per image at the image size; "
             f"received shape {m.shape}. Explain with upsample=True (the default)."
         )
     if not np.isfinite(m).all():
@@ -185,16 +190,24 @@ def increase_in_confidence(model, images, maps, targets=None, *, batch_size=32) 
 
 
 def _gaussian_blur(x, sigma):
+    """A separable Gaussian blur of ``(N, *S, C)`` along every spatial axis (reflected edges)."""
     radius = max(1, math.ceil(3 * sigma))
     t = np.arange(-radius, radius + 1, dtype=np.float64)
     k = np.exp(-0.5 * (t / sigma) ** 2)
-    k = (k / k.sum()).astype(np.float32)
-    c = int(x.shape[-1])
+    k = tf.constant((k / k.sum()).astype(np.float32))
+    rank = x.shape.rank - 2
     out = x
-    for kernel in (k.reshape(-1, 1, 1, 1), k.reshape(1, -1, 1, 1)):
-        pad = [[0, 0], [radius, radius], [0, 0], [0, 0]] if kernel.shape[0] > 1 else [[0, 0], [0, 0], [radius, radius], [0, 0]]
-        mode = "REFLECT" if radius < min(int(x.shape[1]), int(x.shape[2])) else "SYMMETRIC"
-        out = tf.nn.depthwise_conv2d(tf.pad(out, pad, mode=mode), np.tile(kernel, (1, 1, c, 1)), [1] * 4, "VALID")
+    for axis in range(1, rank + 1):
+        size = int(x.shape[axis])
+        # Move the axis last, blur it as a 1-D convolution over every other index.
+        perm = [a for a in range(x.shape.rank) if a != axis] + [axis]
+        moved = tf.transpose(out, perm)
+        shape = tf.shape(moved)
+        rows = tf.reshape(moved, (-1, size, 1))
+        mode = "REFLECT" if radius < size else "SYMMETRIC"
+        rows = tf.pad(rows, [[0, 0], [radius, radius], [0, 0]], mode=mode)
+        rows = tf.nn.conv1d(rows, tf.reshape(k, (-1, 1, 1)), 1, "VALID")
+        out = tf.transpose(tf.reshape(rows, shape), np.argsort(perm))
     return out
 
 
@@ -203,14 +216,17 @@ def substrate_images(images, substrate="zeros"):
     per-channel mean); ``"blur"`` (a Gaussian blur with sigma 5 px at 224 px,
     scaled with the image size, as in RISE); or an array broadcastable to
     ``images``."""
-    x, _ = as_batch(images)
+    x = tf.convert_to_tensor(images, tf.float32)
+    if x.shape.rank not in (3, 4, 5):
+        raise ValueError(f"`images` must be a batch (N, *S, C); received shape {tuple(x.shape)}.")
     if isinstance(substrate, str):
         if substrate == "zeros":
             return tf.zeros_like(x)
         if substrate == "mean":
-            return tf.broadcast_to(tf.reduce_mean(x, axis=(1, 2), keepdims=True), tf.shape(x))
+            axes = tuple(range(1, x.shape.rank - 1))
+            return tf.broadcast_to(tf.reduce_mean(x, axis=axes, keepdims=True), tf.shape(x))
         if substrate == "blur":
-            return _gaussian_blur(x, 5.0 * max(int(x.shape[1]), int(x.shape[2])) / 224.0)
+            return _gaussian_blur(x, 5.0 * max(int(d) for d in x.shape[1:-1]) / 224.0)
         raise ValueError(f"`substrate` must be one of {SUBSTRATES} or an array; received {substrate!r}.")
     try:
         return tf.broadcast_to(tf.cast(substrate, tf.float32), tf.shape(x))
@@ -222,7 +238,7 @@ def substrate_images(images, substrate="zeros"):
 
 
 def saliency_ranks(maps):
-    """``(N, H, W)`` int32: 0 for each map's most salient pixel, 1 for the next...
+    """``(N, *S)`` int32: 0 for each map's most salient pixel, 1 for the next...
     (ties in row-major order)."""
     m = np.asarray(maps)
     flat = m.reshape(len(m), -1)
@@ -245,7 +261,7 @@ def _auc_curve(model, images, maps, targets, steps, substrate, batch_size, inser
         substrate = scorer.graph.to_channels_last(full)  # given like the images, used channels-last
     base = substrate_images(x, substrate)
     ranks = tf.constant(saliency_ranks(m))
-    pixels = m.shape[1] * m.shape[2]
+    pixels = int(np.prod(m.shape[1:]))
     counts = (np.arange(steps + 1) * pixels) // steps           # pixels changed after step t
     n_chunk = min(batch_size, len(m))
     t_chunk = max(1, batch_size // n_chunk)
@@ -271,7 +287,7 @@ def deletion_auc(model, images, maps, targets=None, steps=100, substrate="zeros"
     """Deletion AUC (Petsiuk et al. 2018), mean over images; lower is better.
 
     The pixels of each image are replaced by the substrate in order of
-    decreasing saliency, ``H W / steps`` more at each of ``steps`` steps (all
+    decreasing saliency, ``H W / steps`` more (all positions / steps) at each of ``steps`` steps (all
     channels of a pixel at once; ties in the map in row-major order). The
     probability of the explained class after ``t`` steps is ``p(t / steps)``
     and the result is the area under ``p`` on [0, 1] by the trapezoid rule.
@@ -301,29 +317,36 @@ def insertion_auc(model, images, maps, targets=None, steps=100, substrate="zeros
 
 
 def _boxes(boxes, shape):
-    n, h, w = shape
+    """The boxes' masks ``(N, *S)`` from ``(N, 2 r)`` integer boxes: ``r`` starts, then ``r`` ends."""
+    n, sizes = shape[0], shape[1:]
+    r = len(sizes)
     b = np.asarray(boxes)
-    if b.shape != (n, 4) or not np.issubdtype(b.dtype, np.integer):
+    names = {1: "(t0, t1)", 2: "(y0, x0, y1, x1)", 3: "(z0, y0, x0, z1, y1, x1)"}[r]
+    if b.shape != (n, 2 * r) or not np.issubdtype(b.dtype, np.integer):
         raise ValueError(
-            f"`boxes` must be (N, 4) = ({n}, 4) integer pixel coordinates (y0, x0, y1, x1), end "
+            f"`boxes` must be (N, {2 * r}) = ({n}, {2 * r}) integer pixel coordinates {names}, end "
             f"exclusive; received shape {b.shape} and dtype {b.dtype}."
         )
-    y0, x0, y1, x1 = b.T
-    bad = (y0 < 0) | (x0 < 0) | (y1 > h) | (x1 > w) | (y1 <= y0) | (x1 <= x0)
+    starts, ends = b[:, :r], b[:, r:]
+    bad = ((starts < 0) | (ends > np.array(sizes)) | (ends <= starts)).any(axis=1)
     if bad.any():
         raise ValueError(
-            f"`boxes` {b[bad].tolist()} are empty or leave the {h}x{w} maps; each must satisfy "
-            f"0 <= y0 < y1 <= H and 0 <= x0 < x1 <= W."
+            f"`boxes` {b[bad].tolist()} are empty or leave the {'x'.join(map(str, sizes))} maps; each "
+            f"must satisfy 0 <= start < end <= size on every axis."
         )
-    rows, cols = np.arange(h)[None, :, None], np.arange(w)[None, None, :]
-    return ((rows >= y0[:, None, None]) & (rows < y1[:, None, None])
-            & (cols >= x0[:, None, None]) & (cols < x1[:, None, None]))
+    inside = np.ones((n,) + tuple(sizes), dtype=bool)
+    for axis in range(r):
+        pos = np.arange(sizes[axis]).reshape((1,) + tuple(-1 if a == axis else 1 for a in range(r)))
+        lo = starts[:, axis].reshape((n,) + (1,) * r)
+        hi = ends[:, axis].reshape((n,) + (1,) * r)
+        inside &= (pos >= lo) & (pos < hi)
+    return inside
 
 
 def _maps(maps):
     m = np.asarray(maps, dtype=np.float64)
-    if m.ndim != 3:
-        raise ValueError(f"`maps` must be (N, H, W); received shape {m.shape}.")
+    if m.ndim not in (2, 3, 4):
+        raise ValueError(f"`maps` must be (N, *S): (N, T), (N, H, W) or (N, D, H, W); received shape {m.shape}.")
     if not np.isfinite(m).all():
         raise ValueError("`maps` contains NaN or infinite values.")
     return m
@@ -337,9 +360,10 @@ def pointing_game(maps, boxes) -> float:
     """
     m = _maps(maps)
     inside = _boxes(boxes, m.shape)
-    top = m.max(axis=(1, 2), keepdims=True)
+    axes = tuple(range(1, m.ndim))
+    top = m.max(axis=axes, keepdims=True)
     peaks = m == top
-    hit = (peaks & inside).any(axis=(1, 2)) & ~peaks.all(axis=(1, 2))
+    hit = (peaks & inside).any(axis=axes) & ~peaks.all(axis=axes)
     return float(100.0 * hit.mean())
 
 
@@ -354,6 +378,7 @@ def energy_pointing_game(maps, boxes) -> float:
     if m.min() < 0:
         raise ValueError("`maps` must be non-negative for the energy pointing game (energy is a mass).")
     inside = _boxes(boxes, m.shape)
-    total = m.sum(axis=(1, 2))
-    share = np.divide((m * inside).sum(axis=(1, 2)), total, out=np.zeros_like(total), where=total > 0)
+    axes = tuple(range(1, m.ndim))
+    total = m.sum(axis=axes)
+    share = np.divide((m * inside).sum(axis=axes), total, out=np.zeros_like(total), where=total > 0)
     return float(100.0 * share.mean())

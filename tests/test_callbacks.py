@@ -215,5 +215,7 @@ def test_bad_arguments(data):
         CAMCallback(x[:2], metrics=["accuracy"])
     with pytest.raises(ValueError, match="2 entries for 3 images"):
         CAMCallback(x[:3], targets=[0, 1])
-    with pytest.raises(ValueError, match="one image"):
-        CAMCallback(x[0, :, :, 0])
+    # A 2-D array could be one (T, C) signal: it is read against the model's layout when
+    # Keras hands the callback its model, before the first epoch.
+    with pytest.raises(ValueError, match=r"must be one example, an image \(H, W, C\), or a batch"):
+        CAMCallback(x[0, :, :, 0]).set_model(make_model())

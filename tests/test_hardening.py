@@ -195,7 +195,7 @@ def test_multi_input_model_is_explained_with_the_other_inputs_held(images):
         cam(images)
     with pytest.raises(ValueError, match=r"'.*' has shape \(2, 6\), but there are 3 images"):
         cam([gates[:2], images])
-    with pytest.raises(ValueError, match="has shape .*not images"):
+    with pytest.raises(ValueError, match="has shape .*not a batch with 1 to 3 spatial axes"):
         kc.GradCAM(model, image_input=0)
 
 

@@ -11,6 +11,7 @@ import tensorflow as tf
 
 from keras_cam import _compat
 from keras_cam import layers as _layers
+from keras_cam import layout as _layout
 from keras_cam.base import Explainer, principal_component
 
 # Layers that are the identity when the model predicts (training=False).
@@ -19,12 +20,13 @@ _INERT = (
     "GaussianNoise", "AlphaDropout", "ActivityRegularization", "Identity",
 )
 _OUTPUT_ACTIVATIONS = ("Activation", "Softmax")
+_GAP = ("GlobalAveragePooling1D", "GlobalAveragePooling2D", "GlobalAveragePooling3D")
 
 
 class CAM(Explainer):
     """Class Activation Mapping (Zhou et al., CVPR 2016), without gradients.
 
-    For a model whose target layer feeds ``GlobalAveragePooling2D`` and then
+    For a model whose target layer feeds ``GlobalAveragePooling2D`` (1D, 3D) and then
     one ``Dense`` layer with kernel ``W`` ``(K, classes)``, the logit of class
     ``c`` is ``mean_ij sum_k W[k, c] A^k_ij + b_c``, and the map is
     ``ReLU(sum_k W[k, c] A^k)``. The ``ReLU`` keeps the evidence for the class,
@@ -65,7 +67,7 @@ class CAM(Explainer):
         kinds = [type(i.layer).__name__ for i in after]
         shape = infos[where[-1]].output_shape if where else None
         channels = (shape[1] if self.graph.layer_is_channels_first(self.layer) else shape[-1]) if shape else None
-        if kinds[:1] == ["GlobalAveragePooling2D"] and channels is not None:
+        if kinds[:1] and kinds[0] in _GAP and channels is not None:
             rest = kinds[1:]
             if rest[:1] == ["Dense"] and all(k in _OUTPUT_ACTIVATIONS for k in rest[1:]):
                 if int(after[1].layer.kernel.shape[0]) == channels:
@@ -107,7 +109,7 @@ class CAM(Explainer):
         scored = self.target_scores(outputs, class_idx)
         a = tf.cast(acts[0], tf.float32)
         w = tf.gather(self.class_weights(), scored[1])
-        return self.reduce_channels(a * w[:, None, None, :]), scored
+        return self.reduce_channels(_layout.weigh_channels(a, w)), scored
 
 
 class EigenCAM(Explainer):

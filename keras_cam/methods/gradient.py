@@ -1,8 +1,10 @@
 """Methods that weight the target layer's activations with gradients.
 
-Notation (per image): ``A`` is the activation ``(h, w, K)`` of the target
-layer, ``S`` the explained score (the pre-softmax logit of the target class
-by default) and ``G = dS/dA`` its gradient. Each method is a weight per
+Notation (per image): ``A`` is the activation ``(*s, K)`` of the target
+layer seen as a feature map (``(h, w, K)`` for images; any layout of
+:mod:`keras_cam.layout`), ``S`` the explained score (the pre-softmax logit
+of the target class by default) and ``G = dS/dA`` its gradient; sums and
+means over ``ij`` run over every spatial position. Each method is a weight per
 channel ``w_k(A, G)``; the map is ``ReLU(sum_k w_k A^k)``. Layer-CAM weights
 every pixel of every channel instead.
 """
@@ -11,6 +13,7 @@ from __future__ import annotations
 
 import tensorflow as tf
 
+from keras_cam import layout as _layout
 from keras_cam.base import Explainer, upsample
 
 
@@ -20,24 +23,31 @@ class GradientExplainer(Explainer):
     _weights_channels = True
 
     def raw_maps(self, images, class_idx, target_fn=None):
+        acts, grads, scored = self.activations_and_gradients(images, class_idx, target_fn)
+        return self.fuse([self.combine(a, g) for a, g in zip(acts, grads)]), scored
+
+    def activations_and_gradients(self, images, class_idx, target_fn=None):
+        """``(A, G, target_scores)``: per target layer the feature map and ``dS/dA``,
+        float32 ``(N, *s, K)``, and the explained scores."""
         with tf.GradientTape() as tape:
-            acts, outputs = self.graph.forward(images, tape)
+            raw, layouts, outputs = self.graph.capture(images, tape)
             scored = self.target_scores(outputs, class_idx, target_fn)
-        grads = tape.gradient(scored[0], acts)
-        maps = []
-        for path, a, g in zip(self.graph.paths, acts, grads):
+        grads = tape.gradient(scored[0], raw)
+        acts, out = [], []
+        for path, lay, r, g in zip(self.graph.paths, layouts, raw, grads):
             if g is None:
                 raise ValueError(
                     f"The explained score does not depend on layer {path!r} (no "
                     f"gradient flows from it). Choose a layer that feeds the output."
                 )
-            maps.append(self.combine(tf.cast(a, tf.float32), tf.cast(g, tf.float32)))
-        return self.fuse(maps), scored
+            acts.append(tf.cast(lay.view(r), tf.float32))
+            out.append(tf.cast(lay.view(g), tf.float32))
+        return acts, out, scored
 
     def combine(self, a, g):
         """``ReLU(sum_k w_k A^k)`` with the method's channel weights."""
         w = self.channel_weights(a, g)
-        return self.reduce_channels(a * w[:, None, None, :])
+        return self.reduce_channels(_layout.weigh_channels(a, w))
 
     def fuse(self, maps):
         """One map from the target layers' maps (a single layer: its map)."""
@@ -45,7 +55,7 @@ class GradientExplainer(Explainer):
 
     @staticmethod
     def channel_weights(a, g):
-        """``(N, K)`` weights from activations and gradients ``(N, h, w, K)``."""
+        """``(N, K)`` weights from activations and gradients ``(N, *s, K)``."""
         raise NotImplementedError
 
 
@@ -74,7 +84,7 @@ class GradCAM(GradientExplainer):
 
     @staticmethod
     def channel_weights(a, g):
-        return tf.reduce_mean(g, axis=(1, 2))
+        return tf.reduce_mean(g, axis=_layout.spatial_axes(g))
 
 
 class GradCAMPlusPlus(GradientExplainer):
@@ -91,9 +101,10 @@ class GradCAMPlusPlus(GradientExplainer):
 
     @staticmethod
     def channel_weights(a, g):
-        total = tf.reduce_sum(a, axis=(1, 2), keepdims=True)
+        axes = _layout.spatial_axes(a)
+        total = tf.reduce_sum(a, axis=axes, keepdims=True)
         alpha = tf.where(g != 0, tf.math.divide_no_nan(tf.ones_like(g), 2.0 + g * total), 0.0)
-        return tf.reduce_sum(alpha * tf.nn.relu(g), axis=(1, 2))
+        return tf.reduce_sum(alpha * tf.nn.relu(g), axis=axes)
 
 
 class LayerCAM(GradientExplainer):
@@ -140,10 +151,10 @@ class LayerCAM(GradientExplainer):
     def fuse(self, maps):
         if len(maps) == 1:
             return maps[0]
-        sizes = [m.shape[1] * m.shape[2] for m in maps]
-        size = tf.shape(maps[sizes.index(max(sizes))])[1:3]
+        sizes = [m.shape[1:].num_elements() for m in maps]
+        size = tf.shape(maps[sizes.index(max(sizes))])[1:]
         scaled = []
         for m in maps:
-            top = tf.reduce_max(m, axis=(1, 2), keepdims=True)
+            top = tf.reduce_max(m, axis=_layout.map_axes(m), keepdims=True)
             scaled.append(upsample(tf.tanh(self.gamma * tf.math.divide_no_nan(m, top)), size))
         return tf.reduce_max(tf.stack(scaled), axis=0)

@@ -149,6 +149,6 @@ class GuidedGradCAM(GradCAM):
 
     def compute(self, images, class_idx, upsample_, normalize_, target_fn=None):
         cam, (scores, idx, probs) = self.raw_maps(images, class_idx, target_fn)
-        cam = minmax(upsample(cam, tf.shape(images)[1:3]))
+        cam = minmax(upsample(cam, tf.shape(images)[1:-1]))
         grads, _ = guided_gradients(self, images, idx, target_fn)
         return grads * cam[..., None], scores, idx, probs

@@ -1,7 +1,7 @@
 """Score-CAM: each channel weighted by the score of the image it masks.
 
 Notation (per image): ``X`` is the preprocessed input, ``A`` the activation
-``(h, w, K)`` of the target layer, ``c`` the explained class. No gradients are
+``(*s, K)`` of the target layer (``(h, w, K)`` for images), ``c`` the explained class. No gradients are
 used; instead every channel ``A_k`` becomes a soft mask of the input, and the
 model's score of the masked input is the channel's weight.
 
@@ -18,6 +18,7 @@ import numpy as np
 import tensorflow as tf
 
 from keras_cam import _compat
+from keras_cam import layout as _layout
 from keras_cam.base import Explainer, minmax, upsample
 
 WEIGHTINGS = ("reference", "paper")
@@ -122,18 +123,13 @@ class ScoreCAM(Explainer):
         acts, outputs = self.graph.forward(images)
         scored = self.target_scores(outputs, class_idx, target_fn)
         a = tf.cast(acts[0], tf.float32)
-        if a.shape.rank != 4:
-            raise ValueError(
-                f"Score-CAM needs a spatial feature map (N, h, w, channels); layer "
-                f"{self.layer_path!r} outputs shape {tuple(a.shape)}. Choose a convolutional layer."
-            )
         chosen = self.channels(a, self.max_channels)
         values = self.masked_scores(images, a, chosen, scored[1], target_fn)
         if self.weighting == "paper":
             w = masked_softmax(values, chosen)
         else:
             w = values
-        return self.reduce_channels(a * w[:, None, None, :]), scored
+        return self.reduce_channels(_layout.weigh_channels(a, w)), scored
 
     @staticmethod
     def channels(a, max_channels=None):
@@ -143,12 +139,13 @@ class ScoreCAM(Explainer):
         turn it into zeros) and, with ``max_channels``, when it is among the
         ``max_channels`` of largest spatial variance.
         """
-        n, k = tf.shape(a)[0], tf.shape(a)[3]
-        per_channel = tf.reshape(tf.transpose(a, (0, 3, 1, 2)), (n * k, tf.shape(a)[1], tf.shape(a)[2]))
-        live = tf.reshape(tf.reduce_max(minmax(per_channel), axis=(1, 2)) > 0, (n, k))
+        n, k = tf.shape(a)[0], tf.shape(a)[-1]
+        flat = tf.transpose(_layout.flatten_spatial(a), (0, 2, 1))  # (N, K, positions)
+        per_channel = tf.reshape(flat, tf.stack([n * k, -1]))
+        live = tf.reshape(tf.reduce_max(minmax(per_channel), axis=1) > 0, (n, k))
         if max_channels is None:
             return live
-        var = tf.where(live, tf.math.reduce_variance(a, axis=(1, 2)), -1.0)
+        var = tf.where(live, tf.math.reduce_variance(a, axis=_layout.spatial_axes(a)), -1.0)
         top = tf.math.top_k(var, k=tf.minimum(max_channels, k)).indices
         keep = tf.reduce_any(tf.equal(top[:, :, None], tf.range(k)[None, None, :]), axis=1)
         return live & keep
@@ -160,8 +157,9 @@ class ScoreCAM(Explainer):
         pre-softmax score (``"paper"``) or the callable target's value.
         """
         pairs = tf.where(chosen)  # (P, 2): image, channel
-        maps = tf.transpose(a, (0, 3, 1, 2))  # (N, K, h, w)
-        size = tf.shape(images)[1:3]
+        rank = a.shape.rank
+        maps = tf.transpose(a, (0, rank - 1) + tuple(range(1, rank - 1)))  # (N, K, *s)
+        size = tf.shape(images)[1:-1]
         step = self.batch_size
         total = tf.shape(pairs)[0]
         n_steps = (total + step - 1) // step
