@@ -347,6 +347,7 @@ class Explainer:
 
     @property
     def model(self):
+        """The model being explained (never modified)."""
         return self.graph.model
 
     @property
