@@ -173,6 +173,13 @@ def average_drop(model, images, maps, targets=None, *, batch_size=32) -> float:
         maps: ``(N, H, W)`` in [0, 1] at the image size.
         targets: None (top-1), an int, or one int per image.
         batch_size: images per compiled model call.
+
+    Returns:
+        The percentage, a float in [0, 100].
+
+    Raises:
+        ValueError: for maps that are not ``(N, H, W)`` in [0, 1] at the image
+            size, or invalid targets.
     """
     y, o = _masked_scores(model, images, maps, targets, batch_size)
     return float(100.0 * np.mean(np.maximum(0.0, y - o) / np.maximum(y, 1e-12)))
@@ -184,6 +191,16 @@ def increase_in_confidence(model, images, maps, targets=None, *, batch_size=32) 
     ``100 * mean_i [Y_i < O_i]`` (Chattopadhyay et al. 2018, eq. 24): the share of
     images whose class probability rises when only what the map shows is kept
     (``Y``, ``O`` as in :func:`average_drop`).
+
+    Args:
+        model: the Keras classifier (never modified).
+        images: ``(N, H, W, C)``, as the model takes them.
+        maps: ``(N, H, W)`` in [0, 1] at the image size.
+        targets: None (top-1), an int, or one int per image.
+        batch_size: images per compiled model call.
+
+    Returns:
+        The percentage, a float in [0, 100].
     """
     y, o = _masked_scores(model, images, maps, targets, batch_size)
     return float(100.0 * np.mean(y < o))
@@ -215,7 +232,19 @@ def substrate_images(images, substrate="zeros"):
     """What removed pixels become: ``"zeros"``; ``"mean"`` (each image's
     per-channel mean); ``"blur"`` (a Gaussian blur with sigma 5 px at 224 px,
     scaled with the image size, as in RISE); or an array broadcastable to
-    ``images``."""
+    ``images``.
+
+    Args:
+        images: a channels-last batch ``(N, *S, C)``: ``(N, H, W, C)`` images,
+            ``(N, T, C)`` signals or ``(N, D, H, W, C)`` volumes.
+        substrate: ``"zeros"``, ``"mean"``, ``"blur"`` or an array.
+
+    Returns:
+        A float32 tensor of the images' shape.
+
+    Raises:
+        ValueError: for an unknown name or an array that does not broadcast.
+    """
     x = tf.convert_to_tensor(images, tf.float32)
     if x.shape.rank not in (3, 4, 5):
         raise ValueError(f"`images` must be a batch (N, *S, C); received shape {tuple(x.shape)}.")
@@ -238,8 +267,14 @@ def substrate_images(images, substrate="zeros"):
 
 
 def saliency_ranks(maps):
-    """``(N, *S)`` int32: 0 for each map's most salient pixel, 1 for the next...
-    (ties in row-major order)."""
+    """Each pixel's rank in its map: 0 for the most salient pixel, 1 for the next...
+
+    Args:
+        maps: ``(N, *S)`` maps (``(N, H, W)`` for images).
+
+    Returns:
+        ``(N, *S)`` int32 ranks (ties in row-major order).
+    """
     m = np.asarray(maps)
     flat = m.reshape(len(m), -1)
     order = np.argsort(-flat, axis=1, kind="stable")
@@ -295,9 +330,17 @@ def deletion_auc(model, images, maps, targets=None, steps=100, substrate="zeros"
     falls early and the area is small.
 
     Args:
+        model: the Keras classifier (never modified).
+        images: ``(N, H, W, C)``, as the model takes them.
+        maps: ``(N, H, W)`` at the image size (only their order matters).
+        targets: None (top-1), an int, or one int per image.
         steps: number of removal steps (``steps + 1`` model evaluations per image).
         substrate: ``"zeros"``, ``"blur"``, ``"mean"`` or an array; see
             :func:`substrate_images`.
+        batch_size: images per compiled model call.
+
+    Returns:
+        The mean area, a float in [0, 1].
     """
     curves = _auc_curve(model, images, maps, targets, steps, substrate, batch_size, insert=False)
     return float(np.mean(_trapezoid(curves)))
@@ -311,6 +354,18 @@ def insertion_auc(model, images, maps, targets=None, steps=100, substrate="zeros
     :func:`deletion_auc`. A faithful map restores what the model needs first,
     so the probability rises early. The paper inserts into a blurred image
     (``substrate="blur"``); zeros are the default here, as for deletion.
+
+    Args:
+        model: the Keras classifier (never modified).
+        images: ``(N, H, W, C)``, as the model takes them.
+        maps: ``(N, H, W)`` at the image size (only their order matters).
+        targets: None (top-1), an int, or one int per image.
+        steps: number of insertion steps (``steps + 1`` model evaluations per image).
+        substrate: what the pixels are inserted into; see :func:`substrate_images`.
+        batch_size: images per compiled model call.
+
+    Returns:
+        The mean area, a float in [0, 1].
     """
     curves = _auc_curve(model, images, maps, targets, steps, substrate, batch_size, insert=True)
     return float(np.mean(_trapezoid(curves)))
@@ -357,6 +412,16 @@ def pointing_game(maps, boxes) -> float:
 
     A hit when the map's maximum is inside the box (with several equal maxima:
     when one of them is); a constant map points nowhere and is a miss.
+
+    Args:
+        maps: ``(N, H, W)`` maps.
+        boxes: ``(N, 4)`` integer ``(y0, x0, y1, x1)``, end exclusive.
+
+    Returns:
+        The percentage of hits, a float in [0, 100].
+
+    Raises:
+        ValueError: for boxes that are not integers, are empty or leave the maps.
     """
     m = _maps(maps)
     inside = _boxes(boxes, m.shape)
@@ -373,6 +438,13 @@ def energy_pointing_game(maps, boxes) -> float:
     ``100 * mean_i sum_{box} M_i / sum M_i`` (Wang et al. 2020): the share of
     each map's total energy that falls inside the object's box. Maps must be
     non-negative; an all-zero map has no energy and scores 0.
+
+    Args:
+        maps: ``(N, H, W)`` non-negative maps.
+        boxes: ``(N, 4)`` integer ``(y0, x0, y1, x1)``, end exclusive.
+
+    Returns:
+        The mean share, in percent, a float in [0, 100].
     """
     m = _maps(maps)
     if m.min() < 0:

@@ -27,6 +27,16 @@ TOP1 = -1
 def class_indices(targets, n, num_classes=None):
     """Validate class targets and return them as an ``int32`` vector of length ``n``.
 
+    Args:
+        targets: None (top-1), an int (one class for all), or a sequence of
+            ints (one class per image).
+        n: the number of images.
+        num_classes: the model's number of classes, when known, to check the
+            range.
+
+    Returns:
+        ``(n,)`` int32 class indices, ``TOP1`` (-1) meaning the top-1 class.
+
     Raises:
         ValueError: wrong length, negative, or (when ``num_classes`` is known)
             out of range.
@@ -79,7 +89,20 @@ def select(scores, class_idx):
 
 
 def call_target(fn: Callable, outputs, n):
-    """Apply a callable target and check that it gives one score per image."""
+    """Apply a callable target and check that it gives one score per image.
+
+    Args:
+        fn: the callable target ``f(outputs) -> (N,)`` (an ``(N, 1)`` result is
+            accepted too).
+        outputs: what the model returned (linearized when the explainer is).
+        n: the number of images, or None when unknown.
+
+    Returns:
+        ``(N,)`` float32 scores.
+
+    Raises:
+        ValueError: when ``fn`` does not return one score per image.
+    """
     s = fn(outputs)
     s = tf.convert_to_tensor(s)
     if s.shape.rank == 2 and s.shape[-1] == 1:

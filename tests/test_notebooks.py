@@ -7,6 +7,10 @@ notebook its namespace is cleared (``%reset -f``), so every notebook still has
 to import and define everything it uses. The kernel inherits this process's
 environment, ``TF_USE_LEGACY_KERAS`` included, so the notebooks run under the
 Keras being tested.
+
+With ``KERAS_CAM_NOTEBOOK_OUT=DIR`` the executed notebooks (under Keras 3) are
+also written to ``DIR``: the documentation site renders them from there
+(``docs/hooks/notebooks.py``), so the outputs it shows are the ones checked here.
 """
 
 import os
@@ -41,6 +45,11 @@ def execute(km, name):
     nb = nbformat.read(NOTEBOOKS / f"{name}.ipynb", as_version=4)
     nb.cells.insert(0, nbformat.v4.new_code_cell("%reset -f"))
     NotebookClient(nb, km=km, timeout=600).execute()  # raises CellExecutionError on any error
+    nb.cells.pop(0)
+    if os.environ.get("KERAS_CAM_NOTEBOOK_OUT") and not LEGACY:
+        out = Path(os.environ["KERAS_CAM_NOTEBOOK_OUT"])
+        out.mkdir(parents=True, exist_ok=True)
+        nbformat.write(nb, out / f"{name}.ipynb")
     text = "".join(o.get("text", "") for c in nb.cells for o in c.get("outputs", []))
     pngs = sum("image/png" in o.get("data", {}) for c in nb.cells for o in c.get("outputs", []))
     return text, pngs

@@ -43,6 +43,19 @@ class CAM(Explainer):
     :class:`keras_cam.GradCAM`, which needs no particular head.
 
     Targets are classes (None, ints); a callable target has no class weights.
+
+    Args:
+        model: a Keras model; never modified.
+        layer: the target layer (see :class:`keras_cam.Explainer`).
+        **kwargs: the options of :class:`keras_cam.Explainer`.
+
+    Raises:
+        ValueError: when the model's head after ``layer`` is not one CAM is
+            defined for (the message says what follows the layer).
+
+    Example:
+        >>> maps = keras_cam.CAM(model)(images)                 # GAP + Dense classifiers
+        >>> maps = keras_cam.CAM(model)(images, targets=2)      # the map of class 2
     """
 
     _weights_channels = True
@@ -122,6 +135,9 @@ class EigenCAM(Explainer):
     ``mean_k A^k``, and the map is ``ReLU`` of the projection. The map is the
     same whatever the target class (the explanation still reports the scores
     of ``targets``).
+
+    Example:
+        >>> maps = keras_cam.EigenCAM(model)(images)            # (N, H, W) in [0, 1]
     """
 
     def raw_maps(self, images, class_idx, target_fn=None):

@@ -68,6 +68,14 @@ class GradCAM(GradientExplainer):
     paper): ``w_k = mean_ij -dS/dA^k_ij``, the regions whose removal would
     raise the score ``S`` (the evidence against the class).
 
+    Args:
+        model: a Keras model; never modified.
+        layer: the target layer (see :class:`keras_cam.Explainer`).
+        counterfactual: negate the gradient, to show the evidence against the class.
+        **kwargs: the options of :class:`keras_cam.Explainer` (``output``,
+            ``linearize``, ``batch_size``, ``aug_smooth``, ``eigen_smooth``,
+            ``image_input``, ``data_format``).
+
     Example:
         >>> cam = keras_cam.GradCAM(model)            # last spatial layer
         >>> maps = cam(images)                         # (N, H, W) in [0, 1]
@@ -115,12 +123,15 @@ class LayerCAM(GradientExplainer):
     map, shallow (high-resolution) layers give usable, fine-grained maps.
 
     Args:
+        model: a Keras model; never modified.
+        layer: the target layer (see :class:`keras_cam.Explainer`).
         layers: several target layers whose maps are fused (instead of
             ``layer``): each map ``M`` is scaled to ``tanh(gamma * M / max M)``
             (section III-C of the paper; ``gamma = 2`` lifts the weak maps of
             shallow layers), upsampled bilinearly to the largest layer's
             resolution, and the maps are fused by their element-wise maximum.
         gamma: the scaling of the fusion.
+        **kwargs: the options of :class:`keras_cam.Explainer`.
 
     Example:
         >>> fine = keras_cam.LayerCAM(model, layer="block3_conv3")(images)

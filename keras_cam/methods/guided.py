@@ -102,6 +102,15 @@ class GuidedBackprop(Explainer):
     responds to, but they hardly depend on the class or on the deeper weights
     (Adebayo et al. 2018; see :func:`keras_cam.sanity_check`).
 
+    Args:
+        model: a Keras model; never modified (its ReLUs are guided only while
+            the explainer's function is traced).
+        output: for multi-output models, the output holding the class scores.
+        linearize: differentiate the logit before a final softmax/sigmoid.
+        batch_size: images per compiled call.
+        image_input: see :class:`keras_cam.Explainer`.
+        data_format: see :class:`keras_cam.Explainer`.
+
     Example:
         >>> grads = keras_cam.GuidedBackprop(model)(images)      # (N, H, W, C)
         >>> plt.imshow(keras_cam.gradient_image(grads)[0])
@@ -133,6 +142,20 @@ class GuidedGradCAM(GradCAM):
     same class, upsampled bilinearly to the input size and min-max scaled to
     [0, 1]. Returns ``(N, H, W, C)``, like :class:`GuidedBackprop`; the Grad-CAM
     part uses ordinary gradients.
+
+    Args:
+        model: a Keras model; never modified.
+        layer: the Grad-CAM target layer (see :class:`keras_cam.Explainer`).
+        output: for multi-output models, the output holding the class scores.
+        linearize: differentiate the logit before a final softmax/sigmoid.
+        batch_size: images per compiled call.
+        eigen_smooth: smooth the Grad-CAM part (see :class:`keras_cam.Explainer`).
+        image_input: see :class:`keras_cam.Explainer`.
+        data_format: see :class:`keras_cam.Explainer`.
+
+    Example:
+        >>> grads = keras_cam.GuidedGradCAM(model)(images)      # (N, H, W, C)
+        >>> plt.imshow(keras_cam.gradient_image(grads)[0])
     """
 
     def __init__(self, model, layer=None, *, output=None, linearize=True, batch_size=32, eigen_smooth=False,

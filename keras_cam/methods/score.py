@@ -67,7 +67,10 @@ class ScoreCAM(Explainer):
         max_channels: None for all channels, or a positive int for Faster
             Score-CAM.
         verbose: 1 draws a progress bar over the masked passes, 0 is silent.
-        aug_smooth, eigen_smooth, image_input, data_format: see :class:`keras_cam.Explainer`.
+        aug_smooth: see :class:`keras_cam.Explainer`.
+        eigen_smooth: see :class:`keras_cam.Explainer`.
+        image_input: see :class:`keras_cam.Explainer`.
+        data_format: see :class:`keras_cam.Explainer`.
 
     Example:
         >>> cam = keras_cam.ScoreCAM(model, batch_size=32)
