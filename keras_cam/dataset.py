@@ -125,8 +125,9 @@ def _has_labels(spec):
     return isinstance(spec, (tuple, list)) and len(spec) in (2, 3)
 
 
-def _image_spec(spec):
-    """The images' TensorSpec of an element spec, or a clear error."""
+def _image_spec(spec, layout):
+    """The images' TensorSpec of an element spec, checked against the model's
+    :class:`~keras_cam.layout.InputLayout`, or a clear error."""
     images = spec[0] if _has_labels(spec) else spec
     if not isinstance(images, tf.TensorSpec):
         raise TypeError(
@@ -134,10 +135,10 @@ def _image_spec(spec):
             f"tensor; received elements of structure {spec}. Map the dataset to that form first, "
             f"e.g. dataset.map(lambda d: (d['image'], d['label']))."
         )
-    if images.shape.rank not in (2, 3, 4, 5, 6):
+    if images.shape.rank not in (layout.rank + 1, layout.rank + 2):
         raise ValueError(
-            f"Dataset images must be single examples ((H, W, C) images, (T, C) signals, "
-            f"(D, H, W, C) volumes) or batches of them; the dataset yields shape {images.shape}."
+            f"Dataset elements must be single examples, {layout.name} for this model, or batches "
+            f"of them; the dataset yields shape {images.shape}."
         )
     return images
 
@@ -234,7 +235,7 @@ class _Job:
         self.upsample, self.normalize = bool(upsample), bool(normalize)
         self.keep_images = images
         spec = dataset.element_spec
-        image_spec = _image_spec(spec)
+        image_spec = _image_spec(spec, explainer.graph.inputs)
         if image_spec.shape.rank == explainer.graph.inputs.rank + 1:  # single examples
             dataset = dataset.batch(batch_size)
             spec = dataset.element_spec
