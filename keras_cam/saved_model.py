@@ -141,13 +141,15 @@ class FrozenGraph:
         self._pieces = {}
         self._order = {op.name: i for i, op in enumerate(g.get_operations())}  # import order is topological
         self.heads = [_head(t) for t in self.outputs]
+        # Feature maps have the input's rank: (N, T, C), (N, H, W, C) or (N, D, H, W, C).
+        self.map_rank = self.input.shape.rank if self.input.shape.rank in (3, 4, 5) else 4
         self.ops = self._candidates(g)
-        self._pooled = _pooled_ops(g)
+        self._pooled = _pooled_ops(g, self.map_rank)
 
     def _candidates(self, g):
         ops = [
             op for op in g.get_operations()
-            if op.type not in _NOT_FEATURES and op.outputs and op.outputs[0].shape.rank == 4
+            if op.type not in _NOT_FEATURES and op.outputs and op.outputs[0].shape.rank == self.map_rank
             and op.outputs[0].dtype.is_floating
         ]
         names = [_display_name(op.name) for op in ops]
@@ -255,16 +257,17 @@ def _head(tensor):
     return (kind, tensor.op.inputs[0]) if kind else (None, None)
 
 
-def _pooled_ops(g):
-    """Ops computed only from a global pooling of a map (a reduction over H and W, or a flatten)."""
+def _pooled_ops(g, rank=4):
+    """Ops computed only from a global pooling of a map (a reduction over its spatial axes, or
+    a flatten); maps have ``rank`` axes (4 for images)."""
     pooled = set()
     for op in g.get_operations():
         data = [t for t in op.inputs if t.op.type != "Const"]
-        spatial_in = [t for t in data if t.shape.rank == 4]
+        spatial_in = [t for t in data if t.shape.rank == rank]
         out = op.outputs[0] if op.outputs else None
         if out is not None and spatial_in and (
-            (op.type in _REDUCTIONS and (out.shape.rank != 4 or tuple(out.shape[1:3]) == (1, 1)))
-            or (op.type in ("Reshape", "Squeeze") and out.shape.rank is not None and out.shape.rank < 4)
+            (op.type in _REDUCTIONS and (out.shape.rank != rank or all(d == 1 for d in out.shape[1:-1])))
+            or (op.type in ("Reshape", "Squeeze") and out.shape.rank is not None and out.shape.rank < rank)
         ):
             pooled.add(op.name)
         elif data and all(t.op.name in pooled for t in data):
