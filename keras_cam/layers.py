@@ -26,10 +26,11 @@ the ops inside a SavedModel run by a TF-Hub ``KerasLayer`` or a ``TFSMLayer``
    squeeze-excitation convolutions of EfficientNet. Input preprocessing and
    local pooling layers are never chosen. A backbone's own 1x1 map (a small
    input) stays a candidate: it is not after a pooling. Unless nothing else
-   is spatial, two more are passed over: the layer that produces the model's
-   output (a segmenter's per-pixel logits are what is explained, not a
-   feature map) and a layer run more than once (a detection head shared by
-   the levels of a feature pyramid: only its last call would be captured).
+   is spatial, two more are passed over: a final 1x1 convolution that
+   computes the output (a segmenter's per-pixel logits are what is
+   explained, not a feature map) and a layer run more than once (a detection
+   head shared by the levels of a feature pyramid: only its last call would
+   be captured).
 """
 
 from __future__ import annotations
@@ -306,9 +307,9 @@ def auto_layer(model, sample):
     model = _saved_model.adapt(model)
     infos = [i for i in trace_layers(model, sample) if not is_container(i.layer)]
     spatial = [i for i in infos if i.is_spatial]
-    # Not the model's output itself (a segmenter's logits are what is explained, not a
-    # feature map), nor a layer run more than once (its capture would be its last call only).
-    heads = _output_layers(model)
+    # Not a segmenter's per-pixel logits (what is explained, not a feature map), nor a
+    # layer run more than once (its capture would be its last call only).
+    heads = _logit_layers(model)
     spatial = [i for i in spatial if id(i.layer) not in heads and i.calls == 1] or spatial
     if not spatial:
         raise ValueError(
@@ -320,19 +321,28 @@ def auto_layer(model, sample):
     return (maps or spatial)[-1]
 
 
-def _output_layers(model):
-    """The ids of the layers that produce ``model``'s outputs, through nested models."""
+def _logit_layers(model):
+    """The ids of the layers that compute ``model``'s outputs as per-pixel class
+    scores: a final 1x1 convolution (a segmenter's head), with the activation
+    layers after it, through nested models. A backbone's own output (an
+    activation after a wider convolution) is not one."""
     try:
         outputs = model.outputs
     except (AttributeError, ValueError):
         return set()
     ids = set()
     for t in outputs or ():
-        op = _compat.producer(t)
-        if op is not None:
-            ids.add(id(op))
-            if _compat.is_model(op):
-                ids |= _output_layers(op)
+        op, chain = _compat.producer(t), []
+        while op is not None and type(op).__name__ in ("Activation", "Softmax", "ReLU"):
+            chain.append(op)
+            try:
+                op = _compat.producer(op.input)
+            except (AttributeError, ValueError):
+                op = None
+        if op is not None and _compat.is_model(op):
+            ids |= _logit_layers(op)
+        elif op is not None and set(getattr(op, "kernel_size", None) or (0,)) == {1}:
+            ids |= {id(op)} | {id(a) for a in chain}
     return ids
 
 
