@@ -591,7 +591,10 @@ class Detection(Target):
             raise ValueError("`box` contains NaN or Inf.")
         _check_index("category", category, None, "")
         if int(category) < 0:
-            raise ValueError(f"`category` must be a class index >= 0; received {category}.")
+            raise ValueError(
+                f"`category` must be a class index >= 0; received {category}. (The detector's "
+                f"`predict` pads its results with label -1 where it found no box.)"
+            )
         if isinstance(iou, bool) or not isinstance(iou, numbers.Real) or not 0 < iou <= 1:
             raise ValueError(f"`iou` must be a number in (0, 1]; received {iou!r}.")
         if box_format is not None and box_format not in _BOX_FORMATS:
