@@ -399,6 +399,12 @@ class Explainer:
         n = int(batch.shape[0])
         target = _targets.as_target(targets)
         if target is not None:  # checked before tracing; its arrays travel with the batch
+            if self.aug_smooth and target.in_frame:
+                raise ValueError(
+                    f"`aug_smooth` explains flipped and shifted copies of the input, where the "
+                    f"{type(target).__name__} target's mask or box no longer sits on the same "
+                    f"pixels; explain it without aug_smooth."
+                )
             values = [tf.constant(v) for v in target.values(self.graph, batch)]
             fn, idx = self._function(target), np.full((n,), _targets.TOP1, np.int32)
         else:

@@ -111,6 +111,9 @@ class Target:
     #: ``score`` receives the model's whole outputs (True), or the
     #: explainer's selected output (``output=``, False).
     whole_outputs = False
+    #: The score depends on where things are in the input's frame (a mask,
+    #: a box), so it does not survive the flips and shifts of ``aug_smooth``.
+    in_frame = False
 
     def values(self, graph, images):
         """Check the target against the model and return its arrays.
@@ -321,6 +324,7 @@ class Segmentation(Target):
             if not np.isfinite(mask).all():
                 raise ValueError("`mask` contains NaN or Inf.")
         self.mask = mask
+        self.in_frame = mask is not None
 
     def _key(self):
         return (self.category, self.mask is None)
@@ -581,6 +585,7 @@ class Detection(Target):
     """
 
     whole_outputs = True
+    in_frame = True
     BOXES, LOGITS = "bbox_regression", "cls_logits"
 
     def __init__(self, box, category, iou=0.5, box_format=None):

@@ -195,12 +195,21 @@ def test_callable_targets_still_work_and_share_a_trace(regressor, images):
     assert T.Function(fn) == T.as_target(fn) and T.Regression(1) == T.Regression(1) != T.Regression(0)
 
 
+def test_segmentation_without_mask_takes_aug_smooth(segmenter, images):
+    """With no mask the score is the same on flipped and shifted copies: aug_smooth applies."""
+    cam = kc.GradCAM(segmenter, "feat", aug_smooth=True)
+    np.testing.assert_allclose(cam(images, targets=T.Segmentation(2)),
+                               cam(images, targets=lambda z: tf.reduce_sum(z[..., 2], axis=(1, 2))), atol=1e-6)
+
+
 def test_target_objects_in_explain_dataset(regressor, images):
     """A target object is a callable target too: explain_dataset takes those needing no input arrays."""
     ds = tf.data.Dataset.from_tensor_slices(images).batch(2)
     cam = kc.GradCAM(regressor, "feat")
     got = np.concatenate([e.maps for e in kc.explain_dataset(cam, ds, targets=T.Regression(1))])
     np.testing.assert_allclose(got, cam(images, targets=T.Regression(1)), atol=1e-6)
+    with pytest.raises(ValueError, match="Detection needs the detector and the input batch"):
+        list(kc.explain_dataset(cam, ds, targets=T.Detection([0, 0, 4, 4], 0)))
 
 
 # ---------------------------------------------------------------- errors, before any tracing
@@ -227,6 +236,8 @@ def test_target_errors_name_what_fits(segmenter, regressor, embedder, images):
     _rejects(emb, images, T.Similarity(np.ones(4)), r"embedding \(N, 4\) .* outputs shape \(None, 3\)")
     _rejects(emb, images, T.Similarity(np.ones((2, 3))), r"2 rows for 3 inputs")
     _rejects(reg, images, T.Detection([0, 0, 4, 4], 0), r"RetinaNetObjectDetector")
+    _rejects(kc.GradCAM(segmenter, "feat", aug_smooth=True), images, T.Segmentation(0, np.ones((4, 4))),
+             r"aug_smooth.*no longer sits on the same pixels")
     with pytest.raises(ValueError, match="zero embedding"):
         T.Similarity(np.zeros(3))
     with pytest.raises(TypeError, match="`category` must be an int"):
