@@ -255,9 +255,9 @@ class Explanation:
         maps: float32 maps ``(N, *S)``: ``(N, T)`` for signals, ``(N, H, W)`` for
             images, ``(N, D, H, W)`` for volumes (no batch axis when one
             example was given).
-        targets: ``(N,)`` class index explained per image (None for callable targets).
+        targets: ``(N,)`` class index explained per image (None for target objects and callables).
         scores: ``(N,)`` the score ``S`` that was explained (a logit when linearized).
-        probabilities: ``(N,)`` probability of the target class (None for callable targets).
+        probabilities: ``(N,)`` probability of the target class (None for target objects and callables).
     """
 
     maps: np.ndarray
@@ -376,8 +376,10 @@ class Explainer:
         Args:
             images: one image ``(H, W, C)`` or a batch ``(N, H, W, C)``, numpy or
                 tensor, preprocessed as the model expects.
-            targets: None (top-1), an int, one int per image, or a callable
-                ``f(outputs) -> (N,)``; see :mod:`keras_cam.targets`.
+            targets: None (top-1), an int, one int per image, a target object
+                (``keras_cam.targets.Segmentation``, ``Detection``, ``Similarity``,
+                ``Regression``) or a callable ``f(outputs) -> (N,)``; see
+                :mod:`keras_cam.targets`.
             upsample: resize maps bilinearly to the input's height and width.
             normalize: scale each map to [0, 1] (constant maps become zeros).
         """
@@ -393,18 +395,27 @@ class Explainer:
             )
         self.prepare(self.graph.assemble(self.graph.to_model_format(batch[:1]), [o[:1] for o in others]))
         n = int(batch.shape[0])
-        if callable(targets):
-            fn, idx = self._function(targets), np.full((n,), _targets.TOP1, np.int32)
+        target = _targets.as_target(targets)
+        if target is not None:  # checked before tracing; its arrays travel with the batch
+            if self.aug_smooth and target.in_frame:
+                raise ValueError(
+                    f"`aug_smooth` explains flipped and shifted copies of the input, where the "
+                    f"{type(target).__name__} target's mask or box no longer sits on the same "
+                    f"pixels; explain it without aug_smooth."
+                )
+            values = [tf.constant(v) for v in target.values(self.graph, batch)]
+            fn, idx = self._function(target), np.full((n,), _targets.TOP1, np.int32)
         else:
+            values = []
             fn, idx = self._function(None), _targets.class_indices(targets, n, self.graph.num_classes)
         step = self.batch_size or n
         parts = [
             fn(batch[i:i + step], tf.constant(idx[i:i + step]), bool(upsample), bool(normalize),
-               tuple(o[i:i + step] for o in others))
+               tuple(o[i:i + step] for o in others), tuple(v if v.shape[0] == 1 else v[i:i + step] for v in values))
             for i in range(0, n, step)
         ]
         maps, scores, used, probs = (np.concatenate([p[k].numpy() for p in parts]) for k in range(4))
-        if callable(targets):
+        if target is not None:
             used = probs = None
         if normalize:
             _warn_empty_maps(maps, self)
@@ -413,7 +424,8 @@ class Explainer:
         return Explanation(maps=maps, targets=used, scores=scores, probabilities=probs)
 
     def _function(self, target_fn):
-        """The compiled computation for class targets (key None) or one callable."""
+        """The compiled computation for class targets (key None) or one target object
+        (equal targets, e.g. the same callable, share it)."""
         if target_fn not in self._functions:
             callables = [k for k in self._functions if k is not None]
             if len(callables) >= 8:  # callables made per call must not pile up traces
@@ -421,9 +433,9 @@ class Explainer:
             self._functions[target_fn] = Compiled(functools.partial(self._held_compute, target_fn=target_fn))
         return self._functions[target_fn]
 
-    def _held_compute(self, images, class_idx, upsample_, normalize_, others, target_fn=None):
+    def _held_compute(self, images, class_idx, upsample_, normalize_, others, values, target_fn=None):
         with self.graph.holding(others):
-            return self.compute(images, class_idx, upsample_, normalize_, target_fn)
+            return self.compute(images, class_idx, upsample_, normalize_, _targets.bind(target_fn, values))
 
     def prepare(self, sample):
         """Choose automatic layers (one probe run on ``sample``, one input as
@@ -438,9 +450,10 @@ class Explainer:
             images: channels-last float32 ``(n, H, W, C)`` (see
                 ``ActivationGraph.to_channels_last``).
             class_idx: ``(n,)`` int32 classes, ``targets.TOP1`` for top-1.
-            upsample_: resize the maps to the input size, as ``upsample`` in :meth:`__call__`.
-            normalize_: scale each map to [0, 1], as ``normalize`` in :meth:`__call__`.
-            target_fn: a callable target, or None for class targets.
+            upsample_, normalize_: as in :meth:`__call__`.
+            target_fn: a target object or callable (see :mod:`keras_cam.targets`;
+                :meth:`explain` passes it bound to its per-input arrays), or
+                None for class targets.
 
         Returns:
             ``(maps, scores, classes used, probabilities)``, one row per image.
@@ -491,9 +504,10 @@ class Explainer:
         return tf.nn.relu(tf.reduce_sum(weighted, axis=-1))
 
     def target_scores(self, outputs, class_idx, target_fn=None):
-        """``(S, idx, p)``: the explained score per image, the class used, its probability."""
+        """``(S, idx, p)``: the explained score per image, the class used, its probability
+        (for a target object or callable: its score, ``TOP1`` and 0)."""
         if target_fn is not None:
-            s = _targets.call_target(target_fn, outputs, None)
+            s = _targets.score(target_fn, outputs, self.graph)
             return s, tf.fill(tf.shape(s), _targets.TOP1), tf.zeros_like(s)
         scores = self.graph.scores(outputs)
         self.graph.num_classes = int(scores.shape[-1])

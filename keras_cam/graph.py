@@ -354,6 +354,14 @@ class ActivationGraph:
         raw, layouts, outputs = self.capture(images)
         return [lay.view(r) for lay, r in zip(layouts, raw)], outputs
 
+    def selected(self, outputs):
+        """The selected output (``output=``) of the model's outputs (a tensor, list or dict)."""
+        if isinstance(outputs, dict):
+            outputs = list(outputs.values())
+        if isinstance(outputs, (list, tuple)):
+            outputs = outputs[_output_index(self.model, self.output)]
+        return outputs
+
     def scores(self, outputs):
         """The class scores ``(N, C)`` of the selected output, as float32.
 
@@ -361,15 +369,12 @@ class ActivationGraph:
         logits of ``1 - p`` and ``p``), so class 0 and class 1 mean the same
         for every method.
         """
-        if isinstance(outputs, dict):
-            outputs = list(outputs.values())
-        if isinstance(outputs, (list, tuple)):
-            outputs = outputs[_output_index(self.model, self.output)]
-        scores = tf.cast(outputs, tf.float32)
+        scores = tf.cast(self.selected(outputs), tf.float32)
         if scores.shape.rank != 2:
             raise ValueError(
                 f"The model's output has shape {tuple(scores.shape)}, not (N, classes): "
-                f"pass `targets=` a callable that maps the outputs to one score per image."
+                f"pass `targets=` a target object (keras_cam.targets: Segmentation, Detection, "
+                f"Similarity, Regression) or a callable that maps the outputs to one score per image."
             )
         if self.output_activation == "sigmoid" and scores.shape[-1] == 1:
             if not self.linearize:

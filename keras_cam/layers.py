@@ -25,7 +25,12 @@ the ops inside a SavedModel run by a TF-Hub ``KerasLayer`` or a ``TFSMLayer``
    1x1 "spatial" classifier convolutions of MobileNetV3 or the
    squeeze-excitation convolutions of EfficientNet. Input preprocessing and
    local pooling layers are never chosen. A backbone's own 1x1 map (a small
-   input) stays a candidate: it is not after a pooling.
+   input) stays a candidate: it is not after a pooling. Unless nothing else
+   is spatial, two more are passed over: a final 1x1 convolution that
+   computes the output (a segmenter's per-pixel logits are what is
+   explained, not a feature map) and a layer run more than once (a detection
+   head shared by the levels of a feature pyramid: only its last call would
+   be captured).
 """
 
 from __future__ import annotations
@@ -67,6 +72,8 @@ class LayerInfo:
         output_shape: shape of its output in the probe run (batch axis
             included), or None when it returned a structure or was not run.
         pooled: its output is computed only from a globally pooled map.
+        calls: how many times it ran in the probe run (a head shared by the
+            levels of a feature pyramid runs once per level).
     """
 
     path: str
@@ -74,6 +81,7 @@ class LayerInfo:
     output_shape: tuple | None = None
     pooled: bool = False
     rank: int = 2
+    calls: int = 1
 
     @property
     def is_spatial(self) -> bool:
@@ -208,7 +216,7 @@ def _tensors(structure):
     return [t for t in tf.nest.flatten(structure) if tf.is_tensor(t)]
 
 
-def _is_global(layer, inputs, out_shape, rank=2):
+def _is_global(layer, inputs, out_shape, rank=2, out=None):
     """Whether ``layer`` summarizes a whole map: a global pooling, a flatten, a reduction.
 
     (Not a strided convolution that happens to reach size 1 on a small input:
@@ -218,7 +226,9 @@ def _is_global(layer, inputs, out_shape, rank=2):
         return False
     if type(layer).__name__ in _GLOBAL_POOLS:
         return True
-    return out_shape is None or len(out_shape) < rank + 2  # Flatten, a reduction, a reshape to a vector
+    if out_shape is None:  # a structure: global unless it holds a map (a feature pyramid's levels)
+        return not any(t.shape.rank == rank + 2 for t in _tensors(out))
+    return len(out_shape) < rank + 2  # Flatten, a reduction, a reshape to a vector
 
 
 def trace_layers(model, sample):
@@ -259,15 +269,15 @@ def trace_layers(model, sample):
                 seen.pop(op_path, None)
                 seen[op_path] = LayerInfo(op_path, _find(pairs, op_path), shape, is_pooled, rank)
         shape = tuple(out.shape) if hasattr(out, "shape") else None
-        is_pooled = _is_global(layer, [tuple(t.shape) for t in inputs], shape, rank) or (
+        is_pooled = _is_global(layer, [tuple(t.shape) for t in inputs], shape, rank, out) or (
             bool(from_pooled) and all(from_pooled)
         )
         if is_pooled:
             pooled.add(path)
         for t in _tensors(out):
             producer.setdefault(id(t), (path, t))  # keeps t alive: ids stay unique
-        seen.pop(path, None)
-        seen[path] = LayerInfo(path, layer, shape, is_pooled, rank)
+        calls = seen.pop(path).calls + 1 if path in seen else 1
+        seen[path] = LayerInfo(path, layer, shape, is_pooled, rank, calls)
 
     def recorder(path, layer):
         def call(inner, *args, **kwargs):
@@ -301,6 +311,10 @@ def auto_layer(model, sample):
     model = _saved_model.adapt(model)
     infos = [i for i in trace_layers(model, sample) if not is_container(i.layer)]
     spatial = [i for i in infos if i.is_spatial]
+    # Not a segmenter's per-pixel logits (what is explained, not a feature map), nor a
+    # layer run more than once (its capture would be its last call only).
+    heads = _logit_layers(model)
+    spatial = [i for i in spatial if id(i.layer) not in heads and i.calls == 1] or spatial
     if not spatial:
         rank = sample_rank(sample)
         shape = {1: "(N, T, C)", 2: "(N, H, W, C)", 3: "(N, D, H, W, C)"}[rank]
@@ -311,6 +325,31 @@ def auto_layer(model, sample):
         )
     maps = [i for i in spatial if not i.pooled]
     return (maps or spatial)[-1]
+
+
+def _logit_layers(model):
+    """The ids of the layers that compute ``model``'s outputs as per-pixel class
+    scores: a final 1x1 convolution (a segmenter's head), with the activation
+    layers after it, through nested models. A backbone's own output (an
+    activation after a wider convolution) is not one."""
+    try:
+        outputs = model.outputs
+    except (AttributeError, ValueError):
+        return set()
+    ids = set()
+    for t in outputs or ():
+        op, chain = _compat.producer(t), []
+        while op is not None and type(op).__name__ in ("Activation", "Softmax", "ReLU"):
+            chain.append(op)
+            try:
+                op = _compat.producer(op.input)
+            except (AttributeError, ValueError):
+                op = None
+        if op is not None and _compat.is_model(op):
+            ids |= _logit_layers(op)
+        elif op is not None and set(getattr(op, "kernel_size", None) or (0,)) == {1}:
+            ids |= {id(op)} | {id(a) for a in chain}
+    return ids
 
 
 # ---------------------------------------------------------------------------

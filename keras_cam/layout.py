@@ -109,6 +109,29 @@ def resize(maps, size):
     raise ValueError(f"Maps must have 1 to 3 spatial axes; received shape {tuple(maps.shape)}.")
 
 
+def nearest_resize(array, size):
+    """Nearest-neighbour resize of ``(N, *spatial)`` to ``(N, *size)``, any spatial rank.
+
+    Output index ``i`` on an axis of length ``n`` read from a source axis of
+    length ``m`` takes source index ``min(floor((i + 0.5) * m / n), m - 1)``
+    (half-pixel centres, as ``tf.image.resize(..., "nearest")``).
+
+    Args:
+        array: ``(N, *spatial)`` numpy array (masks, labels).
+        size: the new spatial size, one length per spatial axis.
+
+    Returns:
+        ``(N, *size)`` numpy array of the same dtype.
+    """
+    out = np.asarray(array)
+    for axis, n in enumerate(size, start=1):
+        m = out.shape[axis]
+        if m != n:
+            src = np.minimum(np.floor((np.arange(n) + 0.5) * m / n).astype(np.int64), m - 1)
+            out = np.take(out, src, axis=axis)
+    return out
+
+
 def token_grid(length, image_size, max_prefix=MAX_PREFIX_TOKENS):
     """``(prefix, (h, w))``: how ``length`` tokens of an ``image_size`` input lie on a grid.
 

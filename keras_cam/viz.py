@@ -1,9 +1,11 @@
 """Pictures of maps: coloured overlays and comparison grids.
 
-``overlay`` blends one map over one image with an OpenCV colormap;
-``plot`` draws a grid (rows of images, columns of explainers: methods,
-layers or models) on a :class:`matplotlib.figure.Figure` of its own. Nothing
-here changes matplotlib's global state (rcParams, pyplot's current figure).
+``overlay`` blends one map over one input with an OpenCV colormap: an image
+under its 2-D map, a signal (1-D) drawn over bands coloured by its map, or a
+volume (3-D) as three orthogonal slices through the map's maximum. ``plot``
+draws a grid (rows of inputs, columns of explainers: methods, layers or
+models) on a :class:`matplotlib.figure.Figure` of its own. Nothing here
+changes matplotlib's global state (rcParams, pyplot's current figure).
 """
 
 from __future__ import annotations
@@ -76,14 +78,15 @@ def as_rgb_uint8(image) -> np.ndarray:
     return out
 
 
-def _heatmap_float(heatmap) -> np.ndarray:
-    """A heatmap as a float32 ``(h, w)`` array in [0, 1]."""
+def _heatmap_float(heatmap, rank=2) -> np.ndarray:
+    """A heatmap as a float32 array of ``rank`` axes (``(h, w)`` by default) in [0, 1]."""
     h = np.asarray(heatmap)
-    if h.ndim == 3 and h.shape[-1] == 1:
+    if rank == 2 and h.ndim == 3 and h.shape[-1] == 1:
         h = h[..., 0]
-    if h.ndim != 2 or h.size == 0:
+    if h.ndim != rank or h.size == 0:
+        expected = {1: "(t,)", 2: "(h, w) or (h, w, 1)", 3: "(d, h, w)"}[rank]
         raise ValueError(
-            f"`heatmap` must be one map (h, w) or (h, w, 1); received shape {h.shape}. "
+            f"`heatmap` must be one map {expected}; received shape {h.shape}. "
             f"Pass maps[i] for one map of a batch."
         )
     if h.dtype == np.uint8:
@@ -114,34 +117,198 @@ def colorize(heatmap, colormap="jet", size=None) -> np.ndarray:
     return np.ascontiguousarray(cv2.applyColorMap(levels, code)[..., ::-1])  # BGR -> RGB
 
 
+def resize_linear(x, size) -> np.ndarray:
+    """Separable linear resize of an array's leading axes to ``size``.
+
+    Output index ``i`` on an axis of length ``n`` read from length ``m``
+    samples the source at ``(i + 0.5) * m / n - 0.5``, clamped to the ends:
+    the half-pixel convention of ``tf.image.resize`` and ``cv2.INTER_LINEAR``.
+    """
+    out = np.asarray(x, dtype=np.float64)
+    for axis, n in enumerate(size):
+        m = out.shape[axis]
+        if m == n:
+            continue
+        pos = np.clip((np.arange(n) + 0.5) * m / n - 0.5, 0, m - 1)
+        lo = np.floor(pos).astype(np.int64)
+        hi = np.minimum(lo + 1, m - 1)
+        t = (pos - lo).reshape((n,) + (1,) * (out.ndim - axis - 1))
+        out = np.take(out, lo, axis=axis) * (1 - t) + np.take(out, hi, axis=axis) * t
+    return out
+
+
+def _check_alpha(alpha):
+    if isinstance(alpha, bool) or not isinstance(alpha, numbers.Real) or not 0 <= alpha <= 1:
+        raise ValueError(f"`alpha` is the heatmap's weight, a number in [0, 1]; received {alpha!r}.")
+    return float(alpha)
+
+
+def _blend(rgb, colored, alpha):
+    blend = (1.0 - alpha) * rgb.astype(np.float64) + alpha * colored.astype(np.float64)
+    return np.rint(blend).astype(np.uint8)
+
+
+def _colours(levels, colormap):
+    """The RGB colours ``(..., 3)`` of uint8 levels of any shape."""
+    flat = np.asarray(levels, np.uint8).reshape(1, -1)
+    rgb = cv2.applyColorMap(flat, colormap_code(colormap))[0, :, ::-1]
+    return rgb.reshape(np.shape(levels) + (3,))
+
+
+def _levels(h):
+    return np.rint(np.clip(h, 0.0, 1.0) * 255.0).astype(np.uint8)
+
+
+#: Pixel rows per channel of a signal drawn by :func:`overlay`.
+SIGNAL_HEIGHT = 48
+#: White columns between the slices of a volume drawn by :func:`overlay`.
+SLICE_GAP = 2
+
+
+def _signal_rows(values, height):
+    """The pixel row of each sample of one channel: its maximum at row 0, its minimum at ``height - 1``."""
+    lo, hi = float(np.min(values)), float(np.max(values))
+    if hi - lo <= 1e-12 * max(abs(hi), abs(lo), 1.0):
+        return np.full(values.shape, height // 2, np.int64)
+    return np.rint((hi - values) / (hi - lo) * (height - 1)).astype(np.int64)
+
+
+def overlay_signal(signal, heatmap, alpha=0.5, colormap="jet", height=SIGNAL_HEIGHT) -> np.ndarray:
+    """A 1-D map as coloured bands behind its signal.
+
+    Column ``t`` of the picture is ``round((1 - alpha) * white + alpha *
+    colour(map_t))``, with the map resized linearly to the signal's length;
+    each channel is drawn in black in a strip of ``height`` rows, scaled to
+    its own range (maximum at the strip's top), consecutive samples joined by
+    vertical runs.
+
+    Args:
+        signal: ``(T,)`` or ``(T, C)`` samples, any range.
+        heatmap: ``(t,)`` map in [0, 1] or uint8.
+        alpha, colormap: as for :func:`overlay`.
+        height: pixel rows per channel.
+
+    Returns:
+        ``(C * height, T, 3)`` uint8 RGB.
+    """
+    alpha = _check_alpha(alpha)
+    x = np.asarray(signal, dtype=np.float64)
+    x = x[:, None] if x.ndim == 1 else x
+    if x.ndim != 2 or x.size == 0 or not np.isfinite(x).all():
+        raise ValueError(f"`signal` must be finite samples (T,) or (T, C); received shape {np.shape(signal)}.")
+    n, channels = x.shape
+    h = _heatmap_float(heatmap, rank=1)
+    if h.shape[0] != n:
+        h = resize_linear(h, (n,))
+    band = _blend(np.full((n, 3), 255, np.uint8), _colours(_levels(h), colormap), alpha)
+    out = np.repeat(band[None], channels * height, axis=0)
+    for c in range(channels):
+        rows = _signal_rows(x[:, c], height)
+        prev = np.concatenate([rows[:1], rows[:-1]])
+        for t in range(n):
+            a, b = sorted((int(prev[t]), int(rows[t])))
+            out[c * height + a:c * height + b + 1, t] = 0
+    return out
+
+
+def _volume_gray(volume):
+    """A volume ``(D, H, W)`` or ``(D, H, W, 1|3|4)`` as ``(D, H, W, 3)`` uint8, scaled to its own range."""
+    v = np.asarray(volume, dtype=np.float64)
+    if v.ndim == 4 and v.shape[-1] in (1, 3, 4):
+        v = v[..., :3]
+    elif v.ndim == 3:
+        v = v[..., None]
+    else:
+        raise ValueError(
+            f"`image` of a 3-D map must be a volume (D, H, W) or (D, H, W, C) with 1, 3 or 4 "
+            f"channels; received shape {np.shape(volume)}. Pass volumes[i] for one of a batch."
+        )
+    if not np.isfinite(v).all():
+        raise ValueError("`image` contains NaN or Inf.")
+    lo, hi = v.min(), v.max()
+    scaled = (v - lo) / (hi - lo) * 255.0 if hi > lo else np.zeros_like(v)
+    out = np.rint(scaled).astype(np.uint8)
+    return np.repeat(out, 3, axis=-1) if out.shape[-1] == 1 else out
+
+
+def volume_slices(heatmap, shape):
+    """Where :func:`overlay_volume` cuts: the map resized to ``shape = (D, H, W)`` and its peak ``(d, h, w)``."""
+    h = _heatmap_float(heatmap, rank=3)
+    if h.shape != tuple(shape):
+        h = resize_linear(h, shape)
+    return h, np.unravel_index(int(np.argmax(h)), h.shape)
+
+
+def overlay_volume(volume, heatmap, alpha=0.5, colormap="jet") -> np.ndarray:
+    """A 3-D map as three orthogonal slices through its maximum, over the volume.
+
+    The map is resized linearly to the volume; at its peak voxel ``(d, h, w)``
+    the slices ``[d, :, :]`` (``H x W``), ``[:, h, :]`` (``D x W``) and
+    ``[:, :, w]`` (``D x H``) are each blended as by :func:`overlay`, and put
+    side by side, ``SLICE_GAP`` white columns apart, top-aligned on a white
+    canvas. The volume is shown scaled to its own range (min black, max white).
+
+    Args:
+        volume: ``(D, H, W)`` or ``(D, H, W, C)``, any range.
+        heatmap: ``(d, h, w)`` map in [0, 1] or uint8.
+        alpha, colormap: as for :func:`overlay`.
+
+    Returns:
+        ``(max(H, D), 2 W + H + 2 SLICE_GAP, 3)`` uint8 RGB.
+    """
+    alpha = _check_alpha(alpha)
+    gray = _volume_gray(volume)
+    h, (d, y, x) = volume_slices(heatmap, gray.shape[:3])
+    panels = [(gray[d], h[d]), (gray[:, y], h[:, y]), (gray[:, :, x], h[:, :, x])]
+    height = max(p.shape[0] for p, _ in panels)
+    width = sum(p.shape[1] for p, _ in panels) + SLICE_GAP * (len(panels) - 1)
+    out = np.full((height, width, 3), 255, np.uint8)
+    col = 0
+    for picture, heat in panels:
+        out[:picture.shape[0], col:col + picture.shape[1]] = _blend(picture, _colours(_levels(heat), colormap), alpha)
+        col += picture.shape[1] + SLICE_GAP
+    return out
+
+
 def overlay(image, heatmap, alpha=0.5, colormap="jet") -> np.ndarray:
-    """Blend a coloured heatmap over an image.
+    """Blend a coloured heatmap over an image (or a signal, or a volume).
 
     ``out = round((1 - alpha) * image + alpha * colorize(heatmap))``: ``alpha=0``
-    gives the image back, ``alpha=1`` the coloured heatmap.
+    gives the image back, ``alpha=1`` the coloured heatmap. The map's rank
+    decides what is drawn: a 2-D map over the image; a 1-D map ``(t,)`` as
+    coloured bands behind the signal (:func:`overlay_signal`); a 3-D map
+    ``(d, h, w)`` as three orthogonal slices of the volume through the map's
+    maximum (:func:`overlay_volume`).
 
     Args:
         image: ``(H, W)``, ``(H, W, 1)`` or ``(H, W, 3)``; uint8, or floats in
-            [0, 1] or [0, 255] (the image before model preprocessing).
+            [0, 1] or [0, 255] (the image before model preprocessing). For a
+            1-D map the signal ``(T,)`` or ``(T, C)``; for a 3-D map the volume
+            ``(D, H, W)`` or ``(D, H, W, C)`` (a one-channel volume whose width
+            is 1, 3 or 4 needs its channel axis).
         heatmap: ``(h, w)`` map in [0, 1] (as explainers return it) or uint8;
-            resized bilinearly to the image.
+            resized bilinearly to the image. Or ``(t,)``, or ``(d, h, w)``.
         alpha: the heatmap's weight, in [0, 1].
         colormap: an OpenCV colormap name (``"jet"``, ``"turbo"``,
             ``"viridis"``, ...) or a ``cv2.COLORMAP_*`` constant.
 
     Returns:
-        ``(H, W, 3)`` uint8 RGB.
+        ``(H, W, 3)`` uint8 RGB (1-D and 3-D: see the functions named above).
 
     Example:
         >>> maps = keras_cam.GradCAM(model)(images)
         >>> picture = keras_cam.overlay(images[0], maps[0], alpha=0.4)
+        >>> strip = keras_cam.overlay(signals[0], keras_cam.GradCAM(conv1d_model)(signals)[0])
     """
-    if isinstance(alpha, bool) or not isinstance(alpha, numbers.Real) or not 0 <= alpha <= 1:
-        raise ValueError(f"`alpha` is the heatmap's weight, a number in [0, 1]; received {alpha!r}.")
+    h = np.asarray(heatmap)
+    if h.ndim == 1:
+        return overlay_signal(image, h, alpha, colormap)
+    if h.ndim == 3 and h.shape[-1] != 1 and (np.ndim(image) == 4 or (
+            np.ndim(image) == 3 and np.shape(image)[-1] not in (1, 3, 4))):
+        return overlay_volume(image, h, alpha, colormap)
+    alpha = _check_alpha(alpha)
     rgb = as_rgb_uint8(image)
-    colored = colorize(heatmap, colormap, size=rgb.shape[:2])
-    blend = (1.0 - float(alpha)) * rgb.astype(np.float64) + float(alpha) * colored.astype(np.float64)
-    return np.rint(blend).astype(np.uint8)
+    return _blend(rgb, colorize(heatmap, colormap, size=rgb.shape[:2]), alpha)
 
 
 class _InlineFigure(Figure):
@@ -205,37 +372,59 @@ def _columns(columns):
     return headers, items
 
 
-def _images_batch(images):
+def _spatial_rank(items, spatial):
+    """1, 2 or 3: ``spatial`` when given, else what the first explainer's model takes, else 2."""
+    if spatial is not None:
+        if spatial not in (1, 2, 3):
+            raise ValueError(f"`spatial` must be 1 (signals), 2 (images), 3 (volumes) or None; received {spatial!r}.")
+        return spatial
+    for item in items:
+        graph = getattr(item, "graph", None)
+        try:
+            shape = graph.model.inputs[graph.input_index].shape
+        except (AttributeError, ValueError, IndexError, TypeError):
+            continue
+        if len(shape) in (3, 4, 5):
+            return len(shape) - 2
+    return 2
+
+
+_ONE = {1: "(T[, C])", 2: "(H, W[, C])", 3: "(D, H, W[, C])"}
+
+
+def _images_batch(images, rank=2):
     if isinstance(images, (list, tuple)):
         return [np.asarray(im) for im in images]
     x = np.asarray(images)
-    if x.ndim in (2, 3):
+    if x.ndim in (rank, rank + 1):
         return [x]
-    if x.ndim != 4:
+    if x.ndim != rank + 2:
         raise ValueError(
-            f"`images` must be one image (H, W[, C]) or a batch (N, H, W, C); received shape {x.shape}."
+            f"`images` must be one input {_ONE[rank]} or a batch (N, {_ONE[rank][1:-1].replace('[, C]', ', C')}); "
+            f"received shape {x.shape}."
         )
     return list(x)
 
 
-def _explain(item, inputs, targets, n, header):
-    """``(maps (n, h, w), Explanation or None)`` for one column."""
+def _explain(item, inputs, targets, n, header, rank=2):
+    """``(maps (n, *spatial), Explanation or None)`` for one column."""
     if hasattr(item, "explain"):
         result = item.explain(inputs, targets)
     elif isinstance(item, Explanation):
         result = item
     else:
         maps = np.asarray(item)
-        if maps.ndim == 2:
+        if maps.ndim == rank:
             maps = maps[None]
-        if maps.ndim != 3:
+        if maps.ndim != rank + 1:
             raise TypeError(
-                f"Column {header!r} must be an explainer, an Explanation or maps (N, h, w); "
+                f"Column {header!r} must be an explainer, an Explanation or maps "
+                f"{('(N, t)', '(N, h, w)', '(N, d, h, w)')[rank - 1]}; "
                 f"received {type(item).__name__} of shape {maps.shape}."
             )
         result = None
     maps = np.asarray(result.maps if result is not None else maps)
-    if maps.ndim == 2:
+    if maps.ndim == rank:
         maps = maps[None]
     if maps.shape[0] != n:
         raise ValueError(f"Column {header!r} has {maps.shape[0]} maps for {n} images; give one map per image.")
@@ -244,7 +433,7 @@ def _explain(item, inputs, targets, n, header):
 
 def plot(images, columns, targets=None, *, inputs=None, class_names=None, labels=None,
          alpha=0.5, colormap="jet", show_image=True, row_titles=None, cell_size=2.0,
-         path=None, dpi=100):
+         path=None, dpi=100, spatial=None):
     """A comparison grid: one row per image, one column per method, layer or model.
 
     Each cell is the image with a column's map overlaid (see :func:`overlay`),
@@ -273,6 +462,12 @@ def plot(images, columns, targets=None, *, inputs=None, class_names=None, labels
         cell_size: inches per cell.
         path: when given, the figure is also saved there (format from the suffix).
         dpi: resolution of the figure.
+        spatial: 1 for signals ``(N, T, C)`` with maps ``(N, T)``, 2 for
+            images, 3 for volumes ``(N, D, H, W, C)`` with maps
+            ``(N, D, H, W)``; None reads it from the first explainer's model
+            (2 without one). Signals and volumes are drawn as by
+            :func:`overlay`; the plain-input column then shows the same
+            picture without the map (for volumes, the first column's slices).
 
     Returns:
         A :class:`matplotlib.figure.Figure` (shown inline when it is the last
@@ -283,21 +478,22 @@ def plot(images, columns, targets=None, *, inputs=None, class_names=None, labels
         >>> fig = keras_cam.plot(images, [keras_cam.GradCAM(model), keras_cam.GradCAMPlusPlus(model)],
         ...                      class_names=["circle", "square", "triangle"], path="cams.png")
     """
-    shown = _images_batch(images)
-    pictures = [as_rgb_uint8(im) for im in shown]
+    headers, items = _columns(columns)
+    rank = _spatial_rank(items, spatial)
+    shown = _images_batch(images, rank)
+    pictures = [as_rgb_uint8(im) for im in shown] if rank == 2 else shown
     n = len(pictures)
     if n == 0:
         raise ValueError("`images` is empty; pass at least one image.")
     if inputs is None:
         inputs = np.stack(shown) if len({im.shape for im in shown}) == 1 else shown
-    elif np.ndim(inputs) == 3:
+    elif np.ndim(inputs) == rank + 1:
         inputs = np.asarray(inputs)[None]
-    headers, items = _columns(columns)
     if row_titles is not None and len(row_titles) != n:
         raise ValueError(f"`row_titles` has {len(row_titles)} entries for {n} images.")
     if labels is not None and len(labels) != n:
         raise ValueError(f"`labels` has {len(labels)} entries for {n} images.")
-    results = [_explain(item, inputs, targets, n, h) for item, h in zip(items, headers)]
+    results = [_explain(item, inputs, targets, n, h, rank) for item, h in zip(items, headers)]
 
     offset = 1 if show_image else 0
     ncols = len(items) + offset
@@ -308,11 +504,13 @@ def plot(images, columns, targets=None, *, inputs=None, class_names=None, labels
             title = "image" if i == 0 else ""
             if labels is not None:
                 title = f"{title}\ntrue: {_name(class_names, int(labels[i]))}".strip("\n")
-            axes[i, 0].imshow(pictures[i])
+            plain = pictures[i] if rank == 2 else overlay(pictures[i], results[0][0][i], alpha=0)
+            axes[i, 0].imshow(plain, aspect="auto" if rank == 1 else "equal")
             axes[i, 0].set_title(title, fontsize=9)
         for j, (maps, result) in enumerate(results):
             ax = axes[i, j + offset]
-            ax.imshow(overlay(pictures[i], maps[i], alpha=alpha, colormap=colormap))
+            ax.imshow(overlay(pictures[i], maps[i], alpha=alpha, colormap=colormap),
+                      aspect="auto" if rank == 1 else "equal")
             title = _cell_title(result, i, class_names)
             ax.set_title(f"{headers[j]}\n{title}" if i == 0 else title, fontsize=9)
         for ax in axes[i]:

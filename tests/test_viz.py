@@ -320,3 +320,102 @@ def test_vizgradcam_efficientnet_flat_and_nested(library):
     if library == "keras.applications":  # the explainer's compiled path agrees
         maps = kc.GradCAM(nested, layer=f"{base.name}/top_conv")(image)
         np.testing.assert_array_equal(levels, np.rint(255 * maps))
+
+
+# ---------------------------------------------------------------- 1-D signals and 3-D volumes
+
+JET_TOP = (128, 0, 0)  # jet's colour of level 255 (dark red); level 0 is (0, 0, 128)
+
+
+def test_overlay_signal_pixels():
+    t = np.arange(40)
+    signal = np.stack([np.sin(t / 4.0), np.where(t == 30, 2.0, 0.0)], axis=-1)  # two channels
+    heat = np.clip(1 - np.abs(t - 12) / 6.0, 0, 1)  # peak 1 at t = 12, 0 far from it
+    out = kc.overlay(signal, heat, alpha=1.0)
+    h = viz.SIGNAL_HEIGHT
+    assert out.shape == (2 * h, 40, 3) and out.dtype == np.uint8
+    # Channel 0's line: max at row 0, min at the strip's last row, black; everything else the band.
+    rows = np.rint((signal[:, 0].max() - signal[:, 0]) / np.ptp(signal[:, 0]) * (h - 1)).astype(int)
+    for col in (12, 25):
+        line = {r for r in range(min(rows[col - 1], rows[col]), max(rows[col - 1], rows[col]) + 1)}
+        for r in range(h):
+            expected = (0, 0, 0) if r in line else tuple(jet_rgb([[round(255 * heat[col])]])[0, 0])
+            assert tuple(out[r, col]) == expected, (col, r)
+    assert tuple(out[h + 5, 12]) == JET_TOP  # the peak's band spans every channel's strip
+    assert tuple(out[h + 5, 30]) == (0, 0, 0) and tuple(out[h, 30]) == (0, 0, 0)  # the spike reaches the top
+    assert tuple(out[2 * h - 1, 0]) == (0, 0, 0)  # channel 1's baseline is its minimum: the strip's bottom
+    # alpha blends the band with white; the map is resized linearly to the signal.
+    half = kc.overlay(signal[:, 0], heat[::2], alpha=0.5)
+    up = viz.resize_linear(heat[::2], (40,))
+    band = np.rint(0.5 * 255 + 0.5 * jet_rgb(np.rint(255 * up)[None].astype(np.uint8))[0]).astype(np.uint8)
+    free = [r for r in range(h) if r != rows[0]]
+    np.testing.assert_array_equal(half[free[-1], 0], band[0])
+    assert tuple(kc.overlay(signal[:, 0], heat, alpha=0)[rows[20] - 1 if rows[20] else rows[20] + 2, 20]) == (255, 255, 255)
+
+
+def test_resize_linear_matches_tf_image_resize():
+    rng = np.random.default_rng(0)
+    x = rng.random((5, 7))
+    ref = tf.image.resize(x[None, ..., None], (9, 3), method="bilinear").numpy()[0, ..., 0]
+    np.testing.assert_allclose(viz.resize_linear(x, (9, 3)), ref, atol=1e-6)
+
+
+def test_overlay_volume_slices_through_the_peak():
+    rng = np.random.default_rng(0)
+    volume = rng.random((6, 8, 10)) * 1000 - 500  # any range: shown scaled to its own
+    heat = rng.random((6, 8, 10)) * 0.9
+    d, y, x = 2, 5, 7
+    heat[d, y, x] = 1.0
+    out = kc.overlay(volume[..., None], heat, alpha=1.0)
+    gap = viz.SLICE_GAP
+    assert out.shape == (8, 10 + gap + 10 + gap + 8, 3)
+    # The peak voxel in each slice: axial [d] at (y, x), coronal [:, y] at (d, x), sagittal [:, :, x] at (d, y).
+    assert tuple(out[y, x]) == JET_TOP
+    assert tuple(out[d, 10 + gap + x]) == JET_TOP
+    assert tuple(out[d, 2 * (10 + gap) + y]) == JET_TOP
+    np.testing.assert_array_equal(out[:8, :10], jet_rgb(np.rint(255 * heat[d]).astype(np.uint8)))
+    np.testing.assert_array_equal(out[:6, 10 + gap:20 + gap], jet_rgb(np.rint(255 * heat[:, y]).astype(np.uint8)))
+    assert (out[6:, 10 + gap:] == 255).all() and (out[:, 10:10 + gap] == 255).all()  # white below D rows, gaps
+    # alpha = 0: the volume's own slices in gray, min black and max white over the whole volume.
+    plain = kc.overlay(volume, heat, alpha=0.0)
+    gray = np.rint((volume - volume.min()) / np.ptp(volume) * 255)
+    np.testing.assert_array_equal(plain[:8, :10, 0], gray[d])
+    np.testing.assert_array_equal(plain[:6, 2 * (10 + gap):, 1], gray[:, :, x])
+    # A coarser map is resized trilinearly first, then cut through its peak.
+    small = np.zeros((3, 4, 5))
+    small[1, 2, 3] = 1.0
+    big, peak = viz.volume_slices(small, (6, 8, 10))
+    np.testing.assert_allclose(big, viz.resize_linear(small, (6, 8, 10)))
+    assert tuple(out.shape) and tuple(kc.overlay(volume[..., None], small, alpha=1.0)[peak[1], peak[2]]) == tuple(
+        jet_rgb([[round(255 * big.max())]])[0, 0])
+
+
+def test_plot_signals_and_volumes(rng):
+    signals = rng.normal(size=(2, 32, 3)).astype(np.float32)
+    maps = rng.random((2, 32)).astype(np.float32)
+    fig = kc.plot(signals, {"m": maps}, spatial=1)
+    axes = np.array(fig.axes).reshape(2, 2)
+    np.testing.assert_array_equal(axes[1, 1].images[0].get_array(), kc.overlay(signals[1], maps[1]))
+    np.testing.assert_array_equal(axes[1, 0].images[0].get_array(), kc.overlay(signals[1], maps[1], alpha=0))
+    volumes = rng.random((2, 4, 6, 6, 1)).astype(np.float32)
+    vmaps = rng.random((2, 4, 6, 6)).astype(np.float32)
+    fig = kc.plot(volumes, {"v": vmaps}, spatial=3, alpha=0.3)
+    axes = np.array(fig.axes).reshape(2, 2)
+    np.testing.assert_array_equal(axes[0, 1].images[0].get_array(), kc.overlay(volumes[0], vmaps[0], alpha=0.3))
+    with pytest.raises(TypeError, match=r"maps \(N, d, h, w\)"):
+        kc.plot(volumes, {"v": vmaps[:, 0, 0]}, spatial=3)
+    with pytest.raises(ValueError, match="spatial"):
+        kc.plot(volumes, {"v": vmaps}, spatial=4)
+
+
+def test_plot_reads_the_layout_from_the_explainers_model(rng):
+    from types import SimpleNamespace
+
+    def explainer_of(shape):  # what plot reads of an explainer: its model's image input
+        return SimpleNamespace(graph=SimpleNamespace(model=keras.Sequential([keras.Input(shape), L.Flatten()]),
+                                                     input_index=0))
+    assert viz._spatial_rank([explainer_of((32, 2))], None) == 1
+    assert viz._spatial_rank([explainer_of((4, 6, 6, 1))], None) == 3
+    assert viz._spatial_rank([explainer_of((8, 8, 3))], None) == 2
+    maps = rng.random((2, 32))
+    assert viz._spatial_rank([maps], None) == 2 and viz._spatial_rank([maps], 1) == 1

@@ -19,6 +19,7 @@ import tensorflow as tf
 
 from keras_cam import _compat
 from keras_cam import layout as _layout
+from keras_cam import targets as _targets
 from keras_cam.base import Explainer, minmax, upsample
 
 WEIGHTINGS = ("reference", "paper")
@@ -172,7 +173,7 @@ class ScoreCAM(Explainer):
             which = chunk[:, 0]
             masks = minmax(upsample(tf.gather_nd(maps, chunk), size))
             outputs = self.graph.run(tf.gather(images, which) * masks[..., None], rows=which)
-            s, _, p = self.target_scores(outputs, tf.gather(idx, which), target_fn)
+            s, _, p = self.target_scores(outputs, tf.gather(idx, which), _targets.rows(target_fn, which))
             v = p if (self.weighting == "reference" and target_fn is None) else s
             if self.verbose:
                 tf.py_function(self._progress, [i, total], [])
