@@ -450,7 +450,8 @@ class Explainer:
             images: channels-last float32 ``(n, H, W, C)`` (see
                 ``ActivationGraph.to_channels_last``).
             class_idx: ``(n,)`` int32 classes, ``targets.TOP1`` for top-1.
-            upsample_, normalize_: as in :meth:`__call__`.
+            upsample_: resize the maps to the input size, as ``upsample`` in :meth:`__call__`.
+            normalize_: scale each map to [0, 1], as ``normalize`` in :meth:`__call__`.
             target_fn: a target object or callable (see :mod:`keras_cam.targets`;
                 :meth:`explain` passes it bound to its per-input arrays), or
                 None for class targets.
