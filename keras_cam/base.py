@@ -24,7 +24,7 @@ import tensorflow as tf
 from keras_cam import layers as _layers
 from keras_cam import layout as _layout
 from keras_cam import targets as _targets
-from keras_cam.graph import ActivationGraph
+from keras_cam.graph import ActivationGraph, input_shape
 from keras_cam.saved_model import GraphOp
 
 def upsample(maps, size):
@@ -97,15 +97,6 @@ def as_batch(images, layout=None):
     one example.
     """
     return (layout or _layout.InputLayout()).batch(images)
-
-
-def _input_shape(model, index=0):
-    """The shape of the model's input ``index``, None dims allowed; None if unknown."""
-    try:
-        inputs = model.inputs
-    except (AttributeError, ValueError):
-        return None
-    return tuple(inputs[index].shape) if inputs else None
 
 
 def _as_input_list(graph, inputs):
@@ -182,7 +173,7 @@ def check_images(batch, model, index=0, channels_first=False):
     raw 0-255 pixels (none negative, some above 2) and the model has no
     preprocessing layer of its own (``Rescaling``/``Normalization``).
     """
-    expected = _input_shape(model, index)
+    expected = input_shape(model, index)
     if expected is not None:
         got = tuple(batch.shape[1:])
         spatial = len(expected) - 2

@@ -523,10 +523,10 @@ def _data_format(model, data_format):
 def input_layout(model, index=0, data_format=None):
     """The :class:`~keras_cam.layout.InputLayout` of the model's input ``index``."""
     first = _data_format(model, data_format) == "channels_first"
-    return _layout.input_layout(_input_shape(model, index), first)
+    return _layout.input_layout(input_shape(model, index), first)
 
 
-def _input_shape(model, index=0):
+def input_shape(model, index=0):
     """The shape of the model's input ``index`` (None dims allowed), or None if unknown."""
     try:
         inputs = model.inputs
