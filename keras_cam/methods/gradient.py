@@ -20,7 +20,9 @@ class GradientExplainer(Explainer):
     _weights_channels = True
 
     def raw_maps(self, images, class_idx, target_fn=None):
-        with tf.GradientTape() as tape:
+        # Only what the activations feed is recorded: the eager first call then
+        # backpropagates to the layer, not through the whole network's weights.
+        with tf.GradientTape(watch_accessed_variables=False) as tape:
             acts, outputs = self.graph.forward(images, tape)
             scored = self.target_scores(outputs, class_idx, target_fn)
         grads = tape.gradient(scored[0], acts)
