@@ -143,6 +143,15 @@ class ExplainerCache:
         self._entries.move_to_end(ident)
         return entry
 
+    def cached(self, model, layer=None):
+        """The explainer :meth:`use` would serve for ``(model, layer)`` (without the
+        model lent to it), or None when it would build one."""
+        with self._lock:
+            entry = self._entries.get(id(model))
+            if entry is None or entry["model"]() is not model or not _same_structure(entry["structure"], model):
+                return None
+            return entry["explainers"].get(self.key(layer))
+
     @contextlib.contextmanager
     def use(self, model, layer, build):
         """The cached explainer of ``(model, layer)``, built by ``build()`` when
