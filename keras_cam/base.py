@@ -236,16 +236,18 @@ def check_images(batch, model, index=0, channels_first=False):
 
 
 class Compiled:
-    """``fn`` run eagerly on a new input signature, compiled from its second call.
+    """``tf.function(fn)``, optionally run eagerly on the first call of each input signature.
 
     Tracing a model's forward and backward pass into a graph costs several
-    eager runs of it (MobileNetV2 at 224x224: about 1 s against 0.2 s), and
-    pays off only when the same signature comes back. So the first call of a
-    signature (the shapes and dtypes of the tensor arguments, and the values
-    of the others: what makes ``tf.function`` retrace) runs ``fn`` eagerly,
-    the same Python code and therefore the same maps; from the second call on
-    it runs ``tf.function(fn)``, traced once per signature. Inside another
-    ``tf.function`` (a trace) the compiled function is called directly.
+    eager runs of it (MobileNetV2 at 224x224: about 1 s against 0.3 s), and
+    pays off only when the same signature comes back. With
+    ``eager_first=True`` (what explainers use, see ``Explainer._eager_first``)
+    the first call of a signature (the shapes and dtypes of the tensor
+    arguments and the values of the others: what makes ``tf.function``
+    retrace) runs ``fn`` eagerly: the same Python code, so the same result up
+    to float rounding. From the second call of that signature on it runs
+    ``tf.function(fn)``, traced once per signature. Inside another
+    ``tf.function`` (a trace) the compiled function is always called.
 
     The function is compiled without AutoGraph, unless the model's own code
     needs it. keras-cam's code has no tensor-dependent Python control flow
@@ -260,14 +262,15 @@ class Compiled:
 
     Args:
         fn: the computation, traceable, with tensor and hashable Python arguments.
-        eager_first: False compiles from the first call.
+        eager_first: run the first call of each signature eagerly; False (the
+            default) compiles from the first call.
     """
 
     # Signatures remembered as run once; beyond this many the memory is reset
     # (a signature then runs eagerly once more: never wrong, only slower).
     _MAX_SEEN = 64
 
-    def __init__(self, fn, eager_first=True):
+    def __init__(self, fn, eager_first=False):
         self._fn = fn
         self._function = tf.function(fn, autograph=False)
         self._converted = None

@@ -72,7 +72,7 @@ def test_compiled_runs_a_new_signature_eagerly_then_traces_it_once():
         runs.append(tf.executing_eagerly())
         return x * 2.0 if flag else x
 
-    f = Compiled(fn)
+    f = Compiled(fn, eager_first=True)
     a, b = tf.ones((2, 3)), tf.ones((5, 3))
     np.testing.assert_array_equal(f(a, True), 2 * np.ones((2, 3)))
     assert runs == [True] and f.experimental_get_tracing_count() == 0  # eager: no trace
@@ -92,8 +92,8 @@ def test_compiled_runs_a_new_signature_eagerly_then_traces_it_once():
     np.testing.assert_array_equal(outer(tf.ones((7, 3))), 2 * np.ones((7, 3)))
     assert runs[-1] is False
 
-    # eager_first=False compiles from the first call.
-    g = Compiled(fn, eager_first=False)
+    # By default (eager_first=False) it compiles from the first call.
+    g = Compiled(fn)
     g(a, True)
     assert runs[-1] is False and g.experimental_get_tracing_count() == 1
 
