@@ -98,10 +98,12 @@ class ExplainerCache:
       are fine: the explainer reads the variables live.
     - ``layer`` is part of the key: a name or path, a layer object (by
       identity; the explainer holds it), or None for the helper's own choice.
-    - At most ``max_models`` models are kept, the least recently used dropped.
+    - At most ``max_models`` models, and ``max_layers`` layers per model, are
+      kept; the least recently used are dropped.
 
     Args:
         max_models: how many models' explainers to keep.
+        max_layers: how many explainers (layers) to keep per model.
 
     Example:
         >>> cache = ExplainerCache()
@@ -109,8 +111,9 @@ class ExplainerCache:
         ...     maps = cam(images)
     """
 
-    def __init__(self, max_models=8):
+    def __init__(self, max_models=8, max_layers=8):
         self.max_models = int(max_models)
+        self.max_layers = int(max_layers)
         self._entries = collections.OrderedDict()  # id(model) -> entry
         self._lock = threading.RLock()
 
@@ -169,7 +172,11 @@ class ExplainerCache:
                 yield explainer
             finally:
                 explainer.graph.model = None  # the cache must not keep the model alive
-            entry["explainers"][key] = explainer
+            explainers = entry["explainers"]
+            explainers.pop(key, None)
+            explainers[key] = explainer  # the most recently used last
+            while len(explainers) > self.max_layers:
+                del explainers[next(iter(explainers))]
 
 
 _EXPLAINERS = ExplainerCache()

@@ -281,7 +281,7 @@ def test_vizgradcam_rebuilds_for_a_model_whose_layers_changed(images):
 
 
 def test_explainer_cache_rules():
-    cache = ExplainerCache(max_models=2)
+    cache = ExplainerCache(max_models=2, max_layers=3)
     models = [build(seed=s) for s in (5, 6, 7)]
     built = []
 
@@ -300,6 +300,8 @@ def test_explainer_cache_rules():
     assert b is not a and use(models[0], layer) is b and b.layer_path == "conv1"
     assert use(models[0], "conv1") is not b  # a name is another key than the object
     assert cache.cached(models[0], "target") is a and a.model is None
+    use(models[0], models[0].get_layer("target"))  # a fourth key: the least recently used ("target") goes
+    assert cache.cached(models[0], "target") is None and cache.cached(models[0], layer) is b
     use(models[1], "target")
     use(models[2], "target")  # a third model: the least recently used one is dropped
     assert cache.cached(models[0], "target") is None and len(cache) == 2
