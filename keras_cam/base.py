@@ -211,31 +211,93 @@ def check_images(batch, model, index=0, channels_first=False):
 
 
 class Compiled:
-    """``tf.function(fn)`` without AutoGraph, unless the model's own code needs it.
+    """``tf.function(fn)``, optionally run eagerly on the first call of each input signature.
 
-    keras-cam's code has no tensor-dependent Python control flow (Score-CAM
-    calls ``tf.while_loop`` itself), and converting it with AutoGraph is
-    about a third of the first call's trace time (EfficientNetB0: 6.6 s with,
-    3.9 s without). A model whose ``call`` branches on tensor values in Python
-    does need AutoGraph: its trace raises ``OperatorNotAllowedInGraphError``,
-    and from then on this function is compiled with AutoGraph.
+    Tracing a model's forward and backward pass into a graph costs several
+    eager runs of it (MobileNetV2 at 224x224: about 1 s against 0.3 s), and
+    pays off only when the same signature comes back. With
+    ``eager_first=True`` (what explainers use, see ``Explainer._eager_first``)
+    the first call of a signature (the shapes and dtypes of the tensor
+    arguments and the values of the others: what makes ``tf.function``
+    retrace) runs ``fn`` eagerly: the same Python code, so the same result up
+    to float rounding. From the second call of that signature on it runs
+    ``tf.function(fn)``, traced once per signature. Inside another
+    ``tf.function`` (a trace) the compiled function is always called.
+
+    The function is compiled without AutoGraph, unless the model's own code
+    needs it. keras-cam's code has no tensor-dependent Python control flow
+    (Score-CAM calls ``tf.while_loop`` itself), and converting it with
+    AutoGraph is about a third of a trace's time (EfficientNetB0: 6.6 s with,
+    3.9 s without). A model whose ``call`` branches on tensor values in
+    Python does need AutoGraph: its trace raises
+    ``OperatorNotAllowedInGraphError``, and from then on this function is
+    compiled with AutoGraph. If that trace raises it too (a Keras 3 layer's
+    ``call`` is never converted), the function runs eagerly from then on,
+    with a warning.
+
+    Args:
+        fn: the computation, traceable, with tensor and hashable Python arguments.
+        eager_first: run the first call of each signature eagerly; False (the
+            default) compiles from the first call.
     """
 
-    def __init__(self, fn):
+    # Signatures remembered as run once; beyond this many the memory is reset
+    # (a signature then runs eagerly once more: never wrong, only slower).
+    _MAX_SEEN = 64
+
+    def __init__(self, fn, eager_first=False):
         self._fn = fn
         self._function = tf.function(fn, autograph=False)
         self._converted = None
+        self._eager_only = False
+        self._seen = set() if eager_first else None
 
     def __call__(self, *args):
+        if self._seen is not None and tf.executing_eagerly():
+            key = signature(args)
+            if key not in self._seen:
+                if len(self._seen) >= self._MAX_SEEN:
+                    self._seen.clear()
+                self._seen.add(key)
+                return self._fn(*args)
+        if self._eager_only:
+            return self._fn(*args)
         if self._converted is None:
             try:
                 return self._function(*args)
             except tf.errors.OperatorNotAllowedInGraphError:
                 self._converted = tf.function(self._fn)
-        return self._converted(*args)
+        try:
+            return self._converted(*args)
+        except tf.errors.OperatorNotAllowedInGraphError as err:
+            self._eager_only = True
+            warnings.warn(
+                f"The model cannot be compiled, even with AutoGraph: its `call` uses a tensor as a "
+                f"Python bool ({' '.join(str(err).split())[:200]}). It runs eagerly from now on: the "
+                f"same maps, more slowly. Write the branch with tf.cond or tf.where to compile it.",
+                stacklevel=4,
+            )
+            return self._fn(*args)
 
     def experimental_get_tracing_count(self):
+        """How many times the function was traced (eager runs are not traces)."""
         return sum(f.experimental_get_tracing_count() for f in (self._function, self._converted) if f is not None)
+
+
+def signature(args):
+    """What makes ``tf.function`` trace anew: each tensor's shape and dtype, each
+    other value itself (by identity when it cannot be hashed)."""
+    key = []
+    for a in tf.nest.flatten(args):
+        if tf.is_tensor(a) or isinstance(a, np.ndarray):
+            key.append((tuple(a.shape), a.dtype.name))
+        else:
+            try:
+                hash(a)
+                key.append((type(a), a))
+            except TypeError:
+                key.append((type(a), id(a)))
+    return tuple(key)
 
 
 @dataclasses.dataclass
@@ -312,6 +374,9 @@ class Explainer:
     # Whether the method's map is a sum of weighted channels, so that
     # ``eigen_smooth`` (the weighted channels' principal component) applies.
     _weights_channels = False
+
+    # Whether the first call of an input shape runs eagerly (see :class:`Compiled`).
+    _eager_first = True
 
     def __init__(self, model, layer=None, *, output=None, linearize=True, batch_size=32,
                  aug_smooth=False, eigen_smooth=False, image_input=None, data_format=None, reshape=None):
@@ -421,7 +486,8 @@ class Explainer:
             callables = [k for k in self._functions if k is not None]
             if len(callables) >= 8:  # callables made per call must not pile up traces
                 del self._functions[callables[0]]
-            self._functions[target_fn] = Compiled(functools.partial(self._held_compute, target_fn=target_fn))
+            self._functions[target_fn] = Compiled(functools.partial(self._held_compute, target_fn=target_fn),
+                                                  eager_first=self._eager_first)
         return self._functions[target_fn]
 
     def _held_compute(self, images, class_idx, upsample_, normalize_, others, values, target_fn=None):

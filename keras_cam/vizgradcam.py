@@ -15,15 +15,17 @@ accepted; and matplotlib's global ``rcParams`` are left alone.
 
 from __future__ import annotations
 
+import collections
+import contextlib
 import numbers
+import threading
+import weakref
 
 import numpy as np
-import tensorflow as tf
 
 from keras_cam import _compat
 from keras_cam import layers as _layers
-from keras_cam import targets as _targets
-from keras_cam.base import as_batch, minmax, upsample
+from keras_cam.base import as_batch
 from keras_cam.methods.gradient import GradCAM
 from keras_cam.viz import colorize, overlay
 
@@ -54,6 +56,132 @@ def last_conv_layer(model, sample):
     return (larger or convs)[-1].path
 
 
+def _weak(obj):
+    """A weak reference to ``obj``; ``obj`` itself when it cannot have one."""
+    try:
+        return weakref.ref(obj)
+    except TypeError:
+        return lambda: obj
+
+
+def _structure(model):
+    """What a cached explainer depends on: the model's layers (nested models
+    walked, in order) and its variables, as weak references, in that order."""
+    return tuple(_weak(layer) for _, layer in _layers.walk(model)) + (None,) + tuple(
+        _weak(v) for v in model.weights)
+
+
+def _same_structure(refs, model):
+    """Whether ``model`` still has exactly the layers and variables of ``refs``
+    (the same objects, in the same order; a dead reference never matches)."""
+    now = [layer for _, layer in _layers.walk(model)] + [None] + list(model.weights)
+    return len(now) == len(refs) and all((r is None and o is None) or (r is not None and r() is o)
+                                         for r, o in zip(refs, now))
+
+
+class ExplainerCache:
+    """Explainers reused across the calls of a one-call helper, per model and layer.
+
+    A helper such as :func:`VizGradCAM` is called once per image; building an
+    explainer each time (choosing the layer, a probe run) and never reusing
+    its compiled computation is most of its cost. This cache keeps one
+    explainer per ``(model, layer)``:
+
+    - The model is held through a weak reference, and between calls the cached
+      explainer holds no reference to it (:meth:`use` lends it the model for
+      the duration of a call), so the cache never keeps a model alive: its
+      entry goes when the model is garbage-collected.
+    - An entry is served only while the model has the same layers (the same
+      objects, in the same order, nested models walked) and the same variables
+      as when it was built; a model whose layers or variables changed gets a
+      new explainer. Weights that changed *values* (training, ``load_weights``)
+      are fine: the explainer reads the variables live.
+    - ``layer`` is part of the key: a name or path, a layer object (by
+      identity; the explainer holds it), or None for the helper's own choice.
+    - At most ``max_models`` models, and ``max_layers`` layers per model, are
+      kept; the least recently used are dropped.
+
+    Args:
+        max_models: how many models' explainers to keep.
+        max_layers: how many explainers (layers) to keep per model.
+
+    Example:
+        >>> cache = ExplainerCache()
+        >>> with cache.use(model, None, lambda: GradCAM(model)) as cam:
+        ...     maps = cam(images)
+    """
+
+    def __init__(self, max_models=8, max_layers=8):
+        self.max_models = int(max_models)
+        self.max_layers = int(max_layers)
+        self._entries = collections.OrderedDict()  # id(model) -> entry
+        self._lock = threading.RLock()
+
+    def __len__(self):
+        with self._lock:
+            return sum(1 for e in self._entries.values() if e["model"]() is not None)
+
+    @staticmethod
+    def key(layer):
+        """The cache key of a ``layer`` argument."""
+        if layer is None or isinstance(layer, (str, int, np.integer)):
+            return layer
+        return ("object", id(layer))  # alive while cached: the explainer holds the layer
+
+    def _entry(self, model):
+        ident = id(model)
+        entry = self._entries.get(ident)
+        if entry is not None and (entry["model"]() is not model or not _same_structure(entry["structure"], model)):
+            entry = None
+        if entry is None:
+            def forget(_, ident=ident):
+                with self._lock:
+                    if ident in self._entries and self._entries[ident]["model"]() is None:
+                        del self._entries[ident]
+            entry = {"model": weakref.ref(model, forget), "structure": _structure(model),
+                     "explainers": {}, "lock": threading.RLock()}
+            self._entries[ident] = entry
+            while len(self._entries) > self.max_models:
+                self._entries.popitem(last=False)
+        self._entries.move_to_end(ident)
+        return entry
+
+    def cached(self, model, layer=None):
+        """The explainer :meth:`use` would serve for ``(model, layer)`` (without the
+        model lent to it), or None when it would build one."""
+        with self._lock:
+            entry = self._entries.get(id(model))
+            if entry is None or entry["model"]() is not model or not _same_structure(entry["structure"], model):
+                return None
+            return entry["explainers"].get(self.key(layer))
+
+    @contextlib.contextmanager
+    def use(self, model, layer, build):
+        """The cached explainer of ``(model, layer)``, built by ``build()`` when
+        there is none, with the model lent to it inside the block."""
+        with self._lock:
+            entry = self._entry(model)
+        key = self.key(layer)
+        with entry["lock"]:
+            explainer = entry["explainers"].get(key)
+            if explainer is None:
+                explainer = build()
+            else:
+                explainer.graph.model = model
+            try:
+                yield explainer
+            finally:
+                explainer.graph.model = None  # the cache must not keep the model alive
+            explainers = entry["explainers"]
+            explainers.pop(key, None)
+            explainers[key] = explainer  # the most recently used last
+            while len(explainers) > self.max_layers:
+                del explainers[next(iter(explainers))]
+
+
+_EXPLAINERS = ExplainerCache()
+
+
 def _display_image(image):
     """The original helper's display scaling: min-max of the image to 0..255."""
     x = np.asarray(image, dtype=np.float64)
@@ -80,9 +208,12 @@ def VizGradCAM(model, img, interpolant=0.5, plot_results=True):  # noqa: N802 (t
         None when plotting; otherwise the heatmap coloured with OpenCV's jet
         colormap, ``(H, W, 3)`` uint8 RGB at the image's size.
 
-    Each call finds the layer and runs the model eagerly, once; for many
-    images, build ``keras_cam.GradCAM(model, layer=...)`` once (it compiles)
-    and call it on each.
+    The explainer is built on the first call for a model (finding the layer)
+    and reused by later calls for the same model, as long as its layers are
+    the same objects (:class:`ExplainerCache`); it reads the weights live, so
+    training between calls shows. As for any explainer, the first call of an
+    image size runs eagerly and later ones are compiled
+    (``docs/compilation.md``).
 
     Example:
         >>> heatmap = keras_cam.VizGradCAM(model, image, plot_results=False)
@@ -97,12 +228,11 @@ def VizGradCAM(model, img, interpolant=0.5, plot_results=True):  # noqa: N802 (t
             f"VizGradCAM explains one image; received a batch of {batch.shape[0]}. Call it per "
             f"image, or use keras_cam.GradCAM(model)(images) for a batch."
         )
-    # One image, once: the method's own computation, run eagerly. Compiling it
-    # (what an explainer does so that its later calls are fast) would cost
-    # more than this single run.
-    cam = GradCAM(model, layer=last_conv_layer(model, batch))
-    maps, (_, idx, prob) = cam.raw_maps(batch, tf.constant([_targets.TOP1], tf.int32))
-    heatmap = minmax(upsample(tf.cast(maps, tf.float32), tf.shape(batch)[1:3]))[0].numpy()
+    # The same model and layer as a previous call: its explainer, already
+    # compiled for this image size from the second call on (see ExplainerCache).
+    with _EXPLAINERS.use(model, None, lambda: GradCAM(model, layer=last_conv_layer(model, batch))) as cam:
+        result = cam.explain(batch)
+    heatmap, idx, prob = result.maps[0], result.targets, result.probabilities
     if not plot_results:
         return colorize(heatmap, "jet")
     import matplotlib.pyplot as plt  # noqa: PLC0415 (pyplot only when drawing)

@@ -191,6 +191,8 @@ def test_auto_layer_looks_through_two_levels_after_normalization(rng):
     assert cam.layer_path == "mid/inner/inner_c2"  # no table entry: found by the probe
     assert_maps_equal(out.maps, ref)
     np.testing.assert_array_equal(out.targets, classes)
+    assert cam.tracing_count == 0  # the first call of a shape runs eagerly
+    assert_maps_equal(cam.explain(x, upsample=False, normalize=False).maps, ref)  # the compiled call
     assert cam.tracing_count == 1
     paths = [p for p, _ in kc.list_layers(model)]
     assert paths.index("mid/mid_mix") < paths.index("mid/inner/inner_c1") < paths.index("mid/inner/inner_c2")

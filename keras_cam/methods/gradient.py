@@ -29,7 +29,9 @@ class GradientExplainer(Explainer):
     def activations_and_gradients(self, images, class_idx, target_fn=None):
         """``(A, G, target_scores)``: per target layer the feature map and ``dS/dA``,
         float32 ``(N, *s, K)``, and the explained scores."""
-        with tf.GradientTape() as tape:
+        # Only what the activations feed is recorded: the eager first call then
+        # backpropagates to the layer, not through the whole network's weights.
+        with tf.GradientTape(watch_accessed_variables=False) as tape:
             raw, layouts, outputs = self.graph.capture(images, tape)
             scored = self.target_scores(outputs, class_idx, target_fn)
         grads = tape.gradient(scored[0], raw)

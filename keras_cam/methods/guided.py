@@ -59,7 +59,7 @@ def guided_relus(model):
 
 def guided_gradients(explainer, images, class_idx, target_fn=None):
     """``(dS/dx with guided ReLUs (N, H, W, C), explainer.target_scores(...))``."""
-    with guided_relus(explainer.model), tf.GradientTape() as tape:
+    with guided_relus(explainer.model), tf.GradientTape(watch_accessed_variables=False) as tape:
         tape.watch(images)
         _, outputs = explainer.graph.forward(images)
         scored = explainer.target_scores(outputs, class_idx, target_fn)
