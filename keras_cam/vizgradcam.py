@@ -62,7 +62,7 @@ def _display_image(image):
     return np.rint(scaled * 255.0).astype(np.uint8)
 
 
-def VizGradCAM(model, img, interpolant=0.5, plot_results=True):  # noqa: N802 (the original's name)
+def VizGradCAM(model, img, interpolant=0.5, plot_results=True, *, layer=None):  # noqa: N802 (the original's name)
     """Grad-CAM of the top class at the last convolution, drawn or returned.
 
     Args:
@@ -75,6 +75,10 @@ def VizGradCAM(model, img, interpolant=0.5, plot_results=True):  # noqa: N802 (t
         plot_results: True draws the blend on matplotlib's current axes (shown
             inline in a notebook; call ``plt.show()`` in a script) and returns
             None; False returns the heatmap instead.
+        layer: the layer to explain (a name, a nested path or a layer); None
+            takes the last 2-D convolution of any kind (see
+            ``docs/vizgradcam.md`` for how that differs from the original
+            helper, and how to pass its choice here).
 
     Returns:
         None when plotting; otherwise the heatmap coloured with OpenCV's jet
@@ -100,7 +104,7 @@ def VizGradCAM(model, img, interpolant=0.5, plot_results=True):  # noqa: N802 (t
     # One image, once: the method's own computation, run eagerly. Compiling it
     # (what an explainer does so that its later calls are fast) would cost
     # more than this single run.
-    cam = GradCAM(model, layer=last_conv_layer(model, batch))
+    cam = GradCAM(model, layer=last_conv_layer(model, batch) if layer is None else layer)
     maps, (_, idx, prob) = cam.raw_maps(batch, tf.constant([_targets.TOP1], tf.int32))
     heatmap = minmax(upsample(tf.cast(maps, tf.float32), tf.shape(batch)[1:3]))[0].numpy()
     if not plot_results:
