@@ -87,6 +87,19 @@ def test_batched_images_only_is_top1_and_keeps_batches(setup):
     np.testing.assert_allclose(maps, ref.maps, atol=1e-5)
 
 
+def test_an_empty_batch_never_reaches_the_model(setup):
+    """A batched dataset may yield a batch of 0 images (after a filter, say); it is
+    left out, never run (oneDNN's kernels fail on an empty batch)."""
+    cam, x, y = setup
+    ds = (tf.data.Dataset.from_tensor_slices((x[:4], y[:4])).batch(4)
+          .concatenate(tf.data.Dataset.from_tensors((x[:0], y[:0])))
+          .concatenate(tf.data.Dataset.from_tensor_slices((x[4:], y[4:])).batch(4)))
+    results, maps, targets, _ = collect(explain_dataset(cam, ds, verbose=0))
+    assert [len(r.maps) for r in results] == [4, 4, 3]
+    np.testing.assert_array_equal(targets, y)
+    np.testing.assert_allclose(maps, cam(x, targets=y), atol=1e-5)
+
+
 def test_explicit_targets_override_labels(setup):
     cam, x, y = setup
     ds = tf.data.Dataset.from_tensor_slices((x, y, np.ones(N, np.float32))).batch(4)  # with sample weights
