@@ -11,6 +11,7 @@ as always.
 """
 
 import importlib
+import importlib.util
 
 __version__ = "0.1.0"
 
@@ -43,11 +44,12 @@ __all__ = sorted(_EXPORTS)
 
 
 def __getattr__(name):
-    if name not in _EXPORTS:
+    if name in _EXPORTS and _EXPORTS[name] is not None:
+        value = getattr(importlib.import_module(_EXPORTS[name]), name)
+    elif not name.startswith("__") and importlib.util.find_spec(f"keras_cam.{name}") is not None:
+        value = importlib.import_module(f"keras_cam.{name}")  # a submodule: keras_cam.dataset, ...
+    else:
         raise AttributeError(f"module 'keras_cam' has no attribute {name!r}")
-    module = _EXPORTS[name]
-    value = importlib.import_module(f"keras_cam.{name}") if module is None else getattr(
-        importlib.import_module(module), name)
     globals()[name] = value  # later lookups skip this function
     return value
 

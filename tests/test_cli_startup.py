@@ -139,3 +139,17 @@ def test_target_out_of_range_names_target(work, monkeypatch, capsys):
     err = capsys.readouterr().err.strip().splitlines()
     assert err == ["keras-cam: error: --target 9 is out of range: the model has 4 classes (--target 0 to 3)"]
     assert not (work / "t").exists()
+
+
+def test_every_public_name_and_submodule_resolves():
+    import keras_cam
+    from keras_cam import GradCAM  # noqa: F401
+    from keras_cam.methods.gradient import GradCAM as defined
+
+    assert keras_cam.GradCAM is defined
+    for name in keras_cam.__all__:
+        assert getattr(keras_cam, name) is not None, name
+    assert keras_cam.dataset.read_index is not None and keras_cam.demo.load_model is not None
+    assert set(keras_cam.__all__) <= set(dir(keras_cam))
+    with pytest.raises(AttributeError, match="no attribute 'GradCam'"):
+        keras_cam.GradCam
