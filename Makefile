@@ -1,7 +1,18 @@
 # The test command of the README: the suite under Keras 3, then under legacy tf-keras.
 PYTHON ?= python
 
-.PHONY: test test-keras3 test-legacy bench
+.PHONY: install-test test test-keras3 test-legacy bench
+
+# What the tests need, on a CPU machine. tf-keras, tensorflow-hub and keras-hub's
+# tensorflow-text declare a dependency on the full `tensorflow` (572 MB), which would
+# go in over tensorflow-cpu: they are installed without their dependencies, after
+# keras-hub's other ones.
+install-test:
+	$(PYTHON) -m pip install -q "tensorflow-cpu==2.21.0"
+	$(PYTHON) -m pip install -q -e ".[test]"
+	$(PYTHON) -m pip install -q --no-deps "tf-keras==2.21.0" "tensorflow-hub==0.16.1"
+	$(PYTHON) -m pip install -q "regex" "kagglehub" "kagglesdk==0.1.28" "sentencepiece" "tokenizers"
+	$(PYTHON) -m pip install -q --no-deps "keras-hub==0.32.0" "tensorflow-text==2.21.0"
 
 test: test-keras3 test-legacy
 

@@ -2,44 +2,57 @@
 
 Shows where a CNN looked when it made a prediction (Grad-CAM, Grad-CAM++ and
 their family), for Keras 3 on TensorFlow and for legacy tf-keras.
+
+The public names are imported when first used (PEP 562): ``import keras_cam``
+alone does not import TensorFlow, so that the ``keras-cam`` command (the
+module ``keras_cam.cli``, which imports this package first) can answer
+``--help`` before TensorFlow loads. ``from keras_cam import GradCAM`` works
+as always.
 """
 
-from keras_cam import metrics
-from keras_cam.base import Explainer, Explanation
-from keras_cam.callbacks import CAMCallback
-from keras_cam.dataset import explain_dataset
-from keras_cam.flatten import flatten_model
-from keras_cam.layers import list_layers
-from keras_cam.methods.activation import CAM, EigenCAM
-from keras_cam.methods.gradient import GradCAM, GradCAMPlusPlus, LayerCAM
-from keras_cam.methods.guided import GuidedBackprop, GuidedGradCAM, gradient_image
-from keras_cam.methods.score import ScoreCAM
-from keras_cam.sanity import SanityResult, sanity_check
-from keras_cam.viz import overlay, plot
-from keras_cam.vizgradcam import VizGradCAM
+import importlib
+import importlib.util
 
 __version__ = "0.1.0"
 
-__all__ = [
-    "CAM",
-    "CAMCallback",
-    "EigenCAM",
-    "Explainer",
-    "Explanation",
-    "GradCAM",
-    "GradCAMPlusPlus",
-    "GuidedBackprop",
-    "GuidedGradCAM",
-    "LayerCAM",
-    "SanityResult",
-    "ScoreCAM",
-    "VizGradCAM",
-    "explain_dataset",
-    "flatten_model",
-    "gradient_image",
-    "list_layers",
-    "metrics",
-    "overlay",
-    "plot",
-    "sanity_check",
-]
+# Public name -> the module that defines it.
+_EXPORTS = {
+    "CAM": "keras_cam.methods.activation",
+    "CAMCallback": "keras_cam.callbacks",
+    "EigenCAM": "keras_cam.methods.activation",
+    "Explainer": "keras_cam.base",
+    "Explanation": "keras_cam.base",
+    "GradCAM": "keras_cam.methods.gradient",
+    "GradCAMPlusPlus": "keras_cam.methods.gradient",
+    "GuidedBackprop": "keras_cam.methods.guided",
+    "GuidedGradCAM": "keras_cam.methods.guided",
+    "LayerCAM": "keras_cam.methods.gradient",
+    "SanityResult": "keras_cam.sanity",
+    "ScoreCAM": "keras_cam.methods.score",
+    "VizGradCAM": "keras_cam.vizgradcam",
+    "explain_dataset": "keras_cam.dataset",
+    "flatten_model": "keras_cam.flatten",
+    "gradient_image": "keras_cam.methods.guided",
+    "list_layers": "keras_cam.layers",
+    "metrics": None,  # a submodule
+    "overlay": "keras_cam.viz",
+    "plot": "keras_cam.viz",
+    "sanity_check": "keras_cam.sanity",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name):
+    if name in _EXPORTS and _EXPORTS[name] is not None:
+        value = getattr(importlib.import_module(_EXPORTS[name]), name)
+    elif not name.startswith("__") and importlib.util.find_spec(f"keras_cam.{name}") is not None:
+        value = importlib.import_module(f"keras_cam.{name}")  # a submodule: keras_cam.dataset, ...
+    else:
+        raise AttributeError(f"module 'keras_cam' has no attribute {name!r}")
+    globals()[name] = value  # later lookups skip this function
+    return value
+
+
+def __dir__():
+    return sorted(set(globals()) | set(_EXPORTS))

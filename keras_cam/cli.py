@@ -45,6 +45,68 @@ class CliError(Exception):
     """A problem with what the user asked for: reported as one line, exit status 1."""
 
 
+# --- quiet start-up and progress -----------------------------------------------------------
+
+
+def _pre_init_line(line):
+    """A line TensorFlow's logging prints while it is imported, before its log
+    level is read: the absl notice and informational (``I``) records."""
+    return line.startswith("WARNING: All log messages before absl::InitializeLog()") or (
+        line[:1] == "I" and line[1:5].isdigit())
+
+
+def import_tensorflow_quietly():
+    """Import TensorFlow without its start-up banner, unless the user asked for logs.
+
+    When ``TF_CPP_MIN_LOG_LEVEL`` is not set, it is set to 2 (warnings and
+    errors only) for this process before TensorFlow is imported; TensorFlow
+    2.21 still prints its oneDNN notice while it loads (before it reads the
+    level), so the import's stderr is captured and written back without those
+    informational lines. A ``TF_CPP_MIN_LOG_LEVEL`` set by the user is left
+    alone, and so is the output. Called by the commands, never on import.
+    """
+    if "tensorflow" in sys.modules or "TF_CPP_MIN_LOG_LEVEL" in os.environ:
+        import tensorflow  # noqa: F401
+        return
+    import tempfile
+
+    os.environ["TF_CPP_MIN_LOG_LEVEL"] = "2"
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile(mode="w+b") as captured:
+        os.dup2(captured.fileno(), 2)
+        try:
+            import tensorflow  # noqa: F401
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+            captured.seek(0)
+            kept = [line for line in captured.read().decode("utf-8", "replace").splitlines(True)
+                    if not _pre_init_line(line)]
+            sys.stderr.write("".join(kept))
+            sys.stderr.flush()
+
+
+class _Progress:
+    """Progress of a command over ``total`` items: a bar on a terminal, one plain
+    line at the start when stdout is a pipe or a file, nothing when ``quiet``."""
+
+    def __init__(self, total, what, quiet=False):
+        self.bar = None
+        if quiet or total < 2:
+            return
+        if sys.stdout.isatty():
+            from keras_cam._compat import progbar
+
+            self.bar = progbar(total)
+        else:
+            print(f"{what} ({total})", flush=True)
+
+    def update(self, done):
+        if self.bar is not None:
+            self.bar.update(done)
+
+
 # --- reading and writing files -------------------------------------------------------------
 
 
@@ -396,9 +458,27 @@ def _parse_size(text):
     return h, w
 
 
+def _warn_raw_pixels(batch, model, mode):
+    """The CLI's own wording of the library's raw-pixel warning: it names --preprocess."""
+    from keras_cam.base import _has_preprocessing
+
+    if mode == "none" and float(np.max(batch)) > 2.0 and not _has_preprocessing(model):
+        warnings.warn(
+            f"the images are passed as raw 0-255 pixels (--preprocess none) and model "
+            f"{model.name!r} has no Rescaling/Normalization layer; if it was trained on scaled "
+            f"input, pass --preprocess scale, tf, torch or caffe (`keras-cam explain --help` "
+            f"says which models take which)", UserWarning, stacklevel=2)
+
+
+def _check_target(target, probs):
+    classes = probs.shape[-1]
+    if target is not None and target >= classes:
+        raise CliError(f"--target {target} is out of range: the model has {classes} classes "
+                       f"(--target 0 to {classes - 1})")
+
+
 def cmd_explain(args):
     from keras_cam import methods as registry
-    from keras_cam._compat import progbar
     from keras_cam.viz import overlay
 
     method_names = args.method or ["gradcam"]
@@ -438,20 +518,24 @@ def cmd_explain(args):
     # Same-size inputs go through in batches; otherwise one image at a time.
     inputs = [_as_model_input(im, size) for im in originals]
     step = args.batch_size if size is not None else 1
-    bar = progbar(len(paths)) if (not args.quiet and len(paths) > 1) else None
+    bar = _Progress(len(paths), f"explaining images with {', '.join(keys)}", args.quiet)
     records = []
     for start in range(0, len(paths), step):
         batch = preprocess(np.stack(inputs[start:start + step]), args.preprocess)
-        results = [e.explain(batch, targets=args.target) for e in explainers]
         probs = _probabilities(explainers[0], batch)
+        _check_target(args.target, probs)
+        if start == 0:
+            _warn_raw_pixels(batch, model, args.preprocess)
+        with warnings.catch_warnings():  # said above in the CLI's terms
+            warnings.filterwarnings("ignore", message=".*like raw 0-255 pixels")
+            results = [e.explain(batch, targets=args.target) for e in explainers]
         os.makedirs(out, exist_ok=True)
         for i in range(len(batch)):
             n = start + i
             for j, result in enumerate(results):
                 write_png(overlay_paths[n][j], overlay(originals[n] / 255.0, result.maps[i], args.alpha, args.colormap))
             records.append(_record(paths[n], overlay_paths[n], keys, results[0], i, probs[i], class_names, args.top))
-        if bar is not None:
-            bar.update(min(start + step, len(paths)))
+        bar.update(min(start + step, len(paths)))
     report = {
         "model": args.model,
         "layer": explainers[0].layer_path,
@@ -582,7 +666,8 @@ def build_parser():
     explain.add_argument("--colormap", default="jet", help="OpenCV colormap name (default jet)")
     explain.add_argument("--batch-size", type=int, default=16, metavar="N", help="images per batch (default 16)")
     explain.add_argument("--overwrite", action="store_true", help="replace existing output files")
-    explain.add_argument("--quiet", action="store_true", help="no progress bar")
+    explain.add_argument("--quiet", action="store_true",
+                         help="no progress (a bar on a terminal, one line otherwise)")
     explain.set_defaults(func=cmd_explain)
 
     layers = sub.add_parser("layers", help="list a model's layers and output shapes (targets for --layer)",
@@ -618,6 +703,7 @@ def main(argv=None):
         parser.print_help()
         return EXIT_ERROR
     try:
+        import_tensorflow_quietly()  # after parsing: --help and usage errors never load TensorFlow
         with _one_line_warnings():
             return args.func(args)
     except KeyboardInterrupt:

@@ -12,6 +12,16 @@ dataset) that travels with it through the strategy, so the maps come back in
 dataset order whatever the number of replicas, and the last, partial batch is
 explained like the others.
 
+No replica ever gets an empty share (TensorFlow's oneDNN CPU kernels, on by
+default, fail on a batch of 0 images). Under a strategy of ``R`` replicas a
+batch of ``n`` images is padded to the next multiple of ``R`` (at least
+``R``) by repeating its last image; each replica explains one contiguous
+slice of ``n_padded / R`` rows; the padding rows carry the index -1 and are
+dropped once the replicas' results are gathered. Every worker of a
+multi-worker strategy reads the whole dataset (the batches must come in the
+same order on every worker) and explains only its replicas' slices; the
+results are gathered on every worker, and only the chief writes ``out``.
+
 On disk (``out=``), batch ``b`` becomes ``maps_{b:06d}.npy`` (``(n, H, W)``
 float32) or one PNG overlay per image, and ``index.jsonl`` records, one JSON
 line per finished shard, which images it holds, a fingerprint of each input
@@ -55,9 +65,11 @@ def explain_dataset(explainer, dataset, *, targets="labels", strategy=None, batc
             rows, read by argmax), its top-1 class otherwise; ``None``: the
             top-1 class; an int: that class for every image; or a callable
             ``f(outputs) -> (n,)`` (see :mod:`keras_cam.targets`).
-        strategy: a ``tf.distribute.Strategy``; every replica explains its
-            share of each batch (``strategy.run``) and the maps are gathered in
-            dataset order. None uses the strategy in scope (the default,
+        strategy: a ``tf.distribute.Strategy`` (``MirroredStrategy``,
+            ``MultiWorkerMirroredStrategy``, ...); every replica explains its
+            share of each batch (``strategy.run``; a batch smaller than the
+            number of replicas is padded, see the module docstring) and the
+            maps are gathered in dataset order. None uses the strategy in scope (the default,
             single-device one outside any ``strategy.scope()``). Build the
             model inside ``strategy.scope()`` so each replica reads its own
             copy of the weights.
@@ -199,9 +211,10 @@ def _targets_kind(targets, use_labels):
 _steps = weakref.WeakKeyDictionary()
 
 
-def _compiled_step(explainer, strategy, upsample, normalize, target_fn, keep_images):
-    """``step(ids, images, classes, marks)``: every replica explains its share of a batch."""
-    key = (strategy, upsample, normalize, target_fn, keep_images)
+def _compiled_step(explainer, strategy, upsample, normalize, target_fn, keep_images, gather):
+    """``step(ids, images, classes, marks)``: every replica explains its share of a
+    batch; with ``gather``, the shares of all workers are gathered in the same call."""
+    key = (strategy, upsample, normalize, target_fn, keep_images, gather)
     steps = _steps.setdefault(explainer, {})
     if key not in steps:
         if len(steps) >= 8:  # callables made per call must not pile up traces
@@ -213,10 +226,15 @@ def _compiled_step(explainer, strategy, upsample, normalize, target_fn, keep_ima
             explainer = owner()
             maps, scores, used, probs = explainer.compute(
                 explainer.graph.to_channels_last(images), classes, upsample, normalize, target_fn=target_fn)
-            kept = images if keep_images else tf.zeros([tf.shape(images)[0], 0])
-            return ids, marks, maps, scores, used, probs, kept
+            # Only what is needed crosses the replicas (gathering a 0-element tensor
+            # across workers crashes TensorFlow 2.21's collectives).
+            return (ids, marks, maps, scores, used, probs) + ((images,) if keep_images else ())
 
-        steps[key] = tf.function(lambda *args: strategy.run(replica_step, args=args))
+        def step(*args):
+            values = strategy.run(replica_step, args=args)
+            return tuple(strategy.gather(v, axis=0) for v in values) if gather else values
+
+        steps[key] = tf.function(step)
     return steps[key]
 
 
@@ -245,6 +263,7 @@ class _Job:
         self.target_fn = targets if callable(targets) else None
         self.targets_kind = _targets_kind(targets, use_labels)
         self.steps = int(dataset.cardinality())
+        self.replicas = replicas = strategy.num_replicas_in_sync
 
         first = next(iter(dataset.take(1)), None)
         if first is None:
@@ -271,15 +290,15 @@ class _Job:
             x = tf.cast(x, tf.float32)
             tf.debugging.assert_all_finite(x, "keras-cam: images contain NaN or Inf, so their maps are meaningless")
             marks = tf.bitcast(tf.fingerprint(x), tf.int64) if fingerprints else tf.zeros([n], tf.int64)
-            return offset + n, (ids, x, classes, marks)
+            return offset + n, _pad_rows((ids, x, classes, marks), n, replicas)
 
         self.dataset = dataset.scan(tf.constant(0, tf.int64), element).prefetch(tf.data.AUTOTUNE)
-        self._step = _compiled_step(explainer, strategy, self.upsample, self.normalize, self.target_fn,
-                                    self.keep_images)
         try:
             self.local = len(strategy.extended.worker_devices) == strategy.num_replicas_in_sync
         except RuntimeError:  # the default strategy has no device list: one local replica
             self.local = True
+        self._step = _compiled_step(explainer, strategy, self.upsample, self.normalize, self.target_fn,
+                                    self.keep_images, gather=not self.local)
 
     def _num_classes(self, sample):
         graph = self.explainer.graph
@@ -295,20 +314,42 @@ class _Job:
             "targets": self.targets_kind, "upsample": self.upsample, "normalize": self.normalize,
         }
 
+    def _split(self, element):
+        """A padded batch as per-replica values: replica ``r`` gets the ``r``-th
+        of ``R`` equal, contiguous slices (never an empty one)."""
+        rows = int(element[0].shape[0]) // self.replicas
+
+        def share(context):
+            start = context.replica_id_in_sync_group * rows
+            return tuple(t[start:start + rows] for t in element)
+
+        return self.strategy.experimental_distribute_values_from_function(share)
+
     def _gather(self, values):
         """Per-replica values as numpy arrays concatenated in replica order."""
         if self.local:  # every replica is on this machine: read them where they are
             return [np.concatenate([np.asarray(p) for p in self.strategy.experimental_local_results(v)])
                     for v in values]
-        return [self.strategy.gather(v, axis=0).numpy() for v in values]  # across workers
+        return [np.asarray(v) for v in values]  # gathered across workers by the step itself
+
+    def _agreed(self, decision):
+        """``decision`` as every worker of a multi-worker strategy takes it: true
+        when it is true on any worker (only the chief's writer skips shards), so
+        that all workers run the same steps and their collectives match."""
+        if self.local:
+            return decision
+        flags = self.strategy.experimental_distribute_values_from_function(
+            lambda context: tf.constant([1 if decision else 0], tf.int32))
+        return int(self.strategy.reduce(tf.distribute.ReduceOp.SUM, flags, axis=None).numpy()[0]) > 0
 
     def run(self, verbose, skip=None):
         """Yield ``(step, ids, Explanation, images or None)`` per batch, in order.
 
         ``skip(step, ids, marks)`` -> True leaves a batch out without computing it.
+        A batch with no images (a batched dataset may yield one) is left out too.
         """
         bar = _compat.progbar(self.steps if self.steps >= 0 else None) if verbose else None
-        iterator = iter(self.strategy.experimental_distribute_dataset(self.dataset))
+        iterator = iter(self.dataset)
         step = 0
         while True:
             try:
@@ -323,24 +364,34 @@ class _Job:
                             "image's top-1 class).")
                     raise ValueError(f"Batch {step} of the dataset: {message}. {hint}") from None
                 raise
-            if skip is not None:
-                ids, marks = self._gather((element[0], element[3]))
-                if skip(step, ids, marks):
-                    step += 1
-                    if bar is not None:
-                        bar.update(step)
-                    continue
-            ids, marks, maps, scores, used, probs, kept = self._gather(self._step(*element))
-            order = np.argsort(ids, kind="stable")
-            if self.target_fn is not None:
-                used = probs = None
-            else:
-                used, probs = used[order], probs[order]
-            result = Explanation(maps=maps[order], targets=used, scores=scores[order], probabilities=probs)
-            yield step, (ids[order], marks[order]), result, (kept[order] if self.keep_images else None)
+            real = element[0].numpy() >= 0  # False on the padding rows
+            if real.any() and not (skip is not None and self._agreed(
+                    skip(step, element[0].numpy()[real], element[3].numpy()[real]))):
+                gathered = self._gather(self._step(*self._split(element)))
+                ids, marks, maps, scores, used, probs, *kept = (v[gathered[0] >= 0] for v in gathered)
+                order = np.argsort(ids, kind="stable")
+                if self.target_fn is not None:
+                    used = probs = None
+                else:
+                    used, probs = used[order], probs[order]
+                result = Explanation(maps=maps[order], targets=used, scores=scores[order], probabilities=probs)
+                yield step, (ids[order], marks[order]), result, (kept[0][order] if kept else None)
             step += 1
             if bar is not None:
                 bar.update(step)
+
+
+def _pad_rows(tensors, n, replicas):
+    """Tensors of ``n`` rows padded to a multiple of ``replicas`` rows (at least
+    ``replicas``, unless ``n`` is 0) by repeating the last row; the first tensor,
+    the images' indices, is padded with -1 so that the padding can be dropped."""
+    if replicas == 1:
+        return tensors
+    pad = tf.where(n > 0, (-n) % replicas, tf.constant(0, tf.int64))
+    last = tf.fill([pad], tf.maximum(n - 1, 0))
+    ids, *others = tensors
+    return (tf.concat([ids, tf.fill([pad], tf.constant(-1, tf.int64))], 0),
+            *(tf.concat([t, tf.gather(t, last)], 0) for t in others))
 
 
 def _hex(marks):

@@ -190,7 +190,7 @@ def _display_image(image):
     return np.rint(scaled * 255.0).astype(np.uint8)
 
 
-def VizGradCAM(model, img, interpolant=0.5, plot_results=True):  # noqa: N802 (the original's name)
+def VizGradCAM(model, img, interpolant=0.5, plot_results=True, *, layer=None):  # noqa: N802 (the original's name)
     """Grad-CAM of the top class at the last convolution, drawn or returned.
 
     Args:
@@ -203,6 +203,10 @@ def VizGradCAM(model, img, interpolant=0.5, plot_results=True):  # noqa: N802 (t
         plot_results: True draws the blend on matplotlib's current axes (shown
             inline in a notebook; call ``plt.show()`` in a script) and returns
             None; False returns the heatmap instead.
+        layer: the layer to explain (a name, a nested path or a layer); None
+            takes the last 2-D convolution of any kind (see
+            ``docs/vizgradcam.md`` for how that differs from the original
+            helper, and how to pass its choice here).
 
     Returns:
         None when plotting; otherwise the heatmap coloured with OpenCV's jet
@@ -230,7 +234,8 @@ def VizGradCAM(model, img, interpolant=0.5, plot_results=True):  # noqa: N802 (t
         )
     # The same model and layer as a previous call: its explainer, already
     # compiled for this image size from the second call on (see ExplainerCache).
-    with _EXPLAINERS.use(model, None, lambda: GradCAM(model, layer=last_conv_layer(model, batch))) as cam:
+    choose = (lambda: last_conv_layer(model, batch)) if layer is None else (lambda: layer)
+    with _EXPLAINERS.use(model, layer, lambda: GradCAM(model, layer=choose())) as cam:
         result = cam.explain(batch)
     heatmap, idx, prob = result.maps[0], result.targets, result.probabilities
     if not plot_results:

@@ -99,7 +99,7 @@ ERROR_CASES = {
                        ["Unknown method 'magic'"]),
     "target out of range": (["explain", "shape0.png", "--model", "demo.keras", "--preprocess", "scale", "--target", "7",
                              "--out", "o9"],
-                            ["out of range", "4 classes"]),
+                            ["--target 7 is out of range", "4 classes"]),
 }
 # Each subprocess pays TensorFlow's start-up (seconds of CPU), so two error cases
 # (one failing before the model is loaded, one inside Keras's loader) run as real

@@ -87,6 +87,19 @@ def test_batched_images_only_is_top1_and_keeps_batches(setup):
     np.testing.assert_allclose(maps, ref.maps, atol=1e-5)
 
 
+def test_an_empty_batch_never_reaches_the_model(setup):
+    """A batched dataset may yield a batch of 0 images (after a filter, say); it is
+    left out, never run (oneDNN's kernels fail on an empty batch)."""
+    cam, x, y = setup
+    ds = (tf.data.Dataset.from_tensor_slices((x[:4], y[:4])).batch(4)
+          .concatenate(tf.data.Dataset.from_tensors((x[:0], y[:0])))
+          .concatenate(tf.data.Dataset.from_tensor_slices((x[4:], y[4:])).batch(4)))
+    results, maps, targets, _ = collect(explain_dataset(cam, ds, verbose=0))
+    assert [len(r.maps) for r in results] == [4, 4, 3]
+    np.testing.assert_array_equal(targets, y)
+    np.testing.assert_allclose(maps, cam(x, targets=y), atol=1e-5)
+
+
 def test_explicit_targets_override_labels(setup):
     cam, x, y = setup
     ds = tf.data.Dataset.from_tensor_slices((x, y, np.ones(N, np.float32))).batch(4)  # with sample weights
@@ -244,23 +257,78 @@ def test_png_overlays(setup, tmp_path):
     assert (again["written"], again["skipped"]) == (0, 3)
 
 
-def test_two_replicas_match_one_device():
-    """Two logical CPUs with MirroredStrategy: same maps, same order, every image once."""
-    proc = subprocess.run([sys.executable, __file__], capture_output=True, text=True, timeout=300,
-                          env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"})
+def _run_script(*args, timeout=300):
+    """This file run as a script in a fresh interpreter, TensorFlow's defaults
+    (oneDNN kernels included) left as they are; its last stdout line is JSON."""
+    proc = subprocess.run([sys.executable, __file__, *args], capture_output=True, text=True,
+                          timeout=timeout, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"})
     assert proc.returncode == 0, proc.stderr[-3000:]
-    report = json.loads(proc.stdout.strip().splitlines()[-1])
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def test_two_replicas_match_one_device():
+    """Two logical CPUs with MirroredStrategy: same maps, same order, every image once,
+    and no replica ever handed an empty batch (oneDNN's kernels fail on one)."""
+    report = _run_script("mirrored")
     assert report["replicas"] == 2
-    for case in ("batched", "unbatched"):
+    for case in ("batched", "unbatched", "one_image"):
         r = report[case]
         assert r["ids"] == list(range(r["n"])), case                  # order, nothing lost or doubled
         assert r["batch_sizes"] == r["expected_batch_sizes"], case    # the last partial batch included
         assert r["max_map_diff"] < 1e-5 and r["max_score_diff"] < 1e-4, case
         assert r["targets_equal"], case
-        # Both replicas computed a share of the work, and each image once.
-        shares = r["shares"]
-        assert set(shares) == {"0", "1"} and all(v > 0 for v in shares.values()), shares
-        assert sum(shares.values()) == r["n"], shares
+        # Both replicas computed a share of every batch, never an empty one; the
+        # rows they saw are the images plus the padding of the odd-sized batches.
+        calls = r["calls"]
+        assert {c[0] for c in calls} == {0, 1} and min(c[1] for c in calls) >= 1, calls
+        padded = sum(-(-b // 2) * 2 for b in r["expected_batch_sizes"])
+        assert sum(c[1] for c in calls) == padded, calls
+    # The callback and the metrics under the strategy: one image, as one device sees it.
+    cb = report["callback"]
+    assert cb["errors"] == [] and cb["max_map_diff"] < 1e-5, cb
+    assert abs(cb["probability"] - cb["ref_probability"]) < 1e-5, cb
+    for name in ("average_drop", "increase_in_confidence", "deletion_auc"):
+        assert abs(cb[name] - cb["ref_" + name]) < 1e-4, (name, cb)
+
+
+def _copy_outside(model):
+    """The model's twin on the default strategy (one device), same weights."""
+    twin = small_model()
+    twin.set_weights(model.get_weights())
+    return twin
+
+
+class _Probe(kc.GradCAM):
+    """Grad-CAM that records, at run time, (replica, rows) for every replica call."""
+
+    calls = []
+
+    def raw_maps(self, images, class_idx, target_fn=None):
+        replica = tf.distribute.get_replica_context().replica_id_in_sync_group
+
+        def record(replica, images):
+            _Probe.calls.append((int(replica), int(images.shape[0])))
+            return images
+
+        counted = tf.py_function(record, [replica, images], tf.float32)
+        counted.set_shape(images.shape)
+        return super().raw_maps(counted, class_idx, target_fn)
+
+
+def _shards(out, reference, x, y, n, batch):
+    """The shards explain_dataset wrote to ``out``, compared with the one-device
+    maps of ``reference`` on the same images."""
+    ref = reference.explain(x, targets=y)
+    _, shards = read_index(out)
+    maps = np.concatenate([np.load(os.path.join(out, s["files"][0])) for s in shards])
+    return {
+        "n": n, "ids": sum((s["ids"] for s in shards), []),
+        "batch_sizes": [s["shape"][0] for s in shards],
+        "expected_batch_sizes": [min(batch, n - i) for i in range(0, n, batch)],
+        "max_map_diff": float(np.abs(maps - ref.maps).max()) if maps.shape == ref.maps.shape else 1e9,
+        "max_score_diff": float(np.abs(np.array(sum((s["scores"] for s in shards), [])) - ref.scores).max()),
+        "targets_equal": sum((s["targets"] for s in shards), []) == y.tolist(),
+    }
 
 
 def _two_replica_report():
@@ -268,50 +336,131 @@ def _two_replica_report():
     cpu = tf.config.list_physical_devices("CPU")[0]
     tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
     strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
-    shares = {}
-
-    def count(replica, images):
-        shares[str(int(replica))] = shares.get(str(int(replica)), 0) + int(images.shape[0])
-        return images
-
-    class Probe(kc.GradCAM):
-        """Grad-CAM that counts, at run time, the images each replica receives."""
-
-        def raw_maps(self, images, class_idx, target_fn=None):
-            replica = tf.distribute.get_replica_context().replica_id_in_sync_group
-            counted = tf.py_function(count, [replica, images], tf.float32)
-            counted.set_shape(images.shape)
-            return super().raw_maps(counted, class_idx, target_fn)
 
     keras.utils.set_random_seed(2)
     with strategy.scope():
         model = small_model()
+    single = kc.GradCAM(_copy_outside(model))
+    probe = _Probe(model)
     rng = np.random.default_rng(2)
     report = {"replicas": strategy.num_replicas_in_sync}
-    probe, single = Probe(model), kc.GradCAM(model)
     for case, n, ds_of in (
-        ("batched", 11, lambda x, y: tf.data.Dataset.from_tensor_slices((x, y)).batch(4)),  # 4, 4, 3
+        ("batched", 9, lambda x, y: tf.data.Dataset.from_tensor_slices((x, y)).batch(4)),  # 4, 4, 1
         ("unbatched", 9, lambda x, y: tf.data.Dataset.from_tensor_slices((x, y))),          # 4, 4, 1
+        ("one_image", 1, lambda x, y: tf.data.Dataset.from_tensor_slices((x, y))),          # 1
     ):
         x = rng.random((n, SIZE, SIZE, 3), dtype=np.float32)
         y = rng.integers(0, CLASSES, n)
-        ref = single.explain(x, targets=y)  # one device, the explainer's own path
-        shares.clear()
+        _Probe.calls.clear()
         with tempfile.TemporaryDirectory() as out:  # the ids the images carried are in the index
             explain_dataset(probe, ds_of(x, y), strategy=strategy, batch_size=4, out=out, verbose=0)
-            _, shards = read_index(out)
-            maps = np.concatenate([np.load(os.path.join(out, s["files"][0])) for s in shards])
-        report[case] = {
-            "n": n, "ids": sum((s["ids"] for s in shards), []),
-            "batch_sizes": [s["shape"][0] for s in shards],
-            "expected_batch_sizes": [min(4, n - i) for i in range(0, n, 4)],
-            "max_map_diff": float(np.abs(maps - ref.maps).max()) if maps.shape == ref.maps.shape else 1e9,
-            "max_score_diff": float(np.abs(np.array(sum((s["scores"] for s in shards), [])) - ref.scores).max()),
-            "targets_equal": sum((s["targets"] for s in shards), []) == y.tolist(),
-            "shares": dict(shares),
-        }
+            report[case] = {**_shards(out, single, x, y, n, 4), "calls": list(_Probe.calls)}
+
+    # CAMCallback and the metrics while the model trains under the strategy.
+    x = rng.random((8, SIZE, SIZE, 3), dtype=np.float32)
+    y = rng.integers(0, CLASSES, 8)
+    with strategy.scope():
+        model.compile(optimizer="sgd", loss="sparse_categorical_crossentropy")
+        cb = kc.CAMCallback(x[:1], log_dir=tempfile.mkdtemp(), tensorboard=False, save_png=False,
+                            metrics=("average_drop", "increase_in_confidence", "deletion_auc"))
+        model.fit(x, y, batch_size=4, epochs=1, verbose=0, callbacks=[cb])
+    twin = _copy_outside(model)  # the weights after the epoch the callback explained
+    ref = kc.GradCAM(twin).explain(x[:1])
+    record = cb.records[0] if cb.records else {}
+    report["callback"] = {
+        "errors": [repr(e) for _, e in cb.errors],
+        "max_map_diff": float(np.abs(cb.explainer(x[:1]) - ref.maps).max()),
+        "probability": record.get("probabilities", [np.nan])[0], "ref_probability": float(ref.probabilities[0]),
+        **{name: record.get(name, np.nan) for name in ("average_drop", "increase_in_confidence", "deletion_auc")},
+        **{"ref_" + name: float(getattr(kc.metrics, name)(twin, x[:1], ref.maps, ref.targets))
+           for name in ("average_drop", "increase_in_confidence", "deletion_auc")},
+    }
+    print(json.dumps(report))
+
+
+def _free_ports(count):
+    """Ports free on the loopback interface right now (bound, read, released)."""
+    import socket
+
+    sockets = [socket.socket() for _ in range(count)]
+    try:
+        for sock in sockets:
+            sock.bind(("127.0.0.1", 0))
+        return [sock.getsockname()[1] for sock in sockets]
+    finally:
+        for sock in sockets:
+            sock.close()
+
+
+def test_two_workers_match_one_device(tmp_path):
+    """MultiWorkerMirroredStrategy with two worker processes on localhost: the chief
+    gathers every image's map once, in order, equal to one device's; only it writes."""
+    ports = _free_ports(2)
+    cluster = {"worker": [f"127.0.0.1:{port}" for port in ports]}
+    procs = []
+    try:
+        for index in range(2):
+            config = json.dumps({"cluster": cluster, "task": {"type": "worker", "index": index}})
+            out = tmp_path / f"worker{index}"
+            procs.append(subprocess.Popen(
+                [sys.executable, __file__, "worker", str(out)], stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE, text=True,
+                env={**os.environ, "TF_CONFIG": config, "TF_CPP_MIN_LOG_LEVEL": "2"}))
+        outputs = [proc.communicate(timeout=240) for proc in procs]
+    finally:
+        for proc in procs:  # a worker left waiting for its peer must not outlive the test
+            if proc.poll() is None:
+                proc.kill()
+                proc.communicate()
+    for proc, (_, err) in zip(procs, outputs):
+        assert proc.returncode == 0, err[-3000:]
+    chief, other = (json.loads(out.strip().splitlines()[-1]) for out, _ in outputs)
+    assert chief["replicas"] == other["replicas"] == 2
+    assert chief["written"] and not other["written"]       # the maps are written by the chief alone
+    for case in ("batched", "one_image"):
+        r = chief[case]
+        assert r["ids"] == list(range(r["n"])), case
+        assert r["batch_sizes"] == r["expected_batch_sizes"], case
+        assert r["max_map_diff"] < 1e-5 and r["max_score_diff"] < 1e-4 and r["targets_equal"], case
+        for report in (chief, other):  # each worker explained its half of every batch, never 0 rows
+            rows = [c[1] for c in report[case]["calls"]]
+            assert rows == [-(-b // 2) for b in r["expected_batch_sizes"]], (case, rows)
+        # The streamed results (no out=) reach every worker, in order.
+        for report in (chief, other):
+            assert report[case]["streamed_max_map_diff"] < 1e-5, case
+
+
+def _worker_report(out):
+    """One worker of a two-worker MultiWorkerMirroredStrategy (TF_CONFIG set by the test)."""
+    options = tf.distribute.experimental.CommunicationOptions(timeout_seconds=120)
+    strategy = tf.distribute.MultiWorkerMirroredStrategy(communication_options=options)
+    keras.utils.set_random_seed(2)
+    with strategy.scope():
+        model = small_model()
+    single = kc.GradCAM(_copy_outside(model))
+    probe = _Probe(model)
+    rng = np.random.default_rng(2)
+    report = {"replicas": strategy.num_replicas_in_sync}
+    for case, n in (("batched", 9), ("one_image", 1)):
+        x = rng.random((n, SIZE, SIZE, 3), dtype=np.float32)
+        y = rng.integers(0, CLASSES, n)
+        ds = tf.data.Dataset.from_tensor_slices((x, y)).batch(4)
+        folder = os.path.join(out, case)
+        _Probe.calls.clear()
+        explain_dataset(probe, ds, strategy=strategy, out=folder, verbose=0)
+        report[case] = {"calls": list(_Probe.calls)}
+        if strategy.extended.should_checkpoint:  # the chief holds the gathered maps
+            report[case].update(_shards(folder, single, x, y, n, 4))
+        streamed = list(explain_dataset(probe, ds, strategy=strategy, verbose=0))  # no out=: every worker
+        maps = np.concatenate([r.maps for r in streamed])
+        report[case]["streamed_max_map_diff"] = (
+            float(np.abs(maps - single(x, targets=y)).max()) if maps.shape == (n, SIZE, SIZE) else 1e9)
+    report["written"] = os.path.isdir(out) and bool(os.listdir(out))
     print(json.dumps(report))
 
 
 if __name__ == "__main__":
-    _two_replica_report()
+    if sys.argv[1] == "worker":
+        _worker_report(sys.argv[2])
+    else:
+        _two_replica_report()

@@ -419,3 +419,25 @@ def test_plot_reads_the_layout_from_the_explainers_model(rng):
     assert viz._spatial_rank([explainer_of((8, 8, 3))], None) == 2
     maps = rng.random((2, 32))
     assert viz._spatial_rank([maps], None) == 2 and viz._spatial_rank([maps], 1) == 1
+
+
+def test_vizgradcam_layer_reproduces_another_choice(cnn):
+    """``layer=`` explains the named layer: Grad-CAM at ``conv1`` by hand (the
+    gradient of the top logit through the rest of the model, eagerly)."""
+    model, images = cnn
+    x = tf.constant(images[:1])
+    with tf.GradientTape() as tape:
+        a = model.get_layer("conv1")(x)
+        tape.watch(a)
+        y = model.get_layer("bn")(model.get_layer("last_conv")(a), training=False)
+        kernel, bias = model.get_layer("head").weights
+        logits = tf.reduce_mean(y, axis=(1, 2)) @ kernel + bias
+        score = logits[0, int(tf.argmax(logits[0]))]
+    g = tape.gradient(score, a)[0].numpy()
+    cam = np.maximum(np.tensordot(a[0].numpy(), g.mean(axis=(0, 1)), axes=([2], [0])), 0)
+    up = bilinear(cam, (32, 32))
+    expected = 255 * (up - up.min()) / (up.max() - up.min())
+    heat = VizGradCAM(model, images[0], plot_results=False, layer="conv1")
+    assert np.abs(jet_levels(heat) - expected).max() <= 0.5 + 1e-2
+    default = VizGradCAM(model, images[0], plot_results=False)
+    assert (jet_levels(default) != jet_levels(heat)).mean() > 0.5  # a different layer's map
