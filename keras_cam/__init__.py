@@ -12,6 +12,7 @@ as always.
 
 import importlib
 import importlib.util
+from typing import TYPE_CHECKING
 
 __version__ = "0.1.0"
 
@@ -41,6 +42,21 @@ _EXPORTS = {
 }
 
 __all__ = sorted(_EXPORTS)
+
+if TYPE_CHECKING:  # the same names for static tools (IDEs, the docs' API reference)
+    from keras_cam import metrics
+    from keras_cam.base import Explainer, Explanation
+    from keras_cam.callbacks import CAMCallback
+    from keras_cam.dataset import explain_dataset
+    from keras_cam.flatten import flatten_model
+    from keras_cam.layers import list_layers
+    from keras_cam.methods.activation import CAM, EigenCAM
+    from keras_cam.methods.gradient import GradCAM, GradCAMPlusPlus, LayerCAM
+    from keras_cam.methods.guided import GuidedBackprop, GuidedGradCAM, gradient_image
+    from keras_cam.methods.score import ScoreCAM
+    from keras_cam.sanity import SanityResult, sanity_check
+    from keras_cam.viz import overlay, plot
+    from keras_cam.vizgradcam import VizGradCAM
 
 
 def __getattr__(name):

@@ -126,3 +126,16 @@ def test_readme_is_a_front_page_with_the_ci_set_up():
     assert "make install-test" in ci and "make test" in ci
     assert not re.search(r"pip install[^\n]*(tensorflow|tf-keras|keras-hub)", ci)
     assert "`make install-test test`" in readme and 'pip install -e ".[cpu]" && keras-cam demo' in readme
+
+
+def test_lazy_exports_and_static_imports_agree():
+    """``_EXPORTS`` (what ``keras_cam.<name>`` imports at run time) and the
+    ``TYPE_CHECKING`` imports (what IDEs and the API reference read) name the same
+    objects in the same modules."""
+    static = {}
+    for node in _tree("keras_cam").body:
+        if isinstance(node, ast.If) and getattr(node.test, "id", None) == "TYPE_CHECKING":
+            for imp in node.body:
+                for alias in imp.names:
+                    static[alias.asname or alias.name] = None if imp.module == "keras_cam" else imp.module
+    assert static == _exports()
