@@ -5,6 +5,7 @@ their family), for Keras 3 on TensorFlow and for legacy tf-keras.
 """
 
 from keras_cam import metrics
+from keras_cam.audit import Audit, Cluster, audit
 from keras_cam.base import Explainer, Explanation
 from keras_cam.callbacks import CAMCallback
 from keras_cam.dataset import explain_dataset
@@ -21,8 +22,10 @@ from keras_cam.vizgradcam import VizGradCAM
 __version__ = "0.1.0"
 
 __all__ = [
+    "Audit",
     "CAM",
     "CAMCallback",
+    "Cluster",
     "EigenCAM",
     "Explainer",
     "Explanation",
@@ -34,6 +37,7 @@ __all__ = [
     "SanityResult",
     "ScoreCAM",
     "VizGradCAM",
+    "audit",
     "explain_dataset",
     "flatten_model",
     "gradient_image",

@@ -9,6 +9,6 @@ with every method and writes a figure and a summary.
 """
 
 from keras_cam.demo.data import CLASS_NAMES, IMAGE_SIZE, make_dataset
-from keras_cam.demo.model import TARGET_LAYER, build_model, load_model
+from keras_cam.demo.model import TARGET_LAYER, build_model, load_model, load_shortcut_model
 
-__all__ = ["CLASS_NAMES", "IMAGE_SIZE", "TARGET_LAYER", "build_model", "load_model", "make_dataset"]
+__all__ = ["CLASS_NAMES", "IMAGE_SIZE", "TARGET_LAYER", "build_model", "load_model", "load_shortcut_model", "make_dataset"]
