@@ -119,15 +119,20 @@ def test_clusters_partition_the_images_and_are_ordered(result, data):
 
 def test_cluster_numbers_against_independent_computations(result, cam, model, data):
     images, labels, boxes, _ = data
-    maps = cam(images, targets=labels.tolist())                        # (N, 64, 64), in [0, 1]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")                                # a few maps are empty
+        maps = cam(images, targets=labels.tolist())                    # (N, 64, 64), in [0, 1]
+    empty = maps.max(axis=(1, 2)) == 0
     inside = np.zeros(maps.shape, bool)
     for i, (y0, x0, y1, x1) in enumerate(boxes):
         inside[i, y0:y1, x0:x1] = True
-    outside = (maps * ~inside).sum((1, 2)) / maps.sum((1, 2))
+    # An empty map has no energy, none of it outside; its grid is the uniform one.
+    outside = (maps * ~inside).sum((1, 2)) / np.where(empty, 1.0, maps.sum((1, 2)))
     correct = model.predict(images, verbose=0).argmax(-1) == labels
     # The grid: 4 x 4 pixel blocks averaged, minus the minimum, unit L2 norm.
     blocks = maps.reshape(N, 16, 4, 16, 4).mean((2, 4)).reshape(N, -1)
     blocks -= blocks.min(axis=1, keepdims=True)
+    blocks[empty] = 1.0
     grid = blocks / np.linalg.norm(blocks, axis=1, keepdims=True)
     np.testing.assert_allclose(result.maps.reshape(N, -1), grid, atol=2e-5)
     for c in result.clusters:
@@ -240,10 +245,10 @@ def test_report_has_no_network_reference(result, tmp_path):
     assert len(re.findall(r'<article class="cluster', page)) == len(result.clusters)
 
 
-@pytest.mark.skipif(not os.path.exists(CHROMIUM), reason="Debian's chromium is not installed (.ci/run installs it)")
 def test_report_opens_offline_in_a_headless_browser(result, tmp_path):
     from playwright.sync_api import sync_playwright
 
+    assert os.path.exists(CHROMIUM), "the browser test needs Debian's chromium (`apt-get install chromium`)"
     path = result.save_html(str(tmp_path / "audit.html"), class_names=CLASS_NAMES)
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
@@ -370,7 +375,7 @@ def test_cli_audit_writes_report_and_json_and_refuses_to_overwrite(model, data, 
     assert cli.main(args) == 1
     assert "already exists" in capsys.readouterr().err
     (tmp_path / "labels.csv").write_text("\n".join(rows[:-1]) + "\n")
-    assert cli.main(args[:-2] + ["--overwrite", "--quiet"]) == 1
+    assert cli.main(args + ["--overwrite"]) == 1
     err = capsys.readouterr().err
     assert "no label for" in err and "im47.png" in err
 

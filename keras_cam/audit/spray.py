@@ -20,7 +20,8 @@ comparable vector and the vectors of one class are clustered spectrally:
 3. **Spectrum.** The normalized Laplacian ``L = I - D^-1/2 W D^-1/2``
    (``D = diag(sum_j W_ij)``) has eigenvalues ``0 = l_0 <= l_1 <= ...``;
    the ``K + 1`` smallest are found as the largest of ``D^-1/2 W D^-1/2``
-   (:func:`scipy.sparse.linalg.eigsh`, Lanczos). A graph made of ``c``
+   (:func:`scipy.sparse.linalg.eigsh`, Lanczos), per connected component
+   of the graph (:func:`spectrum`). A graph made of ``c``
    well-separated groups has ``c`` eigenvalues near 0 and then a jump, so
    the number of clusters is the largest eigengap,
    ``c = argmax_{1 <= c <= K} (l_c - l_{c-1})``.
@@ -40,6 +41,8 @@ import numpy as np
 
 # Neighbours are searched in at most this many principal components.
 PCA_DIMS = 32
+# Connected components up to this many nodes get a dense eigendecomposition.
+DENSE_UP_TO = 256
 
 
 def to_grid(maps, grid):
@@ -95,19 +98,47 @@ def affinity(x, n_neighbors, seed=0):
 def spectrum(w, n_eigen, seed=0):
     """The ``n_eigen`` smallest eigenvalues of ``L = I - D^-1/2 W D^-1/2`` and their eigenvectors.
 
+    ``L`` is block-diagonal over the graph's connected components, so each
+    component is solved on its own (a Krylov solver started from one vector
+    finds a repeated eigenvalue once: the ``c`` zero eigenvalues of ``c``
+    components would be missed) and the smallest eigenvalues of all
+    components are merged; an eigenvector is zero outside its component.
+    Components of at most :data:`DENSE_UP_TO` nodes are solved densely
+    (:func:`numpy.linalg.eigh`), larger ones by Lanczos
+    (:func:`scipy.sparse.linalg.eigsh` on ``D^-1/2 W D^-1/2``, largest
+    eigenvalues).
+
     Returns:
         ``(eigenvalues (n_eigen,) ascending, eigenvectors (n, n_eigen))``.
     """
     from scipy.sparse import diags
+    from scipy.sparse.csgraph import connected_components
     from scipy.sparse.linalg import eigsh
 
+    n = w.shape[0]
     degree = np.asarray(w.sum(axis=1)).ravel()
     scale = diags(1.0 / np.sqrt(degree))
-    m = (scale @ w @ scale).astype(np.float64)
-    v0 = np.random.default_rng(seed).uniform(0.5, 1.5, size=w.shape[0])
-    mu, vectors = eigsh(m, k=n_eigen, which="LA", v0=v0, tol=1e-8, maxiter=max(1000, 20 * w.shape[0]))
-    order = np.argsort(-mu, kind="stable")
-    return np.clip(1.0 - mu[order], 0.0, 2.0), vectors[:, order]
+    m = (scale @ w @ scale).astype(np.float64).tocsr()
+    count, component = connected_components(w, directed=False)
+    rng = np.random.default_rng(seed)
+    found = []  # (eigenvalue, component, nodes, vector)
+    for c in range(count):
+        nodes = np.flatnonzero(component == c)
+        sub = m[nodes][:, nodes]
+        k = min(n_eigen, len(nodes))
+        if len(nodes) <= max(DENSE_UP_TO, 2 * n_eigen + 2):
+            mu, vectors = np.linalg.eigh(sub.toarray())
+            mu, vectors = mu[::-1][:k], vectors[:, ::-1][:, :k]
+        else:
+            v0 = rng.uniform(0.5, 1.5, size=len(nodes))
+            mu, vectors = eigsh(sub, k=k, which="LA", v0=v0, tol=1e-10, maxiter=max(1000, 20 * len(nodes)))
+        found += [(1.0 - float(mu[j]), c, nodes, vectors[:, j]) for j in range(k)]
+    found.sort(key=lambda item: (round(item[0], 12), item[1]))
+    values = np.array([item[0] for item in found[:n_eigen]])
+    out = np.zeros((n, len(values)))
+    for j, (_, _, nodes, vector) in enumerate(found[:n_eigen]):
+        out[nodes, j] = vector
+    return np.clip(values, 0.0, 2.0), out
 
 
 def eigengap(eigenvalues, max_clusters):
