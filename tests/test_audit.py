@@ -196,6 +196,24 @@ def test_spectrum_matches_a_dense_laplacian():
     np.testing.assert_allclose(values, np.linalg.eigvalsh(lap)[:5], atol=1e-7)
 
 
+def test_large_components_are_solved_like_a_dense_laplacian():
+    """Components above DENSE_UP_TO nodes go through shift-invert Lanczos: same spectrum."""
+    from scipy.sparse.csgraph import connected_components
+
+    centres = np.random.default_rng(2).uniform(2, 14, (400, 2))     # blobs anywhere: one continuum
+    maps = np.concatenate([blobs(1, [c], seed=i)[0] for i, c in enumerate(centres)])
+    x = spray.to_grid(maps, (4, 4))
+    w = spray.affinity(x, 10)
+    sizes = np.bincount(connected_components(w)[1])
+    assert sizes.max() > spray.DENSE_UP_TO
+    dense = w.toarray()
+    deg = dense.sum(1)
+    values, vectors = spray.spectrum(w, 6)
+    lap = np.eye(len(x)) - dense / np.sqrt(np.outer(deg, deg))
+    np.testing.assert_allclose(values, np.linalg.eigvalsh(lap)[:6], atol=1e-8)
+    np.testing.assert_allclose(lap @ vectors, vectors * values, atol=1e-6)   # they are eigenvectors
+
+
 def test_eigengap_finds_planted_groups_and_scores_follow_the_definition():
     maps, groups = blobs(40, [(3, 3), (12, 12), (3, 12)])
     x = spray.to_grid(maps, (16, 16))

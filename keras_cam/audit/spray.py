@@ -9,8 +9,8 @@ comparable vector and the vectors of one class are clustered spectrally:
    constant map (no location) becomes the uniform vector ``1 / sqrt(g g)``.
    Two maps are then as close as their cosine similarity says:
    ``||x_i - x_j||^2 = 2 (1 - cos(M_i, M_j))``.
-2. **Neighbours.** The ``k`` nearest neighbours of each ``x_i`` (Euclidean,
-   :func:`sklearn.neighbors.kneighbors_graph`), found in the leading
+2. **Neighbours.** The ``k`` nearest neighbours of each ``x_i`` (Euclidean, exact,
+   :class:`sklearn.neighbors.NearestNeighbors` with a k-d tree), found in the leading
    :data:`PCA_DIMS` principal components of the class's vectors when
    ``g g`` is larger (maps are smooth, so those keep nearly all of their
    variance); the affinity is symmetric,
@@ -19,9 +19,9 @@ comparable vector and the vectors of one class are clustered spectrally:
    dense ``n x n`` one.
 3. **Spectrum.** The normalized Laplacian ``L = I - D^-1/2 W D^-1/2``
    (``D = diag(sum_j W_ij)``) has eigenvalues ``0 = l_0 <= l_1 <= ...``;
-   the ``K + 1`` smallest are found as the largest of ``D^-1/2 W D^-1/2``
-   (:func:`scipy.sparse.linalg.eigsh`, Lanczos), per connected component
-   of the graph (:func:`spectrum`). A graph made of ``c``
+   the ``K + 1`` smallest are found by shift-invert Lanczos
+   (:func:`scipy.sparse.linalg.eigsh`), per connected component of the
+   graph (:func:`spectrum`). A graph made of ``c``
    well-separated groups has ``c`` eigenvalues near 0 and then a jump, so
    the number of clusters is the largest eigengap,
    ``c = argmax_{1 <= c <= K} (l_c - l_{c-1})``.
@@ -43,6 +43,8 @@ import numpy as np
 PCA_DIMS = 32
 # Connected components up to this many nodes get a dense eigendecomposition.
 DENSE_UP_TO = 256
+# The shift of the shift-invert eigensolver (just below L's smallest eigenvalue, 0).
+SHIFT = -1e-4
 
 
 def to_grid(maps, grid):
@@ -88,10 +90,12 @@ def _reduced(x, dims, seed):
 
 def affinity(x, n_neighbors, seed=0):
     """The symmetric k-nearest-neighbour affinity ``W`` (sparse CSR, ``W_ij`` in {0, 1}) of rows ``x``."""
-    from sklearn.neighbors import kneighbors_graph
+    from sklearn.neighbors import NearestNeighbors
 
     z = _reduced(np.ascontiguousarray(x, np.float32), PCA_DIMS, seed)
-    a = kneighbors_graph(z, n_neighbors=n_neighbors, mode="connectivity", include_self=False)
+    # Exact neighbours (kneighbors_graph's computation); a k-d tree is much faster than
+    # brute force on the few dimensions left.
+    a = NearestNeighbors(n_neighbors=n_neighbors, algorithm="kd_tree").fit(z).kneighbors_graph(mode="connectivity")
     return a.maximum(a.T).tocsr()
 
 
@@ -104,14 +108,16 @@ def spectrum(w, n_eigen, seed=0):
     components would be missed) and the smallest eigenvalues of all
     components are merged; an eigenvector is zero outside its component.
     Components of at most :data:`DENSE_UP_TO` nodes are solved densely
-    (:func:`numpy.linalg.eigh`), larger ones by Lanczos
-    (:func:`scipy.sparse.linalg.eigsh` on ``D^-1/2 W D^-1/2``, largest
-    eigenvalues).
+    (:func:`numpy.linalg.eigh`), larger ones by shift-invert Lanczos
+    (:func:`scipy.sparse.linalg.eigsh` with ``sigma=SHIFT``: the largest
+    eigenvalues of ``(L - SHIFT I)^-1`` through a sparse LU factorization;
+    plain Lanczos needs many more iterations, since the small eigenvalues of
+    a large graph crowd near 0).
 
     Returns:
         ``(eigenvalues (n_eigen,) ascending, eigenvectors (n, n_eigen))``.
     """
-    from scipy.sparse import diags
+    from scipy.sparse import diags, identity
     from scipy.sparse.csgraph import connected_components
     from scipy.sparse.linalg import eigsh
 
@@ -122,16 +128,22 @@ def spectrum(w, n_eigen, seed=0):
     count, component = connected_components(w, directed=False)
     rng = np.random.default_rng(seed)
     found = []  # (eigenvalue, component, nodes, vector)
-    for c in range(count):
-        nodes = np.flatnonzero(component == c)
+    by_component = np.argsort(component, kind="stable")
+    groups = np.split(by_component, np.cumsum(np.bincount(component, minlength=count))[:-1])
+    for c, nodes in enumerate(groups):
         sub = m[nodes][:, nodes]
         k = min(n_eigen, len(nodes))
         if len(nodes) <= max(DENSE_UP_TO, 2 * n_eigen + 2):
             mu, vectors = np.linalg.eigh(sub.toarray())
             mu, vectors = mu[::-1][:k], vectors[:, ::-1][:, :k]
         else:
+            # Shift-invert Lanczos: the eigenvalues of L nearest to SHIFT (just below 0) become
+            # the largest of (L - SHIFT I)^-1, well apart even when those of L are crowded near 0.
+            lap = (identity(len(nodes), format="csc") - sub).tocsc()
             v0 = rng.uniform(0.5, 1.5, size=len(nodes))
-            mu, vectors = eigsh(sub, k=k, which="LA", v0=v0, tol=1e-10, maxiter=max(1000, 20 * len(nodes)))
+            lam, vectors = eigsh(lap, k=k, sigma=SHIFT, which="LM", v0=v0, tol=1e-10)
+            order = np.argsort(lam, kind="stable")
+            mu, vectors = 1.0 - lam[order], vectors[:, order]
         found += [(1.0 - float(mu[j]), c, nodes, vectors[:, j]) for j in range(k)]
     found.sort(key=lambda item: (round(item[0], 12), item[1]))
     values = np.array([item[0] for item in found[:n_eigen]])
