@@ -15,6 +15,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import warnings
+import weakref
 
 import numpy as np
 import tensorflow as tf
@@ -379,14 +380,23 @@ def _make_cluster(target, members, x, rated, c, grid):
     )
 
 
+# The compiled top-1 step per explainer, kept while the explainer lives.
+_top1_steps = weakref.WeakKeyDictionary()
+
+
 def _top1(explainer, images, batch_size):
     """The model's top-1 class of each image (in the model's input format)."""
-    graph = explainer.graph
-    out = []
-    for start in range(0, len(images), batch_size):
-        x = graph.to_channels_last(tf.convert_to_tensor(images[start:start + batch_size], tf.float32))
-        out.append(np.argmax(graph.scores(graph.run(x)).numpy(), axis=-1))
-    return np.concatenate(out)
+    if explainer not in _top1_steps:
+        owner = weakref.ref(explainer)  # the cache must not keep the explainer alive
+
+        def step(x):
+            graph = owner().graph
+            return tf.argmax(graph.scores(graph.run(graph.to_channels_last(x))), axis=-1)
+
+        _top1_steps[explainer] = tf.function(step)
+    step = _top1_steps[explainer]
+    return np.concatenate([step(tf.convert_to_tensor(images[i:i + batch_size], tf.float32)).numpy()
+                           for i in range(0, len(images), batch_size)])
 
 
 def _thumbnail(explainer, image):

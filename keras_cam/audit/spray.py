@@ -60,12 +60,13 @@ def to_grid(maps, grid):
     """
     maps = np.asarray(maps, np.float32)
     gh, gw = grid
-    if maps.shape[1:] == (gh, gw):
-        small = maps.reshape(len(maps), -1).copy()
+    n, h, w = maps.shape
+    if h % gh == 0 and w % gw == 0:  # whole blocks: the area average is a block mean
+        small = maps.reshape(n, gh, h // gh, gw, w // gw).mean(axis=(2, 4), dtype=np.float32).reshape(n, -1)
     else:
-        shrink = maps.shape[1] >= gh and maps.shape[2] >= gw
+        shrink = h >= gh and w >= gw
         method = cv2.INTER_AREA if shrink else cv2.INTER_LINEAR
-        small = np.stack([cv2.resize(m, (gw, gh), interpolation=method) for m in maps]).reshape(len(maps), -1)
+        small = np.stack([cv2.resize(m, (gw, gh), interpolation=method) for m in maps]).reshape(n, -1)
     small -= small.min(axis=1, keepdims=True)  # a no-op for min-max maps; a constant map becomes zeros
     norms = np.linalg.norm(small, axis=1, keepdims=True)
     flat = norms[:, 0] <= 1e-6 * max(1.0, float(norms.max(initial=0.0)))
@@ -217,7 +218,7 @@ def cluster(x, n_clusters="auto", max_clusters=8, n_neighbors=10, seed=0):
         return ClassClustering(whole, 1, eigenvalues, w)
     u = vectors[:, :c]
     u = u / np.maximum(np.linalg.norm(u, axis=1, keepdims=True), 1e-12)
-    labels = KMeans(n_clusters=c, n_init=10, random_state=seed).fit_predict(u)
+    labels = KMeans(n_clusters=c, n_init=4, random_state=seed).fit_predict(u)
     # Number the clusters by their first member, so equal partitions get equal labels.
     _, first = np.unique(labels, return_index=True)
     rank = np.empty(labels.max() + 1, np.int64)
