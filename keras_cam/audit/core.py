@@ -417,6 +417,20 @@ def _thumbnail(explainer, image):
     return rgb
 
 
+def _batches(images, labels, batch_size):
+    """Arrays as a dataset of batches, sliced as they are read (``from_tensor_slices`` would first
+    copy the whole array into a constant)."""
+    def batches():
+        for start in range(0, len(images), batch_size):
+            x = np.asarray(images[start:start + batch_size])
+            yield x if labels is None else (x, labels[start:start + batch_size])
+
+    image_spec = tf.TensorSpec((None, *images.shape[1:]), tf.as_dtype(images.dtype))
+    spec = image_spec if labels is None else (image_spec, tf.TensorSpec((None, *labels.shape[1:]),
+                                                                         tf.as_dtype(labels.dtype)))
+    return tf.data.Dataset.from_generator(batches, output_signature=spec)
+
+
 class _Source:
     """The audited images as a dataset for the explain step, and a way to read some of them back."""
 
@@ -453,7 +467,7 @@ class _Source:
             )
         self.has_labels = labels is not None
         if labels is None:
-            self.dataset = tf.data.Dataset.from_tensor_slices(array).batch(batch_size)
+            self.dataset = _batches(array, None, batch_size)
             return
         y = np.asarray(labels)
         if len(y) != self.n or y.ndim not in (1, 2):
@@ -465,7 +479,7 @@ class _Source:
             y = y[:, 0]
         if not (np.issubdtype(y.dtype, np.integer) or np.issubdtype(y.dtype, np.floating)):
             raise TypeError(f"`labels` must be numbers (class indices or one-hot rows); received dtype {y.dtype}.")
-        self.dataset = tf.data.Dataset.from_tensor_slices((array, y)).batch(batch_size)
+        self.dataset = _batches(array, y, batch_size)
 
     def pick(self, indices, n):
         """``{index: image}`` for ``indices`` (sorted), read from the array or a second pass."""
