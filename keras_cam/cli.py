@@ -734,7 +734,8 @@ def _add_audit_parser(sub, names):
     audit.add_argument("--preprocess", default="none", choices=list(PREPROCESS_HELP),
                        help="preprocessing applied to the 0-255 RGB pixels (default none; see below)")
     audit.add_argument("--size", metavar="HxW", help="resize images to HxW for models without a fixed input size")
-    audit.add_argument("--out", default="keras-cam-audit", metavar="DIR", help="output folder (default: ./keras-cam-audit)")
+    audit.add_argument("--out", default="keras-cam-audit", metavar="DIR",
+                       help="output folder (default: ./keras-cam-audit)")
     audit.add_argument("--class-names", metavar="FILE", help="text file with one class name per line, for the report")
     audit.add_argument("--max-clusters", type=int, default=8, metavar="K", help="most clusters per class (default 8)")
     audit.add_argument("--neighbors", type=int, default=10, metavar="K", help="neighbours in the graph (default 10)")

@@ -182,7 +182,8 @@ def run_audit_demo(out="keras-cam-demo", n_images=400, seed=11, share=0.5, overw
     lines = [
         f"keras-cam audit demo: Grad-CAM of the shortcut model (trained with a corner mark on every "
         f"{CLASS_NAMES[WATERMARK_CLASS]}) on {n_images} fresh images, seed {seed}; "
-        f"{int(marked.sum())} of the {int(np.sum(labels == WATERMARK_CLASS))} {CLASS_NAMES[WATERMARK_CLASS]}s carry the mark",
+        f"{int(marked.sum())} of the {int(np.sum(labels == WATERMARK_CLASS))} "
+        f"{CLASS_NAMES[WATERMARK_CLASS]}s carry the mark",
         f"{len(result.clusters)} clusters; per class, the first (most suspicious):",
     ]
     for k, name in enumerate(CLASS_NAMES):
