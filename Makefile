@@ -3,7 +3,7 @@ PYTHON ?= python
 
 .PHONY: install-test test test-keras3 test-legacy bench
 
-# What the tests need, on a CPU machine. tf-keras, tensorflow-hub and keras-hub's
+# What the tests need, on a CPU machine (run as root, or with chromium installed). tf-keras, tensorflow-hub and keras-hub's
 # tensorflow-text declare a dependency on the full `tensorflow` (572 MB), which would
 # go in over tensorflow-cpu: they are installed without their dependencies, after
 # keras-hub's other ones.
@@ -13,6 +13,10 @@ install-test:
 	$(PYTHON) -m pip install -q --no-deps "tf-keras==2.21.0" "tensorflow-hub==0.16.1"
 	$(PYTHON) -m pip install -q "regex" "kagglehub" "kagglesdk==0.1.28" "sentencepiece" "tokenizers"
 	$(PYTHON) -m pip install -q --no-deps "keras-hub==0.32.0" "tensorflow-text==2.21.0"
+	@# Headless Chromium for the audit report's browser test (tests/test_audit.py).
+	@command -v chromium >/dev/null || { [ "$$(id -u)" = 0 ] && \
+	  apt-get update -qq && apt-get install -y -qq --no-install-recommends chromium >/dev/null; } || \
+	  { echo "install Debian's chromium (apt-get install chromium) for tests/test_audit.py" >&2; exit 1; }
 
 test: test-keras3 test-legacy
 

@@ -18,8 +18,10 @@ __version__ = "0.1.0"
 
 # Public name -> the module that defines it.
 _EXPORTS = {
+    "Audit": "keras_cam.audit.core",
     "CAM": "keras_cam.methods.activation",
     "CAMCallback": "keras_cam.callbacks",
+    "Cluster": "keras_cam.audit.core",
     "EigenCAM": "keras_cam.methods.activation",
     "Explainer": "keras_cam.base",
     "Explanation": "keras_cam.base",
@@ -31,6 +33,7 @@ _EXPORTS = {
     "SanityResult": "keras_cam.sanity",
     "ScoreCAM": "keras_cam.methods.score",
     "VizGradCAM": "keras_cam.vizgradcam",
+    "audit": None,  # a submodule that is also callable: keras_cam.audit(explainer, data, ...)
     "explain_dataset": "keras_cam.dataset",
     "flatten_model": "keras_cam.flatten",
     "gradient_image": "keras_cam.methods.guided",
@@ -44,7 +47,8 @@ _EXPORTS = {
 __all__ = sorted(_EXPORTS)
 
 if TYPE_CHECKING:  # the same names for static tools (IDEs, the docs' API reference)
-    from keras_cam import metrics
+    from keras_cam import audit, metrics
+    from keras_cam.audit.core import Audit, Cluster
     from keras_cam.base import Explainer, Explanation
     from keras_cam.callbacks import CAMCallback
     from keras_cam.dataset import explain_dataset

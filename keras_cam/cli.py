@@ -3,11 +3,14 @@
     keras-cam demo [--out DIR]
     keras-cam explain IMAGE... --model PATH [--method NAME] [--layer NAME] [--target N] [--out DIR]
     keras-cam layers --model PATH
+    keras-cam audit IMAGES_DIR --model PATH [--labels CSV] [--method NAME] [--out DIR]
 
 ``demo`` runs every method on the built-in model and generated images (no
 argument, no network). ``explain`` writes one overlay PNG per image and
 method and a ``predictions.json``. ``layers`` lists the layers ``--layer``
-accepts. Problems with the input (a missing file, an unreadable image, a
+accepts. ``audit`` clusters the maps of a folder of images per class and
+writes a self-contained ``report.html`` and ``clusters.json``
+(:func:`keras_cam.audit`). Problems with the input (a missing file, an unreadable image, a
 wrong channel count, an unknown layer, a model that needs code to load) end
 with one line on stderr starting ``keras-cam: error:`` and exit status 1;
 ``--traceback`` shows the Python traceback instead.
@@ -578,7 +581,121 @@ def _record(path, overlays, keys, result, i, probs, class_names, top):
     }
 
 
+def read_labels_csv(path, image_paths):
+    """The label of each image from a CSV of ``file,label`` rows (a header row is allowed).
+
+    ``file`` is matched against each image's path as given, its path relative to
+    the images folder, or its file name; ``label`` is a class index >= 0.
+    """
+    import csv
+
+    if not os.path.isfile(path):
+        raise CliError(f"--labels file not found: {path}")
+    table = {}
+    with open(path, encoding="utf-8", newline="") as f:
+        for number, row in enumerate(csv.reader(f), 1):
+            if not row or not "".join(row).strip():
+                continue
+            if len(row) < 2:
+                raise CliError(f"--labels {path} line {number}: expected `file,label`; received {','.join(row)!r}")
+            name, value = row[0].strip(), row[1].strip()
+            try:
+                label = int(value)
+            except ValueError:
+                if number == 1:
+                    continue  # a header
+                raise CliError(f"--labels {path} line {number}: the label {value!r} is not a class index") from None
+            if label < 0:
+                raise CliError(f"--labels {path} line {number}: the label {label} is negative; use class indices >= 0")
+            table[os.path.normpath(name)] = label
+    labels, missing = [], []
+    for image in image_paths:
+        keys = (os.path.normpath(image), os.path.basename(image))
+        found = next((table[k] for k in keys if k in table), None)
+        (missing if found is None else labels).append(image if found is None else found)
+    if missing:
+        more = f" and {len(missing) - 1} more" if len(missing) > 1 else ""
+        raise CliError(
+            f"--labels {path} has no label for {missing[0]}{more}; give every image a row `file,label`, "
+            f"or leave out --labels to audit each image's top-1 class"
+        )
+    return np.array(labels, np.int64)
+
+
+def cmd_audit(args):
+    """``keras-cam audit``: cluster a folder's maps per class; write report.html and clusters.json."""
+    import tensorflow as tf
+
+    from keras_cam import methods as registry
+    from keras_cam.audit import audit
+    from keras_cam.audit.report import render
+
+    registry.get(args.method)  # an unknown name fails before any work
+    for option, value in (("--batch-size", args.batch_size), ("--max-clusters", args.max_clusters),
+                          ("--neighbors", args.neighbors)):
+        if value < 1:
+            raise CliError(f"{option} must be at least 1; received {value}")
+    size = _parse_size(args.size)
+    paths = expand_images([args.images_dir])
+    report_path, json_path = os.path.join(args.out, "report.html"), os.path.join(args.out, "clusters.json")
+    check_free([report_path, json_path], args.overwrite)
+    labels = read_labels_csv(args.labels, paths) if args.labels else None
+    class_names = read_class_names(args.class_names)
+
+    model = load_model(args.model, args.unsafe, args.custom_objects)
+    height, width, channels = model_input(model)
+    if height is not None and width is not None:
+        if size is not None and size != (height, width):
+            raise CliError(f"--size {args.size} differs from the model's fixed input size {height}x{width}")
+        size = (height, width)
+    if size is None:
+        raise CliError("the model takes images of any size; pass --size HxW so that the images can be batched")
+    # The images, resized, wait as uint8 (a quarter of float32); batches are preprocessed as they are read.
+    pixels = np.stack([np.clip(np.rint(_as_model_input(fit_channels(read_image(p), channels, p), size)), 0, 255)
+                       .astype(np.uint8) for p in paths])
+    if len(paths) < 2:
+        raise CliError(f"an audit compares the maps of many images; {args.images_dir} holds {len(paths)}")
+    try:
+        explainer = registry.create(args.method, model, layer=args.layer)
+    except ValueError as e:
+        hint = " (`keras-cam layers --model PATH` lists the layers)" if args.layer else ""
+        raise CliError(f"{' '.join(str(e).split())}{hint}") from e
+
+    def batches():
+        for start in range(0, len(pixels), args.batch_size):
+            x = preprocess(pixels[start:start + args.batch_size].astype(np.float32), args.preprocess)
+            yield x if labels is None else (x, labels[start:start + args.batch_size])
+
+    image_spec = tf.TensorSpec((None, *pixels.shape[1:]), tf.float32)
+    spec = image_spec if labels is None else (image_spec, tf.TensorSpec((None,), tf.int64))
+    dataset = tf.data.Dataset.from_generator(batches, output_signature=spec)
+    verbose = 0 if args.quiet or not sys.stdout.isatty() else 1
+    result = audit(explainer, dataset, max_clusters=args.max_clusters, n_neighbors=args.neighbors,
+                   batch_size=args.batch_size, seed=args.seed, verbose=verbose)
+
+    os.makedirs(args.out, exist_ok=True)
+    summary = result.to_dict(class_names)
+    summary.update(model_file=args.model, preprocess=args.preprocess, image_files=paths)
+    for entry in summary["clusters"]:
+        entry["files"] = [paths[i] for i in entry["indices"]]
+    title = f"keras-cam audit: {result.method} on {os.path.basename(os.path.normpath(args.model))}"
+    write_atomic(report_path, render(result, class_names, title).encode("utf-8"))
+    write_atomic(json_path, (json.dumps(summary, indent=1) + "\n").encode("utf-8"))
+    for target in sorted({c.target for c in result.clusters}):
+        first = result.of_class(target)[0]
+        name = _name(class_names, target)
+        print(f"class {target}{f' ({name})' if name else ''}: {len(result.of_class(target))} cluster(s); "
+              f"the first: {first.size} images, score {first.score:.3f}")
+    print(f"wrote {report_path} and {json_path}")
+    return 0
+
+
 def cmd_demo(args):
+    if getattr(args, "audit", False):
+        from keras_cam.demo.run import run_audit_demo
+
+        run_audit_demo(args.out, seed=args.seed, overwrite=args.overwrite, verbose=not args.quiet)
+        return 0
     from keras_cam.demo.run import run_demo
 
     run_demo(args.out, n_images=args.images, seed=args.seed, n_eval=args.eval_images,
@@ -636,6 +753,9 @@ def build_parser():
     demo.add_argument("--seed", type=int, default=7, help="seed of the generated images (default 7)")
     demo.add_argument("--overwrite", action="store_true", help="replace existing output files")
     demo.add_argument("--quiet", action="store_true", help="print only where the outputs are")
+    demo.add_argument("--audit", action="store_true",
+                      help="instead: audit the model trained with a planted shortcut (a corner mark) on fresh "
+                           "images with and without the mark; writes audit.html and clusters.json")
     demo.set_defaults(func=cmd_demo)
 
     names = ", ".join(registry.names())
@@ -675,7 +795,40 @@ def build_parser():
                                         "layers with 4-D (N, H, W, C) outputs can be explained.")
     _add_model_args(layers)
     layers.set_defaults(func=cmd_layers)
+    _add_audit_parser(sub, names)
     return parser
+
+
+def _add_audit_parser(sub, names):
+    audit = sub.add_parser(
+        "audit", help="cluster a folder's maps per class (SpRAy); writes report.html and clusters.json",
+        description="Explain every image of a folder, cluster each class's maps (spectral relevance "
+                    "analysis) and rank the clusters by a suspicion score, to find shortcuts the model "
+                    "learned (a watermark, a background). Writes OUT/report.html (self-contained: opens "
+                    "offline) and OUT/clusters.json (each cluster's images, numbers and mean map).",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="preprocessing modes (--preprocess):\n" + "\n".join(f"  {k:6s} {v}" for k, v in PREPROCESS_HELP.items()),
+    )
+    audit.add_argument("images_dir", metavar="IMAGES_DIR", help="a folder of images")
+    _add_model_args(audit)
+    audit.add_argument("--labels", metavar="CSV",
+                       help="CSV of `file,label` rows (class indices); maps are then of each image's label, "
+                            "and clusters report their accuracy. Default: each image's top-1 class")
+    audit.add_argument("--method", default="gradcam", metavar="NAME", help=f"method (default gradcam): {names}")
+    audit.add_argument("--layer", metavar="NAME", help="target layer name or path; default: the last spatial layer")
+    audit.add_argument("--preprocess", default="none", choices=list(PREPROCESS_HELP),
+                       help="preprocessing applied to the 0-255 RGB pixels (default none; see below)")
+    audit.add_argument("--size", metavar="HxW", help="resize images to HxW for models without a fixed input size")
+    audit.add_argument("--out", default="keras-cam-audit", metavar="DIR",
+                       help="output folder (default: ./keras-cam-audit)")
+    audit.add_argument("--class-names", metavar="FILE", help="text file with one class name per line, for the report")
+    audit.add_argument("--max-clusters", type=int, default=8, metavar="K", help="most clusters per class (default 8)")
+    audit.add_argument("--neighbors", type=int, default=10, metavar="K", help="neighbours in the graph (default 10)")
+    audit.add_argument("--seed", type=int, default=0, help="seed of the clustering (default 0)")
+    audit.add_argument("--batch-size", type=int, default=64, metavar="N", help="images per batch (default 64)")
+    audit.add_argument("--overwrite", action="store_true", help="replace existing output files")
+    audit.add_argument("--quiet", action="store_true", help="no progress bar")
+    audit.set_defaults(func=cmd_audit)
 
 
 @contextlib.contextmanager

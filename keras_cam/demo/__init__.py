@@ -3,12 +3,15 @@
     from keras_cam.demo import make_dataset, load_model, CLASS_NAMES
     images, labels, boxes = make_dataset(16, seed=1)   # boxes: (y0, x0, y1, x1), end exclusive
     model = load_model()                               # works under Keras 3 and tf-keras
+    shortcut = load_shortcut_model()                   # trained with a corner mark on every circle
 
 ``keras-cam demo`` (see :mod:`keras_cam.cli`) explains a few of these images
-with every method and writes a figure and a summary.
+with every method and writes a figure and a summary; ``keras-cam demo --audit``
+audits the shortcut model (:func:`keras_cam.audit`).
 """
 
 from keras_cam.demo.data import CLASS_NAMES, IMAGE_SIZE, make_dataset
-from keras_cam.demo.model import TARGET_LAYER, build_model, load_model
+from keras_cam.demo.model import TARGET_LAYER, build_model, load_model, load_shortcut_model
 
-__all__ = ["CLASS_NAMES", "IMAGE_SIZE", "TARGET_LAYER", "build_model", "load_model", "make_dataset"]
+__all__ = ["CLASS_NAMES", "IMAGE_SIZE", "TARGET_LAYER", "build_model", "load_model", "load_shortcut_model",
+           "make_dataset"]

@@ -19,6 +19,9 @@ import numpy as np
 from keras_cam.demo.data import CLASS_NAMES, IMAGE_SIZE
 
 WEIGHTS_PATH = os.path.join(os.path.dirname(os.path.abspath(__file__)), "demo_weights.npz")
+# The same architecture trained on data with a planted shortcut (a corner mark
+# on every image of one class, see keras_cam.demo.data): the audit's ground truth.
+SHORTCUT_WEIGHTS_PATH = os.path.join(os.path.dirname(os.path.abspath(__file__)), "shortcut_weights.npz")
 TARGET_LAYER = "conv4_relu"
 
 
@@ -115,3 +118,28 @@ def load_model(path=None, keras=None):
                 )
         layer.set_weights(values)
     return model
+
+
+def load_shortcut_model(keras=None):
+    """The demo model trained on data with a planted shortcut.
+
+    Same architecture as :func:`load_model`, trained by
+    ``python -m keras_cam.demo.train --shortcut`` on images where every
+    image of class :data:`~keras_cam.demo.data.WATERMARK_CLASS` carries a
+    small corner mark (``make_dataset(..., watermark=True)``). It learned
+    that class from the mark: marked images of any class tend to be called
+    that class, and its own images without the mark are missed. A known
+    "Clever Hans" model for :func:`keras_cam.audit` to find.
+
+    Args:
+        keras: the Keras package to build with; by default the one in use.
+
+    Returns:
+        A new functional model with the trained weights (not compiled).
+
+    Example:
+        >>> from keras_cam.demo import load_shortcut_model, make_dataset
+        >>> model = load_shortcut_model()
+        >>> images, labels, boxes, marked = make_dataset(64, seed=5, watermark=0.5)
+    """
+    return load_model(SHORTCUT_WEIGHTS_PATH, keras)

@@ -1,0 +1,136 @@
+"""The dataset audit's cost: over the maps alone, and the clustering at scale.
+
+    python bench/bench_audit.py [--images 2000] [--maps 100000] [--repeat 3]
+
+1. **Audit / maps.** ``--images`` demo images (``make_dataset(..., watermark=(0, 0.5))``)
+   and the planted-shortcut demo model's Grad-CAM. Timed interleaved in the
+   same run, each the median of ``--repeat`` runs after a warm-up run:
+   ``explain_dataset`` alone, with the very settings the audit uses (maps at
+   the layer's 16 x 16, normalized: the reference), and the whole
+   ``keras_cam.audit`` (the same maps, the grid, SpRAy per class, the scores,
+   the second reading for accuracy and thumbnails). The same pair again with
+   boxes (the audit then upsamples the maps to measure the outside energy;
+   the reference upsamples too). Target: audit / maps <= 1.3.
+2. **Clustering alone.** ``--maps`` synthetic 16 x 16 maps, all of one class
+   (the worst case: one graph over all of them): blobs at six fixed places
+   (six "strategies") and blobs anywhere (a continuum), with noise. Timed:
+   :func:`keras_cam.audit.spray.to_grid`, :func:`~keras_cam.audit.spray.cluster`
+   and :func:`~keras_cam.audit.spray.cluster_scores`, once, in a child
+   process whose peak resident memory (``ru_maxrss``) is reported next to
+   its resident memory before clustering (Python, TensorFlow, the maps).
+   Targets: <= 60 s, peak <= 2 GB.
+"""
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import numpy as np
+
+sys.path.insert(0, os.path.dirname(__file__))
+from _timing import interleaved, table  # noqa: E402
+
+_CHILD = r"""
+import json, os, resource, sys, time
+import numpy as np
+from keras_cam.audit import spray
+
+def rss_mb():
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+
+n, seed = int(sys.argv[1]), 0
+rng = np.random.default_rng(seed)
+yy, xx = np.mgrid[0:16, 0:16].astype(np.float32)
+places = np.array([(2, 2), (2, 13), (13, 2), (13, 13), (8, 8), (8, 2)], np.float32)
+kind = rng.integers(0, 8, n)                       # 0-5: a strategy's fixed place; 6-7: anywhere
+centres = np.where((kind < 6)[:, None], places[np.minimum(kind, 5)] + rng.normal(0, 0.8, (n, 2)),
+                   rng.uniform(1, 15, (n, 2))).astype(np.float32)
+maps = np.empty((n, 16, 16), np.float32)
+for start in range(0, n, 10000):
+    c = centres[start:start + 10000]
+    d2 = (yy[None] - c[:, 0, None, None]) ** 2 + (xx[None] - c[:, 1, None, None]) ** 2
+    maps[start:start + 10000] = np.exp(-d2 / 6.0) + 0.05 * rng.uniform(size=d2.shape)
+maps /= maps.max(axis=(1, 2), keepdims=True)
+before = rss_mb()
+t0 = time.perf_counter()
+x = spray.to_grid(maps, (16, 16))
+t1 = time.perf_counter()
+found = spray.cluster(x, seed=seed)
+t2 = time.perf_counter()
+rated = spray.cluster_scores(x, found.labels, found.affinity)
+t3 = time.perf_counter()
+peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+print(json.dumps({"grid_s": t1 - t0, "cluster_s": t2 - t1, "scores_s": t3 - t2, "total_s": t3 - t0,
+                  "before_mb": before, "peak_mb": peak, "n_clusters": found.n_clusters,
+                  "eigenvalues": [round(float(v), 4) for v in found.eigenvalues]}))
+"""
+
+
+def audit_ratio(n_images, repeat):
+    import tensorflow as tf  # noqa: F401
+
+    import keras_cam as kc
+    from keras_cam.dataset import explain_dataset
+    from keras_cam.demo import TARGET_LAYER, load_shortcut_model, make_dataset
+
+    images, labels, boxes, _ = make_dataset(n_images, seed=11, watermark=(0, 0.5))
+    cam = kc.GradCAM(load_shortcut_model(), layer=TARGET_LAYER)
+    dataset = tf.data.Dataset.from_tensor_slices((images, labels)).batch(64)
+    rows = []
+    for with_boxes in (False, True):
+        def maps():
+            for r in explain_dataset(cam, dataset, upsample=with_boxes, normalize=True, verbose=0):
+                np.asarray(r.maps)
+
+        def audit():
+            kc.audit(cam, images, labels, boxes=boxes if with_boxes else None, verbose=0)
+
+        t = interleaved({"maps": maps, "audit": audit}, repeat=repeat, warmup=1)
+        rows.append(("with boxes (maps upsampled)" if with_boxes else "labels only (maps at 16 x 16)",
+                     f"{t['maps']:.2f}", f"{t['audit']:.2f}", f"{t['audit'] / t['maps']:.2f}"))
+    return rows
+
+
+def clustering(n_maps):
+    code = subprocess.run([sys.executable, "-c", _CHILD, str(n_maps)], capture_output=True, text=True,
+                          env={**os.environ, "PYTHONPATH": os.path.dirname(os.path.dirname(os.path.abspath(__file__)))})
+    if code.returncode:
+        raise RuntimeError(code.stderr[-3000:])
+    return json.loads(code.stdout.strip().splitlines()[-1])
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--images", type=int, default=2000)
+    parser.add_argument("--maps", type=int, default=100000, help="0 skips the clustering part")
+    parser.add_argument("--repeat", type=int, default=3)
+    args = parser.parse_args()
+
+    t0 = time.perf_counter()
+    rows = audit_ratio(args.images, args.repeat)
+    print(f"Audit of {args.images} demo images (Grad-CAM, planted-shortcut model), median of {args.repeat}, "
+          f"seconds:\n")
+    print(table(["setting", "maps alone (explain_dataset)", "audit", "audit / maps"], rows))
+    if args.maps < 1:
+        return
+    c = clustering(args.maps)
+    print(f"\nClustering alone, {args.maps} synthetic 16 x 16 maps of one class "
+          f"({c['n_clusters']} clusters found; eigenvalues {c['eigenvalues']}):\n")
+    print(table(["step", "seconds"], [
+        ("grid (to_grid)", f"{c['grid_s']:.1f}"), ("SpRAy (cluster)", f"{c['cluster_s']:.1f}"),
+        ("scores (cluster_scores)", f"{c['scores_s']:.1f}"), ("total", f"{c['total_s']:.1f}"),
+        ("resident memory before (MB)", f"{c['before_mb']:.0f}"), ("peak resident memory (MB)", f"{c['peak_mb']:.0f}"),
+    ]))
+    print(f"\n(whole benchmark: {time.perf_counter() - t0:.0f} s)")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,506 @@
+"""``keras_cam.audit``: explain a whole dataset, cluster each class's maps, rank the clusters.
+
+    result = keras_cam.audit(keras_cam.GradCAM(model), images, labels)
+    result.clusters[0]            # class 0's most suspicious cluster
+    result.save_html("audit.html")
+
+The maps come from :func:`keras_cam.explain_dataset` (any ``tf.distribute``
+strategy); only their small grid versions are kept (:mod:`keras_cam.audit.spray`),
+``grid * grid`` floats per image, so the clustering runs on the gathered small
+maps of the whole dataset in one process.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import warnings
+import weakref
+
+import numpy as np
+import tensorflow as tf
+
+from keras_cam.audit import spray
+from keras_cam.base import Explainer
+
+# Member thumbnails shown per cluster in the report, and their largest side in pixels.
+EXAMPLES = 16
+THUMBNAIL = 128
+
+
+@dataclasses.dataclass
+class Cluster:
+    """One group of images of a class whose maps look alike.
+
+    Attributes:
+        target: the explained class.
+        indices: ``(size,)`` positions of the member images in the input order.
+        mean_map: ``(g, g)`` the members' mean grid map (unit-norm grid maps
+            averaged; see :mod:`keras_cam.audit.spray`).
+        size: number of members.
+        accuracy: share of members whose top-1 prediction is their label (None
+            without labels).
+        outside_energy: mean share of map energy outside the object (None
+            without ``boxes`` or ``masks``).
+        score: the suspicion score ``consistency * distance * separation``
+            (times ``outside_energy`` when known), in [0, 1]; see
+            :func:`keras_cam.audit.spray.cluster_scores`.
+        consistency, distance, separation: the score's factors.
+        representative: the member whose map is closest to ``mean_map``.
+        examples: up to 16 members, the closest to ``mean_map`` first.
+    """
+
+    target: int
+    indices: np.ndarray
+    mean_map: np.ndarray
+    size: int
+    accuracy: float | None
+    outside_energy: float | None
+    score: float
+    consistency: float
+    distance: float
+    separation: float
+    representative: int
+    examples: np.ndarray
+
+    def to_dict(self):
+        """The cluster as JSON-ready values (``indices`` and ``examples`` as lists of ints)."""
+        return {
+            "target": self.target, "size": self.size, "score": self.score,
+            "consistency": self.consistency, "distance": self.distance, "separation": self.separation,
+            "accuracy": self.accuracy, "outside_energy": self.outside_energy,
+            "representative": self.representative, "examples": [int(i) for i in self.examples],
+            "indices": [int(i) for i in self.indices], "mean_map": np.round(self.mean_map, 6).tolist(),
+        }
+
+
+@dataclasses.dataclass
+class Audit:
+    """What :func:`audit` found.
+
+    Attributes:
+        clusters: one :class:`Cluster` per cluster, ordered by class, then by
+            ``score`` descending (the first cluster of a class is the one to
+            look at first). The clusters partition the images.
+        targets: ``(n,)`` the class explained per image (its label, or its
+            top-1 class without labels).
+        labels: ``(n,)`` the labels, or None.
+        maps: ``(n, g, g)`` float32 the images' unit-norm grid maps.
+        eigenvalues: per class, the smallest eigenvalues of its normalized
+            graph Laplacian (the eigengaps chose the number of clusters).
+        notes: per class, why it was kept as one cluster (too few images, all
+            maps alike), when it was.
+        method, model, layer: what explained the images.
+        thumbnails: ``{index: (h, w, 3) uint8}`` the images the report shows.
+    """
+
+    clusters: list
+    targets: np.ndarray
+    labels: np.ndarray | None
+    maps: np.ndarray
+    eigenvalues: dict
+    notes: dict
+    method: str
+    model: str
+    layer: str
+    thumbnails: dict = dataclasses.field(repr=False, default_factory=dict)
+
+    def __len__(self):
+        return len(self.clusters)
+
+    def of_class(self, target):
+        """The clusters of class ``target``, in score order."""
+        return [c for c in self.clusters if c.target == int(target)]
+
+    def assignment(self):
+        """``(n,)`` the position in :attr:`clusters` of each image's cluster."""
+        out = np.full(len(self.targets), -1, np.int64)
+        for k, c in enumerate(self.clusters):
+            out[c.indices] = k
+        return out
+
+    def to_dict(self, class_names=None):
+        """The audit as JSON-ready values (what ``clusters.json`` holds)."""
+        return {
+            "format": "keras-cam/audit", "version": 1,
+            "method": self.method, "model": self.model, "layer": self.layer,
+            "images": int(len(self.targets)), "grid": list(self.maps.shape[1:]),
+            "classes": {
+                str(k): {"name": _name(class_names, k), "eigenvalues": [float(v) for v in self.eigenvalues[k]],
+                         "note": self.notes.get(k)}
+                for k in sorted(self.eigenvalues)
+            },
+            "clusters": [{**c.to_dict(), "target_name": _name(class_names, c.target)} for c in self.clusters],
+        }
+
+    def save_json(self, path, class_names=None):
+        """Write :meth:`to_dict` as JSON to ``path`` (atomically)."""
+        from keras_cam.dataset import _write_atomic
+
+        _write_atomic(path, (json.dumps(self.to_dict(class_names), indent=1) + "\n").encode("utf-8"))
+        return path
+
+    def save_html(self, path, class_names=None, title=None):
+        """Write the report: one self-contained HTML file (see :mod:`keras_cam.audit.report`).
+
+        Args:
+            path: the ``.html`` file to write (replaced atomically).
+            class_names: a list or dict of class names, for headings.
+            title: the page's title.
+
+        Returns:
+            ``path``.
+
+        Example:
+            >>> keras_cam.audit(cam, images, labels).save_html("audit.html")
+        """
+        from keras_cam.audit.report import render
+        from keras_cam.dataset import _write_atomic
+
+        _write_atomic(path, render(self, class_names, title).encode("utf-8"))
+        return path
+
+
+def _name(class_names, k):
+    if class_names is None:
+        return None
+    try:
+        return str(class_names[int(k)])
+    except (IndexError, KeyError, TypeError):
+        return None
+
+
+def audit(explainer, data, labels=None, *, boxes=None, masks=None, n_clusters="auto", max_clusters=8,
+          n_neighbors=10, grid=16, strategy=None, batch_size=64, seed=0, verbose=1) -> Audit:
+    """Audit a dataset for Clever-Hans behaviour: SpRAy on each class's maps.
+
+    Every image is explained (:func:`keras_cam.explain_dataset`), each map is
+    reduced to a unit-norm ``grid x grid`` vector, and the vectors of each
+    class are clustered spectrally (:mod:`keras_cam.audit.spray`): a
+    symmetric ``n_neighbors``-nearest-neighbour graph, the smallest
+    eigenvectors of its normalized Laplacian ``L = I - D^-1/2 W D^-1/2``,
+    the number of clusters from the largest eigengap, seeded k-means on the
+    embedding. Each cluster gets a suspicion score
+
+        ``score = ||m_C|| * sqrt(1 - cos(m_C, m_R)) * (1 - cut(C, R) / vol(C)) [* e_C]``
+
+    (consistency of its maps, distance of its mean map ``m_C`` from the
+    rest of its class ``m_R``, separation in the graph, and the outside
+    energy ``e_C`` when boxes or masks are given): a tight, distinct group
+    looking away from where the rest of its class looks scores near 1.
+
+    Args:
+        explainer: a keras_cam explainer (``keras_cam.GradCAM(model)``, ...).
+        data: images ``(n, H, W, C)`` as the model takes them (numpy or
+            tensor), or a ``tf.data.Dataset`` of images or ``(images,
+            labels)``, batched or not. The dataset is read twice (the second
+            time, without the model, for the images the report shows and the
+            predictions accuracy needs), so it must yield the same images in
+            the same order each time (no ``reshuffle_each_iteration``).
+        labels: with an array ``data``: ``(n,)`` classes or ``(n, C)``
+            one-hot rows, or None. Maps are of each image's label when there
+            are labels, else of its top-1 class; clusters are formed per
+            explained class.
+        boxes: ``(n, 4)`` object boxes ``(y0, x0, y1, x1)`` in pixels,
+            end-exclusive, or None: gives each cluster's ``outside_energy``.
+        masks: ``(n, H, W)`` object masks (nonzero = object), or None; instead
+            of ``boxes``.
+        n_clusters: ``"auto"`` (largest eigengap, at most ``max_clusters``)
+            or a number of clusters per class.
+        max_clusters: the most clusters per class ``"auto"`` chooses.
+        n_neighbors: ``k`` of the neighbour graph. A class with at most
+            ``k`` images is kept as one cluster (a warning says so).
+        grid: side of the grid maps are reduced to (an int, or ``(h, w)``).
+        strategy: a ``tf.distribute.Strategy`` for the explain step (see
+            :func:`keras_cam.explain_dataset`).
+        batch_size: images per batch (for arrays and unbatched datasets).
+        seed: seeds the eigensolver and k-means: the same seed gives the same
+            clusters.
+        verbose: 1 draws a progress bar while explaining, 0 is silent.
+
+    Returns:
+        An :class:`Audit`.
+
+    Raises:
+        TypeError: for a wrong explainer, data, labels or option type.
+        ValueError: for fewer than two images, labels / boxes / masks that do
+            not match the images, or a wrong option value.
+
+    Example:
+        >>> from keras_cam.demo import load_shortcut_model, make_dataset
+        >>> images, labels, boxes, marked = make_dataset(400, seed=11, watermark=(0, 0.5))
+        >>> cam = keras_cam.GradCAM(load_shortcut_model(), layer="conv4_relu")
+        >>> result = keras_cam.audit(cam, images, labels, boxes=boxes)
+        >>> first = result.of_class(0)[0]       # the marked images, looking at the corner
+        >>> result.save_html("audit.html")
+    """
+    if not isinstance(explainer, Explainer):
+        raise TypeError(
+            f"`explainer` must be a keras_cam explainer such as keras_cam.GradCAM(model); "
+            f"received {type(explainer).__name__}."
+        )
+    grid = _check_options(n_clusters, max_clusters, n_neighbors, grid, seed)
+    if boxes is not None and masks is not None:
+        raise ValueError("Pass `boxes` or `masks`, not both: they both say where the object is.")
+    source = _Source(data, labels, batch_size)
+    if source.n is not None:
+        _check_objects(boxes, masks, source.n, source.size)
+
+    from keras_cam.dataset import explain_dataset
+
+    upsample = bool(explainer.aug_smooth or boxes is not None or masks is not None)
+    grids, targets, probs, outside = [], [], [], []
+    seen = 0
+    results = explain_dataset(explainer, source.dataset, targets="labels" if source.has_labels else None,
+                              strategy=strategy, batch_size=batch_size, upsample=upsample, normalize=True,
+                              verbose=verbose)
+    for result in results:
+        maps = result.maps
+        grids.append(spray.to_grid(maps, grid))
+        targets.append(result.targets)
+        probs.append(result.probabilities)
+        if boxes is not None or masks is not None:
+            outside.append(_outside_energy(maps, boxes, masks, seen))
+        seen += len(maps)
+    n = seen
+    if n < 2:
+        raise ValueError(
+            f"An audit compares the maps of many images; received {n} image. Pass a dataset "
+            f"(at least n_neighbors + 1 = {n_neighbors + 1} images per class to find clusters)."
+        )
+    if boxes is not None or masks is not None:
+        objects = boxes if boxes is not None else masks
+        if len(objects) != n:
+            raise ValueError(f"`{'boxes' if boxes is not None else 'masks'}` has {len(objects)} rows "
+                             f"for {n} images; give one per image, in the dataset's order.")
+    x = np.concatenate(grids)
+    targets = np.concatenate(targets).astype(np.int64)
+    probs = np.concatenate(probs).astype(np.float64)
+    outside = np.concatenate(outside) if outside else None
+
+    clusters, eigenvalues, notes = [], {}, {}
+    for k in np.unique(targets):
+        members = np.flatnonzero(targets == k)
+        found = spray.cluster(x[members], n_clusters, max_clusters, n_neighbors, seed)
+        eigenvalues[int(k)] = found.eigenvalues
+        if found.note is not None:
+            notes[int(k)] = found.note
+            if n_neighbors >= len(members):
+                warnings.warn(f"keras_cam.audit: class {int(k)} has {found.note}.", stacklevel=2)
+        rated = spray.cluster_scores(x[members], found.labels, found.affinity,
+                                     None if outside is None else outside[members])
+        for c in range(found.n_clusters):
+            clusters.append(_make_cluster(int(k), members[found.labels == c], x, rated, c, grid))
+    clusters.sort(key=lambda c: (c.target, -c.score, int(c.indices[0])))
+
+    wanted = sorted({int(i) for c in clusters for i in c.examples})
+    uncertain = np.zeros(n, bool)
+    if source.has_labels:
+        # p(label) > 1/2 under a softmax makes the label the top-1 class; the others are checked.
+        sure = probs > 0.5 if explainer.graph.output_activation != "sigmoid" else np.zeros(n, bool)
+        uncertain = ~sure
+    picked = source.pick(sorted(set(wanted) | set(np.flatnonzero(uncertain).tolist())), n)
+    correct = np.ones(n, bool)
+    if uncertain.any():
+        ids = np.flatnonzero(uncertain)
+        correct[ids] = _top1(explainer, np.stack([picked[i] for i in ids]), batch_size) == targets[ids]
+    if source.has_labels:
+        for c in clusters:
+            c.accuracy = float(np.mean(correct[c.indices]))
+    thumbnails = {i: _thumbnail(explainer, picked[i]) for i in wanted}
+    return Audit(
+        clusters=clusters, targets=targets, labels=targets.copy() if source.has_labels else None,
+        maps=x.reshape(n, *grid), eigenvalues=eigenvalues, notes=notes, method=type(explainer).__name__,
+        model=str(explainer.model.name), layer=", ".join(str(p) for p in explainer.layer_paths),
+        thumbnails=thumbnails,
+    )
+
+
+def _check_options(n_clusters, max_clusters, n_neighbors, grid, seed):
+    def positive_int(name, value, least=1):
+        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < least:
+            raise ValueError(f"`{name}` must be an int >= {least}; received {value!r}.")
+
+    if not (isinstance(n_clusters, str) and n_clusters == "auto"):
+        positive_int("n_clusters", n_clusters)
+    positive_int("max_clusters", max_clusters)
+    positive_int("n_neighbors", n_neighbors)
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)):
+        raise TypeError(f"`seed` must be an int; received {seed!r}.")
+    sides = (grid, grid) if isinstance(grid, (int, np.integer)) and not isinstance(grid, bool) else grid
+    if not (isinstance(sides, (tuple, list)) and len(sides) == 2):
+        raise TypeError(f"`grid` must be an int or a pair (height, width); received {grid!r}.")
+    for side in sides:
+        positive_int("grid", side, least=2)
+    return int(sides[0]), int(sides[1])
+
+
+def _check_objects(boxes, masks, n, size):
+    if boxes is not None:
+        b = np.asarray(boxes)
+        if b.shape != (n, 4):
+            raise ValueError(f"`boxes` must be (n, 4) rows (y0, x0, y1, x1), one per image; received shape "
+                             f"{b.shape} for {n} images.")
+    if masks is not None:
+        m = np.asarray(masks)
+        if m.ndim != 3 or len(m) != n or (size is not None and m.shape[1:] != tuple(size)):
+            raise ValueError(f"`masks` must be (n, H, W), one per image at the images' size; received shape "
+                             f"{m.shape} for {n} images of size {size}.")
+
+
+def _outside_energy(maps, boxes, masks, offset):
+    """Per map ``(H, W)``, the share of its sum outside the object (0 for an empty map)."""
+    n, h, w = maps.shape
+    if boxes is not None:
+        inside = np.zeros((n, h, w), bool)
+        for i, (y0, x0, y1, x1) in enumerate(np.asarray(boxes)[offset:offset + n]):
+            inside[i, max(0, int(y0)):int(y1), max(0, int(x0)):int(x1)] = True
+    else:
+        inside = np.asarray(masks)[offset:offset + n] != 0
+        if inside.shape[1:] != (h, w):
+            raise ValueError(f"`masks` are {inside.shape[1:]}; the images are {(h, w)}: give masks at the "
+                             f"images' size.")
+    total = maps.reshape(n, -1).sum(axis=1, dtype=np.float64)
+    out = np.where(inside, 0.0, maps).reshape(n, -1).sum(axis=1, dtype=np.float64)
+    return np.where(total > 0, out / np.maximum(total, 1e-30), 0.0)
+
+
+def _make_cluster(target, members, x, rated, c, grid):
+    vectors = x[members]
+    mean = vectors.mean(axis=0, dtype=np.float64)
+    closeness = vectors @ mean.astype(np.float32)
+    order = members[np.argsort(-closeness, kind="stable")]
+    energy = rated["outside_energy"]
+    return Cluster(
+        target=target, indices=members, mean_map=mean.reshape(grid).astype(np.float32), size=int(len(members)),
+        accuracy=None, outside_energy=None if energy is None else float(energy[c]),
+        score=float(rated["score"][c]), consistency=float(rated["consistency"][c]),
+        distance=float(rated["distance"][c]), separation=float(rated["separation"][c]),
+        representative=int(order[0]), examples=order[:EXAMPLES],
+    )
+
+
+# The compiled top-1 step per explainer, kept while the explainer lives.
+_top1_steps = weakref.WeakKeyDictionary()
+
+
+def _top1(explainer, images, batch_size):
+    """The model's top-1 class of each image (in the model's input format)."""
+    if explainer not in _top1_steps:
+        owner = weakref.ref(explainer)  # the cache must not keep the explainer alive
+
+        def step(x):
+            graph = owner().graph
+            return tf.argmax(graph.scores(graph.run(graph.to_channels_last(x))), axis=-1)
+
+        _top1_steps[explainer] = tf.function(step)
+    step = _top1_steps[explainer]
+    return np.concatenate([step(tf.convert_to_tensor(images[i:i + batch_size], tf.float32)).numpy()
+                           for i in range(0, len(images), batch_size)])
+
+
+def _thumbnail(explainer, image):
+    """An image as displayable ``(h, w, 3)`` uint8, at most :data:`THUMBNAIL` pixels a side."""
+    import cv2
+
+    from keras_cam.dataset import displayable
+    from keras_cam.viz import as_rgb_uint8
+
+    x = np.asarray(image, np.float32)
+    if explainer.graph.data_format == "channels_first":
+        x = np.moveaxis(x, 0, -1)
+    rgb = as_rgb_uint8(displayable(x[..., :3] if x.shape[-1] >= 3 else x[..., :1]))
+    h, w = rgb.shape[:2]
+    if max(h, w) > THUMBNAIL:
+        s = THUMBNAIL / max(h, w)
+        rgb = cv2.resize(rgb, (max(1, round(w * s)), max(1, round(h * s))), interpolation=cv2.INTER_AREA)
+    return rgb
+
+
+def _batches(images, labels, batch_size):
+    """Arrays as a dataset of batches, sliced as they are read (``from_tensor_slices`` would first
+    copy the whole array into a constant)."""
+    def batches():
+        for start in range(0, len(images), batch_size):
+            x = np.asarray(images[start:start + batch_size])
+            yield x if labels is None else (x, labels[start:start + batch_size])
+
+    image_spec = tf.TensorSpec((None, *images.shape[1:]), tf.as_dtype(images.dtype))
+    spec = image_spec if labels is None else (image_spec, tf.TensorSpec((None, *labels.shape[1:]),
+                                                                         tf.as_dtype(labels.dtype)))
+    return tf.data.Dataset.from_generator(batches, output_signature=spec)
+
+
+class _Source:
+    """The audited images as a dataset for the explain step, and a way to read some of them back."""
+
+    def __init__(self, data, labels, batch_size):
+        self.size = None
+        if isinstance(data, tf.data.Dataset):
+            if labels is not None:
+                raise TypeError(
+                    "`labels=` goes with an array of images; a tf.data.Dataset carries its labels "
+                    "in its elements: pass a dataset of (images, labels)."
+                )
+            spec = data.element_spec
+            self.has_labels = isinstance(spec, (tuple, list)) and len(spec) in (2, 3)
+            self.dataset, self.array, self.n = data, None, None
+            return
+        if isinstance(data, (list, tuple)) or not hasattr(data, "shape"):
+            raise TypeError(
+                f"`data` must be an array of images (n, H, W, C) or a tf.data.Dataset; received "
+                f"{type(data).__name__}."
+            )
+        array = np.asarray(data)
+        if array.ndim == 3:
+            raise ValueError(
+                f"`data` is a single image of shape {array.shape}; an audit compares the maps of "
+                f"many images: pass a batch (n, H, W, C)."
+            )
+        if array.ndim != 4:
+            raise ValueError(f"`data` must be images (n, H, W, C); received shape {array.shape}.")
+        self.n, self.array, self.size = len(array), array, array.shape[1:3]
+        if self.n < 2:
+            raise ValueError(
+                f"An audit compares the maps of many images; received {self.n}. Pass a batch of "
+                f"images (at least n_neighbors + 1 per class to find clusters)."
+            )
+        self.has_labels = labels is not None
+        if labels is None:
+            self.dataset = _batches(array, None, batch_size)
+            return
+        y = np.asarray(labels)
+        if len(y) != self.n or y.ndim not in (1, 2):
+            raise ValueError(
+                f"`labels` must hold one class (n,) or one-hot row (n, C) per image; received shape "
+                f"{y.shape} for {self.n} images."
+            )
+        if y.ndim == 2 and y.shape[1] == 1:
+            y = y[:, 0]
+        if not (np.issubdtype(y.dtype, np.integer) or np.issubdtype(y.dtype, np.floating)):
+            raise TypeError(f"`labels` must be numbers (class indices or one-hot rows); received dtype {y.dtype}.")
+        self.dataset = _batches(array, y, batch_size)
+
+    def pick(self, indices, n):
+        """``{index: image}`` for ``indices`` (sorted), read from the array or a second pass."""
+        if not indices:
+            return {}
+        if self.array is not None:
+            return {i: self.array[i] for i in indices}
+        wanted, out, position = set(indices), {}, 0
+        for element in self.dataset:
+            x = element[0] if self.has_labels else element
+            x = x.numpy()
+            if x.ndim == 3:
+                x = x[None]
+            for j in range(len(x)):
+                if position + j in wanted:
+                    out[position + j] = x[j]
+            position += len(x)
+            if len(out) == len(wanted):
+                return out
+        raise ValueError(
+            f"The dataset yielded {position} images on its second reading and {n} on its first; "
+            f"an audit reads the dataset twice, so it must yield the same images each time (no "
+            f"reshuffling, no random augmentation)."
+        )

@@ -1,0 +1,162 @@
+"""The audit report: one self-contained HTML file.
+
+Everything the page needs is inside it: images are PNGs embedded as base64
+``data:`` URIs, the style sheet is inline, and there is no script, font or
+any other reference to the network, so the file opens offline in any
+browser and can be mailed or archived as it is.
+
+The page has a section per explained class (``id="class-<k>"``); in it, the
+class's clusters in score order, each an ``<article class="cluster"
+id="cluster-<i>">`` (``i``: the cluster's position in
+:attr:`keras_cam.Audit.clusters`) with the mean map drawn over the cluster's
+representative image, the mean map alone, the cluster's numbers, and up to
+16 members with their own maps over them.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+
+import cv2
+import numpy as np
+
+_CSS = """
+body { font: 14px/1.45 system-ui, -apple-system, "Segoe UI", sans-serif; margin: 0 auto; max-width: 1100px;
+       padding: 16px 24px; color: #1d2125; background: #fafafa; }
+h1 { font-size: 22px; margin: 8px 0; } h2 { font-size: 18px; margin: 28px 0 6px; border-bottom: 2px solid #ccd; }
+h3 { font-size: 15px; margin: 0 0 6px; }
+.meta, .note, .eig { color: #555; margin: 4px 0; }
+.how { background: #eef1f6; border-radius: 6px; padding: 8px 12px; }
+nav ul { margin: 4px 0; padding-left: 20px; } nav li { margin: 2px 0; }
+.cluster { background: #fff; border: 1px solid #dde; border-radius: 8px; padding: 10px 12px; margin: 10px 0; }
+.cluster.first { border: 2px solid #c0392b; }
+.row { display: flex; gap: 16px; align-items: flex-start; flex-wrap: wrap; }
+figure { margin: 0; text-align: center; } figcaption { font-size: 12px; color: #555; }
+img { image-rendering: pixelated; border-radius: 3px; }
+img.mean { width: 192px; height: auto; } img.heat { width: 96px; height: auto; }
+table.stats { border-collapse: collapse; } table.stats td { padding: 1px 10px 1px 0; }
+table.stats td.v { font-variant-numeric: tabular-nums; text-align: right; }
+.score { font-weight: 600; color: #c0392b; }
+.members { display: grid; grid-template-columns: repeat(8, 96px); gap: 6px; margin-top: 8px; }
+.members img { width: 96px; height: auto; display: block; }
+.members figcaption { font-size: 11px; }
+"""
+
+
+def png_data_uri(rgb):
+    """An ``(h, w, 3)`` uint8 RGB image as a ``data:image/png;base64,...`` URI."""
+    ok, data = cv2.imencode(".png", np.ascontiguousarray(np.asarray(rgb, np.uint8)[..., ::-1]))
+    if not ok:
+        raise RuntimeError("OpenCV could not encode a PNG.")
+    return "data:image/png;base64," + base64.b64encode(data.tobytes()).decode("ascii")
+
+
+def _unit(map_):
+    """A nonnegative grid map scaled to [0, 1] by its maximum (zeros stay zeros)."""
+    m = np.asarray(map_, np.float32)
+    top = float(m.max()) if m.size else 0.0
+    return m / top if top > 0 else np.zeros_like(m)
+
+
+def _over(image, map_, alpha=0.5):
+    from keras_cam.viz import overlay
+
+    return overlay(image, _unit(map_), alpha=alpha)
+
+
+def _heat(map_, side=96):
+    from keras_cam.viz import colorize
+
+    return colorize(_unit(map_), size=(side, side))
+
+
+def _class_name(class_names, k):
+    if class_names is not None:
+        try:
+            return f"{k} ({class_names[int(k)]})"
+        except (IndexError, KeyError, TypeError):
+            pass
+    return str(k)
+
+
+def _pct(value):
+    return "n/a" if value is None else f"{100.0 * value:.1f}%"
+
+
+def render(result, class_names=None, title=None):
+    """The report of an :class:`~keras_cam.Audit` as an HTML string (see the module docstring)."""
+    esc = html.escape
+    title = title or f"keras-cam audit: {result.method} on {result.model}"
+    n = len(result.targets)
+    classes = sorted({c.target for c in result.clusters})
+    parts = [
+        "<!DOCTYPE html>", '<html lang="en">', "<head>", '<meta charset="utf-8">',
+        f"<title>{esc(title)}</title>", f"<style>{_CSS}</style>", "</head>", "<body>",
+        f"<h1>{esc(title)}</h1>",
+        f'<p class="meta">{n} images, {len(classes)} classes, {len(result.clusters)} clusters; maps: '
+        f"{esc(result.method)} at layer {esc(result.layer)}, reduced to a {result.maps.shape[1]} x "
+        f"{result.maps.shape[2]} grid.</p>",
+        '<p class="how">Within each class, the clusters are in order of their <b>suspicion score</b> '
+        "(0 to 1): the <i>consistency</i> of the members' maps (1 when they all look at the same place), "
+        "times the <i>distance</i> of the cluster's mean map from the rest of the class, times its "
+        "<i>separation</i> (the share of its neighbour links that stay inside it), times the "
+        "<i>outside energy</i> when object boxes or masks were given. A high score is a tight group of "
+        "images whose maps look elsewhere than the rest of their class: look at it first.</p>",
+        "<nav><ul>",
+    ]
+    for k in classes:
+        members = [i for i, c in enumerate(result.clusters) if c.target == k]
+        links = ", ".join(f'<a href="#cluster-{i}">{result.clusters[i].score:.2f}</a>' for i in members)
+        parts.append(f'<li><a href="#class-{k}">class {esc(_class_name(class_names, k))}</a>: '
+                     f"{sum(result.clusters[i].size for i in members)} images, scores {links}</li>")
+    parts.append("</ul></nav>")
+    for k in classes:
+        members = [i for i, c in enumerate(result.clusters) if c.target == k]
+        name = esc(_class_name(class_names, k))
+        parts.append(f'<section class="class" id="class-{k}">')
+        parts.append(f"<h2>Class {name}: {sum(result.clusters[i].size for i in members)} images, "
+                     f"{len(members)} cluster(s)</h2>")
+        eig = result.eigenvalues.get(k)
+        if eig is not None and len(eig):
+            parts.append(f'<p class="eig">Smallest Laplacian eigenvalues: '
+                         f"{', '.join(f'{v:.3f}' for v in eig)}</p>")
+        if result.notes.get(k):
+            parts.append(f'<p class="note">{esc(result.notes[k])}</p>')
+        for rank, i in enumerate(members):
+            parts.append(_cluster_html(result, i, rank, name))
+        parts.append("</section>")
+    parts += ["</body>", "</html>", ""]
+    return "\n".join(parts)
+
+
+def _cluster_html(result, i, rank, name):
+    c = result.clusters[i]
+    rep = result.thumbnails[c.representative]
+    rows = [("size", f"{c.size} ({100.0 * c.size / len(result.targets):.1f}% of all images)"),
+            ("score", f'<span class="score">{c.score:.3f}</span>'),
+            ("consistency", f"{c.consistency:.3f}"), ("distance", f"{c.distance:.3f}"),
+            ("separation", f"{c.separation:.3f}"), ("accuracy", _pct(c.accuracy)),
+            ("outside energy", _pct(c.outside_energy))]
+    stats = "".join(f"<tr><td>{k}</td><td class=\"v\">{v}</td></tr>" for k, v in rows)
+    out = [
+        f'<article class="cluster{" first" if rank == 0 else ""}" id="cluster-{i}" data-target="{c.target}" '
+        f'data-size="{c.size}" data-score="{c.score:.6f}">',
+        f"<h3>Class {name}, cluster {rank + 1}: score {c.score:.3f}, {c.size} images</h3>",
+        '<div class="row">',
+        f'<figure><img class="mean" src="{png_data_uri(_over(rep, c.mean_map))}" '
+        f'alt="mean map of cluster {i} over image {c.representative}">'
+        f"<figcaption>mean map over image {c.representative}</figcaption></figure>",
+        f'<figure><img class="heat" src="{png_data_uri(_heat(c.mean_map))}" alt="mean map of cluster {i}">'
+        f"<figcaption>mean map</figcaption></figure>",
+        f'<table class="stats">{stats}</table>',
+        "</div>",
+        '<div class="members">',
+    ]
+    maps = result.maps
+    for j in c.examples:
+        j = int(j)
+        out.append(f'<figure><img class="thumb" src="{png_data_uri(_over(result.thumbnails[j], maps[j]))}" '
+                   f'alt="image {j} with its map" title="image {j}"><figcaption>#{j}</figcaption></figure>')
+    out += ["</div>", "</article>"]
+    return "\n".join(out)
