@@ -1,8 +1,11 @@
 """Finding and naming target layers, at any nesting depth.
 
-A layer's *path* joins the names of the models that contain it with ``/``:
-``"efficientnetb0/top_activation"`` is the layer ``top_activation`` of the
-sub-model ``efficientnetb0``. A bare name that is unique in the whole tree is
+A layer's *path* joins the names of the models (and custom layers) that
+contain it with ``/``: ``"efficientnetb0/top_activation"`` is the layer
+``top_activation`` of the sub-model ``efficientnetb0``, and
+``"vi_t_backbone/vit_encoder/transformer_block_12/ln_1"`` a norm inside the
+custom ``ViTEncoder`` layer of a KerasHub ViT (a custom layer's sub-layers are
+its public attributes, see :func:`sublayers`). A bare name that is unique in the whole tree is
 accepted too (``"top_activation"``), and so is any unique tail of a path.
 Besides layers, the tree holds the operations of Keras 3 functional models
 (``x + y``, ``keras.ops.*``: tf-keras makes them ``TFOpLambda`` layers) and
@@ -26,6 +29,15 @@ the ops inside a SavedModel run by a TF-Hub ``KerasLayer`` or a ``TFSMLayer``
    squeeze-excitation convolutions of EfficientNet. Input preprocessing and
    local pooling layers are never chosen. A backbone's own 1x1 map (a small
    input) stays a candidate: it is not after a pooling.
+3. *Vision transformers*: token sequences ``(N, L, K)`` after that map (the
+   patch embedding) that lie on its grid are candidates
+   (:func:`token_candidates`); the choice is the last of them whose patch
+   tokens receive gradient from the top score in one probe pass on a seeded
+   random input (:func:`carries_gradient`). In a pre-norm ViT classified on
+   its class token, that is the last block's first LayerNorm: after the last
+   attention, patch tokens no longer reach the class token. Rank-4 outputs
+   computed from tokens that are no patch grid (attention projections
+   ``(N, L, heads, dim)``) are not maps (``LayerInfo.from_tokens``).
 """
 
 from __future__ import annotations
