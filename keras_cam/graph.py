@@ -184,7 +184,12 @@ class ActivationGraph:
         """Resolve automatic layer choices by probing with ``sample`` (once).
 
         ``sample`` is one input as the model takes it (batch of 1, the
-        model's data format, all inputs of a multi-input model).
+        model's data format, all inputs of a multi-input model). The choice
+        is :func:`keras_cam.layers.auto_layer`'s: the last spatial map, or,
+        in a vision transformer, the last token layer whose patch tokens
+        receive gradient from the top logit (a probe run on a seeded random
+        input of the sample's shape; the softmax removed as in
+        ``linearize``).
         """
         if self._how == "probe":
             (self.head, self.output_activation, self._how), outputs = _head_by_probe(
@@ -193,10 +198,20 @@ class ActivationGraph:
                 _warn_if_probabilities(self.model, outputs)
         if self.ready:
             return
-        info = _layers.auto_layer(self.model, sample)
+        # Token layers (a ViT) must carry the gradient of the top logit to their patch tokens.
+        info = _layers.auto_layer(self.model, sample, reshape=self.reshape, score=self._top_score,
+                                  context=self._linearized)
         for i, layer in enumerate(self.layers):
             if layer is None:
                 self.paths[i], self.layers[i] = info.path, info.layer
+
+    def _top_score(self, outputs):
+        """The top class score per example (logits if linearized), for the automatic choice;
+        the largest output entry when the outputs are not ``(N, classes)``."""
+        try:
+            return tf.reduce_max(self.scores(outputs), axis=-1)
+        except ValueError:
+            return _layers.top_score(_selected(outputs, self.output))
 
     @contextlib.contextmanager
     def _linearized(self, intercepted=()):

@@ -1,8 +1,11 @@
 """Finding and naming target layers, at any nesting depth.
 
-A layer's *path* joins the names of the models that contain it with ``/``:
-``"efficientnetb0/top_activation"`` is the layer ``top_activation`` of the
-sub-model ``efficientnetb0``. A bare name that is unique in the whole tree is
+A layer's *path* joins the names of the models (and custom layers) that
+contain it with ``/``: ``"efficientnetb0/top_activation"`` is the layer
+``top_activation`` of the sub-model ``efficientnetb0``, and
+``"vi_t_backbone/vit_encoder/transformer_block_12/ln_1"`` a norm inside the
+custom ``ViTEncoder`` layer of a KerasHub ViT (a custom layer's sub-layers are
+its public attributes, see :func:`sublayers`). A bare name that is unique in the whole tree is
 accepted too (``"top_activation"``), and so is any unique tail of a path.
 Besides layers, the tree holds the operations of Keras 3 functional models
 (``x + y``, ``keras.ops.*``: tf-keras makes them ``TFOpLambda`` layers) and
@@ -30,11 +33,22 @@ the ops inside a SavedModel run by a TF-Hub ``KerasLayer`` or a ``TFSMLayer``
    computes the output (a segmenter's per-pixel logits are what is
    explained, not a feature map) and a layer run more than once (a detection
    head shared by the levels of a feature pyramid: only its last call would
-   be captured).
+   be captured), and the layers inside a custom layer that returns several
+   maps (a feature pyramid's levels: each is one level's map).
+3. *Vision transformers*: token sequences ``(N, L, K)`` after that map (the
+   patch embedding) that lie on its grid are candidates
+   (:func:`token_candidates`); the choice is the last of them whose patch
+   tokens receive gradient from the top score in one probe pass on a seeded
+   random input (:func:`carries_gradient`). In a pre-norm ViT classified on
+   its class token, that is the last block's first LayerNorm: after the last
+   attention, patch tokens no longer reach the class token. Rank-4 outputs
+   computed from tokens that are no patch grid (attention projections
+   ``(N, L, heads, dim)``) are not maps (``LayerInfo.from_tokens``).
 """
 
 from __future__ import annotations
 
+import collections.abc
 import contextlib
 import dataclasses
 import difflib
@@ -44,8 +58,9 @@ import numpy as np
 import tensorflow as tf
 
 from keras_cam import _compat
+from keras_cam import layout as _layout
 from keras_cam import saved_model as _saved_model
-from keras_cam._patch import replaced_call
+from keras_cam._patch import replaced_call, wrapped_call
 
 # Layers whose 4-D output is still "the image", or a resolution-losing
 # summary of a feature map: never chosen automatically.
@@ -53,6 +68,8 @@ _NOT_TARGETS = (
     "InputLayer", "Rescaling", "Normalization", "Resizing", "CenterCrop",
     "RandomFlip", "RandomRotation", "RandomZoom", "RandomTranslation",
     "RandomContrast", "RandomCrop",
+    # A lookup of integer ids (a ViT's position embeddings), not a function of the image.
+    "Embedding",
     *(f"{kind}{d}D" for d in (1, 2, 3) for kind in (
         "ZeroPadding", "Cropping", "MaxPooling", "AveragePooling", "GlobalAveragePooling",
         "GlobalMaxPooling")),
@@ -72,8 +89,13 @@ class LayerInfo:
         output_shape: shape of its output in the probe run (batch axis
             included), or None when it returned a structure or was not run.
         pooled: its output is computed only from a globally pooled map.
+        rank: the spatial rank of the model's input.
         calls: how many times it ran in the probe run (a head shared by the
             levels of a feature pyramid runs once per level).
+        from_tokens: a rank-4 output of a 2-D model computed only from token
+            sequences ``(N, L, K)`` that is no patch grid: an attention
+            internal such as ``(N, L, heads, dim)`` or ``(N, heads, L, L)``,
+            which has the rank of a feature map but no spatial axes.
     """
 
     path: str
@@ -82,12 +104,14 @@ class LayerInfo:
     pooled: bool = False
     rank: int = 2
     calls: int = 1
+    from_tokens: bool = False
 
     @property
     def is_spatial(self) -> bool:
         """A feature map over the input's ``rank`` spatial axes, and not the input itself."""
         s = self.output_shape
-        return s is not None and len(s) == self.rank + 2 and type(self.layer).__name__ not in _NOT_TARGETS
+        return (s is not None and len(s) == self.rank + 2 and not self.from_tokens
+                and type(self.layer).__name__ not in _NOT_TARGETS)
 
     @property
     def spatial_size(self) -> int:
@@ -114,6 +138,7 @@ def is_container(layer) -> bool:
 
 
 def _children(layer):
+    """The layers (and ops) directly inside ``layer``, in a deterministic order."""
     if _compat.is_model(layer):
         # Keras 3 functional models also run operations that are not layers (x + y).
         ops = getattr(layer, "operations", None)
@@ -121,17 +146,62 @@ def _children(layer):
         return [l for l in items if type(l).__name__ != "InputLayer"]
     if _saved_model.is_wrapper(layer) or isinstance(layer, _saved_model.FrozenModel):
         return _saved_model.graph_ops(layer)
+    if _compat.is_layer(layer):
+        return sublayers(layer)
     return []
 
 
+def sublayers(layer):
+    """The layers a custom (non-model) layer holds in its public attributes.
+
+    A layer such as KerasHub's ``ViTEncoder`` keeps its blocks as attributes
+    (``self.layer_norm = ...``) or in lists, tuples or dicts of layers
+    (``self.encoder_layers = [...]``). They are found in ``vars(layer)``, in
+    attribute order (the order ``__init__`` assigned them), list order and
+    dict order; attributes whose name starts with ``_`` are internals (Keras's
+    own trackers, ``MultiHeadAttention``'s projections) and are not entered.
+    Each layer appears once, at its first attribute.
+    """
+    found = {}
+    for name, value in vars(layer).items():
+        if name.startswith("_"):
+            continue
+        if isinstance(value, collections.abc.Mapping):
+            values = list(value.values())
+        elif isinstance(value, (list, tuple)):
+            values = list(value)
+        else:
+            values = [value]
+        for v in values:
+            if v is not layer and _compat.is_layer(v):
+                found.setdefault(id(v), v)
+    return list(found.values())
+
+
 def walk(model, prefix=""):
-    """All ``(path, layer)`` pairs of ``model``, depth first, nested models included."""
+    """All ``(path, layer)`` pairs of ``model``, depth first.
+
+    Nested models are entered, and so are the sub-layers of custom layers
+    (:func:`sublayers`). A layer that a model lists itself is named under that
+    model, never a second time under a custom layer that also holds it.
+    """
     out = []
-    for child in _children(model):
+    _walk(model, prefix, out, set(), {id(model)})
+    return out
+
+
+def _walk(layer, prefix, out, claimed, above):
+    children = _children(layer)
+    if _compat.is_model(layer) or not _compat.is_layer(layer):
+        claimed.update(id(c) for c in children)  # a model's own layers are named under it
+    else:
+        children = [c for c in children if id(c) not in claimed and id(c) not in above]
+        claimed.update(id(c) for c in children)
+    for child in children:
         path = f"{prefix}{child.name}"
         out.append((path, child))
-        out.extend(walk(child, prefix=path + "/"))
-    return out
+        if id(child) not in above:
+            _walk(child, path + "/", out, claimed, above | {id(child)})
 
 
 def resolve(model, layer):
@@ -228,7 +298,19 @@ def _is_global(layer, inputs, out_shape, rank=2, out=None):
         return True
     if out_shape is None:  # a structure: global unless it holds a map (a feature pyramid's levels)
         return not any(t.shape.rank == rank + 2 for t in _tensors(out))
+    if rank == 2 and len(out_shape) == 3 and _is_relayout(inputs, out_shape):
+        return False  # a map's positions laid out as a token sequence (N, h*w, K)
     return len(out_shape) < rank + 2  # Flatten, a reduction, a reshape to a vector
+
+
+def _is_relayout(inputs, out_shape):
+    """Whether a token sequence has one token per position of a 4-D input (plus at most
+    ``MAX_PREFIX_TOKENS`` leading ones), as a reshape of a patch map to tokens does."""
+    maps = [s for s in inputs if s is not None and len(s) == 4 and None not in s[1:3]]
+    if len(maps) != 1 or out_shape[1] is None:
+        return False
+    extra = int(out_shape[1]) - int(maps[0][1]) * int(maps[0][2])
+    return 0 <= extra <= _layout.MAX_PREFIX_TOKENS
 
 
 def trace_layers(model, sample):
@@ -253,6 +335,9 @@ def trace_layers(model, sample):
     seen = {}
     producer = {}  # id(tensor) -> (path, tensor): the first layer that returned it
     pooled = set()
+    tokenish = set()  # paths of token sequences and of what is computed from them alone
+    grids = set()  # the spatial sizes of the maps seen so far
+    image_size = _image_size(sample)
 
     def record(path, layer, args, out):
         inputs = _tensors(args)
@@ -274,10 +359,23 @@ def trace_layers(model, sample):
         )
         if is_pooled:
             pooled.add(path)
+        from_tokens = False
+        if rank == 2 and shape is not None:
+            reads_tokens = bool(inputs) and all(
+                (id(t) in producer and producer[id(t)][0] in tokenish) or t.shape.rank == 3 for t in inputs)
+            if len(shape) == 3:
+                tokenish.add(path)
+            elif len(shape) == 4 and reads_tokens:
+                dims = tuple(shape[1:3])
+                from_tokens = dims not in grids and not _is_patch_grid(dims, image_size)
+                if from_tokens:
+                    tokenish.add(path)
+            if len(shape) == 4 and not from_tokens:
+                grids.add(tuple(shape[1:3]))
         for t in _tensors(out):
             producer.setdefault(id(t), (path, t))  # keeps t alive: ids stay unique
         calls = seen.pop(path).calls + 1 if path in seen else 1
-        seen[path] = LayerInfo(path, layer, shape, is_pooled, rank, calls)
+        seen[path] = LayerInfo(path, layer, shape, is_pooled, rank, calls, from_tokens)
 
     def recorder(path, layer):
         def call(inner, *args, **kwargs):
@@ -297,34 +395,194 @@ def trace_layers(model, sample):
     return list(seen.values())
 
 
+def _image_size(sample):
+    """The spatial size of a probe sample's image (its largest array), channels last."""
+    arrays = [t for t in tf.nest.flatten(sample) if np.ndim(t) >= 3]
+    if not arrays:
+        return None
+    shape = np.shape(max(arrays, key=np.ndim))
+    return tuple(int(d) for d in shape[1:-1])
+
+
+def _is_patch_grid(dims, image_size):
+    """Whether ``(h, w)`` is the grid of integer-stride patches of an ``image_size`` image."""
+    if image_size is None or len(image_size) != 2 or None in dims:
+        return False
+    fit = _layout.token_grid(int(dims[0]) * int(dims[1]), image_size, max_prefix=0)
+    return fit is not None and fit[1] == tuple(int(d) for d in dims)
+
+
 def _find(pairs, path):
     return next(l for p, l in pairs if p == path)
 
 
-def auto_layer(model, sample):
-    """The last spatial layer of the whole computation (see module docstring).
+def auto_layer(model, sample, reshape=None, score=None, context=None):
+    """The automatic target layer (see the module docstring).
 
     Nested models are looked through (their inner layers compete, the model
     itself does not); layers computed only from a globally pooled map are
-    chosen only when nothing else is spatial.
+    chosen only when nothing else is spatial. When token sequences follow
+    the last spatial map (a vision transformer), the last of them whose patch
+    tokens receive gradient from the top score is chosen instead
+    (:func:`token_candidates`, :func:`carries_gradient`).
+
+    Args:
+        model: the model.
+        sample: one input batch (batch 1) as the model takes it, for the
+            probe run that records every layer's output shape.
+        reshape: the explainer's ``reshape=`` (None, ``(h, w)`` or a
+            callable), which token layers must fit.
+        score: ``f(outputs) -> (N,)``, the score whose gradient the token
+            layers must carry; by default the top entry of the first output.
+        context: a context-manager factory entered around the gradient probe
+            (the explainer's removal of the final softmax).
+
+    Returns:
+        The chosen :class:`LayerInfo`.
+
+    Raises:
+        ValueError: when the model has no spatial map and no token layer
+            that carries gradient.
     """
     model = _saved_model.adapt(model)
     infos = [i for i in trace_layers(model, sample) if not is_container(i.layer)]
     spatial = [i for i in infos if i.is_spatial]
     # Not a segmenter's per-pixel logits (what is explained, not a feature map), nor a
-    # layer run more than once (its capture would be its last call only).
+    # layer run more than once (its capture would be its last call only), nor a layer
+    # inside a custom layer that returns several maps (one level of a feature pyramid).
     heads = _logit_layers(model)
-    spatial = [i for i in spatial if id(i.layer) not in heads and i.calls == 1] or spatial
-    if not spatial:
+    branches = tuple(i.path + "/" for i in infos if i.output_shape is None and _children(i.layer))
+    spatial = [i for i in spatial if id(i.layer) not in heads and i.calls == 1
+               and not i.path.startswith(branches)] or spatial
+    maps = [i for i in spatial if not i.pooled]
+    last = (maps or spatial)[-1] if spatial else None
+    tokens = token_candidates(infos, last, _image_size(sample), reshape)
+    if tokens:
+        flows = carries_gradient(model, sample, tokens, reshape, score, context)
+        chosen = [i for i, flow in zip(tokens, flows) if flow]
+        if chosen:
+            return chosen[-1]
+    if last is None:
         rank = sample_rank(sample)
         shape = {1: "(N, T, C)", 2: "(N, H, W, C)", 3: "(N, D, H, W, C)"}[rank]
+        found = (f" Its token layers {[i.path for i in tokens][-3:]} carry no gradient from the output "
+                 f"to their patch tokens." if tokens else "")
         raise ValueError(
             f"Model {model.name!r} has no layer with a spatial {shape} output, so "
-            f"there is nothing for a class-activation map to localize. Class-activation "
-            f"maps need a convolutional model (or a vision transformer's token layer)."
+            f"there is nothing for a class-activation map to localize.{found} Class-activation "
+            f"maps need a convolutional model (or a vision transformer's token layer: pass "
+            f"`layer=` and, if its grid is not inferred, `reshape=`)."
         )
-    maps = [i for i in spatial if not i.pooled]
-    return (maps or spatial)[-1]
+    return last
+
+
+def token_candidates(infos, last_map, image_size, reshape=None):
+    """The token layers that may be a 2-D model's automatic target, in execution order.
+
+    A candidate is a token sequence ``(N, L, K)`` after ``last_map`` (the
+    last spatial map, usually the patch embedding) that
+    :func:`keras_cam.layout.describe` lays on a grid; when there is such a
+    map, the grid must be the map's own ``(h, w)``: the tokens are its
+    positions. A CNN whose head reshapes its map into a sequence of rows
+    (an OCR model's ``(N, w, h*K)``) has no candidate.
+    """
+    if image_size is None or len(image_size) != 2:
+        return []
+    start = infos.index(last_map) + 1 if last_map is not None else 0
+    grid = None
+    if last_map is not None:
+        first = getattr(last_map.layer, "data_format", None) == "channels_first"
+        grid = tuple(int(d) for d in (last_map.output_shape[2:] if first else last_map.output_shape[1:-1]))
+    found = []
+    for info in infos[start:]:
+        shape = info.output_shape
+        if (shape is None or len(shape) != 3 or info.rank != 2 or isinstance(info.layer, _saved_model.GraphOp)
+                or type(info.layer).__name__ in _NOT_TARGETS):
+            continue
+        fit = _layout.describe(shape, 2, image_size, reshape=None if callable(reshape) else reshape)
+        if fit is not None and (grid is None or fit.grid == grid):
+            found.append(info)
+    return found
+
+
+def probe_input(sample, seed=0):
+    """A seeded random input shaped like ``sample``: uniform in [0, 1) for float
+    arrays, the others (integer ids, masks) as they are.
+
+    Zeros would make every patch token of a ViT equal, which hides whether a
+    layer's patch tokens reach the output.
+    """
+    rng = np.random.default_rng(seed)
+
+    def fill(t):
+        a = np.asarray(t)
+        return rng.uniform(size=a.shape).astype(a.dtype) if np.issubdtype(a.dtype, np.floating) else a
+    return tf.nest.map_structure(fill, sample)
+
+
+def top_score(outputs):
+    """The default probe score: the largest entry of the first output, per example."""
+    out = tf.cast(tf.nest.flatten(outputs)[0], tf.float32)
+    return tf.reduce_max(tf.reshape(out, (tf.shape(out)[0], -1)), axis=-1)
+
+
+def carries_gradient(model, sample, infos, reshape=None, score=None, context=None, rtol=1e-6):
+    """Per token layer, whether the gradient of ``score`` reaches its patch tokens.
+
+    One forward and backward pass on :func:`probe_input`: the layers' outputs
+    are watched, the gradient of ``sum score(outputs)`` is taken with respect
+    to each, and the class / register tokens are dropped as the explainer's
+    view drops them. A layer carries gradient when its patch tokens' largest
+    gradient exceeds ``rtol`` times the largest over all of its tokens (not
+    mere rounding). In a pre-norm ViT classified on its class token, every
+    layer after the last block's attention has zero patch-token gradient:
+    those tokens reach the class token only through attention.
+
+    Args:
+        model: the model.
+        sample: one input as the model takes it (its shapes are used).
+        infos: token layers (:class:`LayerInfo` with ``(N, L, K)`` outputs).
+        reshape: the explainer's ``reshape=`` (a tuple grid, or None).
+        score: ``f(outputs) -> (N,)``; by default :func:`top_score`.
+        context: a context-manager factory entered around the forward pass.
+        rtol: see above.
+
+    Returns:
+        A list of bools, one per layer of ``infos``.
+    """
+    x = tf.nest.map_structure(tf.convert_to_tensor, probe_input(sample))
+    image_size = _image_size(sample)
+    captured = {}
+
+    def watch(path, tape):
+        def on_output(out):
+            if tf.is_tensor(out):
+                tape.watch(out)
+                captured[path] = out
+            return out
+        return on_output
+
+    with tf.GradientTape(persistent=False) as tape, contextlib.ExitStack() as stack:
+        for info in {id(i.layer): i for i in infos}.values():
+            stack.enter_context(wrapped_call(info.layer, watch(info.path, tape)))
+        if context is not None:
+            stack.enter_context(context())
+        total = tf.reduce_sum((score or top_score)(model(x, training=False)))
+    watched = [i for i in infos if i.path in captured]
+    grads = dict(zip([i.path for i in watched],
+                     tape.gradient(total, [captured[i.path] for i in watched],
+                                   unconnected_gradients=tf.UnconnectedGradients.ZERO)))
+    flows = []
+    for info in infos:
+        g = grads.get(info.path)
+        fit = _layout.describe(info.output_shape, 2, image_size, reshape=None if callable(reshape) else reshape)
+        if g is None or fit is None:
+            flows.append(False)
+            continue
+        g = np.abs(np.asarray(g, np.float64))
+        patches = np.abs(np.asarray(fit.view(tf.constant(g)), np.float64))
+        flows.append(bool(patches.size) and patches.max() > rtol * g.max())
+    return flows
 
 
 def _logit_layers(model):
