@@ -192,17 +192,18 @@ def check_images(batch, model, index=0, channels_first=False):
                     f"(N,) + {tuple(expected[1:])}: its {what} is {g}, the model's is {e}. {fix} "
                     f"to the model's input shape first."
                 )
-    finite = tf.reduce_all(tf.math.is_finite(batch), axis=tuple(range(1, batch.shape.rank)))
-    if not bool(tf.reduce_all(finite)):
-        bad = np.flatnonzero(~finite.numpy()).tolist()
+    values = batch.numpy()  # one host pass for all three checks (each a TF op costs more on small inputs)
+    finite = np.isfinite(values).reshape(len(values), -1).all(axis=1)
+    if not finite.all():
+        bad = np.flatnonzero(~finite).tolist()
         raise ValueError(
             f"`images` contains NaN or Inf (images {bad[:10]}); a map of such an input is "
             f"meaningless. Clean or drop those images first."
         )
-    if float(tf.reduce_max(batch)) > 2.0 and float(tf.reduce_min(batch)) >= 0.0 \
-            and not _has_preprocessing(model):
+    top = float(values.max())
+    if top > 2.0 and float(values.min()) >= 0.0 and not _has_preprocessing(model):
         warnings.warn(
-            f"`images` has values up to {float(tf.reduce_max(batch)):.0f}, like raw 0-255 pixels, "
+            f"`images` has values up to {top:.0f}, like raw 0-255 pixels, "
             f"and model {model.name!r} has no Rescaling/Normalization layer. If the model was "
             f"trained on scaled input ([0, 1] or [-1, 1]), preprocess the images as for "
             f"`model.predict`, or the maps explain a prediction on out-of-range input.",
@@ -393,6 +394,7 @@ class Explainer:
         self.aug_smooth = bool(aug_smooth)
         self.eigen_smooth = bool(eigen_smooth)
         self._functions = {}
+        self._prepared = False
 
     def _layer_specs(self, layer):
         """The target layers to capture: one; a method that fuses several layers overrides this."""
@@ -449,7 +451,9 @@ class Explainer:
                 "`aug_smooth` averages maps at the input resolution (that is where a flip or "
                 "shift is undone exactly); call with upsample=True."
             )
-        self.prepare(self.graph.assemble(self.graph.to_model_format(batch[:1]), [o[:1] for o in others]))
+        if not self._prepared:  # automatic choices, once per explainer
+            self.prepare(self.graph.assemble(self.graph.to_model_format(batch[:1]), [o[:1] for o in others]))
+            self._prepared = True
         n = int(batch.shape[0])
         target = _targets.as_target(targets)
         if target is not None:  # checked before tracing; its arrays travel with the batch
@@ -464,10 +468,13 @@ class Explainer:
         else:
             values = []
             fn, idx = self._function(None), _targets.class_indices(targets, n, self.graph.num_classes)
-        step = self.batch_size or n
+        step = min(self.batch_size or n, n)
+
+        def rows(x, i):  # one chunk of a batch (the batch itself when it is one chunk)
+            return x if step == n else x[i:i + step]
         parts = [
-            fn(batch[i:i + step], tf.constant(idx[i:i + step]), bool(upsample), bool(normalize),
-               tuple(o[i:i + step] for o in others), tuple(v if v.shape[0] == 1 else v[i:i + step] for v in values))
+            fn(rows(batch, i), tf.constant(idx[i:i + step]), bool(upsample), bool(normalize),
+               tuple(rows(o, i) for o in others), tuple(v if v.shape[0] == 1 else rows(v, i) for v in values))
             for i in range(0, n, step)
         ]
         maps, scores, used, probs = (np.concatenate([p[k].numpy() for p in parts]) for k in range(4))
