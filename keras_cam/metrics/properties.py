@@ -212,8 +212,9 @@ def max_sensitivity(explainer, images, targets=None, radius=0.02, samples=10, se
     lower is more stable, and 0 at ``radius=0``. An image whose map
     ``E(x)`` is all zeros scores 0 if every perturbed map is all zeros too,
     and infinity otherwise. The perturbations are drawn per sample for the
-    whole batch from one generator seeded with ``seed``, so the value does
-    not depend on the explainer's ``batch_size``.
+    whole batch (in channels-last order) from one generator seeded with
+    ``seed``, so the value depends neither on the explainer's ``batch_size``
+    nor on the model's data format.
 
     Args:
         explainer: a keras-cam explainer (``keras_cam.GradCAM(model)``...).
@@ -246,8 +247,11 @@ def max_sensitivity(explainer, images, targets=None, radius=0.02, samples=10, se
     half = (radius * (x.max(axis=axes) - x.min(axis=axes))).reshape((-1,) + (1,) * (x.ndim - 1))
     rng = np.random.default_rng(seed)
     worst = np.zeros(len(x))
+    inputs = explainer.graph.inputs
+    last = tuple(inputs.to_channels_last(x[:1]).shape[1:])
     for _ in range(samples):
-        d = rng.uniform(-1.0, 1.0, x.shape) * half
+        # drawn channels-last, so that a channels-first model gets the same perturbations
+        d = np.asarray(inputs.to_model_format(rng.uniform(-1.0, 1.0, (len(x),) + last))) * half
         maps = np.asarray(explainer(x + d.astype(np.float32), fixed), np.float64).reshape(len(x), -1)
         worst = np.maximum(worst, np.linalg.norm(maps - base, axis=1))
     norm = np.linalg.norm(base, axis=1)
