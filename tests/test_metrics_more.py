@@ -446,3 +446,26 @@ def test_evaluate_defaults_and_errors(demo):
         metrics.evaluate([kc.GradCAM(model, layer)], model, images[:2], metrics=["sanity_check"])
     assert "sanity_check" not in metrics.DEFAULT_METRICS
     assert set(metrics.DEFAULT_METRICS) | {"sanity_check"} == set(metrics.METRICS)
+
+
+def test_cli_evaluate_prints_the_table(tmp_path, capsys):
+    import cv2
+
+    from keras_cam import cli
+
+    model = same_evidence_model()
+    path = str(tmp_path / "model.keras")
+    model.save(path)
+    folder = tmp_path / "images"
+    folder.mkdir()
+    images = np.random.default_rng(5).integers(0, 256, (3, 12, 12, 3)).astype(np.uint8)
+    for i, im in enumerate(images):
+        cv2.imwrite(str(folder / f"{i}.png"), im[..., ::-1])
+    status = cli.main(["evaluate", str(folder), "--model", path, "--preprocess", "scale", "--layer", "target",
+                       "--metric", "sparseness", "--metric", "random_logit", "--quiet"])
+    out = capsys.readouterr().out.strip().splitlines()
+    assert status == 0
+    assert out[0] == "| method | Sparseness ↑ | Random logit ↓ |"
+    maps = kc.GradCAM(model, "target")(images.astype(np.float32) / 255.0)
+    assert out[2] == f"| gradcam | {metrics.sparseness(maps):.3f} | 1.000 |"
+    assert cli.main(["evaluate", str(folder), "--model", path, "--metric", "accuracy"]) == 1
