@@ -1,19 +1,19 @@
 """Map quality on ground truth: every method on the demo data with known boxes.
 
-    python bench/bench_quality.py [--images 100] [--steps 50] [--seed 1]
+    python bench/bench_quality.py [--images 100] [--steps 50] [--seed 1] [--no-timing]
 
 Explains held-out generated images (``keras_cam.demo.make_dataset``, seed 1
 by default; the demo model trains on seed 0) with the shipped demo model
 (``keras_cam.demo.load_model``), keeps the images the model classifies
-correctly and explains their class, and prints one Markdown table:
-
-- Average Drop (%, lower is better) and Increase in Confidence (%, higher),
-  Chattopadhyay et al. 2018;
-- Deletion AUC (lower; pixels replaced by zeros) and Insertion AUC (higher;
-  pixels inserted into the blurred image), Petsiuk et al. 2018, ``--steps``
-  steps;
-- pointing game (%, higher) and energy pointing game (%, higher) against the
-  object's bounding box.
+correctly and explains their class with every method registered in
+``keras_cam.methods`` (``methods.names()``: methods registered later appear by
+themselves; a RandomCAM, when registered, is the last row, the floor) and a few
+variants, and prints the ``keras_cam.metrics.evaluate`` table: Average Drop,
+Increase in Confidence, deletion (zeros) and insertion (blur) AUC with
+``--steps`` steps, ROAD combined, the pointing games, sparseness, complexity,
+random logit, max-sensitivity and the sanity check's final rank correlation.
+Then it times ``evaluate`` of Grad-CAM on 256 demo images with every metric,
+as a multiple of the model's forward pass over the same images.
 
 Two reference rows frame the numbers: ``random`` maps (uniform noise, what no
 information scores) and the ``box mask`` itself (1 inside the object's box, 0
@@ -31,23 +31,29 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(__file__))
-from _timing import table  # noqa: E402
+from _timing import median_seconds  # noqa: E402
 
 import keras_cam as kc  # noqa: E402
+from keras_cam import methods  # noqa: E402
 from keras_cam import metrics  # noqa: E402
 from keras_cam.demo import TARGET_LAYER, load_model, make_dataset  # noqa: E402
 
-METHODS = {
-    "CAM": lambda m: kc.CAM(m, TARGET_LAYER),
-    "Grad-CAM": lambda m: kc.GradCAM(m, TARGET_LAYER),
-    "Grad-CAM++": lambda m: kc.GradCAMPlusPlus(m, TARGET_LAYER),
-    "Score-CAM": lambda m: kc.ScoreCAM(m, TARGET_LAYER, verbose=0),
-    "Layer-CAM": lambda m: kc.LayerCAM(m, TARGET_LAYER),
-    "Layer-CAM (conv3 + conv4)": lambda m: kc.LayerCAM(m, layers=["conv3", TARGET_LAYER]),
-    "Eigen-CAM": lambda m: kc.EigenCAM(m, TARGET_LAYER),
-    "Grad-CAM, aug_smooth": lambda m: kc.GradCAM(m, TARGET_LAYER, aug_smooth=True),
-    "Grad-CAM, eigen_smooth": lambda m: kc.GradCAM(m, TARGET_LAYER, eigen_smooth=True),
+# Every registered method (methods another engineer registers appear by themselves), and a few variants.
+EXTRA = {
+    "layercam (conv3 + conv4)": lambda m: kc.LayerCAM(m, layers=["conv3", TARGET_LAYER]),
+    "gradcam, aug_smooth": lambda m: kc.GradCAM(m, TARGET_LAYER, aug_smooth=True),
+    "gradcam, eigen_smooth": lambda m: kc.GradCAM(m, TARGET_LAYER, eigen_smooth=True),
 }
+
+
+def registered():
+    """``{name: factory}`` for every method of ``keras_cam.methods``, RandomCAM (the floor) last."""
+    names = methods.names()
+    floor = [n for n in names if "random" in n]
+    out = {}
+    for name in [n for n in names if n not in floor] + floor:
+        out[name] = lambda m, name=name: methods.create(name, m, layer=TARGET_LAYER)
+    return out
 
 
 def box_masks(boxes, size):
@@ -57,20 +63,31 @@ def box_masks(boxes, size):
     return masks
 
 
-def scores(model, images, maps, labels, boxes, steps):
-    return [
-        metrics.average_drop(model, images, maps, labels),
-        metrics.increase_in_confidence(model, images, maps, labels),
-        metrics.deletion_auc(model, images, maps, labels, steps=steps, substrate="zeros"),
-        metrics.insertion_auc(model, images, maps, labels, steps=steps, substrate="blur"),
-        metrics.pointing_game(maps, boxes),
-        metrics.energy_pointing_game(maps, boxes),
-    ]
+def evaluation_metrics(steps):
+    return {
+        "average_drop": {}, "increase_in_confidence": {},
+        "deletion_auc": {"steps": steps, "substrate": "zeros"},
+        "insertion_auc": {"steps": steps, "substrate": "blur"},
+        "road": {"order": "combined"}, "pointing_game": {}, "energy_pointing_game": {},
+        "sparseness": {}, "complexity": {}, "random_logit": {}, "max_sensitivity": {}, "sanity_check": {},
+    }
 
 
-def formatted(values):
-    """Percentages with one decimal, the AUCs (in [0, 1]) with three."""
-    return [f"{v:.3f}" if i in (2, 3) else f"{v:.1f}" for i, v in enumerate(values)]
+def timing(model, steps):
+    """``evaluate`` of Grad-CAM on 256 demo images with every metric, over the model's forward pass."""
+    import time
+
+    import tensorflow as tf
+
+    images, _, boxes = make_dataset(256, seed=2)
+    forward = tf.function(lambda x: model(x, training=False))
+    batches = [tf.constant(images[i:i + 32]) for i in range(0, 256, 32)]
+    pass_time = median_seconds(lambda: [forward(b).numpy() for b in batches], repeat=10)
+    t0 = time.perf_counter()
+    metrics.evaluate({"gradcam": lambda m: kc.GradCAM(m, TARGET_LAYER)}, model, images, boxes=boxes,
+                     metrics=evaluation_metrics(steps))
+    total = time.perf_counter() - t0
+    return total, pass_time
 
 
 def main(argv=None):
@@ -79,6 +96,8 @@ def main(argv=None):
     parser.add_argument("--steps", type=int, default=50, help="deletion/insertion steps (default 50)")
     parser.add_argument("--seed", type=int, default=1, help="dataset seed (default 1, held out)")
     parser.add_argument("--weights", default=None, help="demo weights .npz (default: the shipped ones)")
+    parser.add_argument("--no-timing", dest="timing", action="store_false",
+                        help="skip the timing of evaluate on 256 images")
     args = parser.parse_args(argv)
 
     model = load_model(args.weights)
@@ -89,21 +108,19 @@ def main(argv=None):
     print(f"demo model: {right.mean():.1%} of {args.images} held-out images (seed {args.seed}) "
           f"classified correctly; explaining those {len(images)}, each for its class.\n")
 
-    header = ["method", "Avg Drop % ↓", "Incr Conf % ↑", "Deletion ↓", "Insertion ↑",
-              "Pointing % ↑", "Energy PG % ↑"]
-    rows = []
-    for name, make in METHODS.items():
-        maps = make(model)(images, targets=labels)
-        rows.append([name] + formatted(scores(model, images, maps, labels, boxes, args.steps)))
-        print(f"  {name}: done", file=sys.stderr)
+    factories = {**registered(), **EXTRA}
     size = images.shape[1:3]
     references = {
-        "random (reference)": np.random.default_rng(0).random((len(images),) + size).astype(np.float32),
+        "random maps (reference)": np.random.default_rng(0).random((len(images),) + size).astype(np.float32),
         "box mask (oracle)": box_masks(boxes, size),
     }
-    for name, maps in references.items():
-        rows.append([name] + formatted(scores(model, images, maps, labels, boxes, args.steps)))
-    print(table(header, rows))
+    table = metrics.evaluate({**factories, **references}, model, images, labels, boxes=boxes,
+                             metrics=evaluation_metrics(args.steps), verbose=int(sys.stderr.isatty()))
+    print(table.to_markdown())
+    if args.timing:
+        total, pass_time = timing(model, args.steps)
+        print(f"\nevaluate(Grad-CAM, 256 images, every metric): {total:.1f} s = {total / pass_time:.0f} x the "
+              f"model's forward pass over the 256 images ({pass_time * 1000:.1f} ms, batches of 32).")
 
 
 if __name__ == "__main__":

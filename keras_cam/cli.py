@@ -4,6 +4,7 @@
     keras-cam explain IMAGE... --model PATH [--method NAME] [--layer NAME] [--target N] [--out DIR]
     keras-cam layers --model PATH
     keras-cam audit IMAGES_DIR --model PATH [--labels CSV] [--method NAME] [--out DIR]
+    keras-cam evaluate IMAGE... --model PATH [--method NAME] [--metric NAME]
 
 ``demo`` runs every method on the built-in model and generated images (no
 argument, no network). ``explain`` writes one overlay PNG per image and
@@ -712,6 +713,82 @@ def cmd_layers(args):
     return 0
 
 
+def cmd_evaluate(args):
+    """``keras-cam evaluate``: the :func:`keras_cam.metrics.evaluate` table for image files."""
+    from keras_cam import methods as registry
+    from keras_cam.metrics import METRICS, evaluate
+
+    method_names = args.method or ["gradcam"]
+    for m in method_names:
+        registry.get(m)  # an unknown name fails before any work
+    keys = list(dict.fromkeys(registry.canonical(m) for m in method_names))
+    unknown = [m for m in (args.metric or []) if m not in METRICS]
+    if unknown:
+        raise CliError(f"unknown --metric {unknown[0]!r}; choose among {', '.join(METRICS)}")
+    if args.batch_size < 1 or args.steps < 1:
+        raise CliError("--batch-size and --steps must be at least 1")
+    size = _parse_size(args.size)
+    paths = expand_images(args.images)
+    originals = [read_image(p) for p in paths]
+    model = load_model(args.model, args.unsafe, args.custom_objects)
+    height, width, channels = model_input(model)
+    if height is not None and width is not None:
+        size = (height, width)
+    if size is None and len({im.shape[:2] for im in originals}) > 1:
+        raise CliError("the images have different sizes and the model takes any size: pass --size HxW")
+    images = preprocess(np.stack([_as_model_input(fit_channels(im, channels, p), size)
+                                  for im, p in zip(originals, paths)]), args.preprocess)
+    chosen = None
+    if args.metric:
+        chosen = {m: {} for m in dict.fromkeys(args.metric)}
+    else:
+        chosen = {m: {} for m in METRICS if m not in ("pointing_game", "energy_pointing_game", "sanity_check")}
+    for m in ("deletion_auc", "insertion_auc"):
+        if m in chosen:
+            chosen[m]["steps"] = args.steps
+    layer = args.layer
+    factories = {k: (lambda mdl, k=k: registry.create(k, mdl, layer=layer)) for k in keys}
+    try:
+        table = evaluate(factories, model, images, targets=args.target, metrics=chosen,
+                         batch_size=args.batch_size, verbose=int(sys.stdout.isatty() and not args.quiet))
+    except ValueError as e:
+        hint = " (`keras-cam layers --model PATH` lists the layers)" if args.layer else ""
+        raise CliError(f"{' '.join(str(e).split())}{hint}") from e
+    if sys.stdout.isatty() and not args.quiet:
+        print()
+    print(table.to_markdown())
+    return 0
+
+
+def _add_evaluate_parser(sub):
+    from keras_cam import methods as registry  # names only: imports no TensorFlow
+
+    p = sub.add_parser(
+        "evaluate", help="score methods on image files: faithfulness, ROAD, map properties (a table)",
+        description="Explain image files with each method and print the keras_cam.metrics.evaluate table "
+                    "(Markdown): Average Drop, Increase in Confidence, deletion/insertion AUC, ROAD, "
+                    "sparseness, complexity, random logit, max-sensitivity. Images are read and "
+                    "preprocessed as for `keras-cam explain`; a progress bar is drawn on a terminal.",
+    )
+    p.add_argument("images", nargs="+", metavar="IMAGE", help="image files, or folders of images")
+    _add_model_args(p)
+    p.add_argument("--method", action="append", metavar="NAME",
+                   help=f"method, repeat for several (default gradcam): {', '.join(registry.names())}")
+    p.add_argument("--metric", action="append", metavar="NAME",
+                   help="metric, repeat for several (default: all but the pointing games, which need "
+                        "boxes, and sanity_check): a name of keras_cam.metrics.METRICS, such as "
+                        "average_drop, deletion_auc, road, sparseness (an unknown name lists them all)")
+    p.add_argument("--layer", metavar="NAME", help="target layer name or path (default: the last spatial layer)")
+    p.add_argument("--target", type=int, metavar="N", help="class index to explain (default: each image's top class)")
+    p.add_argument("--preprocess", default="none", choices=list(PREPROCESS_HELP),
+                   help="preprocessing applied to the 0-255 RGB pixels (default none; see `explain --help`)")
+    p.add_argument("--size", metavar="HxW", help="resize images to HxW for models without a fixed input size")
+    p.add_argument("--steps", type=int, default=50, metavar="N", help="deletion/insertion steps (default 50)")
+    p.add_argument("--batch-size", type=int, default=32, metavar="N", help="images per model call (default 32)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_evaluate)
+
+
 # --- the parser ----------------------------------------------------------------------------
 
 
@@ -796,6 +873,7 @@ def build_parser():
     _add_model_args(layers)
     layers.set_defaults(func=cmd_layers)
     _add_audit_parser(sub, names)
+    _add_evaluate_parser(sub)
     return parser
 
 

@@ -67,6 +67,11 @@ def _definition(module, name):
 
 
 def _public(module):
+    """The module's ``__all__`` when it has one (a package re-exporting its submodules), else its
+    public functions and classes."""
+    for node in _tree(module).body:
+        if isinstance(node, ast.Assign) and any(getattr(t, "id", None) == "__all__" for t in node.targets):
+            return [ast.literal_eval(e) for e in node.value.elts]
     return [n.name for n in _tree(module).body
             if isinstance(n, (ast.FunctionDef, ast.ClassDef)) and not n.name.startswith("_")]
 

@@ -1,0 +1,76 @@
+"""Is a map faithful to the model, does it point at the object, and is it a good map?
+
+Four families, one module each:
+
+- faithfulness (:mod:`keras_cam.metrics.perturbation`): change the image as
+  the map says and read the explained class's probability:
+  :func:`average_drop`, :func:`increase_in_confidence` (Chattopadhyay et al.
+  2018), :func:`deletion_auc`, :func:`insertion_auc` (Petsiuk et al. 2018),
+  :func:`road` with :func:`impute` (Rong et al. 2022);
+- localization (:mod:`keras_cam.metrics.localization`): against
+  ground-truth boxes, :func:`pointing_game`, :func:`energy_pointing_game`;
+- properties of the map (:mod:`keras_cam.metrics.properties`):
+  :func:`sparseness`, :func:`complexity`, and, calling the explainer again,
+  :func:`random_logit` and :func:`max_sensitivity`;
+- :func:`evaluate` (:mod:`keras_cam.metrics.evaluation`): every metric for
+  every method, one :class:`EvaluationTable`.
+
+Conventions: ``images`` ``(N, H, W, C)`` as the model takes them (or
+``(N, T, C)`` signals, ``(N, D, H, W, C)`` volumes, channels first for a
+channels-first model: every metric works in each layout of
+:mod:`keras_cam.layout`, "pixel" meaning one position); ``maps``
+``(N, H, W)`` at the image size (an explainer's output; ``(N, T)``,
+``(N, D, H, W)``); ``targets`` None for each image's top-1 class (on the
+unchanged image), an int, or one int per image; ``boxes`` ``(N, 4)`` as
+``(y0, x0, y1, x1)`` pixel coordinates, end exclusive (``(N, 2 r)`` with the
+``r`` starts then the ``r`` ends for ``r`` spatial axes). Images are scored
+``batch_size`` at a time by one compiled ``tf.function`` per model; the
+functions of the last few models used are kept, so calling metrics again on
+the same model does not recompile.
+
+Example:
+    >>> maps = keras_cam.GradCAM(model)(images)
+    >>> keras_cam.metrics.average_drop(model, images, maps)        # percent, lower is better
+    >>> keras_cam.metrics.road(model, images, maps, order="combined")  # higher is better
+    >>> keras_cam.metrics.energy_pointing_game(maps, boxes)        # percent, higher is better
+    >>> print(keras_cam.metrics.evaluate({"Grad-CAM": keras_cam.GradCAM}, model, images).to_markdown())
+"""
+
+from keras_cam.metrics._scoring import _KEEP, _scorer, _scorers  # noqa: F401  (the tests reach the cache)
+from keras_cam.metrics.evaluation import DEFAULT_METRICS, METRICS, EvaluationTable, evaluate
+from keras_cam.metrics.localization import energy_pointing_game, pointing_game
+from keras_cam.metrics.perturbation import (
+    PERCENTAGES,
+    SUBSTRATES,
+    average_drop,
+    deletion_auc,
+    impute,
+    increase_in_confidence,
+    insertion_auc,
+    neighbour_weights,
+    road,
+    saliency_ranks,
+    substrate_images,
+)
+from keras_cam.metrics.properties import complexity, max_sensitivity, random_logit, sparseness, ssim
+
+__all__ = [
+    "EvaluationTable",
+    "average_drop",
+    "complexity",
+    "deletion_auc",
+    "energy_pointing_game",
+    "evaluate",
+    "impute",
+    "increase_in_confidence",
+    "insertion_auc",
+    "max_sensitivity",
+    "neighbour_weights",
+    "pointing_game",
+    "random_logit",
+    "road",
+    "saliency_ranks",
+    "sparseness",
+    "ssim",
+    "substrate_images",
+]
