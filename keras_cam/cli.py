@@ -780,9 +780,7 @@ def _add_evaluate_parser(sub):
                         "average_drop, deletion_auc, road, sparseness (an unknown name lists them all)")
     p.add_argument("--layer", metavar="NAME", help="target layer name or path (default: the last spatial layer)")
     p.add_argument("--target", type=int, metavar="N", help="class index to explain (default: each image's top class)")
-    p.add_argument("--preprocess", default="none", choices=list(PREPROCESS_HELP),
-                   help="preprocessing applied to the 0-255 RGB pixels (default none; see `explain --help`)")
-    p.add_argument("--size", metavar="HxW", help="resize images to HxW for models without a fixed input size")
+    _add_image_args(p, see="`explain --help`")
     p.add_argument("--steps", type=int, default=50, metavar="N", help="deletion/insertion steps (default 50)")
     p.add_argument("--batch-size", type=int, default=32, metavar="N", help="images per model call (default 32)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -801,6 +799,13 @@ def _add_model_args(p):
     p.add_argument("--custom-objects", metavar="FILE.py",
                    help="a Python file defining the model's custom layers/functions (a dict "
                         "`custom_objects`, or every class and function it defines); it is executed")
+
+
+def _add_image_args(p, see="below"):
+    """How image files become model input: the same options for every command that reads them."""
+    p.add_argument("--preprocess", default="none", choices=list(PREPROCESS_HELP),
+                   help=f"preprocessing applied to the 0-255 RGB pixels (default none; see {see})")
+    p.add_argument("--size", metavar="HxW", help="resize images to HxW for models without a fixed input size")
 
 
 def build_parser():
@@ -853,9 +858,7 @@ def build_parser():
                          help="target layer name or path (e.g. base/top_activation); default: the last "
                               "spatial layer. `keras-cam layers --model PATH` lists them")
     explain.add_argument("--target", type=int, metavar="N", help="class index to explain (default: each image's top class)")
-    explain.add_argument("--preprocess", default="none", choices=list(PREPROCESS_HELP),
-                         help="preprocessing applied to the 0-255 RGB pixels (default none; see below)")
-    explain.add_argument("--size", metavar="HxW", help="resize images to HxW for models without a fixed input size")
+    _add_image_args(explain)
     explain.add_argument("--out", default="keras-cam-out", metavar="DIR", help="output folder (default: ./keras-cam-out)")
     explain.add_argument("--class-names", metavar="FILE", help="text file with one class name per line, for predictions.json")
     explain.add_argument("--top", type=int, default=5, metavar="K", help="top classes listed per image (default 5)")
@@ -894,9 +897,7 @@ def _add_audit_parser(sub, names):
                             "and clusters report their accuracy. Default: each image's top-1 class")
     audit.add_argument("--method", default="gradcam", metavar="NAME", help=f"method (default gradcam): {names}")
     audit.add_argument("--layer", metavar="NAME", help="target layer name or path; default: the last spatial layer")
-    audit.add_argument("--preprocess", default="none", choices=list(PREPROCESS_HELP),
-                       help="preprocessing applied to the 0-255 RGB pixels (default none; see below)")
-    audit.add_argument("--size", metavar="HxW", help="resize images to HxW for models without a fixed input size")
+    _add_image_args(audit)
     audit.add_argument("--out", default="keras-cam-audit", metavar="DIR",
                        help="output folder (default: ./keras-cam-audit)")
     audit.add_argument("--class-names", metavar="FILE", help="text file with one class name per line, for the report")
