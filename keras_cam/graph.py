@@ -287,10 +287,17 @@ class ActivationGraph:
             getattr(layer, "data_format", None) is None and self.data_format == "channels_first"
         )
 
-    def run(self, images, rows=None):
+    def run(self, images, rows=None, hooks=()):
         """The model's outputs (logits if linearized) for channels-last ``images``,
-        without capturing any layer (``rows``: see :meth:`model_inputs`)."""
-        with self._linearized():
+        without capturing any layer (``rows``: see :meth:`model_inputs`).
+
+        ``hooks`` are context managers entered inside the linearization, around
+        the model's call: a method's own interception (e.g. of a layer's
+        ``activation``) then sees the layers as they run when explained.
+        """
+        with self._linearized(), contextlib.ExitStack() as stack:
+            for hook in hooks:
+                stack.enter_context(hook)
             return self.model(self.model_inputs(images, rows), training=False)
 
     def feature_layout(self, i, shape, image_size=None):

@@ -6,10 +6,12 @@ used; instead every channel ``A_k`` becomes a soft mask of the input, and the
 model's score of the masked input is the channel's weight.
 
 The masked inputs of all channels of all images in a call are one list of
-``(image, channel)`` pairs, streamed through the model ``batch_size`` at a
-time inside the explainer's compiled function (a ``tf.while_loop`` around one
-forward pass). Only one batch of masked inputs exists at any moment, so memory
-does not grow with the number of channels.
+``(image, channel)`` pairs (``(image, channel, step)`` for ISCAM,
+``(image, channel, sample)`` for SSCAM), streamed through the model
+``batch_size`` at a time inside the explainer's compiled function
+(:class:`~keras_cam.methods.streaming.StreamingExplainer`). Only one batch of
+masked inputs exists at any moment, so memory does not grow with the number
+of channels.
 """
 
 from __future__ import annotations
@@ -17,15 +19,15 @@ from __future__ import annotations
 import numpy as np
 import tensorflow as tf
 
-from keras_cam import _compat
 from keras_cam import layout as _layout
 from keras_cam import targets as _targets
-from keras_cam.base import Explainer, minmax, upsample
+from keras_cam.base import minmax, upsample
+from keras_cam.methods.streaming import StreamingExplainer, check_noise, check_seed, grid, seeded_normal
 
 WEIGHTINGS = ("reference", "paper")
 
 
-class ScoreCAM(Explainer):
+class ScoreCAM(StreamingExplainer):
     """Score-CAM (Wang et al., CVPRW 2020) and Faster Score-CAM.
 
     For each image and each channel ``k`` of the target layer:
@@ -80,18 +82,10 @@ class ScoreCAM(Explainer):
     """
 
     _weights_channels = True
-    # One call runs the model once per batch of masked inputs; compiled, those
-    # passes run faster than eagerly by more than the trace costs.
-    _eager_first = False
 
     def __init__(self, model, layer=None, *, output=None, linearize=True, batch_size=32,
                  weighting="reference", max_channels=None, verbose=1, aug_smooth=False,
                  eigen_smooth=False, image_input=None, data_format=None):
-        if not isinstance(batch_size, (int, np.integer)) or isinstance(batch_size, bool) or batch_size < 1:
-            raise ValueError(
-                f"`batch_size` must be a positive int (masked inputs per forward pass); "
-                f"received {batch_size!r}."
-            )
         if weighting not in WEIGHTINGS:
             raise ValueError(f"`weighting` must be one of {WEIGHTINGS}; received {weighting!r}.")
         if max_channels is not None and (
@@ -102,29 +96,24 @@ class ScoreCAM(Explainer):
                 f"`max_channels` must be None (all channels) or a positive int; received "
                 f"{max_channels!r}."
             )
-        if verbose not in (0, 1, False, True):
-            raise ValueError(f"`verbose` must be 0 or 1; received {verbose!r}.")
-        super().__init__(model, layer, output=output, linearize=linearize, batch_size=int(batch_size),
-                         aug_smooth=aug_smooth, eigen_smooth=eigen_smooth, image_input=image_input,
-                         data_format=data_format)
+        super().__init__(model, layer, output=output, linearize=linearize, batch_size=batch_size,
+                         verbose=verbose, aug_smooth=aug_smooth, eigen_smooth=eigen_smooth,
+                         image_input=image_input, data_format=data_format)
         self.weighting = weighting
         self.max_channels = None if max_channels is None else int(max_channels)
-        self.verbose = int(verbose)
-        self._bar = None
 
-    def explain(self, images, targets=None, upsample=True, normalize=True):
-        try:
-            return super().explain(images, targets, upsample=upsample, normalize=normalize)
-        except tf.errors.ResourceExhaustedError as err:
-            smaller = max(1, self.batch_size // 4)
-            raise tf.errors.ResourceExhaustedError(
-                err.node_def, err.op,
-                f"Score-CAM ran out of memory running {self.batch_size} masked inputs per "
-                f"forward pass. Pass a smaller batch_size, e.g. "
-                f"ScoreCAM(model, batch_size={smaller}). (Original error: {err.message})",
-            ) from err
-        finally:
-            self._bar = None
+    # Masked inputs per (image, channel): ISCAM's steps, SSCAM's samples.
+    repeats = 1
+
+    def vary_masks(self, masks, channels, repeat):
+        """The masks of the ``repeat``-th pass of each channel; Score-CAM uses ``M_k`` as it is.
+
+        Args:
+            masks: ``(b, *S)`` masks ``M_k`` in [0, 1] at the input size.
+            channels: ``(b,)`` int64, the channel ``k`` of each mask.
+            repeat: ``(b,)`` int64 in ``[0, repeats)``.
+        """
+        return masks
 
     def raw_maps(self, images, class_idx, target_fn=None):
         acts, outputs = self.graph.forward(images)
@@ -158,42 +147,112 @@ class ScoreCAM(Explainer):
         return live & keep
 
     def masked_scores(self, images, a, chosen, idx, target_fn=None):
-        """``(N, K)``: the score of ``X * M_k`` for every chosen pair, 0 elsewhere.
+        """``(N, K)``: the score of ``X * M_k`` for every chosen pair (the mean over
+        :attr:`repeats` varied masks, :meth:`vary_masks`), 0 elsewhere.
 
         The score is the target probability (``"reference"``), the
         pre-softmax score (``"paper"``) or the callable target's value.
         """
         pairs = tf.where(chosen)  # (P, 2): image, channel
+        if self.repeats > 1:  # (P * R, 3): image, channel, repeat
+            which = grid(tf.shape(pairs)[0], self.repeats)
+            pairs = tf.concat([tf.gather(pairs, which[:, 0]), which[:, 1:]], axis=1)
         rank = a.shape.rank
         maps = tf.transpose(a, (0, rank - 1) + tuple(range(1, rank - 1)))  # (N, K, *s)
         size = tf.shape(images)[1:-1]
-        step = self.batch_size
-        total = tf.shape(pairs)[0]
-        n_steps = (total + step - 1) // step
 
-        def body(i, values):
-            chunk = pairs[i * step:(i + 1) * step]
+        def scores(chunk):
             which = chunk[:, 0]
-            masks = minmax(upsample(tf.gather_nd(maps, chunk), size))
+            masks = minmax(upsample(tf.gather_nd(maps, chunk[:, :2]), size))
+            if self.repeats > 1:
+                masks = self.vary_masks(masks, chunk[:, 1], chunk[:, 2])
             outputs = self.graph.run(tf.gather(images, which) * masks[..., None], rows=which)
             s, _, p = self.target_scores(outputs, tf.gather(idx, which), _targets.rows(target_fn, which))
             v = p if (self.weighting == "reference" and target_fn is None) else s
-            if self.verbose:
-                tf.py_function(self._progress, [i, total], [])
-            return i + 1, tf.tensor_scatter_nd_update(values, chunk, v)
+            return chunk[:, :2], v / self.repeats
 
-        _, values = tf.while_loop(
-            lambda i, _: i < n_steps, body, (tf.constant(0), tf.zeros(tf.shape(chosen))),
-            parallel_iterations=1,  # one batch of masked inputs in memory at a time
-        )
-        return values
+        return self.stream(pairs, scores, tf.zeros(tf.shape(chosen)))
 
-    def _progress(self, i, total):
-        """Progress bar over the masked passes of one compiled call (runs eagerly)."""
-        i, total = int(i), int(total)
-        if i == 0 or self._bar is None:
-            self._bar = _compat.progbar(total, verbose=self.verbose)
-        self._bar.update(min((i + 1) * self.batch_size, total))
+
+class ISCAM(ScoreCAM):
+    """Integrated Score-CAM (Naidu et al. 2020).
+
+    Score-CAM whose channel score integrates along the mask: with
+    ``M_k = minmax(Up(A_k))`` as in :class:`ScoreCAM`, the score of channel
+    ``k`` is the mean over ``i = 1..steps`` of the score of ``X * (i / steps) M_k``
+    (probability or logit, as ``weighting`` says; ``"paper"`` takes the
+    softmax over channels of these means). ``steps=1`` is Score-CAM. Costs
+    ``steps`` times Score-CAM's forward passes.
+
+    Args:
+        model: a Keras model; never modified.
+        layer: the target layer (see :class:`keras_cam.Explainer`).
+        steps: points of the integral per channel.
+        **kwargs: the options of :class:`ScoreCAM` (``weighting``,
+            ``max_channels``, ``batch_size``, ``verbose``...).
+
+    Example:
+        >>> maps = keras_cam.ISCAM(model, steps=10, verbose=0)(images)
+    """
+
+    def __init__(self, model, layer=None, *, steps=10, **kwargs):
+        if not isinstance(steps, (int, np.integer)) or isinstance(steps, bool) or steps < 1:
+            raise ValueError(f"`steps` must be a positive int (masks per channel); received {steps!r}.")
+        super().__init__(model, layer, **kwargs)
+        self.steps = int(steps)
+
+    @property
+    def repeats(self):
+        return self.steps
+
+    def vary_masks(self, masks, channels, repeat):
+        """``(i / steps) M_k`` with ``i = repeat + 1``."""
+        scale = tf.cast(repeat + 1, masks.dtype) / self.steps
+        return masks * tf.reshape(scale, [-1] + [1] * (masks.shape.rank - 1))
+
+
+class SSCAM(ScoreCAM):
+    """Smoothed Score-CAM (Wang et al. 2020, SS-CAM).
+
+    Score-CAM whose channel score is the mean over ``samples`` noisy masks
+    ``M_k + eps``, ``eps ~ N(0, noise^2)`` per position (``M_k`` in [0, 1] as in
+    :class:`ScoreCAM`, so ``noise`` is a fraction of the mask's range): the
+    score of channel ``k`` is the mean of the scores of ``X * (M_k + eps_j)``,
+    ``j = 1..samples``. ``noise=0`` is Score-CAM. Costs ``samples`` times
+    Score-CAM's forward passes.
+
+    The draw ``eps_j`` of channel ``k`` depends only on ``(seed, k, j)``: an
+    image explained alone or in any batch gets the same noise, and a seeded
+    run is reproducible.
+
+    Args:
+        model: a Keras model; never modified.
+        layer: the target layer (see :class:`keras_cam.Explainer`).
+        samples: noisy masks per channel.
+        noise: standard deviation of the noise added to the masks.
+        seed: the seed of the noise.
+        **kwargs: the options of :class:`ScoreCAM`.
+
+    Example:
+        >>> maps = keras_cam.SSCAM(model, samples=10, noise=0.2, verbose=0)(images)
+    """
+
+    def __init__(self, model, layer=None, *, samples=10, noise=0.2, seed=0, **kwargs):
+        if not isinstance(samples, (int, np.integer)) or isinstance(samples, bool) or samples < 1:
+            raise ValueError(f"`samples` must be a positive int (noisy masks per channel); received {samples!r}.")
+        super().__init__(model, layer, **kwargs)
+        self.samples = int(samples)
+        self.noise = check_noise(noise)
+        self.seed = check_seed(seed)
+
+    @property
+    def repeats(self):
+        return self.samples
+
+    def vary_masks(self, masks, channels, repeat):
+        """``M_k + noise * eps``, the draw indexed by ``(seed, k * samples + j)``."""
+        eps = seeded_normal(self.seed, channels * self.samples + repeat, tf.shape(masks)[1:])
+        return masks + self.noise * eps
 
 
 def masked_softmax(values, chosen):
