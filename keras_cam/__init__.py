@@ -29,8 +29,10 @@ _EXPORTS = {
     "GradCAMPlusPlus": "keras_cam.methods.gradient",
     "GuidedBackprop": "keras_cam.methods.guided",
     "GuidedGradCAM": "keras_cam.methods.guided",
+    "ISCAM": "keras_cam.methods.score",
     "LayerCAM": "keras_cam.methods.gradient",
     "SanityResult": "keras_cam.sanity",
+    "SSCAM": "keras_cam.methods.score",
     "ScoreCAM": "keras_cam.methods.score",
     "VizGradCAM": "keras_cam.vizgradcam",
     "audit": None,  # a submodule that is also callable: keras_cam.audit(explainer, data, ...)
@@ -57,7 +59,7 @@ if TYPE_CHECKING:  # the same names for static tools (IDEs, the docs' API refere
     from keras_cam.methods.activation import CAM, EigenCAM
     from keras_cam.methods.gradient import GradCAM, GradCAMPlusPlus, LayerCAM
     from keras_cam.methods.guided import GuidedBackprop, GuidedGradCAM, gradient_image
-    from keras_cam.methods.score import ScoreCAM
+    from keras_cam.methods.score import ISCAM, SSCAM, ScoreCAM
     from keras_cam.sanity import SanityResult, sanity_check
     from keras_cam.viz import overlay, plot
     from keras_cam.vizgradcam import VizGradCAM

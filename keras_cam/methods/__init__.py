@@ -25,6 +25,8 @@ METHODS = {
     "layercam": "keras_cam.methods.gradient:LayerCAM",
     "eigencam": "keras_cam.methods.activation:EigenCAM",
     "cam": "keras_cam.methods.activation:CAM",
+    "iscam": "keras_cam.methods.score:ISCAM",
+    "sscam": "keras_cam.methods.score:SSCAM",
 }
 
 
