@@ -61,8 +61,16 @@ def get(name: str):
 
 def create(name: str, model, layer=None, **kwargs):
     """``get(name)(model, layer=layer, **kwargs)``, silent: methods that draw their own
-    progress bar (``verbose``) are built with ``verbose=0`` unless told otherwise."""
+    progress bar (``verbose``) are built with ``verbose=0`` unless told otherwise.
+
+    Methods without a target layer (the attributions at the input: Saliency,
+    SmoothGrad, Integrated Gradients, FullGrad) are built without ``layer``,
+    so one call builds any method the same way.
+    """
     cls = get(name)
-    if "verbose" in inspect.signature(cls.__init__).parameters:
+    params = inspect.signature(cls.__init__).parameters
+    if "verbose" in params:
         kwargs.setdefault("verbose", 0)
+    if "layer" not in params:
+        return cls(model, **kwargs)
     return cls(model, layer=layer, **kwargs)
