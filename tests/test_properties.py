@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 import keras_cam as kc
 from keras_cam._compat import keras
 
-EXPLAINERS = ["gradcam", "gradcampp", "layercam", "scorecam", "eigencam", "cam"]
+EXPLAINERS = kc.methods.names()  # every registered method
 CASES = {"run": 0, "maps": 0, "documented_errors": 0}
 
 
@@ -57,7 +57,7 @@ targets_kinds = st.sampled_from(["none", "int", "list", "callable", "bad_int", "
 # Derandomized (the same cases on every run, so CI is reproducible) and without
 # the shrink phase, which can take minutes on TensorFlow models; a failure still
 # reports its full failing case.
-@settings(max_examples=30, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.too_slow],
+@settings(max_examples=60, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.too_slow],
           phases=[Phase.explicit, Phase.reuse, Phase.generate])
 @given(arch=architectures(), method=st.sampled_from(EXPLAINERS), n=st.integers(1, 3),
        dtype=images_dtypes, target_kind=targets_kinds, seed=st.integers(0, 2**16))
