@@ -23,18 +23,25 @@ _EXPORTS = {
     "CAMCallback": "keras_cam.callbacks",
     "Cluster": "keras_cam.audit.core",
     "EigenCAM": "keras_cam.methods.activation",
+    "EigenGradCAM": "keras_cam.methods.gradient",
     "Explainer": "keras_cam.base",
     "Explanation": "keras_cam.base",
+    "FEM": "keras_cam.methods.activation",
     "GradCAM": "keras_cam.methods.gradient",
+    "GradCAMElementWise": "keras_cam.methods.gradient",
     "GradCAMPlusPlus": "keras_cam.methods.gradient",
     "GuidedBackprop": "keras_cam.methods.guided",
     "GuidedGradCAM": "keras_cam.methods.guided",
+    "HiResCAM": "keras_cam.methods.gradient",
     "ISCAM": "keras_cam.methods.score",
     "LayerCAM": "keras_cam.methods.gradient",
-    "SanityResult": "keras_cam.sanity",
+    "RandomCAM": "keras_cam.methods.activation",
     "SSCAM": "keras_cam.methods.score",
+    "SanityResult": "keras_cam.sanity",
     "ScoreCAM": "keras_cam.methods.score",
+    "SmoothGradCAMPlusPlus": "keras_cam.methods.gradient",
     "VizGradCAM": "keras_cam.vizgradcam",
+    "XGradCAM": "keras_cam.methods.gradient",
     "audit": None,  # a submodule that is also callable: keras_cam.audit(explainer, data, ...)
     "explain_dataset": "keras_cam.dataset",
     "flatten_model": "keras_cam.flatten",
@@ -56,8 +63,9 @@ if TYPE_CHECKING:  # the same names for static tools (IDEs, the docs' API refere
     from keras_cam.dataset import explain_dataset
     from keras_cam.flatten import flatten_model
     from keras_cam.layers import list_layers
-    from keras_cam.methods.activation import CAM, EigenCAM
-    from keras_cam.methods.gradient import GradCAM, GradCAMPlusPlus, LayerCAM
+    from keras_cam.methods.activation import CAM, FEM, EigenCAM, RandomCAM
+    from keras_cam.methods.gradient import (EigenGradCAM, GradCAM, GradCAMElementWise, GradCAMPlusPlus, HiResCAM, LayerCAM,
+                                           SmoothGradCAMPlusPlus, XGradCAM)
     from keras_cam.methods.guided import GuidedBackprop, GuidedGradCAM, gradient_image
     from keras_cam.methods.score import ISCAM, SSCAM, ScoreCAM
     from keras_cam.sanity import SanityResult, sanity_check

@@ -25,8 +25,15 @@ METHODS = {
     "layercam": "keras_cam.methods.gradient:LayerCAM",
     "eigencam": "keras_cam.methods.activation:EigenCAM",
     "cam": "keras_cam.methods.activation:CAM",
+    "xgradcam": "keras_cam.methods.gradient:XGradCAM",
+    "hirescam": "keras_cam.methods.gradient:HiResCAM",
+    "gradcamelementwise": "keras_cam.methods.gradient:GradCAMElementWise",
+    "eigengradcam": "keras_cam.methods.gradient:EigenGradCAM",
+    "smoothgradcampp": "keras_cam.methods.gradient:SmoothGradCAMPlusPlus",
+    "fem": "keras_cam.methods.activation:FEM",
     "iscam": "keras_cam.methods.score:ISCAM",
     "sscam": "keras_cam.methods.score:SSCAM",
+    "randomcam": "keras_cam.methods.activation:RandomCAM",
 }
 
 

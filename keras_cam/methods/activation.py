@@ -13,6 +13,7 @@ from keras_cam import _compat
 from keras_cam import layers as _layers
 from keras_cam import layout as _layout
 from keras_cam.base import Explainer, principal_component
+from keras_cam.methods.streaming import check_seed
 
 # Layers that are the identity when the model predicts (training=False).
 _INERT = (
@@ -144,3 +145,79 @@ class EigenCAM(Explainer):
         acts, outputs = self.graph.forward(images)
         scored = self.target_scores(outputs, class_idx, target_fn)
         return tf.nn.relu(principal_component(tf.cast(acts[0], tf.float32))), scored
+
+
+class FEM(Explainer):
+    """Feature Explanation Method (Fuad et al., 2020): no gradients, no class.
+
+    Each channel is weighted by how often it fires well above its own mean:
+    ``w_k = mean_ij [A^k_ij > mu_k + k sigma_k]``, where ``mu_k`` and
+    ``sigma_k`` are the mean and population standard deviation of ``A^k``
+    over the positions; map ``= ReLU(sum_k w_k A^k)``. A constant channel
+    gets weight 0. The map is the same whatever the target class (the
+    explanation still reports the scores of ``targets``).
+
+    Args:
+        model: a Keras model; never modified.
+        layer: the target layer (see :class:`keras_cam.Explainer`).
+        k: the threshold, in standard deviations above the mean (>= 0).
+        **kwargs: the options of :class:`keras_cam.Explainer`.
+
+    Example:
+        >>> maps = keras_cam.FEM(model)(images)                 # (N, H, W) in [0, 1]
+        >>> wider = keras_cam.FEM(model, k=1)(images)
+    """
+
+    _weights_channels = True
+
+    def __init__(self, model, layer=None, *, k=2.0, **kwargs):
+        if isinstance(k, bool) or not isinstance(k, (int, float, np.integer, np.floating)) or not k >= 0:
+            raise ValueError(
+                f"`k` must be a number >= 0 (standard deviations above a channel's mean); received {k!r}."
+            )
+        super().__init__(model, layer, **kwargs)
+        self.k = float(k)
+
+    def raw_maps(self, images, class_idx, target_fn=None):
+        acts, outputs = self.graph.forward(images)
+        scored = self.target_scores(outputs, class_idx, target_fn)
+        a = tf.cast(acts[0], tf.float32)
+        axes = _layout.spatial_axes(a)
+        mean, var = tf.nn.moments(a, axes=axes, keepdims=True)
+        above = tf.cast(a > mean + self.k * tf.sqrt(var), tf.float32)
+        w = tf.reduce_mean(above, axis=axes)
+        return self.reduce_channels(_layout.weigh_channels(a, w)), scored
+
+
+class RandomCAM(Explainer):
+    """Random channel weights: the baseline every metric should beat.
+
+    ``w_k ~ U(-1, 1)``, drawn once from ``seed`` (the same weights for every
+    image and every call); map ``= ReLU(sum_k w_k A^k)``. It shows what a
+    map that only follows where the activations are large scores, without
+    any knowledge of the class.
+
+    Args:
+        model: a Keras model; never modified.
+        layer: the target layer (see :class:`keras_cam.Explainer`).
+        seed: the seed of the weights (an int).
+        **kwargs: the options of :class:`keras_cam.Explainer`.
+
+    Example:
+        >>> floor = keras_cam.RandomCAM(model, seed=0)(images)
+    """
+
+    _weights_channels = True
+
+    def __init__(self, model, layer=None, *, seed=0, **kwargs):
+        self.seed = check_seed(seed)
+        super().__init__(model, layer, **kwargs)
+
+    def raw_maps(self, images, class_idx, target_fn=None):
+        acts, outputs = self.graph.forward(images)
+        scored = self.target_scores(outputs, class_idx, target_fn)
+        a = tf.cast(acts[0], tf.float32)
+        w = tf.random.stateless_uniform(tf.shape(a)[-1:], seed=tf.constant([self.seed, 0], tf.int64),
+                                        minval=-1.0, maxval=1.0)
+        w = tf.tile(w[None], tf.stack([tf.shape(a)[0], 1]))
+        return self.reduce_channels(_layout.weigh_channels(a, w)), scored

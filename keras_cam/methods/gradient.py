@@ -11,10 +11,15 @@ every pixel of every channel instead.
 
 from __future__ import annotations
 
+import contextlib
+
 import tensorflow as tf
 
 from keras_cam import layout as _layout
-from keras_cam.base import Explainer, upsample
+from keras_cam import targets as _targets
+from keras_cam.base import Explainer, principal_component, upsample
+from keras_cam.methods.streaming import (StreamingExplainer, _check_positive_int, check_noise, check_seed, grid,
+                                         input_range, seeded_normal)
 
 
 class GradientExplainer(Explainer):
@@ -171,3 +176,187 @@ class LayerCAM(GradientExplainer):
             top = tf.reduce_max(m, axis=_layout.map_axes(m), keepdims=True)
             scaled.append(upsample(tf.tanh(self.gamma * tf.math.divide_no_nan(m, top)), size))
         return tf.reduce_max(tf.stack(scaled), axis=0)
+
+
+class XGradCAM(GradientExplainer):
+    """XGrad-CAM (Fu et al., BMVC 2020).
+
+    ``w_k = sum_ij A^k_ij g^k_ij / (sum_ij A^k_ij + 1e-7)`` with ``g = dS/dA``:
+    the gradient averaged over the positions with the activation as
+    weights (the weights the paper derives from its sensitivity and
+    conservation axioms); map ``= ReLU(sum_k w_k A^k)``.
+
+    Args:
+        model: a Keras model; never modified.
+        layer: the target layer (see :class:`keras_cam.Explainer`).
+        **kwargs: the options of :class:`keras_cam.Explainer`.
+
+    Example:
+        >>> maps = keras_cam.XGradCAM(model)(images)          # (N, H, W) in [0, 1]
+    """
+
+    @staticmethod
+    def channel_weights(a, g):
+        axes = _layout.spatial_axes(a)
+        return tf.reduce_sum(a * g, axis=axes) / (tf.reduce_sum(a, axis=axes) + 1e-7)
+
+
+class HiResCAM(GradientExplainer):
+    """HiResCAM (Draelos and Carin, 2020).
+
+    The gradient multiplies the activation position by position, without
+    spatial averaging: map ``= ReLU(sum_k g^k * A^k)`` with ``g = dS/dA``. The
+    map is then exactly how much each position contributes to ``S`` to
+    first order; where the gradient is constant over the positions of each
+    channel (``GlobalAveragePooling`` and then ``Dense``) it equals Grad-CAM.
+    ``eigen_smooth`` takes the principal component of ``g * A``.
+
+    Args:
+        model: a Keras model; never modified.
+        layer: the target layer (see :class:`keras_cam.Explainer`).
+        **kwargs: the options of :class:`keras_cam.Explainer`.
+
+    Example:
+        >>> maps = keras_cam.HiResCAM(model)(images, targets=3)
+    """
+
+    def combine(self, a, g):
+        return self.reduce_channels(g * a)
+
+
+class GradCAMElementWise(GradientExplainer):
+    """Element-wise Grad-CAM (pytorch-grad-cam's ``GradCAMElementWise``).
+
+    HiResCAM with the ReLU taken per channel before the sum: map
+    ``= sum_k ReLU(g^k * A^k)`` with ``g = dS/dA``, so that positive and
+    negative contributions of different channels do not cancel.
+    ``eigen_smooth`` takes the principal component of ``ReLU(g * A)``.
+
+    Args:
+        model: a Keras model; never modified.
+        layer: the target layer (see :class:`keras_cam.Explainer`).
+        **kwargs: the options of :class:`keras_cam.Explainer`.
+
+    Example:
+        >>> maps = keras_cam.GradCAMElementWise(model)(images)
+    """
+
+    def combine(self, a, g):
+        return self.reduce_channels(tf.nn.relu(g * a))
+
+
+class EigenGradCAM(GradientExplainer):
+    """Eigen-Grad-CAM: Eigen-CAM of the gradient-weighted activations.
+
+    Map ``= ReLU(P(g * A))``, where ``P`` projects each position's channel
+    vector of ``g * A`` (``g = dS/dA``), centred over the positions, on their
+    first principal axis, its sign chosen so that the projection correlates
+    positively with ``sum_k g^k A^k`` (as :class:`keras_cam.EigenCAM`). Unlike
+    Eigen-CAM it depends on the target class.
+
+    The map already is a principal component, so ``eigen_smooth`` does not
+    apply (it would compute the same map).
+
+    Args:
+        model: a Keras model; never modified.
+        layer: the target layer (see :class:`keras_cam.Explainer`).
+        **kwargs: the options of :class:`keras_cam.Explainer` but ``eigen_smooth``.
+
+    Example:
+        >>> maps = keras_cam.EigenGradCAM(model)(images, targets=[1, 4])
+    """
+
+    _weights_channels = False
+
+    def combine(self, a, g):
+        return tf.nn.relu(principal_component(g * a))
+
+
+class SmoothGradCAMPlusPlus(StreamingExplainer, GradientExplainer):
+    """Smooth Grad-CAM++ (Omeiza et al., 2019).
+
+    Grad-CAM++ whose gradient powers are averaged over ``samples`` noisy
+    copies ``x_j = x + sigma eps_j`` of each image, ``eps_j ~ N(0, 1)`` per
+    input value and ``sigma = noise * (max x - min x)`` per image. With ``A``
+    the activation of the clean image, ``g_j = dS/dA`` at ``x_j`` and
+    ``G_p = mean_j g_j^p`` (``p = 1, 2, 3``):
+    ``alpha_ij^k = G2 / (2 G2 + sum_ab A^k_ab G3)`` (0 where the denominator
+    is 0), ``w_k = sum_ij alpha_ij^k ReLU(G1_ij^k)``; map
+    ``= ReLU(sum_k w_k A^k)``. ``noise=0`` is :class:`GradCAMPlusPlus` (one pass per image). The
+    class explained in every noisy copy is the one chosen on the clean image.
+
+    The ``(image, sample)`` pairs stream through the model ``batch_size`` at
+    a time (:class:`~keras_cam.methods.streaming.StreamingExplainer`), each
+    a forward and backward pass. The draw ``eps_j`` depends only on
+    ``(seed, j)``: every image gets the same draws, alone or in any batch,
+    and a seeded run is reproducible.
+
+    Args:
+        model: a Keras model; never modified.
+        layer: the target layer (see :class:`keras_cam.Explainer`).
+        samples: noisy copies per image.
+        noise: the noise's standard deviation, as a fraction of each image's
+            value range ``max x - min x``; 0 adds none.
+        seed: the seed of the noise.
+        batch_size: noisy copies per forward pass, and images per call.
+        verbose: 1 draws a progress bar over the passes, 0 is silent.
+        **kwargs: the options of :class:`keras_cam.Explainer`.
+
+    Example:
+        >>> cam = keras_cam.SmoothGradCAMPlusPlus(model, samples=16, noise=0.15, verbose=0)
+        >>> maps = cam(images)                               # (N, H, W) in [0, 1]
+    """
+
+    def __init__(self, model, layer=None, *, samples=8, noise=0.2, seed=0, batch_size=32, verbose=1, **kwargs):
+        self.samples = _check_positive_int("samples", samples, "noisy copies per image")
+        self.noise = check_noise(noise)
+        self.seed = check_seed(seed)
+        super().__init__(model, layer, batch_size=batch_size, verbose=verbose, **kwargs)
+
+    def raw_maps(self, images, class_idx, target_fn=None):
+        acts, outputs = self.graph.forward(images)
+        scored = self.target_scores(outputs, class_idx, target_fn)
+        a = tf.cast(acts[0], tf.float32)
+        g1, g2, g3 = tf.unstack(self.gradient_moments(images, a, scored[1], target_fn), axis=-1)
+        # The moments are float64: a cube of a large gradient does not overflow float32.
+        a64 = tf.cast(a, tf.float64)
+        axes = _layout.spatial_axes(a)
+        den = 2.0 * g2 + tf.reduce_sum(a64, axis=axes, keepdims=True) * g3
+        alpha = tf.where(den != 0, g2 / tf.where(den != 0, den, tf.ones_like(den)), tf.zeros_like(den))
+        w = tf.cast(tf.reduce_sum(alpha * tf.nn.relu(g1), axis=axes), tf.float32)
+        return self.reduce_channels(_layout.weigh_channels(a, w)), scored
+
+    def gradient_moments(self, images, a, idx, target_fn=None):
+        """``(N, *s, K, 3)`` float64: ``mean_j g_j^p`` for ``p = 1, 2, 3`` over the noisy copies.
+
+        Args:
+            images: the clean channels-last images ``(N, *S, C)``.
+            a: their feature maps ``(N, *s, K)`` (for the shape).
+            idx: ``(N,)`` the classes explained (chosen on the clean images).
+            target_fn: a bound target or None.
+        """
+        samples = 1 if self.noise == 0 else self.samples  # noiseless copies are all the same
+        sigma = self.noise * input_range(images)
+        items = grid(tf.shape(images)[0], samples)  # (N * samples, 2): image, sample
+        shape = tf.shape(images)[1:]
+
+        def moments(chunk):
+            which = chunk[:, 0]
+            eps = seeded_normal(self.seed, chunk[:, 1], shape)
+            scale = tf.reshape(tf.gather(sigma, which), [-1] + [1] * (images.shape.rank - 1))
+            noisy = tf.gather(images, which) + scale * eps
+            with self._rows_held(which):
+                _, grads, _ = self.activations_and_gradients(
+                    noisy, tf.gather(idx, which), _targets.rows(target_fn, which))
+            g = tf.cast(grads[0], tf.float64)
+            return which[:, None], tf.stack([g, g * g, g * g * g], axis=-1) / samples
+
+        initial = tf.zeros(tf.concat([tf.shape(a), [3]], axis=0), tf.float64)
+        return self.stream(items, moments, initial)
+
+    def _rows_held(self, which):
+        """The held inputs of a multi-input model (see ``ActivationGraph.holding``) at rows ``which``."""
+        held = self.graph._held
+        if not held:
+            return contextlib.nullcontext()
+        return self.graph.holding(tuple(tf.gather(o, which) for o in held))
