@@ -27,6 +27,7 @@ _EXPORTS = {
     "Explainer": "keras_cam.base",
     "Explanation": "keras_cam.base",
     "FEM": "keras_cam.methods.activation",
+    "FullGrad": "keras_cam.methods.fullgrad",
     "GradCAM": "keras_cam.methods.gradient",
     "GradCAMElementWise": "keras_cam.methods.gradient",
     "GradCAMPlusPlus": "keras_cam.methods.gradient",
@@ -34,11 +35,14 @@ _EXPORTS = {
     "GuidedGradCAM": "keras_cam.methods.guided",
     "HiResCAM": "keras_cam.methods.gradient",
     "ISCAM": "keras_cam.methods.score",
+    "IntegratedGradients": "keras_cam.methods.attribution",
     "LayerCAM": "keras_cam.methods.gradient",
     "RandomCAM": "keras_cam.methods.activation",
     "SSCAM": "keras_cam.methods.score",
+    "Saliency": "keras_cam.methods.attribution",
     "SanityResult": "keras_cam.sanity",
     "ScoreCAM": "keras_cam.methods.score",
+    "SmoothGrad": "keras_cam.methods.attribution",
     "SmoothGradCAMPlusPlus": "keras_cam.methods.gradient",
     "VizGradCAM": "keras_cam.vizgradcam",
     "XGradCAM": "keras_cam.methods.gradient",
@@ -64,6 +68,8 @@ if TYPE_CHECKING:  # the same names for static tools (IDEs, the docs' API refere
     from keras_cam.flatten import flatten_model
     from keras_cam.layers import list_layers
     from keras_cam.methods.activation import CAM, FEM, EigenCAM, RandomCAM
+    from keras_cam.methods.attribution import IntegratedGradients, Saliency, SmoothGrad
+    from keras_cam.methods.fullgrad import FullGrad
     from keras_cam.methods.gradient import (EigenGradCAM, GradCAM, GradCAMElementWise, GradCAMPlusPlus, HiResCAM, LayerCAM,
                                            SmoothGradCAMPlusPlus, XGradCAM)
     from keras_cam.methods.guided import GuidedBackprop, GuidedGradCAM, gradient_image

@@ -323,11 +323,13 @@ class Explanation:
 def _warn_empty_maps(maps, explainer):
     empty = np.flatnonzero(maps.reshape(len(maps), -1).max(axis=1) == 0)
     if len(empty):
+        where = f"at layer {explainer.layer_path!r}" if explainer.layer_path else "in the input"
+        layer = ", a shallower layer" if explainer.layer_path else ""
         warnings.warn(
             f"{type(explainer).__name__}: the maps of images {empty[:10].tolist()} are all zeros: "
-            f"nothing at layer {explainer.layer_path!r} raises the explained score (or the "
+            f"nothing {where} raises the explained score (or the "
             f"score carries no gradient, e.g. a saturated probability with linearize=False). "
-            f"Try another target, a shallower layer, or linearize=True.",
+            f"Try another target{layer}, or linearize=True.",
             stacklevel=4,
         )
 
@@ -378,6 +380,9 @@ class Explainer:
 
     # Whether the first call of an input shape runs eagerly (see :class:`Compiled`).
     _eager_first = True
+
+    # Whether the method reads a target layer (the attributions at the input do not).
+    uses_layer = True
 
     def __init__(self, model, layer=None, *, output=None, linearize=True, batch_size=32,
                  aug_smooth=False, eigen_smooth=False, image_input=None, data_format=None, reshape=None):

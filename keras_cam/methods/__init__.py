@@ -33,6 +33,10 @@ METHODS = {
     "fem": "keras_cam.methods.activation:FEM",
     "iscam": "keras_cam.methods.score:ISCAM",
     "sscam": "keras_cam.methods.score:SSCAM",
+    "saliency": "keras_cam.methods.attribution:Saliency",
+    "smoothgrad": "keras_cam.methods.attribution:SmoothGrad",
+    "integratedgradients": "keras_cam.methods.attribution:IntegratedGradients",
+    "fullgrad": "keras_cam.methods.fullgrad:FullGrad",
     "randomcam": "keras_cam.methods.activation:RandomCAM",
 }
 
@@ -70,14 +74,13 @@ def create(name: str, model, layer=None, **kwargs):
     """``get(name)(model, layer=layer, **kwargs)``, silent: methods that draw their own
     progress bar (``verbose``) are built with ``verbose=0`` unless told otherwise.
 
-    Methods without a target layer (the attributions at the input: Saliency,
-    SmoothGrad, Integrated Gradients, FullGrad) are built without ``layer``,
-    so one call builds any method the same way.
+    Methods without a target layer (``uses_layer = False``: the attributions at
+    the input, Saliency, SmoothGrad, Integrated Gradients, FullGrad) are built
+    without ``layer``, so one call builds any method the same way.
     """
     cls = get(name)
-    params = inspect.signature(cls.__init__).parameters
-    if "verbose" in params:
+    if "verbose" in inspect.signature(cls.__init__).parameters:
         kwargs.setdefault("verbose", 0)
-    if "layer" not in params:
+    if not cls.uses_layer:
         return cls(model, **kwargs)
     return cls(model, layer=layer, **kwargs)

@@ -18,7 +18,7 @@ import tensorflow as tf
 from keras_cam import layout as _layout
 from keras_cam import targets as _targets
 from keras_cam.base import Explainer, principal_component, upsample
-from keras_cam.methods.streaming import (StreamingExplainer, _check_positive_int, check_noise, check_seed, grid,
+from keras_cam.methods.streaming import (StreamingExplainer, check_positive_int, check_noise, check_seed, grid,
                                          input_range, seeded_normal)
 
 
@@ -308,7 +308,7 @@ class SmoothGradCAMPlusPlus(StreamingExplainer, GradientExplainer):
     """
 
     def __init__(self, model, layer=None, *, samples=8, noise=0.2, seed=0, batch_size=32, verbose=1, **kwargs):
-        self.samples = _check_positive_int("samples", samples, "noisy copies per image")
+        self.samples = check_positive_int("samples", samples, "noisy copies per image")
         self.noise = check_noise(noise)
         self.seed = check_seed(seed)
         super().__init__(model, layer, batch_size=batch_size, verbose=verbose, **kwargs)

@@ -120,6 +120,8 @@ class GuidedBackprop(Explainer):
         super().__init__(model, None, output=output, linearize=linearize, batch_size=batch_size,
                          image_input=image_input, data_format=data_format)
 
+    uses_layer = False
+
     def _layer_specs(self, layer):
         return []  # the gradient is taken at the input
 

@@ -26,7 +26,7 @@ from keras_cam import _compat
 from keras_cam.base import Explainer
 
 
-def _check_positive_int(name, value, what):
+def check_positive_int(name, value, what):
     if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value < 1:
         raise ValueError(f"`{name}` must be a positive int ({what}); received {value!r}.")
     return int(value)
@@ -93,7 +93,7 @@ class StreamingExplainer(Explainer):
     _eager_first = False
 
     def __init__(self, model, layer=None, *, batch_size=32, verbose=1, **kwargs):
-        batch_size = _check_positive_int("batch_size", batch_size, "model inputs per forward pass")
+        batch_size = check_positive_int("batch_size", batch_size, "model inputs per forward pass")
         if verbose not in (0, 1, False, True):
             raise ValueError(f"`verbose` must be 0 or 1; received {verbose!r}.")
         super().__init__(model, layer, batch_size=batch_size, **kwargs)

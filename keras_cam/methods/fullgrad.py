@@ -1,0 +1,337 @@
+"""FullGrad: the input gradient and every bias gradient, as saliency.
+
+Srinivas and Fleuret (NeurIPS 2019) write a ReLU network's score, with its
+biases ``b`` (convolutions, dense layers and the effective bias of a batch
+normalization), exactly as
+
+    S(x) = sum(dS/dx * x) + sum over biases of dS/db * b
+
+(*completeness*; ``dS/db_k`` is ``dS/dz^k`` summed over the positions of
+``z``, the layer's output before its activation). The map shows both kinds of
+terms where they sit: the input part ``|x_c * dS/dx_c|`` of every input
+channel ``c``, and the bias part ``|b_k * dS/dz^k|`` of every channel ``k`` of
+every convolution and batch normalization whose output is a map over the
+input's spatial axes.
+
+The pre-activation output ``z`` of a layer with a fused activation
+(``Conv2D(..., activation="relu")``) is the argument of its ``activation``:
+while the explainer's function is traced, that attribute is wrapped so that
+``z`` is recorded and watched by the tape; a batch normalization's ``call``
+is wrapped to record its output. The wrappers are instance attributes that
+are removed when the trace ends (``keras_cam/_patch.py``): the model itself is
+never changed.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+
+import numpy as np
+import tensorflow as tf
+
+from keras_cam import _compat
+from keras_cam import layers as _layers
+from keras_cam import layout as _layout
+from keras_cam import targets as _targets
+from keras_cam._patch import patched_attr, wrapped_call
+from keras_cam.base import Explainer, read_inputs, upsample
+
+_CONVS = (
+    "Conv1D", "Conv2D", "Conv3D", "Conv1DTranspose", "Conv2DTranspose", "Conv3DTranspose",
+    "DepthwiseConv1D", "DepthwiseConv2D", "SeparableConv1D", "SeparableConv2D",
+)
+
+
+def _is(layer, names):
+    keras = _compat.keras_of(layer)
+    classes = tuple(getattr(keras.layers, n) for n in names if hasattr(keras.layers, n))
+    return bool(classes) and isinstance(layer, classes)
+
+
+def bias_kind(layer):
+    """``"conv"``, ``"batchnorm"`` or ``"dense"`` for a layer whose bias FullGrad reads, else None.
+
+    Convolutions and dense layers count only with a bias (``use_bias=True``);
+    a batch normalization always has an effective bias (see :func:`effective_bias`).
+    """
+    if not _compat.is_layer(layer) or _compat.is_model(layer):
+        return None
+    if _is(layer, ("BatchNormalization",)):
+        return "batchnorm"
+    kind = "conv" if _is(layer, _CONVS) else "dense" if _is(layer, ("Dense",)) else None
+    return kind if kind and getattr(layer, "bias", None) is not None else None
+
+
+def effective_bias(layer):
+    """The bias ``(K,)`` float32 of a convolution, dense or batch-normalization layer.
+
+    A batch normalization at inference computes
+    ``gamma (z - mean) / sqrt(var + eps) + beta``, a per-channel scale of ``z``
+    plus ``beta - mean * gamma / sqrt(var + eps)``: that is its bias
+    (``gamma = 1`` with ``scale=False``, ``beta = 0`` with ``center=False``).
+    """
+    if bias_kind(layer) != "batchnorm":
+        return tf.cast(tf.convert_to_tensor(layer.bias), tf.float32)
+    inv = tf.math.rsqrt(tf.cast(tf.convert_to_tensor(layer.moving_variance), tf.float32) + layer.epsilon)
+    if layer.scale:
+        inv = inv * tf.cast(tf.convert_to_tensor(layer.gamma), tf.float32)
+    bias = -tf.cast(tf.convert_to_tensor(layer.moving_mean), tf.float32) * inv
+    if layer.center:
+        bias = bias + tf.cast(tf.convert_to_tensor(layer.beta), tf.float32)
+    return bias
+
+
+def _channel_axis(layer, kind, rank):
+    """The channel axis (in ``0..rank-1``) of ``layer``'s output of ``rank``, or None."""
+    if kind == "batchnorm":
+        axis = layer.axis
+        axes = [axis] if isinstance(axis, (int, np.integer)) else list(axis)
+        if len(axes) != 1:
+            return None  # normalized over several axes: no per-channel bias
+        axis = int(axes[0])
+    elif kind == "conv" and getattr(layer, "data_format", None) == "channels_first":
+        axis = 1
+    else:
+        axis = -1
+    return axis % rank if -rank <= axis < rank and rank >= 2 else None
+
+
+def _channels_last(x, axis):
+    """``x`` with its ``axis`` moved last."""
+    rank = x.shape.rank
+    if axis == rank - 1:
+        return x
+    return tf.transpose(x, [0] + [i for i in range(1, rank) if i != axis] + [axis])
+
+
+def channel_sum(parts):
+    """``sum_k minmax(P^k)`` of parts ``(N, *s, K)``: each channel min-max scaled over its positions.
+
+    A constant channel (all zeros included) adds zero.
+    """
+    parts = tf.convert_to_tensor(parts)
+    rank = parts.shape.rank
+    shape = tf.shape(parts)
+    first = tf.transpose(parts, [0, rank - 1] + list(range(1, rank - 1)))  # (N, K, *s)
+    flat = tf.reshape(first, tf.concat([[-1], shape[1:-1]], axis=0))        # (N K, *s)
+    scaled = tf.reshape(_layout.minmax(flat), tf.shape(first))
+    return tf.reduce_sum(scaled, axis=1)
+
+
+@contextlib.contextmanager
+def _recording(layer, kind, record):
+    """Route ``layer``'s pre-activation output through ``record`` inside the block."""
+    inner = getattr(layer, "activation", None)
+    if kind == "batchnorm" or inner is None:
+        with wrapped_call(layer, record):
+            yield
+        return
+
+    def activation(z, *args, **kwargs):
+        return inner(record(z), *args, **kwargs)
+
+    with patched_attr(layer, "activation", activation):
+        yield
+
+
+@dataclasses.dataclass
+class BiasTerm:
+    """One call of one bias layer, as :meth:`FullGrad.parts` found it.
+
+    Attributes:
+        path: the layer's path in the model (:func:`keras_cam.layers.walk`).
+        kind: ``"conv"``, ``"batchnorm"`` or ``"dense"``.
+        bias: ``(K,)`` the bias ``b`` (a batch normalization's effective bias).
+        gradient: ``dS/dz`` ``(N, ..., K)``, ``z`` the layer's output before
+            its activation, with the channel axis moved last.
+        in_map: whether the term enters the map (a convolution or batch
+            normalization whose output is a map of the input's spatial rank).
+    """
+
+    path: str
+    kind: str
+    bias: np.ndarray
+    gradient: np.ndarray
+    in_map: bool
+
+    @property
+    def bias_gradient(self):
+        """``dS/db`` ``(N, K)``: ``dS/dz^k`` summed over the positions."""
+        g = np.asarray(self.gradient, np.float64)
+        return g.reshape(len(g), -1, g.shape[-1]).sum(axis=1)
+
+
+@dataclasses.dataclass
+class FullGradParts:
+    """The full-gradient decomposition of the explained scores (:meth:`FullGrad.parts`).
+
+    Attributes:
+        inputs: ``(N, *S, C)`` the images, channels last.
+        input_gradient: ``(N, *S, C)`` ``dS/dx``, channels last.
+        scores: ``(N,)`` the explained scores ``S``.
+        targets: ``(N,)`` the classes explained (None for target objects and callables).
+        biases: one :class:`BiasTerm` per call of a bias layer, in call order.
+    """
+
+    inputs: np.ndarray
+    input_gradient: np.ndarray
+    scores: np.ndarray
+    targets: np.ndarray | None
+    biases: list
+
+    def completeness(self):
+        """``(N,)``: ``sum(dS/dx * x) + sum over biases of dS/db . b``, which equals
+        :attr:`scores` for a piecewise-linear network (ReLU, max pooling) whose
+        every bias is a convolution, dense or batch-normalization bias."""
+        x = np.asarray(self.inputs, np.float64)
+        total = (x * self.input_gradient).reshape(len(x), -1).sum(axis=1)
+        for term in self.biases:
+            total = total + term.bias_gradient @ np.asarray(term.bias, np.float64)
+        return total
+
+
+class FullGrad(Explainer):
+    """FullGrad (Srinivas and Fleuret, NeurIPS 2019), as pytorch-grad-cam computes it.
+
+    With ``S`` the explained score (the pre-softmax logit by default), ``x``
+    the input and, for every convolution (1-D, 2-D, 3-D, depthwise, separable,
+    transposed; with a bias) and batch normalization whose output ``z`` (before
+    its activation) is a map over the input's spatial axes, ``b`` its bias (a
+    batch normalization's effective bias
+    ``beta - mean * gamma / sqrt(var + eps)``, see :func:`effective_bias`)::
+
+        M = minmax( sum_c Up(minmax(|x_c dS/dx_c|))
+                    + sum_layers sum_k Up(minmax(|b_k dS/dz^k|)) )
+
+    Each channel is min-max scaled over its positions, then upsampled
+    bilinearly to the input size (``Up``); since resizing is linear, the
+    channels of a layer are summed before one resize. Dense biases do not
+    enter the map (they enter :meth:`parts`). A layer without a bias adds
+    nothing. There is no target layer: every bias layer the model runs counts
+    (layers inside a SavedModel are not seen; their model gives the input part only).
+
+    Args:
+        model: a Keras model; never modified (activations and calls of its bias
+            layers are intercepted only while the explainer's function is traced).
+        layer: must be None: FullGrad uses every bias layer.
+        output: for multi-output models, the output holding the class scores.
+        linearize: differentiate the logit before a final softmax/sigmoid.
+        batch_size: images per compiled call.
+        aug_smooth: see :class:`keras_cam.Explainer`.
+        image_input: see :class:`keras_cam.Explainer`.
+        data_format: see :class:`keras_cam.Explainer`.
+
+    Example:
+        >>> maps = keras_cam.FullGrad(model)(images)            # (N, H, W) in [0, 1]
+        >>> parts = keras_cam.FullGrad(model).parts(images)     # the decomposition
+        >>> np.allclose(parts.completeness(), parts.scores)     # on a ReLU network
+    """
+
+    def __init__(self, model, layer=None, *, output=None, linearize=True, batch_size=32, aug_smooth=False,
+                 image_input=None, data_format=None):
+        if layer is not None:
+            raise ValueError(
+                f"FullGrad takes no target layer: it reads every convolution, batch-normalization "
+                f"and dense bias of the model. Received layer={layer!r}; pass layer=None."
+            )
+        super().__init__(model, None, output=output, linearize=linearize, batch_size=batch_size,
+                         aug_smooth=aug_smooth, image_input=image_input, data_format=data_format)
+        # (path, layer, kind) of every layer with a bias, in the order of the model's tree.
+        self.bias_layers = [(path, found, kind) for path, found in _layers.walk(self.model)
+                            if (kind := bias_kind(found)) is not None]
+
+    uses_layer = False
+
+    def _layer_specs(self, layer):
+        return []  # no target layer: the gradients are taken at the input and at every bias layer
+
+    def decompose(self, images, class_idx, target_fn=None):
+        """The decomposition, traceable: ``(dS/dx, target_scores(...), terms)``.
+
+        Args:
+            images: channels-last float32 ``(N, *S, C)``.
+            class_idx: ``(N,)`` int32 classes (``targets.TOP1`` for top-1).
+            target_fn: a bound target or callable, or None.
+
+        Returns:
+            ``dS/dx`` ``(N, *S, C)``; the scores as :meth:`target_scores`; per
+            call of a bias layer a tuple ``(path, kind, bias (K,), dS/dz with
+            its channel axis last, in_map)``, all float32.
+        """
+        calls = []
+
+        def recorder(entry):
+            def record(z):
+                if tf.is_tensor(z):
+                    tape.watch(z)
+                    calls.append((entry, z))
+                return z
+            return record
+
+        with tf.GradientTape(watch_accessed_variables=False) as tape:
+            tape.watch(images)
+            hooks = [_recording(layer, kind, recorder((path, layer, kind)))
+                     for path, layer, kind in self.bias_layers]
+            outputs = self.graph.run(images, hooks=hooks)
+            scored = self.target_scores(outputs, class_idx, target_fn)
+        grads = tape.gradient(scored[0], [images] + [z for _, z in calls],
+                              unconnected_gradients=tf.UnconnectedGradients.ZERO)
+        image_rank = images.shape.rank
+        terms = []
+        for ((path, layer, kind), z), g in zip(calls, grads[1:]):
+            rank = z.shape.rank
+            axis = _channel_axis(layer, kind, rank)
+            if axis is None:
+                continue
+            in_map = kind != "dense" and rank == image_rank and axis in (1, rank - 1)
+            g = tf.cast(g, tf.float32)
+            if in_map:  # a spatial map, channels first or last: the layout's view
+                g = _layout.FeatureLayout("spatial", channels_first=axis == 1).view(g)
+            else:
+                g = _channels_last(g, axis)
+            terms.append((path, kind, effective_bias(layer), g, in_map))
+        return tf.cast(grads[0], tf.float32), scored, terms
+
+    def raw_maps(self, images, class_idx, target_fn=None):
+        grad, scored, terms = self.decompose(images, class_idx, target_fn)
+        size = tf.shape(images)[1:-1]
+        total = channel_sum(tf.abs(images * grad))
+        for _, _, bias, g, in_map in terms:
+            if in_map:
+                total = total + upsample(channel_sum(tf.abs(g * bias)), size)
+        return total, scored
+
+    def parts(self, images, targets=None):
+        """The full-gradient decomposition of the explained scores, computed eagerly.
+
+        Args:
+            images: as for calling the explainer (one example or a batch).
+            targets: as for calling the explainer.
+
+        Returns:
+            A :class:`FullGradParts`, always with a batch axis: the input,
+            ``dS/dx``, ``S`` and every bias layer's call with its bias and
+            ``dS/dz`` (dense layers and non-spatial batch normalizations
+            included). ``parts.completeness()`` is ``S`` on a ReLU network.
+        """
+        batch, others, _ = read_inputs(self.graph, images)
+        if not self._prepared:
+            self.prepare(self.graph.assemble(self.graph.to_model_format(batch[:1]), [o[:1] for o in others]))
+            self._prepared = True
+        n = int(batch.shape[0])
+        target = _targets.as_target(targets)
+        if target is not None:
+            values = [tf.constant(v) for v in target.values(self.graph, batch)]
+            target_fn, idx = _targets.bind(target, values), np.full((n,), _targets.TOP1, np.int32)
+        else:
+            target_fn, idx = None, _targets.class_indices(targets, n, self.graph.num_classes)
+        with self.graph.holding(others):
+            grad, (scores, used, _), terms = self.decompose(batch, tf.constant(idx), target_fn)
+        return FullGradParts(
+            inputs=batch.numpy(),
+            input_gradient=grad.numpy(),
+            scores=scores.numpy(),
+            targets=None if target is not None else used.numpy(),
+            biases=[BiasTerm(path, kind, b.numpy(), g.numpy(), in_map) for path, kind, b, g, in_map in terms],
+        )
