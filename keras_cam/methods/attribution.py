@@ -62,6 +62,29 @@ def input_gradients(explainer, images, class_idx, target_fn=None, rows=None):
     return grads, scored
 
 
+def mean_gradient(explainer, images, idx, target_fn, count, point):
+    """``(N, *S, C)``: ``(1 / count) sum_j dS/dx`` at the inputs ``point(which, j)``, ``j < count``.
+
+    The ``(image, j)`` pairs stream through the model ``explainer.batch_size``
+    at a time (:meth:`StreamingExplainer.stream`); ``point(which, j)`` builds
+    the inputs of a chunk from its image rows and indices ``j``, and each is
+    scored for its image's class ``idx`` (or row of ``target_fn``).
+    """
+
+    def gradients(chunk):                                 # (b, 2): image, j
+        which = chunk[:, 0]
+        g, _ = input_gradients(explainer, point(which, chunk[:, 1]), tf.gather(idx, which),
+                               _targets.rows(target_fn, which), rows=which)
+        return chunk[:, :1], g / count
+
+    return explainer.stream(grid(tf.shape(images)[0], count), gradients, tf.zeros_like(images))
+
+
+def _per_row(values, like):
+    """``(b,)`` values shaped ``(b, 1, ..., 1)`` to scale rows of a tensor of ``like``'s rank."""
+    return tf.reshape(values, [-1] + [1] * (like.shape.rank - 1))
+
+
 def channel_max(grads):
     """``max_c |g_c|``, the largest gradient magnitude over the channels.
 
@@ -179,20 +202,13 @@ class SmoothGrad(_InputMaps, StreamingExplainer):
 
     def raw_maps(self, images, class_idx, target_fn=None):
         scored = self.target_scores(self.graph.run(images), class_idx, target_fn)
-        idx = scored[1]
         sigma = self.noise * input_range(images)              # (N,)
-        one = tf.shape(images)[1:]
-        ones = [1] * (images.shape.rank - 1)
 
-        def gradients(chunk):                                 # (b, 2): image, sample
-            which, sample = chunk[:, 0], chunk[:, 1]
-            eps = seeded_normal(self.seed, sample, one)
-            x = tf.gather(images, which) + tf.reshape(tf.gather(sigma, which), [-1] + ones) * eps
-            g, _ = input_gradients(self, x, tf.gather(idx, which), _targets.rows(target_fn, which), rows=which)
-            return chunk[:, :1], g / self.samples
+        def noisy(which, sample):
+            eps = seeded_normal(self.seed, sample, tf.shape(images)[1:])
+            return tf.gather(images, which) + _per_row(tf.gather(sigma, which), images) * eps
 
-        mean = self.stream(grid(tf.shape(images)[0], self.samples), gradients, tf.zeros_like(images))
-        return channel_max(mean), scored
+        return channel_max(mean_gradient(self, images, scored[1], target_fn, self.samples, noisy)), scored
 
 
 class IntegratedGradients(StreamingExplainer):
@@ -316,20 +332,14 @@ class IntegratedGradients(StreamingExplainer):
     def attributions(self, images, class_idx, target_fn=None):
         """``(IG (N, *S, C), target_scores(...) at x)`` for channels-last ``images``."""
         scored = self.target_scores(self.graph.run(images), class_idx, target_fn)
-        idx = scored[1]
         base = self.baselines(images)
         delta = images - base
-        ones = [1] * (images.shape.rank - 1)
 
-        def gradients(chunk):                                 # (b, 2): image, path point
-            which, j = chunk[:, 0], chunk[:, 1]
-            alpha = tf.reshape((tf.cast(j, tf.float32) + 0.5) / self.steps, [-1] + ones)
-            x = tf.gather(base, which) + alpha * tf.gather(delta, which)
-            g, _ = input_gradients(self, x, tf.gather(idx, which), _targets.rows(target_fn, which), rows=which)
-            return chunk[:, :1], g / self.steps
+        def on_path(which, j):
+            alpha = (tf.cast(j, tf.float32) + 0.5) / self.steps
+            return tf.gather(base, which) + _per_row(alpha, images) * tf.gather(delta, which)
 
-        mean = self.stream(grid(tf.shape(images)[0], self.steps), gradients, tf.zeros_like(images))
-        return delta * mean, scored
+        return delta * mean_gradient(self, images, scored[1], target_fn, self.steps, on_path), scored
 
     def raw_maps(self, images, class_idx, target_fn=None):
         """``(|sum_c IG_c| (N, *S), target_scores(...))``: the unscaled maps."""
