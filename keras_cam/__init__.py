@@ -18,6 +18,7 @@ __version__ = "0.1.0"
 
 # Public name -> the module that defines it.
 _EXPORTS = {
+    "AblationCAM": "keras_cam.methods.ablation",
     "Audit": "keras_cam.audit.core",
     "CAM": "keras_cam.methods.activation",
     "CAMCallback": "keras_cam.callbacks",
@@ -67,6 +68,7 @@ if TYPE_CHECKING:  # the same names for static tools (IDEs, the docs' API refere
     from keras_cam.dataset import explain_dataset
     from keras_cam.flatten import flatten_model
     from keras_cam.layers import list_layers
+    from keras_cam.methods.ablation import AblationCAM
     from keras_cam.methods.activation import CAM, FEM, EigenCAM, RandomCAM
     from keras_cam.methods.attribution import IntegratedGradients, Saliency, SmoothGrad
     from keras_cam.methods.fullgrad import FullGrad

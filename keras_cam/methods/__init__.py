@@ -31,6 +31,7 @@ METHODS = {
     "eigengradcam": "keras_cam.methods.gradient:EigenGradCAM",
     "smoothgradcampp": "keras_cam.methods.gradient:SmoothGradCAMPlusPlus",
     "fem": "keras_cam.methods.activation:FEM",
+    "ablationcam": "keras_cam.methods.ablation:AblationCAM",
     "iscam": "keras_cam.methods.score:ISCAM",
     "sscam": "keras_cam.methods.score:SSCAM",
     "saliency": "keras_cam.methods.attribution:Saliency",
