@@ -352,7 +352,7 @@ class ActivationGraph:
             raise ValueError(_not_a_feature_map(self, i, shape))
         return found
 
-    def capture(self, images, tape=None, record=False):
+    def capture(self, images, tape=None, record=False, rows=None):
         """Run the model, capturing the target layers' raw outputs.
 
         Args:
@@ -363,6 +363,8 @@ class ActivationGraph:
                 every layer call that completes before the target's
                 (captured, last) call starts, so that :meth:`run` can later
                 run the model from the target layer on (see :class:`Recording`).
+            rows: the rows of the held inputs that go with the images (see
+                :meth:`model_inputs`); by default each image's own.
 
         Returns:
             ``(raw, layouts, outputs)``: per target layer its output as the
@@ -402,7 +404,7 @@ class ActivationGraph:
             for owner, owner_taps in taps.items():
                 stack.enter_context(_saved_model.intercept(owner, owner_taps, linear and owner is self.head))
             stack.enter_context(self._linearized(list(taps)))
-            outputs = self.model(self.model_inputs(images), training=False)
+            outputs = self.model(self.model_inputs(images, rows), training=False)
         layouts = []
         for i, act in enumerate(captured):
             if act is None:

@@ -11,8 +11,6 @@ every pixel of every channel instead.
 
 from __future__ import annotations
 
-import contextlib
-
 import tensorflow as tf
 
 from keras_cam import layout as _layout
@@ -31,13 +29,14 @@ class GradientExplainer(Explainer):
         acts, grads, scored = self.activations_and_gradients(images, class_idx, target_fn)
         return self.fuse([self.combine(a, g) for a, g in zip(acts, grads)]), scored
 
-    def activations_and_gradients(self, images, class_idx, target_fn=None):
+    def activations_and_gradients(self, images, class_idx, target_fn=None, rows=None):
         """``(A, G, target_scores)``: per target layer the feature map and ``dS/dA``,
-        float32 ``(N, *s, K)``, and the explained scores."""
+        float32 ``(N, *s, K)``, and the explained scores (``rows``: the held inputs'
+        rows that go with ``images``, see ``ActivationGraph.model_inputs``)."""
         # Only what the activations feed is recorded: the eager first call then
         # backpropagates to the layer, not through the whole network's weights.
         with tf.GradientTape(watch_accessed_variables=False) as tape:
-            raw, layouts, outputs = self.graph.capture(images, tape)
+            raw, layouts, outputs = self.graph.capture(images, tape, rows=rows)
             scored = self.target_scores(outputs, class_idx, target_fn)
         grads = tape.gradient(scored[0], raw)
         acts, out = [], []
@@ -345,18 +344,11 @@ class SmoothGradCAMPlusPlus(StreamingExplainer, GradientExplainer):
             eps = seeded_normal(self.seed, chunk[:, 1], shape)
             scale = tf.reshape(tf.gather(sigma, which), [-1] + [1] * (images.shape.rank - 1))
             noisy = tf.gather(images, which) + scale * eps
-            with self._rows_held(which):
-                _, grads, _ = self.activations_and_gradients(
-                    noisy, tf.gather(idx, which), _targets.rows(target_fn, which))
+            _, grads, _ = self.activations_and_gradients(
+                noisy, tf.gather(idx, which), _targets.rows(target_fn, which), rows=which)
             g = tf.cast(grads[0], tf.float64)
             return which[:, None], tf.stack([g, g * g, g * g * g], axis=-1) / samples
 
         initial = tf.zeros(tf.concat([tf.shape(a), [3]], axis=0), tf.float64)
         return self.stream(items, moments, initial)
 
-    def _rows_held(self, which):
-        """The held inputs of a multi-input model (see ``ActivationGraph.holding``) at rows ``which``."""
-        held = self.graph._held
-        if not held:
-            return contextlib.nullcontext()
-        return self.graph.holding(tuple(tf.gather(o, which) for o in held))
