@@ -39,7 +39,7 @@ def main(out):
     for name in methods.names():
         start = time.perf_counter()
         explainer = methods.create(name, model)
-        columns[f"{type(explainer).__name__}\n({name}, {explainer.layer_path or 'auto'})"] = explainer.explain(images)
+        columns[f"{type(explainer).__name__}\n({explainer.layer_path or 'input'})"] = explainer.explain(images)
         seconds[name] = time.perf_counter() - start
     fig = kc.plot(images, columns, class_names=CLASS_NAMES, labels=labels, cell_size=1.7)
     width = len(columns) + 1
