@@ -133,6 +133,25 @@ def test_error_is_one_line_and_exit_status_1(work, case, capsys, monkeypatch):
     assert_one_line_error(subprocess.CompletedProcess([], status, captured.out, captured.err), *ERROR_CASES[case][1])
 
 
+def test_any_registered_method_by_name_and_layerless_ones_ignore_layer(work, monkeypatch, capsys):
+    """The new methods through the command line: a CAM at --layer and Integrated Gradients,
+    which has no target layer, in one run; the overlays are those of the explainers' maps."""
+    monkeypatch.chdir(work)
+    argv = ["explain", "shape0.png", "--model", "demo.keras", "--preprocess", "scale", "--layer", "conv4_relu",
+            "--method", "XGrad-CAM", "--method", "integratedgradients", "--out", "more-methods"]
+    assert cli.main(argv) == 0, capsys.readouterr().err
+    report = json.loads((work / "more-methods" / "predictions.json").read_text())
+    assert report["methods"] == ["xgradcam", "integratedgradients"]
+    model = load_model()
+    pixels = cv2.imread(str(work / "shape0.png"))[..., ::-1]
+    x = pixels[None].astype(np.float32) / 255.0
+    for name, maps in (("xgradcam", kc.XGradCAM(model, layer="conv4_relu")(x)),
+                       ("integratedgradients", kc.IntegratedGradients(model, verbose=0)(x))):
+        written = cv2.imread(str(work / report["images"][0]["overlays"][name]))[..., ::-1]
+        expected = kc.overlay(pixels, maps[0], alpha=0.5)
+        assert np.abs(written.astype(int) - expected.astype(int)).max() <= 2, name
+
+
 def test_failed_runs_write_nothing(work, runs):
     for i in range(1, 10):
         assert not (work / f"o{i}").exists()
