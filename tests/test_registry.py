@@ -1,5 +1,6 @@
 """Every registered method, the same checks: batch == single calls, one trace per input
-shape, no memory growth over 200 calls, the model unchanged, and a second layout.
+shape, no memory growth over 200 calls, the model unchanged, 1-D and 3-D layouts and
+a ViT's token grid.
 
 The definitions are checked number by number in each family's own test file
 (test_gradcam.py, test_methods_family.py, test_methods_more.py, test_scorecam.py,
@@ -10,10 +11,12 @@ method registered later is covered by the line that registers it.
 
 import numpy as np
 import pytest
+import tensorflow as tf
 
 import keras_cam as kc
 from keras_cam import methods
 from keras_cam._compat import keras
+from test_layout import CLASSES, hand_vit, tiny_vit
 
 H = W = 12
 L = keras.layers
@@ -107,3 +110,52 @@ def test_no_memory_growth_and_model_unchanged(model, images, name):
 def _rss_mb():
     with open("/proc/self/statm") as f:
         return int(f.read().split()[1]) * 4096 / 2**20
+
+
+# ---------------------------------------------------------------- token grids (a vision transformer)
+
+TOKEN_FORMULAS = {  # raw maps from the patch tokens A and g = dS/dA laid on their grid
+    "xgradcam": lambda a, g: np.maximum(
+        (a * ((a * g).sum(axis=(1, 2), keepdims=True) / (a.sum(axis=(1, 2), keepdims=True) + 1e-7))).sum(-1), 0),
+    "hirescam": lambda a, g: np.maximum((g * a).sum(-1), 0),
+    "gradcamelementwise": lambda a, g: np.maximum(g * a, 0).sum(-1),
+}
+
+
+@pytest.mark.parametrize("name", sorted(TOKEN_FORMULAS))
+def test_gradient_methods_on_vit_tokens_equal_the_hand_computation(name):
+    model = tiny_vit()
+    x = np.random.default_rng(2).uniform(size=(3, 16, 16, 3)).astype(np.float32)
+    n, head = hand_vit(model, tf.constant(x))
+    a = n.numpy()[:, 1:].reshape(3, 4, 4, 8).astype(np.float64)  # the class token dropped
+    cam = create(name, model)
+    varied = 0
+    for c in range(CLASSES):
+        with tf.GradientTape() as tape:
+            tape.watch(n)
+            s = head(n)[:, c]
+        g = tape.gradient(s, n).numpy()[:, 1:].reshape(3, 4, 4, 8).astype(np.float64)
+        expected = TOKEN_FORMULAS[name](a, g)
+        varied += np.ptp(expected) > 0
+        got = cam(x, targets=c, upsample=False, normalize=False)
+        np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-6 * max(np.abs(expected).max(), 1e-6))
+    assert varied  # not only all-zero maps
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_every_method_on_a_token_grid(name):
+    """Every method explains a ViT at its token layer (the patch tokens on their 4 x 4 grid),
+    batch == single; CAM, whose head must be pooling + Dense, says to use Grad-CAM."""
+    model = tiny_vit()
+    x = np.random.default_rng(3).uniform(size=(2, 16, 16, 3)).astype(np.float32)
+    if name == "cam":
+        with pytest.raises(ValueError, match="GradCAM"):
+            create(name, model)
+        return
+    cam = create(name, model)
+    raw = cam(x, targets=1, upsample=False, normalize=False)
+    assert raw.shape[1:] == ((16, 16) if not cam.uses_layer else (4, 4)) + (() if raw.ndim == 3 else (3,))
+    batch = cam(x, targets=1)
+    assert batch.shape == (2, 16, 16) and np.isfinite(batch).all()
+    for i in range(len(x)):
+        np.testing.assert_allclose(cam(x[i], targets=1), batch[i], atol=2e-5)
