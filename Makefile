@@ -29,6 +29,9 @@ test-legacy:
 bench:
 	$(PYTHON) bench/bench_gradcam.py
 	$(PYTHON) bench/bench_scorecam.py
+	$(PYTHON) bench/bench_streaming.py
+	$(PYTHON) bench/bench_ablation.py
+	$(PYTHON) bench/bench_ablation.py --layer block_16_project_BN
 	$(PYTHON) bench/bench_callback.py
 	$(PYTHON) bench/bench_dataset.py
 	$(PYTHON) bench/bench_build.py

@@ -185,10 +185,11 @@ class XGradCAM(GradientExplainer):
     weights (the weights the paper derives from its sensitivity and
     conservation axioms); map ``= ReLU(sum_k w_k A^k)``.
 
+    Takes the options of :class:`keras_cam.Explainer`.
+
     Args:
         model: a Keras model; never modified.
         layer: the target layer (see :class:`keras_cam.Explainer`).
-        **kwargs: the options of :class:`keras_cam.Explainer`.
 
     Example:
         >>> maps = keras_cam.XGradCAM(model)(images)          # (N, H, W) in [0, 1]
@@ -210,10 +211,11 @@ class HiResCAM(GradientExplainer):
     channel (``GlobalAveragePooling`` and then ``Dense``) it equals Grad-CAM.
     ``eigen_smooth`` takes the principal component of ``g * A``.
 
+    Takes the options of :class:`keras_cam.Explainer`.
+
     Args:
         model: a Keras model; never modified.
         layer: the target layer (see :class:`keras_cam.Explainer`).
-        **kwargs: the options of :class:`keras_cam.Explainer`.
 
     Example:
         >>> maps = keras_cam.HiResCAM(model)(images, targets=3)
@@ -231,10 +233,11 @@ class GradCAMElementWise(GradientExplainer):
     negative contributions of different channels do not cancel.
     ``eigen_smooth`` takes the principal component of ``ReLU(g * A)``.
 
+    Takes the options of :class:`keras_cam.Explainer`.
+
     Args:
         model: a Keras model; never modified.
         layer: the target layer (see :class:`keras_cam.Explainer`).
-        **kwargs: the options of :class:`keras_cam.Explainer`.
 
     Example:
         >>> maps = keras_cam.GradCAMElementWise(model)(images)
@@ -256,10 +259,11 @@ class EigenGradCAM(GradientExplainer):
     The map already is a principal component, so ``eigen_smooth`` does not
     apply (it would compute the same map).
 
+    Takes the options of :class:`keras_cam.Explainer` but ``eigen_smooth``.
+
     Args:
         model: a Keras model; never modified.
         layer: the target layer (see :class:`keras_cam.Explainer`).
-        **kwargs: the options of :class:`keras_cam.Explainer` but ``eigen_smooth``.
 
     Example:
         >>> maps = keras_cam.EigenGradCAM(model)(images, targets=[1, 4])
