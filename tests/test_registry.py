@@ -159,3 +159,14 @@ def test_every_method_on_a_token_grid(name):
     assert batch.shape == (2, 16, 16) and np.isfinite(batch).all()
     for i in range(len(x)):
         np.testing.assert_allclose(cam(x[i], targets=1), batch[i], atol=2e-5)
+
+
+def test_create_builds_every_method_silent(model, images, capsys):
+    """Methods that draw a progress bar are built with verbose=0 by the registry, also
+    when their own __init__ passes the option on through **kwargs (ISCAM, SSCAM)."""
+    for name in NAMES:
+        cam = create(name, model)
+        assert getattr(cam, "verbose", 0) == 0, name
+        cam(images[:1])
+    assert capsys.readouterr().out == ""
+    assert methods.create("iscam", model, layer="target", verbose=1).verbose == 1

@@ -80,8 +80,23 @@ def create(name: str, model, layer=None, **kwargs):
     without ``layer``, so one call builds any method the same way.
     """
     cls = get(name)
-    if "verbose" in inspect.signature(cls.__init__).parameters:
+    if _accepts(cls, "verbose"):
         kwargs.setdefault("verbose", 0)
     if not cls.uses_layer:
         return cls(model, **kwargs)
     return cls(model, layer=layer, **kwargs)
+
+
+def _accepts(cls, argument):
+    """Whether ``cls(...)`` takes ``argument``: named by its ``__init__`` or, through
+    ``**kwargs``, by a base class's (ISCAM passes its options on to ScoreCAM)."""
+    for klass in cls.__mro__:
+        init = klass.__dict__.get("__init__")
+        if init is None:
+            continue
+        params = inspect.signature(init).parameters
+        if argument in params:
+            return True
+        if not any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
+            return False
+    return False
