@@ -124,7 +124,7 @@ class AblationCAM(StreamingExplainer):
             images: the clean channels-last batch ``(N, *S, C)``.
             raw: the target layer's raw output on it (its own layout).
             layout: the target's :class:`~keras_cam.layout.FeatureLayout`.
-            recording: the clean pass's :class:`~keras_cam.graph.Recording`.
+            recording: the clean pass's :class:`~keras_cam.replay.Recording`.
             live: ``(N, K)`` bool, the pairs to run.
             idx: ``(N,)`` the classes explained (for class targets).
             target_fn: the bound target object or callable, or None.
