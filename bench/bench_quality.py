@@ -1,6 +1,7 @@
 """Map quality on ground truth: every method on the demo data with known boxes.
 
     python bench/bench_quality.py [--images 100] [--steps 50] [--seed 1] [--no-timing]
+                                  [--layer conv4_relu] [--fast]
 
 Explains held-out generated images (``keras_cam.demo.make_dataset``, seed 1
 by default; the demo model trains on seed 0) with the shipped demo model
@@ -46,13 +47,13 @@ EXTRA = {
 }
 
 
-def registered():
-    """``{name: factory}`` for every method of ``keras_cam.methods``, RandomCAM (the floor) last."""
+def registered(layer=TARGET_LAYER):
+    """``{name: factory}`` for every method of ``keras_cam.methods`` at ``layer``, RandomCAM (the floor) last."""
     names = methods.names()
     floor = [n for n in names if "random" in n]
     out = {}
     for name in [n for n in names if n not in floor] + floor:
-        out[name] = lambda m, name=name: methods.create(name, m, layer=TARGET_LAYER)
+        out[name] = lambda m, name=name: methods.create(name, m, layer=layer)
     return out
 
 
@@ -63,14 +64,18 @@ def box_masks(boxes, size):
     return masks
 
 
-def evaluation_metrics(steps):
-    return {
+def evaluation_metrics(steps, fast=False):
+    """Every metric; ``fast`` leaves out the ones that explain again (max-sensitivity, the sanity check)."""
+    chosen = {
         "average_drop": {}, "increase_in_confidence": {},
         "deletion_auc": {"steps": steps, "substrate": "zeros"},
         "insertion_auc": {"steps": steps, "substrate": "blur"},
         "road": {"order": "combined"}, "pointing_game": {}, "energy_pointing_game": {},
         "sparseness": {}, "complexity": {}, "random_logit": {}, "max_sensitivity": {}, "sanity_check": {},
     }
+    if fast:
+        del chosen["max_sensitivity"], chosen["sanity_check"]
+    return chosen
 
 
 def timing(model, steps):
@@ -98,6 +103,11 @@ def main(argv=None):
     parser.add_argument("--weights", default=None, help="demo weights .npz (default: the shipped ones)")
     parser.add_argument("--no-timing", dest="timing", action="store_false",
                         help="skip the timing of evaluate on 256 images")
+    parser.add_argument("--layer", default=TARGET_LAYER,
+                        help=f"target layer of the registered methods (default {TARGET_LAYER}; conv3_relu is "
+                             f"followed by convolutions, so the gradient varies over positions there)")
+    parser.add_argument("--fast", action="store_true",
+                        help="registered methods only, without max-sensitivity and the sanity check")
     args = parser.parse_args(argv)
 
     model = load_model(args.weights)
@@ -108,14 +118,14 @@ def main(argv=None):
     print(f"demo model: {right.mean():.1%} of {args.images} held-out images (seed {args.seed}) "
           f"classified correctly; explaining those {len(images)}, each for its class.\n")
 
-    factories = {**registered(), **EXTRA}
+    factories = registered(args.layer) if args.fast else {**registered(args.layer), **EXTRA}
     size = images.shape[1:3]
     references = {
         "random maps (reference)": np.random.default_rng(0).random((len(images),) + size).astype(np.float32),
         "box mask (oracle)": box_masks(boxes, size),
     }
     table = metrics.evaluate({**factories, **references}, model, images, labels, boxes=boxes,
-                             metrics=evaluation_metrics(args.steps), verbose=int(sys.stderr.isatty()))
+                             metrics=evaluation_metrics(args.steps, args.fast), verbose=int(sys.stderr.isatty()))
     print(table.to_markdown())
     if args.timing:
         total, pass_time = timing(model, args.steps)
