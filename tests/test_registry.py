@@ -170,3 +170,17 @@ def test_create_builds_every_method_silent(model, images, capsys):
         cam(images[:1])
     assert capsys.readouterr().out == ""
     assert methods.create("iscam", model, layer="target", verbose=1).verbose == 1
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_explain_dataset_equals_the_explainer(model, name):
+    """Every method through explain_dataset (its compute, compiled per batch shape, with a
+    partial last batch) gives the explainer's own maps for the labelled classes."""
+    from keras_cam.dataset import explain_dataset
+
+    x = np.random.default_rng(4).uniform(-1, 1, (5, H, W, 3)).astype(np.float32)
+    y = np.array([0, 1, 2, 1, 0])
+    cam = create(name, model)
+    results = list(explain_dataset(cam, tf.data.Dataset.from_tensor_slices((x, y)), batch_size=2, verbose=0))
+    assert [len(r.maps) for r in results] == [2, 2, 1]
+    np.testing.assert_allclose(np.concatenate([r.maps for r in results]), cam(x, targets=y), atol=2e-5)
