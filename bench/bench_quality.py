@@ -119,6 +119,12 @@ def main(argv=None):
           f"classified correctly; explaining those {len(images)}, each for its class.\n")
 
     factories = registered(args.layer) if args.fast else {**registered(args.layer), **EXTRA}
+    for name, factory in list(factories.items()):
+        try:
+            factory(model)
+        except ValueError as err:  # e.g. CAM, defined only for a layer that feeds pooling + Dense
+            print(f"{name}: left out at this layer ({str(err).split(';')[0].split('. ')[0]}).")
+            del factories[name]
     size = images.shape[1:3]
     references = {
         "random maps (reference)": np.random.default_rng(0).random((len(images),) + size).astype(np.float32),
