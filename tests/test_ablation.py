@@ -18,6 +18,7 @@ from keras_cam import graph as G
 from keras_cam import layers as L
 from keras_cam._compat import LEGACY, keras
 from keras_cam.methods.ablation import AblationCAM
+from test_layout import ClassToken
 
 SIZE = 16
 CLASSES = 3
@@ -228,16 +229,6 @@ def test_matches_the_definition_on_a_signal_model():
     got = cam_of(model, batch_size=5)(x, targets=1, upsample=False, normalize=False)
     assert got.shape == (N, 32)
     assert_close_to_max(got, want)
-
-
-class ClassToken(keras.layers.Layer):
-    """Prepends one learned token to a sequence."""
-
-    def build(self, shape):
-        self.token = self.add_weight(name="token", shape=(1, 1, int(shape[-1])), initializer="random_normal")
-
-    def call(self, x):
-        return tf.concat([tf.tile(self.token, [tf.shape(x)[0], 1, 1]), x], axis=1)
 
 
 def tiny_vit():

@@ -18,6 +18,7 @@ from keras_cam._compat import keras
 from keras_cam.methods.activation import FEM, RandomCAM
 from keras_cam.methods.gradient import (EigenGradCAM, GradCAMElementWise, HiResCAM, SmoothGradCAMPlusPlus,
                                         XGradCAM)
+from test_layout import _weights, hand_conv1d
 
 H = W = 16
 T = 32
@@ -56,10 +57,6 @@ def gap_cnn():
     return keras.Model(x, y)
 
 
-def _weights(model, name):
-    return [tf.constant(w) for w in model.get_layer(name).get_weights()]
-
-
 def hand2d(model, x):
     """(target activations, head: activations -> logits), from the weights with tf.nn."""
     k1, b1 = _weights(model, "target")
@@ -70,18 +67,6 @@ def hand2d(model, x):
     def head(a):
         h = tf.nn.relu(tf.nn.conv2d(a, k2, 1, "VALID") + b2)
         return tf.reduce_mean(h, axis=(1, 2)) @ wd + bd
-    return a, head
-
-
-def hand1d(model, x):
-    k1, b1 = _weights(model, "target")
-    k2, b2 = _weights(model, "after")
-    wd, bd = _weights(model, "logits")
-    a = tf.nn.relu(tf.nn.conv1d(x, k1, 1, "SAME") + b1)
-
-    def head(a):
-        h = tf.nn.relu(tf.nn.conv1d(a, k2, 1, "SAME") + b2)
-        return tf.reduce_mean(h, axis=1) @ wd + bd
     return a, head
 
 
@@ -247,7 +232,7 @@ def setups(images, signals):
     """layout -> (model, inputs, hand reference, targets, snapshot)."""
     m2, m1 = cnn2d(), cnn1d()
     return {"2d": (m2, images, hand2d, [2, 0, 2], snapshot(m2, images)),
-            "1d": (m1, signals, hand1d, None, snapshot(m1, signals))}
+            "1d": (m1, signals, hand_conv1d, None, snapshot(m1, signals))}
 
 
 # ---------------------------------------------------------------- gradient methods
