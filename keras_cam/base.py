@@ -450,29 +450,13 @@ class Explainer:
 
     def explain(self, images, targets=None, upsample=True, normalize=True) -> Explanation:
         """Like calling the explainer, but also returns the targets and scores."""
-        batch, others, single = read_inputs(self.graph, images)
         if self.aug_smooth and not upsample:
             raise ValueError(
                 "`aug_smooth` averages maps at the input resolution (that is where a flip or "
                 "shift is undone exactly); call with upsample=True."
             )
-        if not self._prepared:  # automatic choices, once per explainer
-            self.prepare(self.graph.assemble(self.graph.to_model_format(batch[:1]), [o[:1] for o in others]))
-            self._prepared = True
-        n = int(batch.shape[0])
-        target = _targets.as_target(targets)
-        if target is not None:  # checked before tracing; its arrays travel with the batch
-            if self.aug_smooth and target.in_frame:
-                raise ValueError(
-                    f"`aug_smooth` explains flipped and shifted copies of the input, where the "
-                    f"{type(target).__name__} target's mask or box no longer sits on the same "
-                    f"pixels; explain it without aug_smooth."
-                )
-            values = [tf.constant(v) for v in target.values(self.graph, batch)]
-            fn, idx = self._function(target), np.full((n,), _targets.TOP1, np.int32)
-        else:
-            values = []
-            fn, idx = self._function(None), _targets.class_indices(targets, n, self.graph.num_classes)
+        batch, others, single, target, values, idx = self.read_call(images, targets)
+        fn, n = self._function(target), int(batch.shape[0])
         step = min(self.batch_size or n, n)
 
         def rows(x, i):  # one chunk of a batch (the batch itself when it is one chunk)
@@ -490,6 +474,36 @@ class Explainer:
         if single:
             maps = maps[0]
         return Explanation(maps=maps, targets=used, scores=scores, probabilities=probs)
+
+    def read_call(self, images, targets):
+        """The checked input and targets of a call, before anything is compiled.
+
+        Reads the input (:func:`read_inputs`), makes the automatic choices
+        once per explainer (:meth:`prepare`) and reads ``targets``.
+
+        Returns:
+            ``(batch, others, single, target, values, idx)``: the images and
+            the held inputs as :func:`read_inputs` returns them, the target
+            object (None for classes), its per-input arrays as tensors, and
+            ``(N,)`` int32 classes (``targets.TOP1`` for top-1 and for target objects).
+        """
+        batch, others, single = read_inputs(self.graph, images)
+        if not self._prepared:  # automatic choices, once per explainer
+            self.prepare(self.graph.assemble(self.graph.to_model_format(batch[:1]), [o[:1] for o in others]))
+            self._prepared = True
+        n = int(batch.shape[0])
+        target = _targets.as_target(targets)
+        if target is None:
+            return batch, others, single, None, [], _targets.class_indices(targets, n, self.graph.num_classes)
+        # Checked before tracing; its arrays travel with the batch.
+        if self.aug_smooth and target.in_frame:
+            raise ValueError(
+                f"`aug_smooth` explains flipped and shifted copies of the input, where the "
+                f"{type(target).__name__} target's mask or box no longer sits on the same "
+                f"pixels; explain it without aug_smooth."
+            )
+        values = [tf.constant(v) for v in target.values(self.graph, batch)]
+        return batch, others, single, target, values, np.full((n,), _targets.TOP1, np.int32)
 
     def _function(self, target_fn):
         """The compiled computation for class targets (key None) or one target object

@@ -147,7 +147,25 @@ class EigenCAM(Explainer):
         return tf.nn.relu(principal_component(tf.cast(acts[0], tf.float32))), scored
 
 
-class FEM(Explainer):
+class ChannelExplainer(Explainer):
+    """Base of the methods that weight the channels from the activations alone:
+    one forward pass, then ``ReLU(sum_k w_k A^k)`` with the method's
+    :meth:`channel_weights` (no class enters the weights)."""
+
+    _weights_channels = True
+
+    def raw_maps(self, images, class_idx, target_fn=None):
+        acts, outputs = self.graph.forward(images)
+        scored = self.target_scores(outputs, class_idx, target_fn)
+        a = tf.cast(acts[0], tf.float32)
+        return self.reduce_channels(_layout.weigh_channels(a, self.channel_weights(a))), scored
+
+    def channel_weights(self, a):
+        """``(N, K)`` weights from the feature maps ``(N, *s, K)``."""
+        raise NotImplementedError
+
+
+class FEM(ChannelExplainer):
     """Feature Explanation Method (Fuad et al., 2020): no gradients, no class.
 
     Each channel is weighted by how often it fires well above its own mean:
@@ -168,8 +186,6 @@ class FEM(Explainer):
         >>> wider = keras_cam.FEM(model, k=1)(images)
     """
 
-    _weights_channels = True
-
     def __init__(self, model, layer=None, *, k=2.0, **kwargs):
         if isinstance(k, bool) or not isinstance(k, (int, float, np.integer, np.floating)) or not k >= 0:
             raise ValueError(
@@ -178,18 +194,13 @@ class FEM(Explainer):
         super().__init__(model, layer, **kwargs)
         self.k = float(k)
 
-    def raw_maps(self, images, class_idx, target_fn=None):
-        acts, outputs = self.graph.forward(images)
-        scored = self.target_scores(outputs, class_idx, target_fn)
-        a = tf.cast(acts[0], tf.float32)
+    def channel_weights(self, a):
         axes = _layout.spatial_axes(a)
         mean, var = tf.nn.moments(a, axes=axes, keepdims=True)
-        above = tf.cast(a > mean + self.k * tf.sqrt(var), tf.float32)
-        w = tf.reduce_mean(above, axis=axes)
-        return self.reduce_channels(_layout.weigh_channels(a, w)), scored
+        return tf.reduce_mean(tf.cast(a > mean + self.k * tf.sqrt(var), tf.float32), axis=axes)
 
 
-class RandomCAM(Explainer):
+class RandomCAM(ChannelExplainer):
     """Random channel weights: the baseline every metric should beat.
 
     ``w_k ~ U(-1, 1)``, drawn once from ``seed`` (the same weights for every
@@ -207,17 +218,11 @@ class RandomCAM(Explainer):
         >>> floor = keras_cam.RandomCAM(model, seed=0)(images)
     """
 
-    _weights_channels = True
-
     def __init__(self, model, layer=None, *, seed=0, **kwargs):
         self.seed = check_seed(seed)
         super().__init__(model, layer, **kwargs)
 
-    def raw_maps(self, images, class_idx, target_fn=None):
-        acts, outputs = self.graph.forward(images)
-        scored = self.target_scores(outputs, class_idx, target_fn)
-        a = tf.cast(acts[0], tf.float32)
+    def channel_weights(self, a):
         w = tf.random.stateless_uniform(tf.shape(a)[-1:], seed=tf.constant([self.seed, 0], tf.int64),
                                         minval=-1.0, maxval=1.0)
-        w = tf.tile(w[None], tf.stack([tf.shape(a)[0], 1]))
-        return self.reduce_channels(_layout.weigh_channels(a, w)), scored
+        return tf.tile(w[None], tf.stack([tf.shape(a)[0], 1]))

@@ -35,7 +35,7 @@ from keras_cam import layers as _layers
 from keras_cam import layout as _layout
 from keras_cam import targets as _targets
 from keras_cam._patch import patched_attr, wrapped_call
-from keras_cam.base import Explainer, read_inputs, upsample
+from keras_cam.base import Explainer, upsample
 
 _CONVS = (
     "Conv1D", "Conv2D", "Conv3D", "Conv1DTranspose", "Conv2DTranspose", "Conv3DTranspose",
@@ -315,17 +315,8 @@ class FullGrad(Explainer):
             ``dS/dz`` (dense layers and non-spatial batch normalizations
             included). ``parts.completeness()`` is ``S`` on a ReLU network.
         """
-        batch, others, _ = read_inputs(self.graph, images)
-        if not self._prepared:
-            self.prepare(self.graph.assemble(self.graph.to_model_format(batch[:1]), [o[:1] for o in others]))
-            self._prepared = True
-        n = int(batch.shape[0])
-        target = _targets.as_target(targets)
-        if target is not None:
-            values = [tf.constant(v) for v in target.values(self.graph, batch)]
-            target_fn, idx = _targets.bind(target, values), np.full((n,), _targets.TOP1, np.int32)
-        else:
-            target_fn, idx = None, _targets.class_indices(targets, n, self.graph.num_classes)
+        batch, others, _, target, values, idx = self.read_call(images, targets)
+        target_fn = _targets.bind(target, values)
         with self.graph.holding(others):
             grad, (scores, used, _), terms = self.decompose(batch, tf.constant(idx), target_fn)
         return FullGradParts(

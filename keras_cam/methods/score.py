@@ -22,7 +22,8 @@ import tensorflow as tf
 from keras_cam import layout as _layout
 from keras_cam import targets as _targets
 from keras_cam.base import minmax, upsample
-from keras_cam.methods.streaming import StreamingExplainer, check_noise, check_seed, grid, seeded_normal
+from keras_cam.methods.streaming import (StreamingExplainer, check_noise, check_positive_int, check_seed, grid,
+                                         seeded_normal)
 
 WEIGHTINGS = ("reference", "paper")
 
@@ -196,10 +197,8 @@ class ISCAM(ScoreCAM):
     """
 
     def __init__(self, model, layer=None, *, steps=10, **kwargs):
-        if not isinstance(steps, (int, np.integer)) or isinstance(steps, bool) or steps < 1:
-            raise ValueError(f"`steps` must be a positive int (masks per channel); received {steps!r}.")
+        self.steps = check_positive_int("steps", steps, "masks per channel")
         super().__init__(model, layer, **kwargs)
-        self.steps = int(steps)
 
     @property
     def repeats(self):
@@ -238,12 +237,10 @@ class SSCAM(ScoreCAM):
     """
 
     def __init__(self, model, layer=None, *, samples=10, noise=0.2, seed=0, **kwargs):
-        if not isinstance(samples, (int, np.integer)) or isinstance(samples, bool) or samples < 1:
-            raise ValueError(f"`samples` must be a positive int (noisy masks per channel); received {samples!r}.")
-        super().__init__(model, layer, **kwargs)
-        self.samples = int(samples)
+        self.samples = check_positive_int("samples", samples, "noisy masks per channel")
         self.noise = check_noise(noise)
         self.seed = check_seed(seed)
+        super().__init__(model, layer, **kwargs)
 
     @property
     def repeats(self):
