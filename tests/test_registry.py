@@ -16,6 +16,7 @@ import tensorflow as tf
 import keras_cam as kc
 from keras_cam import methods
 from keras_cam._compat import keras
+from test_gradcam import _rss_mb
 from test_layout import CLASSES, hand_vit, tiny_vit
 
 H = W = 12
@@ -105,11 +106,6 @@ def test_no_memory_growth_and_model_unchanged(model, images, name):
     for path, layer in kc.layers.walk(model):
         assert "call" not in vars(layer), path
         assert getattr(layer, "activation", None) is activations[path], path
-
-
-def _rss_mb():
-    with open("/proc/self/statm") as f:
-        return int(f.read().split()[1]) * 4096 / 2**20
 
 
 # ---------------------------------------------------------------- token grids (a vision transformer)
