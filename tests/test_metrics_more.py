@@ -448,6 +448,34 @@ def test_evaluate_defaults_and_errors(demo):
     assert set(metrics.DEFAULT_METRICS) | {"sanity_check"} == set(metrics.METRICS)
 
 
+@pytest.mark.parametrize("form", ["dict", "list", "single", "tuple"])
+def test_evaluate_takes_bare_explainer_classes(demo, form):
+    """An explainer class (``kc.GradCAM``, not an instance) is a factory ``f(model)``: in a dict, a list,
+    a tuple or alone, its row equals the metrics of ``kc.GradCAM(model)`` called directly (issue 26: a class
+    was taken for an instance because it has an ``explain`` attribute)."""
+    model, images, labels, _, _ = demo
+    few = {"sparseness": {}, "average_drop": {}, "sanity_check": {}}
+    given = {"dict": {"Grad-CAM": kc.GradCAM, "Layer-CAM": kc.LayerCAM}, "list": [kc.GradCAM, kc.LayerCAM],
+             "tuple": (kc.GradCAM, "layercam"), "single": kc.GradCAM}[form]
+    table = metrics.evaluate(given, model, images[:3], labels[:3], metrics=few)
+    names = {"dict": ["Grad-CAM", "Layer-CAM"], "list": ["GradCAM", "LayerCAM"],
+             "tuple": ["GradCAM", "layercam"], "single": ["GradCAM"]}[form]
+    assert [r["method"] for r in table.rows] == names
+    for row, cls in zip(table.rows, (kc.GradCAM, kc.LayerCAM)):
+        maps = cls(model)(images[:3], labels[:3])
+        assert row["sparseness"] == pytest.approx(metrics.sparseness(maps), rel=1e-5)
+        assert row["average_drop"] == pytest.approx(metrics.average_drop(model, images[:3], maps, labels[:3]),
+                                                    rel=1e-5)
+        expected = kc.sanity_check(cls, model, images[:3], labels[:3]).spearman[-1]
+        assert row["sanity_check"] == pytest.approx(expected, abs=1e-6)
+
+
+def test_evaluate_refuses_a_factory_that_returns_a_class(demo):
+    model, images, labels, _, _ = demo
+    with pytest.raises(TypeError, match="not an explainer"):
+        metrics.evaluate({"odd": lambda m: kc.GradCAM}, model, images[:2], metrics=["sparseness"])
+
+
 def test_cli_evaluate_prints_the_table(tmp_path, capsys):
     import cv2
 

@@ -163,14 +163,14 @@ def _build(name, spec, model):
 
     if isinstance(spec, str):
         return registry.create(spec, model), (lambda m: registry.create(spec, m)), None
-    if hasattr(spec, "explain"):
+    if not isinstance(spec, type) and hasattr(spec, "explain"):   # an instance (a class has `explain` too)
         if spec.model is not model:
             raise ValueError(f"Method {name!r} explains model {spec.model.name!r}, not the evaluated model "
                              f"{model.name!r}: build it on the same model, or pass its class or a factory.")
         return spec, None, None
     if callable(spec):
         explainer = spec(model)
-        if not hasattr(explainer, "explain"):
+        if isinstance(explainer, type) or not hasattr(explainer, "explain"):
             raise TypeError(f"Method {name!r}: the factory returned {type(explainer).__name__}, not an explainer.")
         return explainer, spec, None
     maps = np.asarray(spec, np.float32)
