@@ -58,10 +58,24 @@ def class_indices(targets, n, num_classes=None):
     """
     if targets is None:
         return np.full((n,), TOP1, dtype=np.int32)
+    if isinstance(targets, (bool, np.bool_)) or (
+            isinstance(targets, Sequence) and not isinstance(targets, str)
+            and any(isinstance(t, (bool, np.bool_)) for t in targets)):
+        raise TypeError(
+            f"`targets` must be class indices, not booleans; received {_short(targets)}. A boolean would "
+            f"be read as class 0 or 1: give the class as an int (one, or one per image), or None for "
+            f"each image's top class."
+        )
     if isinstance(targets, (int, np.integer)):
         idx = np.full((n,), int(targets), dtype=np.int64)
     elif isinstance(targets, (Sequence, np.ndarray, tf.Tensor)) and not isinstance(targets, str):
         idx = np.asarray(targets)
+        if idx.dtype == bool:
+            raise TypeError(
+                f"`targets` must be class indices, not booleans; received a boolean array of shape "
+                f"{idx.shape}. To explain some images only, index the images (images[mask]); to "
+                f"explain a class, give it as an int."
+            )
         if idx.ndim != 1 or not np.issubdtype(idx.dtype, np.integer):
             raise TypeError(
                 f"`targets` must be None, an int, a 1-D sequence of ints (one per image), a "
@@ -86,6 +100,12 @@ def class_indices(targets, n, num_classes=None):
             f"(valid: 0..{num_classes - 1})."
         )
     return idx.astype(np.int32)
+
+
+def _short(value, limit=60):
+    """``repr(value)``, cut to ``limit`` characters (a message never prints a whole array)."""
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 5] + " ...]"
 
 
 def select(scores, class_idx):

@@ -260,3 +260,31 @@ def test_nearest_resize_matches_tf_image_resize():
         x = rng.random((2,) + src)
         ref = tf.image.resize(x[..., None], dst, method="nearest").numpy()[..., 0]
         np.testing.assert_array_equal(layout.nearest_resize(x, dst), ref)
+
+
+# --- booleans are not classes -------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("given", [True, False, np.True_, [True, False, True], [2, True, 0], (False, 1, 2),
+                                   np.array([True, False, True]), tf.constant([True, True, False])],
+                         ids=["True", "False", "np.True_", "list", "mixed-list", "mixed-tuple", "array", "tensor"])
+def test_boolean_targets_are_refused_everywhere(images, given):
+    """``targets=True`` was read as class 1 (issue 26). Every entry point that takes classes refuses
+    booleans with a TypeError that says why, and the ints that a boolean equals still work."""
+    model = _feature_model(lambda a: L.Dense(3)(L.GlobalAveragePooling2D()(a)), name="clf")
+    cam = kc.GradCAM(model, "feat")
+    calls = {
+        "call": lambda: cam(images, targets=given),
+        "explain": lambda: cam.explain(images, targets=given),
+        "average_drop": lambda: kc.metrics.average_drop(model, images, np.ones(images.shape[:3]), given),
+        "evaluate": lambda: kc.metrics.evaluate({"g": cam}, model, images, given, metrics=["sparseness"]),
+        "callback": lambda: kc.CAMCallback(images, targets=given, save_png=False, tensorboard=False),
+    }
+    for where, call in calls.items():
+        with pytest.raises(TypeError, match="not booleans") as info:
+            call()
+        assert "class 0 or 1" in str(info.value) or "index the images" in str(info.value), where
+    as_ints = np.asarray(given).astype(np.int64)
+    as_ints = as_ints if as_ints.ndim else int(as_ints)
+    expected = cam(images, targets=np.broadcast_to(as_ints, (3,)).astype(np.int64))
+    np.testing.assert_allclose(cam(images, targets=as_ints), expected, atol=1e-6)
