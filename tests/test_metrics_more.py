@@ -497,3 +497,25 @@ def test_cli_evaluate_prints_the_table(tmp_path, capsys):
     maps = kc.GradCAM(model, "target")(images.astype(np.float32) / 255.0)
     assert out[2] == f"| gradcam | {metrics.sparseness(maps):.3f} | 1.000 |"
     assert cli.main(["evaluate", str(folder), "--model", path, "--metric", "accuracy"]) == 1
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_an_all_zero_map_scores_the_worst_complexity_and_sparseness(seed):
+    """An all-zero map has no distribution: it gets the worst value of each property (complexity
+    ``log n``, sparseness 0), never NaN, so emptying a map never improves a method's mean."""
+    rng = np.random.default_rng(seed)
+    shape = [(6, 7), (40,), (3, 4, 5)][seed % 3]
+    n = int(np.prod(shape))
+    maps = rng.random((5,) + shape) ** rng.uniform(1, 8)          # concentrated to different degrees
+    maps[rng.integers(5)] = 0.0
+    value = metrics.complexity(maps)
+    assert np.isfinite(value)
+    assert metrics.complexity(np.zeros((1,) + shape)) == pytest.approx(np.log(n))
+    for i in range(5):                                             # zero one more map: never lower
+        emptied = maps.copy()
+        emptied[i] = 0.0
+        assert metrics.complexity(emptied) >= value - 1e-12
+        assert metrics.sparseness(emptied) <= metrics.sparseness(maps) + 1e-12
+    per_map = [np.log(n) if not m.any() else -(p * np.log(p, where=p > 0, out=np.zeros_like(p))).sum()
+               for m in maps for p in [np.abs(m).ravel() / np.abs(m).sum() if m.any() else None]]
+    assert value == pytest.approx(np.mean(per_map))

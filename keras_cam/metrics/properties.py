@@ -72,8 +72,12 @@ def complexity(maps) -> float:
     ``H = -sum_i p_i log p_i`` (natural log, ``0 log 0 = 0``):
 
     ``log n`` for a uniform map (the largest value), 0 for a map with one
-    non-zero pixel. An all-zero map has no distribution; it scores ``log n``
-    like a uniform one (it singles nothing out).
+    non-zero pixel. An all-zero map has no distribution (``p`` is ``0 / 0``)
+    and is given ``log n``, the worst score, not because it is uniform but
+    because it singles nothing out: neither NaN (which would empty the mean)
+    nor 0 (the best score, for a map that shows nothing), so a method cannot
+    lower its complexity by returning empty maps. :func:`sparseness` scores
+    an all-zero map 0, its own worst value, for the same reason.
 
     Args:
         maps: ``(N, *S)`` maps: ``(N, H, W)`` (or ``(N, T)``, ``(N, D, H, W)``).
