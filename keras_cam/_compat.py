@@ -11,12 +11,18 @@ from __future__ import annotations
 import os
 import sys
 
+import numpy as np
+
 LEGACY = os.environ.get("TF_USE_LEGACY_KERAS", "").lower() in ("1", "true", "yes")
 
 if LEGACY:
     import tf_keras as keras  # noqa: F401
 else:
     import keras  # noqa: F401
+
+# The array library above the backends: Keras 3's ``keras.ops`` (also under
+# legacy tf-keras, where Keras 3 is installed beside it and runs on TensorFlow).
+from keras import ops  # noqa: E402,F401
 
 
 def _packages():
@@ -68,3 +74,15 @@ def del_attr(obj, name):
 def progbar(target, verbose=1):
     """A Keras progress bar (the one ``model.fit`` draws)."""
     return keras.utils.Progbar(target, verbose=verbose)
+
+
+def to_host(x):
+    """A tensor of any backend (or anything array-like) as a numpy array."""
+    if hasattr(x, "detach") and hasattr(x, "cpu"):  # torch
+        return x.detach().cpu().numpy()
+    return np.asarray(x)
+
+
+def dtype_name(dtype) -> str:
+    """``"float32"`` for a dtype of numpy, Keras 3 (a string) or TensorFlow."""
+    return getattr(dtype, "name", None) or str(dtype)

@@ -6,7 +6,7 @@ An explainer is built once per model and target layer, and called on batches:
 
 Everything common lives here: turning the input into a batch, validating the
 targets, chunking a large batch, compiling the whole computation once per
-input shape (``tf.function``), upsampling to the input size and normalizing.
+input signature (through :mod:`keras_cam.compiled`), upsampling to the input size and normalizing.
 A method only defines :meth:`Explainer.raw_maps`, the map at the target
 layer's resolution.
 """
@@ -15,17 +15,17 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import re
 import warnings
 
 import numpy as np
-import tensorflow as tf
 
-from keras_cam import layers as _layers
+from keras_cam import _compat
 from keras_cam import layout as _layout
 from keras_cam import targets as _targets
-from keras_cam.graph import ActivationGraph, input_shape
-from keras_cam.saved_model import GraphOp
+from keras_cam._compat import ops
+from keras_cam.compiled import Compiled
+from keras_cam.graph import ActivationGraph
+from keras_cam.inputs import as_batch, check_images, read_inputs  # noqa: F401  (public here too)
 
 def upsample(maps, size):
     """Resize ``(N, *s)`` maps to ``size`` (linear, bilinear or trilinear; see :func:`keras_cam.layout.resize`)."""
@@ -48,32 +48,31 @@ def principal_component(x):
         ``(N, *s)`` projections (zero-mean per image).
     """
     flat = _layout.flatten_spatial(x)
-    centred = flat - tf.reduce_mean(flat, axis=1, keepdims=True)
-    s, u, _ = tf.linalg.svd(centred, full_matrices=False)
+    centred = flat - ops.mean(flat, axis=1, keepdims=True)
+    u, s, _ = ops.svd(centred, full_matrices=False)
     proj = u[..., 0] * s[:, :1]
-    total = tf.reduce_sum(centred, axis=-1)
-    sign = tf.where(tf.reduce_sum(proj * total, axis=1, keepdims=True) < 0, -1.0, 1.0)
-    return tf.reshape(proj * sign, tf.shape(x)[:-1])
+    total = ops.sum(centred, axis=-1)
+    sign = ops.where(ops.sum(proj * total, axis=1, keepdims=True) < 0, -1.0, 1.0)
+    return ops.reshape(proj * sign, (-1,) + tuple(int(d) for d in x.shape[1:-1]))
 
 
 def _shift(x, shifts, fill):
     """``out[:, i + d] = x[:, i]`` along each spatial axis (``shifts``, one per axis);
     positions shifted in take the edge value (``fill="edge"``) or zero (``fill="zeros"``)."""
-    sizes = tf.shape(x)
-    pads, begin = [[0, 0]], [0]
-    for d in shifts:
-        pads.append([max(d, 0), max(-d, 0)])
-        begin.append(max(-d, 0))
-    rest = x.shape.rank - 1 - len(shifts)
-    pads += [[0, 0]] * rest
-    begin += [0] * rest
-    padded = tf.pad(x, pads, mode="SYMMETRIC" if fill == "edge" else "CONSTANT")
-    return tf.slice(padded, begin, sizes)
+    if not any(shifts):
+        return x
+    pads, index = [(0, 0)], [slice(None)]
+    for d, n in zip(shifts, x.shape[1:]):
+        pads.append((max(d, 0), max(-d, 0)))
+        index.append(slice(max(-d, 0), max(-d, 0) + int(n)))
+    pads += [(0, 0)] * (len(x.shape) - 1 - len(shifts))
+    padded = ops.pad(x, pads, mode="symmetric" if fill == "edge" else "constant")
+    return padded[tuple(index)]
 
 
 def _flip(x, rank):
     """Mirror the last spatial axis (the width) of ``(N, *S, ...)``."""
-    return tf.reverse(x, axis=[rank])
+    return ops.flip(x, axis=rank)
 
 
 def augmentations(size):
@@ -87,218 +86,6 @@ def augmentations(size):
     d = max(1, round(min(size) / 32))
     flips = (False,) if len(size) == 1 else (False, True)
     return [(flip, tuple(s for _ in size)) for flip in flips for s in (0, d, -d)]
-
-
-def as_batch(images, layout=None):
-    """``(images as a float32 batch in the model's format, whether one example was given)``.
-
-    ``layout`` is the model's :class:`~keras_cam.layout.InputLayout` (2-D
-    images by default): an array of its rank is a batch, one rank less is
-    one example.
-    """
-    return (layout or _layout.InputLayout()).batch(images)
-
-
-def _as_input_list(graph, inputs):
-    """The inputs of a multi-input model, in the order of ``model.inputs``."""
-    names = graph.input_names
-    if isinstance(inputs, dict):
-        missing = [n for n in names if n not in inputs]
-        if missing or len(inputs) != len(names):
-            raise ValueError(
-                f"`images` is a dict with keys {sorted(inputs)}; model {graph.model.name!r} takes "
-                f"the inputs {names}. Pass one entry per input."
-            )
-        return [inputs[n] for n in names]
-    if isinstance(inputs, (list, tuple)) and len(inputs) == len(names):
-        return list(inputs)
-    raise ValueError(
-        f"Model {graph.model.name!r} has {len(names)} inputs {names}: pass them all, as a list "
-        f"in that order or a dict by name, as for `model.predict` (the maps explain input "
-        f"{names[graph.input_index]!r}; the others are held fixed). Received "
-        f"{type(inputs).__name__}{'' if not hasattr(inputs, '__len__') else f' of length {len(inputs)}'}."
-    )
-
-
-def read_inputs(graph, inputs):
-    """The user's input as an explainer computes on it.
-
-    Returns:
-        ``(images, others, single)``: the images as a checked float32
-        channels-last ``(N, *S, C)`` tensor, the other inputs of a
-        multi-input model (a tuple of tensors whose rows go with the images;
-        empty otherwise) and whether one example without a batch axis was given.
-    """
-    if not graph.multi_input:
-        batch, single = as_batch(inputs, graph.inputs)
-        others = ()
-    else:
-        parts = _as_input_list(graph, inputs)
-        batch, single = as_batch(parts[graph.input_index], graph.inputs)
-        others = []
-        for i, (name, part, spec) in enumerate(zip(graph.input_names, parts, graph.model.inputs)):
-            if i == graph.input_index:
-                continue
-            t = tf.convert_to_tensor(part)
-            t = t[None] if single else t
-            if t.dtype != spec.dtype and (t.dtype.is_floating or tf.as_dtype(spec.dtype).is_floating):
-                t = tf.cast(t, spec.dtype)
-            if t.shape.rank == 0 or t.shape[0] != batch.shape[0]:
-                raise ValueError(
-                    f"Input {name!r} has shape {tuple(t.shape)}, but there are {int(batch.shape[0])} "
-                    f"images: every input needs one row per image."
-                )
-            others.append(t)
-        others = tuple(others)
-    check_images(batch, graph.model, graph.input_index, graph.data_format == "channels_first")
-    return graph.to_channels_last(batch), others, single
-
-
-_PREPROCESSING = ("Rescaling", "Normalization")
-# Inside a SavedModel the layers are ops named after them, e.g. "rescaling/mul".
-_PREPROCESSING_OPS = re.compile(r"(^|/)(rescaling|normalization)(_\d+)*/")
-
-
-def _has_preprocessing(model):
-    return any(type(l).__name__ in _PREPROCESSING or (isinstance(l, GraphOp) and _PREPROCESSING_OPS.search(path))
-               for path, l in _layers.walk(model))
-
-
-def check_images(batch, model, index=0, channels_first=False):
-    """Reject input the model cannot take, before TensorFlow fails deep inside.
-
-    Checks the rank, the channel count and any fixed spatial size against the
-    model's input ``index`` (whose format ``batch`` is in), and that every
-    value is finite. Warns (it cannot know for sure) when the values look like
-    raw 0-255 pixels (none negative, some above 2) and the model has no
-    preprocessing layer of its own (``Rescaling``/``Normalization``).
-    """
-    expected = input_shape(model, index)
-    if expected is not None:
-        got = tuple(batch.shape[1:])
-        spatial = len(expected) - 2
-        if len(got) != len(expected) - 1:
-            raise ValueError(
-                f"`images` has shape {tuple(batch.shape)} but model {model.name!r} takes inputs "
-                f"of shape {(None,) + tuple(expected[1:])}."
-            )
-        for axis, (g, e) in enumerate(zip(got, expected[1:]), start=1):
-            if e is not None and g != e:
-                what = "channels" if axis == (1 if channels_first else len(got)) else f"size on axis {axis}"
-                fix = ("Resize the images (or convert gray/RGB)" if spatial == 2 else
-                       "Resample or crop the inputs (or fix their channels)")
-                raise ValueError(
-                    f"`images` has shape {tuple(batch.shape)} but model {model.name!r} takes "
-                    f"(N,) + {tuple(expected[1:])}: its {what} is {g}, the model's is {e}. {fix} "
-                    f"to the model's input shape first."
-                )
-    values = batch.numpy()  # one host pass for all three checks (each a TF op costs more on small inputs)
-    finite = np.isfinite(values).reshape(len(values), -1).all(axis=1)
-    if not finite.all():
-        bad = np.flatnonzero(~finite).tolist()
-        raise ValueError(
-            f"`images` contains NaN or Inf (images {bad[:10]}); a map of such an input is "
-            f"meaningless. Clean or drop those images first."
-        )
-    top = float(values.max())
-    if top > 2.0 and float(values.min()) >= 0.0 and not _has_preprocessing(model):
-        warnings.warn(
-            f"`images` has values up to {top:.0f}, like raw 0-255 pixels, "
-            f"and model {model.name!r} has no Rescaling/Normalization layer. If the model was "
-            f"trained on scaled input ([0, 1] or [-1, 1]), preprocess the images as for "
-            f"`model.predict`, or the maps explain a prediction on out-of-range input.",
-            stacklevel=4,
-        )
-
-
-class Compiled:
-    """``tf.function(fn)``, optionally run eagerly on the first call of each input signature.
-
-    Tracing a model's forward and backward pass into a graph costs several
-    eager runs of it (MobileNetV2 at 224x224: about 1 s against 0.3 s), and
-    pays off only when the same signature comes back. With
-    ``eager_first=True`` (what explainers use, see ``Explainer._eager_first``)
-    the first call of a signature (the shapes and dtypes of the tensor
-    arguments and the values of the others: what makes ``tf.function``
-    retrace) runs ``fn`` eagerly: the same Python code, so the same result up
-    to float rounding. From the second call of that signature on it runs
-    ``tf.function(fn)``, traced once per signature. Inside another
-    ``tf.function`` (a trace) the compiled function is always called.
-
-    The function is compiled without AutoGraph, unless the model's own code
-    needs it. keras-cam's code has no tensor-dependent Python control flow
-    (Score-CAM calls ``tf.while_loop`` itself), and converting it with
-    AutoGraph is about a third of a trace's time (EfficientNetB0: 6.6 s with,
-    3.9 s without). A model whose ``call`` branches on tensor values in
-    Python does need AutoGraph: its trace raises
-    ``OperatorNotAllowedInGraphError``, and from then on this function is
-    compiled with AutoGraph. If that trace raises it too (a Keras 3 layer's
-    ``call`` is never converted), the function runs eagerly from then on,
-    with a warning.
-
-    Args:
-        fn: the computation, traceable, with tensor and hashable Python arguments.
-        eager_first: run the first call of each signature eagerly; False (the
-            default) compiles from the first call.
-    """
-
-    # Signatures remembered as run once; beyond this many the memory is reset
-    # (a signature then runs eagerly once more: never wrong, only slower).
-    _MAX_SEEN = 64
-
-    def __init__(self, fn, eager_first=False):
-        self._fn = fn
-        self._function = tf.function(fn, autograph=False)
-        self._converted = None
-        self._eager_only = False
-        self._seen = set() if eager_first else None
-
-    def __call__(self, *args):
-        if self._seen is not None and tf.executing_eagerly():
-            key = signature(args)
-            if key not in self._seen:
-                if len(self._seen) >= self._MAX_SEEN:
-                    self._seen.clear()
-                self._seen.add(key)
-                return self._fn(*args)
-        if self._eager_only:
-            return self._fn(*args)
-        if self._converted is None:
-            try:
-                return self._function(*args)
-            except tf.errors.OperatorNotAllowedInGraphError:
-                self._converted = tf.function(self._fn)
-        try:
-            return self._converted(*args)
-        except tf.errors.OperatorNotAllowedInGraphError as err:
-            self._eager_only = True
-            warnings.warn(
-                f"The model cannot be compiled, even with AutoGraph: its `call` uses a tensor as a "
-                f"Python bool ({' '.join(str(err).split())[:200]}). It runs eagerly from now on: the "
-                f"same maps, more slowly. Write the branch with tf.cond or tf.where to compile it.",
-                stacklevel=4,
-            )
-            return self._fn(*args)
-
-    def experimental_get_tracing_count(self):
-        """How many times the function was traced (eager runs are not traces)."""
-        return sum(f.experimental_get_tracing_count() for f in (self._function, self._converted) if f is not None)
-
-
-def signature(args):
-    """What makes ``tf.function`` trace anew: each tensor's shape and dtype, each
-    other value itself (by identity when it cannot be hashed)."""
-    key = []
-    for a in tf.nest.flatten(args):
-        if tf.is_tensor(a) or isinstance(a, np.ndarray):
-            key.append((tuple(a.shape), a.dtype.name))
-        else:
-            try:
-                hash(a)
-                key.append((type(a), a))
-            except TypeError:
-                key.append((type(a), id(a)))
-    return tuple(key)
 
 
 @dataclasses.dataclass
@@ -378,7 +165,7 @@ class Explainer:
     # ``eigen_smooth`` (the weighted channels' principal component) applies.
     _weights_channels = False
 
-    # Whether the first call of an input shape runs eagerly (see :class:`Compiled`).
+    # Whether the first call of an input shape runs eagerly (TensorFlow; see :mod:`keras_cam.compiled`).
     _eager_first = True
 
     # Whether the method reads a target layer (the attributions at the input do not).
@@ -462,11 +249,11 @@ class Explainer:
         def rows(x, i):  # one chunk of a batch (the batch itself when it is one chunk)
             return x if step == n else x[i:i + step]
         parts = [
-            fn(rows(batch, i), tf.constant(idx[i:i + step]), bool(upsample), bool(normalize),
+            fn(rows(batch, i), ops.convert_to_tensor(idx[i:i + step]), bool(upsample), bool(normalize),
                tuple(rows(o, i) for o in others), tuple(v if v.shape[0] == 1 else rows(v, i) for v in values))
             for i in range(0, n, step)
         ]
-        maps, scores, used, probs = (np.concatenate([p[k].numpy() for p in parts]) for k in range(4))
+        maps, scores, used, probs = (np.concatenate([_compat.to_host(p[k]) for p in parts]) for k in range(4))
         if target is not None:
             used = probs = None
         if normalize:
@@ -502,7 +289,7 @@ class Explainer:
                 f"{type(target).__name__} target's mask or box no longer sits on the same "
                 f"pixels; explain it without aug_smooth."
             )
-        values = [tf.constant(v) for v in target.values(self.graph, batch)]
+        values = [ops.convert_to_tensor(v) for v in target.values(self.graph, batch)]
         return batch, others, single, target, values, np.full((n,), _targets.TOP1, np.int32)
 
     def _function(self, target_fn):
@@ -513,6 +300,7 @@ class Explainer:
             if len(callables) >= 8:  # callables made per call must not pile up traces
                 del self._functions[callables[0]]
             self._functions[target_fn] = Compiled(functools.partial(self._held_compute, target_fn=target_fn),
+                                                  model=self.model,
                                                   eager_first=self._eager_first)
         return self._functions[target_fn]
 
@@ -546,9 +334,9 @@ class Explainer:
             maps, outputs = self._smoothed_maps(images, class_idx, target_fn)
         else:
             maps, outputs = self.raw_maps(images, class_idx, target_fn)
-            maps = tf.cast(maps, tf.float32)
+            maps = ops.cast(maps, "float32")
             if upsample_:
-                maps = upsample(maps, tf.shape(images)[1:-1])
+                maps = upsample(maps, images.shape[1:-1])
         scores, idx, probs = outputs
         if normalize_:
             maps = minmax(maps)
@@ -559,8 +347,8 @@ class Explainer:
         image's map, upsampled and transformed back; a pixel a shift moved out
         of the frame is averaged over the transforms that still see it. The
         class is the one chosen on the untransformed images."""
-        size = tf.shape(images)[1:-1]
-        rank = images.shape.rank - 2
+        size = images.shape[1:-1]
+        rank = len(images.shape) - 2
         total = count = outputs = None
         for flip, shifts in augmentations(images.shape[1:-1]):
             x = _shift(_flip(images, rank) if flip else images, shifts, "edge")
@@ -568,8 +356,8 @@ class Explainer:
             if outputs is None:
                 outputs, class_idx = scored, scored[1]
             back = tuple(-d for d in shifts)
-            maps = _shift(upsample(tf.cast(maps, tf.float32), size), back, "zeros")
-            seen = _shift(tf.ones_like(maps), back, "zeros")
+            maps = _shift(upsample(ops.cast(maps, "float32"), size), back, "zeros")
+            seen = _shift(ops.ones_like(maps), back, "zeros")
             if flip:
                 maps, seen = _flip(maps, rank), _flip(seen, rank)
             total = maps if total is None else total + maps
@@ -584,19 +372,19 @@ class Explainer:
         pattern and drops the noise of the other components.
         """
         if self.eigen_smooth:
-            return tf.nn.relu(principal_component(weighted))
-        return tf.nn.relu(tf.reduce_sum(weighted, axis=-1))
+            return ops.relu(principal_component(weighted))
+        return ops.relu(ops.sum(weighted, axis=-1))
 
     def target_scores(self, outputs, class_idx, target_fn=None):
         """``(S, idx, p)``: the explained score per image, the class used, its probability
         (for a target object or callable: its score, ``TOP1`` and 0)."""
         if target_fn is not None:
             s = _targets.score(target_fn, outputs, self.graph)
-            return s, tf.fill(tf.shape(s), _targets.TOP1), tf.zeros_like(s)
+            return s, ops.full(ops.shape(s), _targets.TOP1, dtype="int32"), ops.zeros_like(s)
         scores = self.graph.scores(outputs)
         self.graph.num_classes = int(scores.shape[-1])
         s, idx = _targets.select(scores, class_idx)
-        probs = tf.gather(self.graph.probabilities(scores), idx, batch_dims=1)
+        probs = ops.take_along_axis(self.graph.probabilities(scores), idx[:, None], axis=1)[:, 0]
         return s, idx, probs
 
     def raw_maps(self, images, class_idx, target_fn=None):

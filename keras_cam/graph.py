@@ -20,12 +20,15 @@ import contextlib
 import warnings
 
 import numpy as np
-import tensorflow as tf
 
 from keras_cam import _compat
+from keras_cam import backend as _backend
+from keras_cam import inputs as _inputs
 from keras_cam import layers as _layers
 from keras_cam import layout as _layout
+from keras_cam import outputs as _outputs
 from keras_cam import saved_model as _saved_model
+from keras_cam._compat import ops
 from keras_cam._patch import patched_attr, replaced_call, wrapped_call
 from keras_cam.replay import Recording, Recorder
 
@@ -45,15 +48,6 @@ def _identity(x, *args, **kwargs):
     return x
 
 
-def _output_index(model, output):
-    if output is None or isinstance(output, (int, np.integer)):
-        return int(output or 0)
-    names = list(getattr(model, "output_names", None) or [])
-    if output in names:
-        return names.index(output)
-    raise ValueError(f"`output={output!r}` is not an output of model {model.name!r}; its outputs are {names}.")
-
-
 def find_head(model, output=None):
     """The operation that produces the selected output, and its final activation.
 
@@ -65,15 +59,13 @@ def find_head(model, output=None):
         a SavedModel, see ``saved_model.py``). ``(None, None, None)`` when the
         model has no static graph to look at (subclassed models).
     """
+    spec = output if isinstance(output, _outputs.OutputSpec) else _outputs.resolve(model, output)
     if isinstance(model, _saved_model.FrozenModel):
-        kind = model.frozen.heads[_output_index(model, output)][0]
+        kind = model.frozen.heads[spec.index or 0][0]
         return model, kind, ("frozen" if kind else None)
-    try:
-        outputs = model.outputs
-    except (AttributeError, ValueError):
-        outputs = None
-    if outputs:
-        op = _compat.producer(outputs[_output_index(model, output)])
+    symbolic = spec.symbolic(model)
+    if symbolic is not None:
+        op = _compat.producer(symbolic)
     else:
         children = _layers._children(model)
         op = children[-1] if children and type(model).__name__ == "Sequential" else None
@@ -139,13 +131,15 @@ class ActivationGraph:
             )
         self.model = model
         self.output = output
+        self.output_spec = _outputs.resolve(model, output) if _compat.is_model(model) else \
+            _outputs.OutputSpec(index=output if isinstance(output, int) else None, requested=output)
         self.linearize = linearize
-        self.input_names, self.input_index = _image_input(model, image_input)
-        self.data_format = _data_format(model, data_format)
-        self.inputs = input_layout(model, self.input_index, self.data_format)
+        self.input_names, self.input_index = _inputs.find_image_input(model, image_input)
+        self.data_format = _inputs.find_data_format(model, data_format)
+        self.inputs = _inputs.input_layout(model, self.input_index, self.data_format)
         self.reshape = _layout.check_reshape(reshape)
         self._held = None
-        self.head, self.output_activation, self._how = find_head(model, output)
+        self.head, self.output_activation, self._how = find_head(model, self.output_spec)
         if self.head is None and _compat.is_model(model) and _layers._children(model):
             self._how = "probe"  # no static graph: the head is found by running the model (prepare)
         self.num_classes = self._static_num_classes()
@@ -165,13 +159,10 @@ class ActivationGraph:
             self.prepare(sample)
 
     def _static_num_classes(self):
-        try:
-            outputs = self.model.outputs
-        except (AttributeError, ValueError):
+        symbolic = self.output_spec.symbolic(self.model) if _compat.is_model(self.model) else None
+        if symbolic is None:
             return None
-        if not outputs:
-            return None
-        shape = outputs[_output_index(self.model, self.output)].shape
+        shape = symbolic.shape
         if len(shape) != 2 or shape[-1] is None:
             return None
         n = int(shape[-1])
@@ -194,7 +185,7 @@ class ActivationGraph:
         """
         if self._how == "probe":
             (self.head, self.output_activation, self._how), outputs = _head_by_probe(
-                self.model, sample, self.output)
+                self.model, sample, self.output_spec)
             if self.linearize and self.output_activation is None:
                 _warn_if_probabilities(self.model, outputs)
         if self.ready:
@@ -210,9 +201,9 @@ class ActivationGraph:
         """The top class score per example (logits if linearized), for the automatic choice;
         the largest output entry when the outputs are not ``(N, classes)``."""
         try:
-            return tf.reduce_max(self.scores(outputs), axis=-1)
+            return ops.max(self.scores(outputs), axis=-1)
         except ValueError:
-            return _layers.top_score(_selected(outputs, self.output))
+            return _layers.top_score(self.selected(outputs))
 
     @contextlib.contextmanager
     def _linearized(self, intercepted=()):
@@ -279,7 +270,7 @@ class ActivationGraph:
                 f"{self.input_names}; this function explains only single-input models. Use an "
                 f"explainer on a batch: `explainer([images, other_input, ...])`."
             )
-        others = [o if rows is None else tf.gather(o, rows) for o in self._held]
+        others = [o if rows is None else ops.take(o, rows, axis=0) for o in self._held]
         return self.assemble(x, others)
 
     def layer_is_channels_first(self, layer):
@@ -299,7 +290,7 @@ class ActivationGraph:
         With ``recording`` (a :class:`~keras_cam.replay.Recording` from ``capture(..., record=True)``
         in the same trace), the model runs *from the target layer on*: every
         recorded layer call returns its recorded output instead of computing
-        (``tf.gather(output, rows)``: input ``i`` gets the recorded row
+        (``take(output, rows)``: input ``i`` gets the recorded row
         ``rows[i]``; an output whose first axis is not the recorded batch, such
         as a position embedding ``(1, L, K)``, is returned as it is), so the
         layers before the target do no work; the target's call (its last one,
@@ -353,13 +344,16 @@ class ActivationGraph:
             raise ValueError(_not_a_feature_map(self, i, shape))
         return found
 
-    def capture(self, images, tape=None, record=False, rows=None):
+    def capture(self, images, tap=None, record=False, rows=None):
         """Run the model, capturing the target layers' raw outputs.
 
         Args:
             images: channels-last input batch (the other inputs of a
                 multi-input model are the held ones, see :meth:`holding`).
-            tape: a ``tf.GradientTape`` that should watch the outputs.
+            tap: ``tap(i, output) -> output``, called on target ``i``'s output
+                as the model runs (``backend.tapped_gradients`` passes one that
+                makes it differentiable); what it returns is what the model
+                and the captured activation are.
             record: also record, for the first target layer, the output of
                 every layer call that completes before the target's
                 (captured, last) call starts, so that :meth:`run` can later
@@ -379,8 +373,8 @@ class ActivationGraph:
 
         def capture(i):
             def on_output(out):
-                if tape is not None and tf.is_tensor(out):
-                    tape.watch(out)
+                if tap is not None and _backend.is_tensor(out):
+                    out = tap(i, out)
                 captured[i] = out
                 return out
             return on_output
@@ -414,7 +408,7 @@ class ActivationGraph:
                     f"no activation to explain. Choose a layer on the path from the input "
                     f"to the output (keras_cam.list_layers(model) lists them)."
                 )
-            if not tf.is_tensor(act):
+            if not _backend.is_tensor(act):
                 raise ValueError(
                     f"Layer {self.paths[i]!r} returns a {type(act).__name__} of tensors, not one "
                     f"feature map; choose a layer whose output is a single tensor "
@@ -436,11 +430,7 @@ class ActivationGraph:
 
     def selected(self, outputs):
         """The selected output (``output=``) of the model's outputs (a tensor, list or dict)."""
-        if isinstance(outputs, dict):
-            outputs = list(outputs.values())
-        if isinstance(outputs, (list, tuple)):
-            outputs = outputs[_output_index(self.model, self.output)]
-        return outputs
+        return self.output_spec.select(outputs)
 
     def scores(self, outputs):
         """The class scores ``(N, C)`` of the selected output, as float32.
@@ -449,8 +439,8 @@ class ActivationGraph:
         logits of ``1 - p`` and ``p``), so class 0 and class 1 mean the same
         for every method.
         """
-        scores = tf.cast(self.selected(outputs), tf.float32)
-        if scores.shape.rank != 2:
+        scores = ops.cast(self.selected(outputs), "float32")
+        if len(scores.shape) != 2:
             raise ValueError(
                 f"The model's output has shape {tuple(scores.shape)}, not (N, classes): "
                 f"pass `targets=` a target object (keras_cam.targets: Segmentation, Detection, "
@@ -458,25 +448,17 @@ class ActivationGraph:
             )
         if self.output_activation == "sigmoid" and scores.shape[-1] == 1:
             if not self.linearize:
-                scores = tf.math.log(scores) - tf.math.log1p(-scores)  # back to the logit
-            scores = tf.concat([-scores, scores], axis=-1)
+                scores = ops.log(scores) - ops.log1p(-scores)  # back to the logit
+            scores = ops.concatenate([-scores, scores], axis=-1)
         return scores
 
     def probabilities(self, scores):
         """Class probabilities from :meth:`scores`: the model's own activation, applied once."""
         if self.output_activation == "sigmoid":
-            return tf.sigmoid(scores)
+            return ops.sigmoid(scores)
         if self.output_activation == "softmax" and not self.linearize:
             return scores
-        return tf.nn.softmax(scores, axis=-1)
-
-
-def _selected(outputs, output):
-    if isinstance(outputs, dict):
-        outputs = list(outputs.values())
-    if isinstance(outputs, (list, tuple)):
-        return outputs[output if isinstance(output, (int, np.integer)) else 0]
-    return outputs
+        return ops.softmax(scores, axis=-1)
 
 
 def _head_by_probe(model, sample, output=None):
@@ -499,11 +481,11 @@ def _head_by_probe(model, sample, output=None):
         for _, layer in _layers.walk(model):
             if not _layers.is_container(layer) and not isinstance(layer, _saved_model.GraphOp):
                 stack.enter_context(replaced_call(layer, recorder(layer)))
-        final = _selected(model(tf.nest.map_structure(tf.convert_to_tensor, sample), training=False), output)
+        final = output.select(model(_layers.as_tensors(sample), training=False))
     head = (None, None, None)
     for layer, out in reversed(calls):
-        if tf.is_tensor(out) and out.shape == final.shape:
-            if np.array_equal(np.asarray(out), np.asarray(final)):
+        if _backend.is_tensor(out) and tuple(out.shape) == tuple(final.shape):
+            if np.array_equal(_compat.to_host(out), _compat.to_host(final)):
                 head = _head_of(layer)
             break
     return head, final
@@ -511,7 +493,7 @@ def _head_by_probe(model, sample, output=None):
 
 def _warn_if_probabilities(model, outputs):
     """Warn when a model whose head could not be found returns rows that sum to 1."""
-    p = np.asarray(outputs, dtype=np.float64)
+    p = np.asarray(_compat.to_host(outputs), dtype=np.float64)
     if p.ndim == 2 and p.shape[-1] > 1 and p.min() >= 0 and np.allclose(p.sum(axis=-1), 1.0, atol=1e-4):
         warnings.warn(
             f"The outputs of model {model.name!r} look like softmax probabilities, but the softmax "
@@ -520,99 +502,6 @@ def _warn_if_probabilities(model, outputs):
             f"(`Dense(..., activation='softmax')` or `keras.layers.Softmax()`) or return logits.",
             stacklevel=5,
         )
-
-
-def _input_names(model):
-    try:
-        inputs = model.inputs
-    except (AttributeError, ValueError):
-        return None
-    if not inputs:
-        return None
-    try:
-        structure = model.input
-    except (AttributeError, ValueError):
-        structure = None
-    if isinstance(structure, dict):  # a model built on a dict of inputs is called with its keys
-        key_of = {id(t): k for k, t in structure.items()}
-        if all(id(t) in key_of for t in inputs):
-            return [key_of[id(t)] for t in inputs]
-    names = getattr(model, "input_names", None)
-    if names and len(names) == len(inputs):
-        return list(names)
-    return [str(getattr(t, "name", i)).split(":")[0] for i, t in enumerate(inputs)]
-
-
-def _image_input(model, image_input):
-    """``(input names, index of the image input)``; one unnamed input for models without a graph."""
-    names = _input_names(model) if _compat.is_model(model) else None
-    if not names:
-        if image_input not in (None, 0):
-            raise ValueError(
-                f"`image_input={image_input!r}` selects one input of a multi-input model; model "
-                f"{getattr(model, 'name', model)!r} has a single input (or none known)."
-            )
-        return ["input"], 0
-    shapes = [tuple(t.shape) for t in model.inputs]
-    listing = ", ".join(f"{i}: {n!r} {s}" for i, (n, s) in enumerate(zip(names, shapes)))
-    if image_input is None:
-        if len(names) == 1:
-            return names, 0
-        # The only image (4-D) input; else the only input with 1 to 3 spatial axes.
-        for ranks in ((4,), (3, 4, 5)):
-            images = [i for i, s in enumerate(shapes) if len(s) in ranks]
-            if len(images) == 1:
-                return names, images[0]
-        raise ValueError(
-            f"Model {model.name!r} has {len(names)} inputs ({listing}) and "
-            f"{'several' if images else 'none'} of them with spatial axes; pass `image_input=` (an "
-            f"index or a name) for the one that holds the images to explain."
-        )
-    if isinstance(image_input, str) and image_input in names:
-        index = names.index(image_input)
-    elif isinstance(image_input, (int, np.integer)) and not isinstance(image_input, bool) \
-            and 0 <= image_input < len(names):
-        index = int(image_input)
-    else:
-        raise ValueError(f"`image_input={image_input!r}` is not an input of model {model.name!r}: {listing}.")
-    if len(shapes[index]) not in (3, 4, 5):
-        raise ValueError(
-            f"`image_input={image_input!r}` has shape {shapes[index]}, not a batch with 1 to 3 "
-            f"spatial axes and channels ((N, T, C), (N, H, W, C) or (N, D, H, W, C)); the inputs "
-            f"of model {model.name!r} are {listing}."
-        )
-    return names, index
-
-
-def _data_format(model, data_format):
-    if data_format is not None:
-        if data_format not in ("channels_last", "channels_first"):
-            raise ValueError(
-                f"`data_format` must be 'channels_last', 'channels_first' or None (inferred); "
-                f"received {data_format!r}."
-            )
-        return data_format
-    if not _compat.is_model(model):
-        return "channels_last"
-    for _, layer in _layers.walk(model):
-        if getattr(layer, "data_format", None) == "channels_first":
-            return "channels_first"
-    return "channels_last"
-
-
-def input_layout(model, index=0, data_format=None):
-    """The :class:`~keras_cam.layout.InputLayout` of the model's input ``index``."""
-    first = _data_format(model, data_format) == "channels_first"
-    return _layout.input_layout(input_shape(model, index), first)
-
-
-def input_shape(model, index=0):
-    """The shape of the model's input ``index`` (None dims allowed), or None if unknown."""
-    try:
-        inputs = model.inputs
-    except (AttributeError, ValueError):
-        return None
-    return tuple(inputs[index].shape) if inputs else None
 
 
 def _not_a_feature_map(graph, i, shape):

@@ -55,12 +55,36 @@ import difflib
 import re
 
 import numpy as np
-import tensorflow as tf
 
 from keras_cam import _compat
+from keras_cam import backend as _backend
 from keras_cam import layout as _layout
 from keras_cam import saved_model as _saved_model
+from keras_cam._compat import ops
 from keras_cam._patch import replaced_call, wrapped_call
+
+
+def flatten(structure):
+    """The leaves of a nested structure (dicts by sorted key), as Keras flattens it."""
+    if isinstance(structure, dict):
+        return [leaf for k in sorted(structure) for leaf in flatten(structure[k])]
+    if isinstance(structure, (list, tuple)):
+        return [leaf for s in structure for leaf in flatten(s)]
+    return [structure]
+
+
+def map_structure(fn, structure):
+    """``fn`` applied to every leaf of a nested structure of lists, tuples and dicts."""
+    if isinstance(structure, dict):
+        return {k: map_structure(fn, v) for k, v in structure.items()}
+    if isinstance(structure, (list, tuple)):
+        return type(structure)(map_structure(fn, s) for s in structure)
+    return fn(structure)
+
+
+def as_tensors(sample):
+    """A model input (arrays, nested in lists or dicts) as backend tensors."""
+    return map_structure(ops.convert_to_tensor, sample)
 
 # Layers whose 4-D output is still "the image", or a resolution-losing
 # summary of a feature map: never chosen automatically.
@@ -125,7 +149,7 @@ class LayerInfo:
 
 def sample_rank(sample):
     """The spatial rank of a probe sample (its largest array, batch and channel axes excluded)."""
-    return max(np.ndim(t) for t in tf.nest.flatten(sample)) - 2
+    return max(np.ndim(t) for t in flatten(sample)) - 2
 
 
 def is_container(layer) -> bool:
@@ -283,7 +307,7 @@ def _dtype(tensor):
 
 
 def _tensors(structure):
-    return [t for t in tf.nest.flatten(structure) if tf.is_tensor(t)]
+    return [t for t in flatten(structure) if _backend.is_tensor(t)]
 
 
 def _is_global(layer, inputs, out_shape, rank=2, out=None):
@@ -297,7 +321,7 @@ def _is_global(layer, inputs, out_shape, rank=2, out=None):
     if type(layer).__name__ in _GLOBAL_POOLS:
         return True
     if out_shape is None:  # a structure: global unless it holds a map (a feature pyramid's levels)
-        return not any(t.shape.rank == rank + 2 for t in _tensors(out))
+        return not any(len(t.shape) == rank + 2 for t in _tensors(out))
     if rank == 2 and len(out_shape) == 3 and _is_relayout(inputs, out_shape):
         return False  # a map's positions laid out as a token sequence (N, h*w, K)
     return len(out_shape) < rank + 2  # Flatten, a reduction, a reshape to a vector
@@ -344,7 +368,7 @@ def trace_layers(model, sample):
         # Per input: does it come from a pooled map? A map from no recorded layer (the model's
         # input) does not; constants (of lower rank) do not count.
         from_pooled = [producer[id(t)][0] in pooled if id(t) in producer else False
-                       for t in inputs if id(t) in producer or t.shape.rank == rank + 2]
+                       for t in inputs if id(t) in producer or len(t.shape) == rank + 2]
         if id(layer) in ops_of:
             in_shape = tuple(inputs[0].shape) if inputs else None
             for op_name, shape, is_pooled in _saved_model.op_infos(layer, in_shape):
@@ -362,7 +386,7 @@ def trace_layers(model, sample):
         from_tokens = False
         if rank == 2 and shape is not None:
             reads_tokens = bool(inputs) and all(
-                (id(t) in producer and producer[id(t)][0] in tokenish) or t.shape.rank == 3 for t in inputs)
+                (id(t) in producer and producer[id(t)][0] in tokenish) or len(t.shape) == 3 for t in inputs)
             if len(shape) == 3:
                 tokenish.add(path)
             elif len(shape) == 4 and reads_tokens:
@@ -390,14 +414,14 @@ def trace_layers(model, sample):
                 stack.enter_context(replaced_call(layer, recorder(path, layer)))
         if isinstance(model, _saved_model.FrozenModel):
             stack.enter_context(replaced_call(model, recorder("", model)))
-        model(tf.nest.map_structure(tf.convert_to_tensor, sample), training=False)
+        model(as_tensors(sample), training=False)
     seen.pop("", None)
     return list(seen.values())
 
 
 def _image_size(sample):
     """The spatial size of a probe sample's image (its largest array), channels last."""
-    arrays = [t for t in tf.nest.flatten(sample) if np.ndim(t) >= 3]
+    arrays = [t for t in flatten(sample) if np.ndim(t) >= 3]
     if not arrays:
         return None
     shape = np.shape(max(arrays, key=np.ndim))
@@ -517,13 +541,13 @@ def probe_input(sample, seed=0):
     def fill(t):
         a = np.asarray(t)
         return rng.uniform(size=a.shape).astype(a.dtype) if np.issubdtype(a.dtype, np.floating) else a
-    return tf.nest.map_structure(fill, sample)
+    return map_structure(fill, sample)
 
 
 def top_score(outputs):
     """The default probe score: the largest entry of the first output, per example."""
-    out = tf.cast(tf.nest.flatten(outputs)[0], tf.float32)
-    return tf.reduce_max(tf.reshape(out, (tf.shape(out)[0], -1)), axis=-1)
+    out = ops.cast(flatten(outputs)[0], "float32")
+    return ops.max(ops.reshape(out, (int(out.shape[0]), -1)), axis=-1)
 
 
 def carries_gradient(model, sample, infos, reshape=None, score=None, context=None, rtol=1e-6):
@@ -550,28 +574,18 @@ def carries_gradient(model, sample, infos, reshape=None, score=None, context=Non
     Returns:
         A list of bools, one per layer of ``infos``.
     """
-    x = tf.nest.map_structure(tf.convert_to_tensor, probe_input(sample))
+    x = as_tensors(probe_input(sample))
     image_size = _image_size(sample)
-    captured = {}
 
-    def watch(path, tape):
-        def on_output(out):
-            if tf.is_tensor(out):
-                tape.watch(out)
-                captured[path] = out
-            return out
-        return on_output
+    def forward(tap):
+        with contextlib.ExitStack() as stack:
+            for info in {id(i.layer): i for i in infos}.values():
+                stack.enter_context(wrapped_call(info.layer, lambda out, path=info.path: tap(path, out)))
+            if context is not None:
+                stack.enter_context(context())
+            return (score or top_score)(model(x, training=False)), ()
 
-    with tf.GradientTape(persistent=False) as tape, contextlib.ExitStack() as stack:
-        for info in {id(i.layer): i for i in infos}.values():
-            stack.enter_context(wrapped_call(info.layer, watch(info.path, tape)))
-        if context is not None:
-            stack.enter_context(context())
-        total = tf.reduce_sum((score or top_score)(model(x, training=False)))
-    watched = [i for i in infos if i.path in captured]
-    grads = dict(zip([i.path for i in watched],
-                     tape.gradient(total, [captured[i.path] for i in watched],
-                                   unconnected_gradients=tf.UnconnectedGradients.ZERO)))
+    _, _, _, grads, _ = _backend.tapped_gradients(forward)
     flows = []
     for info in infos:
         g = grads.get(info.path)
@@ -579,8 +593,8 @@ def carries_gradient(model, sample, infos, reshape=None, score=None, context=Non
         if g is None or fit is None:
             flows.append(False)
             continue
-        g = np.abs(np.asarray(g, np.float64))
-        patches = np.abs(np.asarray(fit.view(tf.constant(g)), np.float64))
+        patches = np.abs(np.asarray(_compat.to_host(fit.view(g)), np.float64))
+        g = np.abs(np.asarray(_compat.to_host(g), np.float64))
         flows.append(bool(patches.size) and patches.max() > rtol * g.max())
     return flows
 

@@ -29,7 +29,8 @@ import math
 from collections.abc import Callable
 
 import numpy as np
-import tensorflow as tf
+
+from keras_cam._compat import ops
 
 # A map whose range is below this fraction of its magnitude is constant up to
 # float rounding (resizing adds a few ulps): it carries no location.
@@ -53,15 +54,14 @@ def map_axes(maps):
 
 def weigh_channels(a, w):
     """``w_k A^k``: feature maps ``(N, *s, K)`` times per-channel weights ``(N, K)``."""
-    a = tf.convert_to_tensor(a)
-    shape = tf.concat([tf.shape(w)[:1], tf.ones([a.shape.rank - 2], tf.int32), tf.shape(w)[-1:]], axis=0)
-    return a * tf.reshape(tf.cast(w, a.dtype), shape)
+    a = ops.convert_to_tensor(a)
+    shape = (-1,) + (1,) * (len(a.shape) - 2) + (int(a.shape[-1]),)
+    return a * ops.reshape(ops.cast(w, a.dtype), shape)
 
 
 def flatten_spatial(x):
     """``(N, *s, K) -> (N, prod(s), K)``."""
-    shape = tf.shape(x)
-    return tf.reshape(x, tf.stack([shape[0], -1, shape[-1]]))
+    return ops.reshape(x, (-1, math.prod(int(d) for d in x.shape[1:-1]), int(x.shape[-1])))
 
 
 def minmax(maps):
@@ -71,16 +71,19 @@ def minmax(maps):
     has no location to show and becomes all zeros, never NaN.
     """
     axes = map_axes(maps)
-    lo = tf.reduce_min(maps, axis=axes, keepdims=True)
-    hi = tf.reduce_max(maps, axis=axes, keepdims=True)
+    lo = ops.min(maps, axis=axes, keepdims=True)
+    hi = ops.max(maps, axis=axes, keepdims=True)
     span = hi - lo
-    scale = tf.maximum(tf.abs(hi), tf.abs(lo))
+    scale = ops.maximum(ops.abs(hi), ops.abs(lo))
     varies = span > CONSTANT_RTOL * scale
-    return tf.where(varies, tf.math.divide_no_nan(maps - lo, span), tf.zeros_like(maps))
+    return ops.where(varies, ops.divide_no_nan(maps - lo, span), ops.zeros_like(maps))
 
 
 def _resize2d(x, size):
-    return tf.image.resize(x, size, method="bilinear")
+    size = tuple(int(v) for v in size)
+    if tuple(x.shape[1:3]) == size:
+        return x
+    return ops.image.resize(x, size, interpolation="bilinear", antialias=False, data_format="channels_last")
 
 
 def resize(maps, size):
@@ -93,19 +96,19 @@ def resize(maps, size):
     resized bilinearly over ``(H, W)`` and then linearly over ``D``; a signal
     is a ``T x 1`` image.
     """
-    rank = maps.shape.rank - 1
+    rank = len(maps.shape) - 1
+    size = tuple(int(v) for v in size)
     if rank == 1:
-        return _resize2d(maps[:, :, None, None], tf.stack([size[0], 1]))[:, :, 0, 0]
+        return _resize2d(maps[:, :, None, None], (size[0], 1))[:, :, 0, 0]
     if rank == 2:
         return _resize2d(maps[..., None], size)[..., 0]
     if rank == 3:
-        shape = tf.shape(maps)
-        n, d = shape[0], shape[1]
-        planes = tf.reshape(maps, tf.stack([n * d, shape[2], shape[3], 1]))
-        planes = _resize2d(planes, tf.stack([size[1], size[2]]))           # (N*D, H', W', 1)
-        columns = tf.reshape(planes, tf.stack([n, d, size[1] * size[2], 1]))
-        columns = _resize2d(columns, tf.stack([size[0], size[1] * size[2]]))  # (N, D', H'*W', 1)
-        return tf.reshape(columns, tf.stack([n, size[0], size[1], size[2]]))
+        d, h, w = (int(v) for v in maps.shape[1:])
+        planes = ops.reshape(maps, (-1, h, w, 1))
+        planes = _resize2d(planes, (size[1], size[2]))                     # (N*D, H', W', 1)
+        columns = ops.reshape(planes, (-1, d, size[1] * size[2], 1))
+        columns = _resize2d(columns, (size[0], size[1] * size[2]))         # (N, D', H'*W', 1)
+        return ops.reshape(columns, (-1, size[0], size[1], size[2]))
     raise ValueError(f"Maps must have 1 to 3 spatial axes; received shape {tuple(maps.shape)}.")
 
 
@@ -157,6 +160,43 @@ def token_grid(length, image_size, max_prefix=MAX_PREFIX_TOKENS):
     return None
 
 
+def as_float_array(images, what="images"):
+    """``images`` (numpy, a tensor of any backend, nested lists) as a float32 numpy array.
+
+    Raises a TypeError that says what was passed and what to pass instead
+    for None, strings, dicts, datasets and arrays of objects or booleans.
+    """
+    if images is None:
+        raise TypeError(f"`{what}` is None; pass an array (numpy or a tensor) of shape (N, ...) or one example.")
+    if isinstance(images, (str, bytes)):
+        raise TypeError(
+            f"`{what}` is a string ({images[:60]!r}); pass the image as an array. To explain image "
+            f"files, read them first (e.g. keras.utils.load_img) or use the `keras-cam explain` command."
+        )
+    if hasattr(images, "element_spec") or type(images).__name__ in ("DataLoader", "PyDataset"):
+        raise TypeError(
+            f"`{what}` is a {type(images).__name__}, a dataset of batches; an explainer call takes "
+            f"arrays. Use keras_cam.explain_dataset(explainer, dataset) to explain a whole dataset."
+        )
+    if isinstance(images, dict):
+        raise TypeError(
+            f"`{what}` is a dict (keys {sorted(map(str, images))[:8]}), but the model has a single "
+            f"input; pass the array itself."
+        )
+    if hasattr(images, "detach") and hasattr(images, "cpu"):  # a torch tensor
+        images = images.detach().cpu().numpy()
+    try:
+        x = np.asarray(images)
+    except (TypeError, ValueError) as err:
+        raise TypeError(f"`{what}` of type {type(images).__name__} is not an array: {err}") from None
+    if x.dtype.kind not in "iuf":
+        raise TypeError(
+            f"`{what}` has dtype {x.dtype} ({type(images).__name__}); pass numbers (float or int "
+            f"pixel values), as for model.predict."
+        )
+    return x.astype(np.float32, copy=False)
+
+
 def stack(images):
     """A list of equally shaped examples as one array (anything else as it is)."""
     if not isinstance(images, (list, tuple)):
@@ -197,12 +237,10 @@ class InputLayout:
         An array of the model's rank (``rank + 2``) is a batch; one rank less
         is a single example, returned with a batch axis of 1.
         """
-        x = tf.convert_to_tensor(stack(images))
-        if x.dtype != tf.float32:
-            x = tf.cast(x, tf.float32)
-        if x.shape.rank == self.rank + 1:
+        x = as_float_array(stack(images))
+        if x.ndim == self.rank + 1:
             return x[None], True
-        if x.shape.rank != self.rank + 2:
+        if x.ndim != self.rank + 2:
             one = self.name if not self.channels_first else f"{self.name} channels first"
             raise ValueError(
                 f"`images` must be one example, {one}, or a batch of them (rank {self.rank + 2}) for "
@@ -216,13 +254,13 @@ class InputLayout:
         """A batch in the model's format as ``(N, *S, C)``."""
         if not self.channels_first:
             return x
-        return tf.transpose(x, (0,) + tuple(range(2, self.rank + 2)) + (1,))
+        return ops.transpose(x, (0,) + tuple(range(2, self.rank + 2)) + (1,))
 
     def to_model_format(self, x):
         """A channels-last batch ``(N, *S, C)`` in the model's format."""
         if not self.channels_first:
             return x
-        return tf.transpose(x, (0, self.rank + 1) + tuple(range(1, self.rank + 1)))
+        return ops.transpose(x, (0, self.rank + 1) + tuple(range(1, self.rank + 1)))
 
     @property
     def spatial_shape(self):
@@ -270,10 +308,10 @@ class FeatureLayout:
             if self.reshape is not None:
                 return self.reshape(raw)
             patches = raw[:, self.prefix:]
-            return tf.reshape(patches, tf.stack([tf.shape(raw)[0], self.grid[0], self.grid[1], tf.shape(raw)[-1]]))
+            return ops.reshape(patches, (-1, self.grid[0], self.grid[1], int(raw.shape[-1])))
         if self.channels_first:
-            rank = raw.shape.rank
-            return tf.transpose(raw, (0,) + tuple(range(2, rank)) + (1,))
+            rank = len(raw.shape)
+            return ops.transpose(raw, (0,) + tuple(range(2, rank)) + (1,))
         return raw
 
     def unview(self, features, raw):
@@ -284,11 +322,11 @@ class FeatureLayout:
                     "This method edits the target layer's output, which needs the inverse of the "
                     "layout; a callable `reshape=` has none. Pass `reshape=(h, w)` instead."
                 )
-            patches = tf.reshape(features, tf.stack([tf.shape(raw)[0], -1, tf.shape(raw)[-1]]))
-            return tf.concat([raw[:, :self.prefix], tf.cast(patches, raw.dtype)], axis=1)
+            patches = ops.reshape(features, (-1, self.grid[0] * self.grid[1], int(raw.shape[-1])))
+            return ops.concatenate([raw[:, :self.prefix], ops.cast(patches, raw.dtype)], axis=1)
         if self.channels_first:
-            rank = features.shape.rank
-            return tf.transpose(features, (0, rank - 1) + tuple(range(1, rank - 1)))
+            rank = len(features.shape)
+            return ops.transpose(features, (0, rank - 1) + tuple(range(1, rank - 1)))
         return features
 
 

@@ -147,7 +147,7 @@ class Recording:
             return output
 
         def gather(t):
-            if not tf.is_tensor(t) or t.shape.rank == 0:
+            if not tf.is_tensor(t) or len(t.shape) == 0:
                 return t
             # One row per input when its first axis is the batch's (or, like an
             # unknown batch size, not known when traced); otherwise a constant

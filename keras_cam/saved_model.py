@@ -35,14 +35,24 @@ for Keras models. The activation is detected from the graph, so
 from __future__ import annotations
 
 import contextlib
+import importlib
 import re
+import sys
 import weakref
-
-import tensorflow as tf
-from tensorflow.python.framework.convert_to_constants import convert_variables_to_constants_v2
 
 from keras_cam import _compat
 from keras_cam._patch import replaced_call
+
+
+class _TensorFlow:
+    """``tensorflow``, imported on first use: SavedModel graphs are TensorFlow by nature,
+    but importing keras-cam on the JAX or PyTorch backend must not import it."""
+
+    def __getattr__(self, name):
+        return getattr(importlib.import_module("tensorflow"), name)
+
+
+tf = _TensorFlow()
 
 # Keras layers that run a SavedModel function: tensorflow_hub.KerasLayer, keras.layers.TFSMLayer.
 _WRAPPERS = ("KerasLayer", "TFSMLayer")
@@ -67,6 +77,8 @@ def is_wrapper(layer) -> bool:
 
 
 def is_saved_model(obj) -> bool:
+    if "tensorflow" not in sys.modules:  # nothing of TensorFlow's can have been loaded
+        return False
     """True for what ``tf.saved_model.load`` returns, or a TensorFlow function."""
     if _compat.is_layer(obj) or isinstance(obj, FrozenModel):
         return False
@@ -227,6 +239,7 @@ def _freeze(fn):
         constant = {id(captures[i]) for i in converted}
         inputs = [t.name for t in fn.inputs if id(t) not in constant]
     except (ImportError, AttributeError, TypeError):
+        from tensorflow.python.framework.convert_to_constants import convert_variables_to_constants_v2
         frozen = convert_variables_to_constants_v2(fn, aggressive_inlining=True)
         graph_def, inputs = frozen.graph.as_graph_def(), [t.name for t in frozen.inputs]
     return graph_def, inputs, [t.name for t in fn.outputs]

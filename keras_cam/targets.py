@@ -31,9 +31,11 @@ import numbers
 from collections.abc import Callable, Sequence
 
 import numpy as np
-import tensorflow as tf
 
+from keras_cam import _compat
+from keras_cam import backend as _backend
 from keras_cam import layout as _layout
+from keras_cam._compat import ops
 
 TOP1 = -1
 
@@ -68,8 +70,8 @@ def class_indices(targets, n, num_classes=None):
         )
     if isinstance(targets, (int, np.integer)):
         idx = np.full((n,), int(targets), dtype=np.int64)
-    elif isinstance(targets, (Sequence, np.ndarray, tf.Tensor)) and not isinstance(targets, str):
-        idx = np.asarray(targets)
+    elif (isinstance(targets, (Sequence, np.ndarray)) or _backend.is_tensor(targets)) and not isinstance(targets, str):
+        idx = np.asarray(_compat.to_host(targets))
         if idx.dtype == bool:
             raise TypeError(
                 f"`targets` must be class indices, not booleans; received a boolean array of shape "
@@ -118,9 +120,9 @@ def select(scores, class_idx):
     Returns:
         ``(S, idx)``: the ``(N,)`` target scores and the classes used.
     """
-    top1 = tf.argmax(scores, axis=-1, output_type=tf.int32)
-    idx = tf.where(class_idx < 0, top1, class_idx)
-    return tf.gather(scores, idx, batch_dims=1), idx
+    top1 = ops.cast(ops.argmax(scores, axis=-1), "int32")
+    idx = ops.where(class_idx < 0, top1, ops.cast(class_idx, "int32"))
+    return ops.take_along_axis(scores, idx[:, None], axis=1)[:, 0], idx
 
 
 # ---------------------------------------------------------------------------
@@ -186,7 +188,7 @@ class Target:
         e.g. ``explain_dataset``; explainers call :meth:`values` and
         :meth:`score` themselves.)
         """
-        return self.score(outputs, *[tf.constant(v) for v in self.values(None, None)])
+        return self.score(outputs, *[ops.convert_to_tensor(v) for v in self.values(None, None)])
 
 
 class Function(Target):
@@ -210,16 +212,16 @@ class Function(Target):
         return (self.fn,)
 
     def score(self, outputs, *values):
-        s = tf.convert_to_tensor(self.fn(outputs))
-        if s.shape.rank == 2 and s.shape[-1] == 1:
+        s = ops.convert_to_tensor(self.fn(outputs))
+        if len(s.shape) == 2 and s.shape[-1] == 1:
             s = s[:, 0]
-        if s.shape.rank != 1:
+        if len(s.shape) != 1:
             raise ValueError(
                 f"A callable target must return one score per image, shape (N,); it returned "
                 f"shape {tuple(s.shape)}. Reduce the outputs to a scalar per image, e.g. "
                 f"`lambda out: out[:, k]`."
             )
-        return tf.cast(s, tf.float32)
+        return ops.cast(s, "float32")
 
 
 def as_target(targets):
@@ -248,7 +250,7 @@ class _Bound:
         """The same target for the inputs ``which`` (e.g. Score-CAM's masked copies)."""
         if self.values is None:
             return self
-        return _Bound(self.target, [v if v.shape[0] == 1 else tf.gather(v, which) for v in self.values])
+        return _Bound(self.target, [v if v.shape[0] == 1 else ops.take(v, which, axis=0) for v in self.values])
 
 
 def bind(target, values):
@@ -294,24 +296,18 @@ def score(target, outputs, graph):
     """
     bound = target if isinstance(target, _Bound) else _Bound(as_target(target), None)
     t = bound.target
-    values = bound.values if bound.values is not None else [tf.constant(v) for v in t.values(graph, None)]
+    values = bound.values if bound.values is not None else [ops.convert_to_tensor(v) for v in t.values(graph, None)]
     s = t.score(outputs if t.whole_outputs else graph.selected(outputs), *values)
-    s = tf.convert_to_tensor(s)
-    if s.shape.rank != 1:
+    s = ops.convert_to_tensor(s)
+    if len(s.shape) != 1:
         raise ValueError(f"{type(t).__name__}.score returned shape {tuple(s.shape)}; it must be (N,).")
-    return tf.cast(s, tf.float32)
+    return ops.cast(s, "float32")
 
 
 def _static_output_shape(graph):
     """The explainer's selected output's shape (batch axis included), or None when unknown."""
-    try:
-        outputs = graph.model.outputs
-    except (AttributeError, ValueError):
-        return None
-    if not outputs:
-        return None
-    from keras_cam.graph import _output_index
-    return tuple(outputs[_output_index(graph.model, graph.output)].shape)
+    symbolic = graph.output_spec.symbolic(graph.model) if hasattr(graph, "output_spec") else None
+    return None if symbolic is None else tuple(symbolic.shape)
 
 
 def _check_index(name, value, size, what):
@@ -384,7 +380,7 @@ class Segmentation(Target):
                 raise ValueError(
                     f"Segmentation reads the classes on the output's last axis; model "
                     f"{graph.model.name!r} is channels-first. Pass a callable target instead, e.g. "
-                    f"`lambda z: tf.reduce_sum(z[:, c] * mask, axis=(1, 2))`."
+                    f"`lambda z: keras.ops.sum(z[:, c] * mask, axis=(1, 2))`."
                 )
             if len(shape) < 3:
                 raise ValueError(
@@ -428,8 +424,8 @@ class Segmentation(Target):
         return (mask.astype(np.float32),)
 
     def score(self, outputs, *values):
-        z = tf.cast(outputs, tf.float32)
-        rank = z.shape.rank
+        z = ops.cast(outputs, "float32")
+        rank = len(z.shape)
         if rank is None or rank < 3:
             raise ValueError(
                 f"Segmentation needs an output of per-pixel class scores (N, *spatial, classes); "
@@ -448,7 +444,7 @@ class Segmentation(Target):
             zc = z[..., self.category]
         if values:
             zc = zc * values[0]
-        return tf.reduce_sum(tf.reshape(zc, (tf.shape(zc)[0], -1)), axis=1)
+        return ops.sum(ops.reshape(zc, (-1, int(np.prod(zc.shape[1:])))), axis=1)
 
 
 class Regression(Target):
@@ -486,8 +482,8 @@ class Regression(Target):
         return ()
 
     def score(self, outputs, *values):
-        y = tf.cast(outputs, tf.float32)
-        if y.shape.rank == 1:
+        y = ops.cast(outputs, "float32")
+        if len(y.shape) == 1:
             y = y[:, None]
         return y[(slice(None),) + self.index]
 
@@ -530,13 +526,13 @@ class Similarity(Target):
         return (_rows(self.reference, images, "reference"),)
 
     def score(self, outputs, *values):
-        e = tf.cast(outputs, tf.float32)
-        if e.shape.rank != 2:
+        e = ops.cast(outputs, "float32")
+        if len(e.shape) != 2:
             raise ValueError(f"Similarity needs an embedding output (N, D); the output has shape {tuple(e.shape)}.")
         r = values[0]
-        e_unit = e / tf.maximum(tf.norm(e, axis=-1, keepdims=True), 1e-12)
-        r_unit = r / tf.norm(r, axis=-1, keepdims=True)
-        return tf.reduce_sum(e_unit * r_unit, axis=-1)
+        e_unit = e / ops.maximum(ops.norm(e, axis=-1, keepdims=True), 1e-12)
+        r_unit = r / ops.norm(r, axis=-1, keepdims=True)
+        return ops.sum(e_unit * r_unit, axis=-1)
 
 
 # ---------------------------------------------------------------------------
@@ -602,9 +598,9 @@ def decode_boxes(anchors, deltas):
     """
     cx = anchors[..., 0] + deltas[..., 0] * anchors[..., 2]
     cy = anchors[..., 1] + deltas[..., 1] * anchors[..., 3]
-    w = anchors[..., 2] * tf.exp(deltas[..., 2])
-    h = anchors[..., 3] * tf.exp(deltas[..., 3])
-    return tf.stack([cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2], axis=-1)
+    w = anchors[..., 2] * ops.exp(deltas[..., 2])
+    h = anchors[..., 3] * ops.exp(deltas[..., 3])
+    return ops.stack([cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2], axis=-1)
 
 
 def box_iou(a, b):
@@ -617,12 +613,12 @@ def box_iou(a, b):
     Returns:
         The IoU per pair of boxes.
     """
-    ix = tf.maximum(tf.minimum(a[..., 2], b[..., 2]) - tf.maximum(a[..., 0], b[..., 0]), 0.0)
-    iy = tf.maximum(tf.minimum(a[..., 3], b[..., 3]) - tf.maximum(a[..., 1], b[..., 1]), 0.0)
+    ix = ops.maximum(ops.minimum(a[..., 2], b[..., 2]) - ops.maximum(a[..., 0], b[..., 0]), 0.0)
+    iy = ops.maximum(ops.minimum(a[..., 3], b[..., 3]) - ops.maximum(a[..., 1], b[..., 1]), 0.0)
     inter = ix * iy
-    area_a = tf.maximum(a[..., 2] - a[..., 0], 0.0) * tf.maximum(a[..., 3] - a[..., 1], 0.0)
-    area_b = tf.maximum(b[..., 2] - b[..., 0], 0.0) * tf.maximum(b[..., 3] - b[..., 1], 0.0)
-    return tf.math.divide_no_nan(inter, area_a + area_b - inter)
+    area_a = ops.maximum(a[..., 2] - a[..., 0], 0.0) * ops.maximum(a[..., 3] - a[..., 1], 0.0)
+    area_b = ops.maximum(b[..., 2] - b[..., 0], 0.0) * ops.maximum(b[..., 3] - b[..., 1], 0.0)
+    return ops.divide_no_nan(inter, area_a + area_b - inter)
 
 
 class Detection(Target):
@@ -715,8 +711,8 @@ class Detection(Target):
                 f"give its format with `box_format=` (the detector's is "
                 f"{getattr(model, 'bounding_box_format', None)!r})."
             )
-        anchors = generator(tf.zeros((1, height, width, int(images.shape[3]))))
-        anchors = np.concatenate([np.asarray(a) for a in anchors.values()], axis=0)
+        anchors = generator(ops.zeros((1, height, width, int(images.shape[3]))))
+        anchors = np.concatenate([_compat.to_host(a) for a in anchors.values()], axis=0)
         anchors = to_xyxy(anchors, generator.bounding_box_format, height, width)
         expected = shapes[self.BOXES][1]
         if expected is not None and anchors.shape[0] != expected:
@@ -735,8 +731,8 @@ class Detection(Target):
                 f"received {type(outputs).__name__}."
             )
         box, anchors = values
-        deltas = tf.cast(outputs[self.BOXES], tf.float32)
-        logits = tf.cast(outputs[self.LOGITS], tf.float32)[..., self.category]
+        deltas = ops.cast(outputs[self.BOXES], "float32")
+        logits = ops.cast(outputs[self.LOGITS], "float32")[..., self.category]
         decoded = decode_boxes(anchors, deltas)
         hit = box_iou(decoded, box[:, None, :]) >= self.iou
-        return tf.reduce_sum(tf.where(hit, logits, 0.0), axis=1)
+        return ops.sum(ops.where(hit, logits, 0.0), axis=1)

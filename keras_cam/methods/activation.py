@@ -7,11 +7,11 @@ layer and ``c`` the explained class.
 from __future__ import annotations
 
 import numpy as np
-import tensorflow as tf
 
 from keras_cam import _compat
 from keras_cam import layers as _layers
 from keras_cam import layout as _layout
+from keras_cam._compat import ops
 from keras_cam.base import Explainer, principal_component
 from keras_cam.methods.streaming import check_seed
 
@@ -106,11 +106,11 @@ class CAM(Explainer):
     def class_weights(self):
         """``(classes, K)``: row ``c`` holds the weight of each channel for class ``c``."""
         if self._dense is not None:
-            w = tf.transpose(tf.cast(self._dense.kernel, tf.float32))
+            w = ops.transpose(ops.cast(self._dense.kernel, "float32"))
         else:
-            w = tf.eye(self._channels, dtype=tf.float32)  # channel c is class c
+            w = ops.eye(self._channels, dtype="float32")  # channel c is class c
         if self.graph.output_activation == "sigmoid" and w.shape[0] == 1:
-            w = tf.concat([-w, w], axis=0)  # the scores of one sigmoid unit z are [-z, z]
+            w = ops.concatenate([-w, w], axis=0)  # the scores of one sigmoid unit z are [-z, z]
         return w
 
     def raw_maps(self, images, class_idx, target_fn=None):
@@ -121,8 +121,8 @@ class CAM(Explainer):
             )
         acts, outputs = self.graph.forward(images)
         scored = self.target_scores(outputs, class_idx)
-        a = tf.cast(acts[0], tf.float32)
-        w = tf.gather(self.class_weights(), scored[1])
+        a = ops.cast(acts[0], "float32")
+        w = ops.take(self.class_weights(), scored[1], axis=0)
         return self.reduce_channels(_layout.weigh_channels(a, w)), scored
 
 
@@ -144,7 +144,7 @@ class EigenCAM(Explainer):
     def raw_maps(self, images, class_idx, target_fn=None):
         acts, outputs = self.graph.forward(images)
         scored = self.target_scores(outputs, class_idx, target_fn)
-        return tf.nn.relu(principal_component(tf.cast(acts[0], tf.float32))), scored
+        return ops.relu(principal_component(ops.cast(acts[0], "float32"))), scored
 
 
 class ChannelExplainer(Explainer):
@@ -157,7 +157,7 @@ class ChannelExplainer(Explainer):
     def raw_maps(self, images, class_idx, target_fn=None):
         acts, outputs = self.graph.forward(images)
         scored = self.target_scores(outputs, class_idx, target_fn)
-        a = tf.cast(acts[0], tf.float32)
+        a = ops.cast(acts[0], "float32")
         return self.reduce_channels(_layout.weigh_channels(a, self.channel_weights(a))), scored
 
     def channel_weights(self, a):
@@ -196,8 +196,9 @@ class FEM(ChannelExplainer):
 
     def channel_weights(self, a):
         axes = _layout.spatial_axes(a)
-        mean, var = tf.nn.moments(a, axes=axes, keepdims=True)
-        return tf.reduce_mean(tf.cast(a > mean + self.k * tf.sqrt(var), tf.float32), axis=axes)
+        mean = ops.mean(a, axis=axes, keepdims=True)
+        var = ops.mean(ops.square(a - mean), axis=axes, keepdims=True)
+        return ops.mean(ops.cast(a > mean + self.k * ops.sqrt(var), "float32"), axis=axes)
 
 
 class RandomCAM(ChannelExplainer):
@@ -223,6 +224,9 @@ class RandomCAM(ChannelExplainer):
         super().__init__(model, layer, **kwargs)
 
     def channel_weights(self, a):
-        w = tf.random.stateless_uniform(tf.shape(a)[-1:], seed=tf.constant([self.seed, 0], tf.int64),
-                                        minval=-1.0, maxval=1.0)
-        return tf.tile(w[None], tf.stack([tf.shape(a)[0], 1]))
+        w = ops.convert_to_tensor(self.weights(int(a.shape[-1])))
+        return ops.zeros_like(a[(slice(None),) + (0,) * (len(a.shape) - 2)]) + w[None]
+
+    def weights(self, channels):
+        """``(K,)`` float32: the weights, drawn on the host from ``seed`` (the same on every backend)."""
+        return np.random.default_rng(self.seed).uniform(-1.0, 1.0, channels).astype(np.float32)

@@ -11,17 +11,21 @@ every pixel of every channel instead.
 
 from __future__ import annotations
 
-import tensorflow as tf
+import math
 
+import tensorflow as tf  # TODO(port): SmoothGradCAMPlusPlus below
+
+from keras_cam import backend as _backend
 from keras_cam import layout as _layout
 from keras_cam import targets as _targets
+from keras_cam._compat import ops
 from keras_cam.base import Explainer, principal_component, upsample
 from keras_cam.methods.streaming import (StreamingExplainer, check_positive_int, check_noise, check_seed, grid,
                                          input_range, seeded_normal)
 
 
 class GradientExplainer(Explainer):
-    """Base of gradient methods: runs the model under a tape, then combines A and G."""
+    """Base of gradient methods: runs the model once with gradients, then combines A and G."""
 
     _weights_channels = True
 
@@ -33,21 +37,25 @@ class GradientExplainer(Explainer):
         """``(A, G, target_scores)``: per target layer the feature map and ``dS/dA``,
         float32 ``(N, *s, K)``, and the explained scores (``rows``: the held inputs'
         rows that go with ``images``, see ``ActivationGraph.model_inputs``)."""
-        # Only what the activations feed is recorded: the eager first call then
-        # backpropagates to the layer, not through the whole network's weights.
-        with tf.GradientTape(watch_accessed_variables=False) as tape:
-            raw, layouts, outputs = self.graph.capture(images, tape, rows=rows)
+        # Only the activations are differentiated: the backward pass stops at the layer.
+        found = {}
+
+        def forward(tap):
+            _, found["layouts"], outputs = self.graph.capture(images, tap, rows=rows)
             scored = self.target_scores(outputs, class_idx, target_fn)
-        grads = tape.gradient(scored[0], raw)
+            return scored[0], scored
+
+        _, scored, raw, grads, _ = _backend.tapped_gradients(forward)
         acts, out = [], []
-        for path, lay, r, g in zip(self.graph.paths, layouts, raw, grads):
+        for i, (path, lay) in enumerate(zip(self.graph.paths, found["layouts"])):
+            r, g = raw[i], grads.get(i)
             if g is None:
                 raise ValueError(
                     f"The explained score does not depend on layer {path!r} (no "
                     f"gradient flows from it). Choose a layer that feeds the output."
                 )
-            acts.append(tf.cast(lay.view(r), tf.float32))
-            out.append(tf.cast(lay.view(g), tf.float32))
+            acts.append(ops.cast(lay.view(r), "float32"))
+            out.append(ops.cast(lay.view(g), "float32"))
         return acts, out, scored
 
     def combine(self, a, g):
@@ -98,7 +106,7 @@ class GradCAM(GradientExplainer):
 
     @staticmethod
     def channel_weights(a, g):
-        return tf.reduce_mean(g, axis=_layout.spatial_axes(g))
+        return ops.mean(g, axis=_layout.spatial_axes(g))
 
 
 class GradCAMPlusPlus(GradientExplainer):
@@ -116,9 +124,9 @@ class GradCAMPlusPlus(GradientExplainer):
     @staticmethod
     def channel_weights(a, g):
         axes = _layout.spatial_axes(a)
-        total = tf.reduce_sum(a, axis=axes, keepdims=True)
-        alpha = tf.where(g != 0, tf.math.divide_no_nan(tf.ones_like(g), 2.0 + g * total), 0.0)
-        return tf.reduce_sum(alpha * tf.nn.relu(g), axis=axes)
+        total = ops.sum(a, axis=axes, keepdims=True)
+        alpha = ops.where(g != 0, ops.divide_no_nan(ops.ones_like(g), 2.0 + g * total), 0.0)
+        return ops.sum(alpha * ops.relu(g), axis=axes)
 
 
 class LayerCAM(GradientExplainer):
@@ -163,18 +171,18 @@ class LayerCAM(GradientExplainer):
         return self._fused_layers or [layer]
 
     def combine(self, a, g):
-        return self.reduce_channels(tf.nn.relu(g) * a)
+        return self.reduce_channels(ops.relu(g) * a)
 
     def fuse(self, maps):
         if len(maps) == 1:
             return maps[0]
-        sizes = [m.shape[1:].num_elements() for m in maps]
-        size = tf.shape(maps[sizes.index(max(sizes))])[1:]
+        sizes = [math.prod(int(d) for d in m.shape[1:]) for m in maps]
+        size = maps[sizes.index(max(sizes))].shape[1:]
         scaled = []
         for m in maps:
-            top = tf.reduce_max(m, axis=_layout.map_axes(m), keepdims=True)
-            scaled.append(upsample(tf.tanh(self.gamma * tf.math.divide_no_nan(m, top)), size))
-        return tf.reduce_max(tf.stack(scaled), axis=0)
+            top = ops.max(m, axis=_layout.map_axes(m), keepdims=True)
+            scaled.append(upsample(ops.tanh(self.gamma * ops.divide_no_nan(m, top)), size))
+        return ops.max(ops.stack(scaled), axis=0)
 
 
 class XGradCAM(GradientExplainer):
@@ -198,7 +206,7 @@ class XGradCAM(GradientExplainer):
     @staticmethod
     def channel_weights(a, g):
         axes = _layout.spatial_axes(a)
-        return tf.reduce_sum(a * g, axis=axes) / (tf.reduce_sum(a, axis=axes) + 1e-7)
+        return ops.sum(a * g, axis=axes) / (ops.sum(a, axis=axes) + 1e-7)
 
 
 class HiResCAM(GradientExplainer):
@@ -244,7 +252,7 @@ class GradCAMElementWise(GradientExplainer):
     """
 
     def combine(self, a, g):
-        return self.reduce_channels(tf.nn.relu(g * a))
+        return self.reduce_channels(ops.relu(g * a))
 
 
 class EigenGradCAM(GradientExplainer):
@@ -272,7 +280,7 @@ class EigenGradCAM(GradientExplainer):
     _weights_channels = False
 
     def combine(self, a, g):
-        return tf.nn.relu(principal_component(g * a))
+        return ops.relu(principal_component(g * a))
 
 
 class SmoothGradCAMPlusPlus(StreamingExplainer, GradientExplainer):

@@ -1,0 +1,142 @@
+"""The JAX backend: ``jax.jit`` over a stateless call, gradients by ``jax.grad``."""
+
+from __future__ import annotations
+
+import contextlib
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from keras_cam._compat import keras
+
+NAME = "jax"
+
+
+def is_tensor(x) -> bool:
+    return isinstance(x, jax.Array)
+
+
+def to_numpy(x):
+    return np.asarray(x)
+
+
+def no_grad():
+    return contextlib.nullcontext()
+
+
+def executing_eagerly() -> bool:
+    """False while a function is being traced (approximately: no tracer is live here)."""
+    return not isinstance(jnp.zeros(()) + 0, jax.core.Tracer)
+
+
+def tapped_gradients(forward, inputs=()):
+    """Run ``forward(tap, *inputs) -> (score (N,), aux)`` and differentiate the summed score.
+
+    A tapped activation ``A`` is made differentiable by routing it through
+    ``A + delta`` with ``delta = 0`` and differentiating with respect to
+    ``delta`` (``dS/d delta = dS/dA``). ``delta``'s shape is read first from
+    an abstract evaluation of ``forward`` (``jax.eval_shape``: tracing only,
+    no computation). ``aux`` must be a tree of arrays. Returns what
+    :func:`keras_cam.backend.tensorflow.tapped_gradients` returns; a tapped
+    value the score does not depend on gets a zero gradient.
+    """
+    counts, specs = {}, {}
+
+    def probe(key, t):
+        counts[key] = counts.get(key, 0) + 1
+        if is_tensor(t) and jnp.issubdtype(t.dtype, jnp.floating):
+            specs[key] = (t.shape, t.dtype)
+        else:
+            specs.pop(key, None)
+        return t
+
+    jax.eval_shape(lambda *x: (forward(probe, *x), None)[1], *inputs)
+    deltas = {k: jnp.zeros(shape, dtype) for k, (shape, dtype) in specs.items()}
+
+    def f(deltas, inputs):
+        seen, taps = {}, {}
+
+        def tap(key, t):
+            seen[key] = seen.get(key, 0) + 1
+            taps[key] = t
+            if key in deltas and seen[key] == counts[key]:
+                return t + deltas[key]
+            return t
+
+        score, aux = forward(tap, *inputs)
+        return jnp.sum(score), (score, aux, {k: taps[k] for k in deltas})
+
+    (g_deltas, g_inputs), (score, aux, taps) = jax.grad(f, argnums=(0, 1), has_aux=True)(deltas, tuple(inputs))
+    return score, aux, taps, dict(g_deltas), list(g_inputs)
+
+
+def guided(fn, x):
+    """``fn(x)`` (an element-wise ReLU) whose backward pass is ``fn'(x) * ReLU(dy)``."""
+    @jax.custom_vjp
+    def f(x):
+        return fn(x)
+
+    def fwd(x):
+        return fn(x), x
+
+    def bwd(x, dy):
+        _, vjp = jax.vjp(fn, x)
+        return vjp(jnp.maximum(dy, 0))
+
+    f.defvjp(fwd, bwd)
+    return f(jnp.asarray(x))
+
+
+def is_out_of_memory(err) -> bool:
+    return "RESOURCE_EXHAUSTED" in str(err) or "out of memory" in str(err).lower()
+
+
+def _is_static(a):
+    return a is None or isinstance(a, (bool, int, float, str, np.integer, np.floating))
+
+
+class compiled:
+    """``jax.jit(fn)`` with the model's weights as arguments, one trace per input signature.
+
+    ``fn`` runs inside a ``keras.StatelessScope`` that maps each of the
+    model's variables to the value passed in, so the weights are arguments
+    of the jitted function, not constants baked into it: after the model is
+    trained further, the same compiled function explains the new weights.
+    Python scalars (flags) are static arguments; arrays and tuples of arrays
+    are traced.
+    """
+
+    def __init__(self, fn, model=None, eager_first=False):
+        self._fn = fn
+        self._variables = list(getattr(model, "variables", None) or [])
+        self._jitted = {}
+        self._traces = 0
+
+    def _pure(self, state, *args):
+        self._traces += 1
+        with keras.StatelessScope(state_mapping=list(zip(self._variables, state))):
+            return self._fn(*args)
+
+    def __call__(self, *args):
+        if any(isinstance(leaf, jax.core.Tracer) for leaf in jax.tree_util.tree_leaves(args)):
+            return self._fn(*args)  # already inside a trace
+        statics = tuple(i + 1 for i, a in enumerate(args) if _is_static(a))
+        jitted = self._jitted.get(statics)
+        if jitted is None:
+            jitted = self._jitted[statics] = jax.jit(self._pure, static_argnums=statics)
+        state = [v.value for v in self._variables]
+        return jitted(state, *args)
+
+    def tracing_count(self):
+        """How many times the function was traced (once per input signature)."""
+        return self._traces
+
+    experimental_get_tracing_count = tracing_count
+
+
+def signature(args):
+    key = []
+    for a in jax.tree_util.tree_leaves(args):
+        key.append((tuple(a.shape), str(a.dtype)) if hasattr(a, "shape") else (type(a), a))
+    return tuple(key)

@@ -1,0 +1,113 @@
+"""The PyTorch backend: eager calls, gradients by ``torch.autograd.grad``."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+NAME = "torch"
+
+
+def is_tensor(x) -> bool:
+    return torch.is_tensor(x)
+
+
+def to_numpy(x):
+    if torch.is_tensor(x):
+        return x.detach().cpu().numpy()
+    return np.asarray(x)
+
+
+def no_grad():
+    return torch.no_grad()
+
+
+def executing_eagerly() -> bool:
+    return True
+
+
+def _detached(tree):
+    if torch.is_tensor(tree):
+        return tree.detach()
+    if isinstance(tree, (list, tuple)):
+        return type(tree)(_detached(t) for t in tree)
+    if isinstance(tree, dict):
+        return {k: _detached(v) for k, v in tree.items()}
+    return tree
+
+
+def tapped_gradients(forward, inputs=()):
+    """Run ``forward(tap, *inputs) -> (score (N,), aux)`` and differentiate the summed score.
+
+    A tapped activation that does not require a gradient (frozen layers
+    before it) is replaced by a detached copy that does, which is all
+    ``dS/dA`` needs. Returns what
+    :func:`keras_cam.backend.tensorflow.tapped_gradients` returns.
+    """
+    inputs = [x.detach().requires_grad_(True) for x in inputs]
+    taps = {}
+
+    def tap(key, t):
+        if torch.is_tensor(t) and t.is_floating_point() and not t.requires_grad:
+            t = t.detach().requires_grad_(True)
+        taps[key] = t
+        return t
+
+    with torch.enable_grad():
+        score, aux = forward(tap, *inputs)
+        keys = [k for k in taps if torch.is_tensor(taps[k]) and taps[k].requires_grad]
+        wrt = [taps[k] for k in keys] + inputs
+        if score.requires_grad:
+            grads = torch.autograd.grad(score.sum(), wrt, allow_unused=True)
+        else:
+            grads = [None] * len(wrt)
+    n = len(keys)
+    input_grads = [torch.zeros_like(x) if g is None else g for x, g in zip(inputs, grads[n:])]
+    return (score.detach(), _detached(aux), _detached(taps), dict(zip(keys, grads[:n])),
+            [g.detach() for g in input_grads])
+
+
+class _Guided(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, fn):
+        ctx.fn = fn
+        ctx.save_for_backward(x)
+        return fn(x)
+
+    @staticmethod
+    def backward(ctx, dy):
+        (x,) = ctx.saved_tensors
+        with torch.enable_grad():
+            xx = x.detach().requires_grad_(True)
+            (g,) = torch.autograd.grad(ctx.fn(xx), xx, grad_outputs=torch.relu(dy))
+        return g, None
+
+
+def guided(fn, x):
+    """``fn(x)`` (an element-wise ReLU) whose backward pass is ``fn'(x) * ReLU(dy)``."""
+    return _Guided.apply(x, fn)
+
+
+def is_out_of_memory(err) -> bool:
+    return isinstance(err, torch.OutOfMemoryError)
+
+
+class compiled:
+    """``fn`` run eagerly, without building an autograd graph except where a method
+    asks for gradients (:func:`tapped_gradients`); PyTorch has nothing to trace."""
+
+    def __init__(self, fn, model=None, eager_first=False):
+        self._fn = fn
+
+    def __call__(self, *args):
+        with torch.no_grad():
+            return self._fn(*args)
+
+    def tracing_count(self):
+        return 0
+
+    experimental_get_tracing_count = tracing_count
+
+
+def signature(args):
+    return tuple((tuple(a.shape), str(a.dtype)) if hasattr(a, "shape") else (type(a), a) for a in args)
