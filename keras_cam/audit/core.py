@@ -12,8 +12,10 @@ maps of the whole dataset in one process.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
+import logging
 import warnings
 import weakref
 
@@ -23,9 +25,10 @@ import tensorflow as tf
 from keras_cam.audit import spray
 from keras_cam.base import Explainer
 
-# Member thumbnails shown per cluster in the report, and their largest side in pixels.
+# Member thumbnails shown per cluster in the report, and the largest side in pixels of the
+# thumbnail kept for every image.
 EXAMPLES = 16
-THUMBNAIL = 128
+THUMBNAIL = 64
 
 
 @dataclasses.dataclass
@@ -91,7 +94,8 @@ class Audit:
         notes: per class, why it was kept as one cluster (too few images, all
             maps alike), when it was.
         method, model, layer: what explained the images.
-        thumbnails: ``{index: (h, w, 3) uint8}`` the images the report shows.
+        thumbnails: ``{index: (h, w, 3) uint8}`` every image, at most
+            :data:`THUMBNAIL` pixels a side, as read by the audit.
     """
 
     clusters: list
@@ -135,7 +139,7 @@ class Audit:
 
     def save_json(self, path, class_names=None):
         """Write :meth:`to_dict` as JSON to ``path`` (atomically)."""
-        from keras_cam.dataset import _write_atomic
+        from keras_cam.files import write_atomic as _write_atomic
 
         _write_atomic(path, (json.dumps(self.to_dict(class_names), indent=1) + "\n").encode("utf-8"))
         return path
@@ -155,7 +159,7 @@ class Audit:
             >>> keras_cam.audit(cam, images, labels).save_html("audit.html")
         """
         from keras_cam.audit.report import render
-        from keras_cam.dataset import _write_atomic
+        from keras_cam.files import write_atomic as _write_atomic
 
         _write_atomic(path, render(self, class_names, title).encode("utf-8"))
         return path
@@ -193,10 +197,11 @@ def audit(explainer, data, labels=None, *, boxes=None, masks=None, n_clusters="a
         explainer: a keras_cam explainer (``keras_cam.GradCAM(model)``, ...).
         data: images ``(n, H, W, C)`` as the model takes them (numpy or
             tensor), or a ``tf.data.Dataset`` of images or ``(images,
-            labels)``, batched or not. The dataset is read twice (the second
-            time, without the model, for the images the report shows and the
-            predictions accuracy needs), so it must yield the same images in
-            the same order each time (no ``reshuffle_each_iteration``).
+            labels)``, batched or not. It is read once: a small thumbnail of
+            every image and the predictions that accuracy needs are kept from
+            that read, so a dataset that reshuffles or augments on each
+            iteration is audited as it was seen (``indices`` are positions in
+            that read).
         labels: with an array ``data``: ``(n,)`` classes or ``(n, C)``
             one-hot rows, or None. Maps are of each image's label when there
             are labels, else of its top-1 class; clusters are formed per
@@ -249,19 +254,22 @@ def audit(explainer, data, labels=None, *, boxes=None, masks=None, n_clusters="a
     from keras_cam.dataset import explain_dataset
 
     upsample = bool(explainer.aug_smooth or boxes is not None or masks is not None)
-    grids, targets, probs, outside = [], [], [], []
+    grids, targets, probs, outside, correct = [], [], [], [], []
     seen = 0
-    results = explain_dataset(explainer, source.dataset, targets="labels" if source.has_labels else None,
-                              strategy=strategy, batch_size=batch_size, upsample=upsample, normalize=True,
-                              verbose=verbose)
-    for result in results:
-        maps = result.maps
-        grids.append(spray.to_grid(maps, grid))
-        targets.append(result.targets)
-        probs.append(result.probabilities)
-        if boxes is not None or masks is not None:
-            outside.append(_outside_energy(maps, boxes, masks, seen))
-        seen += len(maps)
+    # One read of the data: the images pass through `source.recorded()` on their way to the explain
+    # step, which keeps each one's thumbnail and, for the few whose label probability is at most 1/2,
+    # its top-1 class. Nothing is read twice, so a dataset that reshuffles or augments is audited
+    # as it was seen.
+    thumbnails = []
+    sigmoid = explainer.graph.output_activation == "sigmoid"
+    with _quiet_dataset_retracing():
+        results = explain_dataset(explainer, source.recorded(keep=2 * batch_size + 2),
+                                  targets="labels" if source.has_labels else None, strategy=strategy,
+                                  batch_size=batch_size, upsample=upsample, normalize=True, verbose=verbose)
+        for result in results:
+            _read(result, explainer, source, grid, boxes, masks, sigmoid, batch_size, seen, thumbnails,
+                  grids, targets, probs, correct, outside)
+            seen += len(result.maps)
     n = seen
     if n < 2:
         raise ValueError(
@@ -277,6 +285,7 @@ def audit(explainer, data, labels=None, *, boxes=None, masks=None, n_clusters="a
     targets = np.concatenate(targets).astype(np.int64)
     probs = np.concatenate(probs).astype(np.float64)
     outside = np.concatenate(outside) if outside else None
+    correct = np.concatenate(correct) if correct else None
 
     clusters, eigenvalues, notes = [], {}, {}
     for k in np.unique(targets):
@@ -293,27 +302,59 @@ def audit(explainer, data, labels=None, *, boxes=None, masks=None, n_clusters="a
             clusters.append(_make_cluster(int(k), members[found.labels == c], x, rated, c, grid))
     clusters.sort(key=lambda c: (c.target, -c.score, int(c.indices[0])))
 
-    wanted = sorted({int(i) for c in clusters for i in c.examples})
-    uncertain = np.zeros(n, bool)
-    if source.has_labels:
-        # p(label) > 1/2 under a softmax makes the label the top-1 class; the others are checked.
-        sure = probs > 0.5 if explainer.graph.output_activation != "sigmoid" else np.zeros(n, bool)
-        uncertain = ~sure
-    picked = source.pick(sorted(set(wanted) | set(np.flatnonzero(uncertain).tolist())), n)
-    correct = np.ones(n, bool)
-    if uncertain.any():
-        ids = np.flatnonzero(uncertain)
-        correct[ids] = _top1(explainer, np.stack([picked[i] for i in ids]), batch_size) == targets[ids]
-    if source.has_labels:
+    if correct is not None:
         for c in clusters:
             c.accuracy = float(np.mean(correct[c.indices]))
-    thumbnails = {i: _thumbnail(explainer, picked[i]) for i in wanted}
     return Audit(
         clusters=clusters, targets=targets, labels=targets.copy() if source.has_labels else None,
         maps=x.reshape(n, *grid), eigenvalues=eigenvalues, notes=notes, method=type(explainer).__name__,
         model=str(explainer.model.name), layer=", ".join(str(p) for p in explainer.layer_paths),
-        thumbnails=thumbnails,
+        thumbnails=dict(enumerate(thumbnails)),
     )
+
+
+class _RetracingFilter(logging.Filter):
+    """Drops TensorFlow's retracing warning about :func:`keras_cam.explain_dataset`'s step."""
+
+    def filter(self, record):
+        message = record.getMessage()
+        return not ("triggered tf.function retracing" in message and "_compiled_step" in message)
+
+
+@contextlib.contextmanager
+def _quiet_dataset_retracing():
+    """While an audit reads its maps, TensorFlow's "N out of the last M calls ... triggered
+    tf.function retracing" warning about explain_dataset's step is dropped: every audit compiles
+    that step for its explainer once, and auditing several models in one process is expected to
+    trace it once per model (the step's cache is per explainer, so nothing is retraced in vain)."""
+    logger = tf.get_logger()
+    quiet = _RetracingFilter()
+    logger.addFilter(quiet)
+    try:
+        yield
+    finally:
+        logger.removeFilter(quiet)
+
+
+def _read(result, explainer, source, grid, boxes, masks, sigmoid, batch_size, seen, thumbnails,
+          grids, targets, probs, correct, outside):
+    """Keep what the audit needs of one batch of maps: grids, targets, thumbnails, correctness."""
+    maps = result.maps
+    images = source.take(len(maps))
+    thumbnails += [thumbnail(explainer, image) for image in images]
+    grids.append(spray.to_grid(maps, grid))
+    targets.append(result.targets)
+    probs.append(result.probabilities)
+    if source.has_labels:
+        # p(label) > 1/2 under a softmax makes the label the top-1 class; the others are predicted.
+        ok = np.asarray(result.probabilities) > 0.5 if not sigmoid else np.zeros(len(maps), bool)
+        unsure = np.flatnonzero(~ok)
+        if len(unsure):
+            top = class_scores(explainer, images[unsure], batch_size).argmax(axis=1)
+            ok[unsure] = top == np.asarray(result.targets)[unsure]
+        correct.append(ok)
+    if boxes is not None or masks is not None:
+        outside.append(_outside_energy(maps, boxes, masks, seen))
 
 
 def _check_options(n_clusters, max_clusters, n_neighbors, grid, seed):
@@ -380,26 +421,40 @@ def _make_cluster(target, members, x, rated, c, grid):
     )
 
 
-# The compiled top-1 step per explainer, kept while the explainer lives.
-_top1_steps = weakref.WeakKeyDictionary()
+class _ScoreStep:
+    """The class scores ``(N, C)`` of one explainer's model (its selected output, see
+    ``ActivationGraph.scores``), as a callable object: ``tf.function`` keys its retracing
+    statistics by the function's code, so one object per explainer keeps each explainer's
+    traces apart (auditing several models in one process traces one step per model, which
+    TensorFlow would otherwise count as one function retracing)."""
+
+    def __init__(self, explainer):
+        self.owner = weakref.ref(explainer)  # the cache must not keep the explainer alive
+
+    def __call__(self, x):
+        graph = self.owner().graph
+        return graph.scores(graph.run(graph.to_channels_last(x)))
 
 
-def _top1(explainer, images, batch_size):
-    """The model's top-1 class of each image (in the model's input format)."""
-    if explainer not in _top1_steps:
-        owner = weakref.ref(explainer)  # the cache must not keep the explainer alive
+# The compiled score step per explainer, kept while the explainer lives.
+_score_steps = weakref.WeakKeyDictionary()
 
-        def step(x):
-            graph = owner().graph
-            return tf.argmax(graph.scores(graph.run(graph.to_channels_last(x))), axis=-1)
 
-        _top1_steps[explainer] = tf.function(step)
-    step = _top1_steps[explainer]
+def class_scores(explainer, images, batch_size=64):
+    """The model's class scores ``(n, C)`` float32 (logits where the explainer linearizes the
+    head) of ``images`` (in the model's input format), in batches of ``batch_size``: one
+    compiled forward pass per explainer, traced once per image shape."""
+    if explainer not in _score_steps:
+        _score_steps[explainer] = tf.function(_ScoreStep(explainer), reduce_retracing=True, autograph=False)
+    step = _score_steps[explainer]
+    images = np.asarray(images)
+    if len(images) == 0:
+        return np.zeros((0, 0), np.float32)
     return np.concatenate([step(tf.convert_to_tensor(images[i:i + batch_size], tf.float32)).numpy()
                            for i in range(0, len(images), batch_size)])
 
 
-def _thumbnail(explainer, image):
+def thumbnail(explainer, image):
     """An image as displayable ``(h, w, 3)`` uint8, at most :data:`THUMBNAIL` pixels a side."""
     import cv2
 
@@ -481,26 +536,62 @@ class _Source:
             raise TypeError(f"`labels` must be numbers (class indices or one-hot rows); received dtype {y.dtype}.")
         self.dataset = _batches(array, y, batch_size)
 
-    def pick(self, indices, n):
-        """``{index: image}`` for ``indices`` (sorted), read from the array or a second pass."""
-        if not indices:
-            return {}
-        if self.array is not None:
-            return {i: self.array[i] for i in indices}
-        wanted, out, position = set(indices), {}, 0
-        for element in self.dataset:
-            x = element[0] if self.has_labels else element
-            x = x.numpy()
-            if x.ndim == 3:
-                x = x[None]
-            for j in range(len(x)):
-                if position + j in wanted:
-                    out[position + j] = x[j]
-            position += len(x)
-            if len(out) == len(wanted):
-                return out
-        raise ValueError(
-            f"The dataset yielded {position} images on its second reading and {n} on its first; "
-            f"an audit reads the dataset twice, so it must yield the same images each time (no "
-            f"reshuffling, no random augmentation)."
-        )
+    def recorded(self, keep=256):
+        """The images as a dataset that passes each element on as it is read, queueing its images
+        for :meth:`take`.
+
+        The data is read once. A short first run (the explain step peeks at the first batch to
+        check the images) keeps what it read, at most ``keep`` elements, and the next run replays
+        those before it reads on, so the peeked elements are neither read twice nor lost.
+        """
+        import collections
+
+        self.queue = collections.deque()
+        spec = self.dataset.element_spec
+        state = {"iterator": None, "prefix": [], "runs": 0, "overflow": False}
+
+        def elements():
+            state["runs"] += 1
+            if state["iterator"] is None:
+                state["iterator"] = iter(self.dataset)
+            elif state["overflow"]:
+                raise RuntimeError("keras_cam.audit: the explain step read the data twice; please report this.")
+            first_run, i = state["runs"] == 1, 0
+            while True:
+                if i < len(state["prefix"]):
+                    element = state["prefix"][i]
+                else:
+                    try:
+                        element = next(state["iterator"])
+                    except StopIteration:
+                        return
+                    element = tf.nest.map_structure(lambda t: t.numpy(), element)
+                    x = element[0] if self.has_labels else element
+                    self.queue.append(x[None] if x.ndim == 3 else x)
+                    if first_run:
+                        if len(state["prefix"]) < keep:
+                            state["prefix"].append(element)
+                        else:
+                            state["overflow"] = True
+                if not first_run and i == len(state["prefix"]) - 1:
+                    state["prefix"] = []  # replayed: let it go
+                    i = -1
+                i += 1
+                yield element
+
+        return tf.data.Dataset.from_generator(elements, output_signature=spec)
+
+    def take(self, count):
+        """The next ``count`` images read by :meth:`recorded`, as one array."""
+        parts, have = [], 0
+        while have < count:
+            if not self.queue:
+                raise RuntimeError(f"keras_cam.audit: the explain step returned maps for {count - have} "
+                                   f"image(s) it was not given; please report this.")
+            x = self.queue.popleft()
+            if have + len(x) > count:
+                self.queue.appendleft(x[count - have:])
+                x = x[:count - have]
+            parts.append(x)
+            have += len(x)
+        return np.concatenate(parts) if len(parts) > 1 else parts[0]
