@@ -33,7 +33,8 @@ from keras_cam import targets as _targets
 from keras_cam._compat import keras
 from keras_cam.base import Explainer, as_batch
 from keras_cam.graph import input_layout as graph_input_layout
-from keras_cam.dataset import _png_bytes, _write_atomic, displayable
+from keras_cam.dataset import displayable
+from keras_cam.files import png_bytes, write_atomic
 from keras_cam.viz import as_rgb_uint8, overlay
 
 FAITHFULNESS = ("average_drop", "increase_in_confidence")
@@ -173,12 +174,12 @@ class CAMCallback(keras.callbacks.Callback):
                 scalars[name] = float(fn(explainer.model, self.images, result.maps, result.targets))
         picture = grid(self.images, result, self.class_names,
                        title=f"epoch {epoch}  {type(explainer).__name__}  {explainer.layer_path}")
-        encoded = _png_bytes(picture)
+        encoded = png_bytes(picture)
         png = None
         if self.save_png:
             os.makedirs(self.log_dir, exist_ok=True)
             png = os.path.join(self.log_dir, f"epoch_{epoch:03d}.png")
-            _write_atomic(png, encoded)
+            write_atomic(png, encoded)
         if self.tensorboard:
             if self._writer is None:
                 self._writer = tf.summary.create_file_writer(self.log_dir)

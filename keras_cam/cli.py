@@ -28,6 +28,9 @@ import warnings
 
 import numpy as np
 
+from keras_cam.files import (  # noqa: F401  (CliError, holds_lambda, write_atomic: part of this module's API)
+    CliError, check_free, holds_lambda, load_model, write_atomic, write_png)
+
 EXIT_ERROR = 1
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
 
@@ -43,10 +46,6 @@ PREPROCESS_HELP = {
     "torch": "(x / 255 - ImageNet mean) / std, per RGB channel (DenseNet, ...)",
     "caffe": "RGB -> BGR, minus ImageNet BGR mean (VGG, ResNet50)",
 }
-
-
-class CliError(Exception):
-    """A problem with what the user asked for: reported as one line, exit status 1."""
 
 
 # --- quiet start-up and progress -----------------------------------------------------------
@@ -178,35 +177,6 @@ def fit_channels(image, channels, path):
     )
 
 
-def write_atomic(path, data: bytes):
-    """Write ``data`` to ``path`` through a temporary file in the same folder, then rename."""
-    tmp = f"{path}.{os.getpid()}.tmp"
-    try:
-        with open(tmp, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-
-
-def write_png(path, rgb):
-    import cv2
-
-    ok, buf = cv2.imencode(".png", np.ascontiguousarray(np.asarray(rgb)[..., ::-1]))
-    if not ok:
-        raise CliError(f"could not encode {path} as PNG")
-    write_atomic(path, buf.tobytes())
-
-
-def check_free(paths, overwrite):
-    """Refuse to replace existing files unless ``overwrite``."""
-    taken = [p for p in paths if os.path.exists(p)]
-    if taken and not overwrite:
-        more = f" (and {len(taken) - 1} more output file(s))" if len(taken) > 1 else ""
-        raise CliError(f"{taken[0]}{more} already exists; pass --overwrite to replace it, or choose another --out")
-
-
 def expand_images(items):
     """Image paths from the arguments: files as given, folders as their image files (sorted)."""
     paths = []
@@ -234,183 +204,6 @@ def unique_stems(paths):
         seen[stem] = seen.get(stem, 0) + 1
         stems.append(stem if seen[stem] == 1 else f"{stem}-{seen[stem]}")
     return stems
-
-
-# --- loading models ------------------------------------------------------------------------
-
-
-def load_custom_objects(path):
-    """Import a Python file and collect what it defines, for ``custom_objects``.
-
-    A dict named ``custom_objects`` (or ``CUSTOM_OBJECTS``) in the file is
-    used as is; otherwise every class and function the file defines. Classes
-    registered with ``register_keras_serializable`` are found by importing.
-    """
-    import importlib.util
-
-    if not os.path.isfile(path):
-        raise CliError(f"--custom-objects file not found: {path}")
-    spec = importlib.util.spec_from_file_location("keras_cam_custom_objects", path)
-    module = importlib.util.module_from_spec(spec)
-    try:
-        spec.loader.exec_module(module)
-    except Exception as e:  # the user's file: report, don't trace
-        raise CliError(f"--custom-objects {path} failed to import: {type(e).__name__}: {e}") from e
-    for name in ("custom_objects", "CUSTOM_OBJECTS"):
-        if isinstance(getattr(module, name, None), dict):
-            return dict(getattr(module, name))
-    return {
-        name: obj for name, obj in vars(module).items()
-        if not name.startswith("_") and callable(obj) and getattr(obj, "__module__", None) == module.__name__
-    }
-
-
-def _missing_object(message):
-    """The name of the unknown class/function in a Keras loading error, or None."""
-    import re
-
-    for pattern in (r"Could not locate (?:class|function) '([^']+)'",
-                    r"Unknown (?:layer|object|activation|loss|metric)[^']*'([^']+)'",
-                    r"Cannot deserialize object of type `([^`]+)`"):
-        m = re.search(pattern, message)
-        if m:
-            return m.group(1)
-    return None
-
-
-def _lambda_in_config(config):
-    """True when a (nested) Keras config holds a ``Lambda`` layer."""
-    if isinstance(config, dict):
-        if config.get("class_name") == "Lambda":
-            return True
-        return any(_lambda_in_config(v) for v in config.values())
-    if isinstance(config, list):
-        return any(_lambda_in_config(v) for v in config)
-    return False
-
-
-def holds_lambda(path):
-    """Whether an ``.h5`` file or a SavedModel folder stores a ``Lambda`` layer (Python bytecode).
-
-    tf-keras applies ``safe_mode`` to ``.keras`` files only, so these formats are
-    checked here before loading.
-    """
-    if os.path.isdir(path):
-        meta = os.path.join(path, "keras_metadata.pb")
-        if not os.path.exists(meta):
-            return False
-        with open(meta, "rb") as f:
-            data = f.read()
-        return b'"class_name": "Lambda"' in data or b'"class_name":"Lambda"' in data
-    import h5py
-
-    try:
-        with h5py.File(path, "r") as f:
-            config = f.attrs.get("model_config")
-    except OSError:
-        return False  # not HDF5: the loader reports it
-    if config is None:
-        return False
-    if isinstance(config, bytes):
-        config = config.decode("utf-8")
-    return _lambda_in_config(json.loads(config))
-
-
-def _foreign_classes(path):
-    """Classes in a ``.keras`` file's config that come from outside Keras (custom objects)."""
-    import zipfile
-
-    try:
-        with zipfile.ZipFile(path) as archive:
-            config = json.loads(archive.read("config.json"))
-    except (OSError, KeyError, ValueError, zipfile.BadZipFile):
-        return []
-    found = []
-
-    def visit(node):
-        if isinstance(node, dict):
-            if "class_name" in node and "module" in node:
-                module = node["module"] or ""
-                if module.split(".")[0] not in ("keras", "tf_keras"):
-                    found.append(node["class_name"])
-            for value in node.values():
-                visit(value)
-        elif isinstance(node, list):
-            for value in node:
-                visit(value)
-
-    visit(config)
-    return list(dict.fromkeys(found))
-
-
-def _load_error(path, error, legacy):
-    """A one-line explanation of why Keras could not load ``path``."""
-    message = " ".join(str(error).split())
-    if "safe_mode" in message or "safe mode" in message:
-        return _UNSAFE.format(path=path)
-    missing = _missing_object(message)
-    if missing is None and path.lower().endswith(".keras"):
-        missing = next(iter(_foreign_classes(path)), None)
-    if legacy and ("keras.src." in message or "batch_shape" in message):
-        return (f"model {path} was saved by Keras 3, which tf-keras cannot read; run keras-cam "
-                f"without TF_USE_LEGACY_KERAS=1")
-    if not legacy and ("tf_keras.src" in message or missing in ("Functional", "Sequential", "Model")):
-        return (f"model {path} was saved by tf-keras (Keras 2) in a form Keras 3 cannot read; run "
-                f"keras-cam with TF_USE_LEGACY_KERAS=1")
-    if missing:
-        return (f"model {path} uses a custom object {missing!r} that is not defined here; pass "
-                f"--custom-objects FILE.py, a Python file defining it (the file is executed)")
-    short = message if len(message) <= 200 else message[:200].rsplit(" ", 1)[0] + " ..."
-    return f"could not load model {path}: {type(error).__name__}: {short}"
-
-
-_UNSAFE = ("model {path} contains Python code (a Lambda layer or function) that safe loading refuses "
-           "to run; if you trust the file, pass --unsafe (loading then executes code from it)")
-
-
-def load_model(path, unsafe=False, custom_objects_file=None):
-    """Load a ``.keras`` / ``.h5`` file or a SavedModel folder, safely unless ``unsafe``.
-
-    A SavedModel written by tf-keras is loaded as a Keras model under tf-keras
-    (its layers keep their names); any other SavedModel (``model.export()``,
-    ``tf.saved_model.save``) is explained through its frozen graph.
-    """
-    from keras_cam._compat import LEGACY, keras
-
-    if not os.path.exists(path):
-        raise CliError(f"model not found: {path}")
-    is_dir = os.path.isdir(path)
-    if is_dir and not os.path.exists(os.path.join(path, "saved_model.pb")):
-        raise CliError(f"model folder {path} is not a SavedModel (no saved_model.pb in it)")
-    if not is_dir and not path.lower().endswith((".keras", ".h5", ".hdf5")):
-        raise CliError(f"model {path}: expected a .keras or .h5 file, or a SavedModel folder")
-    if is_dir and not (LEGACY and os.path.exists(os.path.join(path, "keras_metadata.pb"))):
-        return _load_saved_model(path)
-    if not unsafe and not path.lower().endswith(".keras") and holds_lambda(path):
-        raise CliError(_UNSAFE.format(path=path))
-    custom = load_custom_objects(custom_objects_file) if custom_objects_file else None
-    try:
-        return keras.models.load_model(path, custom_objects=custom, compile=False, safe_mode=not unsafe)
-    except Exception as e:
-        raise CliError(_load_error(path, e, LEGACY)) from e
-
-
-def _load_saved_model(path):
-    """A SavedModel folder as a model of graph ops (see :mod:`keras_cam.saved_model`).
-
-    Loading a SavedModel runs TensorFlow graphs only, never Python code from the
-    folder, so it needs no ``--unsafe``.
-    """
-    import tensorflow as tf
-
-    from keras_cam.saved_model import FrozenModel
-
-    try:
-        return FrozenModel(tf.saved_model.load(path), name=os.path.basename(os.path.normpath(path)))
-    except Exception as e:
-        message = " ".join(str(e).split())
-        short = message if len(message) <= 200 else message[:200].rsplit(" ", 1)[0] + " ..."
-        raise CliError(f"could not load SavedModel {path}: {type(e).__name__}: {short}") from e
 
 
 def model_input(model):

@@ -27,7 +27,14 @@ float32) or one PNG overlay per image, and ``index.jsonl`` records, one JSON
 line per finished shard, which images it holds, a fingerprint of each input
 image, the explained class, score and probability, and a SHA-256 of each file.
 A rerun with the same settings skips every shard whose files and inputs still
-match the index, and recomputes the others.
+match the index, and recomputes the others. The index's first line records
+the settings and a fingerprint of the model's weights
+(:func:`weights_fingerprint`): a rerun with other settings or other weights
+is refused unless ``overwrite=True``. Every index line carries a check of its
+own bytes, so that a line torn by a crash is ignored (and its shard
+recomputed), and ``index.jsonl.lock`` keeps a second process from writing
+the same folder at the same time (a lock left by a process that died is
+taken over).
 """
 
 from __future__ import annotations
@@ -35,23 +42,26 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
+import warnings
 import weakref
 
-import cv2
 import numpy as np
 import tensorflow as tf
 
 from keras_cam import _compat
 from keras_cam import targets as _targets
 from keras_cam.base import Explainer, Explanation, check_images
+from keras_cam.files import LockFile, png_bytes, write_atomic
 
 INDEX = "index.jsonl"
+LOCK = "index.jsonl.lock"
 _FORMAT = "keras-cam/explain_dataset"
-_VERSION = 1
+_VERSION = 2  # 2: checked index lines, the weights' fingerprint in the header
 
 
 def explain_dataset(explainer, dataset, *, targets="labels", strategy=None, batch_size=64,
-                    out=None, save="npy", upsample=True, normalize=True, verbose=1):
+                    out=None, save="npy", upsample=True, normalize=True, overwrite=False, verbose=1):
     """Explain every image of a ``tf.data.Dataset``.
 
     Args:
@@ -82,6 +92,11 @@ def explain_dataset(explainer, dataset, *, targets="labels", strategy=None, batc
             [0, 1] or [0, 255], otherwise they are min-max scaled for display).
         upsample: maps at the input resolution (True) or the layer's.
         normalize: each map scaled to [0, 1].
+        overwrite: with ``out``: False (the default) resumes a folder written
+            with the same settings and weights, and refuses one written with
+            others (a ValueError that says which differ); True recomputes
+            every shard into the folder, replacing its index, and removes the
+            old index's shard files that the new run does not write again.
         verbose: 1 draws a progress bar (batches), 0 is silent.
 
     Returns:
@@ -94,7 +109,10 @@ def explain_dataset(explainer, dataset, *, targets="labels", strategy=None, batc
         TypeError / ValueError: for a wrong explainer, dataset, element
             structure, target or option (raised by this call, before any
             work); ValueError for labels that are not classes of the model
-            (when the batch that holds them is read).
+            (when the batch that holds them is read). With ``out``: ValueError
+            when the folder holds maps of other settings or other weights
+            (pass ``overwrite=True`` or a new folder), or when another process
+            is writing it (its lock file ``index.jsonl.lock`` names the pid).
 
     Example:
         >>> cam = keras_cam.GradCAM(model)
@@ -114,6 +132,8 @@ def explain_dataset(explainer, dataset, *, targets="labels", strategy=None, batc
         )
     if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
         raise ValueError(f"`batch_size` must be a positive int; received {batch_size!r}.")
+    if not isinstance(overwrite, bool):
+        raise TypeError(f"`overwrite` must be True or False; received {type(overwrite).__name__}.")
     if save not in ("npy", "png"):
         raise ValueError(f"`save` must be 'npy' or 'png'; received {save!r}.")
     if save == "png" and not (upsample and normalize):
@@ -129,7 +149,8 @@ def explain_dataset(explainer, dataset, *, targets="labels", strategy=None, batc
                fingerprints=out is not None, images=save == "png" and out is not None)
     if out is None:
         return (result for _, _, result, _ in job.run(verbose))
-    writer = _Writer(out, job.header(save), save, active=strategy.extended.should_checkpoint)
+    active = strategy.extended.should_checkpoint
+    writer = _Writer(out, job.header(save, weights=active), save, active=active, overwrite=overwrite)
     return writer.consume(job, verbose)
 
 
@@ -306,12 +327,14 @@ class _Job:
             return graph.num_classes
         return int(graph.scores(graph.model(sample, training=False)).shape[-1])
 
-    def header(self, save):
+    def header(self, save, weights=True):
+        """The settings an index records; ``weights``: include the weights' fingerprint (computed here, once)."""
         return {
             "format": _FORMAT, "version": _VERSION, "save": save,
             "method": type(self.explainer).__name__, "model": self.explainer.model.name,
             "layers": [str(p) for p in self.explainer.layer_paths],
             "targets": self.targets_kind, "upsample": self.upsample, "normalize": self.normalize,
+            "weights": weights_fingerprint(self.explainer.model) if weights else None,
         }
 
     def _split(self, element):
@@ -407,21 +430,6 @@ def _sha256(path):
     return digest.hexdigest()
 
 
-def _write_atomic(path, data: bytes):
-    """Write ``data`` to ``path`` so that ``path`` is either absent or complete."""
-    tmp = f"{path}.tmp-{os.getpid()}"
-    try:
-        with open(tmp, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
-
-
 def _npy_bytes(array):
     import io
 
@@ -441,45 +449,190 @@ def displayable(image):
     return (x - lo) / (hi - lo) if hi > lo else np.zeros_like(x)
 
 
-def _png_bytes(rgb):
-    ok, data = cv2.imencode(".png", cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR))
-    if not ok:
-        raise RuntimeError("OpenCV could not encode a PNG.")
-    return data.tobytes()
+def weights_fingerprint(model):
+    """A SHA-256 of the model's weights: the dtype, shape and bytes of every variable, in order.
+
+    Two models with the same weights (the same numbers, in the same order) have
+    the same fingerprint, whatever their variables are named; retraining, or
+    loading other weights, changes it. It reads every variable once (about a
+    millisecond per 10 MB of weights). None for a model whose weights cannot be
+    read (a frozen graph that keeps them as constants).
+    """
+    variables = None
+    for owner in (model, getattr(model, "source", None)):
+        for attr in ("weights", "variables"):
+            found = getattr(owner, attr, None) if owner is not None else None
+            if isinstance(found, (list, tuple)) and found:
+                variables = found
+                break
+        if variables is not None:
+            break
+    if variables is None:
+        return None
+    digest = hashlib.sha256()
+    for v in variables:
+        value = np.ascontiguousarray(v.numpy() if hasattr(v, "numpy") else np.asarray(v))
+        digest.update(f"{value.dtype.str}{list(value.shape)};".encode("ascii"))
+        digest.update(value.tobytes())
+    return "sha256:" + digest.hexdigest()
+
+
+# --- index.jsonl --------------------------------------------------------------------------
+#
+# One JSON object per line: the header (the settings), then one record per
+# finished shard. From version 2 on, every line ends with a check field,
+# ``..., "check": "<16 hex digits>"}``: the first 64 bits of the SHA-256 of the
+# line's JSON without that field (the exact bytes before it, closed by "}").
+# A line torn by a crash fails its check (or does not parse) and is ignored;
+# its shard is then missing from the index and is recomputed by a rerun.
+
+_CHECK = ', "check": "'
+
+
+def _check_of(text):
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()[:16]
+
+
+def _index_line(record):
+    """``record`` as one checked index line (with its newline)."""
+    text = json.dumps(record)
+    return f'{text[:-1]}{_CHECK}{_check_of(text)}"}}\n'
+
+
+def _parse_line(line, checked):
+    """The record of one index line, or None when it is torn or damaged."""
+    if checked:
+        cut = line.rfind(_CHECK)
+        if cut < 0 or not line.endswith('"}'):
+            return None
+        text, check = line[:cut] + "}", line[cut + len(_CHECK):-2]
+        if _check_of(text) != check:
+            return None
+        line = text
+    try:
+        record = json.loads(line)
+    except ValueError:
+        return None
+    return record if isinstance(record, dict) else None
+
+
+def _scan_index(data):
+    """``(records, ignored, keep)`` of an index's bytes.
+
+    ``records``: the intact records in file order (the header first);
+    ``ignored``: how many non-empty lines were torn or damaged; ``keep``: the
+    length of the file without a torn last line (what an append may follow).
+    """
+    text = data.decode("utf-8", errors="replace")
+    lines = text.split("\n")
+    first = _parse_line(lines[0], checked=False) or _parse_line(lines[0], checked=True)
+    version = first.get("version", 1) if first else _VERSION
+    checked = isinstance(version, int) and version >= 2
+    records, ignored = [], 0
+    for line in lines:
+        if not line.strip():
+            continue
+        record = _parse_line(line, checked)
+        if record is None:
+            ignored += 1
+        else:
+            records.append(record)
+    keep = len(data)
+    if data and not data.endswith(b"\n"):
+        tail = lines[-1]
+        if _parse_line(tail, checked) is None:
+            keep = data.rfind(b"\n") + 1  # the bytes of the complete lines
+    return records, ignored, keep
+
+
+def _load_index(path):
+    """``(header, {shard: latest record}, ignored lines, kept length)`` of an ``index.jsonl``."""
+    with open(path, "rb") as f:
+        data = f.read()
+    records, ignored, keep = _scan_index(data)
+    if not records or records[0].get("format") != _FORMAT:
+        raise ValueError(
+            f"{path} is not a keras-cam index; pass an empty folder or one written by "
+            f"explain_dataset."
+        )
+    entries = {r["shard"]: r for r in records[1:] if isinstance(r.get("shard"), int)}
+    return records[0], entries, ignored, keep
+
+
+def _detail(key, there, now):
+    if key == "weights":
+        if there is None:
+            return "weights: no fingerprint there (an index of an older keras-cam)"
+        return f"weights: {str(there)[:19]}... there, {str(now)[:19]}... now (the model was retrained or reloaded)"
+    if key == "version":
+        return f"index version {there!r} there (an older keras-cam), {now!r} now"
+    return f"{key}: {there!r} there, {now!r} now"
 
 
 class _Writer:
-    """Shards and ``index.jsonl`` in ``out``; decides which shards a rerun can skip."""
+    """Shards and ``index.jsonl`` in ``out``; decides which shards a rerun can skip.
 
-    def __init__(self, out, header, save, active=True):
+    While it writes, it holds ``out/index.jsonl.lock`` (:class:`keras_cam.files.LockFile`),
+    so that a second process writing the same folder is refused.
+    """
+
+    def __init__(self, out, header, save, active=True, overwrite=False):
         self.out, self.header, self.save, self.active = os.fspath(out), header, save, active
         self.index = os.path.join(self.out, INDEX)
-        self.entries = {}
+        self.entries, self.replaced, self.lock = {}, set(), None
         if not active:
             return
         if os.path.exists(self.out) and not os.path.isdir(self.out):
             raise ValueError(f"`out={self.out!r}` is a file; pass a folder for the maps.")
         os.makedirs(self.out, exist_ok=True)
-        if os.path.exists(self.index):
-            self._read_index()
-        else:
-            self._append(header)
+        self.lock = LockFile(os.path.join(self.out, LOCK), f"`out={self.out!r}`")
+        try:
+            self._open(overwrite)
+        except BaseException:
+            self.close()
+            raise
 
-    def _read_index(self):
-        old, self.entries = _load_index(self.index)
+    def _open(self, overwrite):
+        if not os.path.exists(self.index) or os.path.getsize(self.index) == 0:
+            write_atomic(self.index, _index_line(self.header).encode("utf-8"))
+            return
+        old, entries, _, keep = _load_index(self.index)
+        if overwrite:  # start a new index; files of the old one not rewritten go at the end
+            self.replaced = {name for entry in entries.values() for name in entry.get("files", [])}
+            write_atomic(self.index, _index_line(self.header).encode("utf-8"))
+            return
         changed = {k: (old.get(k), v) for k, v in self.header.items() if old.get(k) != v}
         if changed:
-            detail = ", ".join(f"{k}: {a!r} there, {b!r} now" for k, (a, b) in changed.items())
+            detail = "; ".join(_detail(k, a, b) for k, (a, b) in changed.items())
             raise ValueError(
-                f"{self.out} holds maps computed with other settings ({detail}). Use another "
-                f"folder, or delete this one to start over."
+                f"{self.out} holds maps computed with other settings ({detail}), not the maps this call "
+                f"would compute. Pass overwrite=True to recompute them in this folder, or choose a new folder."
             )
+        self.entries = entries
+        if keep < os.path.getsize(self.index):  # a torn last line: cut it before appending
+            with open(self.index, "r+b") as f:
+                f.truncate(keep)
+                f.flush()
+                os.fsync(f.fileno())
+        elif keep and not self._ends_with_newline():  # a whole last line whose newline was lost
+            self._append_text("\n")
 
-    def _append(self, record):
+    def _ends_with_newline(self):
+        with open(self.index, "rb") as f:
+            f.seek(-1, os.SEEK_END)
+            return f.read(1) == b"\n"
+
+    def _append_text(self, text):
         with open(self.index, "a", encoding="utf-8") as f:
-            f.write(json.dumps(record) + "\n")
+            f.write(text)
             f.flush()
             os.fsync(f.fileno())
+
+    def close(self):
+        """Release the folder's lock."""
+        if self.lock is not None:
+            self.lock.release()
+            self.lock = None
 
     def _files(self, step, ids):
         if self.save == "npy":
@@ -509,9 +662,9 @@ class _Writer:
         else:
             from keras_cam.viz import overlay
 
-            blobs = [_png_bytes(overlay(displayable(im), m)) for im, m in zip(images, result.maps)]
+            blobs = [png_bytes(overlay(displayable(im), m)) for im, m in zip(images, result.maps)]
         for name, blob in zip(files, blobs):
-            _write_atomic(os.path.join(self.out, name), blob)
+            write_atomic(os.path.join(self.out, name), blob)
         record = {
             "shard": step, "files": files, "sha256": [hashlib.sha256(b).hexdigest() for b in blobs],
             "ids": [int(i) for i in ids], "inputs": _hex(marks),
@@ -520,8 +673,17 @@ class _Writer:
             "scores": [float(s) for s in result.scores],
             "probabilities": None if result.probabilities is None else [float(p) for p in result.probabilities],
         }
-        self._append(record)
+        self._append_text(_index_line(record))
         self.entries[step] = record
+
+    def _remove_replaced(self):
+        """Remove the files an overwritten index named that this run did not write again."""
+        kept = {name for entry in self.entries.values() for name in entry.get("files", [])}
+        for name in sorted(self.replaced - kept):
+            if re.fullmatch(r"maps_\d{6}\.npy|overlay_\d{7}\.png", name):  # only names this writer makes
+                path = os.path.join(self.out, name)
+                if os.path.isfile(path):
+                    os.remove(path)
 
     def consume(self, job, verbose):
         counts = {"images": 0, "shards": 0, "written": 0, "skipped": 0}
@@ -534,38 +696,30 @@ class _Writer:
                 return True
             return False
 
-        for step, (ids, marks), result, images in job.run(verbose, skip=skip):
-            if self.active:
-                self.write(step, ids, marks, result, images)
-                counts["written"] += 1
-            counts["shards"] += 1
-            counts["images"] += len(ids)
-        return {"out": self.out, "index": self.index, **counts}
-
-
-def _load_index(path):
-    """``(header, {shard: latest record})`` from an ``index.jsonl``."""
-    with open(path, encoding="utf-8") as f:
-        lines = f.read().split("\n")
-    records = []
-    for line in lines:
         try:
-            records.append(json.loads(line))
-        except ValueError:
-            continue  # an empty or torn last line (an interrupted append)
-    if not records or not isinstance(records[0], dict) or records[0].get("format") != _FORMAT:
-        raise ValueError(
-            f"{path} is not a keras-cam index; pass an empty folder or one written by "
-            f"explain_dataset."
-        )
-    return records[0], {r["shard"]: r for r in records[1:] if isinstance(r, dict) and "shard" in r}
+            for step, (ids, marks), result, images in job.run(verbose, skip=skip):
+                if self.active:
+                    self.write(step, ids, marks, result, images)
+                    counts["written"] += 1
+                counts["shards"] += 1
+                counts["images"] += len(ids)
+            if self.active:
+                self._remove_replaced()
+        finally:
+            self.close()
+        return {"out": self.out, "index": self.index, **counts}
 
 
 def read_index(out):
     """The shards recorded in ``out/index.jsonl``, in dataset order.
 
+    A line torn by an interrupted write (it fails its check) is left out, with
+    a warning: its shard is recomputed by rerunning ``explain_dataset`` with
+    the same ``out``.
+
     Returns:
-        ``(header, shards)``: the settings the maps were computed with, and
+        ``(header, shards)``: the settings the maps were computed with
+        (including ``weights``, the fingerprint of the model's weights), and
         one dict per shard (``files``, ``ids``, ``targets``, ``scores``,
         ``probabilities``, ...), the latest record of each shard.
 
@@ -576,5 +730,9 @@ def read_index(out):
     path = os.path.join(os.fspath(out), INDEX)
     if not os.path.isfile(path):
         raise ValueError(f"No {INDEX} in {os.fspath(out)!r}; it is not a folder written by explain_dataset.")
-    header, entries = _load_index(path)
+    header, entries, ignored, _ = _load_index(path)
+    if ignored:
+        warnings.warn(
+            f"{path}: {ignored} torn or damaged line(s) (an interrupted write) were left out; rerun "
+            f"explain_dataset with the same out= to recompute their shards.", RuntimeWarning, stacklevel=2)
     return header, [entries[k] for k in sorted(entries)]

@@ -18,8 +18,9 @@ from __future__ import annotations
 import base64
 import html
 
-import cv2
 import numpy as np
+
+from keras_cam.files import png_bytes
 
 _CSS = """
 body { font: 14px/1.45 system-ui, -apple-system, "Segoe UI", sans-serif; margin: 0 auto; max-width: 1100px;
@@ -46,10 +47,7 @@ table.stats td.v { font-variant-numeric: tabular-nums; text-align: right; }
 
 def png_data_uri(rgb):
     """An ``(h, w, 3)`` uint8 RGB image as a ``data:image/png;base64,...`` URI."""
-    ok, data = cv2.imencode(".png", np.ascontiguousarray(np.asarray(rgb, np.uint8)[..., ::-1]))
-    if not ok:
-        raise RuntimeError("OpenCV could not encode a PNG.")
-    return "data:image/png;base64," + base64.b64encode(data.tobytes()).decode("ascii")
+    return "data:image/png;base64," + base64.b64encode(png_bytes(rgb)).decode("ascii")
 
 
 def _unit(map_):

@@ -72,9 +72,13 @@ def weights_of(model):
 
 def save_weights(model, path):
     """Write the model's weights as a compressed ``.npz`` (see :func:`weights_of`)."""
-    tmp = f"{path}.tmp.npz"
-    np.savez_compressed(tmp, **weights_of(model))
-    os.replace(tmp, path)
+    import io
+
+    from keras_cam.files import write_atomic
+
+    buffer = io.BytesIO()
+    np.savez_compressed(buffer, **weights_of(model))
+    write_atomic(path, buffer.getvalue())
 
 
 def load_model(path=None, keras=None):

@@ -20,6 +20,7 @@ well the first cluster of class 0 matches the marked images.
 
 from __future__ import annotations
 
+import io
 import os
 
 import numpy as np
@@ -70,7 +71,7 @@ def run_demo(out="keras-cam-demo", n_images=4, seed=7, n_eval=128, overwrite=Fal
     """
     from keras_cam import methods
     from keras_cam import metrics
-    from keras_cam.cli import CliError, check_free, write_atomic
+    from keras_cam.files import CliError, check_free, write_atomic
     from keras_cam.demo.data import CLASS_NAMES, make_dataset
     from keras_cam.demo.model import TARGET_LAYER, load_model
     from keras_cam.viz import plot
@@ -109,9 +110,9 @@ def run_demo(out="keras-cam-demo", n_images=4, seed=7, n_eval=128, overwrite=Fal
     columns = {_TITLES.get(n, n): _subset(r, shown) for n, r in results.items()}
     fig = plot(images[shown], columns, class_names=CLASS_NAMES, labels=labels[shown], cell_size=1.6)
     _draw_boxes(fig, boxes[shown], n_columns=len(explainers) + 1)
-    tmp = os.path.join(out, f".{FIGURE}.{os.getpid()}.png")
-    fig.savefig(tmp, bbox_inches="tight")
-    os.replace(tmp, figure_path)
+    figure = io.BytesIO()
+    fig.savefig(figure, format="png", bbox_inches="tight")
+    write_atomic(figure_path, figure.getvalue())
     write_atomic(summary_path, summary.encode("utf-8"))
     if verbose:
         print(summary, end="")
@@ -166,7 +167,7 @@ def run_audit_demo(out="keras-cam-demo", n_images=400, seed=11, share=0.5, overw
         ``(audit, summary_text)``.
     """
     import keras_cam
-    from keras_cam.cli import CliError, check_free, write_atomic
+    from keras_cam.files import CliError, check_free, write_atomic
     from keras_cam.demo.data import CLASS_NAMES, WATERMARK_CLASS, make_dataset
     from keras_cam.demo.model import TARGET_LAYER, load_shortcut_model
 
