@@ -140,3 +140,23 @@ def signature(args):
     for a in jax.tree_util.tree_leaves(args):
         key.append((tuple(a.shape), str(a.dtype)) if hasattr(a, "shape") else (type(a), a))
     return tuple(key)
+
+
+def fori_loop(n, body, initial):
+    """``initial`` after ``body(i, value)`` for ``i`` in ``range(n)`` (``jax.lax.fori_loop``)."""
+    return jax.lax.fori_loop(0, n, body, initial)
+
+
+def scatter_add(values, indices, updates):
+    """``values`` with ``updates`` added at ``indices`` ``(b, r)`` (duplicates summed)."""
+    return values.at[tuple(jnp.moveaxis(indices, -1, 0))].add(updates.astype(values.dtype))
+
+
+def host_callback(fn, *args):
+    """Call ``fn(*args)`` on the host with the values, also from inside a compiled function."""
+    jax.debug.callback(lambda *a: fn(*(int(x) for x in a)), *args)
+
+
+def wide_float() -> str:
+    """The widest float dtype computations can use here: float64 only with ``jax_enable_x64``."""
+    return "float64" if jax.config.jax_enable_x64 else "float32"

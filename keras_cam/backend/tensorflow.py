@@ -163,3 +163,25 @@ def signature(args):
             except TypeError:
                 key.append((type(a), id(a)))
     return tuple(key)
+
+
+def fori_loop(n, body, initial):
+    """``initial`` after ``body(i, value)`` for ``i`` in ``range(n)``, one iteration at a time
+    (``parallel_iterations=1``: one batch of model inputs in memory at a time)."""
+    return tf.while_loop(lambda i, _: i < n, lambda i, v: (i + 1, body(i, v)), (tf.constant(0), initial),
+                         parallel_iterations=1)[1]
+
+
+def scatter_add(values, indices, updates):
+    """``values`` with ``updates`` added at ``indices`` ``(b, r)`` (duplicates summed)."""
+    return tf.tensor_scatter_nd_add(values, indices, tf.cast(updates, values.dtype))
+
+
+def host_callback(fn, *args):
+    """Call ``fn(*args)`` on the host with the values, also from inside a compiled function."""
+    tf.py_function(lambda *a: fn(*(int(x) for x in a)), list(args), [])
+
+
+def wide_float() -> str:
+    """The widest float dtype computations can use here."""
+    return "float64"

@@ -111,3 +111,27 @@ class compiled:
 
 def signature(args):
     return tuple((tuple(a.shape), str(a.dtype)) if hasattr(a, "shape") else (type(a), a) for a in args)
+
+
+def fori_loop(n, body, initial):
+    """``initial`` after ``body(i, value)`` for ``i`` in ``range(n)``."""
+    value = initial
+    for i in range(int(n)):
+        value = body(i, value)
+    return value
+
+
+def scatter_add(values, indices, updates):
+    """``values`` with ``updates`` added at ``indices`` ``(b, r)`` (duplicates summed)."""
+    index = tuple(indices.long().T)
+    return values.index_put(index, updates.to(values.dtype), accumulate=True)
+
+
+def host_callback(fn, *args):
+    """Call ``fn(*args)`` (PyTorch runs eagerly)."""
+    fn(*(int(a) for a in args))
+
+
+def wide_float() -> str:
+    """The widest float dtype computations can use here."""
+    return "float64"

@@ -13,8 +13,6 @@ from __future__ import annotations
 
 import math
 
-import tensorflow as tf  # TODO(port): SmoothGradCAMPlusPlus below
-
 from keras_cam import backend as _backend
 from keras_cam import layout as _layout
 from keras_cam import targets as _targets
@@ -310,7 +308,7 @@ class SmoothGradCAMPlusPlus(StreamingExplainer, GradientExplainer):
             value range ``max x - min x``; 0 adds none.
         seed: the seed of the noise.
         batch_size: noisy copies per forward pass, and images per call.
-        verbose: 1 draws a progress bar over the passes, 0 is silent.
+        verbose: 0 (the default) is silent, 1 draws a progress bar over the passes.
         **kwargs: the options of :class:`keras_cam.Explainer`.
 
     Example:
@@ -318,7 +316,7 @@ class SmoothGradCAMPlusPlus(StreamingExplainer, GradientExplainer):
         >>> maps = cam(images)                               # (N, H, W) in [0, 1]
     """
 
-    def __init__(self, model, layer=None, *, samples=8, noise=0.2, seed=0, batch_size=32, verbose=1, **kwargs):
+    def __init__(self, model, layer=None, *, samples=8, noise=0.2, seed=0, batch_size=32, verbose=0, **kwargs):
         self.samples = check_positive_int("samples", samples, "noisy copies per image")
         self.noise = check_noise(noise)
         self.seed = check_seed(seed)
@@ -327,18 +325,21 @@ class SmoothGradCAMPlusPlus(StreamingExplainer, GradientExplainer):
     def raw_maps(self, images, class_idx, target_fn=None):
         acts, outputs = self.graph.forward(images)
         scored = self.target_scores(outputs, class_idx, target_fn)
-        a = tf.cast(acts[0], tf.float32)
-        g1, g2, g3 = tf.unstack(self.gradient_moments(images, a, scored[1], target_fn), axis=-1)
-        # The moments are float64: a cube of a large gradient does not overflow float32.
-        a64 = tf.cast(a, tf.float64)
+        a = ops.cast(acts[0], "float32")
+        moments = self.gradient_moments(images, a, scored[1], target_fn)
+        g1, g2, g3 = moments[..., 0], moments[..., 1], moments[..., 2]
+        # The moments are float64 (where the backend has it): a cube of a large gradient
+        # does not overflow float32.
+        a64 = ops.cast(a, moments.dtype)
         axes = _layout.spatial_axes(a)
-        den = 2.0 * g2 + tf.reduce_sum(a64, axis=axes, keepdims=True) * g3
-        alpha = tf.where(den != 0, g2 / tf.where(den != 0, den, tf.ones_like(den)), tf.zeros_like(den))
-        w = tf.cast(tf.reduce_sum(alpha * tf.nn.relu(g1), axis=axes), tf.float32)
+        den = 2.0 * g2 + ops.sum(a64, axis=axes, keepdims=True) * g3
+        alpha = ops.where(den != 0, g2 / ops.where(den != 0, den, ops.ones_like(den)), ops.zeros_like(den))
+        w = ops.cast(ops.sum(alpha * ops.relu(g1), axis=axes), "float32")
         return self.reduce_channels(_layout.weigh_channels(a, w)), scored
 
     def gradient_moments(self, images, a, idx, target_fn=None):
-        """``(N, *s, K, 3)`` float64: ``mean_j g_j^p`` for ``p = 1, 2, 3`` over the noisy copies.
+        """``(N, *s, K, 3)`` float64 (float32 on JAX without x64): ``mean_j g_j^p`` for
+        ``p = 1, 2, 3`` over the noisy copies.
 
         Args:
             images: the clean channels-last images ``(N, *S, C)``.
@@ -348,19 +349,20 @@ class SmoothGradCAMPlusPlus(StreamingExplainer, GradientExplainer):
         """
         samples = 1 if self.noise == 0 else self.samples  # noiseless copies are all the same
         sigma = self.noise * input_range(images)
-        items = grid(tf.shape(images)[0], samples)  # (N * samples, 2): image, sample
-        shape = tf.shape(images)[1:]
+        items = grid(images.shape[0], samples)  # (N * samples, 2): image, sample
+        shape = tuple(images.shape[1:])
+        wide = _backend.wide_float()
 
         def moments(chunk):
             which = chunk[:, 0]
             eps = seeded_normal(self.seed, chunk[:, 1], shape)
-            scale = tf.reshape(tf.gather(sigma, which), [-1] + [1] * (images.shape.rank - 1))
-            noisy = tf.gather(images, which) + scale * eps
+            scale = ops.reshape(ops.take(sigma, which, axis=0), (-1,) + (1,) * (len(images.shape) - 1))
+            noisy = ops.take(images, which, axis=0) + scale * eps
             _, grads, _ = self.activations_and_gradients(
-                noisy, tf.gather(idx, which), _targets.rows(target_fn, which), rows=which)
-            g = tf.cast(grads[0], tf.float64)
-            return which[:, None], tf.stack([g, g * g, g * g * g], axis=-1) / samples
+                noisy, ops.take(idx, which, axis=0), _targets.rows(target_fn, which), rows=which)
+            g = ops.cast(grads[0], wide)
+            return which[:, None], ops.stack([g, g * g, g * g * g], axis=-1) / samples
 
-        initial = tf.zeros(tf.concat([tf.shape(a), [3]], axis=0), tf.float64)
+        initial = ops.zeros(tuple(a.shape) + (3,), wide)
         return self.stream(items, moments, initial)
 

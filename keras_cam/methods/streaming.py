@@ -6,23 +6,27 @@ Grad-CAM++ and Integrated Gradients one per (image, sample or path point).
 :class:`StreamingExplainer` gives them one mechanism: the work of a call is a
 list of integer *items* (rows such as ``(image, channel, sample)``), and
 :meth:`StreamingExplainer.stream` runs them ``batch_size`` at a time inside
-the explainer's compiled function, in a ``tf.while_loop`` around one batched
-pass. Each batch's results are scatter-added into one output tensor, so only
+the explainer's compiled function, in a loop around one batched pass
+(``backend.fori_loop``: ``tf.while_loop``, ``jax.lax.fori_loop``, a Python
+loop on PyTorch), followed by one pass for the remainder, so every pass has a
+static shape and no padding work is done. Each batch's results are scatter-added into one output tensor, so only
 one batch of model inputs exists at any moment and memory does not grow with
 the number of items.
 
 Random draws (noise) depend only on ``(seed, id)``, where ``id`` is a
 number the method derives from the item without the image's row (a sample
 index, a channel and a sample): an image explained alone or in any batch,
-at any ``batch_size``, sees the same noise (:func:`seeded_normal`).
+at any ``batch_size``, on any backend, sees the same noise (:func:`seeded_normal`).
 """
 
 from __future__ import annotations
 
 import numpy as np
-import tensorflow as tf
 
 from keras_cam import _compat
+from keras_cam import backend as _backend
+from keras_cam import random as _random
+from keras_cam._compat import ops
 from keras_cam.base import Explainer
 
 
@@ -49,30 +53,27 @@ def check_noise(noise):
 def seeded_normal(seed, ids, shape):
     """Standard normal draws ``(len(ids), *shape)``; row ``r`` depends only on ``(seed, ids[r])``.
 
+    The same numbers on every backend (:func:`keras_cam.random.normal`).
+
     Args:
         seed: an int.
         ids: ``(b,)`` integer tensor, one draw per entry.
-        shape: the shape of one draw (a tensor or tuple).
+        shape: the shape of one draw (a tuple of ints).
     """
-    ids = tf.cast(ids, tf.int64)
-    seed = tf.constant(seed, tf.int64)
-    return tf.map_fn(
-        lambda i: tf.random.stateless_normal(shape, seed=tf.stack([seed, i])),
-        ids, fn_output_signature=tf.float32,
-    )
+    return _random.normal(seed, ids, tuple(int(s) for s in shape))
 
 
 def input_range(images):
     """``(N,)``: ``max x - min x`` of each image (the scale of SmoothGrad's noise)."""
-    axes = tuple(range(1, images.shape.rank))
-    return tf.reduce_max(images, axis=axes) - tf.reduce_min(images, axis=axes)
+    axes = tuple(range(1, len(images.shape)))
+    return ops.max(images, axis=axes) - ops.min(images, axis=axes)
 
 
 def grid(*sizes):
-    """``(prod(sizes), len(sizes))`` int64: every combination of ``range(s)`` for ``s`` in ``sizes``,
+    """``(prod(sizes), len(sizes))`` int32 numpy: every combination of ``range(s)`` for ``s`` in ``sizes``,
     the last index varying fastest (``grid(2, 3)`` is ``(0, 0), (0, 1), ..., (1, 2)``)."""
-    axes = tf.meshgrid(*[tf.range(tf.cast(s, tf.int64)) for s in sizes], indexing="ij")
-    return tf.stack([tf.reshape(a, [-1]) for a in axes], axis=1)
+    axes = np.meshgrid(*[np.arange(int(s), dtype=np.int32) for s in sizes], indexing="ij")
+    return np.stack([a.reshape(-1) for a in axes], axis=1)
 
 
 class StreamingExplainer(Explainer):
@@ -84,7 +85,7 @@ class StreamingExplainer(Explainer):
         batch_size: model inputs per forward pass (masked, ablated, noisy
             or interpolated copies), and images per call. Lower it if the
             model runs out of memory.
-        verbose: 1 draws a progress bar over the passes of a call, 0 is silent.
+        verbose: 0 (the default) is silent, 1 draws a progress bar over the passes of a call.
         **kwargs: the options of :class:`keras_cam.Explainer`.
     """
 
@@ -92,7 +93,7 @@ class StreamingExplainer(Explainer):
     # run faster than eagerly by more than the trace costs.
     _eager_first = False
 
-    def __init__(self, model, layer=None, *, batch_size=32, verbose=1, **kwargs):
+    def __init__(self, model, layer=None, *, batch_size=32, verbose=0, **kwargs):
         batch_size = check_positive_int("batch_size", batch_size, "model inputs per forward pass")
         if verbose not in (0, 1, False, True):
             raise ValueError(f"`verbose` must be 0 or 1; received {verbose!r}.")
@@ -103,14 +104,15 @@ class StreamingExplainer(Explainer):
     def explain(self, images, targets=None, upsample=True, normalize=True):
         try:
             return super().explain(images, targets, upsample=upsample, normalize=normalize)
-        except tf.errors.ResourceExhaustedError as err:
+        except Exception as err:
+            if not _backend.is_out_of_memory(err):
+                raise
             smaller = max(1, self.batch_size // 4)
             name = type(self).__name__
-            raise tf.errors.ResourceExhaustedError(
-                err.node_def, err.op,
+            raise MemoryError(
                 f"{name} ran out of memory running {self.batch_size} inputs per forward pass. "
                 f"Pass a smaller batch_size, e.g. {name}(model, batch_size={smaller}). "
-                f"(Original error: {err.message})",
+                f"(Original error: {' '.join(str(err).split())[:300]})"
             ) from err
         finally:
             self._bar = None
@@ -119,35 +121,40 @@ class StreamingExplainer(Explainer):
         """``initial`` plus every batch's scatter-added results, ``batch_size`` items per pass.
 
         Args:
-            items: ``(P, d)`` int64 tensor, one row per unit of work.
+            items: ``(P, d)`` int numpy array (static: :func:`grid`), one row per unit of work.
             fn: ``fn(chunk) -> (indices, updates)`` for a ``(b, d)`` chunk of
                 ``items``: ``indices`` ``(b, r)`` into ``initial`` and
-                ``updates`` ``(b, *initial.shape[r:])`` to add there (as
-                ``tf.tensor_scatter_nd_add``). Traced once.
+                ``updates`` ``(b, *initial.shape[r:])`` to add there
+                (duplicates summed). Traced once for full batches and once
+                for the remainder.
             initial: the tensor the results are added to (usually zeros).
 
         Returns:
             ``initial`` with all updates added.
         """
-        step = self.batch_size
-        total = tf.shape(items)[0]
-        n_steps = (total + step - 1) // step
+        items = np.asarray(items, np.int32)
+        step, total = self.batch_size, len(items)
+        full, rest = divmod(total, step)
+        n_steps = full + (1 if rest else 0)
+        table = ops.convert_to_tensor(items)
+        width = items.shape[1]
 
-        def body(i, values):
-            indices, updates = fn(items[i * step:(i + 1) * step])
+        def add(chunk, values, i):
+            indices, updates = fn(chunk)
             if self.verbose:
-                tf.py_function(self._progress, [i, total], [])
-            return i + 1, tf.tensor_scatter_nd_add(values, indices, tf.cast(updates, values.dtype))
+                _backend.host_callback(self._progress, i, n_steps)
+            return _backend.scatter_add(values, ops.cast(indices, "int32"), updates)
 
-        _, values = tf.while_loop(
-            lambda i, _: i < n_steps, body, (tf.constant(0), initial),
-            parallel_iterations=1,  # one batch of model inputs in memory at a time
-        )
+        values = initial
+        if full:
+            values = _backend.fori_loop(
+                full, lambda i, v: add(ops.slice(table, (i * step, 0), (step, width)), v, i), values)
+        if rest:
+            values = add(table[full * step:], values, full)
         return values
 
-    def _progress(self, i, total):
-        """Progress bar over the passes of one compiled call (runs eagerly)."""
-        i, total = int(i), int(total)
+    def _progress(self, i, n_steps):
+        """Progress bar over the passes of one compiled call (runs on the host)."""
         if i == 0 or self._bar is None:
-            self._bar = _compat.progbar(total, verbose=self.verbose)
-        self._bar.update(min((i + 1) * self.batch_size, total))
+            self._bar = _compat.progbar(n_steps, verbose=self.verbose)
+        self._bar.update(min(i + 1, n_steps))
