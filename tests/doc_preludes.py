@@ -223,7 +223,7 @@ PRELUDES = {
     "docs/scorecam.md": _model_and_images,
     "docs/smoothing.md": _model_only,
     "docs/targets.md": lambda: ({}, {"N": 2, "T": 200, "C": 1}),
-    "docs/layouts.md": lambda: ({}, {}),
+    "docs/layouts.md": lambda: ({}, {"N": 2}),   # N: the batch of the symbolic inputs
     "docs/compilation.md": lambda: ({}, {}),
     "docs/audit.md": lambda: ({}, {}),
     "docs/vizgradcam.md": lambda: ({}, {"H": 64, "W": 64}),

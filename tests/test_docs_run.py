@@ -17,7 +17,7 @@ The comments promise, and this test checks (write new examples this way):
   output, and a ``(see ...)`` aside is ignored;
 - ``# ['a', 'b', ...]``: the value's first items; ``# [(path, shape), ...]``:
   a list of pairs, each led by a string;
-- ``# x.a, .b, .c``: attributes the value has;
+- ``# x.a, .b, .c``: attributes the value has; ``# a bool``: a bool;
 - ``e.g.`` anywhere in a comment: an example, not checked.
 
 A block that cannot run offline (it downloads weights) is preceded by an
@@ -190,6 +190,10 @@ def check_comment(comment, value, printed, is_print, names, symbols):
         elif not (isinstance(value, list) and value and all(
                 isinstance(v, tuple) and len(v) == 2 and isinstance(v[0], str) for v in value)):
             failures.append(f"is not a list of pairs led by a string, as the comment {head.group(0)} promises")
+    if text.startswith("a bool"):
+        checked += 1
+        if not isinstance(value, (bool, np.bool_)):
+            failures.append(f"is {type(value).__name__}, the comment promises a bool")
     attributes = ATTRIBUTES.match(text)
     if attributes:
         checked += 1
@@ -198,6 +202,40 @@ def check_comment(comment, value, printed, is_print, names, symbols):
         if missing:
             failures.append(f"has no attribute {missing}, which the comment names")
     return failures, checked
+
+
+# Promises in words, checked by a second code path: {(page, statement as written): check(names, value)},
+# the check returning a failure or None. Every entry must meet its statement (a reworded page fails).
+
+
+def _per_image(names, maps):
+    """``cam(images, targets=[3, 7])`` equals one call per image with its own class."""
+    cam, images = names["cam"], names["images"]
+    single = np.concatenate([cam(images[i:i + 1], targets=t) for i, t in enumerate([3, 7])])
+    return None if np.allclose(maps, single, atol=1e-5) else "differs from one call per image with its class"
+
+
+def _detections(names, found):
+    missing = {"boxes", "labels", "confidence"} - set(found)
+    return f"has no {sorted(missing)}" if missing else None
+
+
+def _finds_nothing(names, value):
+    labels = np.asarray(names["found"]["labels"])
+    return None if (labels == -1).all() else f"the untrained detector found labels {labels[labels >= 0][:5]}"
+
+
+def _two_outputs(names, model):
+    return None if len(model.outputs) == 2 else f"has {len(model.outputs)} outputs, not [activations, predictions]"
+
+
+EXTRA = {
+    ("README.md", "maps = cam(images, targets=[3, 7])"): _per_image,
+    ("docs/index.md", "maps = cam(images, targets=[3, 7])"): _per_image,
+    ("docs/targets.md", "found = detector.predict(pictures, verbose=0)"): _detections,
+    ("docs/targets.md", "box, label = [8, 8, 40, 40], 0"): _finds_nothing,
+    ("docs/layers.md", 'grad_model = kc.flatten_model(model, outputs=["top_activation"])'): _two_outputs,
+}
 
 
 # --- running a page -------------------------------------------------------------------------------
@@ -226,10 +264,12 @@ def _value(stmt, names):
     return None
 
 
-def run_block(block, names, symbols):
-    """Run a block statement by statement; the failures of its comments' promises, and how many were checked."""
+def run_block(block, names, symbols, met=None):
+    """Run a block statement by statement; the failures of its comments' promises, and how many were checked.
+    ``met`` collects the keys of :data:`EXTRA` whose statement ran."""
     tree = ast.parse(block.code, filename=block.page)
     comments = _comments(block.code)
+    source = block.code.splitlines()
     failures, checked = [], 0
     for stmt in tree.body:
         where = f"{block.page}:{block.line + stmt.lineno - 1}"
@@ -244,6 +284,14 @@ def run_block(block, names, symbols):
         sys.stdout.write(printed.getvalue())
         if not is_expr:
             value = _value(stmt, names)
+        key = (block.page, source[first - 1].split("#")[0].strip())
+        if key in EXTRA:
+            checked += 1
+            if met is not None:
+                met.add(key)
+            bad = EXTRA[key](names, value)
+            if bad:
+                failures.append(f"{where}: {bad}")
         for line in range(first, last + 1):
             if line not in comments:
                 continue
@@ -262,14 +310,16 @@ def run_page(page, workdir, text=None):
             if isinstance(n, ast.Name) and isinstance(n.ctx, ast.Load)}
     unused = sorted(given - used)
     assert not unused, f"the prelude of {page} declares {unused}, which no block of the page uses"
-    failures, checked = [], 0
+    failures, checked, met = [], 0, set()
     for block in blocks:
         if block.no_run is not None:
             compile(block.code, block.page, "exec")
             continue
-        bad, n = run_block(block, names, symbols)
+        bad, n = run_block(block, names, symbols, met)
         failures += bad
         checked += n
+    unmet = [k[1] for k in EXTRA if k[0] == page and k not in met]
+    assert not unmet, f"{page}: the checks of EXTRA for {unmet} met no statement: update them with the page"
     return failures, checked
 
 
