@@ -2,8 +2,11 @@
 
 :func:`evaluate` explains the images once per method (every method for the
 same classes: the top-1 class of the unchanged image, or the given
-targets), scores the maps with each metric and returns an
-:class:`EvaluationTable`: a list of rows and a ``to_markdown()``, which the
+targets), scores the maps with each metric, one value per image, and
+returns an :class:`EvaluationTable`: the mean per method and metric (the
+rows), the per-image values, a seeded bootstrap confidence interval per
+cell, paired comparisons of two methods on the same images
+(:meth:`EvaluationTable.compare`), and a ``to_markdown()``, which the
 documentation, the benchmark and ``keras-cam evaluate`` print.
 """
 
@@ -12,11 +15,17 @@ from __future__ import annotations
 import dataclasses
 import math
 
+import numbers
+
 import numpy as np
 
-from keras_cam.base import as_batch
+from keras_cam._compat import to_host
+from keras_cam.inputs import as_batch
 from keras_cam.metrics import localization, perturbation, properties
 from keras_cam.metrics._scoring import _classes, _scorer
+
+# Resampled images per bootstrap chunk (resamples x images), to keep the memory bounded.
+_BOOTSTRAP_CHUNK = 2_000_000
 
 
 @dataclasses.dataclass(frozen=True)
@@ -47,6 +56,42 @@ METRICS = tuple(_METRICS)
 DEFAULT_METRICS = tuple(name for name in METRICS if name != "sanity_check")
 
 
+@dataclasses.dataclass(frozen=True)
+class Comparison:
+    """Two methods compared on one metric, image by image (:meth:`EvaluationTable.compare`).
+
+    With ``a_i``, ``b_i`` the metric of the first and the second method on image ``i``:
+
+    Attributes:
+        metric: the metric name.
+        first, second: the two methods' names.
+        better: ``"lower"`` or ``"higher"``, the metric's direction.
+        difference: ``mean_i (a_i - b_i)``, the mean paired difference (equal
+            to the difference of the two rows' means).
+        interval: the bootstrap confidence interval of ``difference`` at
+            ``level`` (the same resampled images for both methods), or None
+            when the table was built with ``ci=None``.
+        level: the interval's confidence level (None without one).
+        wins: the share of images where the first method is better (``a_i <
+            b_i`` for a lower-is-better metric, ``a_i > b_i`` otherwise).
+        losses: the share where the second one is better.
+        ties: the share where they are equal (``wins + losses + ties = 1``).
+        images: the number of images compared.
+    """
+
+    metric: str
+    first: str
+    second: str
+    better: str
+    difference: float
+    interval: tuple | None
+    level: float | None
+    wins: float
+    losses: float
+    ties: float
+    images: int
+
+
 @dataclasses.dataclass
 class EvaluationTable:
     """The result of :func:`evaluate`: one row per method, one column per metric.
@@ -55,16 +100,32 @@ class EvaluationTable:
         metrics: the metric names, in column order (``"average_drop"``...).
         headers: the column titles, each with its direction (``↓`` lower is
             better, ``↑`` higher), after a first ``"method"`` column.
-        rows: one dict per method: ``{"method": name, metric: value}``; a
-            value is None where the metric does not apply (a method given
-            as fixed maps has no explainer to call again).
+        rows: one dict per method: ``{"method": name, metric: mean}``, the
+            mean over images; a value is None where the metric does not
+            apply (a method given as fixed maps has no explainer to call again).
         digits: decimals per metric in :meth:`to_markdown`.
+        per_image: one dict per method and image, method by method:
+            ``{"method": name, "image": i, metric: value}`` (the values whose
+            mean is the row's).
+        intervals: one dict per row: ``{metric: (low, high)}``, the
+            bootstrap confidence interval of the row's mean at level ``ci``
+            (None where the metric does not apply, or with ``ci=None``).
+        ci: the confidence level of :attr:`intervals` (None: not computed).
+        better: ``{metric: "lower" or "higher"}``, each column's direction.
+        resamples: the number of bootstrap resamples.
+        seed: the seed of the bootstrap's resampled images.
     """
 
     metrics: list
     headers: list
     rows: list
     digits: dict
+    per_image: list = dataclasses.field(default_factory=list)
+    intervals: list = dataclasses.field(default_factory=list)
+    ci: float | None = None
+    better: dict = dataclasses.field(default_factory=dict)
+    resamples: int = 1000
+    seed: int = 0
 
     def column(self, metric):
         """The values of one metric, one per row (None where it does not apply).
@@ -75,19 +136,92 @@ class EvaluationTable:
         Returns:
             A list of floats (or None), in row order.
         """
-        if metric not in self.metrics:
-            raise KeyError(f"No metric {metric!r} in this table; it has {self.metrics}.")
+        self._check_metric(metric)
         return [row[metric] for row in self.rows]
 
-    def to_markdown(self):
+    def values(self, method, metric):
+        """One method's per-image values of one metric.
+
+        Args:
+            method: a method's name (as in the rows) or its row index.
+            metric: a metric name of :attr:`metrics`.
+
+        Returns:
+            A float64 ``(N,)`` array, or None where the metric does not apply.
+        """
+        self._check_metric(metric)
+        index = self._row(method)
+        n = len(self.per_image) // max(1, len(self.rows))
+        found = [r[metric] for r in self.per_image[index * n:(index + 1) * n]]
+        if not found or found[0] is None:
+            return None
+        return np.array(found, np.float64)
+
+    def compare(self, first, second, metric=None):
+        """A paired comparison of two methods on the same images.
+
+        For each image ``i``, ``d_i = a_i - b_i`` (the first method's value
+        minus the second's). The result holds the mean difference, its
+        bootstrap interval (percentile bootstrap over the images, the same
+        resampled images as :attr:`intervals`) and the shares of images
+        where each method is better, in the metric's direction.
+
+        Args:
+            first: a method's name or row index.
+            second: another method's name or row index.
+            metric: a metric name, or None for every metric both methods have.
+
+        Returns:
+            A :class:`Comparison`, or with ``metric=None`` a dict
+            ``{metric: Comparison}``.
+
+        Raises:
+            KeyError: for an unknown method or metric.
+            ValueError: for a metric that does not apply to one of the methods,
+                or a name that several rows share (pass the row index).
+        """
+        names = [self.rows[self._row(m)]["method"] for m in (first, second)]
+        if metric is None:
+            return {m: self.compare(first, second, m) for m in self.metrics
+                    if self.values(first, m) is not None and self.values(second, m) is not None}
+        a, b = self.values(first, metric), self.values(second, metric)
+        if a is None or b is None:
+            missing = names[0] if a is None else names[1]
+            raise ValueError(f"Metric {metric!r} does not apply to method {missing!r} (it has no per-image "
+                             f"values): compare two methods that both have it.")
+        better = self.better.get(metric, "higher")
+        with np.errstate(invalid="ignore"):
+            d = a - b
+        first_better = (a < b) if better == "lower" else (a > b)
+        second_better = (b < a) if better == "lower" else (b > a)
+        interval = None
+        if self.ci is not None:
+            interval = bootstrap_interval(d, self.ci, self.resamples, self.seed)
+        return Comparison(
+            metric=metric, first=names[0], second=names[1], better=better,
+            difference=float(np.mean(d)), interval=interval, level=self.ci,
+            wins=float(np.mean(first_better)), losses=float(np.mean(second_better)),
+            ties=float(np.mean(~first_better & ~second_better)), images=len(d),
+        )
+
+    def to_markdown(self, intervals=False):
         """The table in Markdown: percentages with one decimal, other values with three.
+
+        Args:
+            intervals: also print each cell's confidence interval, ``mean [low, high]``.
 
         Returns:
             A string, one line per method after the header and separator.
         """
         lines = ["| " + " | ".join(self.headers) + " |", "|" + "---|" * len(self.headers)]
-        for row in self.rows:
-            cells = [str(row["method"])] + [_cell(row[m], self.digits[m]) for m in self.metrics]
+        for k, row in enumerate(self.rows):
+            cells = [str(row["method"])]
+            for m in self.metrics:
+                cell = _cell(row[m], self.digits[m])
+                span = self.intervals[k].get(m) if intervals and k < len(self.intervals) else None
+                if span is not None:
+                    cell += f" [{_cell(span[0], self.digits[m])}, {_cell(span[1], self.digits[m])}]"
+                cells.append(cell)
             lines.append("| " + " | ".join(cells) + " |")
         return "\n".join(lines)
 
@@ -96,6 +230,60 @@ class EvaluationTable:
 
     def _repr_markdown_(self):
         return self.to_markdown()
+
+    def _check_metric(self, metric):
+        if metric not in self.metrics:
+            raise KeyError(f"No metric {metric!r} in this table; it has {self.metrics}.")
+
+    def _row(self, method):
+        names = [row["method"] for row in self.rows]
+        if isinstance(method, (int, np.integer)) and not isinstance(method, bool):
+            if not 0 <= method < len(names):
+                raise KeyError(f"No row {method} in this table; it has {len(names)} rows.")
+            return int(method)
+        found = [i for i, n in enumerate(names) if n == method]
+        if not found:
+            raise KeyError(f"No method {method!r} in this table; it has {names}.")
+        if len(found) > 1:
+            raise ValueError(f"Several rows are named {method!r} (rows {found}): pass the row index.")
+        return found[0]
+
+
+def bootstrap_interval(values, level=0.95, resamples=1000, seed=0):
+    """A percentile bootstrap confidence interval of the mean of ``values``.
+
+    ``resamples`` times, ``n`` values are drawn with replacement from the
+    ``n`` values (``numpy.random.default_rng(seed)``: the same resampled
+    indices for every array of the same length, so the cells of a table and
+    their paired differences use the same resampled images) and their mean
+    taken; the interval runs from the ``(1 - level) / 2`` quantile of these
+    means to the ``(1 + level) / 2`` quantile, each rounded outwards to a
+    resampled mean (numpy's ``"lower"`` and ``"higher"`` quantile methods:
+    never interpolated, so an infinite value gives an infinite bound, not NaN).
+
+    Args:
+        values: ``(n,)`` per-image values, ``n >= 1``.
+        level: the confidence level, in (0, 1).
+        resamples: the number of resamples, a positive int.
+        seed: the seed of the resampled indices.
+
+    Returns:
+        ``(low, high)`` floats.
+    """
+    v = np.asarray(values, np.float64).reshape(-1)
+    if v.size == 0:
+        raise ValueError("A bootstrap interval needs at least one value.")
+    n = v.size
+    rng = np.random.default_rng(seed)
+    means = np.empty(resamples)
+    step = max(1, _BOOTSTRAP_CHUNK // n)
+    for start in range(0, resamples, step):
+        k = min(step, resamples - start)
+        with np.errstate(invalid="ignore"):
+            means[start:start + k] = v[rng.integers(0, n, (k, n))].mean(axis=1)
+    alpha = (1.0 - level) / 2
+    return (float(np.quantile(means, alpha, method="lower")),
+            float(np.quantile(means, 1.0 - alpha, method="higher")))
 
 
 def _cell(value, digits):
@@ -106,12 +294,18 @@ def _cell(value, digits):
     return f"{value:.{digits}f}"
 
 
-def _label(name, metric, kwargs):
-    """The column title: ROAD's depends on its order."""
+def _direction(name, metric, kwargs):
+    """``(column title, "lower" or "higher")``: ROAD's depend on its order."""
     label, better = metric.label, metric.better
     if name == "road":
         order = kwargs.get("order", "combined")
         label, better = f"ROAD {order}", ("lower" if order == "morf" else "higher")
+    return label, better
+
+
+def _label(name, metric, kwargs):
+    """The column title with its direction."""
+    label, better = _direction(name, metric, kwargs)
     return f"{label} {'↓' if better == 'lower' else '↑'}"
 
 
@@ -178,13 +372,15 @@ def _build(name, spec, model):
 
 
 def evaluate(explainers, model, images, targets=None, boxes=None, metrics=None, *, batch_size=32,
-             verbose=0) -> EvaluationTable:
+             ci=0.95, resamples=1000, seed=0, verbose=0) -> EvaluationTable:
     """Every metric for every method: one table.
 
     Each method explains ``images`` once, for the same classes (``targets``,
     or the model's top-1 class on each unchanged image), and its maps are
     scored by each metric with the metric's defaults (override them with a
-    dict ``metrics={"deletion_auc": {"steps": 50}, ...}``):
+    dict ``metrics={"deletion_auc": {"steps": 50}, ...}``), one value per
+    image (``reduce=None``); a row holds their means, which equal the
+    metrics called directly with their default ``reduce="mean"``:
 
     | metric | what | better |
     |---|---|---|
@@ -197,9 +393,10 @@ def evaluate(explainers, model, images, targets=None, boxes=None, metrics=None, 
     | ``sanity_check`` | :func:`keras_cam.sanity_check`: the Spearman correlation with every layer randomized (not computed unless asked) | lower |
 
     Args:
-        explainers: the methods: a dict ``{name: method}`` or a list of
-            methods, a method being an explainer built on ``model``
-            (``keras_cam.GradCAM(model)``), an explainer class or a factory
+        explainers: the methods: a dict ``{name: method}``, a list or tuple
+            of methods, or one method, a method being an explainer built on ``model``
+            (``keras_cam.GradCAM(model)``), an explainer class (``keras_cam.GradCAM``,
+            built on ``model`` with its defaults) or a factory
             ``f(model) -> explainer`` (needed for ``sanity_check``, which
             rebuilds the method on a randomized copy), a registry name
             (``"gradcam"``, see :mod:`keras_cam.methods`), or fixed maps
@@ -214,20 +411,33 @@ def evaluate(explainers, model, images, targets=None, boxes=None, metrics=None, 
             when there are boxes), a list of metric names, or a dict
             ``{name: keyword arguments}``.
         batch_size: images per compiled model call (the model metrics).
+        ci: the confidence level of each cell's bootstrap interval
+            (:func:`bootstrap_interval` over the images), in (0, 1), or None
+            for no intervals.
+        resamples: the number of bootstrap resamples.
+        seed: the seed of the bootstrap (the metrics keep their own seeds).
         verbose: 1 draws a progress bar (one step per method and metric).
 
     Returns:
-        :class:`EvaluationTable`; ``print(table.to_markdown())``.
+        :class:`EvaluationTable`: ``print(table.to_markdown())``, the
+        per-image values ``table.per_image`` / ``table.values(method,
+        metric)``, intervals ``table.intervals`` and ``table.compare(a, b)``.
 
     Raises:
         ValueError: for an unknown metric name, pointing games without
-            boxes, or a ``sanity_check`` of a method given as an instance.
+            boxes, a ``sanity_check`` of a method given as an instance, or a
+            ``ci`` outside (0, 1).
 
     Example:
         >>> table = keras_cam.metrics.evaluate({"Grad-CAM": keras_cam.GradCAM, "Score-CAM": "scorecam"},
         ...                                    model, images, boxes=boxes)
-        >>> print(table.to_markdown())
+        >>> print(table.to_markdown(intervals=True))
+        >>> table.compare("Grad-CAM", "Score-CAM", "deletion_auc").wins   # share of images
     """
+    if ci is not None and (isinstance(ci, bool) or not isinstance(ci, numbers.Real) or not 0 < ci < 1):
+        raise ValueError(f"`ci` is a confidence level in (0, 1), such as 0.95, or None; received {ci!r}.")
+    if isinstance(resamples, bool) or not isinstance(resamples, (int, np.integer)) or resamples < 1:
+        raise ValueError(f"`resamples` must be a positive int; received {resamples!r}.")
     chosen = _chosen(metrics, boxes)
     methods = _methods(explainers)
     scorer = _scorer(model)
@@ -235,14 +445,15 @@ def evaluate(explainers, model, images, targets=None, boxes=None, metrics=None, 
     scorer.graph.prepare(x[:1])
     _, classes = _classes(scorer, scorer.graph.to_channels_last(x), targets, batch_size)
     classes = classes.astype(np.int32)
-    x = x.numpy()
+    x = np.asarray(to_host(x))
+    n = len(x)
     bar = None
     if verbose:
         from keras_cam._compat import progbar
 
         bar = progbar(len(methods) * (len(chosen) + 1))
     step = 0
-    rows = []
+    rows, per_image, intervals = [], [], []
     for name, spec in methods:
         explainer, factory, maps = _build(name, spec, model)
         if maps is None:
@@ -250,34 +461,51 @@ def evaluate(explainers, model, images, targets=None, boxes=None, metrics=None, 
         step += 1
         if bar is not None:
             bar.update(step)
-        row = {"method": name}
+        row, spans = {"method": name}, {}
+        images_rows = [{"method": name, "image": i} for i in range(n)]
         for metric, kwargs in chosen.items():
-            row[metric] = _score(metric, kwargs, name, explainer, factory, model, x, maps, classes, boxes,
-                                 batch_size)
+            values = _score(metric, kwargs, name, explainer, factory, model, x, maps, classes, boxes,
+                            batch_size)
+            row[metric] = None if values is None else float(np.mean(values))
+            spans[metric] = None if values is None or ci is None else bootstrap_interval(values, ci, resamples, seed)
+            for i, r in enumerate(images_rows):
+                r[metric] = None if values is None else float(values[i])
             step += 1
             if bar is not None:
                 bar.update(step)
         rows.append(row)
+        per_image.extend(images_rows)
+        intervals.append(spans)
     return EvaluationTable(
         metrics=list(chosen),
         headers=["method"] + [_label(m, _METRICS[m], kw) for m, kw in chosen.items()],
         rows=rows,
         digits={m: _METRICS[m].digits for m in chosen},
+        per_image=per_image,
+        intervals=intervals,
+        ci=None if ci is None else float(ci),
+        better={m: _direction(m, _METRICS[m], kw)[1] for m, kw in chosen.items()},
+        resamples=int(resamples),
+        seed=seed,
     )
 
 
 def _score(metric, kwargs, name, explainer, factory, model, x, maps, classes, boxes, batch_size):
+    """The ``(N,)`` per-image values of one metric for one method (None where it does not apply)."""
     spec = _METRICS[metric]
+    if "reduce" in kwargs:
+        raise ValueError(f"evaluate computes every metric per image and reduces itself: remove `reduce` "
+                         f"from the options of {metric!r}.")
     if spec.needs == "model":
-        return spec.fn(model, x, maps, classes, batch_size=batch_size, **kwargs)
+        return spec.fn(model, x, maps, classes, batch_size=batch_size, reduce=None, **kwargs)
     if spec.needs == "boxes":
-        return spec.fn(maps, boxes)
+        return spec.fn(maps, boxes, reduce=None)
     if spec.needs == "maps":
-        return spec.fn(maps)
+        return spec.fn(maps, reduce=None)
     if explainer is None:
         return None
     if spec.needs == "explainer":
-        return spec.fn(explainer, x, classes, **kwargs)
+        return spec.fn(explainer, x, classes, reduce=None, **kwargs)
     if factory is None:
         raise ValueError(
             f"sanity_check rebuilds the method on a randomized copy of the model; pass method {name!r} as "
@@ -285,4 +513,4 @@ def _score(metric, kwargs, name, explainer, factory, model, x, maps, classes, bo
         )
     from keras_cam.sanity import sanity_check
 
-    return float(sanity_check(factory, model, x, classes, **kwargs).spearman[-1])
+    return sanity_check(factory, model, x, classes, **kwargs).image_spearman[-1]
