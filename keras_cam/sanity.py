@@ -17,11 +17,11 @@ from __future__ import annotations
 import dataclasses
 
 import numpy as np
-import tensorflow as tf
 
 from keras_cam import _compat
 from keras_cam import layers as _layers
 from keras_cam._compat import keras_of
+from keras_cam.metrics.properties import ssim as _ssim
 
 
 @dataclasses.dataclass
@@ -38,6 +38,9 @@ class SanityResult:
         maps: ``(steps, N, H, W)`` the maps of every step.
         threshold: the rank correlation at or above which a map that survived
             the whole randomization is flagged.
+        image_spearman: ``(steps, N)`` the rank correlation of each image
+            (``spearman`` is its mean over images).
+        image_ssim: ``(steps, N)`` the SSIM of each image.
     """
 
     steps: list
@@ -45,6 +48,8 @@ class SanityResult:
     ssim: np.ndarray
     maps: np.ndarray
     threshold: float
+    image_spearman: np.ndarray = None
+    image_ssim: np.ndarray = None
 
     @property
     def ignores_weights(self) -> bool:
@@ -118,11 +123,9 @@ def spearman(a, b):
 def ssim(a, b):
     """Structural similarity (Wang et al. 2004; 11x11 Gaussian window, sigma 1.5,
     valid positions only; a smaller window for maps under 11 pixels) of each
-    pair of maps ``(N, H, W)`` with values in [0, 1]."""
-    x = tf.constant(np.asarray(a, np.float32)[..., None])
-    y = tf.constant(np.asarray(b, np.float32)[..., None])
-    size = min(11, x.shape[1], x.shape[2])
-    return tf.image.ssim(x, y, max_val=1.0, filter_size=size, filter_sigma=1.5).numpy().astype(np.float64)
+    pair of maps ``(N, H, W)`` with values in [0, 1]: :func:`keras_cam.metrics.ssim`
+    with ``max_val=1``, computed with numpy, the same on every backend."""
+    return _ssim(a, b, max_val=1.0)
 
 
 def _copy(model):
@@ -152,12 +155,18 @@ def _as_maps(maps):
 def _randomize(layer, rng):
     """Re-initialize the trainable weights: Gaussian with each array's own mean and
     standard deviation (a constant array, e.g. zero biases, keeps its value);
-    non-trainable state (batch-norm statistics) is kept."""
-    for w in layer.trainable_weights:
-        value = np.asarray(w.numpy(), np.float64)
+    non-trainable state (batch-norm statistics) is kept. Read and written with
+    ``get_weights``/``set_weights``, which every backend and both Kerases share."""
+    trainable = {id(w) for w in layer.trainable_weights}
+    values = layer.get_weights()
+    for k, w in enumerate(layer.weights):
+        if id(w) not in trainable:
+            continue
+        value = np.asarray(values[k], np.float64)
         std = value.std()
         if std > 0:
-            w.assign(rng.normal(value.mean(), std, value.shape).astype(np.asarray(w.numpy()).dtype))
+            values[k] = rng.normal(value.mean(), std, value.shape).astype(values[k].dtype)
+    layer.set_weights(values)
 
 
 def sanity_check(explainer_cls, model, images, targets=None, *, explainer_kwargs=None, cascade=None,
@@ -225,10 +234,14 @@ def sanity_check(explainer_cls, model, images, targets=None, *, explainer_kwargs
         maps.append(_as_maps(explainer(x, fixed)))
         names.append(path)
     maps = np.stack(maps)
+    rho = np.stack([spearman(original, m) for m in maps])
+    similar = np.stack([ssim(original, m) for m in maps])
     return SanityResult(
         steps=names,
-        spearman=np.array([spearman(original, m).mean() for m in maps]),
-        ssim=np.array([ssim(original, m).mean() for m in maps]),
+        spearman=rho.mean(axis=1),
+        ssim=similar.mean(axis=1),
         maps=maps,
         threshold=float(threshold),
+        image_spearman=rho,
+        image_ssim=similar,
     )

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 import keras_cam as kc
-from keras_cam import metrics, sanity
+from keras_cam import backend, metrics, sanity
 from keras_cam._compat import keras
 
 # --- impute -----------------------------------------------------------------------------------
@@ -311,11 +311,22 @@ def test_map_properties_ignore_the_layout_and_the_batching():
 # --- SSIM and random logit --------------------------------------------------------------------
 
 
-def test_ssim_matches_tensorflow_in_2d_and_works_in_1d_3d():
+def test_ssim_matches_scikit_image_and_tensorflow_in_2d_and_works_in_1d_3d():
+    from skimage.metrics import structural_similarity
+
     rng = np.random.default_rng(0)
     a, b = rng.random((3, 20, 16)), rng.random((3, 20, 16))
     b[0] = a[0]
-    np.testing.assert_allclose(metrics.ssim(a, b), sanity.ssim(a, b), atol=1e-5)
+    expected = [structural_similarity(a[i], b[i], data_range=1.0, gaussian_weights=True, sigma=1.5,
+                                      use_sample_covariance=False) for i in range(3)]
+    np.testing.assert_allclose(metrics.ssim(a, b), expected, atol=1e-6)
+    np.testing.assert_array_equal(sanity.ssim(a, b), metrics.ssim(a, b))
+    if backend.is_tensorflow():   # TensorFlow's own SSIM, where it is the backend
+        import tensorflow as tf
+
+        tf_ssim = tf.image.ssim(a[..., None].astype(np.float32), b[..., None].astype(np.float32), max_val=1.0,
+                                filter_size=11, filter_sigma=1.5).numpy()
+        np.testing.assert_allclose(metrics.ssim(a, b), tf_ssim, atol=1e-5)
     assert metrics.ssim(a, b)[0] == pytest.approx(1.0)
     for shape in ((3, 30), (3, 12, 13, 14)):
         x = rng.random(shape)

@@ -3,13 +3,12 @@ scikit-image, the user's model untouched, a weight-blind "method" flagged."""
 
 import numpy as np
 import pytest
-import tensorflow as tf
 from scipy import stats
 from skimage.metrics import structural_similarity
 
 import keras_cam as kc
 from keras_cam import sanity
-from keras_cam._compat import keras
+from keras_cam._compat import keras, ops
 from keras_cam.methods.guided import GuidedBackprop
 
 H = W = 24
@@ -20,7 +19,7 @@ class InputIntensity(kc.Explainer):
 
     def raw_maps(self, images, class_idx, target_fn=None):
         _, outputs = self.graph.forward(images)
-        return tf.reduce_mean(images, axis=-1), self.target_scores(outputs, class_idx, target_fn)
+        return ops.mean(images, axis=-1), self.target_scores(outputs, class_idx, target_fn)
 
 
 @pytest.fixture(scope="module")

@@ -13,7 +13,8 @@ Four families, one module each:
   :func:`sparseness`, :func:`complexity`, and, calling the explainer again,
   :func:`random_logit` and :func:`max_sensitivity`;
 - :func:`evaluate` (:mod:`keras_cam.metrics.evaluation`): every metric for
-  every method, one :class:`EvaluationTable`.
+  every method, one :class:`EvaluationTable` with per-image values,
+  bootstrap confidence intervals and paired comparisons (:class:`Comparison`).
 
 Conventions: ``images`` ``(N, H, W, C)`` as the model takes them (or
 ``(N, T, C)`` signals, ``(N, D, H, W, C)`` volumes, channels first for a
@@ -24,20 +25,31 @@ channels-first model: every metric works in each layout of
 unchanged image), an int, or one int per image; ``boxes`` ``(N, 4)`` as
 ``(y0, x0, y1, x1)`` pixel coordinates, end exclusive (``(N, 2 r)`` with the
 ``r`` starts then the ``r`` ends for ``r`` spatial axes). Images are scored
-``batch_size`` at a time by one compiled ``tf.function`` per model; the
+``batch_size`` at a time by one compiled function per model
+(:class:`keras_cam.compiled.Compiled`, on TensorFlow, JAX or PyTorch); the
 functions of the last few models used are kept, so calling metrics again on
-the same model does not recompile.
+the same model does not recompile. Every metric returns the mean over
+images (``reduce="mean"``, the default) or one value per image
+(``reduce=None``, an ``(N,)`` float64 array whose mean is the default).
 
 Example:
     >>> maps = keras_cam.GradCAM(model)(images)
     >>> keras_cam.metrics.average_drop(model, images, maps)        # percent, lower is better
     >>> keras_cam.metrics.road(model, images, maps, order="combined")  # higher is better
     >>> keras_cam.metrics.energy_pointing_game(maps, boxes)        # percent, higher is better
+    >>> keras_cam.metrics.deletion_auc(model, images, maps, reduce=None)  # one area per image
     >>> print(keras_cam.metrics.evaluate({"Grad-CAM": keras_cam.GradCAM}, model, images).to_markdown())
 """
 
 from keras_cam.metrics._scoring import _KEEP, _scorer, _scorers  # noqa: F401  (the tests reach the cache)
-from keras_cam.metrics.evaluation import DEFAULT_METRICS, METRICS, EvaluationTable, evaluate
+from keras_cam.metrics.evaluation import (
+    DEFAULT_METRICS,
+    METRICS,
+    Comparison,
+    EvaluationTable,
+    bootstrap_interval,
+    evaluate,
+)
 from keras_cam.metrics.localization import energy_pointing_game, pointing_game
 from keras_cam.metrics.perturbation import (
     PERCENTAGES,
@@ -55,8 +67,10 @@ from keras_cam.metrics.perturbation import (
 from keras_cam.metrics.properties import complexity, max_sensitivity, random_logit, sparseness, ssim
 
 __all__ = [
+    "Comparison",
     "EvaluationTable",
     "average_drop",
+    "bootstrap_interval",
     "complexity",
     "deletion_auc",
     "energy_pointing_game",

@@ -1,9 +1,12 @@
-"""What the metric families share: the compiled scorer of a model and input checks.
+"""What the metric families share: the compiled scorer of a model, input checks and ``reduce``.
 
 A :class:`_Scorer` runs one model on channels-last batches and returns the
 probability of the explained class, compiled once per model
-(``tf.function``); the scorers of the last few models used are kept, so
-calling metrics again on the same model does not recompile.
+(:class:`keras_cam.compiled.Compiled`: ``tf.function`` on TensorFlow,
+``jax.jit`` with the weights as arguments on JAX, eager on PyTorch); the
+scorers of the last few models used are kept, so calling metrics again on
+the same model does not recompile. Everything here is ``keras.ops`` on the
+device and numpy on the host: no backend is imported.
 """
 
 from __future__ import annotations
@@ -11,16 +14,19 @@ from __future__ import annotations
 import collections
 
 import numpy as np
-import tensorflow as tf
 
 from keras_cam import targets as _targets
-from keras_cam.base import Compiled, as_batch
+from keras_cam._compat import ops, to_host
+from keras_cam.compiled import Compiled
 from keras_cam.graph import ActivationGraph
+from keras_cam.inputs import as_batch
 
 # The compiled scorers of the most recently used models (by identity). A
 # scorer holds its model, so the cache is small rather than weak.
 _scorers = collections.OrderedDict()
 _KEEP = 4
+
+REDUCTIONS = ("mean", None)
 
 
 class _Scorer:
@@ -34,26 +40,27 @@ class _Scorer:
                 f"The faithfulness metrics perturb the input of single-input models; model "
                 f"{model.name!r} has the inputs {self.graph.input_names}."
             )
-        self.probabilities = Compiled(self._probabilities)
-        self.curve = Compiled(self._curve)
+        self.probabilities = Compiled(self._probabilities, model=model)
+        self.curve = Compiled(self._curve, model=model)
 
     def _probabilities(self, images, class_idx):
         _, outputs = self.graph.forward(images)
         scores = self.graph.scores(outputs)
         _, idx = _targets.select(scores, class_idx)
-        return tf.gather(self.graph.probabilities(scores), idx, batch_dims=1), idx
+        probs = self.graph.probabilities(scores)
+        return ops.take_along_axis(probs, idx[:, None], axis=1)[:, 0], idx
 
     def _curve(self, images, ranks, substrate, class_idx, counts, insert):
         """Probabilities ``(T, n)`` with the ``counts[t]`` most salient pixels
         replaced by the substrate (deletion) or taken from the image (insertion)."""
-        counts = tf.reshape(counts, tf.concat([[-1], tf.ones([ranks.shape.rank], tf.int32)], axis=0))
-        shown = ranks[None] < counts                                  # (T, n, *S)
+        t, n = int(counts.shape[0]), int(images.shape[0])
+        counts = ops.reshape(counts, (-1,) + (1,) * len(ranks.shape))
+        shown = ops.expand_dims(ranks, 0) < counts                                # (T, n, *S)
         first, second = (images, substrate) if insert else (substrate, images)
-        mixed = tf.where(shown[..., None], first[None], second[None])  # (T, n, *S, C)
-        t, n = tf.shape(counts)[0], tf.shape(images)[0]
-        flat = tf.reshape(mixed, tf.concat([[t * n], tf.shape(images)[1:]], axis=0))
-        probs, _ = self._probabilities(flat, tf.tile(class_idx, [t]))
-        return tf.reshape(probs, (t, n))
+        mixed = ops.where(shown[..., None], first[None], second[None])          # (T, n, *S, C)
+        flat = ops.reshape(mixed, (-1,) + tuple(int(d) for d in images.shape[1:]))
+        probs, _ = self._probabilities(flat, ops.tile(class_idx, [t]))
+        return ops.reshape(probs, (t, n))
 
 
 def _scorer(model):
@@ -66,19 +73,36 @@ def _scorer(model):
     return _scorers[key]
 
 
+def check_reduce(reduce):
+    """Refuse a ``reduce`` that is neither ``"mean"`` nor None."""
+    if not (reduce is None or (isinstance(reduce, str) and reduce == "mean")):
+        raise ValueError(
+            f"`reduce` must be \"mean\" (the mean over images, a float) or None (one value per image, "
+            f"an (N,) array); received {reduce!r}."
+        )
+
+
+def reduced(values, reduce):
+    """Per-image ``values`` as the caller asked: their mean (a float) or a float64 ``(N,)`` copy."""
+    values = np.asarray(values, np.float64).reshape(-1)
+    if reduce is None:
+        return values.copy()
+    return float(np.mean(values))
+
+
 def _check_batch_size(batch_size):
-    if not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
+    if isinstance(batch_size, (bool, np.bool_)) or not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
         raise ValueError(f"`batch_size` must be a positive int; received {batch_size!r}.")
 
 
 def _inputs(images, maps, scorer):
-    """Images as a float32 channels-last batch and maps as float32 ``(N, *S)``,
+    """Images as a float32 channels-last batch tensor and maps as float32 numpy ``(N, *S)``,
     checked against each other."""
     x, single = as_batch(images, scorer.graph.inputs)
     scorer.graph.prepare(x[:1])  # a model without a static graph: find its softmax/sigmoid once
     x = scorer.graph.to_channels_last(x)
-    m = np.asarray(maps, dtype=np.float32)
-    if single and m.ndim == x.shape.rank - 2:
+    m = np.asarray(to_host(maps), dtype=np.float32)
+    if single and m.ndim == len(x.shape) - 2:
         m = m[None]
     expected = tuple(int(d) for d in x.shape[:-1])
     if m.shape != expected:
@@ -104,15 +128,20 @@ def _classes(scorer, x, targets, batch_size):
 
 
 def _probabilities(scorer, x, idx, batch_size):
+    """``(probabilities, classes)`` as numpy ``(N,)``, ``batch_size`` images per compiled call."""
+    x = ops.convert_to_tensor(x)
+    idx = np.asarray(idx, np.int32)
+    n = int(x.shape[0])
     parts = [
-        scorer.probabilities(x[i:i + batch_size], tf.constant(idx[i:i + batch_size]))
-        for i in range(0, int(x.shape[0]), batch_size)
+        scorer.probabilities(x if batch_size >= n else x[i:i + batch_size],
+                             ops.convert_to_tensor(idx[i:i + batch_size]))
+        for i in range(0, n, batch_size)
     ]
-    return (np.concatenate([p[k].numpy() for p in parts]) for k in range(2))
+    return (np.concatenate([np.asarray(to_host(p[k])) for p in parts]) for k in range(2))
 
 
 def _maps(maps):
-    m = np.asarray(maps, dtype=np.float64)
+    m = np.asarray(to_host(maps), dtype=np.float64)
     if m.ndim not in (2, 3, 4):
         raise ValueError(f"`maps` must be (N, *S): (N, T), (N, H, W) or (N, D, H, W); received shape {m.shape}.")
     if not np.isfinite(m).all():

@@ -8,14 +8,16 @@
 ``boxes`` are ``(N, 4)`` ``(y0, x0, y1, x1)`` pixel coordinates, end
 exclusive (``(N, 2 r)`` with the ``r`` starts then the ``r`` ends for ``r``
 spatial axes: ``(t0, t1)`` for a signal, ``(z0, y0, x0, z1, y1, x1)`` for a
-volume).
+volume). Each returns the percentage over images, or with ``reduce=None``
+one value per image (numpy on the host, the same on every backend).
 """
 
 from __future__ import annotations
 
 import numpy as np
 
-from keras_cam.metrics._scoring import _maps
+from keras_cam.metrics._scoring import _maps, check_reduce, reduced
+
 
 def _boxes(boxes, shape):
     """The boxes' masks ``(N, *S)`` from ``(N, 2 r)`` integer boxes: ``r`` starts, then ``r`` ends."""
@@ -44,7 +46,7 @@ def _boxes(boxes, shape):
     return inside
 
 
-def pointing_game(maps, boxes) -> float:
+def pointing_game(maps, boxes, *, reduce="mean"):
     """Pointing game accuracy, in percent (higher is better).
 
     A hit when the map's maximum is inside the box (with several equal maxima:
@@ -53,23 +55,27 @@ def pointing_game(maps, boxes) -> float:
     Args:
         maps: ``(N, H, W)`` maps.
         boxes: ``(N, 4)`` integer ``(y0, x0, y1, x1)``, end exclusive.
+        reduce: ``"mean"`` (the share of hits) or None (one value per image).
 
     Returns:
-        The percentage of hits, a float in [0, 100].
+        The percentage of hits, a float in [0, 100]; with ``reduce=None`` the
+        ``(N,)`` per-image values, 100 for a hit and 0 for a miss.
 
     Raises:
-        ValueError: for boxes that are not integers, are empty or leave the maps.
+        ValueError: for boxes that are not integers, are empty or leave the
+            maps, or an unknown ``reduce``.
     """
+    check_reduce(reduce)
     m = _maps(maps)
     inside = _boxes(boxes, m.shape)
     axes = tuple(range(1, m.ndim))
     top = m.max(axis=axes, keepdims=True)
     peaks = m == top
     hit = (peaks & inside).any(axis=axes) & ~peaks.all(axis=axes)
-    return float(100.0 * hit.mean())
+    return reduced(100.0 * hit, reduce)
 
 
-def energy_pointing_game(maps, boxes) -> float:
+def energy_pointing_game(maps, boxes, *, reduce="mean"):
     """Energy-based pointing game, in percent (higher is better).
 
     ``100 * mean_i sum_{box} M_i / sum M_i`` (Wang et al. 2020): the share of
@@ -79,10 +85,13 @@ def energy_pointing_game(maps, boxes) -> float:
     Args:
         maps: ``(N, H, W)`` non-negative maps.
         boxes: ``(N, 4)`` integer ``(y0, x0, y1, x1)``, end exclusive.
+        reduce: ``"mean"`` (the mean over images) or None (one value per image).
 
     Returns:
-        The mean share, in percent, a float in [0, 100].
+        The mean share, in percent, a float in [0, 100]; with ``reduce=None``
+        the ``(N,)`` per-image shares.
     """
+    check_reduce(reduce)
     m = _maps(maps)
     if m.min() < 0:
         raise ValueError("`maps` must be non-negative for the energy pointing game (energy is a mass).")
@@ -90,4 +99,4 @@ def energy_pointing_game(maps, boxes) -> float:
     axes = tuple(range(1, m.ndim))
     total = m.sum(axis=axes)
     share = np.divide((m * inside).sum(axis=axes), total, out=np.zeros_like(total), where=total > 0)
-    return float(100.0 * share.mean())
+    return reduced(100.0 * share, reduce)

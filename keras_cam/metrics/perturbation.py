@@ -13,8 +13,11 @@ applied once; a model that outputs logits gets a softmax):
   removed and filled in from its neighbours by :func:`impute`, so that the
   shape of what was removed does not itself tell the model anything.
 
-Images are scored ``batch_size`` at a time by one compiled ``tf.function``
-per model (:mod:`keras_cam.metrics._scoring`).
+Images are scored ``batch_size`` at a time by one compiled function per
+model (:mod:`keras_cam.metrics._scoring`); the changed images of the deletion
+and insertion curves are built on the device, inside it. Every function
+returns the mean over images, or with ``reduce=None`` one value per image
+(an ``(N,)`` float64 array whose mean is the default result).
 """
 
 from __future__ import annotations
@@ -24,17 +27,20 @@ import math
 import numbers
 
 import numpy as np
-import tensorflow as tf
 
+from keras_cam._compat import ops, to_host
 from keras_cam.metrics._scoring import (
     _check_batch_size,
     _classes,
     _inputs,
     _probabilities,
     _scorer,
+    check_reduce,
+    reduced,
 )
 
 SUBSTRATES = ("zeros", "blur", "mean")
+
 
 def _masked_scores(model, images, maps, targets, batch_size):
     """``(Y, O)``: the class probability on each image and on ``image * map``."""
@@ -47,11 +53,11 @@ def _masked_scores(model, images, maps, targets, batch_size):
             f"{m.max():.3g}]); explain with normalize=True (the default)."
         )
     y, idx = _classes(scorer, x, targets, batch_size)
-    o, _ = _probabilities(scorer, x * m[..., None], idx, batch_size)
+    o, _ = _probabilities(scorer, x * ops.convert_to_tensor(m[..., None]), idx, batch_size)
     return y.astype(np.float64), o.astype(np.float64)
 
 
-def average_drop(model, images, maps, targets=None, *, batch_size=32) -> float:
+def average_drop(model, images, maps, targets=None, *, batch_size=32, reduce="mean"):
     """Average Drop, in percent (lower is better).
 
     ``100 * mean_i max(0, Y_i - O_i) / Y_i`` (Chattopadhyay et al. 2018, eq. 23),
@@ -65,19 +71,22 @@ def average_drop(model, images, maps, targets=None, *, batch_size=32) -> float:
         maps: ``(N, H, W)`` in [0, 1] at the image size.
         targets: None (top-1), an int, or one int per image.
         batch_size: images per compiled model call.
+        reduce: ``"mean"`` (the mean over images) or None (one value per image).
 
     Returns:
-        The percentage, a float in [0, 100].
+        The percentage, a float in [0, 100]; with ``reduce=None`` the ``(N,)``
+        per-image drops ``100 max(0, Y_i - O_i) / Y_i``.
 
     Raises:
         ValueError: for maps that are not ``(N, H, W)`` in [0, 1] at the image
-            size, or invalid targets.
+            size, invalid targets or an unknown ``reduce``.
     """
+    check_reduce(reduce)
     y, o = _masked_scores(model, images, maps, targets, batch_size)
-    return float(100.0 * np.mean(np.maximum(0.0, y - o) / np.maximum(y, 1e-12)))
+    return reduced(100.0 * np.maximum(0.0, y - o) / np.maximum(y, 1e-12), reduce)
 
 
-def increase_in_confidence(model, images, maps, targets=None, *, batch_size=32) -> float:
+def increase_in_confidence(model, images, maps, targets=None, *, batch_size=32, reduce="mean"):
     """Increase in Confidence, in percent (higher is better).
 
     ``100 * mean_i [Y_i < O_i]`` (Chattopadhyay et al. 2018, eq. 24): the share of
@@ -90,33 +99,32 @@ def increase_in_confidence(model, images, maps, targets=None, *, batch_size=32) 
         maps: ``(N, H, W)`` in [0, 1] at the image size.
         targets: None (top-1), an int, or one int per image.
         batch_size: images per compiled model call.
+        reduce: ``"mean"`` (the mean over images) or None (one value per image).
 
     Returns:
-        The percentage, a float in [0, 100].
+        The percentage, a float in [0, 100]; with ``reduce=None`` the ``(N,)``
+        per-image values, 100 where the probability rose and 0 elsewhere.
     """
+    check_reduce(reduce)
     y, o = _masked_scores(model, images, maps, targets, batch_size)
-    return float(100.0 * np.mean(y < o))
+    return reduced(100.0 * (y < o), reduce)
 
 
 def _gaussian_blur(x, sigma):
-    """A separable Gaussian blur of ``(N, *S, C)`` along every spatial axis (reflected edges)."""
+    """A separable Gaussian blur of a numpy ``(N, *S, C)`` along every spatial axis (reflected
+    edges), in float64 on the host: the substrate is made once per call, the same on every backend."""
     radius = max(1, math.ceil(3 * sigma))
     t = np.arange(-radius, radius + 1, dtype=np.float64)
     k = np.exp(-0.5 * (t / sigma) ** 2)
-    k = tf.constant((k / k.sum()).astype(np.float32))
-    rank = x.shape.rank - 2
-    out = x
-    for axis in range(1, rank + 1):
-        size = int(x.shape[axis])
-        # Move the axis last, blur it as a 1-D convolution over every other index.
-        perm = [a for a in range(x.shape.rank) if a != axis] + [axis]
-        moved = tf.transpose(out, perm)
-        shape = tf.shape(moved)
-        rows = tf.reshape(moved, (-1, size, 1))
-        mode = "REFLECT" if radius < size else "SYMMETRIC"
-        rows = tf.pad(rows, [[0, 0], [radius, radius], [0, 0]], mode=mode)
-        rows = tf.nn.conv1d(rows, tf.reshape(k, (-1, 1, 1)), 1, "VALID")
-        out = tf.transpose(tf.reshape(rows, shape), np.argsort(perm))
+    k /= k.sum()
+    out = np.asarray(x, np.float64)
+    for axis in range(1, out.ndim - 1):
+        size = out.shape[axis]
+        pad = [(0, 0)] * out.ndim
+        pad[axis] = (radius, radius)
+        padded = np.pad(out, pad, mode="reflect" if radius < size else "symmetric")
+        # The window slides along the axis; the kernel is symmetric, so correlation is convolution.
+        out = np.lib.stride_tricks.sliding_window_view(padded, len(k), axis=axis) @ k
     return out
 
 
@@ -128,32 +136,36 @@ def substrate_images(images, substrate="zeros"):
 
     Args:
         images: a channels-last batch ``(N, *S, C)``: ``(N, H, W, C)`` images,
-            ``(N, T, C)`` signals or ``(N, D, H, W, C)`` volumes.
+            ``(N, T, C)`` signals or ``(N, D, H, W, C)`` volumes (numpy or a tensor).
         substrate: ``"zeros"``, ``"mean"``, ``"blur"`` or an array.
 
     Returns:
-        A float32 tensor of the images' shape.
+        A float32 numpy array of the images' shape.
 
     Raises:
         ValueError: for an unknown name or an array that does not broadcast.
     """
-    x = tf.convert_to_tensor(images, tf.float32)
-    if x.shape.rank not in (3, 4, 5):
-        raise ValueError(f"`images` must be a batch (N, *S, C); received shape {tuple(x.shape)}.")
+    x = np.asarray(to_host(images), np.float32)
+    if x.ndim not in (3, 4, 5):
+        raise ValueError(f"`images` must be a batch (N, *S, C); received shape {x.shape}.")
     if isinstance(substrate, str):
         if substrate == "zeros":
-            return tf.zeros_like(x)
+            return np.zeros_like(x)
         if substrate == "mean":
-            axes = tuple(range(1, x.shape.rank - 1))
-            return tf.broadcast_to(tf.reduce_mean(x, axis=axes, keepdims=True), tf.shape(x))
+            axes = tuple(range(1, x.ndim - 1))
+            return np.broadcast_to(x.mean(axis=axes, keepdims=True, dtype=np.float64), x.shape).astype(np.float32)
         if substrate == "blur":
-            return _gaussian_blur(x, 5.0 * max(int(d) for d in x.shape[1:-1]) / 224.0)
+            return _gaussian_blur(x, 5.0 * max(x.shape[1:-1]) / 224.0).astype(np.float32)
         raise ValueError(f"`substrate` must be one of {SUBSTRATES} or an array; received {substrate!r}.")
+    return _broadcast_substrate(substrate, x.shape)
+
+
+def _broadcast_substrate(substrate, shape):
     try:
-        return tf.broadcast_to(tf.cast(substrate, tf.float32), tf.shape(x))
-    except (ValueError, tf.errors.InvalidArgumentError) as err:
+        return np.array(np.broadcast_to(np.asarray(to_host(substrate), np.float32), shape))
+    except ValueError as err:
         raise ValueError(
-            f"A `substrate` array must broadcast to the images' shape {tuple(x.shape)}; received "
+            f"A `substrate` array must broadcast to the images' shape {tuple(shape)}; received "
             f"shape {np.shape(substrate)}."
         ) from err
 
@@ -184,10 +196,10 @@ def _auc_curve(model, images, maps, targets, steps, substrate, batch_size, inser
     x, m = _inputs(images, maps, scorer)
     _, idx = _classes(scorer, x, targets, batch_size)
     if not isinstance(substrate, str) and scorer.graph.data_format == "channels_first":
-        full = tf.broadcast_to(tf.cast(substrate, tf.float32), tf.shape(scorer.graph.to_model_format(x)))
-        substrate = scorer.graph.to_channels_last(full)  # given like the images, used channels-last
-    base = substrate_images(x, substrate)
-    ranks = tf.constant(saliency_ranks(m))
+        full = _broadcast_substrate(substrate, tuple(scorer.graph.to_model_format(x).shape))
+        substrate = to_host(scorer.graph.to_channels_last(full))  # given like the images, used channels-last
+    base = ops.convert_to_tensor(substrate_images(x, substrate))
+    ranks = ops.convert_to_tensor(saliency_ranks(m))
     pixels = int(np.prod(m.shape[1:]))
     counts = (np.arange(steps + 1) * pixels) // steps           # pixels changed after step t
     n_chunk = min(batch_size, len(m))
@@ -197,10 +209,11 @@ def _auc_curve(model, images, maps, targets, steps, substrate, batch_size, inser
     for i in range(0, len(m), n_chunk):
         s = slice(i, i + n_chunk)
         rows = [
-            scorer.curve(x[s], ranks[s], base[s], tf.constant(idx[s]), tf.constant(padded[t:t + t_chunk]), insert)
+            scorer.curve(x[s], ranks[s], base[s], ops.convert_to_tensor(idx[s]),
+                         ops.convert_to_tensor(padded[t:t + t_chunk]), insert)
             for t in range(0, len(padded), t_chunk)
         ]
-        curves.append(np.concatenate([r.numpy() for r in rows])[: len(counts)].T)
+        curves.append(np.concatenate([np.asarray(to_host(r)) for r in rows])[: len(counts)].T)
     return np.concatenate(curves).astype(np.float64)
 
 
@@ -210,7 +223,8 @@ def _trapezoid(curves):
     return (curves.sum(axis=1) - 0.5 * (curves[:, 0] + curves[:, -1])) / steps
 
 
-def deletion_auc(model, images, maps, targets=None, steps=100, substrate="zeros", *, batch_size=32) -> float:
+def deletion_auc(model, images, maps, targets=None, steps=100, substrate="zeros", *, batch_size=32,
+                 reduce="mean"):
     """Deletion AUC (Petsiuk et al. 2018), mean over images; lower is better.
 
     The pixels of each image are replaced by the substrate in order of
@@ -230,15 +244,18 @@ def deletion_auc(model, images, maps, targets=None, steps=100, substrate="zeros"
         substrate: ``"zeros"``, ``"blur"``, ``"mean"`` or an array; see
             :func:`substrate_images`.
         batch_size: images per compiled model call.
+        reduce: ``"mean"`` (the mean over images) or None (one area per image).
 
     Returns:
-        The mean area, a float in [0, 1].
+        The mean area, a float in [0, 1]; with ``reduce=None`` the ``(N,)`` areas.
     """
+    check_reduce(reduce)
     curves = _auc_curve(model, images, maps, targets, steps, substrate, batch_size, insert=False)
-    return float(np.mean(_trapezoid(curves)))
+    return reduced(_trapezoid(curves), reduce)
 
 
-def insertion_auc(model, images, maps, targets=None, steps=100, substrate="zeros", *, batch_size=32) -> float:
+def insertion_auc(model, images, maps, targets=None, steps=100, substrate="zeros", *, batch_size=32,
+                  reduce="mean"):
     """Insertion AUC (Petsiuk et al. 2018), mean over images; higher is better.
 
     Starts from the substrate and puts the image's pixels back in order of
@@ -255,12 +272,14 @@ def insertion_auc(model, images, maps, targets=None, steps=100, substrate="zeros
         steps: number of insertion steps (``steps + 1`` model evaluations per image).
         substrate: what the pixels are inserted into; see :func:`substrate_images`.
         batch_size: images per compiled model call.
+        reduce: ``"mean"`` (the mean over images) or None (one area per image).
 
     Returns:
-        The mean area, a float in [0, 1].
+        The mean area, a float in [0, 1]; with ``reduce=None`` the ``(N,)`` areas.
     """
+    check_reduce(reduce)
     curves = _auc_curve(model, images, maps, targets, steps, substrate, batch_size, insert=True)
-    return float(np.mean(_trapezoid(curves)))
+    return reduced(_trapezoid(curves), reduce)
 
 
 # --- ROAD: remove and debias ------------------------------------------------------------------
@@ -455,7 +474,7 @@ def _check_percentages(percentages):
 
 
 def road(model, images, maps, targets=None, percentages=PERCENTAGES, order="morf", *, noise=0.01, seed=0,
-         batch_size=32) -> float:
+         batch_size=32, reduce="mean"):
     """ROAD, RemOve And Debias (Rong et al. 2022): the class probability with pixels removed and imputed.
 
     For each percentage ``p``, the ``round(p P / 100)`` pixels of the ``P``
@@ -488,20 +507,23 @@ def road(model, images, maps, targets=None, percentages=PERCENTAGES, order="morf
         noise: the imputation noise's standard deviation (see :func:`impute`).
         seed: the seed of the imputation noise.
         batch_size: images per compiled model call.
+        reduce: ``"mean"`` (the mean over images) or None (one value per image).
 
     Returns:
         The mean probability (``"morf"``, ``"lerf"``, in [0, 1]) or the
-        half-difference (``"combined"``, in [-0.5, 0.5]), a float.
+        half-difference (``"combined"``, in [-0.5, 0.5]), a float; with
+        ``reduce=None`` the ``(N,)`` per-image values.
 
     Raises:
-        ValueError: for an unknown order, percentages outside (0, 100), or
-            maps that are not one per image at the image size.
+        ValueError: for an unknown order, percentages outside (0, 100),
+            maps that are not one per image at the image size, or an unknown ``reduce``.
 
     Example:
         >>> keras_cam.metrics.road(model, images, maps, order="combined")   # higher is better
     """
     if order not in ROAD_ORDERS:
         raise ValueError(f"`order` must be one of {ROAD_ORDERS}; received {order!r}.")
+    check_reduce(reduce)
     pcts = _check_percentages(percentages)
     _check_batch_size(batch_size)
     if not isinstance(noise, numbers.Real) or noise < 0:
@@ -509,8 +531,8 @@ def road(model, images, maps, targets=None, percentages=PERCENTAGES, order="morf
     curves = _road_curves(model, images, maps, targets, pcts, order, noise, seed, batch_size)
     per_image = {o: c.mean(axis=1) for o, c in curves.items()}
     if order == "combined":
-        return float(np.mean((per_image["lerf"] - per_image["morf"]) / 2))
-    return float(np.mean(per_image[order]))
+        return reduced((per_image["lerf"] - per_image["morf"]) / 2, reduce)
+    return reduced(per_image[order], reduce)
 
 
 def _road_curves(model, images, maps, targets, pcts, order, noise, seed, batch_size):
@@ -523,7 +545,7 @@ def _road_curves(model, images, maps, targets, pcts, order, noise, seed, batch_s
     pixels = int(np.prod(m.shape[1:]))
     counts = [min(int(round(p * pixels / 100.0)), pixels - 1) for p in pcts]  # keep a pixel to impute from
     combos = [(o, j) for o in orders for j in range(len(pcts))]
-    values = np.asarray(x, np.float64)
+    values = np.asarray(to_host(x), np.float64)
     n = len(values)
     probs = np.empty((n, len(combos)))
     per_chunk = max(1, batch_size // len(combos))
@@ -535,7 +557,7 @@ def _road_curves(model, images, maps, targets, pcts, order, noise, seed, batch_s
             for k, (i, (o, j)) in enumerate((i, c) for i in rows for c in combos):
                 rng = np.random.default_rng((int(seed), i, j, ROAD_ORDERS.index(o)))
                 filled[k] += removed[k][..., None] * rng.normal(0.0, noise, filled.shape[1:])
-        filled = tf.constant(filled.astype(np.float32))
+        filled = ops.convert_to_tensor(filled.astype(np.float32))
         cls = np.repeat(idx[rows.start:rows.stop], len(combos))
         p, _ = _probabilities(scorer, filled, cls, batch_size)
         probs[rows.start:rows.stop] = p.reshape(len(rows), len(combos))

@@ -13,7 +13,9 @@
 
 ``sparseness`` and ``complexity`` take maps; ``random_logit`` and
 ``max_sensitivity`` take an explainer, since they explain again (other
-classes, perturbed images). Maps have any layout ``(N, *S)``.
+classes, perturbed images). Maps have any layout ``(N, *S)``. Each returns
+the mean over images, or with ``reduce=None`` one value per image. The maps
+are host arrays, so these are computed with numpy, the same on every backend.
 """
 
 from __future__ import annotations
@@ -23,8 +25,9 @@ import numbers
 
 import numpy as np
 
-from keras_cam.base import as_batch
-from keras_cam.metrics._scoring import _maps
+from keras_cam._compat import to_host
+from keras_cam.inputs import as_batch
+from keras_cam.metrics._scoring import _maps, check_reduce, reduced
 
 
 def _flat_abs(maps):
@@ -32,7 +35,7 @@ def _flat_abs(maps):
     return np.abs(m.reshape(len(m), -1))
 
 
-def sparseness(maps) -> float:
+def sparseness(maps, *, reduce="mean"):
     """The Gini index of each map's absolute values (Chalasani et al. 2020), mean over maps; higher is sparser.
 
     With the ``n`` absolute values ``a_(1) <= ... <= a_(n)`` of a map sorted
@@ -46,25 +49,28 @@ def sparseness(maps) -> float:
 
     Args:
         maps: ``(N, *S)`` maps: ``(N, H, W)`` (or ``(N, T)``, ``(N, D, H, W)``).
+        reduce: ``"mean"`` (the mean over maps) or None (one value per map).
 
     Returns:
-        The mean Gini index, a float in [0, 1).
+        The mean Gini index, a float in [0, 1); with ``reduce=None`` the ``(N,)`` indices.
 
     Raises:
-        ValueError: for maps that are not a batch ``(N, *S)`` or hold NaN/Inf.
+        ValueError: for maps that are not a batch ``(N, *S)`` or hold NaN/Inf,
+            or an unknown ``reduce``.
 
     Example:
         >>> keras_cam.metrics.sparseness(keras_cam.GradCAM(model)(images))
     """
+    check_reduce(reduce)
     a = np.sort(_flat_abs(maps), axis=1)
     n = a.shape[1]
     i = np.arange(1, n + 1)
     total = a.sum(axis=1)
     gini = np.divide(((2 * i - n - 1) * a).sum(axis=1), n * total, out=np.zeros(len(a)), where=total > 0)
-    return float(gini.mean())
+    return reduced(gini, reduce)
 
 
-def complexity(maps) -> float:
+def complexity(maps, *, reduce="mean"):
     """The entropy of each map's absolute values (Bhatt et al. 2020), mean over maps; lower is simpler.
 
     With ``p_i = |m_i| / sum_j |m_j|`` over the ``n`` pixels of a map,
@@ -81,22 +87,26 @@ def complexity(maps) -> float:
 
     Args:
         maps: ``(N, *S)`` maps: ``(N, H, W)`` (or ``(N, T)``, ``(N, D, H, W)``).
+        reduce: ``"mean"`` (the mean over maps) or None (one value per map).
 
     Returns:
-        The mean entropy in nats, a float in [0, log n].
+        The mean entropy in nats, a float in [0, log n]; with ``reduce=None``
+        the ``(N,)`` entropies.
 
     Raises:
-        ValueError: for maps that are not a batch ``(N, *S)`` or hold NaN/Inf.
+        ValueError: for maps that are not a batch ``(N, *S)`` or hold NaN/Inf,
+            or an unknown ``reduce``.
 
     Example:
         >>> keras_cam.metrics.complexity(keras_cam.GradCAM(model)(images))
     """
+    check_reduce(reduce)
     a = _flat_abs(maps)
     total = a.sum(axis=1, keepdims=True)
     zero = total[:, 0] == 0
     p = np.divide(a, total, out=np.full_like(a, 1.0 / a.shape[1]), where=~zero[:, None])
     logs = np.log(p, out=np.zeros_like(p), where=p > 0)
-    return float((-(p * logs).sum(axis=1)).mean())
+    return reduced(-(p * logs).sum(axis=1), reduce)
 
 
 def _gaussian_window(size, sigma=1.5):
@@ -123,8 +133,10 @@ def ssim(a, b, max_val=1.0):
 
     ``SSIM = mean over positions of (2 mu_a mu_b + c1)(2 s_ab + c2) / ((mu_a^2 + mu_b^2 + c1)(s_a^2 + s_b^2 + c2))``.
 
-    For images ``(N, H, W)`` this is ``tf.image.ssim`` (and
-    :func:`keras_cam.sanity.ssim`) up to float rounding.
+    For images ``(N, H, W)`` this is TensorFlow's ``tf.image.ssim`` and
+    scikit-image's ``structural_similarity`` (Gaussian weights, sigma 1.5,
+    population covariance) up to float rounding; :func:`keras_cam.sanity.ssim`
+    is this function.
 
     Args:
         a: ``(N, *S)`` maps.
@@ -160,10 +172,10 @@ def _single_input_batch(explainer, images, what):
         raise ValueError(f"{what} perturbs the input of single-input models; this explainer's model has "
                          f"the inputs {graph.input_names}.")
     x, _ = as_batch(images, graph.inputs)
-    return x.numpy()
+    return np.asarray(to_host(x))
 
 
-def random_logit(explainer, images, targets=None, seed=0) -> float:
+def random_logit(explainer, images, targets=None, seed=0, *, reduce="mean"):
     """Random-logit test (Sixt et al. 2020): the SSIM between the map of the explained class and of another.
 
     For each image, the map of its class ``c`` (top-1 by default) is
@@ -179,12 +191,15 @@ def random_logit(explainer, images, targets=None, seed=0) -> float:
         images: a batch as the explainer's model takes it.
         targets: None (top-1), an int, or one int per image: the explained class.
         seed: the seed of the random other classes.
+        reduce: ``"mean"`` (the mean over images) or None (one value per image).
 
     Returns:
-        The mean SSIM, a float in [-1, 1].
+        The mean SSIM, a float in [-1, 1]; with ``reduce=None`` the ``(N,)``
+        per-image SSIMs.
 
     Raises:
-        ValueError: for a model with fewer than 2 classes, or a multi-input model.
+        ValueError: for a model with fewer than 2 classes, a multi-input
+            model, or an unknown ``reduce``.
         TypeError: for a callable target (it has no other class).
 
     Example:
@@ -193,6 +208,7 @@ def random_logit(explainer, images, targets=None, seed=0) -> float:
     if callable(targets):
         raise TypeError("random_logit compares classes, so `targets` must be None (top-1), an int or one int "
                         "per image; a callable target has no other class.")
+    check_reduce(reduce)
     x = _single_input_batch(explainer, images, "random_logit")
     first = explainer.explain(x, targets)
     classes = np.asarray(first.targets, np.int64)
@@ -202,10 +218,10 @@ def random_logit(explainer, images, targets=None, seed=0) -> float:
     draw = np.random.default_rng(seed).integers(0, k - 1, size=len(classes))
     others = (draw + (draw >= classes)).astype(np.int32)
     second = explainer(x, others)
-    return float(ssim(first.maps, second).mean())
+    return reduced(ssim(first.maps, second), reduce)
 
 
-def max_sensitivity(explainer, images, targets=None, radius=0.02, samples=10, seed=0) -> float:
+def max_sensitivity(explainer, images, targets=None, radius=0.02, samples=10, seed=0, *, reduce="mean"):
     """Max-sensitivity (Yeh et al. 2019): the largest relative change of the map under small perturbations.
 
     ``SENS(x) = max_i ||E(x + d_i) - E(x)|| / ||E(x)||`` over ``samples``
@@ -228,13 +244,15 @@ def max_sensitivity(explainer, images, targets=None, radius=0.02, samples=10, se
             value range.
         samples: the number of perturbations per image.
         seed: the seed of the perturbations.
+        reduce: ``"mean"`` (the mean over images) or None (one value per image).
 
     Returns:
-        The mean max-sensitivity, a float >= 0.
+        The mean max-sensitivity, a float >= 0; with ``reduce=None`` the
+        ``(N,)`` per-image values.
 
     Raises:
-        ValueError: for a negative radius, fewer than 1 sample, or a
-            multi-input model.
+        ValueError: for a negative radius, fewer than 1 sample, a
+            multi-input model, or an unknown ``reduce``.
 
     Example:
         >>> keras_cam.metrics.max_sensitivity(keras_cam.GradCAM(model), images, radius=0.02)
@@ -243,9 +261,10 @@ def max_sensitivity(explainer, images, targets=None, radius=0.02, samples=10, se
         raise ValueError(f"`radius` must be a finite number >= 0; received {radius!r}.")
     if not isinstance(samples, (int, np.integer)) or samples < 1:
         raise ValueError(f"`samples` must be a positive int; received {samples!r}.")
+    check_reduce(reduce)
     x = _single_input_batch(explainer, images, "max_sensitivity")
     # The clean maps come from the compiled computation, as every perturbed one does: an
-    # explainer runs the first call of an input shape eagerly (keras_cam.base.Compiled), and
+    # explainer runs the first call of an input shape eagerly (keras_cam.compiled.Compiled), and
     # eager and compiled kernels round differently (~1e-7), which would read as sensitivity.
     explainer.explain(x, targets)
     first = explainer.explain(x, targets)
@@ -259,9 +278,9 @@ def max_sensitivity(explainer, images, targets=None, radius=0.02, samples=10, se
     last = tuple(inputs.to_channels_last(x[:1]).shape[1:])
     for _ in range(samples):
         # drawn channels-last, so that a channels-first model gets the same perturbations
-        d = np.asarray(inputs.to_model_format(rng.uniform(-1.0, 1.0, (len(x),) + last))) * half
+        d = np.asarray(to_host(inputs.to_model_format(rng.uniform(-1.0, 1.0, (len(x),) + last)))) * half
         maps = np.asarray(explainer(x + d.astype(np.float32), fixed), np.float64).reshape(len(x), -1)
         worst = np.maximum(worst, np.linalg.norm(maps - base, axis=1))
     norm = np.linalg.norm(base, axis=1)
     ratio = np.divide(worst, norm, out=np.where(worst > 0, np.inf, 0.0), where=norm > 0)
-    return float(ratio.mean())
+    return reduced(ratio, reduce)
