@@ -16,7 +16,10 @@ when the pass ends.
 
 from __future__ import annotations
 
-import tensorflow as tf
+from keras import tree
+
+from keras_cam import backend as _backend
+from keras_cam._compat import ops
 
 
 class _Call:
@@ -114,8 +117,8 @@ class Recording:
 
     A layer keeps its own call order: its ``i``-th call in a replay takes its
     ``i``-th action. The recorded outputs are tensors of the trace that made
-    them: a recording is used within the same ``tf.function`` trace (or
-    eagerly, if it was made eagerly).
+    them: a recording is used within the same compiled call (the same
+    ``tf.function`` or ``jax.jit`` trace), or eagerly if it was made eagerly.
 
     Attributes:
         layer: the target layer (a :class:`~keras_cam.saved_model.GraphOp`
@@ -125,6 +128,9 @@ class Recording:
         batch: the number of inputs of the recorded pass, as traced (None
             when unknown): a recorded output whose first axis has this
             length (or is unknown) has one row per input and is gathered.
+
+    Tensors of every backend are handled alike (``keras.ops.take``); nested
+    outputs (tuples, lists, dicts) are gathered leaf by leaf.
     """
 
     RUN = _Action("RUN")
@@ -147,16 +153,16 @@ class Recording:
             return output
 
         def gather(t):
-            if not tf.is_tensor(t) or len(t.shape) == 0:
+            if not _backend.is_tensor(t) or len(t.shape) == 0:
                 return t
             # One row per input when its first axis is the batch's (or, like an
             # unknown batch size, not known when traced); otherwise a constant
             # such as a position embedding (1, L, K), the same for every input.
             first = t.shape[0]
             if first is None or first == self.batch:
-                return tf.gather(t, rows)
+                return ops.take(t, rows, axis=0)
             return t
-        return tf.nest.map_structure(gather, output)
+        return tree.map_structure(gather, output)
 
     def replayer(self, actions, rows, replace):
         """The ``replaced_call`` function of one layer in a replay (fresh call count)."""

@@ -152,6 +152,18 @@ def scatter_add(values, indices, updates):
     return values.at[tuple(jnp.moveaxis(indices, -1, 0))].add(updates.astype(values.dtype))
 
 
+def dynamic_rows(x, start, count, size):
+    """Rows ``start .. start + count - 1`` of ``x`` for a scalar tensor ``count <= size``.
+
+    JAX's shapes are static: returns ``size`` rows from ``start``
+    (``x`` must have them: ``start + size <= len(x)``, else the window is
+    shifted back to fit) and ``valid``, a ``(size,)`` bool mask of the first
+    ``count`` rows, the ones asked for; the caller discards the others.
+    """
+    rows = jax.lax.dynamic_slice_in_dim(x, start, size, axis=0)
+    return rows, jnp.arange(size) < count
+
+
 def host_callback(fn, *args):
     """Call ``fn(*args)`` on the host with the values, also from inside a compiled function."""
     jax.debug.callback(lambda *a: fn(*(int(x) for x in a)), *args)

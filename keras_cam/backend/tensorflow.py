@@ -177,6 +177,15 @@ def scatter_add(values, indices, updates):
     return tf.tensor_scatter_nd_add(values, indices, tf.cast(updates, values.dtype))
 
 
+def dynamic_rows(x, start, count, size):
+    """Rows ``start .. start + count - 1`` of ``x`` for a scalar tensor ``count <= size``.
+
+    Returns ``(rows, valid)``: here the rows themselves, a dynamic shape
+    (``tf.while_loop`` and ``tf.function`` take it), and ``valid`` None.
+    """
+    return x[start:start + count], None
+
+
 def host_callback(fn, *args):
     """Call ``fn(*args)`` on the host with the values, also from inside a compiled function."""
     tf.py_function(lambda *a: fn(*(int(x) for x in a)), list(args), [])

@@ -127,6 +127,16 @@ def scatter_add(values, indices, updates):
     return values.index_put(index, updates.to(values.dtype), accumulate=True)
 
 
+def dynamic_rows(x, start, count, size):
+    """Rows ``start .. start + count - 1`` of ``x`` for a scalar ``count <= size``.
+
+    Returns ``(rows, valid)``: the rows themselves (PyTorch runs eagerly)
+    and ``valid`` None.
+    """
+    start = int(start)
+    return x[start:start + int(count)], None
+
+
 def host_callback(fn, *args):
     """Call ``fn(*args)`` (PyTorch runs eagerly)."""
     fn(*(int(a) for a in args))

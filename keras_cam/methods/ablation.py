@@ -20,10 +20,10 @@ the target run once per image, whatever the number of channels.
 
 from __future__ import annotations
 
-import tensorflow as tf
-
 from keras_cam import layout as _layout
 from keras_cam import targets as _targets
+from keras_cam._compat import ops
+from keras_cam.methods.score import stream_selected
 from keras_cam.methods.streaming import StreamingExplainer
 
 # The smallest |y| divided by: keeps the weights finite when the clean score is 0.
@@ -72,7 +72,7 @@ class AblationCAM(StreamingExplainer):
             default, as the paper); False scores the model's own output.
         batch_size: ablated passes per forward pass, and images per call.
             Lower it if the model runs out of memory.
-        verbose: 1 draws a progress bar over the ablated passes, 0 is silent.
+        verbose: 0 (the default) is silent, 1 draws a progress bar over the ablated passes.
         aug_smooth: see :class:`keras_cam.Explainer`.
         eigen_smooth: see :class:`keras_cam.Explainer`.
         image_input: see :class:`keras_cam.Explainer`.
@@ -90,7 +90,7 @@ class AblationCAM(StreamingExplainer):
 
     _weights_channels = True
 
-    def __init__(self, model, layer=None, *, output=None, linearize=True, batch_size=32, verbose=1,
+    def __init__(self, model, layer=None, *, output=None, linearize=True, batch_size=32, verbose=0,
                  aug_smooth=False, eigen_smooth=False, image_input=None, data_format=None, reshape=None):
         if callable(reshape):
             raise ValueError(
@@ -105,17 +105,17 @@ class AblationCAM(StreamingExplainer):
     def raw_maps(self, images, class_idx, target_fn=None):
         raw, layouts, outputs, recording = self.graph.capture(images, record=True)
         scored = self.target_scores(outputs, class_idx, target_fn)
-        a = tf.cast(layouts[0].view(raw[0]), tf.float32)
+        a = ops.cast(layouts[0].view(raw[0]), "float32")
         live = self.channels(a)
         ablated = self.ablated_scores(images, raw[0], layouts[0], recording, live, scored[1], target_fn)
         y = scored[0][:, None]
-        w = tf.where(live, (y - ablated) / tf.maximum(tf.abs(y), EPSILON), 0.0)
+        w = ops.where(live, (y - ablated) / ops.maximum(ops.abs(y), EPSILON), 0.0)
         return self.reduce_channels(_layout.weigh_channels(a, w)), scored
 
     @staticmethod
     def channels(a):
         """``(N, K)`` bool: the channels to ablate, those not zero everywhere."""
-        return tf.reduce_any(tf.not_equal(a, 0), axis=_layout.spatial_axes(a))
+        return ops.any(ops.not_equal(a, 0), axis=_layout.spatial_axes(a))
 
     def ablated_scores(self, images, raw, layout, recording, live, idx, target_fn=None):
         """``(N, K)``: the score ``y^(k)`` with channel ``k`` zeroed, for every live pair; 0 elsewhere.
@@ -129,10 +129,9 @@ class AblationCAM(StreamingExplainer):
             idx: ``(N,)`` the classes explained (for class targets).
             target_fn: the bound target object or callable, or None.
         """
-        pairs = tf.where(live)  # (P, 2): image, channel
         features = layout.view(raw)
-        k = tf.shape(features)[-1]
-        ones = tf.ones([features.shape.rank - 2], tf.int32)
+        k = int(features.shape[-1])
+        shape = (-1,) + (1,) * (len(features.shape) - 2) + (k,)
         one_image = features.shape[0] == 1  # every row of a chunk is that image: broadcast, no gather
 
         def scores(chunk):
@@ -140,12 +139,11 @@ class AblationCAM(StreamingExplainer):
             # (b, 1.., K): 0 at the ablated channel, 1 elsewhere. One multiply makes the
             # ablated copies (the cheapest way on CPU: a select costs more; activations
             # are finite, so 0 * A is 0).
-            keep = tf.one_hot(channel, k, on_value=0.0, off_value=1.0, dtype=features.dtype)
-            keep = tf.reshape(keep, tf.concat([tf.shape(keep)[:1], ones, tf.shape(keep)[1:]], axis=0))
-            ablated = (features if one_image else tf.gather(features, which)) * keep
-            outputs = self.graph.run(tf.gather(images, which), rows=which, recording=recording,
-                                     replace=layout.unview(ablated, tf.gather(raw, which)))
-            s, _, _ = self.target_scores(outputs, tf.gather(idx, which), _targets.rows(target_fn, which))
+            keep = ops.reshape(1.0 - ops.one_hot(channel, k, dtype=features.dtype), shape)
+            ablated = (features if one_image else ops.take(features, which, axis=0)) * keep
+            outputs = self.graph.run(ops.take(images, which, axis=0), rows=which, recording=recording,
+                                     replace=layout.unview(ablated, ops.take(raw, which, axis=0)))
+            s, _, _ = self.target_scores(outputs, ops.take(idx, which, axis=0), _targets.rows(target_fn, which))
             return chunk, s
 
-        return self.stream(pairs, scores, tf.zeros(tf.shape(live)))
+        return stream_selected(self, live, 1, scores, ops.zeros(tuple(live.shape), "float32"))

@@ -17,9 +17,10 @@ compiled function (:class:`~keras_cam.methods.streaming.StreamingExplainer`).
 from __future__ import annotations
 
 import numpy as np
-import tensorflow as tf
 
+from keras_cam import backend as _backend
 from keras_cam import targets as _targets
+from keras_cam._compat import ops
 from keras_cam.base import Explainer, minmax
 from keras_cam.methods.streaming import (StreamingExplainer, check_positive_int, check_noise, check_seed, grid,
                                          input_range, seeded_normal)
@@ -54,11 +55,11 @@ def input_gradients(explainer, images, class_idx, target_fn=None, rows=None):
 
     A score that does not depend on the input has a zero gradient.
     """
-    with tf.GradientTape(watch_accessed_variables=False) as tape:
-        tape.watch(images)
-        outputs = explainer.graph.run(images, rows=rows)
-        scored = explainer.target_scores(outputs, class_idx, target_fn)
-    grads = tape.gradient(scored[0], images, unconnected_gradients=tf.UnconnectedGradients.ZERO)
+    def forward(tap, x):
+        scored = explainer.target_scores(explainer.graph.run(x, rows=rows), class_idx, target_fn)
+        return scored[0], scored
+
+    _, scored, _, _, (grads,) = _backend.tapped_gradients(forward, (images,))
     return grads, scored
 
 
@@ -73,16 +74,16 @@ def mean_gradient(explainer, images, idx, target_fn, count, point):
 
     def gradients(chunk):                                 # (b, 2): image, j
         which = chunk[:, 0]
-        g, _ = input_gradients(explainer, point(which, chunk[:, 1]), tf.gather(idx, which),
+        g, _ = input_gradients(explainer, point(which, chunk[:, 1]), ops.take(idx, which, axis=0),
                                _targets.rows(target_fn, which), rows=which)
         return chunk[:, :1], g / count
 
-    return explainer.stream(grid(tf.shape(images)[0], count), gradients, tf.zeros_like(images))
+    return explainer.stream(grid(images.shape[0], count), gradients, ops.zeros_like(images))
 
 
 def _per_row(values, like):
     """``(b,)`` values shaped ``(b, 1, ..., 1)`` to scale rows of a tensor of ``like``'s rank."""
-    return tf.reshape(values, [-1] + [1] * (like.shape.rank - 1))
+    return ops.reshape(values, (-1,) + (1,) * (len(like.shape) - 1))
 
 
 def channel_max(grads):
@@ -94,7 +95,7 @@ def channel_max(grads):
     Returns:
         ``(N, *S)`` maps.
     """
-    return tf.reduce_max(tf.abs(grads), axis=-1)
+    return ops.max(ops.abs(grads), axis=-1)
 
 
 class _InputMaps:
@@ -127,6 +128,8 @@ class Saliency(_InputMaps, Explainer):
         data_format: see :class:`keras_cam.Explainer`.
         aug_smooth: not supported (a ValueError): use :class:`SmoothGrad`.
         eigen_smooth: not supported (a ValueError): no channels are weighted.
+        reshape: accepted and checked like every explainer's, so that one set
+            of options builds any method; with no target layer it changes nothing.
 
     Example:
         >>> maps = keras_cam.Saliency(model)(images)              # (N, H, W) in [0, 1]
@@ -134,10 +137,11 @@ class Saliency(_InputMaps, Explainer):
     """
 
     def __init__(self, model, layer=None, *, output=None, linearize=True, batch_size=32, image_input=None,
-                 data_format=None, aug_smooth=False, eigen_smooth=False):
+                 data_format=None, aug_smooth=False, eigen_smooth=False, reshape=None):
         _check_no_layer(type(self), layer, aug_smooth)
         super().__init__(model, None, output=output, linearize=linearize, batch_size=batch_size,
-                         eigen_smooth=eigen_smooth, image_input=image_input, data_format=data_format)
+                         eigen_smooth=eigen_smooth, image_input=image_input, data_format=data_format,
+                         reshape=reshape)
 
     uses_layer = False
 
@@ -175,24 +179,26 @@ class SmoothGrad(_InputMaps, StreamingExplainer):
         output: for multi-output models, the output holding the class scores.
         linearize: differentiate the logit before a final softmax/sigmoid.
         batch_size: noisy copies per forward pass, and inputs per call.
-        verbose: 1 draws a progress bar over the passes, 0 is silent.
+        verbose: 0 (the default) is silent, 1 draws a progress bar over the passes.
         image_input: see :class:`keras_cam.Explainer`.
         data_format: see :class:`keras_cam.Explainer`.
         aug_smooth: not supported (a ValueError).
         eigen_smooth: not supported (a ValueError).
+        reshape: accepted for a uniform call (see :class:`Saliency`); changes nothing.
 
     Example:
         >>> maps = keras_cam.SmoothGrad(model, samples=50, noise=0.15, verbose=0)(images)
     """
 
     def __init__(self, model, layer=None, *, samples=25, noise=0.2, seed=0, output=None, linearize=True,
-                 batch_size=32, verbose=1, image_input=None, data_format=None, aug_smooth=False,
-                 eigen_smooth=False):
+                 batch_size=32, verbose=0, image_input=None, data_format=None, aug_smooth=False,
+                 eigen_smooth=False, reshape=None):
         _check_no_layer(type(self), layer, aug_smooth)
         samples = check_positive_int("samples", samples, "noisy copies per input")
         noise, seed = check_noise(noise), check_seed(seed)
         super().__init__(model, None, output=output, linearize=linearize, batch_size=batch_size, verbose=verbose,
-                         eigen_smooth=eigen_smooth, image_input=image_input, data_format=data_format)
+                         eigen_smooth=eigen_smooth, image_input=image_input, data_format=data_format,
+                         reshape=reshape)
         self.samples, self.noise, self.seed = samples, noise, seed
 
     uses_layer = False
@@ -205,8 +211,8 @@ class SmoothGrad(_InputMaps, StreamingExplainer):
         sigma = self.noise * input_range(images)              # (N,)
 
         def noisy(which, sample):
-            eps = seeded_normal(self.seed, sample, tf.shape(images)[1:])
-            return tf.gather(images, which) + _per_row(tf.gather(sigma, which), images) * eps
+            eps = seeded_normal(self.seed, sample, tuple(images.shape[1:]))
+            return ops.take(images, which, axis=0) + _per_row(ops.take(sigma, which, axis=0), images) * eps
 
         return channel_max(mean_gradient(self, images, scored[1], target_fn, self.samples, noisy)), scored
 
@@ -244,33 +250,35 @@ class IntegratedGradients(StreamingExplainer):
             input), or a callable ``f(images) -> baselines`` that gets the
             batch as the model takes it and returns baselines of its shape (or
             broadcastable to it). The callable runs inside the compiled
-            function, so it must use TensorFlow ops (e.g. a blur,
-            ``lambda x: tf.nn.avg_pool2d(x, 9, 1, "SAME")``).
+            function, so it must use ``keras.ops`` (or the backend's own ops;
+            e.g. a blur, ``lambda x: keras.ops.average_pool(x, 9, 1, "same")``).
         steps: points of the path integral.
         output: for multi-output models, the output holding the class scores.
         linearize: differentiate the logit before a final softmax/sigmoid.
         batch_size: path points per forward pass, and inputs per call.
-        verbose: 1 draws a progress bar over the passes, 0 is silent.
+        verbose: 0 (the default) is silent, 1 draws a progress bar over the passes.
         image_input: see :class:`keras_cam.Explainer`.
         data_format: see :class:`keras_cam.Explainer`.
         aug_smooth: not supported (a ValueError).
         eigen_smooth: not supported (a ValueError).
+        reshape: accepted for a uniform call (see :class:`Saliency`); changes nothing.
 
     Example:
         >>> ig = keras_cam.IntegratedGradients(model, steps=64, verbose=0)
         >>> attributions = ig(images, targets=3, normalize=False)   # (N, H, W, C)
         >>> maps = ig(images)                                       # (N, H, W) in [0, 1]
         >>> blurred = keras_cam.IntegratedGradients(
-        ...     model, baseline=lambda x: tf.nn.avg_pool2d(x, 9, 1, "SAME"))
+        ...     model, baseline=lambda x: keras.ops.average_pool(x, 9, 1, "same"))
     """
 
     def __init__(self, model, layer=None, *, baseline=None, steps=50, output=None, linearize=True,
-                 batch_size=32, verbose=1, image_input=None, data_format=None, aug_smooth=False,
-                 eigen_smooth=False):
+                 batch_size=32, verbose=0, image_input=None, data_format=None, aug_smooth=False,
+                 eigen_smooth=False, reshape=None):
         _check_no_layer(type(self), layer, aug_smooth)
         steps = check_positive_int("steps", steps, "points of the path integral")
         super().__init__(model, None, output=output, linearize=linearize, batch_size=batch_size, verbose=verbose,
-                         eigen_smooth=eigen_smooth, image_input=image_input, data_format=data_format)
+                         eigen_smooth=eigen_smooth, image_input=image_input, data_format=data_format,
+                         reshape=reshape)
         self.steps = steps
         self.baseline = self._check_baseline(baseline)
 
@@ -312,22 +320,22 @@ class IntegratedGradients(StreamingExplainer):
         """``x'`` for channels-last ``images`` ``(N, *S, C)``, channels last, of the same shape."""
         x = self.graph.to_model_format(images)
         if self.baseline is None:
-            return tf.zeros_like(images)
+            return ops.zeros_like(images)
         if callable(self.baseline):
-            b = tf.cast(tf.convert_to_tensor(self.baseline(x)), tf.float32)
+            b = ops.cast(ops.convert_to_tensor(self.baseline(x)), "float32")
             what = "The baselines returned by the `baseline` callable have"
             allowed = tuple(x.shape)
         else:
-            b = tf.constant(self.baseline)
+            b = ops.convert_to_tensor(self.baseline)
             what = "`baseline` has"
             allowed = tuple(x.shape[1:])
-        if b.shape.rank is None or b.shape.rank > len(allowed) or not _broadcastable(tuple(b.shape), allowed):
+        if len(b.shape) > len(allowed) or not _broadcastable(tuple(b.shape), allowed):
             raise ValueError(
                 f"{what} shape {tuple(b.shape)}, which does not broadcast to the inputs "
                 f"{tuple(x.shape)} (as the model takes them). Return one baseline per input, of the "
                 f"inputs' shape."
             )
-        return self.graph.to_channels_last(tf.broadcast_to(b, tf.shape(x)))
+        return self.graph.to_channels_last(ops.broadcast_to(b, tuple(x.shape)))
 
     def attributions(self, images, class_idx, target_fn=None):
         """``(IG (N, *S, C), target_scores(...) at x)`` for channels-last ``images``."""
@@ -336,19 +344,19 @@ class IntegratedGradients(StreamingExplainer):
         delta = images - base
 
         def on_path(which, j):
-            alpha = (tf.cast(j, tf.float32) + 0.5) / self.steps
-            return tf.gather(base, which) + _per_row(alpha, images) * tf.gather(delta, which)
+            alpha = (ops.cast(j, "float32") + 0.5) / self.steps
+            return ops.take(base, which, axis=0) + _per_row(alpha, images) * ops.take(delta, which, axis=0)
 
         return delta * mean_gradient(self, images, scored[1], target_fn, self.steps, on_path), scored
 
     def raw_maps(self, images, class_idx, target_fn=None):
         """``(|sum_c IG_c| (N, *S), target_scores(...))``: the unscaled maps."""
         ig, scored = self.attributions(images, class_idx, target_fn)
-        return tf.abs(tf.reduce_sum(ig, axis=-1)), scored
+        return ops.abs(ops.sum(ig, axis=-1)), scored
 
     def compute(self, images, class_idx, upsample_, normalize_, target_fn=None):
         ig, (scores, idx, probs) = self.attributions(images, class_idx, target_fn)
-        out = minmax(tf.abs(tf.reduce_sum(ig, axis=-1))) if normalize_ else ig
+        out = minmax(ops.abs(ops.sum(ig, axis=-1))) if normalize_ else ig
         return out, scores, idx, probs
 
 

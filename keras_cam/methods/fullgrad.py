@@ -16,9 +16,10 @@ input's spatial axes.
 The pre-activation output ``z`` of a layer with a fused activation
 (``Conv2D(..., activation="relu")``) is the argument of its ``activation``:
 while the explainer's function is traced, that attribute is wrapped so that
-``z`` is recorded and watched by the tape; a batch normalization's ``call``
-is wrapped to record its output. The wrappers are instance attributes that
-are removed when the trace ends (``keras_cam/_patch.py``): the model itself is
+``z`` is tapped (``backend.tapped_gradients``: watched by the tape, or made
+differentiable as ``z + 0``); a batch normalization's ``call`` is wrapped to
+tap its output. The wrappers apply to the explaining thread only and are
+removed when the pass ends (``keras_cam/_patch.py``): the model itself is
 never changed.
 """
 
@@ -28,13 +29,14 @@ import contextlib
 import dataclasses
 
 import numpy as np
-import tensorflow as tf
 
 from keras_cam import _compat
+from keras_cam import backend as _backend
 from keras_cam import layers as _layers
 from keras_cam import layout as _layout
 from keras_cam import targets as _targets
-from keras_cam._patch import patched_attr, wrapped_call
+from keras_cam._compat import ops
+from keras_cam._patch import intercepted, wrapped_call
 from keras_cam.base import Explainer, upsample
 
 _CONVS = (
@@ -71,14 +73,17 @@ def effective_bias(layer):
     plus ``beta - mean * gamma / sqrt(var + eps)``: that is its bias
     (``gamma = 1`` with ``scale=False``, ``beta = 0`` with ``center=False``).
     """
+    def value(v):
+        return ops.cast(ops.convert_to_tensor(v), "float32")
+
     if bias_kind(layer) != "batchnorm":
-        return tf.cast(tf.convert_to_tensor(layer.bias), tf.float32)
-    inv = tf.math.rsqrt(tf.cast(tf.convert_to_tensor(layer.moving_variance), tf.float32) + layer.epsilon)
+        return value(layer.bias)
+    inv = ops.rsqrt(value(layer.moving_variance) + layer.epsilon)
     if layer.scale:
-        inv = inv * tf.cast(tf.convert_to_tensor(layer.gamma), tf.float32)
-    bias = -tf.cast(tf.convert_to_tensor(layer.moving_mean), tf.float32) * inv
+        inv = inv * value(layer.gamma)
+    bias = -value(layer.moving_mean) * inv
     if layer.center:
-        bias = bias + tf.cast(tf.convert_to_tensor(layer.beta), tf.float32)
+        bias = bias + value(layer.beta)
     return bias
 
 
@@ -99,10 +104,10 @@ def _channel_axis(layer, kind, rank):
 
 def _channels_last(x, axis):
     """``x`` with its ``axis`` moved last."""
-    rank = x.shape.rank
+    rank = len(x.shape)
     if axis == rank - 1:
         return x
-    return tf.transpose(x, [0] + [i for i in range(1, rank) if i != axis] + [axis])
+    return ops.transpose(x, (0,) + tuple(i for i in range(1, rank) if i != axis) + (axis,))
 
 
 def channel_sum(parts):
@@ -110,28 +115,28 @@ def channel_sum(parts):
 
     A constant channel (all zeros included) adds zero.
     """
-    parts = tf.convert_to_tensor(parts)
-    rank = parts.shape.rank
-    shape = tf.shape(parts)
-    first = tf.transpose(parts, [0, rank - 1] + list(range(1, rank - 1)))  # (N, K, *s)
-    flat = tf.reshape(first, tf.concat([[-1], shape[1:-1]], axis=0))        # (N K, *s)
-    scaled = tf.reshape(_layout.minmax(flat), tf.shape(first))
-    return tf.reduce_sum(scaled, axis=1)
+    parts = ops.convert_to_tensor(parts)
+    rank = len(parts.shape)
+    first = ops.transpose(parts, (0, rank - 1) + tuple(range(1, rank - 1)))  # (N, K, *s)
+    flat = ops.reshape(first, (-1,) + tuple(int(d) for d in parts.shape[1:-1]))  # (N K, *s)
+    scaled = ops.reshape(_layout.minmax(flat), (-1,) + tuple(int(d) for d in first.shape[1:]))
+    return ops.sum(scaled, axis=1)
 
 
 @contextlib.contextmanager
 def _recording(layer, kind, record):
     """Route ``layer``'s pre-activation output through ``record`` inside the block."""
-    inner = getattr(layer, "activation", None)
-    if kind == "batchnorm" or inner is None:
+    if kind == "batchnorm" or getattr(layer, "activation", None) is None:
         with wrapped_call(layer, record):
             yield
         return
 
-    def activation(z, *args, **kwargs):
-        return inner(record(z), *args, **kwargs)
+    def make(inner):  # inner: the activation as this thread sees it (linearized, for the head)
+        def activation(z, *args, **kwargs):
+            return inner(record(z), *args, **kwargs)
+        return activation
 
-    with patched_attr(layer, "activation", activation):
+    with intercepted(layer, "activation", make):
         yield
 
 
@@ -221,6 +226,8 @@ class FullGrad(Explainer):
         aug_smooth: see :class:`keras_cam.Explainer`.
         image_input: see :class:`keras_cam.Explainer`.
         data_format: see :class:`keras_cam.Explainer`.
+        reshape: accepted and checked like every explainer's, so that one set of
+            options builds any method; with no target layer it changes nothing.
 
     Example:
         >>> maps = keras_cam.FullGrad(model)(images)            # (N, H, W) in [0, 1]
@@ -229,14 +236,15 @@ class FullGrad(Explainer):
     """
 
     def __init__(self, model, layer=None, *, output=None, linearize=True, batch_size=32, aug_smooth=False,
-                 image_input=None, data_format=None):
+                 image_input=None, data_format=None, reshape=None):
         if layer is not None:
             raise ValueError(
                 f"FullGrad takes no target layer: it reads every convolution, batch-normalization "
                 f"and dense bias of the model. Received layer={layer!r}; pass layer=None."
             )
         super().__init__(model, None, output=output, linearize=linearize, batch_size=batch_size,
-                         aug_smooth=aug_smooth, image_input=image_input, data_format=data_format)
+                         aug_smooth=aug_smooth, image_input=image_input, data_format=data_format,
+                         reshape=reshape)
         # (path, layer, kind) of every layer with a bias, in the order of the model's tree.
         self.bias_layers = [(path, found, kind) for path, found in _layers.walk(self.model)
                             if (kind := bias_kind(found)) is not None]
@@ -259,47 +267,53 @@ class FullGrad(Explainer):
             call of a bias layer a tuple ``(path, kind, bias (K,), dS/dz with
             its channel axis last, in_map)``, all float32.
         """
-        calls = []
+        calls = []  # (entry, key) per tapped call, in call order
 
-        def recorder(entry):
-            def record(z):
-                if tf.is_tensor(z):
-                    tape.watch(z)
-                    calls.append((entry, z))
-                return z
-            return record
+        def forward(tap, x):
+            del calls[:]  # JAX runs the forward pass twice (shapes, then gradients)
 
-        with tf.GradientTape(watch_accessed_variables=False) as tape:
-            tape.watch(images)
+            def recorder(entry):
+                def record(z):
+                    if _backend.is_tensor(z):
+                        key = len(calls)  # one key per call: a layer called twice has two terms
+                        calls.append((entry, key))
+                        z = tap(key, z)
+                    return z
+                return record
+
             hooks = [_recording(layer, kind, recorder((path, layer, kind)))
                      for path, layer, kind in self.bias_layers]
-            outputs = self.graph.run(images, hooks=hooks)
-            scored = self.target_scores(outputs, class_idx, target_fn)
-        grads = tape.gradient(scored[0], [images] + [z for _, z in calls],
-                              unconnected_gradients=tf.UnconnectedGradients.ZERO)
-        image_rank = images.shape.rank
+            scored = self.target_scores(self.graph.run(x, hooks=hooks), class_idx, target_fn)
+            return scored[0], scored
+
+        _, scored, taps, grads, (grad,) = _backend.tapped_gradients(forward, (images,))
+        image_rank = len(images.shape)
         terms = []
-        for ((path, layer, kind), z), g in zip(calls, grads[1:]):
-            rank = z.shape.rank
+        for (path, layer, kind), key in calls:
+            z = taps.get(key)
+            if z is None:  # not a float tensor: nothing to differentiate
+                continue
+            rank = len(z.shape)
             axis = _channel_axis(layer, kind, rank)
             if axis is None:
                 continue
             in_map = kind != "dense" and rank == image_rank and axis in (1, rank - 1)
-            g = tf.cast(g, tf.float32)
+            g = grads.get(key)
+            g = ops.zeros(tuple(z.shape), "float32") if g is None else ops.cast(g, "float32")
             if in_map:  # a spatial map, channels first or last: the layout's view
                 g = _layout.FeatureLayout("spatial", channels_first=axis == 1).view(g)
             else:
                 g = _channels_last(g, axis)
             terms.append((path, kind, effective_bias(layer), g, in_map))
-        return tf.cast(grads[0], tf.float32), scored, terms
+        return ops.cast(grad, "float32"), scored, terms
 
     def raw_maps(self, images, class_idx, target_fn=None):
         grad, scored, terms = self.decompose(images, class_idx, target_fn)
-        size = tf.shape(images)[1:-1]
-        total = channel_sum(tf.abs(images * grad))
+        size = tuple(int(d) for d in images.shape[1:-1])
+        total = channel_sum(ops.abs(images * grad))
         for _, _, bias, g, in_map in terms:
             if in_map:
-                total = total + upsample(channel_sum(tf.abs(g * bias)), size)
+                total = total + upsample(channel_sum(ops.abs(g * bias)), size)
         return total, scored
 
     def parts(self, images, targets=None):
@@ -318,11 +332,13 @@ class FullGrad(Explainer):
         batch, others, _, target, values, idx = self.read_call(images, targets)
         target_fn = _targets.bind(target, values)
         with self.graph.holding(others):
-            grad, (scores, used, _), terms = self.decompose(batch, tf.constant(idx), target_fn)
+            grad, (scores, used, _), terms = self.decompose(ops.convert_to_tensor(batch),
+                                                            ops.convert_to_tensor(idx), target_fn)
+        host = _compat.to_host
         return FullGradParts(
-            inputs=batch.numpy(),
-            input_gradient=grad.numpy(),
-            scores=scores.numpy(),
-            targets=None if target is not None else used.numpy(),
-            biases=[BiasTerm(path, kind, b.numpy(), g.numpy(), in_map) for path, kind, b, g, in_map in terms],
+            inputs=host(batch),
+            input_gradient=host(grad),
+            scores=host(scores),
+            targets=None if target is not None else host(used),
+            biases=[BiasTerm(path, kind, host(b), host(g), in_map) for path, kind, b, g, in_map in terms],
         )

@@ -6,9 +6,11 @@ was positive (the ordinary ReLU gradient) *and* the gradient arriving from
 above is positive. Here the change exists only inside the explainer's
 compiled function: while it is traced, each ReLU of the model (``ReLU``
 layers, ``Activation("relu")`` and ``activation="relu"``/``"relu6"`` fused
-into a layer) is routed through a ``tf.custom_gradient`` that does this, and
-the layers are restored when the trace ends (``keras_cam/_patch.py``), so the
-user's model keeps its ordinary gradients. A ReLU applied as a plain function
+into a layer) is routed through a custom gradient that does this
+(``backend.guided``: ``tf.custom_gradient``, ``jax.custom_vjp`` or a
+``torch.autograd.Function``), for the explaining thread only, and the layers
+are restored when the pass ends (``keras_cam/_patch.py``), so the user's
+model keeps its ordinary gradients. A ReLU applied as a plain function
 inside a subclassed model's ``call`` cannot be reached and keeps its
 ordinary gradient.
 """
@@ -18,10 +20,11 @@ from __future__ import annotations
 import contextlib
 
 import numpy as np
-import tensorflow as tf
 
+from keras_cam import backend as _backend
 from keras_cam import layers as _layers
-from keras_cam._patch import patched_attr, replaced_call
+from keras_cam._compat import ops
+from keras_cam._patch import intercepted, replaced_call
 from keras_cam.base import Explainer, minmax, upsample
 from keras_cam.methods.gradient import GradCAM
 
@@ -33,15 +36,7 @@ def _guided(fn):
     ``dx = fn'(x) * ReLU(dy)``."""
 
     def guided_fn(x, *args, **kwargs):
-        @tf.custom_gradient
-        def f(x):
-            def grad(dy):
-                with tf.GradientTape() as tape:
-                    tape.watch(x)
-                    y = fn(x, *args, **kwargs)
-                return tape.gradient(y, x, output_gradients=tf.nn.relu(dy))
-            return fn(x, *args, **kwargs), grad
-        return f(tf.convert_to_tensor(x))
+        return _backend.guided(lambda t: fn(t, *args, **kwargs), x)
     return guided_fn
 
 
@@ -53,17 +48,21 @@ def guided_relus(model):
             if type(layer).__name__ == "ReLU":
                 stack.enter_context(replaced_call(layer, lambda inner, x, *a, **k: _guided(inner)(x, *a, **k)))
             elif getattr(getattr(layer, "activation", None), "__name__", None) in _RELUS:
-                stack.enter_context(patched_attr(layer, "activation", _guided(layer.activation)))
+                stack.enter_context(intercepted(layer, "activation", _guided))
         yield
 
 
 def guided_gradients(explainer, images, class_idx, target_fn=None):
-    """``(dS/dx with guided ReLUs (N, H, W, C), explainer.target_scores(...))``."""
-    with guided_relus(explainer.model), tf.GradientTape(watch_accessed_variables=False) as tape:
-        tape.watch(images)
-        _, outputs = explainer.graph.forward(images)
+    """``(dS/dx with guided ReLUs (N, H, W, C), explainer.target_scores(...))``
+    (zeros where the score does not depend on the input)."""
+    def forward(tap, x):
+        with guided_relus(explainer.model):
+            _, outputs = explainer.graph.forward(x)
         scored = explainer.target_scores(outputs, class_idx, target_fn)
-    return tape.gradient(scored[0], images), scored
+        return scored[0], scored
+
+    _, scored, _, _, (grads,) = _backend.tapped_gradients(forward, (images,))
+    return grads, scored
 
 
 def gradient_image(gradients, contrast=0.15):
@@ -110,15 +109,17 @@ class GuidedBackprop(Explainer):
         batch_size: images per compiled call.
         image_input: see :class:`keras_cam.Explainer`.
         data_format: see :class:`keras_cam.Explainer`.
+        reshape: accepted for a uniform call; with no target layer it changes nothing.
 
     Example:
         >>> grads = keras_cam.GuidedBackprop(model)(images)      # (N, H, W, C)
         >>> plt.imshow(keras_cam.gradient_image(grads)[0])
     """
 
-    def __init__(self, model, *, output=None, linearize=True, batch_size=32, image_input=None, data_format=None):
+    def __init__(self, model, *, output=None, linearize=True, batch_size=32, image_input=None, data_format=None,
+                 reshape=None):
         super().__init__(model, None, output=output, linearize=linearize, batch_size=batch_size,
-                         image_input=image_input, data_format=data_format)
+                         image_input=image_input, data_format=data_format, reshape=reshape)
 
     uses_layer = False
 
@@ -154,6 +155,7 @@ class GuidedGradCAM(GradCAM):
         eigen_smooth: smooth the Grad-CAM part (see :class:`keras_cam.Explainer`).
         image_input: see :class:`keras_cam.Explainer`.
         data_format: see :class:`keras_cam.Explainer`.
+        reshape: see :class:`keras_cam.Explainer` (the Grad-CAM part's token layer).
 
     Example:
         >>> grads = keras_cam.GuidedGradCAM(model)(images)      # (N, H, W, C)
@@ -161,9 +163,10 @@ class GuidedGradCAM(GradCAM):
     """
 
     def __init__(self, model, layer=None, *, output=None, linearize=True, batch_size=32, eigen_smooth=False,
-                 image_input=None, data_format=None):
+                 image_input=None, data_format=None, reshape=None):
         super().__init__(model, layer, output=output, linearize=linearize, batch_size=batch_size,
-                         eigen_smooth=eigen_smooth, image_input=image_input, data_format=data_format)
+                         eigen_smooth=eigen_smooth, image_input=image_input, data_format=data_format,
+                         reshape=reshape)
 
     def __call__(self, images, targets=None):
         """``(N, H, W, C)`` Guided Grad-CAM for ``images``."""
@@ -174,6 +177,6 @@ class GuidedGradCAM(GradCAM):
 
     def compute(self, images, class_idx, upsample_, normalize_, target_fn=None):
         cam, (scores, idx, probs) = self.raw_maps(images, class_idx, target_fn)
-        cam = minmax(upsample(cam, tf.shape(images)[1:-1]))
+        cam = minmax(upsample(ops.cast(cam, "float32"), tuple(images.shape[1:-1])))
         grads, _ = guided_gradients(self, images, idx, target_fn)
         return grads * cam[..., None], scores, idx, probs

@@ -12,17 +12,26 @@ The masked inputs of all channels of all images in a call are one list of
 (:class:`~keras_cam.methods.streaming.StreamingExplainer`). Only one batch of
 masked inputs exists at any moment, so memory does not grow with the number
 of channels.
+
+Only the channels that are run cost a pass: the chosen ``(image, channel)``
+pairs are put first (:func:`selected_items`) and :func:`stream_selected`
+runs as many passes as they need, a number known only when the activations
+are (a dynamic loop count on every backend). On JAX, whose shapes are
+static, the last pass is padded to ``batch_size`` inputs whose results are
+discarded.
 """
 
 from __future__ import annotations
 
 import numpy as np
-import tensorflow as tf
 
+from keras_cam import _compat
+from keras_cam import backend as _backend
 from keras_cam import layout as _layout
 from keras_cam import targets as _targets
+from keras_cam._compat import ops
 from keras_cam.base import minmax, upsample
-from keras_cam.methods.streaming import (StreamingExplainer, check_noise, check_positive_int, check_seed, grid,
+from keras_cam.methods.streaming import (StreamingExplainer, check_noise, check_positive_int, check_seed,
                                          seeded_normal)
 
 WEIGHTINGS = ("reference", "paper")
@@ -70,11 +79,12 @@ class ScoreCAM(StreamingExplainer):
         weighting: ``"reference"`` or ``"paper"``, see above.
         max_channels: None for all channels, or a positive int for Faster
             Score-CAM.
-        verbose: 1 draws a progress bar over the masked passes, 0 is silent.
+        verbose: 0 (the default) is silent, 1 draws a progress bar over the masked passes.
         aug_smooth: see :class:`keras_cam.Explainer`.
         eigen_smooth: see :class:`keras_cam.Explainer`.
         image_input: see :class:`keras_cam.Explainer`.
         data_format: see :class:`keras_cam.Explainer`.
+        reshape: see :class:`keras_cam.Explainer` (a vision transformer's token layer).
 
     Example:
         >>> cam = keras_cam.ScoreCAM(model, batch_size=32)
@@ -85,8 +95,8 @@ class ScoreCAM(StreamingExplainer):
     _weights_channels = True
 
     def __init__(self, model, layer=None, *, output=None, linearize=True, batch_size=32,
-                 weighting="reference", max_channels=None, verbose=1, aug_smooth=False,
-                 eigen_smooth=False, image_input=None, data_format=None):
+                 weighting="reference", max_channels=None, verbose=0, aug_smooth=False,
+                 eigen_smooth=False, image_input=None, data_format=None, reshape=None):
         if weighting not in WEIGHTINGS:
             raise ValueError(f"`weighting` must be one of {WEIGHTINGS}; received {weighting!r}.")
         if max_channels is not None and (
@@ -99,7 +109,7 @@ class ScoreCAM(StreamingExplainer):
             )
         super().__init__(model, layer, output=output, linearize=linearize, batch_size=batch_size,
                          verbose=verbose, aug_smooth=aug_smooth, eigen_smooth=eigen_smooth,
-                         image_input=image_input, data_format=data_format)
+                         image_input=image_input, data_format=data_format, reshape=reshape)
         self.weighting = weighting
         self.max_channels = None if max_channels is None else int(max_channels)
 
@@ -111,15 +121,15 @@ class ScoreCAM(StreamingExplainer):
 
         Args:
             masks: ``(b, *S)`` masks ``M_k`` in [0, 1] at the input size.
-            channels: ``(b,)`` int64, the channel ``k`` of each mask.
-            repeat: ``(b,)`` int64 in ``[0, repeats)``.
+            channels: ``(b,)`` int32, the channel ``k`` of each mask.
+            repeat: ``(b,)`` int32 in ``[0, repeats)``.
         """
         return masks
 
     def raw_maps(self, images, class_idx, target_fn=None):
         acts, outputs = self.graph.forward(images)
         scored = self.target_scores(outputs, class_idx, target_fn)
-        a = tf.cast(acts[0], tf.float32)
+        a = ops.cast(acts[0], "float32")
         chosen = self.channels(a, self.max_channels)
         values = self.masked_scores(images, a, chosen, scored[1], target_fn)
         if self.weighting == "paper":
@@ -136,16 +146,16 @@ class ScoreCAM(StreamingExplainer):
         turn it into zeros) and, with ``max_channels``, when it is among the
         ``max_channels`` of largest spatial variance.
         """
-        n, k = tf.shape(a)[0], tf.shape(a)[-1]
-        flat = tf.transpose(_layout.flatten_spatial(a), (0, 2, 1))  # (N, K, positions)
-        per_channel = tf.reshape(flat, tf.stack([n * k, -1]))
-        live = tf.reshape(tf.reduce_max(minmax(per_channel), axis=1) > 0, (n, k))
+        k = int(a.shape[-1])
+        flat = ops.transpose(_layout.flatten_spatial(a), (0, 2, 1))  # (N, K, positions)
+        per_channel = ops.reshape(flat, (-1, int(flat.shape[-1])))
+        live = ops.reshape(ops.max(minmax(per_channel), axis=1) > 0, (-1, k))
         if max_channels is None:
             return live
-        var = tf.where(live, tf.math.reduce_variance(a, axis=_layout.spatial_axes(a)), -1.0)
-        top = tf.math.top_k(var, k=tf.minimum(max_channels, k)).indices
-        keep = tf.reduce_any(tf.equal(top[:, :, None], tf.range(k)[None, None, :]), axis=1)
-        return live & keep
+        var = ops.where(live, ops.var(a, axis=_layout.spatial_axes(a)), -1.0)
+        _, top = ops.top_k(var, k=min(int(max_channels), k))
+        keep = ops.any(top[:, :, None] == ops.arange(k, dtype=top.dtype)[None, None, :], axis=1)
+        return ops.logical_and(live, keep)
 
     def masked_scores(self, images, a, chosen, idx, target_fn=None):
         """``(N, K)``: the score of ``X * M_k`` for every chosen pair (the mean over
@@ -154,25 +164,23 @@ class ScoreCAM(StreamingExplainer):
         The score is the target probability (``"reference"``), the
         pre-softmax score (``"paper"``) or the callable target's value.
         """
-        pairs = tf.where(chosen)  # (P, 2): image, channel
-        if self.repeats > 1:  # (P * R, 3): image, channel, repeat
-            which = grid(tf.shape(pairs)[0], self.repeats)
-            pairs = tf.concat([tf.gather(pairs, which[:, 0]), which[:, 1:]], axis=1)
-        rank = a.shape.rank
-        maps = tf.transpose(a, (0, rank - 1) + tuple(range(1, rank - 1)))  # (N, K, *s)
-        size = tf.shape(images)[1:-1]
+        rank = len(a.shape)
+        maps = ops.transpose(a, (0, rank - 1) + tuple(range(1, rank - 1)))  # (N, K, *s)
+        maps = ops.reshape(maps, (-1,) + tuple(int(d) for d in maps.shape[2:]))  # (N K, *s)
+        size = tuple(int(d) for d in images.shape[1:-1])
+        k = int(a.shape[-1])
 
-        def scores(chunk):
-            which = chunk[:, 0]
-            masks = minmax(upsample(tf.gather_nd(maps, chunk[:, :2]), size))
+        def scores(chunk):  # (b, 2 or 3): image, channel[, repeat]
+            which, channel = chunk[:, 0], chunk[:, 1]
+            masks = minmax(upsample(ops.take(maps, which * k + channel, axis=0), size))
             if self.repeats > 1:
-                masks = self.vary_masks(masks, chunk[:, 1], chunk[:, 2])
-            outputs = self.graph.run(tf.gather(images, which) * masks[..., None], rows=which)
-            s, _, p = self.target_scores(outputs, tf.gather(idx, which), _targets.rows(target_fn, which))
+                masks = self.vary_masks(masks, channel, chunk[:, 2])
+            outputs = self.graph.run(ops.take(images, which, axis=0) * masks[..., None], rows=which)
+            s, _, p = self.target_scores(outputs, ops.take(idx, which, axis=0), _targets.rows(target_fn, which))
             v = p if (self.weighting == "reference" and target_fn is None) else s
             return chunk[:, :2], v / self.repeats
 
-        return self.stream(pairs, scores, tf.zeros(tf.shape(chosen)))
+        return stream_selected(self, chosen, self.repeats, scores, ops.zeros(tuple(chosen.shape), "float32"))
 
 
 class ISCAM(ScoreCAM):
@@ -206,8 +214,8 @@ class ISCAM(ScoreCAM):
 
     def vary_masks(self, masks, channels, repeat):
         """``(i / steps) M_k`` with ``i = repeat + 1``."""
-        scale = tf.cast(repeat + 1, masks.dtype) / self.steps
-        return masks * tf.reshape(scale, [-1] + [1] * (masks.shape.rank - 1))
+        scale = ops.cast(repeat + 1, masks.dtype) / self.steps
+        return masks * ops.reshape(scale, (-1,) + (1,) * (len(masks.shape) - 1))
 
 
 class SSCAM(ScoreCAM):
@@ -248,14 +256,95 @@ class SSCAM(ScoreCAM):
 
     def vary_masks(self, masks, channels, repeat):
         """``M_k + noise * eps``, the draw indexed by ``(seed, k * samples + j)``."""
-        eps = seeded_normal(self.seed, channels * self.samples + repeat, tf.shape(masks)[1:])
+        eps = seeded_normal(self.seed, channels * self.samples + repeat, tuple(masks.shape[1:]))
         return masks + self.noise * eps
 
 
 def masked_softmax(values, chosen):
     """``softmax_k`` over the chosen entries of each row; 0 elsewhere (and for rows with none)."""
-    s = tf.where(chosen, values, -np.inf)
-    top = tf.reduce_max(s, axis=1, keepdims=True)
-    top = tf.where(tf.math.is_finite(top), top, 0.0)
-    e = tf.where(chosen, tf.exp(s - top), 0.0)
-    return tf.math.divide_no_nan(e, tf.reduce_sum(e, axis=1, keepdims=True))
+    s = ops.where(chosen, values, -np.inf)
+    top = ops.max(s, axis=1, keepdims=True)
+    top = ops.where(ops.isfinite(top), top, 0.0)
+    e = ops.where(chosen, ops.exp(s - top), 0.0)
+    return ops.divide_no_nan(e, ops.sum(e, axis=1, keepdims=True))
+
+
+def selected_items(chosen, repeats=1, pad=0):
+    """The chosen ``(image, channel)`` pairs first, as rows of one integer table.
+
+    Args:
+        chosen: ``(N, K)`` bool, the pairs to run.
+        repeats: passes per pair; each chosen pair gives ``repeats`` rows
+            ``(image, channel, r)``, ``r < repeats`` (two columns when 1).
+        pad: rows appended after all ``N K repeats`` rows (copies of the
+            last one), so that a window of ``pad`` rows fits from any chosen row.
+
+    Returns:
+        ``(table, count)``: ``table`` int32 ``(N K repeats + pad, 2 or 3)``, the
+        chosen pairs' rows first in image-major order (each pair's repeats
+        together), then the other pairs'; ``count`` the number of chosen
+        rows (a scalar int32 tensor).
+    """
+    n, k = (int(d) for d in chosen.shape)
+    flat = ops.reshape(chosen, (-1,))
+    position = ops.arange(n * k, dtype="int32")
+    # Unique keys: the order does not depend on the sort's stability.
+    order = ops.cast(ops.argsort(ops.where(flat, position, position + n * k)), "int32")
+    pairs = ops.stack([order // k, order % k], axis=1)
+    count = ops.sum(ops.cast(flat, "int32")) * repeats
+    if repeats > 1:
+        pairs = ops.concatenate([ops.repeat(pairs, repeats, axis=0),
+                                 ops.tile(ops.arange(repeats, dtype="int32"), (n * k,))[:, None]], axis=1)
+    if pad:
+        pairs = ops.concatenate([pairs, ops.repeat(pairs[-1:], pad, axis=0)], axis=0)
+    return pairs, count
+
+
+def stream_selected(explainer, chosen, repeats, fn, initial):
+    """:meth:`StreamingExplainer.stream` over the chosen pairs only.
+
+    Runs ``fn`` on the rows of :func:`selected_items` that are chosen,
+    ``explainer.batch_size`` at a time: ``floor(count / batch_size)`` full
+    passes (a loop whose count is a tensor), then one pass of the rest if
+    there is one. On TensorFlow and PyTorch that pass has exactly the
+    remaining rows; on JAX it has ``batch_size`` rows and the results of those
+    past ``count`` are discarded (``backend.dynamic_rows``).
+
+    Args:
+        explainer: the :class:`StreamingExplainer` (its ``batch_size`` and ``verbose``).
+        chosen: ``(N, K)`` bool.
+        repeats: passes per chosen pair.
+        fn: ``fn(chunk) -> (indices, updates)`` as for ``stream``; a chunk is
+            ``(b, 2)`` ``(image, channel)`` rows, ``(b, 3)`` with a repeat.
+        initial: the tensor the updates are added to.
+    """
+    step = explainer.batch_size
+    table, count = selected_items(chosen, repeats, pad=step)
+    width = int(table.shape[1])
+    full = count // step
+    rest = count - full * step
+    steps = full + ops.minimum(rest, 1)
+    bar = {}
+
+    def progress(i, n):  # on the host
+        if i == 0 or "bar" not in bar:
+            bar["bar"] = _compat.progbar(max(n, 1), verbose=explainer.verbose)
+        bar["bar"].update(min(i + 1, n))
+
+    def add(chunk, valid, i, values):
+        indices, updates = fn(chunk)
+        if valid is not None:
+            mask = ops.reshape(valid, (-1,) + (1,) * (len(updates.shape) - 1))
+            updates = ops.where(mask, updates, ops.zeros_like(updates))
+        if explainer.verbose:
+            _backend.host_callback(progress, i, steps)
+        return _backend.scatter_add(values, ops.cast(indices, "int32"), updates)
+
+    values = _backend.fori_loop(
+        full, lambda i, v: add(ops.slice(table, (i * step, 0), (step, width)), None, i, v), initial)
+
+    def remainder(_, v):
+        chunk, valid = _backend.dynamic_rows(table, full * step, rest, step)
+        return add(chunk, valid, full, v)
+
+    return _backend.fori_loop(ops.minimum(rest, 1), remainder, values)
