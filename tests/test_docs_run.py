@@ -437,3 +437,31 @@ def test_blocks_markers_and_statements_are_read_as_written(tmp_path):
     with pytest.raises(ZeroDivisionError) as info:
         run_block(Block("page.md", 40, "y = 1\nz = 1 / 0\n", None), {}, {})
     assert any(f.filename == "page.md" and f.lineno == 41 for f in __import__("traceback").extract_tb(info.tb))
+
+
+# --- numbers quoted in prose ------------------------------------------------------------------------
+
+
+def _plain_block_after(text, anchor):
+    """The first plain ``` block after the line that contains ``anchor``."""
+    after = text[text.index(anchor):]
+    match = re.search(r"^```\s*\n(.*?)^```", after, flags=re.MULTILINE | re.DOTALL)
+    return match.group(1).rstrip("\n").splitlines()
+
+
+def test_the_demo_summary_quoted_in_getting_started_is_what_keras_cam_demo_prints(tmp_path):
+    """getting-started.md quotes `keras-cam demo --out docs/demo --overwrite`, the defaults otherwise:
+    its lines are the summary the command writes now, and so is docs/demo/summary.txt."""
+    from keras_cam.demo import load_model
+    from keras_cam.demo.run import run_demo
+
+    text = _read("docs/getting-started.md")
+    assert "were made by `keras-cam demo --out docs/demo --overwrite`" in text
+    quoted = _plain_block_after(text, "were made by `keras-cam demo --out docs/demo --overwrite`")
+    with contextlib.redirect_stdout(io.StringIO()):
+        _, _, summary = run_demo(out=str(tmp_path), verbose=False)
+    lines = summary.rstrip("\n").splitlines()
+    assert lines[-len(quoted):] == quoted, "\n".join(["quoted:", *quoted, "the command prints:", *lines])
+    assert (ROOT / "docs" / "demo" / "summary.txt").read_text(encoding="utf-8") == summary
+    weights = load_model().count_params()
+    assert f"**Model** ({weights:,} weights" in text
