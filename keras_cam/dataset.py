@@ -52,7 +52,7 @@ import tensorflow as tf
 from keras_cam import _compat
 from keras_cam import targets as _targets
 from keras_cam.base import Explainer, Explanation, check_images
-from keras_cam.files import LockFile, png_bytes, write_atomic
+from keras_cam.files import LockFile, append_synced, png_bytes, write_atomic
 
 INDEX = "index.jsonl"
 LOCK = "index.jsonl.lock"
@@ -484,7 +484,9 @@ def weights_fingerprint(model):
 # ``..., "check": "<16 hex digits>"}``: the first 64 bits of the SHA-256 of the
 # line's JSON without that field (the exact bytes before it, closed by "}").
 # A line torn by a crash fails its check (or does not parse) and is ignored;
-# its shard is then missing from the index and is recomputed by a rerun.
+# its shard is then missing from the index and is recomputed by a rerun, which
+# first writes the index again without the bad line (atomically), so that a
+# record is never appended to a torn one.
 
 _CHECK = ', "check": "'
 
@@ -517,46 +519,40 @@ def _parse_line(line, checked):
 
 
 def _scan_index(data):
-    """``(records, ignored, keep)`` of an index's bytes.
-
-    ``records``: the intact records in file order (the header first);
-    ``ignored``: how many non-empty lines were torn or damaged; ``keep``: the
-    length of the file without a torn last line (what an append may follow).
-    """
-    text = data.decode("utf-8", errors="replace")
-    lines = text.split("\n")
-    first = _parse_line(lines[0], checked=False) or _parse_line(lines[0], checked=True)
+    """``(records, ignored)`` of an index's bytes: the intact records in file
+    order (the header first), and how many non-empty lines were torn or damaged."""
+    lines = data.decode("utf-8", errors="replace").split("\n")
+    first = _parse_line(lines[0], checked=False)
     version = first.get("version", 1) if first else _VERSION
-    checked = isinstance(version, int) and version >= 2
+    checked = not (isinstance(version, int) and version < 2)
     records, ignored = [], 0
     for line in lines:
-        if not line.strip():
-            continue
-        record = _parse_line(line, checked)
-        if record is None:
-            ignored += 1
-        else:
-            records.append(record)
-    keep = len(data)
-    if data and not data.endswith(b"\n"):
-        tail = lines[-1]
-        if _parse_line(tail, checked) is None:
-            keep = data.rfind(b"\n") + 1  # the bytes of the complete lines
-    return records, ignored, keep
+        if line.strip():
+            record = _parse_line(line, checked)
+            if record is None:
+                ignored += 1
+            else:
+                records.append(record)
+    return records, ignored
 
 
 def _load_index(path):
-    """``(header, {shard: latest record}, ignored lines, kept length)`` of an ``index.jsonl``."""
+    """``(header, {shard: latest record}, records, ignored, clean)`` of an ``index.jsonl``.
+
+    ``records``: every intact line's record, in order; ``ignored``: the number
+    of torn or damaged lines; ``clean``: no such line, and the file ends with
+    a newline (so that a record can be appended as it is).
+    """
     with open(path, "rb") as f:
         data = f.read()
-    records, ignored, keep = _scan_index(data)
+    records, ignored = _scan_index(data)
     if not records or records[0].get("format") != _FORMAT:
         raise ValueError(
             f"{path} is not a keras-cam index; pass an empty folder or one written by "
             f"explain_dataset."
         )
     entries = {r["shard"]: r for r in records[1:] if isinstance(r.get("shard"), int)}
-    return records[0], entries, ignored, keep
+    return records[0], entries, records, ignored, ignored == 0 and data.endswith(b"\n")
 
 
 def _detail(key, there, now):
@@ -596,7 +592,7 @@ class _Writer:
         if not os.path.exists(self.index) or os.path.getsize(self.index) == 0:
             write_atomic(self.index, _index_line(self.header).encode("utf-8"))
             return
-        old, entries, _, keep = _load_index(self.index)
+        old, entries, records, _, clean = _load_index(self.index)
         if overwrite:  # start a new index; files of the old one not rewritten go at the end
             self.replaced = {name for entry in entries.values() for name in entry.get("files", [])}
             write_atomic(self.index, _index_line(self.header).encode("utf-8"))
@@ -609,24 +605,8 @@ class _Writer:
                 f"would compute. Pass overwrite=True to recompute them in this folder, or choose a new folder."
             )
         self.entries = entries
-        if keep < os.path.getsize(self.index):  # a torn last line: cut it before appending
-            with open(self.index, "r+b") as f:
-                f.truncate(keep)
-                f.flush()
-                os.fsync(f.fileno())
-        elif keep and not self._ends_with_newline():  # a whole last line whose newline was lost
-            self._append_text("\n")
-
-    def _ends_with_newline(self):
-        with open(self.index, "rb") as f:
-            f.seek(-1, os.SEEK_END)
-            return f.read(1) == b"\n"
-
-    def _append_text(self, text):
-        with open(self.index, "a", encoding="utf-8") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
+        if not clean:  # a torn or damaged line: the index again without it (their shards get recomputed)
+            write_atomic(self.index, "".join(_index_line(r) for r in records).encode("utf-8"))
 
     def close(self):
         """Release the folder's lock."""
@@ -673,7 +653,7 @@ class _Writer:
             "scores": [float(s) for s in result.scores],
             "probabilities": None if result.probabilities is None else [float(p) for p in result.probabilities],
         }
-        self._append_text(_index_line(record))
+        append_synced(self.index, _index_line(record))
         self.entries[step] = record
 
     def _remove_replaced(self):
@@ -730,7 +710,7 @@ def read_index(out):
     path = os.path.join(os.fspath(out), INDEX)
     if not os.path.isfile(path):
         raise ValueError(f"No {INDEX} in {os.fspath(out)!r}; it is not a folder written by explain_dataset.")
-    header, entries, ignored, _ = _load_index(path)
+    header, entries, _, ignored, _ = _load_index(path)
     if ignored:
         warnings.warn(
             f"{path}: {ignored} torn or damaged line(s) (an interrupted write) were left out; rerun "

@@ -78,6 +78,19 @@ def write_atomic(path, data: bytes):
     _sync_folder(folder or ".")
 
 
+def append_synced(path, text: str):
+    """Append ``text`` to the file ``path`` (UTF-8) and flush it to disk before returning.
+
+    An append is not atomic: a crash can leave part of ``text`` at the end of
+    the file, so each appended record must be checkable on its own (see
+    :mod:`keras_cam.dataset`'s index lines).
+    """
+    with open(path, "a", encoding="utf-8") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+
+
 def _sync_folder(folder):
     """Make a rename in ``folder`` durable (POSIX); a no-op where folders cannot be opened."""
     try:

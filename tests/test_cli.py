@@ -304,3 +304,46 @@ def test_help_is_complete(capsys):
         assert f"  {mode} " in text
     assert "gradcampp" in text and "scorecam" in text
     assert cli.main([]) == 1  # no command: the overview and a non-zero status
+
+
+@pytest.mark.parametrize("command", ["explain", "audit", "demo"])
+@pytest.mark.parametrize("out", ["a_file", "a_file/sub"])
+def test_out_that_is_a_file_is_refused_before_the_model_loads(work, tmp_path, monkeypatch, capsys, command, out):
+    """--out naming an existing file (or a path under one): one line about --out, and the model,
+    here one that cannot load, is never read; the file stays as it was."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "a_file").write_bytes(b"keep me")
+    (tmp_path / "bad.keras").write_bytes(b"\x80\x04 not a model")
+    (tmp_path / "images").mkdir()
+    for i in range(2):
+        (tmp_path / "images" / f"s{i}.png").write_bytes((work / f"shape{i}.png").read_bytes())
+    argv = {"explain": ["explain", "images", "--model", "bad.keras"],
+            "audit": ["audit", "images", "--model", "bad.keras"],
+            "demo": ["demo", "--images", "1", "--eval-images", "1"]}[command] + ["--out", out]
+    status = cli.main(argv)
+    captured = capsys.readouterr()
+    error = assert_one_line_error(subprocess.CompletedProcess([], status, captured.out, captured.err), "--out")
+    assert ("existing file" if out == "a_file" else "a_file is a file") in error, error
+    assert (tmp_path / "a_file").read_bytes() == b"keep me"
+
+
+def test_unreadable_model_files_say_why(work, tmp_path, monkeypatch, capsys):
+    """A truncated .keras / .h5, or a pickle under a Keras name: never "File not found"."""
+    import pickle
+
+    monkeypatch.chdir(tmp_path)
+    data = (work / "demo.keras").read_bytes()
+    (tmp_path / "cut.keras").write_bytes(data[:len(data) // 2])
+    (tmp_path / "pickled.keras").write_bytes(pickle.dumps({"model": [1, 2, 3]}))
+    load_model().save(str(tmp_path / "demo.h5"))
+    h5 = (tmp_path / "demo.h5").read_bytes()
+    (tmp_path / "cut.h5").write_bytes(h5[:len(h5) // 3])
+    cases = {"cut.keras": "truncated", "pickled.keras": "Python pickle", "cut.h5": "truncated"}
+    for name, why in cases.items():
+        for argv in (["layers", "--model", name], ["explain", str(work / "shape0.png"), "--model", name, "--out", "o"]):
+            status = cli.main(argv)
+            captured = capsys.readouterr()
+            error = assert_one_line_error(subprocess.CompletedProcess([], status, captured.out, captured.err),
+                                          f"model {name} is not a readable Keras file", why)
+            assert "not found" not in error, error
+    assert not (tmp_path / "o").exists()
