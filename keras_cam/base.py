@@ -107,8 +107,17 @@ class Explanation:
     probabilities: np.ndarray | None
 
 
-def _warn_empty_maps(maps, explainer):
-    empty = np.flatnonzero(maps.reshape(len(maps), -1).max(axis=1) == 0)
+def _warn_empty_maps(maps, explainer, scores=None):
+    if scores is not None and not np.isfinite(scores).all():
+        bad = np.flatnonzero(~np.isfinite(scores))
+        warnings.warn(
+            f"{type(explainer).__name__}: the explained score is not finite (NaN or Inf) for images "
+            f"{bad[:10].tolist()}, so their maps mean nothing. Check the target (a callable target "
+            f"that divides by zero or takes a log of 0) and the model's output for those images.",
+            stacklevel=4,
+        )
+    finite = np.ones(len(maps), bool) if scores is None else np.isfinite(scores)
+    empty = np.flatnonzero((maps.reshape(len(maps), -1).max(axis=1) == 0) & finite)
     if len(empty):
         where = f"at layer {explainer.layer_path!r}" if explainer.layer_path else "in the input"
         layer = ", a shallower layer" if explainer.layer_path else ""
@@ -257,7 +266,7 @@ class Explainer:
         if target is not None:
             used = probs = None
         if normalize:
-            _warn_empty_maps(maps, self)
+            _warn_empty_maps(maps, self, scores)
         if single:
             maps = maps[0]
         return Explanation(maps=maps, targets=used, scores=scores, probabilities=probs)

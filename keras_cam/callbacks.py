@@ -32,7 +32,7 @@ from keras_cam import methods as _methods
 from keras_cam import targets as _targets
 from keras_cam._compat import keras
 from keras_cam.base import Explainer, as_batch
-from keras_cam.graph import input_layout as graph_input_layout
+from keras_cam.inputs import input_layout as graph_input_layout
 from keras_cam.dataset import displayable
 from keras_cam.files import png_bytes, write_atomic
 from keras_cam.viz import as_rgb_uint8, overlay

@@ -257,9 +257,9 @@ def _parse_size(text):
 
 def _warn_raw_pixels(batch, model, mode):
     """The CLI's own wording of the library's raw-pixel warning: it names --preprocess."""
-    from keras_cam.base import _has_preprocessing
+    from keras_cam.inputs import has_preprocessing
 
-    if mode == "none" and float(np.max(batch)) > 2.0 and not _has_preprocessing(model):
+    if mode == "none" and float(np.max(batch)) > 2.0 and not has_preprocessing(model):
         warnings.warn(
             f"the images are passed as raw 0-255 pixels (--preprocess none) and model "
             f"{model.name!r} has no Rescaling/Normalization layer; if it was trained on scaled "
@@ -466,6 +466,8 @@ def cmd_audit(args):
     verbose = 0 if args.quiet or not sys.stdout.isatty() else 1
     result = audit(explainer, dataset, max_clusters=args.max_clusters, n_neighbors=args.neighbors,
                    batch_size=args.batch_size, seed=args.seed, verbose=verbose)
+    if getattr(args, "verify", False):
+        result.verify_first(dataset, seed=args.seed)
 
     os.makedirs(args.out, exist_ok=True)
     summary = result.to_dict(class_names)
@@ -478,8 +480,15 @@ def cmd_audit(args):
     for target in sorted({c.target for c in result.clusters}):
         first = result.of_class(target)[0]
         name = _name(class_names, target)
+        level = "n/a" if first.level is None else f"{first.level:.3f}"
         print(f"class {target}{f' ({name})' if name else ''}: {len(result.of_class(target))} cluster(s); "
-              f"the first: {first.size} images, score {first.score:.3f}")
+              f"the first: {first.size} images, score {first.score:.3f}, level {level}"
+              f"{'' if first.suspicious else ' (no suspicious group)'}")
+        found = result.verifications.get(result.clusters.index(first))
+        if found is not None:
+            print(f"  verification: {found.verdict}; removal effect {found.removal.mean:.3f} "
+                  f"[{found.removal.low:.3f}, {found.removal.high:.3f}], transplant effect "
+                  f"{found.transplant.mean:.3f} [{found.transplant.low:.3f}, {found.transplant.high:.3f}]")
     print(f"wrote {report_path} and {json_path}")
     return 0
 
@@ -700,6 +709,8 @@ def _add_audit_parser(sub, names):
     audit.add_argument("--batch-size", type=int, default=64, metavar="N", help="images per batch (default 64)")
     audit.add_argument("--overwrite", action="store_true", help="replace existing output files")
     audit.add_argument("--quiet", action="store_true", help="no progress bar")
+    audit.add_argument("--verify", action="store_true",
+                       help="verify each class's first group by intervention (remove and transplant its region)")
     audit.set_defaults(func=cmd_audit)
 
 

@@ -507,17 +507,31 @@ def _warn_if_probabilities(model, outputs):
 def _not_a_feature_map(graph, i, shape):
     """The message for a target layer whose output is no feature map of the model's layout."""
     rank = graph.inputs.rank
+    path = graph.paths[i]
     what = {1: "(N, T, C) signal maps", 2: "(N, H, W, C) feature maps or (N, tokens, C) token "
             "sequences on a grid", 3: "(N, D, H, W, C) volume maps"}[rank]
+    given = graph.reshape
+    if given is not None and not callable(given) and len(shape) == rank + 2:
+        return (
+            f"`reshape={given}` lays out a token sequence (N, tokens, C) on a grid, but layer {path!r} "
+            f"outputs the spatial feature map {tuple(shape)}, which needs no reshape: drop `reshape=` "
+            f"(it is for the token layers of vision transformers)."
+        )
     hint = ""
     if len(shape) == 3 and rank == 2:
-        hint = (" Its tokens fit no patch grid of the input (at most "
-                f"{_layout.MAX_PREFIX_TOKENS} leading class/register tokens): pass `reshape=(h, w)` "
-                f"or a callable `reshape=` that lays them out as (N, h, w, C).")
-    near = _layers.nearest_feature_layers(graph.model, graph.paths[i], rank)
+        if given is not None and not callable(given):
+            h, w = given
+            hint = (f" `reshape={given}` asks for {h * w} patch tokens after at most the leading ones, "
+                    f"but the layer has {shape[1]} tokens: give the grid (h, w) of this layer's patch "
+                    f"tokens (h * w <= {shape[1]}), or a callable `reshape=`.")
+        else:
+            hint = (" Its tokens fit no patch grid of the input (at most "
+                    f"{_layout.MAX_PREFIX_TOKENS} leading class/register tokens): pass `reshape=(h, w)` "
+                    f"or a callable `reshape=` that lays them out as (N, h, w, C).")
+    near = [p for p in _layers.nearest_feature_layers(graph.model, path, rank) if p != path]
     close = f" The nearest layers that are: {near}." if near else ""
     return (
-        f"Layer {graph.paths[i]!r} outputs shape {tuple(shape)}, which is not a feature map of "
+        f"Layer {path!r} outputs shape {tuple(shape)}, which is not a feature map of "
         f"this model's {rank}-D input: class-activation maps need {what}.{hint}{close} "
         f"(keras_cam.list_layers(model) lists every layer's output shape.)"
     )

@@ -75,14 +75,21 @@ class OutputSpec:
         return outputs
 
     def symbolic(self, model):
-        """The symbolic Keras tensor of the selected output, or None (no static graph)."""
+        """The symbolic Keras tensor of the selected output (from ``model.outputs``, in
+        Keras's flat order), or None (no static graph)."""
         structure = _static_structure(model)
-        if structure is None:
-            return None
         try:
-            return self.select(structure)
-        except ValueError:
+            flat = list(model.outputs or ())
+        except (AttributeError, ValueError, RuntimeError):
+            flat = []
+        if structure is None or not flat:
             return None
+        keys = _flat_keys(structure)
+        if keys is not None and self.key in keys:
+            index = keys.index(self.key)
+        else:
+            index = self.index or 0
+        return flat[index] if index < len(flat) else None
 
 
 def resolve(model, output=None) -> OutputSpec:

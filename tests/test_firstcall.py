@@ -18,7 +18,7 @@ import tensorflow as tf
 import keras_cam as kc
 from keras_cam import methods
 from keras_cam._compat import keras
-from keras_cam.base import Compiled
+from keras_cam.compiled import Compiled
 from keras_cam.viz import colorize
 from keras_cam.vizgradcam import ExplainerCache, VizGradCAM, last_conv_layer
 

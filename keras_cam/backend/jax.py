@@ -105,13 +105,20 @@ class compiled:
     trained further, the same compiled function explains the new weights.
     Python scalars (flags) are static arguments; arrays and tuples of arrays
     are traced.
+
+    With ``eager_first=True`` the first call of a signature runs op by op, as
+    on TensorFlow: compiling a model's forward and backward pass costs more
+    than running it a few times, and pays off only when the signature comes back.
     """
+
+    _MAX_SEEN = 64
 
     def __init__(self, fn, model=None, eager_first=False):
         self._fn = fn
         self._variables = list(getattr(model, "variables", None) or [])
         self._jitted = {}
         self._traces = 0
+        self._seen = set() if eager_first else None
 
     def _pure(self, state, *args):
         self._traces += 1
@@ -121,6 +128,13 @@ class compiled:
     def __call__(self, *args):
         if any(isinstance(leaf, jax.core.Tracer) for leaf in jax.tree_util.tree_leaves(args)):
             return self._fn(*args)  # already inside a trace
+        if self._seen is not None:
+            key = signature(args)
+            if key not in self._seen:
+                if len(self._seen) >= self._MAX_SEEN:
+                    self._seen.clear()
+                self._seen.add(key)
+                return self._fn(*args)
         statics = tuple(i + 1 for i, a in enumerate(args) if _is_static(a))
         jitted = self._jitted.get(statics)
         if jitted is None:

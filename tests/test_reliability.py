@@ -1,0 +1,191 @@
+"""Silent wrong answers under realistic misuse: dict and list outputs, threads, new weights,
+non-finite scores, misleading errors. Every test runs on the backend the suite runs with."""
+
+import itertools
+import threading
+import warnings
+
+import numpy as np
+import pytest
+
+import keras_cam as kc
+from keras_cam._compat import keras, ops, to_host
+
+
+def _features_model(rng_seed, heads, order):
+    """A CNN whose outputs are a dict of heads built in ``order``: ``heads`` maps a key to
+    ``(units, activation)``."""
+    keras.utils.set_random_seed(rng_seed)
+    inp = keras.Input((10, 10, 3))
+    x = keras.layers.Conv2D(5, 3, name="target")(inp)
+    x = keras.layers.GlobalAveragePooling2D(name="gap")(x)
+    outs = {k: keras.layers.Dense(heads[k][0], activation=heads[k][1], name=f"head_{k}")(x) for k in order}
+    return keras.Model(inp, outs)
+
+
+def _logits(model, images, key):
+    """The pre-activation output of head ``key``, computed in numpy from the weights."""
+    pooled = to_host(model.get_layer("gap")(model.get_layer("target")(images)))
+    kernel, bias = model.get_layer(f"head_{key}").get_weights()
+    return pooled @ kernel + bias
+
+
+_HEADS = {"cls": (3, "softmax"), "box": (4, None), "aux": (2, "softmax")}
+
+
+@pytest.mark.parametrize("order", list(itertools.permutations(["cls", "box", "aux"]))[::2])
+def test_dict_outputs_are_selected_by_key_in_any_order(order, rng):
+    model = _features_model(len(order[0]), _HEADS, order)
+    images = rng.random((3, 10, 10, 3)).astype("float32")
+    keys = sorted(_HEADS)  # Keras's flat order: model.outputs, output_names, output=<int>
+    for key in _HEADS:
+        logits = _logits(model, images, key)
+        for spec in (key, keys.index(key), f"head_{key}"):
+            explanation = kc.GradCAM(model, output=spec).explain(images, targets=1)
+            np.testing.assert_allclose(explanation.scores, logits[:, 1], rtol=1e-4, atol=1e-5)
+            if _HEADS[key][1] == "softmax":  # the model's own softmax, applied once
+                p = np.exp(logits - logits.max(1, keepdims=True))
+                np.testing.assert_allclose(explanation.probabilities, (p / p.sum(1, keepdims=True))[:, 1],
+                                           rtol=1e-4, atol=1e-6)
+            # A callable target on the same (linearized) output is a second path to the same map.
+            by_callable = kc.GradCAM(model, output=spec)(images, targets=lambda out, k=key: out[k][:, 1])
+            np.testing.assert_allclose(by_callable, explanation.maps, atol=1e-5)
+    # The default is the first output in Keras's flat order, whatever the build order.
+    default = kc.GradCAM(model).explain(images, targets=0)
+    np.testing.assert_allclose(default.scores, _logits(model, images, keys[0])[:, 0], rtol=1e-4, atol=1e-5)
+
+
+def test_list_outputs_by_index_and_name_and_out_of_range(rng):
+    keras.utils.set_random_seed(3)
+    inp = keras.Input((10, 10, 3))
+    x = keras.layers.Conv2D(5, 3, activation="relu", name="target")(inp)
+    x = keras.layers.GlobalAveragePooling2D(name="gap")(x)
+    outs = [keras.layers.Dense(4, name="head_box")(x), keras.layers.Dense(3, activation="softmax", name="head_cls")(x)]
+    model = keras.Model(inp, outs)
+    images = rng.random((2, 10, 10, 3)).astype("float32")
+    for spec, key in ((0, "box"), (1, "cls"), ("head_box", "box"), ("head_cls", "cls")):
+        scores = kc.GradCAM(model, output=spec).explain(images, targets=2).scores
+        np.testing.assert_allclose(scores, _logits(model, images, key)[:, 2], rtol=1e-4, atol=1e-5)
+    for bad in (5, -1):
+        with pytest.raises(ValueError, match="out of range"):
+            kc.GradCAM(model, output=bad)
+    with pytest.raises(ValueError, match="not an output"):
+        kc.GradCAM(model, output="nope")
+    with pytest.raises(TypeError, match="output"):
+        kc.GradCAM(model, output=True)
+
+
+def _softmax_cnn(seed=0):
+    keras.utils.set_random_seed(seed)
+    inp = keras.Input((12, 12, 3))
+    x = keras.layers.Conv2D(6, 3, activation="relu", name="target")(inp)
+    x = keras.layers.GlobalAveragePooling2D()(x)
+    return keras.Model(inp, keras.layers.Dense(4, activation="softmax", name="probs")(x))
+
+
+def _snapshot(model):
+    """Each layer's own ``call`` and ``activation`` attributes, by identity."""
+    return {(l.name, a): id(l.__dict__.get(a)) for l in model.layers for a in ("call", "activation")}
+
+
+def test_threads_predicting_beside_an_explaining_thread_see_the_model_unchanged(rng):
+    model = _softmax_cnn()
+    before = _snapshot(model)
+    images = rng.random((3, 12, 12, 3)).astype("float32")
+    expected_probs = to_host(model(images))
+    cam = kc.GradCAM(model)
+    expected_maps = cam(images)
+    errors, stop = [], threading.Event()
+
+    def predict():
+        while not stop.is_set():
+            p = to_host(model(images))
+            if not np.allclose(p, expected_probs, atol=1e-5):
+                errors.append(("predict", float(np.abs(p - expected_probs).max())))
+
+    def explain(explainer, reference, rounds=15):
+        try:
+            for _ in range(rounds):
+                maps = explainer(images)
+                if not np.allclose(maps, reference, atol=1e-5):
+                    errors.append(("explain", float(np.abs(maps - reference).max())))
+        except Exception as err:  # noqa: BLE001  (recorded and asserted below)
+            errors.append(("explain raised", repr(err)))
+
+    other = kc.GradCAMPlusPlus(model)
+    other_reference = other(images)
+    predictors = [threading.Thread(target=predict) for _ in range(2)]
+    explainers = [threading.Thread(target=explain, args=(cam, expected_maps)),
+                  threading.Thread(target=explain, args=(other, other_reference))]
+    for t in predictors + explainers:
+        t.start()
+    for t in explainers:
+        t.join()
+    stop.set()
+    for t in predictors:
+        t.join()
+    assert errors == []
+    assert _snapshot(model) == before
+    np.testing.assert_allclose(to_host(model(images)), expected_probs, atol=1e-6)
+
+
+def test_new_weights_are_explained_after_training_further(rng):
+    """A compiled explainer reads the weights as they are now (on JAX they are arguments of
+    the jitted function, not constants)."""
+    model = _softmax_cnn(1)
+    images = rng.random((2, 12, 12, 3)).astype("float32")
+    cam = kc.GradCAM(model)
+    cam(images), cam(images)  # compiled for this shape
+    model.set_weights([w + rng.normal(0, 0.3, w.shape).astype(w.dtype) for w in model.get_weights()])
+    np.testing.assert_allclose(cam(images), kc.GradCAM(model)(images), atol=1e-5)
+    np.testing.assert_allclose(cam.explain(images).scores, kc.GradCAM(model).explain(images).scores, rtol=1e-5)
+
+
+def test_non_finite_scores_are_named_not_blamed_on_the_layer(rng):
+    model = _softmax_cnn(2)
+    images = rng.random((3, 12, 12, 3)).astype("float32")
+
+    def target(out):
+        return ops.log(ops.exp(out[:, 0]) * ops.convert_to_tensor(np.array([1.0, 0.0, 1.0], "float32")))
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        kc.GradCAM(model)(images, targets=target)
+    messages = [str(w.message) for w in caught]
+    assert any("not finite" in m and "[1]" in m for m in messages), messages
+    assert not any("nothing at layer" in m and "[1]" in m for m in messages), messages
+
+
+def test_reshape_errors_say_what_reshape_is_for(rng):
+    model = _softmax_cnn(3)
+    with pytest.raises(ValueError, match="needs no reshape") as info:
+        kc.GradCAM(model, layer="target", reshape=(5, 5))
+    assert "nearest layers" not in str(info.value)
+    # A token model whose grid the given reshape does not fit.
+    inp = keras.Input((8, 8, 3))
+    t = keras.layers.Reshape((16, 12))(keras.layers.Conv2D(12, 2, strides=2)(inp))
+    t = keras.layers.Dense(6, name="tokens")(t)
+    out = keras.layers.Dense(3)(keras.layers.GlobalAveragePooling1D()(t))
+    tokens = keras.Model(inp, out)
+    with pytest.raises(ValueError, match=r"reshape=\(5, 5\)") as info:
+        kc.GradCAM(tokens, layer="tokens", reshape=(5, 5))
+    assert "pass `reshape=(h, w)`" not in str(info.value)
+
+
+@pytest.mark.parametrize("bad, match", [
+    (None, "is None"), ("cat.png", "string"), ({"image": np.zeros((1, 12, 12, 3))}, "single input"),
+    (np.array([["a"]]), "dtype"), (np.zeros((2, 12, 12, 3), bool), "dtype"),
+])
+def test_bad_inputs_get_clear_errors_without_the_array(bad, match):
+    cam = kc.GradCAM(_softmax_cnn(4))
+    with pytest.raises(TypeError, match=match) as info:
+        cam(bad)
+    assert len(str(info.value)) < 400
+
+
+def test_a_dataset_passed_to_a_call_names_explain_dataset():
+    class FakeDataset:  # what the check looks for on tf.data and other dataset types
+        element_spec = None
+
+    with pytest.raises(TypeError, match="explain_dataset"):
+        kc.GradCAM(_softmax_cnn(5))(FakeDataset())
