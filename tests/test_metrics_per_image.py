@@ -61,9 +61,11 @@ def test_model_metrics_per_image_equal_each_image_alone(case, name):
     assert isinstance(per_image, np.ndarray) and per_image.shape == (len(images),)
     alone = [fn(model, images[i:i + 1], maps[i:i + 1], **kw) for i in range(len(images))]
     np.testing.assert_allclose(per_image, alone, rtol=1e-5, atol=1e-7)
-    mean = fn(model, images, maps, **kw)
+    mean = fn(model, images, maps, batch_size=3, **kw)
     assert isinstance(mean, float)
     assert np.mean(per_image) == pytest.approx(mean, rel=1e-12, abs=1e-12)
+    # and another batch size: the same up to float rounding
+    assert fn(model, images, maps, **kw) == pytest.approx(mean, rel=1e-5, abs=1e-7)
     # with an explicit class per image, too
     classes = np.arange(len(images)) % 3
     per_image = fn(model, images, maps, classes, reduce=None, **kw)
