@@ -6,7 +6,7 @@
     keras-cam audit IMAGES_DIR --model PATH [--labels CSV] [--method NAME] [--out DIR]
     keras-cam evaluate IMAGE... --model PATH [--method NAME] [--metric NAME]
 
-``demo`` runs every method on the built-in model and generated images (no
+``demo`` runs six methods on the built-in model and generated images (no
 argument, no network). ``explain`` writes one overlay PNG per image and
 method and a ``predictions.json``. ``layers`` lists the layers ``--layer``
 accepts. ``audit`` clusters the maps of a folder of images per class and
@@ -625,7 +625,8 @@ def build_parser():
 
     demo = sub.add_parser(
         "demo", help="explain generated images with the built-in model; writes a figure and a summary",
-        description="Explain a few generated shape images with every method, using the small CNN that "
+        description="Explain a few generated shape images with six methods (Grad-CAM, Grad-CAM++, Score-CAM, "
+                    "Layer-CAM, Eigen-CAM, CAM), using the small CNN that "
                     "ships with keras-cam. Writes demo.png (the methods side by side, ground-truth boxes "
                     "drawn) and summary.txt (accuracy and how often each map points into the box). "
                     "No network needed.",

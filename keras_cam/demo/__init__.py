@@ -6,7 +6,7 @@
     shortcut = load_shortcut_model()                   # trained with a corner mark on every circle
 
 ``keras-cam demo`` (see :mod:`keras_cam.cli`) explains a few of these images
-with every method and writes a figure and a summary; ``keras-cam demo --audit``
+with six methods (``DEMO_METHODS``) and writes a figure and a summary; ``keras-cam demo --audit``
 audits the shortcut model (:func:`keras_cam.audit`).
 """
 

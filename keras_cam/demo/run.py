@@ -1,4 +1,4 @@
-"""What ``keras-cam demo`` does: every method on the demo model, a figure and a summary.
+"""What ``keras-cam demo`` does: six methods (:data:`DEMO_METHODS`) on the demo model, a figure and a summary.
 
 The figure (``demo.png``) shows a few generated images, their ground-truth
 boxes and each method's map. The summary (``summary.txt``) gives the model's
@@ -56,7 +56,7 @@ def available_methods():
 
 
 def run_demo(out="keras-cam-demo", n_images=4, seed=7, n_eval=128, overwrite=False, verbose=True):
-    """Explain generated images with every method; write ``demo.png`` and ``summary.txt``.
+    """Explain generated images with the six :data:`DEMO_METHODS`; write ``demo.png`` and ``summary.txt``.
 
     Args:
         out: output folder (created if needed).
