@@ -465,3 +465,62 @@ def test_the_demo_summary_quoted_in_getting_started_is_what_keras_cam_demo_print
     assert (ROOT / "docs" / "demo" / "summary.txt").read_text(encoding="utf-8") == summary
     weights = load_model().count_params()
     assert f"**Model** ({weights:,} weights" in text
+
+
+def _table_after(text, anchor):
+    """``{row name: {column header: cell}}`` of the first Markdown table after ``anchor``."""
+    lines = text[text.index(anchor):].splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith("| method |"))
+    header = [c.strip() for c in lines[start].strip("|").split("|")]
+    rows = {}
+    for line in lines[start + 2:]:
+        if not line.startswith("|"):
+            break
+        cells = [c.strip() for c in line.strip("|").split("|")]
+        rows[cells[0]] = dict(zip(header, cells))
+    return rows
+
+
+# (page, the sentence that names the command, the layer that command uses)
+QUALITY_TABLES = [
+    ("README.md", "**Quality on the demo data** (`python bench/bench_quality.py`", None),
+    ("docs/metrics.md", "`python bench/bench_quality.py` explains the held-out demo images", None),
+    ("docs/metrics.md", "`python bench/bench_quality.py --layer conv3_relu --fast\n--no-timing`", "conv3_relu"),
+]
+SPOT_ROWS = ("gradcam", "eigencam", "randomcam")          # a class-specific, a class-agnostic method, the floor
+SPOT_COLUMNS = {"Avg Drop % ↓": "average_drop", "Incr Conf % ↑": "increase_in_confidence",
+                "Pointing % ↑": "pointing_game", "Energy PG % ↑": "energy_pointing_game"}
+
+
+def test_the_quality_tables_quote_what_their_command_prints():
+    """Spot check of the quality tables: the cheap columns of a few rows, and the two reference rows,
+    recomputed as ``bench/bench_quality.py`` computes them with the settings the prose names."""
+    from keras_cam import methods, metrics
+    from keras_cam.demo import TARGET_LAYER, load_model, make_dataset
+
+    model = load_model()
+    images, labels, boxes = make_dataset(100, seed=1)              # the command's defaults
+    right = np.asarray(model.predict(images, verbose=0)).argmax(-1) == labels
+    images, labels, boxes = images[right], labels[right].astype(np.int32), boxes[right]
+    box_mask = np.zeros(images.shape[:3], np.float32)
+    for m, (y0, x0, y1, x1) in zip(box_mask, boxes):
+        m[y0:y1, x0:x1] = 1.0
+    computed = {}
+    stale = []
+    for page, anchor, layer in QUALITY_TABLES:
+        text = _read(page)
+        assert anchor in text, f"{page} no longer names its command as {anchor!r}: update QUALITY_TABLES"
+        layer = layer or TARGET_LAYER
+        if layer not in computed:
+            given = {n: (lambda m, n=n: methods.create(n, m, layer=layer)) for n in SPOT_ROWS}
+            given["random maps (reference)"] = np.random.default_rng(0).random(images.shape[:3]).astype(np.float32)
+            given["box mask (oracle)"] = box_mask
+            table = metrics.evaluate(given, model, images, labels, boxes=boxes, metrics=list(SPOT_COLUMNS.values()))
+            computed[layer] = {row["method"]: row for row in table.rows}
+        quoted = _table_after(text, anchor)
+        for name, row in computed[layer].items():
+            for header, metric in SPOT_COLUMNS.items():
+                if f"{row[metric]:.1f}" != quoted[name][header]:
+                    stale.append(f"{page} ({layer}) {name} {header}: quoted {quoted[name][header]}, "
+                                 f"the command gives {row[metric]:.1f}")
+    assert not stale, "rerun the quality benchmark and update the tables and their prose:\n" + "\n".join(stale)
