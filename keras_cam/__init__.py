@@ -1,13 +1,14 @@
 """keras-cam: class-activation maps for Keras models.
 
 Shows where a CNN looked when it made a prediction (Grad-CAM, Grad-CAM++ and
-their family), for Keras 3 on TensorFlow and for legacy tf-keras.
+their family), for Keras 3 on TensorFlow, JAX and PyTorch (``KERAS_BACKEND``),
+and for legacy tf-keras.
 
 The public names are imported when first used (PEP 562): ``import keras_cam``
-alone does not import TensorFlow, so that the ``keras-cam`` command (the
-module ``keras_cam.cli``, which imports this package first) can answer
-``--help`` before TensorFlow loads. ``from keras_cam import GradCAM`` works
-as always.
+alone imports no backend, so that the ``keras-cam`` command (the module
+``keras_cam.cli``, which imports this package first) can answer ``--help``
+before one loads; on JAX and PyTorch, TensorFlow is never imported.
+``from keras_cam import GradCAM`` works as always.
 """
 
 import importlib

@@ -13,29 +13,36 @@ The callback is a thin wrapper: the explaining is an ordinary explainer,
 built once. It reaches the target layer by intercepting its call while the
 model runs, so it reads the live weights: training changes them in place and
 the explainer needs neither a rebuild nor a retrace.
+
+It works on every Keras backend. The TensorBoard event files are written by
+``tf.summary`` on the TensorFlow backend and by :class:`EventFileWriter`
+(plain Python: the same records, readable by TensorBoard) on JAX and PyTorch,
+so TensorFlow is imported only when it is the backend.
 """
 
 from __future__ import annotations
 
 import math
 import os
+import socket
+import struct
+import threading
+import time
 import warnings
 
 import cv2
 import numpy as np
-import tensorflow as tf
-from tensorflow.core.framework import summary_pb2
 
+from keras_cam import backend as _backend
 from keras_cam import layout as _layout
 from keras_cam import metrics as _metrics
 from keras_cam import methods as _methods
 from keras_cam import targets as _targets
-from keras_cam._compat import keras
+from keras_cam._compat import keras, to_host
 from keras_cam.base import Explainer, as_batch
 from keras_cam.inputs import input_layout as graph_input_layout
-from keras_cam.dataset import displayable
 from keras_cam.files import png_bytes, write_atomic
-from keras_cam.viz import as_rgb_uint8, overlay
+from keras_cam.viz import as_rgb_uint8, displayable, overlay
 
 FAITHFULNESS = ("average_drop", "increase_in_confidence")
 
@@ -62,8 +69,11 @@ class CAMCallback(keras.callbacks.Callback):
         every: explain after epochs ``every, 2 * every, ...`` (1-based, as
             Keras prints them).
         log_dir: folder for the PNGs and the TensorBoard event files.
-        tensorboard: write a ``tf.summary.image`` (tag ``cam/<Method>``) and
-            the faithfulness scalars (``cam/average_drop``, ...) to ``log_dir``.
+        tensorboard: write the picture as a TensorBoard image (tag
+            ``cam/<Method>``) and the faithfulness scalars
+            (``cam/average_drop``, ...) to event files in ``log_dir``, on every
+            backend (``tf.summary`` on TensorFlow, :class:`EventFileWriter`
+            elsewhere); the ``tensorboard`` package is needed only to view them.
         save_png: write ``log_dir/epoch_003.png`` (atomically: a file is
             either complete or absent).
         class_names: names of the classes, for the captions.
@@ -76,6 +86,8 @@ class CAMCallback(keras.callbacks.Callback):
     Attributes:
         records: one dict per explained epoch: ``epoch``, ``png`` (path or
             None), ``targets``, ``probabilities`` and the metric values.
+        last: the :class:`~keras_cam.Explanation` of the last explained
+            epoch (its maps, targets, scores, probabilities), or None.
         errors: ``(epoch, exception)`` for every epoch the callback could not
             explain. The first one is reported as a warning; training goes on.
 
@@ -110,6 +122,7 @@ class CAMCallback(keras.callbacks.Callback):
         self.metrics = _metric_functions(metrics)
         self.records = []
         self.errors = []
+        self.last = None
         self._explainer = None
         self._writer = None
         self._epoch = 0
@@ -147,7 +160,7 @@ class CAMCallback(keras.callbacks.Callback):
 
     def _read_images(self, layout):
         batch, _ = as_batch(self._given, layout)
-        self.images = batch.numpy()
+        self.images = to_host(batch)
         if not callable(self.targets):
             _targets.class_indices(self.targets, len(self.images))
 
@@ -168,6 +181,7 @@ class CAMCallback(keras.callbacks.Callback):
     def _explain(self, epoch):
         explainer = self._explainer_for(self.model)
         result = explainer.explain(self.images, self.targets)
+        self.last = result
         scalars = {}
         if result.targets is not None:
             for name, fn in self.metrics.items():
@@ -182,13 +196,11 @@ class CAMCallback(keras.callbacks.Callback):
             write_atomic(png, encoded)
         if self.tensorboard:
             if self._writer is None:
-                self._writer = tf.summary.create_file_writer(self.log_dir)
-            with self._writer.as_default():
-                height, width = picture.shape[:2]
-                _write_summary(f"cam/{type(explainer).__name__}", "images",
-                               tf.constant([str(width), str(height), encoded]), epoch)
-                for name, value in scalars.items():
-                    _write_summary(f"cam/{name}", "scalars", tf.constant(value, tf.float32), epoch)
+                self._writer = (_TFSummaryWriter if _backend.is_tensorflow() else EventFileWriter)(self.log_dir)
+            height, width = picture.shape[:2]
+            self._writer.image(f"cam/{type(explainer).__name__}", width, height, encoded, epoch)
+            for name, value in scalars.items():
+                self._writer.scalar(f"cam/{name}", value, epoch)
             self._writer.flush()
         return {
             "epoch": epoch, "png": png,
@@ -198,13 +210,165 @@ class CAMCallback(keras.callbacks.Callback):
         }
 
 
-def _write_summary(tag, plugin, tensor, step):
-    """One TensorBoard summary in the layout of the ``plugin`` ("images": the
-    string vector ``[width, height, png]``; "scalars": a float), written with
-    TensorFlow alone, so the ``tensorboard`` package is needed only to view it."""
-    metadata = summary_pb2.SummaryMetadata(
-        plugin_data=summary_pb2.SummaryMetadata.PluginData(plugin_name=plugin))
-    tf.summary.write(tag, tensor, step=step, metadata=metadata.SerializeToString())
+class _TFSummaryWriter:
+    """TensorBoard summaries written by ``tf.summary`` (the TensorFlow backend;
+    TensorFlow is imported here, never when the module loads)."""
+
+    def __init__(self, log_dir):
+        import tensorflow as tf  # noqa: PLC0415 (TensorFlow by nature, and only on its backend)
+        from tensorflow.core.framework import summary_pb2  # noqa: PLC0415
+
+        self._tf, self._pb2 = tf, summary_pb2
+        self._writer = tf.summary.create_file_writer(log_dir)
+
+    def _write(self, tag, plugin, tensor, step):
+        metadata = self._pb2.SummaryMetadata(plugin_data=self._pb2.SummaryMetadata.PluginData(plugin_name=plugin))
+        with self._writer.as_default():
+            self._tf.summary.write(tag, tensor, step=step, metadata=metadata.SerializeToString())
+
+    def image(self, tag, width, height, png, step):
+        self._write(tag, "images", self._tf.constant([str(width), str(height), png]), step)
+
+    def scalar(self, tag, value, step):
+        self._write(tag, "scalars", self._tf.constant(float(value), self._tf.float32), step)
+
+    def flush(self):
+        self._writer.flush()
+
+    def close(self):
+        self._writer.close()
+
+
+# ---------------------------------------------------------------- event files without TensorFlow
+
+def _crc32c_table():
+    table = []
+    for byte in range(256):
+        crc = byte
+        for _ in range(8):
+            crc = (crc >> 1) ^ 0x82F63B78 if crc & 1 else crc >> 1
+        table.append(crc)
+    return tuple(table)
+
+
+_CRC32C = _crc32c_table()
+
+
+def crc32c(data) -> int:
+    """CRC-32C (Castagnoli, reflected polynomial ``0x82F63B78``) of ``data``, as TFRecord files use."""
+    crc, table = 0xFFFFFFFF, _CRC32C
+    for byte in bytes(data):
+        crc = table[(crc ^ byte) & 0xFF] ^ (crc >> 8)
+    return crc ^ 0xFFFFFFFF
+
+
+def _masked_crc(data) -> int:
+    """TFRecord's masked CRC: ``rotate_right(crc32c, 15) + 0xA282EAD8`` modulo 2^32."""
+    crc = crc32c(data)
+    return (((crc >> 15) | (crc << 17)) + 0xA282EAD8) & 0xFFFFFFFF
+
+
+def _varint(n) -> bytes:
+    out = bytearray()
+    while True:
+        low, n = n & 0x7F, n >> 7
+        out.append(low | (0x80 if n else 0))
+        if not n:
+            return bytes(out)
+
+
+def _field(number, payload) -> bytes:
+    """A length-delimited protobuf field (wire type 2): strings, bytes, messages."""
+    return _varint(number << 3 | 2) + _varint(len(payload)) + payload
+
+
+def _event(step, summary=None, file_version=None) -> bytes:
+    """An ``Event`` message: ``wall_time`` (1, double), ``step`` (2), ``file_version`` (3), ``summary`` (5)."""
+    out = struct.pack("<Bd", 1 << 3 | 1, time.time()) + _varint(2 << 3) + _varint(int(step))
+    if file_version is not None:
+        out += _field(3, file_version.encode())
+    if summary is not None:
+        out += _field(5, summary)
+    return out
+
+
+def _summary(tag, plugin, tensor) -> bytes:
+    """A ``Summary`` with one ``Value``: ``tag`` (1), ``tensor`` (8) and ``metadata`` (9),
+    whose ``plugin_data`` (1) names the ``plugin`` (1)."""
+    metadata = _field(1, _field(1, plugin.encode()))
+    return _field(1, _field(1, tag.encode()) + _field(8, tensor) + _field(9, metadata))
+
+
+def _string_vector(items) -> bytes:
+    """A ``TensorProto`` of dtype ``DT_STRING`` (7), shape ``[len(items)]``, ``string_val`` (8)."""
+    shape = _field(2, _varint(1 << 3) + _varint(len(items)))  # one Dim, its size (1)
+    return _varint(1 << 3) + _varint(7) + _field(2, shape) + b"".join(_field(8, item) for item in items)
+
+
+def _float_scalar(value) -> bytes:
+    """A ``TensorProto`` of dtype ``DT_FLOAT`` (1), shape ``[]``, ``float_val`` (5, packed)."""
+    return _varint(1 << 3) + _varint(1) + _field(2, b"") + _field(5, struct.pack("<f", float(value)))
+
+
+class EventFileWriter:
+    """TensorBoard event files written in plain Python, on any Keras backend.
+
+    An event file is a sequence of TFRecords (``uint64`` length, its masked
+    CRC-32C, the bytes, their masked CRC-32C), each an ``Event`` protocol
+    buffer, the first naming the format ``"brain.Event:2"``. Images are
+    stored as TensorFlow's ``tf.summary.image`` stores them (the string
+    vector ``[width, height, png]`` under the ``"images"`` plugin), scalars as
+    a float under ``"scalars"``: TensorBoard shows them as it shows those of
+    ``tf.summary``. The file is ``events.out.tfevents.<time>.<host>.<pid>.<n>.v2``
+    in ``log_dir``, created on the first write; records are appended and
+    flushed by :meth:`flush`.
+    """
+
+    _count = 0
+    _lock = threading.Lock()
+
+    def __init__(self, log_dir):
+        self.log_dir = os.fspath(log_dir)
+        self.path = None
+        self._file = None
+
+    def _open(self):
+        if self._file is None:
+            os.makedirs(self.log_dir, exist_ok=True)
+            with EventFileWriter._lock:
+                EventFileWriter._count += 1
+                n = EventFileWriter._count
+            name = f"events.out.tfevents.{int(time.time())}.{socket.gethostname()}.{os.getpid()}.{n}.v2"
+            self.path = os.path.join(self.log_dir, name)
+            self._file = open(self.path, "ab")  # noqa: SIM115 (kept open across epochs, closed by close())
+            self._record(_event(0, file_version="brain.Event:2"))
+        return self._file
+
+    def _record(self, data):
+        header = struct.pack("<Q", len(data))
+        self._file.write(header + struct.pack("<I", _masked_crc(header)) + data
+                         + struct.pack("<I", _masked_crc(data)))
+
+    def image(self, tag, width, height, png, step):
+        """A PNG image (bytes) under ``tag`` at ``step``."""
+        self._open()
+        tensor = _string_vector([str(int(width)).encode(), str(int(height)).encode(), bytes(png)])
+        self._record(_event(step, _summary(tag, "images", tensor)))
+
+    def scalar(self, tag, value, step):
+        """A float under ``tag`` at ``step``."""
+        self._open()
+        self._record(_event(step, _summary(tag, "scalars", _float_scalar(value))))
+
+    def flush(self):
+        if self._file is not None:
+            self._file.flush()
+
+    def close(self):
+        if self._file is not None:
+            self.flush()
+            self._file.close()
+            self._file = None
 
 
 def _method_class(method):

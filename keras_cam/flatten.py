@@ -16,11 +16,38 @@ not changed (its layers only gain a node, as any shared layer does).
 
 from __future__ import annotations
 
-import tensorflow as tf
-
 from keras_cam import _compat
 from keras_cam import layers as _layers
 from keras_cam import saved_model as _saved_model
+
+
+def _flat(x):
+    """The leaves of a nest of lists, tuples and dicts (dict values by sorted key), in order."""
+    if isinstance(x, dict):
+        return [leaf for key in _sorted_keys(x) for leaf in _flat(x[key])]
+    if isinstance(x, (list, tuple)):  # list subclasses too (tf-keras's tracked lists)
+        return [leaf for item in x for leaf in _flat(item)]
+    return [x]
+
+
+def _sorted_keys(d):
+    try:
+        return sorted(d)
+    except TypeError:  # keys of mixed types: their own order
+        return list(d)
+
+
+def _map(fn, x):
+    """``x`` with ``fn`` applied to every leaf; lists, tuples (named too) and dicts rebuilt."""
+    if isinstance(x, dict):
+        return {key: _map(fn, value) for key, value in x.items()}
+    if isinstance(x, tuple) and hasattr(x, "_fields"):
+        return type(x)(*(_map(fn, item) for item in x))
+    if isinstance(x, tuple):
+        return tuple(_map(fn, item) for item in x)
+    if isinstance(x, list):
+        return [_map(fn, item) for item in x]
+    return fn(x)
 
 
 def _kind(model):
@@ -72,7 +99,7 @@ def _inline(model, inputs, training, seen):
             x = _apply(layer, (x,), {}, training, seen)
         return x
     sources = list(model.inputs)
-    given = tf.nest.flatten(inputs)
+    given = _flat(inputs)
     if len(sources) != len(given):
         raise ValueError(
             f"Model {model.name!r} takes {len(sources)} inputs but is called on {len(given)} "
@@ -84,12 +111,12 @@ def _inline(model, inputs, training, seen):
         return mapped.get(id(x), x)
 
     for op, args, kwargs, outputs in _nodes(model):
-        args = tf.nest.map_structure(look_up, args)
-        kwargs = tf.nest.map_structure(look_up, kwargs)
+        args = _map(look_up, args)
+        kwargs = _map(look_up, kwargs)
         result = _apply(op, args, kwargs, training, seen)
-        for old, new in zip(tf.nest.flatten(outputs), tf.nest.flatten(result)):
+        for old, new in zip(_flat(outputs), _flat(result)):
             mapped[id(old)] = new
-    return tf.nest.map_structure(look_up, _output_structure(model))
+    return _map(look_up, _output_structure(model))
 
 
 def _apply(op, args, kwargs, training, seen):
@@ -191,7 +218,7 @@ def flatten_model(model, outputs=None, input_shape=None):
                 f"as one layer, so their outputs are not in the flat graph. Explain the model "
                 f"directly (explainers reach them), or rebuild that sub-model as a functional model."
             )
-        result = [seen[id(layer)] for _, layer in wanted] + tf.nest.flatten(result)
+        result = [seen[id(layer)] for _, layer in wanted] + _flat(result)
     try:
         return keras.Model(feed, result, name=f"{model.name}_flat")
     except ValueError as err:

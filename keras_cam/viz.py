@@ -17,6 +17,7 @@ import cv2
 import numpy as np
 from matplotlib.figure import Figure
 
+from keras_cam._compat import to_host
 from keras_cam.base import Explanation
 
 _COLORMAPS = {
@@ -48,7 +49,7 @@ def as_rgb_uint8(image) -> np.ndarray:
     255) or in [0, 255]. A float image whose values all lie in [0, 1] is read
     as [0, 1].
     """
-    x = np.asarray(image)
+    x = to_host(image)
     if x.ndim == 3 and x.shape[-1] in (1, 3, 4):
         x = x[..., :3]
     elif x.ndim != 2:
@@ -68,7 +69,7 @@ def as_rgb_uint8(image) -> np.ndarray:
                 f"`image` values span [{lo:g}, {hi:g}]; expected uint8, or floats in [0, 1] or "
                 f"[0, 255]. Pass the image as it was before the model's preprocessing."
             )
-        if hi <= 1 and np.issubdtype(np.asarray(image).dtype, np.floating):
+        if hi <= 1 and np.issubdtype(to_host(image).dtype, np.floating):
             x = x * 255.0
         out = np.rint(x).astype(np.uint8)
     else:
@@ -78,9 +79,20 @@ def as_rgb_uint8(image) -> np.ndarray:
     return out
 
 
+def displayable(image) -> np.ndarray:
+    """An image ready for :func:`overlay`: as it is (float32) when its values are
+    in [0, 1] or [0, 255], otherwise min-max scaled to [0, 1] (an image that
+    was preprocessed for the model, e.g. to [-1, 1])."""
+    x = to_host(image).astype(np.float32)
+    lo, hi = float(np.min(x)), float(np.max(x))
+    if lo >= 0 and hi <= 255:
+        return x if hi > 1 else np.clip(x, 0, 1)
+    return (x - lo) / (hi - lo) if hi > lo else np.zeros_like(x)
+
+
 def _heatmap_float(heatmap, rank=2) -> np.ndarray:
     """A heatmap as a float32 array of ``rank`` axes (``(h, w)`` by default) in [0, 1]."""
-    h = np.asarray(heatmap)
+    h = to_host(heatmap)
     if rank == 2 and h.ndim == 3 and h.shape[-1] == 1:
         h = h[..., 0]
     if h.ndim != rank or h.size == 0:
@@ -192,10 +204,10 @@ def overlay_signal(signal, heatmap, alpha=0.5, colormap="jet", height=SIGNAL_HEI
         ``(C * height, T, 3)`` uint8 RGB.
     """
     alpha = _check_alpha(alpha)
-    x = np.asarray(signal, dtype=np.float64)
+    x = to_host(signal).astype(np.float64)
     x = x[:, None] if x.ndim == 1 else x
     if x.ndim != 2 or x.size == 0 or not np.isfinite(x).all():
-        raise ValueError(f"`signal` must be finite samples (T,) or (T, C); received shape {np.shape(signal)}.")
+        raise ValueError(f"`signal` must be finite samples (T,) or (T, C); received shape {to_host(signal).shape}.")
     n, channels = x.shape
     h = _heatmap_float(heatmap, rank=1)
     if h.shape[0] != n:
@@ -213,7 +225,7 @@ def overlay_signal(signal, heatmap, alpha=0.5, colormap="jet", height=SIGNAL_HEI
 
 def _volume_gray(volume):
     """A volume ``(D, H, W)`` or ``(D, H, W, 1|3|4)`` as ``(D, H, W, 3)`` uint8, scaled to its own range."""
-    v = np.asarray(volume, dtype=np.float64)
+    v = to_host(volume).astype(np.float64)
     if v.ndim == 4 and v.shape[-1] in (1, 3, 4):
         v = v[..., :3]
     elif v.ndim == 3:
@@ -221,7 +233,7 @@ def _volume_gray(volume):
     else:
         raise ValueError(
             f"`image` of a 3-D map must be a volume (D, H, W) or (D, H, W, C) with 1, 3 or 4 "
-            f"channels; received shape {np.shape(volume)}. Pass volumes[i] for one of a batch."
+            f"channels; received shape {to_host(volume).shape}. Pass volumes[i] for one of a batch."
         )
     if not np.isfinite(v).all():
         raise ValueError("`image` contains NaN or Inf.")
@@ -300,7 +312,7 @@ def overlay(image, heatmap, alpha=0.5, colormap="jet") -> np.ndarray:
         >>> picture = keras_cam.overlay(images[0], maps[0], alpha=0.4)
         >>> strip = keras_cam.overlay(signals[0], keras_cam.GradCAM(conv1d_model)(signals)[0])
     """
-    h = np.asarray(heatmap)
+    h, image = to_host(heatmap), to_host(image)
     if h.ndim == 1:
         return overlay_signal(image, h, alpha, colormap)
     if h.ndim == 3 and h.shape[-1] != 1 and (np.ndim(image) == 4 or (
@@ -394,8 +406,8 @@ _ONE = {1: "(T[, C])", 2: "(H, W[, C])", 3: "(D, H, W[, C])"}
 
 def _images_batch(images, rank=2):
     if isinstance(images, (list, tuple)):
-        return [np.asarray(im) for im in images]
-    x = np.asarray(images)
+        return [to_host(im) for im in images]
+    x = to_host(images)
     if x.ndim in (rank, rank + 1):
         return [x]
     if x.ndim != rank + 2:
@@ -413,7 +425,7 @@ def _explain(item, inputs, targets, n, header, rank=2):
     elif isinstance(item, Explanation):
         result = item
     else:
-        maps = np.asarray(item)
+        maps = to_host(item)
         if maps.ndim == rank:
             maps = maps[None]
         if maps.ndim != rank + 1:
@@ -423,7 +435,7 @@ def _explain(item, inputs, targets, n, header, rank=2):
                 f"received {type(item).__name__} of shape {maps.shape}."
             )
         result = None
-    maps = np.asarray(result.maps if result is not None else maps)
+    maps = to_host(result.maps if result is not None else maps)
     if maps.ndim == rank:
         maps = maps[None]
     if maps.shape[0] != n:
@@ -488,7 +500,7 @@ def plot(images, columns, targets=None, *, inputs=None, class_names=None, labels
     if inputs is None:
         inputs = np.stack(shown) if len({im.shape for im in shown}) == 1 else shown
     elif np.ndim(inputs) == rank + 1:
-        inputs = np.asarray(inputs)[None]
+        inputs = to_host(inputs)[None]
     if row_titles is not None and len(row_titles) != n:
         raise ValueError(f"`row_titles` has {len(row_titles)} entries for {n} images.")
     if labels is not None and len(labels) != n:

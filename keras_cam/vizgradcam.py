@@ -24,6 +24,7 @@ import weakref
 import numpy as np
 
 from keras_cam import _compat
+from keras_cam._compat import to_host
 from keras_cam import layers as _layers
 from keras_cam.base import as_batch
 from keras_cam.methods.gradient import GradCAM
@@ -184,7 +185,7 @@ _EXPLAINERS = ExplainerCache()
 
 def _display_image(image):
     """The original helper's display scaling: min-max of the image to 0..255."""
-    x = np.asarray(image, dtype=np.float64)
+    x = to_host(image).astype(np.float64)
     lo, hi = x.min(), x.max()
     scaled = (x - lo) / (hi - lo) if hi > lo else np.zeros_like(x)
     return np.rint(scaled * 255.0).astype(np.uint8)

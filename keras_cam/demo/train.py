@@ -6,9 +6,11 @@
 Trains :func:`keras_cam.demo.model.build_model` on generated shapes
 (:func:`keras_cam.demo.data.make_dataset`, training seed 0), measures the
 accuracy on fresh images (seed 1, never seen in training) and writes the
-weights. Seeds and TensorFlow's deterministic ops fix every random choice, so
-the same command on the same software gives the same weights (two runs on
-one machine gave identical arrays). It prints the training time, wall and CPU.
+weights. It runs on every Keras backend (``KERAS_BACKEND=tensorflow``, ``jax``
+or ``torch``). Seeds fix every random choice, and on TensorFlow its
+deterministic ops are switched on, so the same command on the same software
+and backend gives the same weights (two runs on one machine gave identical
+arrays). It prints the training time, wall and CPU.
 
 ``--shortcut`` trains the same architecture on data with a planted shortcut
 (``make_dataset(..., watermark=True)``: a corner mark on every image of
@@ -32,14 +34,16 @@ def train(n_train=4000, epochs=5, seed=TRAIN_SEED, verbose=1, watermark=None):
 
     ``watermark`` is passed to :func:`keras_cam.demo.data.make_dataset` (None: no mark).
     """
-    import tensorflow as tf
-
+    from keras_cam import backend
     from keras_cam._compat import keras
     from keras_cam.demo.data import make_dataset
     from keras_cam.demo.model import build_model
 
     keras.utils.set_random_seed(seed)
-    tf.config.experimental.enable_op_determinism()
+    if backend.is_tensorflow():  # JAX and PyTorch on CPU are deterministic already
+        import tensorflow as tf  # noqa: PLC0415 (only on its own backend)
+
+        tf.config.experimental.enable_op_determinism()
     images, labels = make_dataset(n_train, seed=seed, watermark=watermark)[:2]
     model = build_model(keras)
     batch_size = 32
