@@ -454,9 +454,10 @@ def weights_fingerprint(model):
 
     Two models with the same weights (the same numbers, in the same order) have
     the same fingerprint, whatever their variables are named; retraining, or
-    loading other weights, changes it. It reads every variable once (about a
-    millisecond per 10 MB of weights). None for a model whose weights cannot be
-    read (a frozen graph that keeps them as constants).
+    loading other weights, changes it. It reads every variable once
+    (MobileNetV2's 14 MB: about 0.1 s on a busy 2-core CPU, once per
+    ``explain_dataset`` call). None for a model whose weights cannot be read
+    (a frozen graph function that keeps them as constants).
     """
     variables = None
     for owner in (model, getattr(model, "source", None)):
@@ -473,7 +474,7 @@ def weights_fingerprint(model):
     for v in variables:
         value = np.ascontiguousarray(v.numpy() if hasattr(v, "numpy") else np.asarray(v))
         digest.update(f"{value.dtype.str}{list(value.shape)};".encode("ascii"))
-        digest.update(value.tobytes())
+        digest.update(value.reshape(-1).view(np.uint8))  # the bytes, without a copy
     return "sha256:" + digest.hexdigest()
 
 
