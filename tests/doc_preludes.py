@@ -9,7 +9,8 @@ run under legacy tf-keras) and generated data: no network, no download.
 
 A prelude is ``(names, symbols)``: ``names`` are the objects, ``symbols`` the
 values of the letters that the pages' comments use in shapes (``(N, H, W)``),
-so that ``# (N, H, W)`` is checked against real sizes. A page that is not
+so that ``# (N, H, W)`` is checked against real sizes. Every non-empty
+prelude also holds ``kc`` (keras_cam) and ``np`` (numpy), the usual imports. A page that is not
 listed is an error: every page with Python blocks has an entry, empty
 when its blocks define all they use.
 """
@@ -238,4 +239,10 @@ def prelude(page, workdir):
                        f"(an empty one if its blocks define everything they use)")
     build = PRELUDES[page]
     names, symbols = build(workdir) if build is _layers else build()
+    if names:      # a page that relies on a reader's setup also has the reader's usual imports
+        names = {"kc": _kc(), "np": np, **names}
     return dict(names), dict(symbols)
+
+
+# Names every non-empty prelude holds, whether or not the page uses them.
+COMMON = ("kc", "np")
