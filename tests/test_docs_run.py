@@ -463,8 +463,10 @@ def test_the_demo_summary_quoted_in_getting_started_is_what_keras_cam_demo_print
     lines = summary.rstrip("\n").splitlines()
     assert lines[-len(quoted):] == quoted, "\n".join(["quoted:", *quoted, "the command prints:", *lines])
     assert (ROOT / "docs" / "demo" / "summary.txt").read_text(encoding="utf-8") == summary
-    weights = load_model().count_params()
-    assert f"**Model** ({weights:,} weights" in text
+    model = load_model()
+    assert f"**Model** ({model.count_params():,} weights" in text
+    from keras_cam.demo.train import accuracy                 # what `python -m keras_cam.demo.train` prints
+    assert f"1,000 images of seed 1 ({100 * accuracy(model):.1f}% for the shipped" in text
 
 
 def _table_after(text, anchor):
