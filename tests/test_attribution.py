@@ -3,7 +3,8 @@
 The references run the models' computation again with ``tf.nn.convolution``
 from the layers' weights (the logits, without the softmax), take the input
 gradient with their own ``GradientTape`` and do the rest in numpy: noise
-drawn here with ``tf.random.stateless_normal(shape, seed=[seed, j])``, path
+drawn here with ``keras_cam.random.normal_numpy(seed, [j], shape)`` (the counter-based
+draw computed in numpy, independently of the backend's ops), path
 points of the midpoint rule built here. They share no code with
 ``keras_cam.methods.attribution``, which streams (input, sample) and
 (input, path point) pairs through the model inside one compiled function.
@@ -15,6 +16,7 @@ import tensorflow as tf
 
 import keras_cam as kc
 from keras_cam._compat import keras
+from keras_cam.random import normal_numpy
 from keras_cam.methods.attribution import IntegratedGradients, Saliency, SmoothGrad
 
 CLASSES = 3
@@ -82,12 +84,12 @@ def ref_saliency(model, x, classes=None, fn=None):
 
 
 def ref_smoothgrad(model, x, samples, noise, seed, classes=None, fn=None):
-    """mean_i of dS/dx at x + sigma eps_i, eps_i = stateless_normal(one input, [seed, i]), per image."""
+    """mean_i of dS/dx at x + sigma eps_i, eps_i = normal_numpy(seed, [i], one input), per image."""
     classes = top1(model, x) if classes is None and fn is None else classes
     out = []
     for n in range(len(x)):
         sigma = np.float32(noise) * (x[n].max() - x[n].min())
-        noisy = np.stack([x[n] + sigma * tf.random.stateless_normal(x.shape[1:], seed=[seed, i]).numpy()
+        noisy = np.stack([x[n] + sigma * normal_numpy(seed, [i], x.shape[1:])[0].astype(np.float32)
                           for i in range(samples)])
         rows = None if classes is None else np.full(samples, classes[n])
         g = grads_of(model, noisy, score_fn(rows, fn))

@@ -18,6 +18,7 @@ from keras_cam._compat import keras
 from keras_cam.methods.activation import FEM, RandomCAM
 from keras_cam.methods.gradient import (EigenGradCAM, GradCAMElementWise, HiResCAM, SmoothGradCAMPlusPlus,
                                         XGradCAM)
+from keras_cam.random import normal_numpy
 from test_layout import _weights, hand_conv1d
 
 H = W = 16
@@ -150,12 +151,12 @@ def ref_gradcampp(a, g1, g2, g3):
 
 def ref_smooth_gradcampp(hand, model, x, classes, samples, noise, seed):
     """Smooth Grad-CAM++: A from the clean input, gradient moments over the noisy inputs
-    x + noise (max x - min x) eps_j with eps_j = stateless_normal(seed=[seed, j])."""
+    x + noise (max x - min x) eps_j with eps_j = normal_numpy(seed, [j], one input)."""
     a, _, classes = hand_gradients(hand, model, x, classes)
     sigma = noise * (x.max(axis=tuple(range(1, x.ndim))) - x.min(axis=tuple(range(1, x.ndim))))
     moments = [np.zeros_like(a) for _ in range(3)]
     for j in range(samples):
-        eps = tf.random.stateless_normal(x.shape[1:], seed=[seed, j]).numpy()
+        eps = normal_numpy(seed, [j], x.shape[1:])[0].astype(np.float32)
         noisy = (x + sigma.reshape((-1,) + (1,) * (x.ndim - 1)).astype(np.float32) * eps).astype(np.float32)
         _, g, _ = hand_gradients(hand, model, noisy, classes)
         for p in range(3):
@@ -392,7 +393,7 @@ def test_fem_matches_its_formula(setups, layout, k):
 def test_random_cam_matches_its_formula(setups, layout):
     model, x, hand, targets, before = setups[layout]
     a, _, _ = hand_gradients(hand, model, x, targets)
-    w = tf.random.stateless_uniform([a.shape[-1]], seed=[4, 0], minval=-1, maxval=1).numpy()
+    w = np.random.default_rng(4).uniform(-1.0, 1.0, a.shape[-1])  # RandomCAM's documented draw
     expected = weighted_sum(a, np.tile(w, (len(x), 1)))
     assert all(np.ptp(m) > 0 for m in expected)
     check_explainer(RandomCAM(model, layer="target", seed=4), x, targets, expected, model, before)
@@ -408,7 +409,7 @@ def test_random_cam_seeds(setups):
 def test_eigen_smooth_on_fem_and_random_cam(setups):
     model, x, hand, _, _ = setups["1d"]
     a, _, _ = hand_gradients(hand, model, x)
-    w = tf.random.stateless_uniform([a.shape[-1]], seed=[0, 0], minval=-1, maxval=1).numpy()
+    w = np.random.default_rng(0).uniform(-1.0, 1.0, a.shape[-1])  # RandomCAM's documented draw
     for cam, weighted in ((FEM(model, layer="target", k=1, eigen_smooth=True), a * fem_weights(a, 1.0)[:, None]),
                           (RandomCAM(model, layer="target", eigen_smooth=True), a * w)):
         assert_close(cam(x, upsample=False, normalize=False), relu(first_component(weighted)))

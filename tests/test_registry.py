@@ -157,6 +157,35 @@ def test_every_method_on_a_token_grid(name):
         np.testing.assert_allclose(cam(x[i], targets=1), batch[i], atol=2e-5)
 
 
+@pytest.mark.parametrize("name", NAMES)
+def test_every_method_takes_reshape_and_is_quiet_by_default(name, capsys):
+    """`reshape=` is an option of every explainer (docs/layouts.md): on a ViT's token layer
+    the grid given as (h, w) gives the maps of the inferred grid, and another grid lays the
+    tokens out as asked. Built directly (not through methods.create), no method draws a
+    progress bar unless told to (verbose=0 by default)."""
+    model = tiny_vit()
+    x = np.random.default_rng(5).uniform(size=(2, 16, 16, 3)).astype(np.float32)
+    cls = methods.get(name)
+
+    def build(**kw):
+        kw = {**CHEAP.get(name, {}), **kw}
+        return cls(model, **kw) if not cls.uses_layer else cls(model, "target", **kw)
+
+    if name == "cam":  # its head must be pooling + Dense, whatever the grid
+        for reshape in (None, (4, 4)):
+            with pytest.raises(ValueError, match="GradCAM"):
+                build(reshape=reshape)
+        return
+    cam = build(reshape=(4, 4))
+    assert getattr(cam, "verbose", 0) == 0
+    given = cam(x, targets=1, upsample=False, normalize=False)
+    assert capsys.readouterr().out == ""
+    inferred = create(name, model)(x, targets=1, upsample=False, normalize=False)
+    np.testing.assert_allclose(given, inferred, rtol=1e-6, atol=1e-7)
+    other = build(reshape=(2, 8))(x[:1], targets=1, upsample=False, normalize=False)
+    assert other.shape[1:3] == ((16, 16) if not cls.uses_layer else (2, 8))
+
+
 def test_create_builds_every_method_silent(model, images, capsys):
     """Methods that draw a progress bar are built with verbose=0 by the registry, also
     when their own __init__ passes the option on through **kwargs (ISCAM, SSCAM)."""

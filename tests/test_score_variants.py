@@ -3,8 +3,8 @@
 The reference loops over images, channels and steps/samples one at a time: it reads
 the target layer through a rebuilt sub-model, resizes each channel with
 ``tf.image.resize``, scales it to [0, 1] in numpy, varies the mask (``(i / steps) M``;
-``M + noise * eps`` with ``eps`` drawn by ``tf.random.stateless_normal`` from
-``(seed, k * samples + j)``) and scores the masked input with the head's weights in
+``M + noise * eps`` with ``eps`` drawn by ``keras_cam.random.normal_numpy`` (the
+counter-based draw computed in numpy) from ``(seed, k * samples + j)``) and scores the masked input with the head's weights in
 float64. It shares no code with ``keras_cam.methods.score`` (which streams the
 (image, channel, repeat) triples through the model in batches).
 """
@@ -15,6 +15,7 @@ import tensorflow as tf
 
 import keras_cam as kc
 from keras_cam._compat import keras
+from keras_cam.random import normal_numpy
 from keras_cam.methods.score import ISCAM, SSCAM, ScoreCAM
 
 SIZE, T = 16, 24
@@ -113,7 +114,7 @@ def iscam_vary(steps):
 
 def sscam_vary(samples, noise, seed):
     def vary(m, k, r):
-        eps = tf.random.stateless_normal(m.shape, seed=[seed, k * samples + r]).numpy()
+        eps = normal_numpy(seed, [k * samples + r], m.shape)[0].astype(np.float32)
         return m + noise * eps
     return vary
 

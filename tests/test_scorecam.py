@@ -355,5 +355,5 @@ def test_out_of_memory_suggests_a_smaller_batch(models, images, monkeypatch):
         raise tf.errors.ResourceExhaustedError(None, None, "OOM when allocating tensor")
 
     monkeypatch.setattr(cam.graph, "run", exhausted)
-    with pytest.raises(tf.errors.ResourceExhaustedError, match=r"smaller batch_size.*batch_size=16"):
+    with pytest.raises(MemoryError, match=r"smaller batch_size.*batch_size=16"):
         cam(images)

@@ -311,7 +311,8 @@ def stream_selected(explainer, chosen, repeats, fn, initial):
     past ``count`` are discarded (``backend.dynamic_rows``).
 
     Args:
-        explainer: the :class:`StreamingExplainer` (its ``batch_size`` and ``verbose``).
+        explainer: the :class:`StreamingExplainer` (its ``batch_size``, and ``verbose``:
+            1 draws a bar over the model inputs that are run).
         chosen: ``(N, K)`` bool.
         repeats: passes per chosen pair.
         fn: ``fn(chunk) -> (indices, updates)`` as for ``stream``; a chunk is
@@ -323,13 +324,18 @@ def stream_selected(explainer, chosen, repeats, fn, initial):
     width = int(table.shape[1])
     full = count // step
     rest = count - full * step
-    steps = full + ops.minimum(rest, 1)
-    bar = {}
+    bar = {"bar": None, "done": 0}
 
-    def progress(i, n):  # on the host
-        if i == 0 or "bar" not in bar:
-            bar["bar"] = _compat.progbar(max(n, 1), verbose=explainer.verbose)
-        bar["bar"].update(min(i + 1, n))
+    def progress(i, total):
+        """On the host: the bar counts the model inputs run (masked or ablated copies). A
+        compiled call may report its passes out of order (TensorFlow runs the remainder's
+        callback as soon as its own inputs are ready), so passes are counted, not read from ``i``."""
+        if bar["bar"] is None:
+            bar["bar"] = _compat.progbar(max(total, 1), verbose=explainer.verbose)
+        bar["done"] += 1
+        bar["bar"].update(min(bar["done"] * step, total))
+        if bar["done"] * step >= total:  # the call's last pass: the next call draws a new bar
+            bar["bar"], bar["done"] = None, 0
 
     def add(chunk, valid, i, values):
         indices, updates = fn(chunk)
@@ -337,7 +343,7 @@ def stream_selected(explainer, chosen, repeats, fn, initial):
             mask = ops.reshape(valid, (-1,) + (1,) * (len(updates.shape) - 1))
             updates = ops.where(mask, updates, ops.zeros_like(updates))
         if explainer.verbose:
-            _backend.host_callback(progress, i, steps)
+            _backend.host_callback(progress, i, count)
         return _backend.scatter_add(values, ops.cast(indices, "int32"), updates)
 
     values = _backend.fori_loop(
