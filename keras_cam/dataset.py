@@ -53,6 +53,7 @@ from keras_cam import _compat
 from keras_cam import targets as _targets
 from keras_cam.base import Explainer, Explanation, check_images
 from keras_cam.files import LockFile, append_synced, png_bytes, write_atomic
+from keras_cam.viz import displayable  # noqa: F401  (also imported from here by keras_cam.audit)
 
 INDEX = "index.jsonl"
 LOCK = "index.jsonl.lock"
@@ -436,17 +437,6 @@ def _npy_bytes(array):
     buf = io.BytesIO()
     np.save(buf, array, allow_pickle=False)
     return buf.getvalue()
-
-
-def displayable(image):
-    """An image ready for :func:`keras_cam.viz.overlay`: as it is when its values
-    are in [0, 1] or [0, 255], otherwise min-max scaled to [0, 1] (images
-    that were preprocessed for the model, e.g. to [-1, 1])."""
-    x = np.asarray(image, dtype=np.float32)
-    lo, hi = float(np.min(x)), float(np.max(x))
-    if lo >= 0 and hi <= 255:
-        return x if hi > 1 else np.clip(x, 0, 1)
-    return (x - lo) / (hi - lo) if hi > lo else np.zeros_like(x)
 
 
 def weights_fingerprint(model):
