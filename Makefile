@@ -1,7 +1,8 @@
-# The test command of the README: the suite under Keras 3, then under legacy tf-keras.
+# The test command of the README: the suite under Keras 3 on TensorFlow, under legacy tf-keras,
+# then under Keras 3 on JAX and on PyTorch (there, the tests that are TensorFlow by nature are skipped).
 PYTHON ?= python
 
-.PHONY: install-test test test-keras3 test-legacy bench
+.PHONY: install-test test test-keras3 test-legacy test-jax test-torch bench
 
 # What the tests need, on a CPU machine (run as root, or with chromium installed). tf-keras, tensorflow-hub and keras-hub's
 # tensorflow-text declare a dependency on the full `tensorflow` (572 MB), which would
@@ -13,18 +14,26 @@ install-test:
 	$(PYTHON) -m pip install -q --no-deps "tf-keras==2.21.0" "tensorflow-hub==0.16.1"
 	$(PYTHON) -m pip install -q "regex" "kagglehub" "kagglesdk==0.1.28" "sentencepiece" "tokenizers"
 	$(PYTHON) -m pip install -q --no-deps "keras-hub==0.32.0" "tensorflow-text==2.21.0"
+	@# The other two Keras backends, CPU builds (an unpinned torch pulls a CUDA build of several GB).
+	$(PYTHON) -m pip install -q "jax[cpu]" "torch==2.13.0"
 	@# Headless Chromium for the audit report's browser test (tests/test_audit.py).
 	@command -v chromium >/dev/null || { [ "$$(id -u)" = 0 ] && \
 	  apt-get update -qq && apt-get install -y -qq --no-install-recommends chromium >/dev/null; } || \
 	  { echo "install Debian's chromium (apt-get install chromium) for tests/test_audit.py" >&2; exit 1; }
 
-test: test-keras3 test-legacy
+test: test-keras3 test-legacy test-jax test-torch
 
 test-keras3:
-	$(PYTHON) -m pytest -q
+	KERAS_BACKEND=tensorflow $(PYTHON) -m pytest -q
 
 test-legacy:
-	TF_USE_LEGACY_KERAS=1 $(PYTHON) -m pytest -q
+	KERAS_BACKEND=tensorflow TF_USE_LEGACY_KERAS=1 $(PYTHON) -m pytest -q
+
+test-jax:
+	KERAS_BACKEND=jax $(PYTHON) -m pytest -q
+
+test-torch:
+	KERAS_BACKEND=torch $(PYTHON) -m pytest -q
 
 bench:
 	$(PYTHON) bench/bench_gradcam.py

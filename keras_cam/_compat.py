@@ -24,6 +24,16 @@ else:
 # legacy tf-keras, where Keras 3 is installed beside it and runs on TensorFlow).
 from keras import ops  # noqa: E402,F401
 
+if LEGACY:
+    import keras as _keras3  # noqa: E402
+
+    if _keras3.backend.backend() != "tensorflow":
+        raise ImportError(
+            f"Legacy tf-keras (TF_USE_LEGACY_KERAS=1) is TensorFlow's own Keras 2 and runs only on "
+            f"TensorFlow, but KERAS_BACKEND is {_keras3.backend.backend()!r}. Unset TF_USE_LEGACY_KERAS "
+            f"to use Keras 3 on that backend, or set KERAS_BACKEND=tensorflow."
+        )
+
 
 def _packages():
     """The Keras packages that are already imported (never imports one)."""

@@ -404,10 +404,27 @@ class FrozenModel:
 _ADAPTED = weakref.WeakValueDictionary()
 
 
+def _all_layers(model):
+    """Every layer of ``model`` at any nesting depth (without importing keras_cam.layers)."""
+    stack, seen = [model], set()
+    while stack:
+        layer = stack.pop()
+        if id(layer) in seen:
+            continue
+        seen.add(id(layer))
+        yield layer
+        stack.extend(getattr(layer, "layers", None) or [])
+
+
 def adapt(model):
     """``model`` itself, or the :class:`FrozenModel` of a loaded SavedModel (frozen once while in use)."""
     if not is_saved_model(model):
+        if _compat.is_model(model) and any(is_wrapper(l) for l in _all_layers(model)):
+            from keras_cam import backend
+            backend.require_tensorflow("A model with a SavedModel layer (TF-Hub KerasLayer, TFSMLayer)")
         return model
+    from keras_cam import backend
+    backend.require_tensorflow("Explaining a loaded SavedModel (tf.saved_model.load)")
     frozen = _ADAPTED.get(id(model))
     if frozen is None or frozen.source is not model:
         frozen = _ADAPTED[id(model)] = FrozenModel(model)

@@ -11,13 +11,32 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import numpy as np
 import pytest
-import tensorflow as tf
 
+from keras_cam import backend
 from keras_cam._compat import LEGACY, keras
+
+BACKEND = backend.name()
 
 
 def pytest_report_header(config):
-    return f"keras-cam tests with {'tf-keras (legacy)' if LEGACY else 'Keras 3'}, TensorFlow {tf.__version__}"
+    return f"keras-cam tests with {'tf-keras (legacy)' if LEGACY else 'Keras ' + keras.__version__} on {BACKEND}"
+
+
+def pytest_configure(config):
+    config.addinivalue_line(
+        "markers", "tensorflow_only: TensorFlow by nature (SavedModel graphs, tf.distribute, tf.data, "
+        "TensorBoard, legacy tf-keras): runs in the TensorFlow test modes, not under KERAS_BACKEND=jax/torch")
+    config.addinivalue_line("markers", "slow: a case that takes tens of seconds")
+
+
+def pytest_collection_modifyitems(config, items):
+    if BACKEND == "tensorflow":
+        return
+    skip = pytest.mark.skip(reason=f"TensorFlow by nature; this run is on the {BACKEND} backend "
+                                   f"(the TensorFlow test modes run it)")
+    for item in items:
+        if item.get_closest_marker("tensorflow_only"):
+            item.add_marker(skip)
 
 
 @pytest.fixture(scope="module", autouse=True)
