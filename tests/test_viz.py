@@ -1,14 +1,18 @@
-"""Overlays, grid figures and VizGradCAM, checked against hand computations."""
+"""Overlays, grid figures and VizGradCAM, checked against hand computations.
+
+The Grad-CAM references are closed forms computed in NumPy from the layers'
+weights and activations (no automatic differentiation), so they hold on
+every backend.
+"""
 
 import cv2
 import matplotlib
 import numpy as np
 import pytest
-import tensorflow as tf
 
 import keras_cam as kc
 from keras_cam import viz
-from keras_cam._compat import keras
+from keras_cam._compat import keras, ops, to_host
 from keras_cam.vizgradcam import VizGradCAM, last_conv_layer
 
 L = keras.layers
@@ -63,7 +67,8 @@ def test_overlay_image_kinds_agree():
     np.testing.assert_array_equal(kc.overlay(IMAGE / 255.0, HEAT, alpha=0.4), ref)             # float [0, 1]
     np.testing.assert_array_equal(kc.overlay(IMAGE.astype(np.float32), HEAT, alpha=0.4), ref)  # float [0, 255]
     np.testing.assert_array_equal(kc.overlay(IMAGE.astype(np.int64), HEAT, alpha=0.4), ref)
-    np.testing.assert_array_equal(kc.overlay(tf.constant(IMAGE), HEAT, alpha=0.4), ref)
+    np.testing.assert_array_equal(kc.overlay(ops.convert_to_tensor(IMAGE), HEAT, alpha=0.4), ref)  # the backend's
+    np.testing.assert_array_equal(kc.overlay(IMAGE, ops.convert_to_tensor(HEAT), alpha=0.4), ref)
     np.testing.assert_array_equal(kc.overlay(IMAGE, LEVELS, alpha=0.4), ref)                   # uint8 heatmap
     np.testing.assert_array_equal(kc.overlay(IMAGE, HEAT[..., None], alpha=0.4), ref)
     rgba = np.concatenate([IMAGE, np.full((2, 2, 1), 7, np.uint8)], axis=-1)
@@ -205,16 +210,15 @@ def expected_heatmap(model, image):
     average pooling and a Dense layer, so the logit of class c is
     ``S = sum_k W_kc s_k mean_ij A^k_ij + const`` and ``dS/dA^k_ij = W_kc s_k / (h w)``.
     """
-    x = tf.constant(image[None])
-    a = model.get_layer("last_conv")(model.get_layer("conv1")(x)).numpy()[0]
+    a = to_host(model.get_layer("last_conv")(model.get_layer("conv1")(image[None])))[0]
     bn = model.get_layer("bn")
-    gamma, beta, mean, var = (w.numpy() if hasattr(w, "numpy") else w for w in bn.weights)
+    gamma, beta, mean, var = bn.get_weights()
     s = gamma / np.sqrt(var + bn.epsilon)
-    kernel = model.get_layer("head").weights[0].numpy()
+    kernel = model.get_layer("head").get_weights()[0]
     c = int(np.argmax(model.predict(image[None], verbose=0)))
     weights = kernel[:, c] * s / (a.shape[0] * a.shape[1])
     cam = np.maximum(np.tensordot(a, weights, axes=([2], [0])), 0)
-    up = tf.image.resize(cam[None, ..., None], image.shape[:2])[0, ..., 0].numpy()
+    up = bilinear(cam, image.shape[:2])
     return (up - up.min()) / (up.max() - up.min()), a, kernel, s, c
 
 
@@ -233,7 +237,7 @@ def test_vizgradcam_heatmap_by_closed_form(cnn):
     p = model.predict(images[:1], verbose=0)[0]
     w_prob = p[c] * (kernel[:, c] - kernel @ p) * s
     prob_map = np.maximum(np.tensordot(a, w_prob, axes=([2], [0])), 0)
-    prob_map = tf.image.resize(prob_map[None, ..., None], (32, 32))[0, ..., 0].numpy()
+    prob_map = bilinear(prob_map, (32, 32))
     prob_map = (prob_map - prob_map.min()) / (prob_map.max() - prob_map.min())
     assert (np.rint(255 * prob_map) != levels).mean() > 0.5
 
@@ -286,26 +290,35 @@ def efficientnet_recipes(library):
     return base, head, flat, nested
 
 
+def swish_grad(z):
+    """d/dz (z sigmoid(z)) = sigmoid(z) (1 + z (1 - sigmoid(z)))."""
+    sig = 1 / (1 + np.exp(-z))
+    return sig * (1 + z * (1 - sig))
+
+
 def efficientnet_gradcam(base, head, image):
-    """Grad-CAM of the top logit at ``top_conv``, by hand: the base's own graph up to
-    ``top_conv``, then its last layers and the head's kernel, eagerly."""
+    """Grad-CAM of the top logit at ``top_conv``, by the chain rule in closed form:
+    after ``top_conv`` come BN (inference: ``z = s_k a + t_k``), swish, global average
+    pooling and the head's kernel ``W``, so ``dS_c/da_ijk = W_kc s_k swish'(z_ijk) / (h w)``.
+    The activations come from the base's own graph up to ``top_conv``."""
     features = keras.Model(base.input, base.get_layer("top_conv").output)
-    with tf.GradientTape() as tape:
-        a = features(tf.constant(image[None]), training=False)
-        tape.watch(a)
-        x = base.get_layer("top_bn")(a, training=False)
-        x = base.get_layer("top_activation")(x)
-        kernel, bias = head.weights
-        logits = tf.reduce_mean(x, axis=(1, 2)) @ kernel + bias
-        c = int(tf.argmax(logits[0]))
-        score = logits[0, c]
-    g = tape.gradient(score, a)[0].numpy()
-    cam = np.maximum(np.tensordot(a[0].numpy(), g.mean(axis=(0, 1)), axes=([2], [0])), 0)
+    a = to_host(features(image[None], training=False))[0].astype(np.float64)
+    bn = base.get_layer("top_bn")
+    gamma, beta, mean, var = (w.astype(np.float64) for w in bn.get_weights())
+    s = gamma / np.sqrt(var + bn.epsilon)
+    z = s * a + (beta - mean * s)
+    kernel, bias = (w.astype(np.float64) for w in head.get_weights())
+    logits = (z / (1 + np.exp(-z))).mean(axis=(0, 1)) @ kernel + bias
+    c = int(np.argmax(logits))
+    g = kernel[:, c] * s * swish_grad(z) / (a.shape[0] * a.shape[1])
+    cam = np.maximum(np.tensordot(a, g.mean(axis=(0, 1)), axes=([2], [0])), 0)
     up = bilinear(cam, image.shape[:2])
     return (up - up.min()) / (up.max() - up.min())
 
 
-@pytest.mark.parametrize("library", ["efficientnet", "keras.applications"])
+@pytest.mark.parametrize("library", [
+    pytest.param("efficientnet", marks=pytest.mark.tensorflow_only),  # efficientnet.tfkeras builds with tf.keras
+    "keras.applications"])
 def test_vizgradcam_efficientnet_flat_and_nested(library):
     keras.utils.set_random_seed(2)
     base, head, flat, nested = efficientnet_recipes(library)
@@ -353,11 +366,16 @@ def test_overlay_signal_pixels():
     assert tuple(kc.overlay(signal[:, 0], heat, alpha=0)[rows[20] - 1 if rows[20] else rows[20] + 2, 20]) == (255, 255, 255)
 
 
-def test_resize_linear_matches_tf_image_resize():
+def test_resize_linear_matches_the_backends_image_resize():
+    """The half-pixel convention of ``keras.ops.image.resize`` (``tf.image.resize`` on
+    TensorFlow) on the running backend, and of the hand-written ``bilinear``."""
     rng = np.random.default_rng(0)
-    x = rng.random((5, 7))
-    ref = tf.image.resize(x[None, ..., None], (9, 3), method="bilinear").numpy()[0, ..., 0]
-    np.testing.assert_allclose(viz.resize_linear(x, (9, 3)), ref, atol=1e-6)
+    for shape, size in (((5, 7), (9, 3)), ((4, 4), (12, 10)), ((8, 6), (3, 5))):
+        x = rng.random(shape)
+        ref = to_host(ops.image.resize(x[None, ..., None].astype(np.float32), size, interpolation="bilinear",
+                                       antialias=False))[0, ..., 0]
+        np.testing.assert_allclose(viz.resize_linear(x, size), ref, atol=1e-5)
+        np.testing.assert_allclose(viz.resize_linear(x, size), bilinear(x, size), atol=1e-12)
 
 
 def test_overlay_volume_slices_through_the_peak():
@@ -422,19 +440,27 @@ def test_plot_reads_the_layout_from_the_explainers_model(rng):
 
 
 def test_vizgradcam_layer_reproduces_another_choice(cnn):
-    """``layer=`` explains the named layer: Grad-CAM at ``conv1`` by hand (the
-    gradient of the top logit through the rest of the model, eagerly)."""
+    """``layer=`` explains the named layer: Grad-CAM at ``conv1`` by the chain rule in
+    closed form. After ``conv1`` come ``last_conv`` (3x3 valid, ReLU: ``y = relu(z)``),
+    BN (``s_k y + t_k``), average pooling and the head, so ``dS_c/dz = W_kc s_k [z > 0] / (h w)``
+    and ``dS_c/da`` is that spread back through the kernel:
+    ``dS/da[i + di, j + dj, m] = sum_k dS/dz[i, j, k] K[di, dj, m, k]``."""
     model, images = cnn
-    x = tf.constant(images[:1])
-    with tf.GradientTape() as tape:
-        a = model.get_layer("conv1")(x)
-        tape.watch(a)
-        y = model.get_layer("bn")(model.get_layer("last_conv")(a), training=False)
-        kernel, bias = model.get_layer("head").weights
-        logits = tf.reduce_mean(y, axis=(1, 2)) @ kernel + bias
-        score = logits[0, int(tf.argmax(logits[0]))]
-    g = tape.gradient(score, a)[0].numpy()
-    cam = np.maximum(np.tensordot(a[0].numpy(), g.mean(axis=(0, 1)), axes=([2], [0])), 0)
+    a = to_host(model.get_layer("conv1")(images[:1]))[0].astype(np.float64)
+    y = to_host(model.get_layer("last_conv")(a[None].astype(np.float32)))[0].astype(np.float64)
+    bn = model.get_layer("bn")
+    gamma, beta, mean, var = (w.astype(np.float64) for w in bn.get_weights())
+    s = gamma / np.sqrt(var + bn.epsilon)
+    kernel, bias = (w.astype(np.float64) for w in model.get_layer("head").get_weights())
+    logits = (s * y + beta - mean * s).mean(axis=(0, 1)) @ kernel + bias
+    c = int(np.argmax(logits))
+    dz = (y > 0) * (kernel[:, c] * s) / (y.shape[0] * y.shape[1])
+    conv_kernel = model.get_layer("last_conv").get_weights()[0].astype(np.float64)
+    g = np.zeros_like(a)
+    for di in range(3):
+        for dj in range(3):
+            g[di:di + y.shape[0], dj:dj + y.shape[1]] += dz @ conv_kernel[di, dj].T
+    cam = np.maximum(np.tensordot(a, g.mean(axis=(0, 1)), axes=([2], [0])), 0)
     up = bilinear(cam, (32, 32))
     expected = 255 * (up - up.min()) / (up.max() - up.min())
     heat = VizGradCAM(model, images[0], plot_results=False, layer="conv1")
