@@ -293,7 +293,8 @@ def test_paired_comparison_by_hand():
     assert (cmp.wins, cmp.losses, cmp.ties) == pytest.approx((1 / 3, 1 / 3, 1 / 3))
     assert cmp.better == "higher" and cmp.images == 3 and cmp.level == 0.95
     idx = np.random.default_rng(5).integers(0, 3, (400, 3))
-    means = np.sort(table.values("A", "sparseness")[idx].mean(axis=1) - table.values("B", "sparseness")[idx].mean(axis=1))
+    a_values, b_values = table.values("A", "sparseness"), table.values("B", "sparseness")
+    means = np.sort(a_values[idx].mean(axis=1) - b_values[idx].mean(axis=1))
     assert cmp.interval == pytest.approx((means[int(np.floor(0.025 * 399))], means[int(np.ceil(0.975 * 399))]))
     # complexity: lower is better; the one-hot map (entropy 0) wins, the uniform one (log 12) loses
     both = table.compare("A", "B")

@@ -191,7 +191,7 @@ class EvaluationTable:
                              f"values): compare two methods that both have it.")
         better = self.better.get(metric, "higher")
         with np.errstate(invalid="ignore"):
-            d = a - b
+            d = np.where(a == b, 0.0, a - b)   # equal values, infinite ones too, differ by 0
         first_better = (a < b) if better == "lower" else (a > b)
         second_better = (b < a) if better == "lower" else (b > a)
         interval = None
