@@ -1,17 +1,19 @@
 """Grad-CAM and Grad-CAM++ against an independent computation.
 
 The reference recomputes the target activation ``A`` and the logits with
-explicit TensorFlow ops from the layers' weights (no keras_cam code, no layer
-interception), takes ``dS/dA`` with its own tape, and applies the papers'
-formulas in numpy.
+explicit ``keras.ops`` from the layers' weights (no keras_cam code, no layer
+interception), takes ``dS/dA`` with the backend's own autodiff (``native_grad``:
+``tf.GradientTape``, ``jax.grad``, ``torch.autograd.grad``, never keras-cam's
+``backend.tapped_gradients``), and applies the papers' formulas and the resize
+in numpy. The same file runs on every backend.
 """
 
 import numpy as np
 import pytest
-import tensorflow as tf
 
 import keras_cam as kc
-from keras_cam._compat import keras
+from keras_cam import backend
+from keras_cam._compat import keras, ops, to_host
 
 H = W = 16
 CLASSES = 5
@@ -37,25 +39,90 @@ def build(head="fused", sequential=False):
     return keras.Model(inp, x)
 
 
-def conv(x, layer):
-    kernel, bias = layer.get_weights()
-    return tf.nn.relu(tf.nn.conv2d(x, kernel, 1, "VALID") + bias)
+# ----------------------------------------------------------------------------- backend-neutral references
+# (also used by the other test files)
+
+def native_grad(fn, x):
+    """``d sum(fn(x)) / dx`` as numpy, by the backend's own autodiff on ``fn`` written in ``keras.ops``.
+
+    ``tf.GradientTape`` on TensorFlow, ``jax.grad`` on JAX, ``torch.autograd.grad`` on PyTorch: a
+    second code path, independent of keras-cam's interception and ``backend.tapped_gradients``.
+    """
+    x = np.asarray(x, np.float32)
+    name = backend.name()
+    if name == "jax":
+        import jax
+        return np.asarray(jax.grad(lambda v: ops.sum(fn(v)))(ops.convert_to_tensor(x)))
+    if name == "torch":
+        import torch
+        v = torch.tensor(x, requires_grad=True)
+        (g,) = torch.autograd.grad(ops.sum(fn(v)), v)
+        return g.detach().cpu().numpy()
+    import tensorflow as tf  # the TensorFlow backend's autodiff
+    v = tf.constant(x)
+    with tf.GradientTape() as tape:
+        tape.watch(v)
+        s = ops.sum(fn(v))
+    return tape.gradient(s, v).numpy()
+
+
+def resize_np(m, size, method="bilinear"):
+    """Resize ``(n, h, w)`` maps with half-pixel centres (``tf.image.resize``'s convention), in numpy.
+
+    Bilinear: output ``i`` reads the input at ``(i + 0.5) in / out - 0.5``, clamped to the edges;
+    nearest: input ``floor((i + 0.5) in / out)``.
+    """
+    m = np.asarray(m, np.float64)
+    for axis, out in ((1, size[0]), (2, size[1])):
+        n_in = m.shape[axis]
+        if method == "nearest":
+            m = np.take(m, np.minimum(np.floor((np.arange(out) + 0.5) * n_in / out).astype(int), n_in - 1), axis=axis)
+            continue
+        src = np.clip((np.arange(out) + 0.5) * n_in / out - 0.5, 0, n_in - 1)
+        lo = np.floor(src).astype(int)
+        hi = np.minimum(lo + 1, n_in - 1)
+        t = (src - lo).reshape([-1 if a == axis else 1 for a in range(1, m.ndim)])
+        m = np.take(m, lo, axis=axis) * (1 - t) + np.take(m, hi, axis=axis) * t
+    return m
+
+
+def minmax_np(m):
+    """Per-map min-max scaling over all axes but the first; a constant map becomes zeros."""
+    axes = tuple(range(1, m.ndim))
+    lo, hi = m.min(axis=axes, keepdims=True), m.max(axis=axes, keepdims=True)
+    return np.where(hi > lo, (m - lo) / np.where(hi > lo, hi - lo, 1), 0)
+
+
+def tensors(layer):
+    """A layer's weights as tensors of the backend (numpy and torch tensors do not mix)."""
+    return [ops.convert_to_tensor(np.asarray(w, np.float32)) for w in layer.get_weights()]
+
+
+def conv(x, layer, padding="valid", strides=1):
+    """ReLU(conv(x) + b) with the layer's weights, in keras.ops."""
+    kernel, bias = tensors(layer)
+    return ops.relu(ops.conv(x, kernel, strides, padding) + bias)
 
 
 def reference(model, x, targets=None, method="gradcam", probability=False):
     """(raw maps at the layer's resolution, final maps) computed from the definitions."""
-    x = tf.constant(x)
-    a = conv(conv(x, model.get_layer("conv1")), model.get_layer("target"))
-    kernel, bias = model.get_layer("dense").get_weights()
-    with tf.GradientTape() as tape:
-        tape.watch(a)
-        flat = tf.reshape(conv(a, model.get_layer("after")), (x.shape[0], -1))
-        logits = flat @ kernel + bias
-        scores = tf.nn.softmax(logits) if probability else logits
-        idx = np.argmax(logits.numpy(), axis=1) if targets is None else np.broadcast_to(targets, (x.shape[0],))
-        s = tf.reduce_sum(tf.gather(scores, idx, batch_dims=1))
-    g = tape.gradient(s, a).numpy().astype(np.float64)
-    a = a.numpy().astype(np.float64)
+    x = ops.convert_to_tensor(np.asarray(x, np.float32))
+    a = to_host(conv(conv(x, model.get_layer("conv1")), model.get_layer("target")))
+    kernel, bias = tensors(model.get_layer("dense"))
+
+    def logits_of(a):
+        return ops.matmul(ops.reshape(conv(a, model.get_layer("after")), (a.shape[0], -1)), kernel) + bias
+
+    logits = to_host(logits_of(ops.convert_to_tensor(a)))
+    idx = np.argmax(logits, axis=1) if targets is None else np.broadcast_to(targets, (x.shape[0],))
+    onehot = np.eye(logits.shape[1], dtype=np.float32)[idx]
+
+    def score(a):
+        z = logits_of(a)
+        return (ops.softmax(z) if probability else z) * ops.convert_to_tensor(onehot)
+
+    g = native_grad(score, a).astype(np.float64)
+    a = a.astype(np.float64)
     if method == "gradcam":
         w = g.mean(axis=(1, 2))
     else:
@@ -64,11 +131,7 @@ def reference(model, x, targets=None, method="gradcam", probability=False):
         alpha = np.where(denom != 0, g2 / np.where(denom != 0, denom, 1), 0)
         w = (alpha * np.maximum(g, 0)).sum(axis=(1, 2))
     raw = np.maximum(np.einsum("nhwk,nk->nhw", a, w), 0)
-    up = tf.image.resize(raw[..., None].astype(np.float32), (H, W), "bilinear")[..., 0].numpy()
-    lo = up.min(axis=(1, 2), keepdims=True)
-    hi = up.max(axis=(1, 2), keepdims=True)
-    final = np.where(hi > lo, (up - lo) / np.where(hi > lo, hi - lo, 1), 0)
-    return raw, final
+    return raw, minmax_np(resize_np(raw, (H, W)))
 
 
 def assert_maps_close(actual, expected, rtol=1e-5):
@@ -126,7 +189,7 @@ def test_cam_identity_for_gap_dense_head(images):
     out = keras.layers.Dense(CLASSES, activation="softmax")(keras.layers.GlobalAveragePooling2D()(a))
     model = keras.Model(inp, out)
     kernel = model.layers[-1].get_weights()[0]
-    acts = conv(tf.constant(images), model.get_layer("target")).numpy()
+    acts = to_host(conv(ops.convert_to_tensor(images), model.get_layer("target")))
     h, w = acts.shape[1:3]
     for c in range(CLASSES):
         expected = np.maximum(np.einsum("nhwk,k->nhw", acts, kernel[:, c] / (h * w)), 0)
@@ -205,7 +268,8 @@ def test_traced_once_and_no_memory_growth(images):
     for _ in range(200):
         cam(one)
     growth = _rss_mb() - rss0
-    assert cam.tracing_count == 1
+    # One tf.function trace (TensorFlow) or jit trace (JAX) per signature; PyTorch runs eagerly: none.
+    assert cam.tracing_count == (0 if backend.name() == "torch" else 1)
     assert growth < 25, f"memory grew by {growth:.1f} MB over 200 calls"
 
 
@@ -222,7 +286,7 @@ def test_constant_map_is_zeros_not_nan(images):
     assert np.isfinite(maps).all() and (maps == 0).all()
     # minmax on its own: constant and all-zero maps, and a rounding-level ripple.
     m = np.stack([np.zeros((3, 3)), np.full((3, 3), 5.0), 5 + 1e-9 * np.eye(3)]).astype(np.float32)
-    assert (kc.base.minmax(tf.constant(m)).numpy() == 0).all()
+    assert (to_host(kc.base.minmax(ops.convert_to_tensor(m))) == 0).all()
 
 
 def test_auto_layer_skips_pooling_and_one_pixel_maps():
