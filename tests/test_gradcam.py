@@ -66,6 +66,12 @@ def native_grad(fn, x):
     return tape.gradient(s, v).numpy()
 
 
+def traces(n):
+    """The tracing count after ``n`` compiled signatures: one ``tf.function`` trace (TensorFlow) or
+    ``jax.jit`` trace (JAX) each; PyTorch runs eagerly and reports none."""
+    return 0 if backend.name() == "torch" else n
+
+
 def resize_np(m, size, method="bilinear"):
     """Resize ``(n, h, w)`` maps with half-pixel centres (``tf.image.resize``'s convention), in numpy.
 
@@ -268,8 +274,7 @@ def test_traced_once_and_no_memory_growth(images):
     for _ in range(200):
         cam(one)
     growth = _rss_mb() - rss0
-    # One tf.function trace (TensorFlow) or jit trace (JAX) per signature; PyTorch runs eagerly: none.
-    assert cam.tracing_count == (0 if backend.name() == "torch" else 1)
+    assert cam.tracing_count == traces(1)
     assert growth < 25, f"memory grew by {growth:.1f} MB over 200 calls"
 
 

@@ -121,6 +121,7 @@ class GradCAMPlusPlus(GradientExplainer):
 
     @staticmethod
     def channel_weights(a, g):
+        a, g = ops.convert_to_tensor(a), ops.convert_to_tensor(g)  # numpy and torch tensors do not mix
         axes = _layout.spatial_axes(a)
         total = ops.sum(a, axis=axes, keepdims=True)
         alpha = ops.where(g != 0, ops.divide_no_nan(ops.ones_like(g), 2.0 + g * total), 0.0)
