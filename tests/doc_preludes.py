@@ -223,6 +223,7 @@ PRELUDES = {
     "docs/sanity.md": _model_and_images,
     "docs/scorecam.md": _model_and_images,
     "docs/smoothing.md": _model_only,
+    "docs/backends.md": _model_and_images,
     "docs/targets.md": lambda: ({}, {"N": 2, "T": 200, "C": 1}),
     "docs/layouts.md": lambda: ({}, {"N": 2}),   # N: the batch of the symbolic inputs
     "docs/compilation.md": lambda: ({}, {}),
