@@ -2,19 +2,20 @@
 
 Every map is compared with an independent computation from the method's
 definition: the activations are recomputed from the layers' weights with
-plain ``tf.nn`` ops (not the model), the layers after the target are
-re-implemented by hand, and the gradient is taken by a separate tape on that
-re-implementation. Upsampling is checked against a numpy implementation of
+plain ``keras.ops`` (not the model), the layers after the target are
+re-implemented by hand, and the gradient is taken by the backend's own autodiff
+on that re-implementation (``native_grad``, never keras-cam's gradient path).
+Upsampling is checked against a numpy implementation of
 separable linear interpolation with half-pixel centres.
 """
 
 import numpy as np
 import pytest
-import tensorflow as tf
 
 import keras_cam as kc
 from keras_cam import layout
-from keras_cam._compat import keras
+from keras_cam._compat import keras, ops, to_host
+from test_gradcam import native_grad
 
 CLASSES = 3
 
@@ -47,13 +48,13 @@ def numpy_resize(maps, size):
 ])
 def test_resize_is_separable_linear_interpolation(shape, size):
     maps = np.random.default_rng(1).normal(size=shape).astype(np.float32)
-    got = layout.resize(tf.constant(maps), tf.constant(size)).numpy()
+    got = to_host(layout.resize(ops.convert_to_tensor(maps), size))
     np.testing.assert_allclose(got, numpy_resize(maps, size), rtol=1e-5, atol=1e-5)
 
 
 def test_minmax_any_rank_and_constant_maps():
     maps = np.stack([np.arange(24, dtype=np.float32).reshape(2, 3, 4), np.full((2, 3, 4), 5.0, np.float32)])
-    out = layout.minmax(tf.constant(maps)).numpy()
+    out = to_host(layout.minmax(ops.convert_to_tensor(maps)))
     np.testing.assert_allclose(out[0], maps[0] / 23.0, rtol=1e-6)
     assert (out[1] == 0).all()
 
@@ -109,19 +110,19 @@ def conv3d_model():
 
 
 def _weights(model, name):
-    return [tf.constant(w) for w in model.get_layer(name).get_weights()]
+    return [ops.convert_to_tensor(np.asarray(w, np.float32)) for w in model.get_layer(name).get_weights()]
 
 
 def hand_conv1d(model, x):
-    """(target activations, a function target -> logits), written with tf.nn from the weights."""
+    """(target activations, a function target -> logits), written with keras.ops from the weights."""
     k1, b1 = _weights(model, "target")
     k2, b2 = _weights(model, "after")
     wd, bd = _weights(model, "logits")
-    a = tf.nn.relu(tf.nn.conv1d(x, k1, 1, "SAME") + b1)
+    a = ops.relu(ops.conv(x, k1, 1, "same") + b1)
 
     def head(a):
-        h = tf.nn.relu(tf.nn.conv1d(a, k2, 1, "SAME") + b2)
-        return tf.reduce_mean(h, axis=1) @ wd + bd
+        h = ops.relu(ops.conv(a, k2, 1, "same") + b2)
+        return ops.matmul(ops.mean(h, axis=1), wd) + bd
     return a, head
 
 
@@ -129,21 +130,20 @@ def hand_conv3d(model, x):
     k1, b1 = _weights(model, "target")
     k2, b2 = _weights(model, "after")
     wd, bd = _weights(model, "logits")
-    a = tf.nn.conv3d(x, k1, [1] * 5, "SAME") + b1
+    a = ops.conv(x, k1, 1, "same") + b1
 
     def head(a):
-        p = tf.nn.max_pool3d(a, 2, 2, "VALID")
-        h = tf.nn.relu(tf.nn.conv3d(p, k2, [1] * 5, "SAME") + b2)
-        return tf.reduce_mean(h, axis=(1, 2, 3)) @ wd + bd
+        p = ops.max_pool(a, 2, 2, "valid")
+        h = ops.relu(ops.conv(p, k2, 1, "same") + b2)
+        return ops.matmul(ops.mean(h, axis=(1, 2, 3)), wd) + bd
     return a, head
 
 
 def hand_gradients(hand, model, x, c):
-    a, head = hand(model, tf.constant(x))
-    with tf.GradientTape() as tape:
-        tape.watch(a)
-        s = head(a)[:, c]
-    return a.numpy().astype(np.float64), tape.gradient(s, a).numpy().astype(np.float64)
+    a, head = hand(model, ops.convert_to_tensor(x))
+    a = to_host(a)
+    g = native_grad(lambda a: head(a)[:, c], a)
+    return a.astype(np.float64), g.astype(np.float64)
 
 
 def hand_gradcam(a, g):
@@ -192,7 +192,7 @@ def test_gradcam_family_on_a_conv3d_model(volumes, method, formula):
     np.testing.assert_allclose(raw, expected, rtol=1e-5, atol=1e-6)
     # Upsampled and normalized: the same map, trilinear at the input size (here equal), scaled.
     full = method(model, layer="target")(volumes, targets=1)
-    np.testing.assert_allclose(full, np.asarray(layout.minmax(tf.constant(expected, tf.float32))), atol=1e-5)
+    np.testing.assert_allclose(full, to_host(layout.minmax(ops.convert_to_tensor(expected.astype(np.float32)))), atol=1e-5)
 
 
 def test_upsampled_1d_maps_are_linear_interpolation(signals):
@@ -220,7 +220,7 @@ def _hand_scorecam(model, images, a, c):
                 continue
             m = (m - m.min()) / (m.max() - m.min())
             logits = model(images[i:i + 1] * m[..., None].astype(np.float32), training=False)
-            weights[k] = np.asarray(logits)[0, c]  # the model ends in softmax: a probability
+            weights[k] = to_host(logits)[0, c]  # the model ends in softmax: a probability
         maps[i] = np.maximum((a[i] * weights).sum(-1), 0)
     return maps
 
@@ -230,7 +230,7 @@ def _hand_scorecam(model, images, a, c):
 def test_scorecam_on_1d_and_3d(build, hand, data, request):
     images = request.getfixturevalue(data)
     model = build()
-    a = hand(model, tf.constant(images))[0].numpy().astype(np.float64)
+    a = to_host(hand(model, ops.convert_to_tensor(images))[0]).astype(np.float64)
     raw = kc.ScoreCAM(model, layer="target", verbose=0, batch_size=4)(images, targets=2, upsample=False,
                                                                       normalize=False)
     np.testing.assert_allclose(raw, _hand_scorecam(model, images, a, 2), rtol=1e-4, atol=1e-6)
@@ -287,7 +287,7 @@ class ClassToken(keras.layers.Layer):
         self.token = self.add_weight(name="token", shape=(1, 1, int(shape[-1])), initializer="random_normal")
 
     def call(self, x):
-        return tf.concat([tf.tile(self.token, [tf.shape(x)[0], 1, 1]), x], axis=1)
+        return ops.concatenate([ops.zeros_like(x[:, :1]) + self.token, x], axis=1)
 
 
 def tiny_vit():
@@ -311,35 +311,33 @@ def hand_vit(model, x):
     token = _weights(model, "cls")[0]
     gamma, beta = _weights(model, "target")
     eps = model.get_layer("target").epsilon
-    p = tf.nn.conv2d(x, kp, 4, "VALID") + bp
-    t = tf.concat([tf.tile(token, [x.shape[0], 1, 1]), tf.reshape(p, (-1, 16, 8))], axis=1)
-    mean, var = tf.nn.moments(t, axes=[-1], keepdims=True)
-    n = (t - mean) / tf.sqrt(var + eps) * gamma + beta
+    p = ops.conv(x, kp, 4, "valid") + bp
+    t = ops.concatenate([ops.tile(token, (x.shape[0], 1, 1)), ops.reshape(p, (-1, 16, 8))], axis=1)
+    mean, var = ops.mean(t, axis=-1, keepdims=True), ops.var(t, axis=-1, keepdims=True)
+    n = (t - mean) / ops.sqrt(var + eps) * gamma + beta
     (wq, bq), (wk, bk), (wv, bv) = (_weights(model, k) for k in "qkv")
     wd, bd = _weights(model, "logits")
 
     def head(n):
-        q = n[:, :1] @ wq + bq
-        k, v = n @ wk + bk, n @ wv + bv
-        attn = tf.nn.softmax(q @ tf.transpose(k, (0, 2, 1)), axis=-1)
-        return (attn @ v)[:, 0] @ wd + bd
+        q = ops.matmul(n[:, :1], wq) + bq
+        k, v = ops.matmul(n, wk) + bk, ops.matmul(n, wv) + bv
+        attn = ops.softmax(ops.matmul(q, ops.transpose(k, (0, 2, 1))), axis=-1)
+        return ops.matmul(ops.matmul(attn, v)[:, 0], wd) + bd
     return n, head
 
 
 def test_gradcam_on_vit_tokens_equals_hand_computation():
     model = tiny_vit()
     images = np.random.default_rng(2).uniform(size=(3, 16, 16, 3)).astype(np.float32)
-    n, head = hand_vit(model, tf.constant(images))
-    with tf.GradientTape() as tape:
-        tape.watch(n)
-        s = head(n)[:, 2]
-    g = tape.gradient(s, n).numpy()
+    n, head = hand_vit(model, ops.convert_to_tensor(images))
+    n = to_host(n)
+    g = native_grad(lambda n: head(n)[:, 2], n)
     # The patch tokens, dropping the class token, laid out row by row on the 4x4 grid.
-    a_grid = n.numpy()[:, 1:].reshape(3, 4, 4, 8).astype(np.float64)
+    a_grid = n[:, 1:].reshape(3, 4, 4, 8).astype(np.float64)
     g_grid = g[:, 1:].reshape(3, 4, 4, 8).astype(np.float64)
     expected = hand_gradcam(a_grid, g_grid)
     assert np.ptp(expected) > 0
-    for reshape in (None, (4, 4), lambda t: tf.reshape(t[:, 1:], (-1, 4, 4, t.shape[-1]))):
+    for reshape in (None, (4, 4), lambda t: ops.reshape(t[:, 1:], (-1, 4, 4, t.shape[-1]))):
         cam = kc.GradCAM(model, layer="target", reshape=reshape)
         np.testing.assert_allclose(cam(images, targets=2, upsample=False, normalize=False), expected,
                                    rtol=1e-5, atol=1e-6)
@@ -350,7 +348,7 @@ def test_gradcam_on_vit_tokens_equals_hand_computation():
 def test_scorecam_on_vit_tokens_uses_the_grid():
     model = tiny_vit()
     images = np.random.default_rng(3).uniform(size=(2, 16, 16, 3)).astype(np.float32)
-    n = hand_vit(model, tf.constant(images))[0].numpy()[:, 1:].reshape(2, 4, 4, 8).astype(np.float64)
+    n = to_host(hand_vit(model, ops.convert_to_tensor(images))[0])[:, 1:].reshape(2, 4, 4, 8).astype(np.float64)
     got = kc.ScoreCAM(model, layer="target", verbose=0)(images, targets=0, upsample=False, normalize=False)
     probs = keras.Sequential([model, keras.layers.Softmax()])
     np.testing.assert_allclose(got, _hand_scorecam(probs, images, n, 0), rtol=1e-4, atol=1e-6)
