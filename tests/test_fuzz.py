@@ -86,8 +86,8 @@ def _select(out, output):
           suppress_health_check=list(HealthCheck), phases=[Phase.explicit, Phase.generate])
 @given(layout=st.sampled_from(sorted(LAYOUTS)), outputs=st.sampled_from(["single", "list", "dict"]),
        wrapper=st.sampled_from(["plain", "nested", "multi"]), method=st.sampled_from(METHODS),
-       broken=st.sampled_from(["ok", "ok", "ok", "nan", "inf", "rank", "size", "string", "bool"]),
-       target=st.sampled_from(["none", "int", "list", "callable", "bad_int", "bad_len", "bool", "float"]),
+       broken=st.sampled_from(["ok"] * 6 + ["nan", "inf", "rank", "size", "string", "bool"]),
+       target=st.sampled_from(["none", "int", "list", "callable"] * 2 + ["bad_int", "bad_len", "bool", "float"]),
        n=st.integers(1, 2), seed=st.integers(0, 1000))
 def test_every_call_is_right_or_a_clear_error(layout, outputs, wrapper, method, broken, target, n, seed):
     TALLY["cases"] += 1
