@@ -1,57 +1,83 @@
-"""Maps for a whole ``tf.data.Dataset``, on one device or on a ``tf.distribute`` strategy.
+"""Maps for a whole dataset: any iterable of batches, on one device or several.
 
     for batch in keras_cam.explain_dataset(cam, dataset):          # Explanation per batch
         ...
-    keras_cam.explain_dataset(cam, dataset, out="maps/",            # .npy shards + index
-                              strategy=tf.distribute.MirroredStrategy())
+    keras_cam.explain_dataset(cam, dataset, out="maps/")            # .npy shards + index
 
 The dataset is read the way ``model.predict`` reads it: elements are
-``images`` or ``(images, labels[, sample_weights])``; a dataset of single
-images is batched. Every image gets a global index (its position in the
-dataset) that travels with it through the strategy, so the maps come back in
-dataset order whatever the number of replicas, and the last, partial batch is
-explained like the others.
+``images`` or ``(images, labels[, sample_weights])`` (a tuple or a list);
+a source of single examples is batched by ``batch_size``. It may be:
 
-No replica ever gets an empty share (TensorFlow's oneDNN CPU kernels, on by
-default, fail on a batch of 0 images). Under a strategy of ``R`` replicas a
-batch of ``n`` images is padded to the next multiple of ``R`` (at least
-``R``) by repeating its last image; each replica explains one contiguous
-slice of ``n_padded / R`` rows; the padding rows carry the index -1 and are
-dropped once the replicas' results are gathered. Every worker of a
-multi-worker strategy reads the whole dataset (the batches must come in the
-same order on every worker) and explains only its replicas' slices; the
-results are gathered on every worker, and only the chief writes ``out``.
+- a ``tf.data.Dataset`` (on the TensorFlow backend it runs through
+  ``tf.data`` and ``tf.distribute``; on JAX and PyTorch it is read as numpy
+  with ``as_numpy_iterator()``, TensorFlow being installed since the dataset exists);
+- a ``keras.utils.PyDataset`` (``keras.utils.Sequence`` under tf-keras),
+  read batch by batch in index order (its workers are not started);
+- a PyTorch ``DataLoader``, a generator, a list, or any other iterable of
+  numpy arrays or tensors of any backend.
+
+Every image gets a global index (its position in the dataset) that travels
+with it, so the maps come back in dataset order whatever the number of
+devices, and the last, partial batch is explained like the others. A batch
+of 0 images is left out (it still counts as a batch).
+
+Several devices:
+
+- TensorFlow: ``strategy=`` a ``tf.distribute.Strategy`` (or the one in
+  scope). Under ``R`` replicas a batch of ``n`` images is padded to the next
+  multiple of ``R`` (at least ``R``: no replica ever gets an empty share,
+  which TensorFlow's oneDNN CPU kernels fail on) by repeating its last
+  image; each replica explains one contiguous slice of ``n_padded / R``
+  rows; the padding rows carry the index -1 and are dropped once the
+  replicas' results are gathered. Every worker of a multi-worker strategy
+  reads the whole dataset (in the same order on every worker) and explains
+  only its replicas' slices; the results are gathered on every worker, and
+  only the chief writes ``out``. A source that is not a ``tf.data.Dataset``
+  is turned into one (``from_generator``) for a strategy.
+- JAX: ``distribution=`` a ``keras.distribution.DataParallel`` (or the one
+  set with ``keras.distribution.set_distribution``). Each batch is padded
+  the same way to a multiple of the number of devices on the batch axis,
+  placed on the devices along that axis (``distribution.get_data_layout``),
+  and the jitted explanation runs as one SPMD program: every device
+  explains its rows, with the weights as the distribution lays them out
+  (build the model inside ``distribution.scope()``). One process.
+- PyTorch: one device.
 
 On disk (``out=``), batch ``b`` becomes ``maps_{b:06d}.npy`` (``(n, H, W)``
 float32) or one PNG overlay per image, and ``index.jsonl`` records, one JSON
 line per finished shard, which images it holds, a fingerprint of each input
-image, the explained class, score and probability, and a SHA-256 of each file.
-A rerun with the same settings skips every shard whose files and inputs still
-match the index, and recomputes the others. The index's first line records
-the settings and a fingerprint of the model's weights
-(:func:`weights_fingerprint`): a rerun with other settings or other weights
-is refused unless ``overwrite=True``. Every index line carries a check of its
-own bytes, so that a line torn by a crash is ignored (and its shard
-recomputed), and ``index.jsonl.lock`` keeps a second process from writing
-the same folder at the same time (a lock left by a process that died is
-taken over).
+image (the first 64 bits of the BLAKE2b hash of its float32 bytes, computed
+on the host, the same on every backend and for every kind of source), the
+explained class, score and probability, and a SHA-256 of each file. A rerun
+with the same settings skips every shard whose files and inputs still match
+the index, and recomputes the others; a folder written on one backend
+resumes on another (the weights' fingerprint is the same bytes). The
+index's first line records the settings and a fingerprint of the model's
+weights (:func:`weights_fingerprint`): a rerun with other settings or other
+weights is refused unless ``overwrite=True``. Every index line carries a
+check of its own bytes, so that a line torn by a crash is ignored (and its
+shard recomputed), and ``index.jsonl.lock`` keeps a second process from
+writing the same folder at the same time (a lock left by a process that
+died is taken over).
 """
 
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 import os
 import re
+import sys
 import warnings
 import weakref
 
 import numpy as np
-import tensorflow as tf
 
-from keras_cam import _compat
+from keras_cam import _compat, backend
 from keras_cam import targets as _targets
 from keras_cam.base import Explainer, Explanation, check_images
+from keras_cam.compiled import Compiled
 from keras_cam.files import LockFile, append_synced, png_bytes, write_atomic
 from keras_cam.viz import displayable  # noqa: F401  (also imported from here by keras_cam.audit)
 
@@ -61,29 +87,50 @@ _FORMAT = "keras-cam/explain_dataset"
 _VERSION = 2  # 2: checked index lines, the weights' fingerprint in the header
 
 
-def explain_dataset(explainer, dataset, *, targets="labels", strategy=None, batch_size=64,
+def _tf():
+    """TensorFlow, for the ``tf.data`` / ``tf.distribute`` paths only (TensorFlow by nature)."""
+    import tensorflow as tf
+
+    return tf
+
+
+def _is_tf_dataset(obj):
+    """True for a ``tf.data.Dataset`` (never imports TensorFlow: one exists only if it is loaded)."""
+    tf = sys.modules.get("tensorflow")
+    data = getattr(tf, "data", None) if tf is not None else None
+    return data is not None and isinstance(obj, data.Dataset)
+
+
+def explain_dataset(explainer, dataset, *, targets="labels", strategy=None, distribution=None, batch_size=64,
                     out=None, save="npy", upsample=True, normalize=True, overwrite=False, verbose=1):
-    """Explain every image of a ``tf.data.Dataset``.
+    """Explain every image of a dataset: any iterable of batches, on every backend.
 
     Args:
         explainer: an explainer (``keras_cam.GradCAM(model)``, ...).
-        dataset: a ``tf.data.Dataset`` of ``images`` or ``(images, labels)``
-            (a third element, sample weights, is ignored). Batched elements
+        dataset: an iterable of ``images`` or ``(images, labels)`` (a third
+            element, sample weights, is ignored): a ``tf.data.Dataset``, a
+            ``keras.utils.PyDataset``, a PyTorch ``DataLoader``, a generator
+            or a list of arrays (see the module docstring). Batched elements
             ``(n, H, W, C)`` are explained batch by batch; single images
-            ``(H, W, C)`` are first batched by ``batch_size``.
+            ``(H, W, C)`` are first batched by ``batch_size``. An array is
+            not a dataset (pass ``[images]``, or call the explainer).
         targets: ``"labels"`` (the default): each image's label where the
             dataset has labels (integer classes, or one-hot / probability
             rows, read by argmax), its top-1 class otherwise; ``None``: the
             top-1 class; an int: that class for every image; or a callable
             ``f(outputs) -> (n,)`` (see :mod:`keras_cam.targets`).
-        strategy: a ``tf.distribute.Strategy`` (``MirroredStrategy``,
-            ``MultiWorkerMirroredStrategy``, ...); every replica explains its
-            share of each batch (``strategy.run``; a batch smaller than the
-            number of replicas is padded, see the module docstring) and the
-            maps are gathered in dataset order. None uses the strategy in scope (the default,
-            single-device one outside any ``strategy.scope()``). Build the
-            model inside ``strategy.scope()`` so each replica reads its own
-            copy of the weights.
+        strategy: TensorFlow backend only: a ``tf.distribute.Strategy``
+            (``MirroredStrategy``, ``MultiWorkerMirroredStrategy``, ...);
+            every replica explains its share of each batch (``strategy.run``)
+            and the maps are gathered in dataset order. None uses the strategy
+            in scope (the default, single-device one outside any
+            ``strategy.scope()``). Build the model inside ``strategy.scope()``
+            so each replica reads its own copy of the weights.
+        distribution: JAX backend only: a ``keras.distribution.DataParallel``
+            (any ``keras.distribution.Distribution`` with a batch axis); each
+            batch is split over its devices. None uses
+            ``keras.distribution.distribution()`` when one is set (on JAX),
+            else one device.
         batch_size: images per batch for a dataset of single images (a batched
             dataset keeps its batches).
         out: None to return an iterator of results; a folder to write them
@@ -104,16 +151,20 @@ def explain_dataset(explainer, dataset, *, targets="labels", strategy=None, batc
         Without ``out``: an iterator of :class:`~keras_cam.Explanation`, one per
         batch, in dataset order (``targets``, ``probabilities`` are None for a
         callable target). With ``out``: a dict summarizing the run:
-        ``{"out", "index", "images", "shards", "written", "skipped"}``.
+        ``{"out", "index", "images", "shards", "written", "skipped", "replicas"}``
+        (``replicas``: the devices each batch was split over).
 
     Raises:
         TypeError / ValueError: for a wrong explainer, dataset, element
             structure, target or option (raised by this call, before any
-            work); ValueError for labels that are not classes of the model
-            (when the batch that holds them is read). With ``out``: ValueError
-            when the folder holds maps of other settings or other weights
-            (pass ``overwrite=True`` or a new folder), or when another process
-            is writing it (its lock file ``index.jsonl.lock`` names the pid).
+            work); ValueError for labels that are not classes of the model,
+            or images with NaN or Inf (when the batch that holds them is
+            read). RuntimeError for ``strategy=`` off TensorFlow (it names
+            ``KERAS_BACKEND=tensorflow``) and ``distribution=`` off JAX. With
+            ``out``: ValueError when the folder holds maps of other settings
+            or other weights (pass ``overwrite=True`` or a new folder), or
+            when another process is writing it (its lock file
+            ``index.jsonl.lock`` names the pid).
 
     Example:
         >>> cam = keras_cam.GradCAM(model)
@@ -126,11 +177,7 @@ def explain_dataset(explainer, dataset, *, targets="labels", strategy=None, batc
             f"`explainer` must be a keras_cam explainer such as keras_cam.GradCAM(model); "
             f"received {type(explainer).__name__}."
         )
-    if not isinstance(dataset, tf.data.Dataset):
-        raise TypeError(
-            f"`dataset` must be a tf.data.Dataset; received {type(dataset).__name__}. For arrays, "
-            f"call the explainer directly, or wrap them: tf.data.Dataset.from_tensor_slices(images)."
-        )
+    _check_source(dataset)
     if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
         raise ValueError(f"`batch_size` must be a positive int; received {batch_size!r}.")
     if not isinstance(overwrite, bool):
@@ -141,18 +188,82 @@ def explain_dataset(explainer, dataset, *, targets="labels", strategy=None, batc
         raise ValueError("`save='png'` draws maps over their images: it needs upsample=True and normalize=True.")
     if getattr(explainer, "aug_smooth", False) and not upsample:
         raise ValueError("`aug_smooth` averages maps at the input resolution; use upsample=True.")
-    if strategy is None:
-        strategy = tf.distribute.get_strategy()
-    elif not isinstance(strategy, tf.distribute.Strategy):
-        raise TypeError(f"`strategy` must be a tf.distribute.Strategy or None; received {type(strategy).__name__}.")
+    if explainer.graph.multi_input:
+        raise ValueError(
+            f"explain_dataset explains single-input models; model {explainer.model.name!r} has "
+            f"the inputs {explainer.graph.input_names}. Explain its batches with the explainer "
+            f"itself: `explainer([images, other, ...])`."
+        )
+    if strategy is not None:
+        backend.require_tensorflow("`strategy=` (a tf.distribute strategy)")
+        if not isinstance(strategy, _tf().distribute.Strategy):
+            raise TypeError(f"`strategy` must be a tf.distribute.Strategy or None; received {type(strategy).__name__}.")
+    distribution = _distribution(distribution)
+    options = dict(targets=targets, batch_size=int(batch_size), upsample=upsample, normalize=normalize,
+                   fingerprints=out is not None, images=save == "png" and out is not None)
 
-    job = _Job(explainer, dataset, targets, strategy, int(batch_size), upsample, normalize,
-               fingerprints=out is not None, images=save == "png" and out is not None)
+    if backend.is_tensorflow() and (strategy is not None or _is_tf_dataset(dataset)
+                                    or _tf().distribute.has_strategy()):
+        strategy = strategy if strategy is not None else _tf().distribute.get_strategy()
+        job = _Job(explainer, dataset, strategy=strategy, **options)
+        active = strategy.extended.should_checkpoint
+    else:
+        job = _HostJob(explainer, dataset, distribution=distribution, **options)
+        active = True
     if out is None:
         return (result for _, _, result, _ in job.run(verbose))
-    active = strategy.extended.should_checkpoint
     writer = _Writer(out, job.header(save, weights=active), save, active=active, overwrite=overwrite)
     return writer.consume(job, verbose)
+
+
+def _check_source(dataset):
+    """Refuse, before any work, what is not an iterable of batches."""
+    if _is_tf_dataset(dataset):
+        return
+    what = type(dataset).__name__
+    if dataset is None or isinstance(dataset, (str, bytes, dict)) or hasattr(dataset, "shape") \
+            or not (hasattr(dataset, "__iter__") or _is_py_dataset(dataset)):
+        hint = (" For an array of images, call the explainer directly, or pass a list of batches "
+                "`[images]` (or `(images[i:i + 64] for i in range(0, len(images), 64))`)."
+                if hasattr(dataset, "shape") else "")
+        raise TypeError(
+            f"`dataset` must be an iterable of batches (a tf.data.Dataset, a keras.utils.PyDataset, a "
+            f"PyTorch DataLoader, a generator or a list of arrays); received {what}.{hint}"
+        )
+
+
+def _is_py_dataset(obj):
+    """True for a ``keras.utils.PyDataset`` (Keras 3) or a ``keras.utils.Sequence`` of tf-keras."""
+    for name in ("keras", "tf_keras"):
+        utils = getattr(sys.modules.get(name), "utils", None)
+        for cls in ("PyDataset", "Sequence"):
+            kind = getattr(utils, cls, None)
+            if isinstance(kind, type) and isinstance(obj, kind):
+                return True
+    return False
+
+
+def _distribution(distribution):
+    """The ``keras.distribution`` to split batches with on JAX, or None (one device)."""
+    name = backend.name()
+    if distribution is None:
+        if name != "jax":
+            return None
+        return _compat.keras.distribution.distribution()
+    if name != "jax":
+        other = ("pass `strategy=` a tf.distribute.Strategy instead" if name == "tensorflow" else
+                 "on PyTorch explain_dataset runs on one device")
+        raise RuntimeError(
+            f"`distribution=` (keras.distribution) splits batches on the JAX backend; Keras runs on "
+            f"{name!r} here: {other}, or run with KERAS_BACKEND=jax (set before Keras is imported)."
+        )
+    kind = _compat.keras.distribution.Distribution
+    if not isinstance(distribution, kind):
+        raise TypeError(
+            f"`distribution` must be a keras.distribution.Distribution such as "
+            f"keras.distribution.DataParallel(); received {type(distribution).__name__}."
+        )
+    return distribution
 
 
 def _has_labels(spec):
@@ -163,7 +274,7 @@ def _image_spec(spec, layout):
     """The images' TensorSpec of an element spec, checked against the model's
     :class:`~keras_cam.layout.InputLayout`, or a clear error."""
     images = spec[0] if _has_labels(spec) else spec
-    if not isinstance(images, tf.TensorSpec):
+    if not isinstance(images, _tf().TensorSpec):
         raise TypeError(
             f"Dataset elements must be `images` or `(images, labels)`, with images a single "
             f"tensor; received elements of structure {spec}. Map the dataset to that form first, "
@@ -179,7 +290,7 @@ def _image_spec(spec, layout):
 
 def _label_spec(spec):
     labels = spec[1]
-    if not isinstance(labels, tf.TensorSpec):
+    if not isinstance(labels, _tf().TensorSpec):
         raise TypeError(
             f"`targets='labels'` needs one label tensor per batch; the dataset's labels are "
             f"{labels}. Pass `targets=` explicitly (None for top-1, an int or a callable)."
@@ -194,7 +305,8 @@ def _label_spec(spec):
 
 
 def _labels_to_classes(labels, num_classes):
-    """Labels ``(n,)``, ``(n, 1)`` or ``(n, C)`` as int32 class indices, checked in range."""
+    """Labels ``(n,)``, ``(n, 1)`` or ``(n, C)`` as int32 class indices, checked in range (in the graph)."""
+    tf = _tf()
     if labels.shape.rank == 2 and labels.shape[-1] != 1:
         return tf.argmax(labels, axis=-1, output_type=tf.int32)
     labels = tf.reshape(labels, [-1])
@@ -209,6 +321,25 @@ def _labels_to_classes(labels, num_classes):
             classes, tf.constant(num_classes, tf.int32),
             message=f"keras-cam: labels must be classes of the model (0..{num_classes - 1})")
     return classes
+
+
+_LABEL_HINT = "Fix the labels, or pass `targets=` explicitly (None explains each image's top-1 class)."
+_NAN_HINT = "Clean or drop those images."
+
+
+def _host_classes(labels, num_classes):
+    """Labels ``(n,)``, ``(n, 1)`` or ``(n, C)`` (numpy) as int32 class indices, or the
+    problem (a message without the batch) when they are not classes of the model."""
+    if labels.ndim == 2 and labels.shape[-1] != 1:
+        return np.argmax(labels, axis=-1).astype(np.int32), None
+    labels = labels.reshape(-1)
+    if labels.dtype.kind == "f" and not np.array_equal(labels, np.round(labels)):
+        return None, "labels read as class indices must be whole numbers"
+    if (labels < 0).any():
+        return None, "labels must be classes >= 0"
+    if num_classes is not None and (labels >= num_classes).any():
+        return None, f"labels must be classes of the model (0..{num_classes - 1})"
+    return labels.astype(np.int32), None
 
 
 def _targets_kind(targets, use_labels):
@@ -228,52 +359,338 @@ def _targets_kind(targets, use_labels):
     )
 
 
+def fingerprints(images):
+    """One fingerprint per image: the first 64 bits of the BLAKE2b hash of its float32 bytes, as int64.
+
+    What ``index.jsonl`` records per input (as 16 hex digits), so that a rerun
+    recomputes a shard whose images changed. The same on every backend.
+    """
+    x = np.ascontiguousarray(np.asarray(images, np.float32)).reshape(len(images), -1)
+    return np.array([int.from_bytes(hashlib.blake2b(row.view(np.uint8), digest_size=8).digest(), "little",
+                                    signed=True) for row in x], np.int64)
+
+
+def _num_classes(explainer, sample):
+    graph = explainer.graph
+    if graph.num_classes is not None:
+        return graph.num_classes
+    return int(graph.scores(graph.model(sample, training=False)).shape[-1])
+
+
+def _header(job, save, weights):
+    """The settings an index records; ``weights``: include the weights' fingerprint (computed here, once)."""
+    explainer = job.explainer
+    return {
+        "format": _FORMAT, "version": _VERSION, "save": save,
+        "method": type(explainer).__name__, "model": explainer.model.name,
+        "layers": [str(p) for p in explainer.layer_paths],
+        "targets": job.targets_kind, "upsample": job.upsample, "normalize": job.normalize,
+        "weights": weights_fingerprint(explainer.model) if weights else None,
+    }
+
+
+def _batch_error(step, message):
+    hint = _NAN_HINT if "NaN" in message else _LABEL_HINT
+    return ValueError(f"Batch {step} of the dataset: {message}. {hint}")
+
+
+# --- any iterable, on the host: one device, or a keras.distribution on JAX -----------------
+
+
+def _host_source(dataset):
+    """``(iterator of elements, number of elements or None)`` of any source."""
+    if _is_tf_dataset(dataset):  # JAX / PyTorch, or TensorFlow without tf.data's path: numpy
+        cardinality = int(dataset.cardinality())
+        return iter(dataset.as_numpy_iterator()), (cardinality if cardinality >= 0 else None)
+    if _is_py_dataset(dataset):  # by index: its __getitem__ may never raise IndexError
+        n = getattr(dataset, "num_batches", None) if hasattr(type(dataset), "num_batches") else len(dataset)
+        if n is None:
+            raise ValueError(
+                f"`dataset` is a {type(dataset).__name__} without an end (num_batches is None); "
+                f"explain_dataset reads a dataset to its end: give it a length.")
+        return (dataset[i] for i in range(int(n))), int(n)
+    try:
+        n = len(dataset)
+    except TypeError:
+        n = None
+    return iter(dataset), n
+
+
+def _split_element(element, step):
+    """``(images, labels or None)`` of one element, as numpy."""
+    if isinstance(element, dict) or (isinstance(element, (tuple, list)) and len(element) not in (1, 2, 3)):
+        what = f"a dict with keys {sorted(map(str, element))}" if isinstance(element, dict) else \
+            f"a {type(element).__name__} of {len(element)}"
+        raise TypeError(
+            f"Dataset elements must be `images` or `(images, labels)`, with images a single "
+            f"array; element {step} is {what} (its structure is not one of these). Map the "
+            f"dataset to that form first, e.g. ((d['image'], d['label']) for d in dataset)."
+        )
+    labels = None
+    if isinstance(element, (tuple, list)):
+        images, labels = element[0], (element[1] if len(element) > 1 else None)
+    else:
+        images = element
+    images = _host_array(images, "images", step)
+    if labels is not None:
+        labels = _host_array(labels, "labels", step)
+    return images, labels
+
+
+def _host_array(value, what, step):
+    try:
+        array = np.asarray(_compat.to_host(value))
+    except Exception as err:  # noqa: BLE001 (any failure to read the value means the same)
+        raise TypeError(f"The {what} of element {step} are a {type(value).__name__}, not an array "
+                        f"({type(err).__name__}).") from None
+    if array.dtype.kind not in "biuf":
+        raise TypeError(
+            f"The {what} of element {step} are not numbers (dtype {array.dtype}); "
+            + ("pass images as arrays of numbers." if what == "images" else
+               "pass `targets=` explicitly (None for top-1, an int or a callable), or labels as class indices.")
+        )
+    return array
+
+
+class _HostJob:
+    """One pass over any iterable, batches on the host, the explanation compiled per batch shape."""
+
+    def __init__(self, explainer, dataset, *, targets, batch_size, upsample, normalize, fingerprints,
+                 images, distribution=None):
+        self.explainer, self.distribution = explainer, distribution
+        self.upsample, self.normalize = bool(upsample), bool(normalize)
+        self.keep_images, self.fingerprints = images, fingerprints
+        layout = explainer.graph.inputs
+        elements, count = _host_source(dataset)
+        first = next(elements, None)
+        if first is None:
+            raise ValueError("`dataset` is empty; there is nothing to explain.")
+        x, y = _split_element(first, 0)
+        if x.ndim not in (layout.rank + 1, layout.rank + 2):
+            raise ValueError(
+                f"Dataset elements must be single examples, {layout.name} for this model, or batches "
+                f"of them; the dataset yields shape {tuple(x.shape)}."
+            )
+        single = x.ndim == layout.rank + 1
+        self.use_labels = isinstance(targets, str) and targets == "labels" and y is not None
+        if self.use_labels and (y.ndim - (0 if single else 1)) not in (0, 1):
+            raise ValueError(
+                f"Labels must be class indices (n,) or (n, 1), or one-hot / probability rows "
+                f"(n, classes); the dataset's labels have shape {tuple(y.shape)}"
+                f"{' per example' if single else ''}. Pass `targets=` explicitly instead."
+            )
+        self.target_fn = targets if callable(targets) else None
+        self.targets_kind = _targets_kind(targets, self.use_labels)
+        batches = self._batches(itertools.chain([(x, y)], (_split_element(e, i) for i, e in
+                                                           enumerate(elements, 1))), single, batch_size)
+        self.steps = None if count is None else (-(-count // batch_size) if single else count)
+        self.replicas = 1
+        if distribution is not None:
+            layout_ = distribution.get_data_layout((2,) + tuple(x.shape[1 if not single else 0:]))
+            axis = layout_.axes[0]
+            mesh = distribution.device_mesh
+            self.replicas = int(mesh.shape[mesh.axis_names.index(axis)]) if axis is not None else 1
+
+        # The first batch with images: the checks and the automatic choices (one probe run).
+        peeked = []
+        for batch in batches:
+            peeked.append(batch)
+            if len(batch[0]):
+                break
+        if not any(len(b[0]) for b in peeked):
+            raise ValueError("`dataset` is empty (its batches hold no images); there is nothing to explain.")
+        sample = peeked[-1][0]
+        check_images(sample, explainer.model, 0, explainer.graph.data_format == "channels_first")
+        self.shape = sample.shape[1:]
+        sample = _compat.ops.convert_to_tensor(sample[:1])
+        explainer.prepare(sample)
+        self.num_classes = None if self.target_fn is not None else _num_classes(explainer, sample)
+        if isinstance(self.targets_kind, int):
+            _targets.class_indices(self.targets_kind, 1, self.num_classes)  # validates the class
+        self.batches = itertools.chain(peeked, batches)
+        self._step = _host_step(explainer, self.upsample, self.normalize, self.target_fn)
+
+    @staticmethod
+    def _batches(pairs, single, batch_size):
+        """``(images float32, labels or None)`` batches; single examples grouped by ``batch_size``."""
+        if not single:
+            for x, y in pairs:
+                yield x, y
+            return
+        while True:
+            group = list(itertools.islice(pairs, batch_size))
+            if not group:
+                return
+            labels = [y for _, y in group]
+            if any(y is None for y in labels) and not all(y is None for y in labels):
+                raise ValueError("Some dataset elements have labels and others do not; give every "
+                                 "element the same structure.")
+            yield (np.stack([x for x, _ in group]),
+                   None if labels[0] is None else np.stack(labels))
+
+    def header(self, save, weights=True):
+        return _header(self, save, weights)
+
+    def _classes(self, step, n, labels):
+        if self.use_labels:
+            if labels is None:
+                raise ValueError(f"Batch {step} of the dataset has no labels, but the first had; give "
+                                 f"every element the same structure.")
+            if len(labels) != n:
+                raise ValueError(f"Batch {step} of the dataset has {n} images but {len(labels)} labels; "
+                                 f"give one label per image.")
+            classes, problem = _host_classes(labels, self.num_classes)
+            if problem is not None:
+                raise _batch_error(step, problem)
+            return classes
+        fill = self.targets_kind if isinstance(self.targets_kind, int) else _targets.TOP1
+        return np.full((n,), fill, np.int32)
+
+    def _place(self, x, classes):
+        """The batch as backend tensors, padded and split over the distribution's devices."""
+        n = len(x)
+        pad = (-n) % self.replicas
+        if pad:  # repeat the last row (dropped again below)
+            x = np.concatenate([x, np.repeat(x[-1:], pad, axis=0)])
+            classes = np.concatenate([classes, np.repeat(classes[-1:], pad)])
+        if self.distribution is None:
+            return _compat.ops.convert_to_tensor(x), _compat.ops.convert_to_tensor(classes)
+        distribute = _compat.keras.distribution.distribute_tensor
+        get = self.distribution.get_data_layout
+        return distribute(x, get(x.shape)), distribute(classes, get(classes.shape))
+
+    def run(self, verbose, skip=None):
+        """Yield ``(step, (ids, marks), Explanation, images or None)`` per batch, in order.
+
+        ``skip(step, ids, marks)`` -> True leaves a batch out without computing it.
+        """
+        bar = _compat.progbar(self.steps) if verbose else None
+        offset = 0
+        for step, (x, labels) in enumerate(self.batches):
+            x = np.asarray(x, np.float32)
+            n = len(x)
+            if n:
+                if x.shape[1:] != self.shape:
+                    check_images(x, self.explainer.model, 0, self.explainer.graph.data_format == "channels_first")
+                finite = np.isfinite(x).reshape(n, -1).all(axis=1)
+                if not finite.all():
+                    raise _batch_error(step, "images contain NaN or Inf, so their maps are meaningless")
+                classes = self._classes(step, n, labels)
+                ids = np.arange(offset, offset + n, dtype=np.int64)
+                marks = fingerprints(x) if self.fingerprints else np.zeros(n, np.int64)
+                if not (skip is not None and skip(step, ids, marks)):
+                    maps, scores, used, probs = (np.asarray(_compat.to_host(v))[:n] for v in
+                                                 self._step(*self._place(x, classes)))
+                    if self.target_fn is not None:
+                        used = probs = None
+                    result = Explanation(maps=maps, targets=used, scores=scores, probabilities=probs)
+                    yield step, (ids, marks), result, (x if self.keep_images else None)
+                offset += n
+            if bar is not None:
+                bar.update(step + 1)
+
+
 # Compiled steps per explainer, kept while the explainer lives, so explaining
 # dataset after dataset with the same settings traces once per batch shape.
 _steps = weakref.WeakKeyDictionary()
 
 
-def _compiled_step(explainer, strategy, upsample, normalize, target_fn, keep_images, gather):
-    """``step(ids, images, classes, marks)``: every replica explains its share of a
-    batch; with ``gather``, the shares of all workers are gathered in the same call."""
-    key = (strategy, upsample, normalize, target_fn, keep_images, gather)
+def _cached(explainer, key, make):
     steps = _steps.setdefault(explainer, {})
     if key not in steps:
         if len(steps) >= 8:  # callables made per call must not pile up traces
             del steps[next(iter(steps))]
+        steps[key] = make(weakref.ref(explainer))  # the cache must not keep the explainer alive
+    return steps[key]
 
-        owner = weakref.ref(explainer)  # the cache must not keep the explainer alive
 
-        def replica_step(ids, images, classes, marks):
+def _host_step(explainer, upsample, normalize, target_fn):
+    """``step(images, classes) -> (maps, scores, classes used, probabilities)``, compiled
+    on the backend (``tf.function``, ``jax.jit`` with the weights as arguments, PyTorch eager)."""
+
+    def make(owner):
+        def step(images, classes):
+            explainer = owner()
+            return explainer.compute(explainer.graph.to_channels_last(images), classes, upsample, normalize,
+                                     target_fn=target_fn)
+
+        return Compiled(step, model=explainer.model)
+
+    return _cached(explainer, ("host", upsample, normalize, target_fn), make)
+
+
+# --- tf.data and tf.distribute (the TensorFlow backend) ------------------------------------
+
+
+def _compiled_step(explainer, strategy, upsample, normalize, target_fn, keep_images, gather):
+    """``step(ids, images, classes)``: every replica explains its share of a
+    batch; with ``gather``, the shares of all workers are gathered in the same call."""
+    tf = _tf()
+
+    def make(owner):
+        def replica_step(ids, images, classes):
             explainer = owner()
             maps, scores, used, probs = explainer.compute(
                 explainer.graph.to_channels_last(images), classes, upsample, normalize, target_fn=target_fn)
             # Only what is needed crosses the replicas (gathering a 0-element tensor
             # across workers crashes TensorFlow 2.21's collectives).
-            return (ids, marks, maps, scores, used, probs) + ((images,) if keep_images else ())
+            return (ids, maps, scores, used, probs) + ((images,) if keep_images else ())
 
         def step(*args):
             values = strategy.run(replica_step, args=args)
             return tuple(strategy.gather(v, axis=0) for v in values) if gather else values
 
-        steps[key] = tf.function(step)
-    return steps[key]
+        return tf.function(step)
+
+    return _cached(explainer, (strategy, upsample, normalize, target_fn, keep_images, gather), make)
+
+
+def _as_tf_dataset(dataset, explainer, batch_size):
+    """Any other source as a ``tf.data.Dataset`` of float32 batches (for a strategy), read once."""
+    tf = _tf()
+    layout = explainer.graph.inputs
+    elements, _ = _host_source(dataset)
+    first = next(elements, None)
+    if first is None:
+        raise ValueError("`dataset` is empty; there is nothing to explain.")
+    x, y = _split_element(first, 0)
+    if x.ndim not in (layout.rank + 1, layout.rank + 2):
+        raise ValueError(
+            f"Dataset elements must be single examples, {layout.name} for this model, or batches "
+            f"of them; the dataset yields shape {tuple(x.shape)}."
+        )
+    single = x.ndim == layout.rank + 1
+    pairs = itertools.chain([(x, y)], (_split_element(e, i) for i, e in enumerate(elements, 1)))
+    batches = _HostJob._batches(pairs, single, batch_size)
+    head = next(batches)
+    image_spec = tf.TensorSpec((None, *head[0].shape[1:]), tf.float32)
+    spec = image_spec if head[1] is None else (
+        image_spec, tf.TensorSpec((None, *head[1].shape[1:]), tf.as_dtype(head[1].dtype)))
+    used = []
+
+    def generate():
+        if used:
+            raise RuntimeError("explain_dataset reads a converted source once.")
+        used.append(True)
+        for images, labels in itertools.chain([head], batches):
+            images = np.asarray(images, np.float32)
+            yield images if head[1] is None else (images, labels)
+
+    return tf.data.Dataset.from_generator(generate, output_signature=spec), head
 
 
 class _Job:
-    """One pass over the dataset: the input pipeline and the compiled, distributed step."""
+    """One pass over a ``tf.data.Dataset``: the input pipeline and the compiled, distributed step."""
 
-    def __init__(self, explainer, dataset, targets, strategy, batch_size, upsample, normalize,
+    def __init__(self, explainer, dataset, *, strategy, targets, batch_size, upsample, normalize,
                  fingerprints, images):
-        if explainer.graph.multi_input:
-            raise ValueError(
-                f"explain_dataset explains single-input models; model {explainer.model.name!r} has "
-                f"the inputs {explainer.graph.input_names}. Explain its batches with the explainer "
-                f"itself: `explainer([images, other, ...])`."
-            )
+        tf = _tf()
         self.explainer, self.strategy = explainer, strategy
         self.upsample, self.normalize = bool(upsample), bool(normalize)
-        self.keep_images = images
+        self.keep_images, self.fingerprints = images, fingerprints
+        first = None
+        if not _is_tf_dataset(dataset):
+            dataset, first = _as_tf_dataset(dataset, explainer, batch_size)
         spec = dataset.element_spec
         image_spec = _image_spec(spec, explainer.graph.inputs)
         if image_spec.shape.rank == explainer.graph.inputs.rank + 1:  # single examples
@@ -287,16 +704,17 @@ class _Job:
         self.steps = int(dataset.cardinality())
         self.replicas = replicas = strategy.num_replicas_in_sync
 
-        first = next(iter(dataset.take(1)), None)
         if first is None:
-            raise ValueError("`dataset` is empty; there is nothing to explain.")
+            first = next(iter(dataset.take(1)), None)
+            if first is None:
+                raise ValueError("`dataset` is empty; there is nothing to explain.")
         first = tf.cast(first[0] if _has_labels(spec) else first, tf.float32)
         check_images(first, explainer.model, 0, explainer.graph.data_format == "channels_first")  # shape and channels; finiteness is checked per batch below
         sample = first[:1]
         explainer.prepare(sample)
         num_classes = None
         if self.target_fn is None:
-            num_classes = self._num_classes(sample)
+            num_classes = _num_classes(explainer, sample)
         if isinstance(self.targets_kind, int):
             _targets.class_indices(self.targets_kind, 1, num_classes)  # validates the class
 
@@ -311,8 +729,7 @@ class _Job:
                 classes = tf.fill([n], tf.constant(fill, tf.int32))
             x = tf.cast(x, tf.float32)
             tf.debugging.assert_all_finite(x, "keras-cam: images contain NaN or Inf, so their maps are meaningless")
-            marks = tf.bitcast(tf.fingerprint(x), tf.int64) if fingerprints else tf.zeros([n], tf.int64)
-            return offset + n, _pad_rows((ids, x, classes, marks), n, replicas)
+            return offset + n, (ids, x, classes)
 
         self.dataset = dataset.scan(tf.constant(0, tf.int64), element).prefetch(tf.data.AUTOTUNE)
         try:
@@ -322,21 +739,8 @@ class _Job:
         self._step = _compiled_step(explainer, strategy, self.upsample, self.normalize, self.target_fn,
                                     self.keep_images, gather=not self.local)
 
-    def _num_classes(self, sample):
-        graph = self.explainer.graph
-        if graph.num_classes is not None:
-            return graph.num_classes
-        return int(graph.scores(graph.model(sample, training=False)).shape[-1])
-
     def header(self, save, weights=True):
-        """The settings an index records; ``weights``: include the weights' fingerprint (computed here, once)."""
-        return {
-            "format": _FORMAT, "version": _VERSION, "save": save,
-            "method": type(self.explainer).__name__, "model": self.explainer.model.name,
-            "layers": [str(p) for p in self.explainer.layer_paths],
-            "targets": self.targets_kind, "upsample": self.upsample, "normalize": self.normalize,
-            "weights": weights_fingerprint(self.explainer.model) if weights else None,
-        }
+        return _header(self, save, weights)
 
     def _split(self, element):
         """A padded batch as per-replica values: replica ``r`` gets the ``r``-th
@@ -362,60 +766,61 @@ class _Job:
         that all workers run the same steps and their collectives match."""
         if self.local:
             return decision
+        tf = _tf()
         flags = self.strategy.experimental_distribute_values_from_function(
             lambda context: tf.constant([1 if decision else 0], tf.int32))
         return int(self.strategy.reduce(tf.distribute.ReduceOp.SUM, flags, axis=None).numpy()[0]) > 0
 
     def run(self, verbose, skip=None):
-        """Yield ``(step, ids, Explanation, images or None)`` per batch, in order.
+        """Yield ``(step, (ids, marks), Explanation, images or None)`` per batch, in order.
 
         ``skip(step, ids, marks)`` -> True leaves a batch out without computing it.
         A batch with no images (a batched dataset may yield one) is left out too.
         """
+        tf = _tf()
         bar = _compat.progbar(self.steps if self.steps >= 0 else None) if verbose else None
         iterator = iter(self.dataset)
         step = 0
         while True:
             try:
-                element = next(iterator)
+                ids, x, classes = next(iterator)
             except StopIteration:
                 break
             except tf.errors.InvalidArgumentError as err:
                 if "keras-cam:" in str(err):
                     message = str(err).split("keras-cam:", 1)[1].split("\n")[0].strip()
-                    hint = ("Clean or drop those images." if "NaN" in message else
-                            "Fix the labels, or pass `targets=` explicitly (None explains each "
-                            "image's top-1 class).")
-                    raise ValueError(f"Batch {step} of the dataset: {message}. {hint}") from None
+                    raise _batch_error(step, message) from None
                 raise
-            real = element[0].numpy() >= 0  # False on the padding rows
-            if real.any() and not (skip is not None and self._agreed(
-                    skip(step, element[0].numpy()[real], element[3].numpy()[real]))):
-                gathered = self._gather(self._step(*self._split(element)))
-                ids, marks, maps, scores, used, probs, *kept = (v[gathered[0] >= 0] for v in gathered)
-                order = np.argsort(ids, kind="stable")
-                if self.target_fn is not None:
-                    used = probs = None
-                else:
-                    used, probs = used[order], probs[order]
-                result = Explanation(maps=maps[order], targets=used, scores=scores[order], probabilities=probs)
-                yield step, (ids[order], marks[order]), result, (kept[0][order] if kept else None)
+            n = int(x.shape[0])
+            if n:
+                marks = fingerprints(x.numpy()) if self.fingerprints else np.zeros(n, np.int64)
+                if not (skip is not None and self._agreed(skip(step, ids.numpy(), marks))):
+                    element = _pad_rows((ids, x, classes), n, self.replicas)
+                    gathered = self._gather(self._step(*self._split(element)))
+                    ids_, maps, scores, used, probs, *kept = (v[gathered[0] >= 0] for v in gathered)
+                    order = np.argsort(ids_, kind="stable")
+                    if self.target_fn is not None:
+                        used = probs = None
+                    else:
+                        used, probs = used[order], probs[order]
+                    result = Explanation(maps=maps[order], targets=used, scores=scores[order], probabilities=probs)
+                    yield step, (ids_[order], marks), result, (kept[0][order] if kept else None)
             step += 1
             if bar is not None:
                 bar.update(step)
 
 
 def _pad_rows(tensors, n, replicas):
-    """Tensors of ``n`` rows padded to a multiple of ``replicas`` rows (at least
-    ``replicas``, unless ``n`` is 0) by repeating the last row; the first tensor,
-    the images' indices, is padded with -1 so that the padding can be dropped."""
-    if replicas == 1:
+    """Tensors of ``n >= 1`` rows padded to a multiple of ``replicas`` rows by
+    repeating the last row; the first tensor, the images' indices, is padded
+    with -1 so that the padding can be dropped."""
+    pad = (-n) % replicas
+    if not pad:
         return tensors
-    pad = tf.where(n > 0, (-n) % replicas, tf.constant(0, tf.int64))
-    last = tf.fill([pad], tf.maximum(n - 1, 0))
+    tf = _tf()
     ids, *others = tensors
     return (tf.concat([ids, tf.fill([pad], tf.constant(-1, tf.int64))], 0),
-            *(tf.concat([t, tf.gather(t, last)], 0) for t in others))
+            *(tf.concat([t, tf.repeat(t[-1:], pad, axis=0)], 0) for t in others))
 
 
 def _hex(marks):
@@ -685,7 +1090,7 @@ class _Writer:
                 self._remove_replaced()
         finally:
             self.close()
-        return {"out": self.out, "index": self.index, **counts}
+        return {"out": self.out, "index": self.index, **counts, "replicas": job.replicas}
 
 
 def read_index(out):

@@ -202,7 +202,7 @@ def test_shards_index_and_resume(setup, tmp_path):
     stamps = {p: os.stat(out / p).st_mtime_ns for p in ("maps_000000.npy", "maps_000001.npy")}
     summary = explain_dataset(cam, ds, batch_size=4, out=str(out), verbose=0)
     assert summary == {"out": str(out), "index": str(out / "index.jsonl"), "images": N,
-                       "shards": 3, "written": 1, "skipped": 2}
+                       "shards": 3, "written": 1, "skipped": 2, "replicas": 1}
     assert {p: os.stat(out / p).st_mtime_ns for p in stamps} == stamps  # not rewritten
 
     header, shards = read_index(out)
