@@ -110,26 +110,40 @@ class compiled:
 
     def __init__(self, fn, model=None, eager_first=False):
         self._fn = fn
-        self._function = tf.function(fn, autograph=False)
+
+        def positional(*args):  # a plain signature, so a concrete function can be called with the same args
+            return fn(*args)
+        self._function = tf.function(positional, autograph=False)
         self._converted = None
         self._eager_only = False
         self._seen = set() if eager_first else None
+        self._concrete = {}
 
     def __call__(self, *args):
-        if self._seen is not None and tf.executing_eagerly():
-            key = signature(args)
-            if key not in self._seen:
-                if len(self._seen) >= self._MAX_SEEN:
-                    self._seen.clear()
-                self._seen.add(key)
-                return self._fn(*args)
+        key = signature(args) if tf.executing_eagerly() else None
+        if self._seen is not None and key is not None and key not in self._seen:
+            if len(self._seen) >= self._MAX_SEEN:
+                self._seen.clear()
+            self._seen.add(key)
+            return self._fn(*args)
         if self._eager_only:
             return self._fn(*args)
         if self._converted is None:
+            # A signature traced before is called through its concrete function: the
+            # same graph, without tf.function's per-call dispatch (about 1 ms).
+            concrete = self._concrete.get(key)
+            if concrete is not None:
+                return concrete(*args)
             try:
-                return self._function(*args)
+                result = self._function(*args)
             except tf.errors.OperatorNotAllowedInGraphError:
                 self._converted = tf.function(self._fn)
+            else:
+                if key is not None:
+                    if len(self._concrete) >= self._MAX_SEEN:
+                        self._concrete.clear()
+                    self._concrete[key] = self._function.get_concrete_function(*args)
+                return result
         try:
             return self._converted(*args)
         except tf.errors.OperatorNotAllowedInGraphError as err:
