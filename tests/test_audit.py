@@ -145,8 +145,16 @@ def test_cluster_numbers_against_independent_computations(result, cam, model, da
         if len(result.of_class(c.target)) > 1:
             cos = mean @ rest / np.linalg.norm(mean) / np.linalg.norm(rest)
             assert c.distance == pytest.approx(np.sqrt(1 - cos), abs=1e-4)
+        # The strategy groups: the first of a class carries the hotspot's score and level, the rest 0.
+        group = c is result.of_class(c.target)[0]
+        assert (c.level is not None) == group and (c.score > 0 or not group or c.level == 1.0)
+        if not group:
+            assert c.score == 0.0
+    # SpRAy with a fixed number of clusters keeps its score: consistency * distance * separation * e_C.
+    spray_audit = kc.audit(cam, images, labels, boxes=boxes, n_clusters=3, verbose=0)
+    for c in spray_audit.clusters:
         assert c.score == pytest.approx(c.consistency * c.distance * c.separation * c.outside_energy, rel=1e-6)
-        assert 0 <= c.score <= 1
+        assert 0 <= c.score <= 1 and c.level is None
 
 
 def test_same_seed_same_clusters_and_arrays_equal_a_dataset(result, cam, data):

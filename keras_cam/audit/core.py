@@ -22,7 +22,8 @@ import weakref
 import numpy as np
 import tensorflow as tf
 
-from keras_cam.audit import spray
+from keras_cam.audit import hotspots, spray
+from keras_cam.audit import verify as interventions
 from keras_cam.base import Explainer
 
 # Member thumbnails shown per cluster in the report, and the largest side in pixels of the
@@ -65,15 +66,26 @@ class Cluster:
     separation: float
     representative: int
     examples: np.ndarray
+    level: float | None = None
+    region: np.ndarray | None = dataclasses.field(default=None, repr=False)
+    shared_energy: float | None = None
+
+    @property
+    def suspicious(self):
+        """Whether the level is at most :data:`~keras_cam.audit.hotspots.ALPHA` and the score at least
+        :data:`~keras_cam.audit.hotspots.MIN_SCORE`."""
+        return self.level is not None and self.level <= hotspots.ALPHA and self.score >= hotspots.MIN_SCORE
 
     def to_dict(self):
         """The cluster as JSON-ready values (``indices`` and ``examples`` as lists of ints)."""
         return {
-            "target": self.target, "size": self.size, "score": self.score,
+            "target": self.target, "size": self.size, "score": self.score, "level": self.level,
+            "suspicious": self.suspicious, "shared_energy": self.shared_energy,
             "consistency": self.consistency, "distance": self.distance, "separation": self.separation,
             "accuracy": self.accuracy, "outside_energy": self.outside_energy,
             "representative": self.representative, "examples": [int(i) for i in self.examples],
             "indices": [int(i) for i in self.indices], "mean_map": np.round(self.mean_map, 6).tolist(),
+            "region": None if self.region is None else self.region.astype(int).tolist(),
         }
 
 
@@ -108,6 +120,13 @@ class Audit:
     model: str
     layer: str
     thumbnails: dict = dataclasses.field(repr=False, default_factory=dict)
+    scores: np.ndarray | None = dataclasses.field(repr=False, default=None)
+    explainer: object = dataclasses.field(repr=False, default=None)
+    images: object = dataclasses.field(repr=False, default=None)
+    boxes: np.ndarray | None = dataclasses.field(repr=False, default=None)
+    masks: np.ndarray | None = dataclasses.field(repr=False, default=None)
+    batch_size: int = dataclasses.field(repr=False, default=64)
+    verifications: dict = dataclasses.field(repr=False, default_factory=dict)
 
     def __len__(self):
         return len(self.clusters)
@@ -134,8 +153,61 @@ class Audit:
                          "note": self.notes.get(k)}
                 for k in sorted(self.eigenvalues)
             },
-            "clusters": [{**c.to_dict(), "target_name": _name(class_names, c.target)} for c in self.clusters],
+            "clusters": [{**c.to_dict(), "target_name": _name(class_names, c.target),
+                          "verification": (self.verifications[i].to_dict() if i in self.verifications else None)}
+                         for i, c in enumerate(self.clusters)],
+            "alpha": hotspots.ALPHA,
         }
+
+    def suspicious(self, target):
+        """The suspicious groups of class ``target`` (see :attr:`Cluster.suspicious`); empty: "no suspicious group"."""
+        return [c for c in self.of_class(target) if c.suspicious]
+
+    def verify(self, cluster, images=None, *, region=None, n_members=64, n_others=64, n_random=4, seed=0,
+               noise=0.01, batch_size=None):
+        """Test by intervention whether the model depends on what ``cluster``'s maps point at.
+
+        See :mod:`keras_cam.audit.verify`: the cluster's region is removed
+        from its members (ROAD imputation) and pasted into other classes'
+        images, each against same-size regions at random places, with 95 %
+        confidence intervals and a verdict. The result is also kept in
+        :attr:`verifications` (the report and ``clusters.json`` show it).
+
+        Args:
+            cluster: a :class:`Cluster` of this audit, or its position in
+                :attr:`clusters`.
+            images: the audited images, needed when the audit read a
+                ``tf.data.Dataset``: an array ``(n, ...)`` in the order the
+                audit read them, or a dataset that yields them in that order
+                (read once). Checked against the audit's thumbnails. Without
+                it, the array the audit was given is used.
+            region: the pixels to intervene on instead of the cluster's
+                region: an ``(H, W)`` bool mask or a box ``(y0, x0, y1, x1)``.
+            n_members, n_others: the most members and other-class images
+                used (a seeded sample).
+            n_random: random regions per image.
+            seed: the seed of the samples, the random regions and the
+                imputation noise: the same seed gives the same numbers.
+            noise: the imputation's noise (see :func:`keras_cam.metrics.impute`).
+            batch_size: images per forward pass (default: the audit's).
+
+        Returns:
+            A :class:`keras_cam.audit.verify.Verification`.
+
+        Raises:
+            ValueError: for a cluster of another audit, images that do not
+                match the audit's, or a region outside the image.
+        """
+        return _verify_cluster(self, cluster, images, region, n_members, n_others, n_random, seed, noise,
+                               batch_size or self.batch_size)
+
+    def verify_first(self, images=None, **kwargs):
+        """:meth:`verify` the first (highest-ranked) group of every class; returns ``{class: Verification}``."""
+        out = {}
+        for k in sorted({c.target for c in self.clusters}):
+            if any(c.target != k for c in self.clusters):
+                out[k] = self.verify(self.of_class(k)[0], images, **kwargs)
+        return out
 
     def save_json(self, path, class_names=None):
         """Write :meth:`to_dict` as JSON to ``path`` (atomically)."""
@@ -254,7 +326,7 @@ def audit(explainer, data, labels=None, *, boxes=None, masks=None, n_clusters="a
     from keras_cam.dataset import explain_dataset
 
     upsample = bool(explainer.aug_smooth or boxes is not None or masks is not None)
-    grids, targets, probs, outside, correct = [], [], [], [], []
+    grids, targets, probs, outside, correct, scores = [], [], [], [], [], []
     seen = 0
     # One read of the data: the images pass through `source.recorded()` on their way to the explain
     # step, which keeps each one's thumbnail and, for the few whose label probability is at most 1/2,
@@ -269,6 +341,7 @@ def audit(explainer, data, labels=None, *, boxes=None, masks=None, n_clusters="a
         for result in results:
             _read(result, explainer, source, grid, boxes, masks, sigmoid, batch_size, seen, thumbnails,
                   grids, targets, probs, correct, outside)
+            scores.append(np.asarray(result.scores, np.float64))
             seen += len(result.maps)
     n = seen
     if n < 2:
@@ -290,7 +363,10 @@ def audit(explainer, data, labels=None, *, boxes=None, masks=None, n_clusters="a
     clusters, eigenvalues, notes = [], {}, {}
     for k in np.unique(targets):
         members = np.flatnonzero(targets == k)
-        found = spray.cluster(x[members], n_clusters, max_clusters, n_neighbors, seed)
+        if n_clusters == "auto":
+            found = _strategies(x, targets, int(k), members, grid, n_neighbors, seed)
+        else:
+            found = spray.cluster(x[members], n_clusters, max_clusters, n_neighbors, seed)
         eigenvalues[int(k)] = found.eigenvalues
         if found.note is not None:
             notes[int(k)] = found.note
@@ -299,7 +375,12 @@ def audit(explainer, data, labels=None, *, boxes=None, masks=None, n_clusters="a
         rated = spray.cluster_scores(x[members], found.labels, found.affinity,
                                      None if outside is None else outside[members])
         for c in range(found.n_clusters):
-            clusters.append(_make_cluster(int(k), members[found.labels == c], x, rated, c, grid))
+            cluster = _make_cluster(int(k), members[found.labels == c], x, rated, c, grid)
+            if n_clusters == "auto":
+                _rate_strategy(cluster, found, c)
+            else:
+                cluster.region = _cluster_region(x, members, found.labels == c, grid)
+            clusters.append(cluster)
     clusters.sort(key=lambda c: (c.target, -c.score, int(c.indices[0])))
 
     if correct is not None:
@@ -309,8 +390,211 @@ def audit(explainer, data, labels=None, *, boxes=None, masks=None, n_clusters="a
         clusters=clusters, targets=targets, labels=targets.copy() if source.has_labels else None,
         maps=x.reshape(n, *grid), eigenvalues=eigenvalues, notes=notes, method=type(explainer).__name__,
         model=str(explainer.model.name), layer=", ".join(str(p) for p in explainer.layer_paths),
-        thumbnails=dict(enumerate(thumbnails)),
+        thumbnails=dict(enumerate(thumbnails)), scores=np.concatenate(scores).astype(np.float64),
+        explainer=explainer, images=source.array, boxes=None if boxes is None else np.asarray(boxes),
+        masks=None if masks is None else np.asarray(masks), batch_size=int(batch_size),
     )
+
+
+def _strategies(x, targets, k, members, grid, n_neighbors, seed):
+    """Class ``k``'s groups by strategy (:mod:`keras_cam.audit.hotspots`): the images that look at
+    the class's shared hotspot, and the rest."""
+    whole = np.zeros(len(members), np.int64)
+    if len(members) <= n_neighbors:
+        return spray.ClassClustering(whole, 1, np.zeros(0), None,
+                                     f"{len(members)} image(s), not more than n_neighbors={n_neighbors}: "
+                                     f"kept as one cluster")
+    if float(np.max(np.ptp(x[members], axis=0))) <= 1e-6:
+        return spray.ClassClustering(whole, 1, np.zeros(0), None, "all maps alike: kept as one cluster")
+    found = hotspots.find(x[members], grid, seed=seed)
+    labels = np.where(found.members, 0, 1).astype(np.int64)
+    if labels.min() == labels.max():
+        labels[:] = 0
+    elif labels[0] == 1:  # clusters are numbered by their first member (as SpRAy's)
+        labels = 1 - labels
+    result = spray.ClassClustering(labels, int(labels.max()) + 1, np.zeros(0), None)
+    result.hotspot = found
+    return result
+
+
+def _rate_strategy(cluster, found, c):
+    """The group that looks at the hotspot gets its score and level; the rest of the class scores 0."""
+    hot = getattr(found, "hotspot", None)
+    if hot is None:
+        cluster.score, cluster.level = 0.0, None
+        return
+    group = found.n_clusters == 1 or bool(hot.members[found.labels == c].all())
+    cluster.region = hot.region.copy()
+    cluster.score = float(hot.score) if group else 0.0
+    cluster.level = hot.level if group else None
+    cluster.shared_energy = float(np.mean(hot.energy[found.labels == c]))
+
+
+def _cluster_region(x, members, inside, grid):
+    """The cells a SpRAy cluster looks at more than the rest of its class, as much as half its
+    strongest such cell (the same rule as :mod:`keras_cam.audit.hotspots`, step 5)."""
+    q = hotspots.shares(x[members])
+    if inside.all():
+        d = q.mean(axis=0) - 1.0 / q.shape[1]
+    else:
+        d = q[inside].mean(axis=0) - q[~inside].mean(axis=0)
+    d = d.reshape(grid)
+    return d >= 0.5 * d.max() if d.max() > 0 else np.ones(grid, bool)
+
+
+def _verify_cluster(result, cluster, images, region, n_members, n_others, n_random, seed, noise, batch_size):
+    """:meth:`Audit.verify`: checks, then :func:`keras_cam.audit.verify.run`."""
+    if isinstance(cluster, (int, np.integer)) and not isinstance(cluster, bool):
+        if not 0 <= int(cluster) < len(result.clusters):
+            raise ValueError(f"`cluster` {int(cluster)} is not a cluster position of this audit "
+                             f"(0..{len(result.clusters) - 1}).")
+        position = int(cluster)
+    else:
+        position = next((i for i, c in enumerate(result.clusters) if c is cluster), None)
+        if position is None:
+            raise ValueError(
+                "`cluster` is not one of this audit's clusters (it comes from another audit, or is a copy): "
+                "pass an element of `audit.clusters`, or its position there."
+            )
+    for name, value, least in (("n_members", n_members, 2), ("n_others", n_others, 2), ("n_random", n_random, 1),
+                               ("batch_size", batch_size, 1)):
+        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < least:
+            raise ValueError(f"`{name}` must be an int >= {least}; received {value!r}.")
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)):
+        raise TypeError(f"`seed` must be an int; received {seed!r}.")
+    if result.explainer is None:
+        raise ValueError("This audit has no explainer attached (it was loaded or built by hand): verify needs "
+                         "the model. Run keras_cam.audit(...) again.")
+    c = result.clusters[position]
+    explainer = result.explainer
+    others_all = np.flatnonzero(result.targets != c.target)
+    if len(others_all) == 0:
+        raise ValueError(f"Class {c.target} is the only class audited: the transplant needs images of other "
+                         f"classes.")
+    rng = np.random.default_rng([int(seed), position, 0xA0D])
+    members = np.sort(rng.choice(c.indices, size=min(n_members, c.size), replace=False))
+    if len(members) < 2:
+        raise ValueError(f"Cluster {position} has {c.size} member(s); a verification needs at least 2.")
+    others = np.sort(rng.choice(others_all, size=min(n_others, len(others_all)), replace=False))
+    source = _VerifyImages(result, images, explainer, np.union1d(members, others))
+    first = source.get(members[:1])
+    channels_first = explainer.graph.data_format == "channels_first"
+    size = first.shape[2:4] if channels_first else first.shape[1:3]
+    pixels = _pixel_region(region, c, size)
+
+    def to_last(x):
+        return np.moveaxis(np.asarray(x, np.float32), 1, -1) if channels_first else np.asarray(x, np.float32)
+
+    def from_last(x):
+        return np.moveaxis(x, -1, 1) if channels_first else x
+
+    object_masks = None
+    if result.boxes is not None or result.masks is not None:
+        h, w = size
+        object_masks = np.zeros((len(members), h, w), bool)
+        for j, i in enumerate(members):
+            if result.boxes is not None:
+                y0, x0, y1, x1 = (int(v) for v in result.boxes[i])
+                object_masks[j, max(0, y0):y1, max(0, x0):x1] = True
+            else:
+                object_masks[j] = np.asarray(result.masks[i]) != 0
+    if isinstance(noise, bool) or not isinstance(noise, (int, float, np.integer, np.floating)) or noise < 0:
+        raise ValueError(f"`noise` must be a number >= 0; received {noise!r}.")
+    removal, transplant, object_drop, depends, example, shifted = interventions.run(
+        lambda x: class_scores(explainer, x, batch_size), source.get, to_last, from_last, pixels, c.target,
+        members, others, result.scores[members], n_random, seed, object_masks, float(noise))
+    example["images"] = tuple(thumbnail(explainer, from_last(im[None])[0]) for im in example["images"])
+    found = interventions.Verification(
+        cluster=position, target=c.target, region=pixels, members=members, others=others, removal=removal,
+        transplant=transplant, object_drop=object_drop, depends=depends,
+        verdict=interventions.VERDICT_DEPENDS if depends else interventions.VERDICT_NONE, seed=int(seed),
+        example=example, random_regions=shifted)
+    result.verifications[position] = found
+    return found
+
+
+def _pixel_region(region, cluster, size):
+    """The ``(H, W)`` pixels to intervene on: the cluster's grid region scaled up, or ``region``."""
+    h, w = (int(v) for v in size)
+    if region is None:
+        if cluster.region is None:
+            raise ValueError("This cluster has no region; pass `region=` (an (H, W) mask or a box).")
+        out = interventions.pixel_region(np.asarray(cluster.region, bool), (h, w))
+    else:
+        r = np.asarray(region)
+        if r.shape == (4,) and np.issubdtype(r.dtype, np.number):
+            y0, x0, y1, x1 = (float(v) for v in r)
+            if not (0 <= y0 < y1 <= h and 0 <= x0 < x1 <= w) or not np.all(np.mod(r, 1) == 0):
+                raise ValueError(f"`region` box {tuple(r.tolist())} is not inside the {h}x{w} image: give integer "
+                                 f"(y0, x0, y1, x1) with 0 <= y0 < y1 <= {h} and 0 <= x0 < x1 <= {w}.")
+            out = np.zeros((h, w), bool)
+            out[int(y0):int(y1), int(x0):int(x1)] = True
+        elif r.ndim == 2:
+            if r.shape != (h, w):
+                raise ValueError(f"`region` mask has shape {r.shape}; the images are {h}x{w}: give an (H, W) "
+                                 f"mask at the images' size, or a box (y0, x0, y1, x1).")
+            out = r.astype(bool)
+        else:
+            raise ValueError(f"`region` must be an (H, W) bool mask or a box (y0, x0, y1, x1); received shape "
+                             f"{r.shape}.")
+    if not out.any() or out.all():
+        raise ValueError(f"The region covers {int(out.sum())} of {h * w} pixels: it must keep some pixels and "
+                         f"remove some.")
+    return out
+
+
+class _VerifyImages:
+    """The audited images a verification needs, checked against the audit's thumbnails."""
+
+    def __init__(self, result, images, explainer, needed):
+        self.result, self.explainer = result, explainer
+        self.cache = {}
+        if images is None:
+            if result.images is None:
+                raise ValueError(
+                    "This audit read a dataset, so verify needs the images: pass `images=` the images in "
+                    "the order the audit read them (an array, or a dataset that yields that order)."
+                )
+            self.array = result.images
+        elif isinstance(images, tf.data.Dataset):
+            self.array = None
+            wanted, position = set(int(i) for i in needed), 0
+            for element in images:
+                x = (element[0] if isinstance(element, (tuple, list)) else element).numpy()
+                x = x[None] if x.ndim == 3 else x
+                for j in range(len(x)):
+                    if position + j in wanted:
+                        self.cache[position + j] = x[j]
+                position += len(x)
+                if len(self.cache) == len(wanted):
+                    break
+            if len(self.cache) < len(wanted):
+                raise ValueError(f"`images` yielded {position} images; the audit read {len(result.targets)}: "
+                                 f"give the images the audit read, in its order.")
+        else:
+            if isinstance(images, (list, tuple)) or not hasattr(images, "shape"):
+                raise TypeError(f"`images` must be an array of the audited images or a tf.data.Dataset; "
+                                f"received {type(images).__name__}.")
+            if len(images) != len(result.targets):
+                raise ValueError(f"`images` holds {len(images)} images; the audit read {len(result.targets)}: "
+                                 f"give the images the audit read, in its order.")
+            self.array = images
+        self.checked = set()
+
+    def get(self, indices):
+        out = []
+        for i in np.asarray(indices, np.int64):
+            image = self.cache[int(i)] if self.array is None else np.asarray(self.array[int(i)])
+            if int(i) not in self.checked:
+                if not np.array_equal(thumbnail(self.explainer, image), self.result.thumbnails[int(i)]):
+                    raise ValueError(
+                        f"`images` do not match the audited images: image {int(i)} differs from the one the "
+                        f"audit read at that position. Give the images in the order the audit read them "
+                        f"(a reshuffling dataset cannot be read in the same order again: pass an array)."
+                    )
+                self.checked.add(int(i))
+            out.append(image)
+        return np.stack(out)
 
 
 class _RetracingFilter(logging.Filter):

@@ -5,12 +5,16 @@ Everything the page needs is inside it: images are PNGs embedded as base64
 any other reference to the network, so the file opens offline in any
 browser and can be mailed or archived as it is.
 
-The page has a section per explained class (``id="class-<k>"``); in it, the
-class's clusters in score order, each an ``<article class="cluster"
+The page has a section per explained class (``id="class-<k>"``); in it, a
+verdict line ("no suspicious group" when no group's level is at most
+``ALPHA``), then the class's clusters in score order, each an ``<article class="cluster"
 id="cluster-<i>">`` (``i``: the cluster's position in
 :attr:`keras_cam.Audit.clusters`) with the mean map drawn over the cluster's
 representative image, the mean map alone, the cluster's numbers, and up to
-16 members with their own maps over them.
+16 members with their own maps over them, and the verification when
+:meth:`keras_cam.Audit.verify` ran (its numbers, and a member, that member
+with the region removed, an other-class image and that image with the
+region pasted, with the scores and predictions before and after).
 """
 
 from __future__ import annotations
@@ -42,6 +46,9 @@ table.stats td.v { font-variant-numeric: tabular-nums; text-align: right; }
 .members { display: grid; grid-template-columns: repeat(8, 96px); gap: 6px; margin-top: 8px; }
 .members img { width: 96px; height: auto; display: block; }
 .members figcaption { font-size: 11px; }
+.verdict { font-weight: 600; } .verdict.none { color: #2e7d32; } .verdict.found { color: #c0392b; }
+.verification { border-top: 1px solid #dde; margin-top: 8px; padding-top: 6px; }
+h4 { font-size: 14px; margin: 4px 0; }
 """
 
 
@@ -78,6 +85,16 @@ def _class_name(class_names, k):
     return str(k)
 
 
+def _alpha():
+    from keras_cam.audit.hotspots import ALPHA
+
+    return ALPHA
+
+
+def _level(c):
+    return "n/a" if c.level is None else f"{c.level:.3f}"
+
+
 def _pct(value):
     return "n/a" if value is None else f"{100.0 * value:.1f}%"
 
@@ -95,12 +112,13 @@ def render(result, class_names=None, title=None):
         f'<p class="meta">{n} images, {len(classes)} classes, {len(result.clusters)} clusters; maps: '
         f"{esc(result.method)} at layer {esc(result.layer)}, reduced to a {result.maps.shape[1]} x "
         f"{result.maps.shape[2]} grid.</p>",
-        '<p class="how">Within each class, the clusters are in order of their <b>suspicion score</b> '
-        "(0 to 1): the <i>consistency</i> of the members' maps (1 when they all look at the same place), "
-        "times the <i>distance</i> of the cluster's mean map from the rest of the class, times its "
-        "<i>separation</i> (the share of its neighbour links that stay inside it), times the "
-        "<i>outside energy</i> when object boxes or masks were given. A high score is a tight group of "
-        "images whose maps look elsewhere than the rest of their class: look at it first.</p>",
+        '<p class="how">Within each class, the first group holds the images whose maps look at the '
+        "class's <b>shared hotspot</b>: the place where this class's maps put more of their energy, beyond "
+        "each class's usual level, than the other classes' maps do. Its <b>score</b> is how much more (1: "
+        "twice the other classes' share at that place) and its <b>level</b> how often images drawn at random "
+        "from the other classes score as high: a level at most "
+        f"{_alpha():.2f} marks a <b>suspicious group</b>. A verification removes the hotspot from members "
+        "and pastes it into other classes' images, against random places of the same size.</p>",
         "<nav><ul>",
     ]
     for k in classes:
@@ -121,6 +139,11 @@ def render(result, class_names=None, title=None):
                          f"{', '.join(f'{v:.3f}' for v in eig)}</p>")
         if result.notes.get(k):
             parts.append(f'<p class="note">{esc(result.notes[k])}</p>')
+        if not any(result.clusters[i].suspicious for i in members):
+            parts.append(f'<p class="verdict none">No suspicious group in class {name}: no group\'s level is '
+                         f"at most {_alpha():.2f}.</p>")
+        else:
+            parts.append(f'<p class="verdict found">Suspicious group in class {name}.</p>')
         for rank, i in enumerate(members):
             parts.append(_cluster_html(result, i, rank, name))
         parts.append("</section>")
@@ -132,7 +155,9 @@ def _cluster_html(result, i, rank, name):
     c = result.clusters[i]
     rep = result.thumbnails[c.representative]
     rows = [("size", f"{c.size} ({100.0 * c.size / len(result.targets):.1f}% of all images)"),
-            ("score", f'<span class="score">{c.score:.3f}</span>'),
+            ("score", f'<span class="score">{c.score:.3f}</span>'), ("level", _level(c)),
+            ("suspicious", "yes" if c.suspicious else "no"),
+            ("energy in hotspot", _pct(c.shared_energy)),
             ("consistency", f"{c.consistency:.3f}"), ("distance", f"{c.distance:.3f}"),
             ("separation", f"{c.separation:.3f}"), ("accuracy", _pct(c.accuracy)),
             ("outside energy", _pct(c.outside_energy))]
@@ -156,5 +181,38 @@ def _cluster_html(result, i, rank, name):
         j = int(j)
         out.append(f'<figure><img class="thumb" src="{png_data_uri(_over(result.thumbnails[j], maps[j]))}" '
                    f'alt="image {j} with its map" title="image {j}"><figcaption>#{j}</figcaption></figure>')
-    out += ["</div>", "</article>"]
+    out.append("</div>")
+    if i in result.verifications:
+        out.append(_verification_html(result.verifications[i]))
+    out.append("</article>")
     return "\n".join(out)
+
+
+def _verification_html(v):
+    """The numbers of a verification and its before/after pictures."""
+    esc = html.escape
+    r, t = v.removal, v.transplant
+    e = v.example
+    rows = [
+        ("removal: score drop, region", f"{r.region:.3f}"), ("removal: score drop, random places", f"{r.random:.3f}"),
+        ("removal effect (95% CI)", f"{r.mean:.3f} [{r.low:.3f}, {r.high:.3f}] over {r.n} members"),
+        ("transplant: score rise, region", f"{t.region:.3f}"),
+        ("transplant: score rise, random places", f"{t.random:.3f}"),
+        ("transplant effect (95% CI)", f"{t.mean:.3f} [{t.low:.3f}, {t.high:.3f}] over {t.n} images"),
+        ("predictions moved to the class", f"{_pct(t.flips_region)} (random places {_pct(t.flips_random)})"),
+    ]
+    if v.object_drop is not None:
+        rows.append(("removal of the object: score drop", f"{v.object_drop:.3f}"))
+    stats = "".join(f"<tr><td>{k}</td><td class=\"v\">{val}</td></tr>" for k, val in rows)
+    pictures = ""
+    if e.get("images"):
+        captions = (f"member #{e['member']}: score {e['member_score']:.2f}",
+                    f"region removed: {e['removed_score']:.2f}",
+                    f"other #{e['other']}: score {e['other_score']:.2f}, predicted {e['other_prediction']}",
+                    f"region pasted: {e['pasted_score']:.2f}, predicted {e['pasted_prediction']}")
+        pictures = '<div class="row">' + "".join(
+            f'<figure><img class="heat" src="{png_data_uri(im)}" alt="{esc(cap)}"><figcaption>{esc(cap)}'
+            f"</figcaption></figure>" for im, cap in zip(e["images"], captions)) + "</div>"
+    return (f'<div class="verification" data-depends="{str(v.depends).lower()}"><h4>Verification: '
+            f"{esc(v.verdict)}</h4>{pictures}<table class=\"stats\">{stats}</table>"
+            f'<p class="note">Threshold: both 95% confidence intervals above 0; seed {v.seed}.</p></div>')

@@ -178,6 +178,7 @@ def run_audit_demo(out="keras-cam-demo", n_images=400, seed=11, share=0.5, overw
     images, labels, boxes, marked = make_dataset(n_images, seed=seed, watermark=(WATERMARK_CLASS, share))
     cam = keras_cam.GradCAM(load_shortcut_model(), layer=TARGET_LAYER)
     result = keras_cam.audit(cam, images, labels, boxes=boxes, verbose=0)
+    checks = result.verify_first(seed=seed)   # each class's first group, by intervention
     first = result.of_class(WATERMARK_CLASS)[0]
     others = [c.score for c in result.clusters if c.target != WATERMARK_CLASS]
     lines = [
@@ -192,10 +193,17 @@ def run_audit_demo(out="keras-cam-demo", n_images=400, seed=11, share=0.5, overw
         if not group:
             continue
         c = group[0]
+        level = "n/a" if c.level is None else f"{c.level:.2f}"
         lines.append(
-            f"  {name:9s} {len(group)} cluster(s); first: {c.size:4d} images, score {c.score:.3f}, "
-            f"accuracy {100 * c.accuracy:5.1f}%, outside energy {100 * c.outside_energy:5.1f}%"
+            f"  {name:9s} {len(group)} cluster(s); first: {c.size:4d} images, score {c.score:.3f}, level {level}"
+            f"{' (suspicious)' if c.suspicious else ''}, accuracy {100 * c.accuracy:5.1f}%, outside energy "
+            f"{100 * c.outside_energy:5.1f}%"
         )
+        if k in checks:
+            v = checks[k]
+            lines.append(f"            verification: {v.verdict}; removal effect {v.removal.mean:.2f} "
+                         f"[{v.removal.low:.2f}, {v.removal.high:.2f}], transplant effect {v.transplant.mean:.2f} "
+                         f"[{v.transplant.low:.2f}, {v.transplant.high:.2f}]")
     lines.append(
         f"the first {CLASS_NAMES[WATERMARK_CLASS]} cluster against the marked images: F1 "
         f"{f1_score(first.indices, marked):.3f}; the best score of the other classes' clusters: "

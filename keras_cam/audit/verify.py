@@ -1,0 +1,222 @@
+"""Verification by intervention: does the model depend on what a group's maps point at?
+
+For a group of class ``k`` with region ``R`` (its members' maps' shared
+hotspot, see :mod:`keras_cam.audit.hotspots`, scaled from grid cells to
+pixels), with ``s_k(x)`` the model's class-``k`` score (the logit where the
+explainer linearizes the head):
+
+- **Remove.** Each member ``x_i`` (up to ``n_members``, a seeded sample) gets
+  ``R`` filled in by ROAD's noisy linear imputation
+  (:func:`keras_cam.metrics.impute`), and so does the same-size region moved
+  to ``n_random`` random places (circular shifts of ``R`` overlapping it by
+  less than half). Per member,
+
+      ``r_i = mean_j s_k(x_i without R_j) - s_k(x_i without R)``,
+
+  how much more removing ``R`` lowers the class score than removing random
+  regions of its size. With ``boxes`` or ``masks`` given to the audit, the
+  members' own object regions are removed too, for comparison.
+- **Transplant.** Images of *other* classes ``y_j`` (up to ``n_others``)
+  get the pixels of ``R`` from a member pasted in, and, for comparison,
+  pixels of the random regions ``R_j`` pasted at the same places they come
+  from. Per image,
+
+      ``t_j = s_k(y_j with R of x_i) - mean_j s_k(y_j with R_j of x_i)``,
+
+  and the shares of predictions that move to ``k``. A model that uses an
+  artifact beside the object often keeps its other-class predictions while
+  the score still rises, so the rise is reported, not only the flips.
+
+Both effects come with 95 % confidence intervals over images (Student's t).
+The **verdict** is "depends on the region (shortcut candidate)" when both
+intervals lie above 0, and "no dependence shown" otherwise.
+
+Everything is drawn from ``seed`` and computed in batches: a verification
+costs ``2 + n_random`` forward passes per member and ``2 + n_random`` per
+other-class image, and reuses the scores the audit already has.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+
+VERDICT_DEPENDS = "depends on the region (shortcut candidate)"
+VERDICT_NONE = "no dependence shown"
+CONFIDENCE = 0.95
+
+
+@dataclasses.dataclass
+class Effect:
+    """One intervention's effect: the mean of per-image differences and its confidence interval.
+
+    Attributes:
+        mean, low, high: the mean difference and its 95 % t-interval.
+        n: images it is averaged over.
+        region, random: the mean change of the class score for the region
+            and for the random regions (a drop for removal, a rise for
+            transplant).
+        flips_region, flips_random: transplant only, the share of
+            other-class images whose top-1 class became the group's class.
+        kept_region: transplant only, the share whose top-1 class stayed
+            what it was.
+    """
+
+    mean: float
+    low: float
+    high: float
+    n: int
+    region: float
+    random: float
+    flips_region: float | None = None
+    flips_random: float | None = None
+    kept_region: float | None = None
+
+    def to_dict(self):
+        return {k: (None if v is None else (int(v) if k == "n" else float(v)))
+                for k, v in dataclasses.asdict(self).items()}
+
+
+@dataclasses.dataclass
+class Verification:
+    """What :meth:`keras_cam.Audit.verify` measured for one group.
+
+    Attributes:
+        cluster: the group's position in :attr:`keras_cam.Audit.clusters`.
+        target: its class ``k``.
+        region: ``(H, W)`` bool, the pixels intervened on.
+        members, others: the image indices used (members of the group, and
+            images of other classes).
+        removal, transplant: :class:`Effect` of each intervention.
+        object_drop: the mean drop of the class score when the members'
+            object regions are removed (with boxes or masks), else None.
+        depends: whether both effects' intervals lie above 0.
+        verdict: :data:`VERDICT_DEPENDS` or :data:`VERDICT_NONE`.
+        seed: the seed it was drawn with.
+        random_regions: ``(max(m, o), n_random, H, W)`` bool, the random
+            regions used: row ``i`` for member ``i`` (removal) and for
+            other-class image ``i`` (transplant).
+        example: images for the report: ``member``, ``removed``, ``other``,
+            ``pasted`` (uint8 thumbnails) and the scores/predictions before
+            and after.
+    """
+
+    cluster: int
+    target: int
+    region: np.ndarray
+    members: np.ndarray
+    others: np.ndarray
+    removal: Effect
+    transplant: Effect
+    object_drop: float | None
+    depends: bool
+    verdict: str
+    seed: int
+    example: dict = dataclasses.field(repr=False, default_factory=dict)
+    random_regions: np.ndarray | None = dataclasses.field(repr=False, default=None)
+
+    def to_dict(self):
+        """JSON-ready numbers (what ``clusters.json`` carries)."""
+        return {
+            "cluster": self.cluster, "target": self.target, "verdict": self.verdict, "depends": self.depends,
+            "threshold": f"both {int(CONFIDENCE * 100)}% confidence intervals above 0", "seed": self.seed,
+            "region_pixels": int(self.region.sum()), "members": [int(i) for i in self.members],
+            "others": [int(i) for i in self.others], "removal": self.removal.to_dict(),
+            "transplant": self.transplant.to_dict(),
+            "object_drop": None if self.object_drop is None else float(self.object_drop),
+            "example": {k: v for k, v in self.example.items() if k != "images"},
+        }
+
+
+def interval(values):
+    """``(mean, low, high)``: the mean of ``values`` and its two-sided t-interval at :data:`CONFIDENCE`."""
+    from scipy.stats import t
+
+    v = np.asarray(values, np.float64)
+    mean = float(v.mean())
+    if len(v) < 2:
+        return mean, -np.inf, np.inf
+    half = float(t.ppf(0.5 + CONFIDENCE / 2, len(v) - 1) * v.std(ddof=1) / np.sqrt(len(v)))
+    return mean, mean - half, mean + half
+
+
+def pixel_region(cells, size):
+    """A grid region ``(gh, gw)`` as an ``(H, W)`` pixel mask (each pixel takes the cell it falls in)."""
+    gh, gw = cells.shape
+    h, w = size
+    rows = np.minimum((np.arange(h) * gh) // h, gh - 1)
+    cols = np.minimum((np.arange(w) * gw) // w, gw - 1)
+    return cells[rows][:, cols]
+
+
+def random_regions(region, count, rng):
+    """``count`` circular shifts of ``region`` that overlap it by less than half its pixels."""
+    h, w = region.shape
+    area = int(region.sum())
+    out = []
+    for _ in range(100 * count):
+        dy, dx = int(rng.integers(0, h)), int(rng.integers(0, w))
+        moved = np.roll(region, (dy, dx), axis=(0, 1))
+        if np.count_nonzero(moved & region) < 0.5 * area:
+            out.append(moved)
+            if len(out) == count:
+                return np.stack(out)
+    raise ValueError(
+        f"The region covers {area} of {h * w} pixels: there is no room for random regions of its size "
+        f"elsewhere to compare with. Pass a smaller `region=`."
+    )
+
+
+def run(scores_of, images_of, to_last, from_last, region, k, members, others, base_member_scores,
+        n_random, seed, object_masks=None, noise=0.01):
+    """The interventions (see the module docstring); ``scores_of(x) -> (n, C)`` scores of model-format
+    images, ``images_of(indices) -> model-format images``; ``to_last``/``from_last`` convert between
+    the model's format and channels-last."""
+    from keras_cam.metrics import impute
+
+    rng = np.random.default_rng([int(seed), int(k), 0x7E5])
+    m, o = len(members), len(others)
+    xm = to_last(images_of(members))
+    shifted = random_regions(region, n_random * max(m, o), rng).reshape(max(m, o), n_random, *region.shape)
+    # Removal: the region, then n_random random regions, per member; one imputation for all of them.
+    masks = np.concatenate([np.broadcast_to(region, (m, *region.shape)),
+                            shifted[:m].reshape(m * n_random, *region.shape)])
+    stack = np.concatenate([xm, np.repeat(xm, n_random, axis=0)])
+    filled = impute(stack, masks, noise=noise, seed=int(rng.integers(2 ** 31)))
+    s = scores_of(from_last(filled))[:, k]
+    s_region, s_random = s[:m], s[m:].reshape(m, n_random).mean(axis=1)
+    base = np.asarray(base_member_scores, np.float64)
+    mean, low, high = interval(s_random - s_region)
+    removal = Effect(mean, low, high, m, region=float(np.mean(base - s_region)),
+                     random=float(np.mean(base - s_random)))
+    object_drop = None
+    if object_masks is not None:
+        keep = object_masks.reshape(m, -1).any(axis=1) & ~object_masks.reshape(m, -1).all(axis=1)
+        if keep.any():
+            gone = impute(xm[keep], object_masks[keep], noise=noise, seed=int(rng.integers(2 ** 31)))
+            object_drop = float(np.mean(base[keep] - scores_of(from_last(gone))[:, k]))
+    # Transplant: member pixels into other-class images, at the region and at random regions.
+    xo = to_last(images_of(others))
+    donors = xm[np.arange(o) % m]
+    pasted = np.where(region[None, ..., None], donors, xo)
+    random_pasted = np.where(shifted[:o, ..., None].reshape(o * n_random, *region.shape, 1),
+                             np.repeat(donors, n_random, axis=0), np.repeat(xo, n_random, axis=0))
+    every = scores_of(from_last(np.concatenate([xo, pasted, random_pasted])))
+    before, after, after_random = every[:o], every[o:2 * o], every[2 * o:].reshape(o, n_random, -1)
+    mean, low, high = interval(after[:, k] - after_random[:, :, k].mean(axis=1))
+    moved = (after.argmax(axis=1) == k) & (before.argmax(axis=1) != k)
+    moved_random = (after_random.argmax(axis=2) == k) & (before.argmax(axis=1) != k)[:, None]
+    transplant = Effect(mean, low, high, o, region=float(np.mean(after[:, k] - before[:, k])),
+                        random=float(np.mean(after_random[:, :, k].mean(axis=1) - before[:, k])),
+                        flips_region=float(moved.mean()), flips_random=float(moved_random.mean()),
+                        kept_region=float(np.mean(after.argmax(axis=1) == before.argmax(axis=1))))
+    depends = bool(removal.low > 0 and transplant.low > 0)
+    example = {
+        "member": int(members[0]), "other": int(others[0]),
+        "member_score": float(base[0]), "removed_score": float(s_region[0]),
+        "other_score": float(before[0, k]), "pasted_score": float(after[0, k]),
+        "other_prediction": int(before[0].argmax()), "pasted_prediction": int(after[0].argmax()),
+        "images": (xm[0], filled[0], xo[0], pasted[0]),
+    }
+    return removal, transplant, object_drop, depends, example, shifted

@@ -1,0 +1,246 @@
+"""The audit on a generated family of planted shortcuts (issue 22), and its verification by intervention.
+
+The family (:mod:`keras_cam.demo.shortcuts`): four classes of faint gratings,
+a share of class 0's training images carrying an artifact (a corner patch, a
+frame, a moving text-like tag, a colour cast), the other classes clean
+controls, tiny models trained in seconds. The audited images are fresh, half
+of class 0's marked. The truth is the ``marked`` mask; the numbers (F1,
+levels, effects) are checked against it and against hand computations.
+"""
+
+import json
+import os
+
+import numpy as np
+import pytest
+
+import keras_cam as kc
+from keras_cam.audit import hotspots
+from keras_cam.audit import verify as interventions
+from keras_cam.demo.run import f1_score
+from keras_cam.demo.shortcuts import (FEATURE_LAYER, KINDS, SHARES, artifact_region, make_shortcut_dataset,
+                                      shortcut_model)
+
+N_AUDIT = 240
+# Cases the audit finds and verifies today (the rest of the family is in test_family_known_gaps).
+FOUND = [("patch", 0.2), ("patch", 0.5), ("patch", 1.0), ("tag", 1.0)]
+
+
+def _audit_case(kind, share, architecture="cnn", seed=0):
+    model = shortcut_model(kind, share, architecture, seed)
+    images, labels, marked, boxes = make_shortcut_dataset(kind, N_AUDIT, seed=7 + seed, share=0.5)
+    cam = kc.GradCAM(model, layer=FEATURE_LAYER)
+    with np.errstate(all="ignore"):
+        result = kc.audit(cam, images, labels, verbose=0)
+    return result, images, labels, marked, boxes
+
+
+@pytest.fixture(scope="module")
+def family():
+    """Every kind x share of the cnn family (seed 0): the audit, the truth, and a row of numbers."""
+    rows, cases = [], {}
+    for kind in KINDS:
+        for share in SHARES:
+            result, images, labels, marked, boxes = _audit_case(kind, share)
+            first = result.of_class(0)[0]
+            check = result.verify(first, n_members=32, n_others=32, n_random=3, seed=0)
+            cases[kind, share] = (result, images, labels, marked, check)
+            rows.append({"kind": kind, "share": share, "f1": f1_score(first.indices, marked),
+                         "rank": int(np.argmax([f1_score(c.indices, marked) for c in result.of_class(0)])) + 1,
+                         "score": first.score, "level": first.level, "suspicious": first.suspicious,
+                         "removal": check.removal.mean, "removal_low": check.removal.low,
+                         "transplant": check.transplant.mean, "verdict": check.verdict})
+    out = os.environ.get("KERAS_CAM_FAMILY_TABLE")
+    if out:  # the table docs/audit.md shows (see bench/bench_audit.py --family)
+        with open(out, "w") as f:
+            json.dump(rows, f, indent=1)
+    return cases, rows
+
+
+@pytest.mark.parametrize("kind,share", FOUND)
+def test_the_marked_images_form_the_first_group_and_the_model_depends_on_them(family, kind, share):
+    cases, _ = family
+    result, images, labels, marked, check = cases[kind, share]
+    ours = result.of_class(0)
+    assert f1_score(ours[0].indices, marked) >= 0.8
+    assert ours[0].suspicious and ours[0].level <= hotspots.ALPHA
+    assert check.verdict == interventions.VERDICT_DEPENDS
+    # Removing the region lowers the class score more than removing random regions of its size.
+    assert check.removal.low > 0 and check.removal.region > check.removal.random
+    # The region is where the artifact is: most of it lies on the artifact's pixels.
+    truth = artifact_region(kind, images[check.members], marked[check.members])
+    on = truth[marked[check.members]].any(axis=0)
+    assert np.mean(on[check.region]) >= 0.5 or kind == "cast"
+
+
+@pytest.mark.parametrize("kind,share", [(k, s) for k in KINDS for s in SHARES if (k, s) not in FOUND])
+def test_family_known_gaps(family, kind, share):
+    """Issue 22's target for the rest of the family: not met yet (see docs/audit.md's table)."""
+    cases, _ = family
+    result, images, labels, marked, check = cases[kind, share]
+    first = result.of_class(0)[0]
+    if not (f1_score(first.indices, marked) >= 0.8 and first.suspicious
+            and check.verdict == interventions.VERDICT_DEPENDS):
+        pytest.xfail(f"{kind} at {share:.0%}: F1 {f1_score(first.indices, marked):.2f}, level {first.level}, "
+                     f"{check.verdict}")
+
+
+def test_clean_classes_rarely_raise_an_alarm(family):
+    cases, _ = family
+    clean = [c for result, *_ in cases.values() for k in (1, 2, 3) for c in result.of_class(k)[:1]]
+    alarms = sum(c.suspicious for c in clean)
+    assert len(clean) == 3 * len(cases) and alarms <= len(clean) / 20, alarms
+
+
+def test_the_level_is_spread_out_on_clean_classes(family):
+    """Over the family's clean classes (many seeds of data and models), the level is not piled at 0."""
+    cases, _ = family
+    levels = np.array([result.of_class(k)[0].level for result, *_ in cases.values() for k in (1, 2, 3)])
+    assert np.all((levels > 0) & (levels <= 1))
+    assert np.median(levels) >= 0.1 and np.mean(levels <= hotspots.ALPHA) <= 0.25, np.sort(levels)
+
+
+def test_clean_groups_show_no_dependence(family):
+    cases, _ = family
+    result = cases["patch", 0.5][0]
+    for k in (1, 2):
+        check = result.verify(result.of_class(k)[0], n_members=32, n_others=32, n_random=3, seed=0)
+        assert check.verdict == interventions.VERDICT_NONE, (k, check.removal, check.transplant)
+
+
+def test_held_out_cases_residual_architecture():
+    """Cases kept aside while the audit was built: the other architecture, another seed."""
+    for kind, share in (("patch", 0.5), ("tag", 1.0)):
+        result, images, labels, marked, _ = _audit_case(kind, share, "residual", seed=1)
+        first = result.of_class(0)[0]
+        assert f1_score(first.indices, marked) >= 0.8, (kind, share)
+        assert first.suspicious, (kind, share, first.level, first.score)
+
+
+# --- hand computations -----------------------------------------------------------------------
+
+
+def test_hotspot_score_and_group_equal_a_hand_computation():
+    rng = np.random.default_rng(3)
+    n, g = 40, 6
+    maps = rng.uniform(0, 0.05, (n, g, g))
+    for i in range(n):                                  # a blob anywhere
+        y, x = rng.integers(0, g - 1, 2)
+        maps[i, y:y + 2, x:x + 2] += 1.0
+    maps[:20, 0, 5] += 2.0                              # half the images share a spot
+    x = (maps / np.linalg.norm(maps.reshape(n, -1), axis=1)[:, None, None]).reshape(n, -1)
+    found = hotspots.find(x, (g, g), seed=0, permutations=19)
+    # By hand: shares, 1x1..3x3 window sums, tails above the 20 % quantile, relative profile.
+    q = maps.reshape(n, -1) / maps.reshape(n, -1).sum(axis=1, keepdims=True)
+    wins = []
+    for s in (1, 2, 3):
+        for y in range(g - s + 1):
+            for xx in range(g - s + 1):
+                wins.append(q.reshape(n, g, g)[:, y:y + s, xx:xx + s].sum(axis=(1, 2)))
+    e = np.stack(wins, axis=1)
+    tail = np.maximum(e - np.quantile(e, 0.2, axis=0), 0).mean(axis=0)
+    np.testing.assert_allclose(hotspots.profile(hotspots.tails(hotspots.window_energies(q, (g, g)))),
+                               tail / tail.mean(), rtol=1e-10)
+    assert found.region[0, 5] and found.level <= 0.05 and found.score > 1
+    energy = q @ found.region.ravel()
+    np.testing.assert_allclose(found.energy, energy)
+    v = np.sort(energy)
+    best = max(range(1, n), key=lambda k: k * (n - k) * (v[k:].mean() - v[:k].mean()) ** 2)
+    np.testing.assert_array_equal(found.members, energy > (v[best - 1] + v[best]) / 2)
+    assert f1_score(np.flatnonzero(found.members), np.arange(n) < 20) >= 0.9   # a few blobs fall near the spot
+
+
+@pytest.fixture(scope="module")
+def linear_case():
+    """A model whose class score is linear in the pixels: the verification's numbers by hand."""
+    from keras_cam._compat import keras
+
+    keras.utils.set_random_seed(0)
+    inputs = keras.Input((8, 8, 1))
+    conv = keras.layers.Conv2D(2, 1, use_bias=False, kernel_initializer="ones", name="conv")(inputs)
+    x = keras.layers.Flatten()(conv)
+    out = keras.layers.Dense(2, name="head")(x)
+    model = keras.Model(inputs, out)
+    w = np.zeros((128, 2), np.float32)
+    w[0::2, 1] = np.linspace(-1, 1, 64)                   # class 1: a linear read of the pixels
+    w[0::2, 0] = 0.1
+    model.get_layer("head").set_weights([w, np.zeros(2, np.float32)])
+    rng = np.random.default_rng(0)
+    images = rng.uniform(0, 1, (24, 8, 8, 1)).astype(np.float32)
+    labels = np.arange(24) % 2
+    result = kc.audit(kc.GradCAM(model, layer="conv"), images, labels, verbose=0, n_neighbors=3)
+    return model, images, labels, result
+
+
+def test_verification_equals_a_hand_computation(linear_case):
+    model, images, labels, result = linear_case
+    before = images.copy()
+    group = result.of_class(1)[0]
+    region = np.zeros((8, 8), bool)
+    region[0:3, 5:8] = True
+    check = result.verify(group, region=region, n_members=6, n_others=5, n_random=2, seed=4, noise=0.0)
+    np.testing.assert_array_equal(images, before)                               # nothing written over
+    score = lambda x: model.predict(x, verbose=0)[:, 1]                          # noqa: E731
+    m, o = check.members, check.others
+    shifted = check.random_regions
+    removed = kc.metrics.impute(images[m], np.broadcast_to(region, (len(m), 8, 8)), noise=0.0)
+    rand = np.stack([kc.metrics.impute(images[m], shifted[:len(m), j], noise=0.0) for j in range(2)], axis=1)
+    r = np.mean([score(rand[:, j]) for j in range(2)], axis=0) - score(removed)
+    from scipy.stats import t
+    half = t.ppf(0.975, len(r) - 1) * r.std(ddof=1) / np.sqrt(len(r))
+    assert check.removal.mean == pytest.approx(r.mean(), abs=1e-4)
+    assert check.removal.low == pytest.approx(r.mean() - half, abs=1e-4)
+    donors = images[m][np.arange(len(o)) % len(m)]
+    pasted = np.where(region[None, ..., None], donors, images[o])
+    rand_pasted = [np.where(shifted[:len(o), j, ..., None], donors, images[o]) for j in range(2)]
+    tr = score(pasted) - np.mean([score(p) for p in rand_pasted], axis=0)
+    assert check.transplant.mean == pytest.approx(tr.mean(), abs=1e-4)
+    assert check.transplant.region == pytest.approx(np.mean(score(pasted) - score(images[o])), abs=1e-4)
+    assert check.verdict == (interventions.VERDICT_DEPENDS if check.removal.low > 0 and check.transplant.low > 0
+                             else interventions.VERDICT_NONE)
+    # The same seed gives the same numbers.
+    again = result.verify(group, region=region, n_members=6, n_others=5, n_random=2, seed=4, noise=0.0)
+    assert again.removal == check.removal and again.transplant == check.transplant
+
+
+def test_verify_rejects_bad_input_and_writes_nothing(linear_case):
+    model, images, labels, result = linear_case
+    before = images.copy()
+    done = dict(result.verifications)
+    other = kc.audit(result.explainer, images, labels, verbose=0, n_neighbors=3)
+    with pytest.raises(ValueError, match="not one of this audit's clusters"):
+        result.verify(other.clusters[0])
+    with pytest.raises(ValueError, match="not a cluster position"):
+        result.verify(99)
+    shuffled = images[::-1].copy()
+    with pytest.raises(ValueError, match="do not match the audited images"):
+        result.verify(result.clusters[0], images=shuffled)
+    with pytest.raises(ValueError, match="holds 5 images"):
+        result.verify(result.clusters[0], images=images[:5])
+    with pytest.raises(ValueError, match="not inside the 8x8 image"):
+        result.verify(result.clusters[0], region=(0, 4, 3, 12))
+    with pytest.raises(ValueError, match="mask has shape"):
+        result.verify(result.clusters[0], region=np.ones((4, 4), bool))
+    with pytest.raises(ValueError, match="must keep some pixels"):
+        result.verify(result.clusters[0], region=np.ones((8, 8), bool))
+    with pytest.raises(ValueError, match="n_random"):
+        result.verify(result.clusters[0], n_random=0)
+    np.testing.assert_array_equal(images, before)
+    np.testing.assert_array_equal(shuffled, before[::-1])
+    assert result.verifications == done                  # failed calls record nothing
+
+
+def test_a_dataset_audit_verifies_with_the_images_given(linear_case):
+    import tensorflow as tf
+
+    model, images, labels, _ = linear_case
+    dataset = tf.data.Dataset.from_tensor_slices((images, labels)).batch(8)
+    result = kc.audit(kc.GradCAM(model, layer="conv"), dataset, verbose=0, n_neighbors=3)
+    with pytest.raises(ValueError, match="pass `images=`"):
+        result.verify(result.clusters[0])
+    a = result.verify(result.clusters[0], images=dataset, seed=1, n_random=2)
+    b = result.verify(result.clusters[0], images=images, seed=1, n_random=2)
+    assert a.removal == b.removal and a.transplant == b.transplant
+    saved = result.to_dict()
+    assert saved["clusters"][0]["verification"]["verdict"] == a.verdict
+    json.dumps(saved)
