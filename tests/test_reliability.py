@@ -189,3 +189,11 @@ def test_a_dataset_passed_to_a_call_names_explain_dataset():
 
     with pytest.raises(TypeError, match="explain_dataset"):
         kc.GradCAM(_softmax_cnn(5))(FakeDataset())
+
+
+def test_booleans_are_refused_where_a_count_is_asked(rng):
+    model = _softmax_cnn(6)
+    images = rng.random((2, 12, 12, 3)).astype("float32")
+    maps = kc.GradCAM(model)(images)
+    with pytest.raises(ValueError, match="steps"):
+        kc.metrics.deletion_auc(model, images, maps, steps=True)

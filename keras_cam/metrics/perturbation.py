@@ -189,7 +189,7 @@ def saliency_ranks(maps):
 
 def _auc_curve(model, images, maps, targets, steps, substrate, batch_size, insert):
     """``(N, steps + 1)`` probabilities along the deletion / insertion path."""
-    if not isinstance(steps, (int, np.integer)) or steps < 1:
+    if isinstance(steps, bool) or not isinstance(steps, (int, np.integer)) or steps < 1:
         raise ValueError(f"`steps` must be a positive int; received {steps!r}.")
     _check_batch_size(batch_size)
     scorer = _scorer(model)
