@@ -11,6 +11,10 @@ Keras being tested.
 With ``KERAS_CAM_NOTEBOOK_OUT=DIR`` the executed notebooks (under Keras 3) are
 also written to ``DIR``: the documentation site renders them from there
 (``docs/hooks/notebooks.py``), so the outputs it shows are the ones checked here.
+
+The notebooks are written for Colab with ``keras = tf.keras`` (Keras 3, or
+tf-keras under ``TF_USE_LEGACY_KERAS=1``): running them is TensorFlow by
+nature, so it happens in the TensorFlow test modes only.
 """
 
 import os
@@ -65,6 +69,7 @@ def test_committed_notebooks_are_stripped():
         assert "%pip install -q keras-cam" in code[0].source, f"{name}: no Colab install cell"
 
 
+@pytest.mark.tensorflow_only
 def test_kernel_runs_the_keras_under_test(kernel):
     nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(
         "import tensorflow as tf\nprint(tf.keras.Model.__module__.split('.')[0])")])
@@ -72,12 +77,14 @@ def test_kernel_runs_the_keras_under_test(kernel):
     assert nb.cells[0].outputs[0].text.strip() == ("tf_keras" if LEGACY else "keras")
 
 
+@pytest.mark.tensorflow_only
 def test_quickstart(kernel):
     text, pngs = execute(kernel, "01_quickstart")
     assert pngs >= 2  # the method grid and VizGradCAM
     assert len(re.findall(r"-> (hit|miss)", text)) == 3
 
 
+@pytest.mark.tensorflow_only
 def test_efficientnet_transfer(kernel):
     text, pngs = execute(kernel, "02_efficientnet_transfer")
     assert pngs >= 3
@@ -85,6 +92,7 @@ def test_efficientnet_transfer(kernel):
     assert re.search(r"test accuracy: [01]\.\d\d on 64 images", text)
 
 
+@pytest.mark.tensorflow_only
 def test_cam_digits(kernel):
     text, pngs = execute(kernel, "03_cam_digits")
     assert pngs >= 2
@@ -95,6 +103,7 @@ def test_cam_digits(kernel):
     assert float(re.search(r"max \|CAM - Grad-CAM\(conv3\)\| += (\S+)", text).group(1)) > 0.05
 
 
+@pytest.mark.tensorflow_only
 def test_layers_and_architectures(kernel):
     text, pngs = execute(kernel, "04_layers_and_architectures")
     assert pngs >= 2
