@@ -42,28 +42,31 @@ def build(head="fused", sequential=False):
 # ----------------------------------------------------------------------------- backend-neutral references
 # (also used by the other test files)
 
-def native_grad(fn, x):
-    """``d sum(fn(x)) / dx`` as numpy, by the backend's own autodiff on ``fn`` written in ``keras.ops``.
+def native_grad(fn, *xs):
+    """``d sum(fn(*xs)) / dx`` for each ``x`` (numpy), by the backend's own autodiff on ``fn`` in ``keras.ops``.
 
     ``tf.GradientTape`` on TensorFlow, ``jax.grad`` on JAX, ``torch.autograd.grad`` on PyTorch: a
     second code path, independent of keras-cam's interception and ``backend.tapped_gradients``.
+    One array for one input, a list for several.
     """
-    x = np.asarray(x, np.float32)
+    xs = [np.asarray(x, np.float32) for x in xs]
     name = backend.name()
     if name == "jax":
         import jax
-        return np.asarray(jax.grad(lambda v: ops.sum(fn(v)))(ops.convert_to_tensor(x)))
-    if name == "torch":
+        grads = jax.grad(lambda vs: ops.sum(fn(*vs)))([ops.convert_to_tensor(x) for x in xs])
+        grads = [np.asarray(g) for g in grads]
+    elif name == "torch":
         import torch
-        v = torch.tensor(x, requires_grad=True)
-        (g,) = torch.autograd.grad(ops.sum(fn(v)), v)
-        return g.detach().cpu().numpy()
-    import tensorflow as tf  # the TensorFlow backend's autodiff
-    v = tf.constant(x)
-    with tf.GradientTape() as tape:
-        tape.watch(v)
-        s = ops.sum(fn(v))
-    return tape.gradient(s, v).numpy()
+        vs = [torch.tensor(x, requires_grad=True) for x in xs]
+        grads = [g.detach().cpu().numpy() for g in torch.autograd.grad(ops.sum(fn(*vs)), vs)]
+    else:
+        import tensorflow as tf  # the TensorFlow backend's autodiff
+        vs = [tf.constant(x) for x in xs]
+        with tf.GradientTape() as tape:
+            tape.watch(vs)
+            s = ops.sum(fn(*vs))
+        grads = [g.numpy() for g in tape.gradient(s, vs)]
+    return grads[0] if len(xs) == 1 else grads
 
 
 def traces(n):

@@ -8,18 +8,18 @@ definition computed here from the sub-layers, run by hand outside the model.
 
 ViT choice: on a standard pre-norm ViT classified on its class token, every
 token layer after the last block's attention has zero gradient on its patch
-tokens (checked here with a tape of our own, layer by layer), so the
+tokens (checked here with the backend's own autodiff, layer by layer), so the
 automatic choice is the last block's first LayerNorm, and its maps are not
 all zero.
 """
 
 import numpy as np
 import pytest
-import tensorflow as tf
 
 import keras_cam as kc
 from keras_cam import layers as L
-from keras_cam._compat import keras
+from keras_cam._compat import keras, ops, to_host
+from test_gradcam import native_grad
 from test_layout import CLASSES, ClassToken, hand_gradcam, tiny_vit
 
 # ---------------------------------------------------------------------------
@@ -74,18 +74,17 @@ def test_gradcam_at_a_layer_inside_a_custom_layer_equals_the_definition():
     model = mixer_model()
     mixer = model.get_layer("mixer")
     x = np.random.default_rng(4).uniform(size=(2, 8, 8, 3)).astype(np.float32)
-    xt = tf.constant(x)
-    # By hand: the sub-layers called one by one, the target's output watched.
-    relu = tf.nn.relu
-    with tf.GradientTape() as tape:
-        a = mixer.stages[0](relu(mixer.stem(xt)))
-        tape.watch(a)
+    xt = ops.convert_to_tensor(x)
+    # By hand: the sub-layers called one by one, differentiated at the target's output.
+    relu = ops.relu
+    a = to_host(mixer.stages[0](relu(mixer.stem(xt))))
+    y = relu(model.get_layer("side")(xt))
+
+    def score(a):
         m = relu(relu(mixer.stages[1](a)))
-        y = relu(model.get_layer("side")(xt))
-        logits = model.get_layer("logits")(tf.reduce_mean(m + y, axis=(1, 2)))
-        s = logits[:, 1]
-    g = tape.gradient(s, a)
-    expected = hand_gradcam(a.numpy().astype(np.float64), g.numpy().astype(np.float64))
+        return model.get_layer("logits")(ops.mean(m + y, axis=(1, 2)))[:, 1]
+    g = native_grad(score, a)
+    expected = hand_gradcam(a.astype(np.float64), g.astype(np.float64))
     assert np.ptp(expected) > 0
     cam = kc.GradCAM(model, layer="mixer/stage_0")
     np.testing.assert_allclose(cam(x, targets=1, upsample=False, normalize=False), expected, rtol=1e-5, atol=1e-6)
@@ -136,29 +135,35 @@ def prenorm_vit(pool="token", blocks=2, dim=16, size=32, patch=8):
 
 
 def patch_gradient(model, names, x, prefix):
-    """Per named layer, the largest |dS/dtokens| over its patch tokens (S: the top output),
-    by a tape of our own: each layer's call is wrapped to watch its output."""
-    outs, tape = {}, tf.GradientTape()
+    """Per named layer, the largest |dS/dtokens| over its patch tokens (S: the top output), by the
+    backend's own autodiff: each layer's call is wrapped to add a zero ``delta`` to its output, and
+    ``dS/d delta`` is ``dS/d output``."""
     originals = {n: model.get_layer(n).call for n in names}
+    shapes, deltas = {}, {}
 
-    def watched(name):
+    def wrapped(name):
         def call(*args, **kwargs):
             out = originals[name](*args, **kwargs)
-            tape.watch(out)
-            outs[name] = out
-            return out
+            shapes[name] = tuple(out.shape)
+            return out + deltas[name] if name in deltas else out
         return call
 
+    xt = ops.convert_to_tensor(x)
     try:
         for n in names:
-            object.__setattr__(model.get_layer(n), "call", watched(n))
-        with tape:
-            s = tf.reduce_max(model(tf.constant(x), training=False), axis=-1)
+            object.__setattr__(model.get_layer(n), "call", wrapped(n))
+        model(xt, training=False)  # the output shapes
+
+        def score(*ds):
+            deltas.update(zip(names, ds))
+            return ops.max(model(xt, training=False), axis=-1)
+        grads = native_grad(score, *[np.zeros(shapes[n], np.float32) for n in names])
     finally:
+        deltas.clear()
         for n in names:
             object.__delattr__(model.get_layer(n), "call")
-    grads = tape.gradient(s, [outs[n] for n in names], unconnected_gradients=tf.UnconnectedGradients.ZERO)
-    return {n: float(np.abs(g.numpy()[:, prefix:]).max()) for n, g in zip(names, grads)}
+    grads = grads if len(names) > 1 else [grads]
+    return {n: float(np.abs(g[:, prefix:]).max()) for n, g in zip(names, grads)}
 
 
 def test_auto_choice_on_a_prenorm_vit_is_the_last_blocks_first_norm():
@@ -217,8 +222,8 @@ class Attention(keras.layers.Layer):
 
     def call(self, x):
         q, k, v = self.query(x), self.key(x), self.value(x)
-        w = tf.nn.softmax(tf.einsum("abhd,achd->ahbc", q, k) / np.sqrt(self.dim), axis=-1)
-        return self.out(tf.einsum("ahbc,achd->abhd", w, v))
+        w = ops.softmax(ops.einsum("abhd,achd->ahbc", q, k) / np.sqrt(self.dim), axis=-1)
+        return self.out(ops.einsum("ahbc,achd->abhd", w, v))
 
 
 def test_attention_internals_are_no_feature_maps():
