@@ -180,14 +180,19 @@ def sublayers(layer):
 
     A layer such as KerasHub's ``ViTEncoder`` keeps its blocks as attributes
     (``self.layer_norm = ...``) or in lists, tuples or dicts of layers
-    (``self.encoder_layers = [...]``). They are found in ``vars(layer)``, in
+    (``self.encoder_layers = [...]``). They are found in ``vars(layer)`` (and,
+on PyTorch, where ``nn.Module`` keeps single layer attributes, ``_modules``), in
     attribute order (the order ``__init__`` assigned them), list order and
     dict order; attributes whose name starts with ``_`` are internals (Keras's
     own trackers, ``MultiHeadAttention``'s projections) and are not entered.
     Each layer appears once, at its first attribute.
     """
     found = {}
-    for name, value in vars(layer).items():
+    items = list(vars(layer).items())
+    modules = vars(layer).get("_modules")  # PyTorch: nn.Module keeps layer-valued attributes here
+    if isinstance(modules, collections.abc.Mapping):
+        items += list(modules.items())
+    for name, value in items:
         if name.startswith("_"):
             continue
         if isinstance(value, collections.abc.Mapping):
@@ -199,6 +204,9 @@ def sublayers(layer):
         for v in values:
             if v is not layer and _compat.is_layer(v):
                 found.setdefault(id(v), v)
+    if isinstance(modules, collections.abc.Mapping):  # assignment order: Keras's tracking order
+        order = {id(l): i for i, l in enumerate(getattr(layer, "_layers", None) or [])}
+        return sorted(found.values(), key=lambda l: order.get(id(l), len(order)))
     return list(found.values())
 
 
