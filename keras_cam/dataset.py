@@ -127,7 +127,7 @@ def explain_dataset(explainer, dataset, *, targets="labels", strategy=None, dist
             ``strategy.scope()``). Build the model inside ``strategy.scope()``
             so each replica reads its own copy of the weights.
         distribution: JAX backend only: a ``keras.distribution.DataParallel``
-            (any ``keras.distribution.Distribution`` with a batch axis); each
+            (or a ``ModelParallel``: its batch axis); each
             batch is split over its devices. None uses
             ``keras.distribution.distribution()`` when one is set (on JAX),
             else one device.
@@ -257,11 +257,11 @@ def _distribution(distribution):
             f"`distribution=` (keras.distribution) splits batches on the JAX backend; Keras runs on "
             f"{name!r} here: {other}, or run with KERAS_BACKEND=jax (set before Keras is imported)."
         )
-    kind = _compat.keras.distribution.Distribution
-    if not isinstance(distribution, kind):
+    kinds = (_compat.keras.distribution.DataParallel, _compat.keras.distribution.ModelParallel)
+    if not isinstance(distribution, kinds):
         raise TypeError(
-            f"`distribution` must be a keras.distribution.Distribution such as "
-            f"keras.distribution.DataParallel(); received {type(distribution).__name__}."
+            f"`distribution` must be a keras.distribution.DataParallel (or ModelParallel); received "
+            f"{type(distribution).__name__}."
         )
     return distribution
 

@@ -1,4 +1,7 @@
-"""explain_dataset: maps for a tf.data.Dataset, streamed or written to shards.
+"""explain_dataset: maps for a tf.data.Dataset, streamed or written to shards (TensorFlow by nature).
+
+tf.data's own path and tf.distribute (MirroredStrategy, MultiWorkerMirroredStrategy):
+the TensorFlow test modes run this file; test_dataset_sources.py covers every backend.
 
 Every expected value comes from the explainer's own path (``cam.explain`` on
 the whole array), which shares no code with the dataset pipeline, the
@@ -23,6 +26,8 @@ import tensorflow as tf
 import keras_cam as kc
 from keras_cam._compat import keras
 from keras_cam.dataset import explain_dataset, read_index
+
+pytestmark = pytest.mark.tensorflow_only
 
 N, SIZE, CLASSES = 11, 16, 3
 

@@ -3,6 +3,8 @@
 Expected maps come from the explainer itself (``cam.explain`` on the whole
 array), which shares no code with the writer. The second writer is a real
 process (this file run as a script) that holds the folder while it waits.
+Every backend runs these: the source is a ``tf.data.Dataset`` on TensorFlow
+(tf.data's path) and a list of examples or a generator elsewhere.
 """
 
 import hashlib
@@ -16,10 +18,9 @@ import warnings
 
 import numpy as np
 import pytest
-import tensorflow as tf
 
 import keras_cam as kc
-from keras_cam import files
+from keras_cam import backend, files
 from keras_cam._compat import keras
 from keras_cam.dataset import INDEX, LOCK, explain_dataset, read_index, weights_fingerprint
 
@@ -43,7 +44,12 @@ def data():
 
 
 def dataset(x, y):
-    return tf.data.Dataset.from_tensor_slices((x, y))
+    """The examples as tf.data's path reads them on TensorFlow, as a list of examples elsewhere."""
+    if backend.is_tensorflow():
+        import tensorflow as tf
+
+        return tf.data.Dataset.from_tensor_slices((x, y))
+    return [(x[i], y[i]) for i in range(len(x))]
 
 
 def maps_in(out):
@@ -209,8 +215,12 @@ def _holder(out, weights, gate):
                     time.sleep(0.05)
             yield x[start:start + BATCH], y[start:start + BATCH]
 
-    spec = (tf.TensorSpec((None, SIZE, SIZE, 3), tf.float32), tf.TensorSpec((None,), tf.int64))
-    ds = tf.data.Dataset.from_generator(batches, output_signature=spec)
+    ds = batches()
+    if backend.is_tensorflow():
+        import tensorflow as tf
+
+        spec = (tf.TensorSpec((None, SIZE, SIZE, 3), tf.float32), tf.TensorSpec((None,), tf.int64))
+        ds = tf.data.Dataset.from_generator(batches, output_signature=spec)
     print(json.dumps(explain_dataset(kc.GradCAM(model), ds, out=out, verbose=0)), flush=True)
 
 
