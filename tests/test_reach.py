@@ -5,19 +5,25 @@ weights without nesting: the backbone run by itself (a flat model) and the
 head applied from its weights (``A -> S``, ``w = mean dS/dA``,
 ``map = ReLU(sum_k w_k A^k)``).
 
-EfficientNet tests run the explainer's function eagerly
+The gradient ``dS/dA`` of the hand-applied head is the backend's own autodiff
+(``native_grad``), never keras-cam's.
+
+EfficientNet tests run the explainer's function eagerly on TensorFlow
 (``tf.config.run_functions_eagerly``): it is the same Python code, and
 tracing an EfficientNet takes ten times longer than running it once; the
-compiled path is exercised on the small nested models.
+compiled path is exercised on the small nested models. (Each EfficientNet
+explainer is called once, and a signature's first call runs op by op on
+every backend anyway.)
 """
 
 import numpy as np
 import pytest
-import tensorflow as tf
 
 import keras_cam as kc
+from keras_cam import backend
 from keras_cam import layers as L
-from keras_cam._compat import LEGACY, keras, keras_of, producer
+from keras_cam._compat import LEGACY, keras, keras_of, ops, producer, to_host
+from test_gradcam import native_grad, traces
 
 S = 64  # EfficientNet input size: its top_activation is 2x2
 
@@ -27,29 +33,27 @@ S = 64  # EfficientNet input size: its top_activation is 2x2
 
 def gradcam_reference(features, head, x, targets=None):
     """Grad-CAM by hand: ``(maps, classes, logits)`` for ``head(features(x))``."""
-    x = tf.constant(x)
-    with tf.GradientTape() as tape:
-        a = features(x)
-        tape.watch(a)
-        logits = head(a)
-        idx = tf.argmax(logits, axis=-1, output_type=tf.int32) if targets is None else tf.constant(targets)
-        s = tf.gather(logits, idx, batch_dims=1)
-    g = tape.gradient(s, a)
-    w = tf.reduce_mean(g, axis=(1, 2))
-    maps = tf.nn.relu(tf.einsum("nhwk,nk->nhw", a, w))
-    return maps.numpy(), idx.numpy(), logits.numpy()
+    a = to_host(features(ops.convert_to_tensor(np.asarray(x, np.float32))))
+    logits = to_host(head(ops.convert_to_tensor(a)))
+    idx = np.argmax(logits, axis=-1) if targets is None else np.asarray(targets)
+    onehot = ops.convert_to_tensor(np.eye(logits.shape[-1], dtype=np.float32)[idx])
+    g = native_grad(lambda a: head(a) * onehot, a)
+    w = g.mean(axis=(1, 2))
+    maps = np.maximum(np.einsum("nhwk,nk->nhw", a, w), 0)
+    return maps, idx, logits
 
 
 def dense_head(dense, bn=None):
     """GAP -> (BatchNorm in inference) -> Dense logits, from the layers' weights."""
-    kernel, bias = dense.get_weights()
+    kernel, bias = (ops.convert_to_tensor(np.asarray(w, np.float32)) for w in dense.get_weights())
 
     def head(a):
-        p = tf.reduce_mean(a, axis=(1, 2))
+        p = ops.mean(a, axis=(1, 2))
         if bn is not None:
-            gamma, beta, mean, var = bn.get_weights()
-            p = (p - mean) / np.sqrt(var + bn.epsilon) * gamma + beta
-        return p @ kernel + bias
+            gamma, beta, mean, var = (np.asarray(w, np.float32) for w in bn.get_weights())
+            scale = ops.convert_to_tensor(gamma / np.sqrt(var + bn.epsilon))
+            p = (p - mean) * scale + beta
+        return ops.matmul(p, kernel) + bias
     return head
 
 
@@ -71,6 +75,10 @@ def untouched(model):
 
 @pytest.fixture
 def eager():
+    if backend.name() != "tensorflow":
+        yield  # JAX and PyTorch: each explainer here is called once, and a first call runs op by op
+        return
+    import tensorflow as tf
     tf.config.run_functions_eagerly(True)
     yield
     tf.config.run_functions_eagerly(False)
@@ -126,12 +134,14 @@ def test_efficientnet_with_batchnorm_and_dropout_head_and_flatten_model(b0, phot
 
     flat = kc.flatten_model(model)
     assert flat.get_layer("top_activation") is b0.get_layer("top_activation")
-    np.testing.assert_allclose(flat(photos, training=False), model(photos, training=False), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(to_host(flat(photos, training=False)), to_host(model(photos, training=False)),
+                               rtol=1e-5, atol=1e-6)
     cam_flat, out_flat = explain_raw(flat, photos)
     assert cam_flat.layer_path == "top_activation"
     assert_maps_equal(out_flat.maps, ref)
 
 
+@pytest.mark.tensorflow_only  # the efficientnet package builds with tf.keras
 def test_efficientnet_package_colab_recipe(photos, eager):
     import efficientnet.tfkeras as efn  # in the test extras
     keras.utils.set_random_seed(3)
@@ -193,7 +203,7 @@ def test_auto_layer_looks_through_two_levels_after_normalization(rng):
     np.testing.assert_array_equal(out.targets, classes)
     assert cam.tracing_count == 0  # the first call of a shape runs eagerly
     assert_maps_equal(cam.explain(x, upsample=False, normalize=False).maps, ref)  # the compiled call
-    assert cam.tracing_count == 1
+    assert cam.tracing_count == traces(1)
     paths = [p for p, _ in kc.list_layers(model)]
     assert paths.index("mid/mid_mix") < paths.index("mid/inner/inner_c1") < paths.index("mid/inner/inner_c2")
 
@@ -304,16 +314,18 @@ def test_flatten_model_shares_layers_and_weights(rng):
         assert name in names
     assert not any(L.is_container(l) for l in flat.layers)
     assert {id(w) for w in flat.weights} == {id(w) for w in model.weights}  # shared, not copied
-    np.testing.assert_allclose(flat(x, training=False), model(x, training=False), rtol=1e-6, atol=1e-6)
+    np.testing.assert_allclose(to_host(flat(x, training=False)), to_host(model(x, training=False)),
+                               rtol=1e-6, atol=1e-6)
     # The classic two-output model of a hand-written Grad-CAM, on an inner layer.
     acts, preds = kc.flatten_model(model, outputs=["mid/deep/deep_c2"])(x)
-    np.testing.assert_allclose(acts, inner(x), rtol=1e-6, atol=1e-6)
-    np.testing.assert_allclose(preds, model(x), rtol=1e-6, atol=1e-6)
+    np.testing.assert_allclose(to_host(acts), to_host(inner(x)), rtol=1e-6, atol=1e-6)
+    np.testing.assert_allclose(to_host(preds), to_host(model(x)), rtol=1e-6, atol=1e-6)
     assert [l.name for l in model.layers] == layers_before
     # The nested call's `training=False` means what it means in the original: tf-keras keeps the
     # BatchNorm inside in inference mode when the model is called in training mode, Keras 3
     # lets the outer `training=True` override it.
-    np.testing.assert_allclose(flat(x, training=True), model(x, training=True), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(to_host(flat(x, training=True)), to_host(model(x, training=True)),
+                               rtol=1e-5, atol=1e-6)
     a = explain_raw(model, x)[1].maps
     b = explain_raw(flat, x)[1].maps
     assert_maps_equal(b, a)
