@@ -1,6 +1,12 @@
 """The dataset audit's cost: over the maps alone, and the clustering at scale.
 
-    python bench/bench_audit.py [--images 2000] [--maps 100000] [--repeat 3]
+    python bench/bench_audit.py [--images 2000] [--maps 100000] [--repeat 3] [--model demo|mobilenetv2]
+
+With ``--model mobilenetv2`` (an untrained ``keras.applications.MobileNetV2``
+at 96 x 96, ``weights=None``: no download) the images are the planted-shortcut
+family's (``keras_cam.demo.shortcuts``, scaled up 3x), and the audit is
+timed together with the verification of each class's first group
+(``Audit.verify_first``). Target: (audit + verification) / maps <= 1.5.
 
 1. **Audit / maps.** ``--images`` demo images (``make_dataset(..., watermark=(0, 0.5))``)
    and the planted-shortcut demo model's Grad-CAM. Timed interleaved in the
@@ -62,16 +68,56 @@ maps /= maps.max(axis=(1, 2), keepdims=True)
 before = rss_mb()
 t0 = time.perf_counter()
 x = spray.to_grid(maps, (16, 16))
-t1 = time.perf_counter()
+from keras_cam.audit import hotspots
+t1h = time.perf_counter()
+hot = hotspots.find(x, (16, 16), seed=seed)     # the default path (n_clusters="auto")
+hot_s = time.perf_counter() - t1h
+t1b = time.perf_counter()                      # SpRAy (n_clusters=int)
 found = spray.cluster(x, seed=seed)
 t2 = time.perf_counter()
 rated = spray.cluster_scores(x, found.labels, found.affinity)
 t3 = time.perf_counter()
+t1 = t1b
 peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-print(json.dumps({"grid_s": t1 - t0, "cluster_s": t2 - t1, "scores_s": t3 - t2, "total_s": t3 - t0,
+print(json.dumps({"grid_s": t1h - t0, "hotspot_s": hot_s, "cluster_s": t2 - t1, "scores_s": t3 - t2,
+                  "total_s": (t1h - t0) + hot_s, "spray_total_s": (t1h - t0) + (t3 - t1b),
                   "before_mb": before, "peak_mb": peak, "n_clusters": found.n_clusters,
                   "eigenvalues": [round(float(v), 4) for v in found.eigenvalues]}))
 """
+
+
+def verify_ratio(n_images, repeat, model_name):
+    """(audit + verification of each class's first group) / maps, on a real-sized model."""
+    import tensorflow as tf
+
+    import keras_cam as kc
+    from keras_cam._compat import keras
+    from keras_cam.dataset import explain_dataset
+    from keras_cam.demo.shortcuts import make_shortcut_dataset
+
+    images, labels, _, _ = make_shortcut_dataset("patch", n_images, seed=11, share=0.5)
+    images = np.repeat(np.repeat(images, 3, axis=1), 3, axis=2)                 # 96 x 96
+    keras.utils.set_random_seed(0)
+    model = keras.applications.MobileNetV2(input_shape=(96, 96, 3), weights=None, classes=4)
+    cam = kc.GradCAM(model)
+    dataset = tf.data.Dataset.from_tensor_slices((images, labels)).batch(64)
+    parts = {}
+
+    def maps():
+        for r in explain_dataset(cam, dataset, upsample=False, normalize=True, verbose=0):
+            np.asarray(r.maps)
+
+    def audit():
+        t = time.perf_counter()
+        result = kc.audit(cam, images, labels, verbose=0)
+        parts["audit"] = time.perf_counter() - t
+        t = time.perf_counter()
+        result.verify_first()
+        parts["verify"] = time.perf_counter() - t
+
+    t = interleaved({"maps": maps, "audit + verify": audit}, repeat=repeat, warmup=1)
+    return [(f"{model_name} 96 x 96, {n_images} images", f"{t['maps']:.2f}", f"{parts['audit']:.2f}",
+             f"{parts['verify']:.2f}", f"{t['audit + verify'] / t['maps']:.2f}")]
 
 
 def audit_ratio(n_images, repeat):
@@ -112,9 +158,15 @@ def main():
     parser.add_argument("--images", type=int, default=2000)
     parser.add_argument("--maps", type=int, default=100000, help="0 skips the clustering part")
     parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--model", choices=("demo", "mobilenetv2"), default="demo")
     args = parser.parse_args()
 
     t0 = time.perf_counter()
+    if args.model == "mobilenetv2":
+        rows = verify_ratio(args.images, args.repeat, "MobileNetV2")
+        print(table(["setting", "maps alone (s)", "audit (s, last run)", "verify_first (s, last run)",
+                     "(audit + verify) / maps"], rows))
+        return
     rows = audit_ratio(args.images, args.repeat)
     print(f"Audit of {args.images} demo images (Grad-CAM, planted-shortcut model), median of {args.repeat}, "
           f"seconds:\n")
@@ -125,8 +177,10 @@ def main():
     print(f"\nClustering alone, {args.maps} synthetic 16 x 16 maps of one class "
           f"({c['n_clusters']} clusters found; eigenvalues {c['eigenvalues']}):\n")
     print(table(["step", "seconds"], [
-        ("grid (to_grid)", f"{c['grid_s']:.1f}"), ("SpRAy (cluster)", f"{c['cluster_s']:.1f}"),
-        ("scores (cluster_scores)", f"{c['scores_s']:.1f}"), ("total", f"{c['total_s']:.1f}"),
+        ("grid (to_grid)", f"{c['grid_s']:.1f}"), ("shared hotspot (hotspots.find, the default)", f"{c['hotspot_s']:.1f}"),
+        ("total of the default (grid + hotspot)", f"{c['total_s']:.1f}"),
+        ("SpRAy (cluster, n_clusters=int)", f"{c['cluster_s']:.1f}"),
+        ("scores (cluster_scores)", f"{c['scores_s']:.1f}"), ("total with SpRAy", f"{c['spray_total_s']:.1f}"),
         ("resident memory before (MB)", f"{c['before_mb']:.0f}"), ("peak resident memory (MB)", f"{c['peak_mb']:.0f}"),
     ]))
     print(f"\n(whole benchmark: {time.perf_counter() - t0:.0f} s)")

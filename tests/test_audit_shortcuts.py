@@ -67,10 +67,10 @@ def test_the_marked_images_form_the_first_group_and_the_model_depends_on_them(fa
     assert check.verdict == interventions.VERDICT_DEPENDS
     # Removing the region lowers the class score more than removing random regions of its size.
     assert check.removal.low > 0 and check.removal.region > check.removal.random
-    # The region is where the artifact is: most of it lies on the artifact's pixels.
+    # The region is where the artifact is: it covers the artifact's pixels, and not much more.
     truth = artifact_region(kind, images[check.members], marked[check.members])
     on = truth[marked[check.members]].any(axis=0)
-    assert np.mean(on[check.region]) >= 0.5 or kind == "cast"
+    assert np.mean(check.region[on]) >= 0.8 and check.region.sum() <= 5 * on.sum()
 
 
 @pytest.mark.parametrize("kind,share", [(k, s) for k in KINDS for s in SHARES if (k, s) not in FOUND])
@@ -130,7 +130,8 @@ def test_hotspot_score_and_group_equal_a_hand_computation():
     maps[:20, 0, 5] += 2.0                              # half the images share a spot
     x = (maps / np.linalg.norm(maps.reshape(n, -1), axis=1)[:, None, None]).reshape(n, -1)
     found = hotspots.find(x, (g, g), seed=0, permutations=19)
-    # By hand: shares, 1x1..3x3 window sums, tails above the 20 % quantile, relative profile.
+    # By hand: shares, 1x1..3x3 window sums, tails above the 20 % quantile capped at their 90 %
+    # quantile, relative profile.
     q = maps.reshape(n, -1) / maps.reshape(n, -1).sum(axis=1, keepdims=True)
     wins = []
     for s in (1, 2, 3):
@@ -138,7 +139,8 @@ def test_hotspot_score_and_group_equal_a_hand_computation():
             for xx in range(g - s + 1):
                 wins.append(q.reshape(n, g, g)[:, y:y + s, xx:xx + s].sum(axis=(1, 2)))
     e = np.stack(wins, axis=1)
-    tail = np.maximum(e - np.quantile(e, 0.2, axis=0), 0).mean(axis=0)
+    excess = np.maximum(e - np.quantile(e, 0.2, axis=0), 0)
+    tail = np.minimum(excess, np.quantile(excess, 0.9, axis=0)).mean(axis=0)    # shared by >= 10 %
     np.testing.assert_allclose(hotspots.profile(hotspots.tails(hotspots.window_energies(q, (g, g)))),
                                tail / tail.mean(), rtol=1e-10)
     assert found.region[0, 5] and found.level <= 0.05 and found.score > 1
@@ -244,3 +246,63 @@ def test_a_dataset_audit_verifies_with_the_images_given(linear_case):
     saved = result.to_dict()
     assert saved["clusters"][0]["verification"]["verdict"] == a.verdict
     json.dumps(saved)
+
+
+# --- the report and the command line --------------------------------------------------------
+
+
+def test_report_shows_levels_verdicts_and_verifications_in_a_browser(family, tmp_path):
+    from playwright.sync_api import sync_playwright
+
+    result = family[0]["patch", 0.5][0]
+    assert 0 in {result.clusters[i].target for i in result.verifications}       # the fixture verified class 0
+    path = result.save_html(str(tmp_path / "audit.html"))
+    page_text = open(path, encoding="utf-8").read()
+    quiet = [k for k in range(4) if not result.suspicious(k)]
+    assert quiet and all(f"No suspicious group in class {k}" in page_text for k in quiet)
+    assert "Suspicious group in class 0" in page_text
+    saved = json.loads(json.dumps(result.to_dict()))
+    verified = [c for c in saved["clusters"] if c["verification"] is not None]
+    assert len(verified) == len(result.verifications)
+    assert all(c["verification"]["removal"]["n"] >= 2 for c in verified)
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path="/usr/bin/chromium", args=["--no-sandbox"])
+        try:
+            page = browser.new_context(offline=True).new_page()
+            page.goto(f"file://{path}")
+            page.wait_for_load_state("load")
+            sizes = page.eval_on_selector_all("img", "els => els.map(e => [e.complete, e.naturalWidth])")
+            pictures = page.eval_on_selector_all("div.verification", "els => els.map(e => e.querySelectorAll('img').length)")
+        finally:
+            browser.close()
+    assert all(done and width > 0 for done, width in sizes)
+    assert pictures == [4] * len(result.verifications)
+
+
+def test_cli_audit_verify(tmp_path, capsys):
+    import cv2
+
+    from keras_cam import cli
+
+    model = shortcut_model("patch", 0.5, "cnn", 0)
+    images, labels, marked, _ = make_shortcut_dataset("patch", 80, seed=9, share=0.5)
+    folder = tmp_path / "images"
+    folder.mkdir()
+    rows = ["file,label"]
+    for i in range(len(images)):
+        cv2.imwrite(str(folder / f"im{i:03d}.png"), np.rint(images[i, ..., ::-1] * 255).astype(np.uint8))
+        rows.append(f"im{i:03d}.png,{labels[i]}")
+    (tmp_path / "labels.csv").write_text("\n".join(rows) + "\n")
+    model.save(str(tmp_path / "m.keras"))
+    args = ["audit", str(folder), "--model", str(tmp_path / "m.keras"), "--labels", str(tmp_path / "labels.csv"),
+            "--preprocess", "scale", "--layer", FEATURE_LAYER, "--out", str(tmp_path / "out"), "--neighbors", "5",
+            "--quiet", "--verify"]
+    assert cli.main(args) == 0
+    out = capsys.readouterr().out
+    assert out.count("verification:") == 4
+    saved = json.load(open(tmp_path / "out" / "clusters.json"))
+    firsts = {}
+    for c in saved["clusters"]:
+        firsts.setdefault(c["target"], c)
+    assert all(c["verification"] is not None for c in firsts.values())
+    assert firsts[0]["verification"]["verdict"] == interventions.VERDICT_DEPENDS

@@ -248,22 +248,28 @@ def _name(class_names, k):
 
 def audit(explainer, data, labels=None, *, boxes=None, masks=None, n_clusters="auto", max_clusters=8,
           n_neighbors=10, grid=16, strategy=None, batch_size=64, seed=0, verbose=1) -> Audit:
-    """Audit a dataset for Clever-Hans behaviour: SpRAy on each class's maps.
+    """Audit a dataset for Clever-Hans behaviour: each class's shared hotspot, or SpRAy.
 
-    Every image is explained (:func:`keras_cam.explain_dataset`), each map is
-    reduced to a unit-norm ``grid x grid`` vector, and the vectors of each
-    class are clustered spectrally (:mod:`keras_cam.audit.spray`): a
-    symmetric ``n_neighbors``-nearest-neighbour graph, the smallest
-    eigenvectors of its normalized Laplacian ``L = I - D^-1/2 W D^-1/2``,
-    the number of clusters from the largest eigengap, seeded k-means on the
-    embedding. Each cluster gets a suspicion score
+    Every image is explained (:func:`keras_cam.explain_dataset`, the data
+    read once) and each map is reduced to a unit-norm ``grid x grid`` vector
+    (:func:`keras_cam.audit.spray.to_grid`). Then, per explained class:
 
-        ``score = ||m_C|| * sqrt(1 - cos(m_C, m_R)) * (1 - cut(C, R) / vol(C)) [* e_C]``
+    - ``n_clusters="auto"`` (the default): the class's **shared hotspot**
+      (:mod:`keras_cam.audit.hotspots`): the place where the class's maps
+      put more tail energy than a null that moves each map onto another
+      map's centre of mass keeps there,
+      ``score = max_H (P(H) - mean_b P^(b)(H))``, with a permutation
+      ``level`` over the null draws; the images whose share of energy in
+      that region is above Otsu's threshold form the first group, the rest
+      of the class the second. A group is ``suspicious`` when
+      ``level <= ALPHA`` and ``score >= MIN_SCORE``.
+    - an int ``n_clusters``: SpRAy (:mod:`keras_cam.audit.spray`): a
+      symmetric ``n_neighbors``-nearest-neighbour graph, the smallest
+      eigenvectors of ``L = I - D^-1/2 W D^-1/2``, seeded k-means, and the
+      score ``||m_C|| * sqrt(1 - cos(m_C, m_R)) * (1 - cut(C, R) / vol(C)) [* e_C]``.
 
-    (consistency of its maps, distance of its mean map ``m_C`` from the
-    rest of its class ``m_R``, separation in the graph, and the outside
-    energy ``e_C`` when boxes or masks are given): a tight, distinct group
-    looking away from where the rest of its class looks scores near 1.
+    :meth:`Audit.verify` then tests a group by intervention
+    (:mod:`keras_cam.audit.verify`).
 
     Args:
         explainer: a keras_cam explainer (``keras_cam.GradCAM(model)``, ...).
@@ -282,9 +288,10 @@ def audit(explainer, data, labels=None, *, boxes=None, masks=None, n_clusters="a
             end-exclusive, or None: gives each cluster's ``outside_energy``.
         masks: ``(n, H, W)`` object masks (nonzero = object), or None; instead
             of ``boxes``.
-        n_clusters: ``"auto"`` (largest eigengap, at most ``max_clusters``)
-            or a number of clusters per class.
-        max_clusters: the most clusters per class ``"auto"`` chooses.
+        n_clusters: ``"auto"`` (the shared hotspot's group and the rest of
+            the class) or a number of SpRAy clusters per class.
+        max_clusters: kept for SpRAy (the most clusters its eigengap may
+            choose inside :func:`keras_cam.audit.spray.cluster`).
         n_neighbors: ``k`` of the neighbour graph. A class with at most
             ``k`` images is kept as one cluster (a warning says so).
         grid: side of the grid maps are reduced to (an int, or ``(h, w)``).
@@ -309,6 +316,7 @@ def audit(explainer, data, labels=None, *, boxes=None, masks=None, n_clusters="a
         >>> cam = keras_cam.GradCAM(load_shortcut_model(), layer="conv4_relu")
         >>> result = keras_cam.audit(cam, images, labels, boxes=boxes)
         >>> first = result.of_class(0)[0]       # the marked images, looking at the corner
+        >>> result.verify(first).verdict        # 'depends on the region (shortcut candidate)'
         >>> result.save_html("audit.html")
     """
     if not isinstance(explainer, Explainer):
