@@ -17,6 +17,7 @@ import numpy as np
 import pytest
 
 import keras_cam as kc
+from keras_cam import backend
 from keras_cam._compat import keras, to_host
 from keras_cam.random import normal_numpy
 
@@ -201,6 +202,8 @@ def test_scorecam(model, images, weighting, max_channels):
     want = score_cam(images, classes, weighting=weighting, max_channels=max_channels)
     assert want.max() > 0
     assert_close(got, want)
+    cam(images[::-1].copy(), targets=classes, upsample=False, normalize=False)  # the same signature
+    assert cam.tracing_count == (0 if backend.name() == "torch" else 1)  # PyTorch runs eagerly
 
 
 def test_iscam(model, images):
