@@ -52,7 +52,7 @@ def dense_head(dense, bn=None):
         if bn is not None:
             gamma, beta, mean, var = (np.asarray(w, np.float32) for w in bn.get_weights())
             scale = ops.convert_to_tensor(gamma / np.sqrt(var + bn.epsilon))
-            p = (p - mean) * scale + beta
+            p = (p - ops.convert_to_tensor(mean)) * scale + ops.convert_to_tensor(beta)
         return ops.matmul(p, kernel) + bias
     return head
 
