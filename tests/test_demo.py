@@ -2,18 +2,23 @@
 
 The dataset is checked from its pixels alone (each box holds exactly the
 flat-coloured object; each class's shape has its closed-form fill ratio), the
-model by its accuracy on images it never saw and by agreeing between Keras 3
-and tf-keras, the registry by building every method on the demo model.
+model by its accuracy on images it never saw, by agreeing between Keras 3
+and tf-keras and with a NumPy forward pass of the shipped weights (on every
+backend), the registry by building every method on the demo model.
 """
+
+import os
+import subprocess
+import sys
 
 import numpy as np
 import pytest
 
 import keras_cam as kc
 from keras_cam import methods
-from keras_cam._compat import keras
+from keras_cam._compat import keras, to_host
 from keras_cam.demo import CLASS_NAMES, IMAGE_SIZE, TARGET_LAYER, build_model, load_model, make_dataset
-from keras_cam.demo.model import save_weights, weights_of
+from keras_cam.demo.model import SHORTCUT_WEIGHTS_PATH, WEIGHTS_PATH, load_shortcut_model, save_weights, weights_of
 from keras_cam.demo.run import box_share, one_per_class
 
 N = 160
@@ -102,7 +107,7 @@ def test_make_dataset_rejects_bad_arguments():
 
 def test_shipped_model_is_accurate_on_fresh_images(model, data):
     images, labels, _ = data
-    probs = np.asarray(model(images, training=False))
+    probs = to_host(model(images, training=False))
     accuracy = float(np.mean(probs.argmax(-1) == labels))
     assert accuracy >= 0.95, accuracy
     np.testing.assert_allclose(probs.sum(-1), 1.0, atol=1e-5)
@@ -116,13 +121,14 @@ def test_shipped_model_is_small_and_cam_ready(model):
     assert kc.GradCAM(model).layer_path == TARGET_LAYER  # the automatic choice agrees
 
 
+@pytest.mark.tensorflow_only
 def test_keras3_and_tf_keras_load_the_same_model(data):
     import keras as keras3
     import tf_keras
 
     images = data[0][:16]
-    p3 = np.asarray(load_model(keras=keras3)(images, training=False))
-    p2 = load_model(keras=tf_keras)(images, training=False).numpy()
+    p3 = to_host(load_model(keras=keras3)(images, training=False))
+    p2 = np.asarray(load_model(keras=tf_keras)(images, training=False))
     np.testing.assert_allclose(p3, p2, atol=1e-5)
 
 
@@ -143,7 +149,7 @@ def test_weights_round_trip(tmp_path):
     for key, value in weights_of(fresh).items():
         np.testing.assert_array_equal(weights_of(loaded)[key], value)
     x = make_dataset(2, seed=9)[0]
-    np.testing.assert_allclose(np.asarray(loaded(x)), np.asarray(fresh(x)), atol=1e-6)
+    np.testing.assert_allclose(to_host(loaded(x)), to_host(fresh(x)), atol=1e-6)
 
 
 def test_load_model_errors(tmp_path):
@@ -188,3 +194,76 @@ def test_every_registered_method_explains_the_demo_model(model, data):
         maps = explainer(images)
         assert maps.shape == (2, IMAGE_SIZE, IMAGE_SIZE), name
         assert np.isfinite(maps).all() and maps.min() >= 0 and maps.max() == pytest.approx(1.0), name
+
+
+# ---------------------------------------------------------------- every backend
+
+def numpy_forward(weights, images):
+    """The demo architecture (``build_model``'s docstring) in NumPy, float64, from a weights file."""
+    def conv_bn_relu(x, name):
+        kernel = weights[f"{name}/0"]
+        pad = np.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)))
+        h, w = x.shape[1:3]
+        y = sum(pad[:, i:i + h, j:j + w] @ kernel[i, j] for i in range(3) for j in range(3))
+        gamma, beta, mean, var = (weights[f"{name}_bn/{k}"] for k in range(4))
+        return np.maximum((y - mean) / np.sqrt(var + 1e-3) * gamma + beta, 0)
+
+    def pool(x, reduce):
+        n, h, w, c = x.shape
+        return reduce(x.reshape(n, h // 2, 2, w // 2, 2, c), axis=(2, 4))
+
+    x = images.astype(np.float64)
+    mean, var = x.mean(axis=(1, 2), keepdims=True), x.var(axis=(1, 2), keepdims=True)
+    x = pool((x - mean) / np.sqrt(var + 1e-3), np.mean)           # LayerNormalization(axis=(1, 2)), eps 1e-3
+    x = pool(conv_bn_relu(x, "conv1"), np.max)
+    for name in ("conv2", "conv3", "conv4"):
+        x = conv_bn_relu(x, name)
+    logits = x.mean(axis=(1, 2)) @ weights["predictions/0"] + weights["predictions/1"]
+    e = np.exp(logits - logits.max(-1, keepdims=True))
+    return e / e.sum(-1, keepdims=True)
+
+
+@pytest.mark.parametrize("path, load", [(WEIGHTS_PATH, load_model), (SHORTCUT_WEIGHTS_PATH, load_shortcut_model)])
+def test_shipped_weights_give_the_numpy_predictions_on_this_backend(data, path, load):
+    """Both shipped files load on the running backend and predict what NumPy computes
+    from the same arrays (a second code path, independent of any backend)."""
+    images = data[0][:24]
+    with np.load(path) as stored:
+        weights = {k: v.astype(np.float64) for k, v in stored.items()}
+    expected = numpy_forward(weights, images)
+    model = load()
+    np.testing.assert_allclose(np.asarray(model.predict(images, verbose=0)), expected, atol=2e-5)
+    np.testing.assert_allclose(to_host(model(images, training=False)), expected, atol=2e-5)
+    assert expected.max(-1).mean() > 0.5   # confident predictions, not a flat softmax
+
+
+_TRAIN = """
+import sys
+from keras_cam.demo.model import save_weights
+from keras_cam.demo.train import accuracy, main, train
+main(["--n-train", "48", "--epochs", "1", "--out", sys.argv[1]])
+model, wall, cpu = train(48, 1, verbose=0)
+save_weights(model, sys.argv[2])
+print("accuracy", accuracy(model, n=40))
+"""
+
+
+def test_training_helpers_run_and_repeat_on_this_backend(tmp_path):
+    """``python -m keras_cam.demo.train`` (its ``main``) and ``train`` on the running backend,
+    in a subprocess (training sets global seeds): the same seed gives the same weights,
+    which load back and predict as the trained model did."""
+    first, second = str(tmp_path / "a.npz"), str(tmp_path / "b.npz")
+    proc = subprocess.run([sys.executable, "-c", _TRAIN, first, second], capture_output=True, text=True,
+                          timeout=600, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    lines = proc.stdout.strip().splitlines()
+    assert "accuracy on 1000 fresh images" in lines[-2] and first in lines[-2]
+    a, b = np.load(first), np.load(second)
+    assert sorted(a.files) == sorted(weights_of(build_model(keras)))
+    for key in a.files:
+        np.testing.assert_array_equal(a[key], b[key], err_msg=key)
+    assert not np.array_equal(a["conv1/0"], np.load(WEIGHTS_PATH)["conv1/0"])
+    printed = float(lines[-1].split()[-1])
+    images, labels, _ = make_dataset(40, seed=1)
+    predicted = load_model(first).predict(images, verbose=0).argmax(-1)
+    assert printed == pytest.approx(float(np.mean(predicted == labels)))

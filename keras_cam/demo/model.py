@@ -29,7 +29,8 @@ def build_model(keras=None):
     """The demo architecture, freshly initialized.
 
     ``(64, 64, 3)`` RGB in [0, 1] -> per-image, per-channel standardization
-    (``LayerNormalization`` over height and width, no weights: removes the
+    over height and width, ``(x - mean) / sqrt(var + 1e-3)`` (a
+    ``GroupNormalization`` with one channel per group, no weights: removes the
     background's tint) -> 2 x 2 average pooling -> four 3 x 3 convolutions
     with batch normalization and ReLU (16, 32, 32, 64 channels; one max
     pooling after the first) -> ``"conv4_relu"``, a 16 x 16 x 64 map ->
@@ -49,7 +50,10 @@ def build_model(keras=None):
         return layers.ReLU(name=f"{name}_relu")(x)
 
     inputs = keras.Input((IMAGE_SIZE, IMAGE_SIZE, 3), name="image")
-    x = layers.LayerNormalization(axis=(1, 2), center=False, scale=False, name="standardize")(inputs)
+    # Per image and channel over height and width: a group normalization with one channel
+    # per group (LayerNormalization(axis=(1, 2)) computes the same, but Keras's PyTorch
+    # backend refuses normalized axes that are not the last ones).
+    x = layers.GroupNormalization(groups=3, center=False, scale=False, epsilon=1e-3, name="standardize")(inputs)
     x = layers.AveragePooling2D(2, name="downsample")(x)
     x = conv_block(x, 16, "conv1")
     x = layers.MaxPooling2D(2, name="pool1")(x)
