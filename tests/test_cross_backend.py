@@ -34,11 +34,15 @@ pytest.importorskip("jax", reason="the cross-backend test compares with JAX: pip
 pytest.importorskip("torch", reason="the cross-backend test compares with PyTorch: pip install torch")
 
 from keras_cam._compat import LEGACY  # noqa: E402
+from keras_cam.backend import name as backend_name  # noqa: E402
 from keras_cam.random import normal_numpy  # noqa: E402
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 WORKER = os.path.join(HERE, "cross_backend_worker.py")
 BACKENDS = ("tensorflow", "jax", "torch")
+# Worker processes per backend, all run at once: JAX's share runs op by op at each signature's
+# first call (and compiles at the second), the slowest of the three, so it is split in two.
+SHARDS = {"tensorflow": 1, "jax": 2, "torch": 1}
 RTOL, ATOL = 1e-4, 1e-6
 
 # Cases that must raise on every backend (the same exception type): CAM reads the Dense head's
@@ -49,8 +53,9 @@ NOT_APPLICABLE = {
 } | {("cam", model, "*") for model in ("vit", "seg", "multi")}
 
 pytestmark = pytest.mark.skipif(
-    LEGACY, reason="the workers run Keras 3 on each backend in their own processes, whatever this "
-                   "suite's Keras; the comparison runs once, in the Keras 3 pass of the suite")
+    LEGACY or backend_name() != "tensorflow",
+    reason="the workers run Keras 3 on each backend in processes of their own, whatever this suite's Keras "
+           "and backend: the comparison runs once, in the suite's TensorFlow (Keras 3) pass")
 
 
 def _not_applicable(case):
@@ -68,26 +73,37 @@ def _run_workers(tmp):
     np.savez(weights, **worker.draw_weights(worker.build_models()))
     env = {k: v for k, v in os.environ.items() if k not in ("TF_USE_LEGACY_KERAS", "KERAS_BACKEND")}
     env["TF_CPP_MIN_LOG_LEVEL"] = "3"
-    procs = {}
+    procs = []
     for backend in BACKENDS:
-        log = open(tmp / f"{backend}.log", "wb")
-        procs[backend] = (subprocess.Popen([sys.executable, WORKER, str(weights), str(tmp / f"{backend}.npz")],
-                                           env={**env, "KERAS_BACKEND": backend}, stdout=log,
-                                           stderr=subprocess.STDOUT, cwd=os.path.dirname(HERE)), log)
-    results = {}
-    for backend, (proc, log) in procs.items():
+        for i in range(SHARDS[backend]):
+            name = f"{backend}-{i}"
+            log = open(tmp / f"{name}.log", "wb")
+            proc = subprocess.Popen([sys.executable, WORKER, str(weights), str(tmp / f"{name}.npz"),
+                                     f"{i}/{SHARDS[backend]}"],
+                                    env={**env, "KERAS_BACKEND": backend}, stdout=log, stderr=subprocess.STDOUT,
+                                    cwd=os.path.dirname(HERE))
+            procs.append((backend, name, proc, log))
+    results = {backend: {"__errors__": {}, "__seconds__": {}} for backend in BACKENDS}
+    failed = []
+    for backend, name, proc, log in procs:
         try:
-            rc = proc.wait(timeout=1200)
+            rc = proc.wait(timeout=1500)
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
-            rc = "timeout (1200 s)"
+            rc = "timeout (1500 s)"
         log.close()
         if rc != 0:
-            tail = (tmp / f"{backend}.log").read_text(errors="replace")[-3000:]
-            pytest.fail(f"the {backend} worker failed ({rc}):\n{tail}")
-        with np.load(tmp / f"{backend}.npz") as f:
-            results[backend] = {k: f[k] for k in f.files}
+            failed.append(f"the {name} worker failed ({rc}):\n" + (tmp / f"{name}.log").read_text(errors="replace")[-3000:])
+            continue
+        with np.load(tmp / f"{name}.npz") as f:
+            for key in f.files:
+                if key in ("__errors__", "__seconds__"):
+                    results[backend][key].update(json.loads(str(f[key])))
+                elif not key.startswith("__"):
+                    results[backend][key] = f[key]
+    if failed:
+        pytest.fail("\n".join(failed))
     return results
 
 
@@ -97,7 +113,7 @@ def results(tmp_path_factory):
 
 
 def _meta(result, key):
-    return json.loads(str(result[key]))
+    return result[key]
 
 
 def _cases(result):
@@ -110,7 +126,14 @@ def _cases(result):
     return out
 
 
-def compare(a, b):
+# Rank statistics jump when two nearly tied pixels swap: bilinear upsampling makes pairs of map values
+# equal up to rounding (|diff| < 1e-6), and one swap moves a Spearman correlation over 144 pixels by
+# up to ~1e-4. The maps they rank are held to RTOL; the correlations to this.
+RANK_ATOL = 1e-3
+RANK_FIELDS = ("spearman", "per_image_sanity_check", "interval_sanity_check")
+
+
+def compare(a, b, atol=ATOL):
     """None when ``a`` (another backend) agrees with ``b`` (TensorFlow), else what differs."""
     a, b = np.asarray(a), np.asarray(b)
     if a.shape != b.shape:
@@ -126,7 +149,7 @@ def compare(a, b):
     if not b.size:
         return None
     err, scale = float(np.max(np.abs(a - b))), float(np.max(np.abs(b)))
-    allowed = RTOL * scale + ATOL
+    allowed = RTOL * scale + atol
     return None if err <= allowed else f"max |diff| {err:.3g} > {allowed:.3g} (max |tf| {scale:.3g})"
 
 
@@ -156,7 +179,7 @@ def disagreements(results, backend):
             if field not in ref[case] or field not in other[case]:
                 problems.append(f"{case}|{field}: missing on {backend if field in ref[case] else 'tensorflow'}")
                 continue
-            why = compare(other[case][field], ref[case][field])
+            why = compare(other[case][field], ref[case][field], RANK_ATOL if field in RANK_FIELDS else ATOL)
             if why:
                 problems.append(f"{case}|{field}: {why}")
     return problems
