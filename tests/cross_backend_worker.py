@@ -10,7 +10,9 @@ inputs and saves each case's arrays to ``OUT.npz`` as ``"<case>|<field>"``, plus
 (case -> wall seconds). Nothing here compares: the test does, case by case.
 
 A case name is ``model/method/target/mode``: ``mode`` ``raw`` is ``upsample=False,
-normalize=False`` (the method's own numbers), ``norm`` the defaults (upsampled, in [0, 1]).
+normalize=False`` (the method's own numbers), ``norm`` the defaults (upsampled, in [0, 1]); the
+guided methods have one mode (their own). The metrics are ``metrics/metric/variant/model`` and
+the seeded draws ``random/what/seed/raw``.
 """
 
 from __future__ import annotations

@@ -2,7 +2,7 @@
 
 Keras fixes its backend when it is imported, so this test runs
 ``tests/cross_backend_worker.py`` once per backend (``KERAS_BACKEND=tensorflow|jax|torch``, in
-parallel subprocesses). Each worker builds the same seven models (a CNN, a Conv1D, a Conv3D, a
+subprocesses run at once; JAX's cases are split over two). Each worker builds the same seven models (a CNN, a Conv1D, a Conv3D, a
 tiny ViT with a class token, a segmenter, a two-input model and a model nested in a model),
 gives them the numpy weights this test draws and writes to ``tmp_path``, explains the same
 numpy inputs with every registered method and the guided methods, for every target kind
