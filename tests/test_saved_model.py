@@ -4,6 +4,10 @@ The tests save their own small Keras models (no downloads), reload them the
 ways users do, and compare every map with Grad-CAM computed by hand on the
 original Keras model (same weights): ``A`` is a layer's output, ``S`` the
 logit of the explained class, ``w = mean dS/dA``, ``map = ReLU(sum_k w_k A^k)``.
+
+TensorFlow by nature: frozen SavedModel graphs run only on the TensorFlow backend.
+On JAX and PyTorch, explaining one is a clear error naming ``KERAS_BACKEND=tensorflow``
+(tests/test_hardening.py, ``test_saved_model_off_tensorflow_names_the_backend``).
 """
 
 import gc
@@ -19,6 +23,8 @@ import keras_cam as kc
 from keras_cam import layers as L
 from keras_cam._compat import LEGACY, keras
 from keras_cam.saved_model import FrozenModel, GraphOp
+
+pytestmark = pytest.mark.tensorflow_only
 
 H = 16
 
