@@ -28,8 +28,9 @@ import warnings
 
 import numpy as np
 
+from keras_cam import files as _files
 from keras_cam.files import (  # noqa: F401  (CliError, holds_lambda, write_atomic: part of this module's API)
-    CliError, check_free, holds_lambda, load_model, write_atomic, write_png)
+    CliError, check_free, holds_lambda, write_atomic, write_png)
 
 EXIT_ERROR = 1
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
@@ -56,6 +57,34 @@ def _pre_init_line(line):
     level is read: the absl notice and informational (``I``) records."""
     return line.startswith("WARNING: All log messages before absl::InitializeLog()") or (
         line[:1] == "I" and line[1:5].isdigit())
+
+
+def backend_from_environment():
+    """The Keras backend a command runs on, read without importing Keras (which would load it).
+
+    Keras's own rule: legacy tf-keras (``TF_USE_LEGACY_KERAS=1``) is
+    TensorFlow; else ``KERAS_BACKEND``; else the ``"backend"`` of Keras's
+    config file (``$KERAS_HOME/keras.json``, by default ``~/.keras/keras.json``);
+    else ``"tensorflow"``. A Keras already imported answers for itself.
+    """
+    keras = sys.modules.get("keras")
+    if keras is not None and hasattr(getattr(keras, "backend", None), "backend"):
+        return keras.backend.backend()
+    if os.environ.get("TF_USE_LEGACY_KERAS", "").lower() in ("1", "true", "yes"):
+        return "tensorflow"
+    if os.environ.get("KERAS_BACKEND"):
+        return os.environ["KERAS_BACKEND"]
+    home = os.environ.get("KERAS_HOME")
+    if not home:
+        base = os.path.expanduser("~")
+        home = os.path.join(base if os.access(base, os.W_OK) else "/tmp", ".keras")
+    try:
+        with open(os.path.join(home, "keras.json"), encoding="utf-8") as f:
+            config = json.load(f)
+    except (OSError, ValueError):
+        return "tensorflow"
+    backend = config.get("backend") if isinstance(config, dict) else None
+    return backend if isinstance(backend, str) and backend else "tensorflow"
 
 
 def import_tensorflow_quietly():
@@ -111,6 +140,20 @@ class _Progress:
 
 
 # --- reading and writing files -------------------------------------------------------------
+
+
+def load_model(path, unsafe=False, custom_objects_file=None):
+    """:func:`keras_cam.files.load_model`, with the TensorFlow-only check first: a SavedModel
+    folder is a TensorFlow graph, so on JAX or PyTorch it is refused before TensorFlow loads."""
+    if os.path.isdir(os.fspath(path)):
+        backend = backend_from_environment()
+        if backend != "tensorflow":
+            raise CliError(
+                f"model {os.fspath(path)} is a SavedModel folder, which only the TensorFlow backend "
+                f"can explain; Keras runs on {backend!r} here. Run with KERAS_BACKEND=tensorflow, or "
+                f"pass a .keras file (model.save('model.keras'))")
+    return _files.load_model(path, unsafe, custom_objects_file)
+
 
 
 def preprocess(images, mode):
@@ -348,11 +391,11 @@ def cmd_explain(args):
 
 def _probabilities(explainer, batch):
     """Class probabilities ``(N, C)``: the model's output activation applied once to its logits."""
-    import tensorflow as tf
+    from keras_cam._compat import ops, to_host
 
     graph = explainer.graph
-    outputs = graph.run(graph.to_channels_last(tf.convert_to_tensor(batch, tf.float32)))
-    return graph.probabilities(graph.scores(outputs)).numpy()
+    outputs = graph.run(graph.to_channels_last(ops.convert_to_tensor(np.asarray(batch, np.float32))))
+    return np.asarray(to_host(graph.probabilities(graph.scores(outputs))))
 
 
 def _name(class_names, k):
@@ -740,7 +783,8 @@ def main(argv=None):
         parser.print_help()
         return EXIT_ERROR
     try:
-        import_tensorflow_quietly()  # after parsing: --help and usage errors never load TensorFlow
+        if backend_from_environment() == "tensorflow":  # JAX and PyTorch never load TensorFlow
+            import_tensorflow_quietly()  # after parsing: --help and usage errors never load TensorFlow
         with _one_line_warnings():
             return args.func(args)
     except KeyboardInterrupt:
