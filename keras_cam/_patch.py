@@ -45,6 +45,13 @@ class _Dispatch:
     def __call__(self, *args, **kwargs):
         return self.current()(*args, **kwargs)
 
+    def __getattr__(self, name):
+        # ``__name__`` and the like read through to the original, so code that inspects
+        # the attribute (``layer.activation.__name__``) sees what it would see without us.
+        if name in _Dispatch.__slots__:
+            raise AttributeError(name)
+        return getattr(self.original, name)
+
 
 def _stacks():
     stacks = getattr(_local, "stacks", None)
@@ -94,7 +101,12 @@ def intercepted(obj, name, make):
 
 
 def patched_attr(obj, name, value):
-    """In the block, this thread sees ``obj.<name>`` as ``value`` (a callable)."""
+    """In the block, this thread sees ``obj.<name>`` as ``value`` (a callable).
+
+    To wrap what the attribute is now, use :func:`intercepted` with a ``make(inner)``:
+    reading ``obj.<name>`` while another block intercepts it gives the dispatcher,
+    and a value that calls it would call itself.
+    """
     return intercepted(obj, name, lambda inner: value)
 
 

@@ -197,3 +197,13 @@ def test_booleans_are_refused_where_a_count_is_asked(rng):
     maps = kc.GradCAM(model)(images)
     with pytest.raises(ValueError, match="steps"):
         kc.metrics.deletion_auc(model, images, maps, steps=True)
+
+
+def test_an_intercepted_activation_still_reads_as_the_original():
+    from keras_cam import _patch
+    layer = keras.layers.Dense(2, activation="relu")
+    with _patch.patched_attr(layer, "activation", lambda x: x):
+        assert layer.activation.__name__ == "relu"
+        with _patch.intercepted(layer, "activation", lambda inner: lambda x: inner(x) * 2):
+            assert layer.activation(-1.0) == -2.0  # the outer replacement, doubled
+    assert "activation" in layer.__dict__ and layer.activation.__name__ == "relu"
