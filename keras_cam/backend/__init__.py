@@ -13,7 +13,11 @@ module gives the few things ``keras.ops`` does not:
   at ``delta = 0``, ``torch.autograd.grad``);
 - ``guided_relu(x)``: ReLU whose gradient passes only positive values where
   the input is positive (the guided-backpropagation rule);
-- ``to_numpy``, ``is_tensor`` and ``no_grad``.
+- the loop of the streamed many-pass methods: ``fori_loop``, ``scatter_add``,
+  ``dynamic_rows`` (a run-time number of rows; on JAX a fixed size and a
+  mask) and ``host_callback`` (a progress bar from inside a compiled call);
+- ``wide_float`` (float64 where the backend has it), ``is_out_of_memory``,
+  ``to_numpy``, ``is_tensor`` and ``no_grad``.
 
 The backend is Keras's (``keras.backend.backend()``); legacy tf-keras is TensorFlow.
 """
