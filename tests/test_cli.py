@@ -273,6 +273,7 @@ def test_h5_lambda_is_refused_before_loading(tmp_path):
     assert cli.load_model(path, unsafe=True).name
 
 
+@pytest.mark.tensorflow_only
 def test_savedmodel_folder(tmp_path):
     model = load_model()
     x = make_dataset(2, seed=4)[0]

@@ -113,10 +113,32 @@ def test_banner_lines_are_told_from_real_messages():
     assert not cli._pre_init_line("ImportError: libcuda.so.1: cannot open shared object file\n")
 
 
+@pytest.mark.tensorflow_only
 def test_a_user_log_level_is_left_alone(monkeypatch):
     monkeypatch.setenv("TF_CPP_MIN_LOG_LEVEL", "0")
     cli.import_tensorflow_quietly()
     assert os.environ["TF_CPP_MIN_LOG_LEVEL"] == "0"
+
+
+@pytest.mark.parametrize("env, config, expected", [
+    ({}, None, "tensorflow"),
+    ({"KERAS_BACKEND": "jax"}, None, "jax"),
+    ({}, {"backend": "torch", "floatx": "float32"}, "torch"),
+    ({"KERAS_BACKEND": "jax"}, {"backend": "torch"}, "jax"),       # the variable wins, as in Keras
+    ({"TF_USE_LEGACY_KERAS": "1", "KERAS_BACKEND": "jax"}, None, "tensorflow"),  # tf-keras is TensorFlow
+    ({}, "{not json", "tensorflow"),
+])
+def test_the_backend_is_read_without_importing_keras(env, config, expected, monkeypatch, tmp_path):
+    """What decides whether the command imports TensorFlow: Keras's own rule, read before Keras loads."""
+    monkeypatch.delitem(sys.modules, "keras")  # as in a fresh `keras-cam` process
+    for name in ("KERAS_BACKEND", "TF_USE_LEGACY_KERAS"):
+        monkeypatch.delenv(name, raising=False)
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.setenv("KERAS_HOME", str(tmp_path))
+    if config is not None:
+        (tmp_path / "keras.json").write_text(config if isinstance(config, str) else __import__("json").dumps(config))
+    assert cli.backend_from_environment() == expected
 
 
 # --- messages in the CLI's terms -----------------------------------------------------------
