@@ -2,7 +2,8 @@
 
 Every explainer goes through ``keras_cam.base.Compiled``: the first call of an
 input signature runs the method's Python code eagerly, the second traces it,
-later calls reuse the trace. The eager and the compiled maps are compared
+later calls reuse the trace (``tf.function`` on TensorFlow, ``jax.jit`` on JAX;
+PyTorch runs every call eagerly and counts no trace). The eager and the compiled maps are compared
 here for every method, against an explainer that compiles from its first
 call. The cache of :func:`keras_cam.VizGradCAM` is checked for its rules:
 weak on the model, rebuilt when the layers change, live weights.
@@ -13,12 +14,12 @@ import weakref
 
 import numpy as np
 import pytest
-import tensorflow as tf
 
 import keras_cam as kc
-from keras_cam import methods
-from keras_cam._compat import keras
+from keras_cam import backend, methods
+from keras_cam._compat import keras, ops, to_host
 from keras_cam.compiled import Compiled
+from test_gradcam import resize_np, traces
 from keras_cam.viz import colorize
 from keras_cam.vizgradcam import ExplainerCache, VizGradCAM, last_conv_layer
 
@@ -65,18 +66,37 @@ def assert_close(got, want, rtol=1e-6):
 # ---------------------------------------------------------------- Compiled
 
 
+def _eager(x):
+    """Whether ``x`` is a concrete value (an eager run), not a symbolic one of a trace: a
+    ``tf.function`` graph on TensorFlow, a ``jax.jit`` tracer on JAX; PyTorch is always eager."""
+    if backend.name() == "tensorflow":
+        import tensorflow as tf
+        return tf.executing_eagerly()
+    if backend.name() == "jax":
+        import jax
+        return not isinstance(x, jax.core.Tracer)
+    return True
+
+
 def test_compiled_runs_a_new_signature_eagerly_then_traces_it_once():
     runs = []
 
     def fn(x, flag):
-        runs.append(tf.executing_eagerly())
+        runs.append(_eager(x))
         return x * 2.0 if flag else x
 
     f = Compiled(fn, eager_first=True)
-    a, b = tf.ones((2, 3)), tf.ones((5, 3))
-    np.testing.assert_array_equal(f(a, True), 2 * np.ones((2, 3)))
+    a, b = ops.ones((2, 3)), ops.ones((5, 3))
+    if backend.name() == "torch":  # nothing to trace: every call runs the Python function eagerly
+        for x, flag in ((a, True), (a, True), (a * 3.0, True), (b, True), (a, False), (b, True)):
+            np.testing.assert_array_equal(to_host(f(x, flag)), 2 * to_host(x) if flag else to_host(x))
+        assert runs == [True] * 6 and f.experimental_get_tracing_count() == 0
+        Compiled(fn)(a, True)
+        assert runs == [True] * 7
+        return
+    np.testing.assert_array_equal(to_host(f(a, True)), 2 * np.ones((2, 3)))
     assert runs == [True] and f.experimental_get_tracing_count() == 0  # eager: no trace
-    np.testing.assert_array_equal(f(a, True), 2 * np.ones((2, 3)))
+    np.testing.assert_array_equal(to_host(f(a, True)), 2 * np.ones((2, 3)))
     assert runs == [True, False] and f.experimental_get_tracing_count() == 1  # traced
     f(a, True)
     f(a * 3.0, True)  # other values, same signature: the trace is reused
@@ -87,9 +107,14 @@ def test_compiled_runs_a_new_signature_eagerly_then_traces_it_once():
     f(b, True)
     assert runs[-1] is False and f.experimental_get_tracing_count() == 2
 
-    # Inside another tf.function the compiled function is traced in, never run eagerly.
-    outer = tf.function(lambda x: f(x, True))
-    np.testing.assert_array_equal(outer(tf.ones((7, 3))), 2 * np.ones((7, 3)))
+    # Inside another tf.function (jax.jit) the compiled function is traced in, never run eagerly.
+    if backend.name() == "tensorflow":
+        import tensorflow as tf
+        outer = tf.function(lambda x: f(x, True))
+    else:
+        import jax
+        outer = jax.jit(lambda x: f(x, True))
+    np.testing.assert_array_equal(to_host(outer(ops.ones((7, 3)))), 2 * np.ones((7, 3)))
     assert runs[-1] is False
 
     # By default (eager_first=False) it compiles from the first call.
@@ -114,15 +139,15 @@ def test_eager_first_call_equals_the_compiled_one(model, images, name):
         first = eager.explain(images, **kw)  # eager
         traced = eager.tracing_count
         second = eager.explain(images, **kw)  # traced now
-        assert eager.tracing_count == traced + 1
+        assert eager.tracing_count == traced + traces(1)
         for got in (first, second):
             assert_close(got.maps, ref.maps)
             np.testing.assert_array_equal(got.targets, ref.targets)
             assert_close(got.scores, ref.scores)
         third = eager.explain(images[::-1].copy(), **kw)  # same shape: no new trace
-        assert eager.tracing_count == traced + 1
+        assert eager.tracing_count == traced + traces(1)
         assert_close(third.maps, compiled.explain(images[::-1].copy(), **kw).maps)
-    assert compiled.tracing_count == len(options)
+    assert compiled.tracing_count == traces(len(options))
 
 
 def test_eager_calls_with_smoothing_and_callable_targets_equal_compiled(model, images):
@@ -136,7 +161,7 @@ def test_eager_calls_with_smoothing_and_callable_targets_equal_compiled(model, i
     target = lambda out: out[:, 2]  # noqa: E731
     assert_close(cam(images, targets=target), cam(images, targets=2))
     assert_close(cam(images, targets=target), cam(images, targets=2))  # both compiled now
-    assert cam.tracing_count == 2
+    assert cam.tracing_count == traces(2)
 
 
 def test_one_trace_per_shape_counted_from_the_second_call(model, images):
@@ -146,7 +171,7 @@ def test_one_trace_per_shape_counted_from_the_second_call(model, images):
         cam(batch)
         counts.append(cam.tracing_count)
     # (4,) eager, traced; (1,) eager; (4,) compiled; (1,) traced, compiled; one image is (1,) too.
-    assert counts == [0, 1, 1, 1, 2, 2, 2]
+    assert counts == [traces(n) for n in (0, 1, 1, 1, 2, 2, 2)]
 
 
 def _state(model):
@@ -213,11 +238,11 @@ def jet_levels(rgb):
 def hand_gradcam(model, image):
     """Grad-CAM at ``target`` (after ``conv1``) by the closed form of a GAP + Dense head: the logit of
     class c is ``mean_ij sum_k W_kc A^k_ij + b_c``, so ``w_k = W_kc / (h w)``."""
-    a = model.get_layer("target")(model.get_layer("conv1")(image[None])).numpy()[0]
+    a = to_host(model.get_layer("target")(model.get_layer("conv1")(image[None])))[0]
     kernel = model.get_layer("head").get_weights()[0]
     c = int(np.argmax(model.predict(image[None], verbose=0)))
     cam = np.maximum(a @ (kernel[:, c] / (a.shape[0] * a.shape[1])), 0)
-    up = tf.image.resize(cam[None, ..., None], image.shape[:2])[0, ..., 0].numpy()
+    up = resize_np(cam[None], image.shape[:2])[0]
     return (up - up.min()) / (up.max() - up.min())
 
 
@@ -236,7 +261,7 @@ def test_vizgradcam_reuses_its_explainer_and_reads_live_weights(images):
     assert cam is not None and cam.layer_path == "target" and cam.model is None  # holds no model
     for image in images[1:]:
         assert_heatmap_is(VizGradCAM(model, image, plot_results=False), hand_gradcam(model, image))
-    assert cached(model) is cam and cam.tracing_count == 1  # one explainer, traced once
+    assert cached(model) is cam and cam.tracing_count == traces(1)  # one explainer, traced once
 
     # One training step between two calls: the map follows the new weights.
     model.compile(optimizer=keras.optimizers.SGD(learning_rate=5.0), loss="sparse_categorical_crossentropy")
@@ -246,7 +271,7 @@ def test_vizgradcam_reuses_its_explainer_and_reads_live_weights(images):
     after = VizGradCAM(model, images[0], plot_results=False)
     assert_heatmap_is(after, hand_gradcam(model, images[0]))
     assert (jet_levels(after) != jet_levels(first)).mean() > 0.1  # the map changed with the model
-    assert cached(model) is cam and cam.tracing_count == 1  # same explainer, no retrace
+    assert cached(model) is cam and cam.tracing_count == traces(1)  # same explainer, no retrace
 
 
 def test_vizgradcam_cache_never_keeps_a_model_alive(images):

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 import keras_cam as kc
+from keras_cam._compat import to_host
 from keras_cam.targets import Detection, Segmentation
 
 TOL = 1e-5
@@ -40,7 +41,7 @@ def test_resnet_classifier(rng):
     x = rng.random((2, 32, 32, 3)).astype(np.float32)
     ex = kc.GradCAM(clf).explain(x, upsample=False, normalize=False)
     # The backbone's last block; the head is pooling, dropout, dense: dS/dA = W_c / (h w).
-    a = np.asarray(clf.backbone(x, training=False), np.float64)
+    a = to_host(clf.backbone(x, training=False)).astype(np.float64)
     w, b = (np.asarray(v, np.float64) for v in clf.get_layer("predictions").get_weights())
     logits = a.mean(axis=(1, 2)) @ w + b
     c = logits.argmax(axis=1)
@@ -58,7 +59,7 @@ def test_preprocessor_is_what_the_explainer_takes(rng):
         backbone=resnet(2, 32), num_classes=3,
         preprocessor=keras_hub.models.ResNetImageClassifierPreprocessor(converter))
     raw = rng.integers(0, 256, (2, 48, 40, 3)).astype(np.float32)
-    x = np.asarray(clf.preprocessor(raw))
+    x = to_host(clf.preprocessor(raw))
     assert x.shape == (2, 32, 32, 3) and x.max() <= 1
     ex = kc.GradCAM(clf).explain(x)
     np.testing.assert_allclose(ex.scores, clf.predict(raw, verbose=0).max(axis=1), rtol=1e-4, atol=1e-4)
@@ -83,8 +84,8 @@ def test_deeplab_segmentation_by_hand(segmenter, rng, masked):
     assert cam.layer_path == "deep_lab_v3_backbone/backbone_output_upsampling"
     ex = cam.explain(x, targets=Segmentation(1, mask), upsample=False, normalize=False)
     # z = A W (a 1x1 convolution without bias): S = sum_ij mask_ij z_1,ij, dS/dA_ij = mask_ij W_:1.
-    a = np.asarray(segmenter.backbone(x, training=False), np.float64)
-    w = np.asarray(segmenter.get_layer("segmentation_output").kernel, np.float64)[0, 0]
+    a = to_host(segmenter.backbone(x, training=False)).astype(np.float64)
+    w = to_host(segmenter.get_layer("segmentation_output").kernel.value).astype(np.float64)[0, 0]
     m = np.ones((2, 32, 32)) if mask is None else mask.astype(np.float64)
     np.testing.assert_allclose(ex.scores, (m * (a @ w)[..., 1]).sum(axis=(1, 2)), rtol=TOL, atol=1e-4)
     expected = gradcam(a, m[..., None] * w[:, 1])
@@ -112,15 +113,15 @@ def decoded_boxes(detector, x):
     decoded = keras.utils.bounding_boxes.decode_deltas_to_boxes(
         anchors=anchors, boxes_delta=out["bbox_regression"], anchor_format="yxyx", box_format="yxyx",
         encoded_format="center_xywh", image_shape=(64, 64, 3))
-    return np.asarray(decoded), out
+    return to_host(decoded), out
 
 
 def detection_score_by_hand(detector, x, boxes, category, iou):
     """S = sum_a [IoU(b_a, B) >= iou] z_a,c, with Keras's own box decoding and IoU."""
     decoded, out = decoded_boxes(detector, x)
-    overlap = np.asarray(keras.utils.bounding_boxes.compute_iou(decoded, np.asarray(boxes[:, None], np.float32),
-                                                                "yxyx"))[..., 0]
-    logits = np.asarray(out["cls_logits"], np.float64)[..., category]
+    overlap = to_host(keras.utils.bounding_boxes.compute_iou(decoded, np.asarray(boxes[:, None], np.float32),
+                                                             "yxyx"))[..., 0]
+    logits = to_host(out["cls_logits"]).astype(np.float64)[..., category]
     hits = overlap >= iou
     return (logits * hits).sum(axis=1), hits.sum(axis=1)
 

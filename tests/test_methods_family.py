@@ -1,17 +1,18 @@
 """CAM, Layer-CAM, Eigen-CAM, counterfactual Grad-CAM, the smoothing options and
 the guided maps, each against an independent computation.
 
-The references recompute activations and logits with explicit TensorFlow ops
+The references recompute activations and logits with explicit ``keras.ops``
 from the layers' weights (no keras_cam code, no interception), take their own
-gradients, and apply the definitions in numpy.
+gradients with the backend's autodiff (``native_grad``, never keras-cam's
+gradient path), and apply the definitions in numpy.
 """
 
 import numpy as np
 import pytest
-import tensorflow as tf
 
 import keras_cam as kc
-from keras_cam._compat import keras
+from keras_cam._compat import keras, ops, to_host
+from test_gradcam import native_grad, resize_np
 from keras_cam.methods.activation import CAM, EigenCAM
 from keras_cam.methods.gradient import LayerCAM
 from keras_cam.methods.guided import GuidedBackprop, GuidedGradCAM, gradient_image
@@ -20,14 +21,18 @@ H = W = 16
 CLASSES = 4
 
 
-def conv(x, layer, relu=True, padding="VALID"):
-    kernel, bias = layer.get_weights()
-    z = tf.nn.conv2d(x, kernel, 1, padding) + bias
-    return tf.nn.relu(z) if relu else z
+def tensor(x):
+    return ops.convert_to_tensor(np.asarray(x, np.float32))
+
+
+def conv(x, layer, relu=True, padding="valid"):
+    kernel, bias = (tensor(w) for w in layer.get_weights())
+    z = ops.conv(x, kernel, 1, padding) + bias
+    return ops.relu(z) if relu else z
 
 
 def upsample_np(maps, size=(H, W)):
-    return tf.image.resize(np.asarray(maps, np.float32)[..., None], size, "bilinear")[..., 0].numpy()
+    return resize_np(maps, size)
 
 
 def minmax_np(m):
@@ -57,16 +62,26 @@ def gap_model():
 
 
 def gap_reference(model, x):
-    """(a1, a2, logits, tape) with a1 = conv1, a2 = conv2 watched."""
-    x = tf.constant(x)
-    kernel, bias = model.get_layer("dense").get_weights()
-    with tf.GradientTape(persistent=True) as tape:
-        a1 = conv(x, model.get_layer("conv1"))
-        tape.watch(a1)
-        a2 = conv(tf.nn.max_pool2d(a1, 2, 2, "VALID"), model.get_layer("conv2"))
-        tape.watch(a2)
-        logits = tf.reduce_mean(a2, axis=(1, 2)) @ kernel + bias
-    return a1, a2, logits, tape
+    """(a1, a2, logits, grad) as numpy, a1 = conv1, a2 = conv2; ``grad(name, classes)`` is
+    ``dS/da1`` or ``dS/da2`` (S: the logit of each image's class)."""
+    kernel, bias = (tensor(w) for w in model.get_layer("dense").get_weights())
+
+    def to_a2(a1):
+        return conv(ops.max_pool(a1, 2, 2, "valid"), model.get_layer("conv2"))
+
+    def head(a2):
+        return ops.matmul(ops.mean(a2, axis=(1, 2)), kernel) + bias
+
+    a1 = to_host(conv(tensor(x), model.get_layer("conv1")))
+    a2 = to_host(to_a2(tensor(a1)))
+    logits = to_host(head(tensor(a2)))
+
+    def grad(name, classes):
+        onehot = tensor(np.eye(CLASSES)[np.broadcast_to(classes, (len(x),))])
+        if name == "conv1":
+            return native_grad(lambda a: head(to_a2(a)) * onehot, a1)
+        return native_grad(lambda a: head(a) * onehot, a2)
+    return a1, a2, logits, grad
 
 
 # ---------------------------------------------------------------- CAM
@@ -77,9 +92,9 @@ def test_cam_is_the_dense_weighted_sum_and_gradcam_up_to_scale(gap_model, images
     kernel = gap_model.get_layer("dense").get_weights()[0]
     cam = CAM(gap_model)
     assert cam.layer_path == "conv2"
-    top = logits.numpy().argmax(axis=1)
+    top = logits.argmax(axis=1)
     for targets, cls in ((None, top), (2, np.full(3, 2))):
-        expected = np.maximum(np.einsum("nhwk,kn->nhw", a2.numpy(), kernel[:, cls]), 0)
+        expected = np.maximum(np.einsum("nhwk,kn->nhw", a2, kernel[:, cls]), 0)
         assert expected.max() > 0
         assert_close(cam(images, targets=targets, upsample=False, normalize=False), expected)
     # Grad-CAM's weights on this head are W[k, c] / (h w): the same map, scaled.
@@ -96,7 +111,7 @@ def test_cam_through_a_nested_model_and_a_sigmoid_unit(images):
     model = keras.Model(inp, z)
     cam = CAM(model)
     assert cam.layer_path == "base/feat"
-    a = conv(tf.constant(images), base.get_layer("feat")).numpy()
+    a = to_host(conv(tensor(images), base.get_layer("feat")))
     w = model.get_layer("unit").get_weights()[0][:, 0]
     assert_close(cam(images, targets=1, upsample=False, normalize=False), np.maximum(np.einsum("nhwk,k->nhw", a, w), 0))
     assert_close(cam(images, targets=0, upsample=False, normalize=False), np.maximum(np.einsum("nhwk,k->nhw", a, -w), 0))
@@ -107,7 +122,7 @@ def test_cam_fully_convolutional_channel_per_class(images):
     a = keras.layers.Conv2D(CLASSES, 3, name="classes")(inp)
     out = keras.layers.Activation("softmax")(keras.layers.GlobalAveragePooling2D()(a))
     model = keras.Model(inp, out)
-    acts = conv(tf.constant(images), model.get_layer("classes"), relu=False).numpy()
+    acts = to_host(conv(tensor(images), model.get_layer("classes"), relu=False))
     assert_close(CAM(model)(images, targets=3, upsample=False, normalize=False), np.maximum(acts[..., 3], 0))
 
 
@@ -127,15 +142,13 @@ def test_cam_other_heads_point_to_gradcam(gap_model):
 
 
 def layercam_reference(model, x, layers, cls):
-    a1, a2, logits, tape = gap_reference(model, x)
-    with tape:
-        s = tf.gather(logits, cls, batch_dims=1)
+    a1, a2, logits, grad = gap_reference(model, x)
     out = {}
     for name, a in (("conv1", a1), ("conv2", a2)):
         if name in layers:
-            g = tape.gradient(s, a).numpy()
-            out[name] = np.maximum((np.maximum(g, 0) * a.numpy()).sum(-1), 0)
-    return out, logits.numpy().argmax(axis=1)
+            g = grad(name, cls)
+            out[name] = np.maximum((np.maximum(g, 0) * a).sum(-1), 0)
+    return out, logits.argmax(axis=1)
 
 
 def test_layercam_by_definition_on_a_shallow_layer(gap_model, images):
@@ -181,7 +194,7 @@ def first_component(x):
 
 def test_eigencam_is_the_first_principal_component(gap_model, images):
     _, a2, _, _ = gap_reference(gap_model, images)
-    expected = np.maximum(first_component(a2.numpy()), 0)
+    expected = np.maximum(first_component(a2), 0)
     eigen = EigenCAM(gap_model)
     assert_close(eigen(images, upsample=False, normalize=False), expected, rtol=1e-4)
     # class-agnostic
@@ -191,11 +204,9 @@ def test_eigencam_is_the_first_principal_component(gap_model, images):
 
 
 def test_eigen_smooth_is_the_component_of_the_weighted_channels(gap_model, images):
-    _, a2, logits, tape = gap_reference(gap_model, images)
-    with tape:
-        s = logits[:, 2]
-    g = tape.gradient(s, a2).numpy()
-    weighted = a2.numpy() * g.mean(axis=(1, 2))[:, None, None, :]
+    _, a2, logits, grad = gap_reference(gap_model, images)
+    g = grad("conv2", 2)
+    weighted = a2 * g.mean(axis=(1, 2))[:, None, None, :]
     expected = np.maximum(first_component(weighted), 0)
     smooth = kc.GradCAM(gap_model, eigen_smooth=True)(images, targets=2, upsample=False, normalize=False)
     assert_close(smooth, expected, rtol=1e-4)
@@ -205,11 +216,9 @@ def test_eigen_smooth_is_the_component_of_the_weighted_channels(gap_model, image
 
 
 def test_counterfactual_negates_the_gradient(gap_model, images):
-    _, a2, logits, tape = gap_reference(gap_model, images)
-    with tape:
-        s = logits[:, 1]
-    g = tape.gradient(s, a2).numpy()
-    pre = np.einsum("nhwk,nk->nhw", a2.numpy(), g.mean(axis=(1, 2)))
+    _, a2, logits, grad = gap_reference(gap_model, images)
+    g = grad("conv2", 1)
+    pre = np.einsum("nhwk,nk->nhw", a2, g.mean(axis=(1, 2)))
     against = kc.GradCAM(gap_model, counterfactual=True)(images, targets=1, upsample=False, normalize=False)
     assert np.maximum(-pre, 0).max() > 0
     assert_close(against, np.maximum(-pre, 0))
@@ -262,22 +271,20 @@ def relu_model():
 
 def guided_reference(model, x, cls):
     """Guided backprop by hand: each ReLU passes ReLU(upstream) where its input was > 0."""
-    x = tf.constant(x)
     w3, b3 = model.get_layer("d3").get_weights()
     w4, _ = model.get_layer("out").get_weights()
-    with tf.GradientTape(persistent=True) as tape:
-        tape.watch(x)
-        z1 = conv(x, model.get_layer("c1"), relu=False)
-        h1 = tf.nn.relu(z1)
-        tape.watch(h1)
-        z2 = conv(h1, model.get_layer("c2"), relu=False)
-        h2 = tf.nn.relu(z2)
-        z3 = tf.reshape(h2, (len(x), -1)) @ w3 + b3
-    d_z3 = np.maximum(w4[:, cls].T, 0) * (z3.numpy() > 0)
-    d_z2 = np.maximum((d_z3 @ w3.T).reshape(h2.shape), 0) * (z2.numpy() > 0)
-    d_h1 = tape.gradient(z2, h1, output_gradients=tf.constant(d_z2, tf.float32)).numpy()
-    d_z1 = np.maximum(d_h1, 0) * (z1.numpy() > 0)
-    return tape.gradient(z1, x, output_gradients=tf.constant(d_z1, tf.float32)).numpy(), h2
+    c1, c2 = model.get_layer("c1"), model.get_layer("c2")
+    z1 = to_host(conv(tensor(x), c1, relu=False))
+    h1 = np.maximum(z1, 0)
+    z2 = to_host(conv(tensor(h1), c2, relu=False))
+    h2 = np.maximum(z2, 0)
+    z3 = h2.reshape(len(x), -1) @ w3 + b3
+    d_z3 = np.maximum(w4[:, cls].T, 0) * (z3 > 0)
+    d_z2 = np.maximum((d_z3 @ w3.T).reshape(h2.shape), 0) * (z2 > 0)
+    # The convolutions' transposes: d sum(conv(h) * d) / dh, the backend's autodiff of a linear map.
+    d_h1 = native_grad(lambda h: conv(h, c2, relu=False) * tensor(d_z2), h1)
+    d_z1 = np.maximum(d_h1, 0) * (z1 > 0)
+    return native_grad(lambda v: conv(v, c1, relu=False) * tensor(d_z1), x), h2
 
 
 def test_guided_backprop_by_hand_and_the_model_is_untouched(relu_model):
@@ -285,11 +292,7 @@ def test_guided_backprop_by_hand_and_the_model_is_untouched(relu_model):
     act = relu_model.get_layer("act2").activation
 
     def plain_gradient():
-        xt = tf.constant(x)
-        with tf.GradientTape() as tape:
-            tape.watch(xt)
-            s = relu_model(xt)[:, 1]
-        return tape.gradient(s, xt).numpy()
+        return native_grad(lambda v: relu_model(v)[:, 1], x)
 
     def attributes():
         return [(vars(layer).get("activation"), vars(layer).get("call")) for layer in relu_model.layers]
@@ -312,16 +315,12 @@ def test_guided_gradcam_is_guided_gradients_times_gradcam(relu_model):
     x = np.random.default_rng(3).uniform(-1, 1, (2, 8, 8, 2)).astype(np.float32)
     guided, _ = guided_reference(relu_model, x, np.full(2, 2))
     # Grad-CAM at act2 with ordinary gradients
-    xt = tf.constant(x)
-    w3, b3 = relu_model.get_layer("d3").get_weights()
-    w4, b4 = relu_model.get_layer("out").get_weights()
-    with tf.GradientTape() as tape:
-        h1 = tf.nn.relu(conv(xt, relu_model.get_layer("c1"), relu=False))
-        h2 = conv(h1, relu_model.get_layer("c2"))
-        tape.watch(h2)
-        s = (tf.nn.relu(tf.reshape(h2, (2, -1)) @ w3 + b3) @ w4 + b4)[:, 2]
-    g = tape.gradient(s, h2).numpy()
-    cam = np.maximum(np.einsum("nhwk,nk->nhw", h2.numpy(), g.mean(axis=(1, 2))), 0)
+    w3, b3 = (tensor(w) for w in relu_model.get_layer("d3").get_weights())
+    w4, b4 = (tensor(w) for w in relu_model.get_layer("out").get_weights())
+    h1 = ops.relu(conv(tensor(x), relu_model.get_layer("c1"), relu=False))
+    h2 = to_host(conv(h1, relu_model.get_layer("c2")))
+    g = native_grad(lambda h: (ops.matmul(ops.relu(ops.matmul(ops.reshape(h, (2, -1)), w3) + b3), w4) + b4)[:, 2], h2)
+    cam = np.maximum(np.einsum("nhwk,nk->nhw", h2, g.mean(axis=(1, 2))), 0)
     expected = guided * minmax_np(upsample_np(cam, (8, 8)))[..., None]
     assert np.abs(expected).max() > 0
     assert_close(GuidedGradCAM(relu_model, layer="act2")(x, targets=2), expected)
