@@ -276,7 +276,7 @@ def test_two_replicas_match_one_device():
     and no replica ever handed an empty batch (oneDNN's kernels fail on one)."""
     report = _run_script("mirrored")
     assert report["replicas"] == 2
-    for case in ("batched", "unbatched", "one_image"):
+    for case in ("batched", "unbatched", "one_image", "generator"):
         r = report[case]
         assert r["ids"] == list(range(r["n"])), case                  # order, nothing lost or doubled
         assert r["batch_sizes"] == r["expected_batch_sizes"], case    # the last partial batch included
@@ -353,6 +353,7 @@ def _two_replica_report():
         ("batched", 9, lambda x, y: tf.data.Dataset.from_tensor_slices((x, y)).batch(4)),  # 4, 4, 1
         ("unbatched", 9, lambda x, y: tf.data.Dataset.from_tensor_slices((x, y))),          # 4, 4, 1
         ("one_image", 1, lambda x, y: tf.data.Dataset.from_tensor_slices((x, y))),          # 1
+        ("generator", 9, lambda x, y: ((x[i:i + 4], y[i:i + 4]) for i in range(0, len(x), 4))),  # made a tf.data
     ):
         x = rng.random((n, SIZE, SIZE, 3), dtype=np.float32)
         y = rng.integers(0, CLASSES, n)
