@@ -363,7 +363,14 @@ def fingerprints(images):
     """One fingerprint per image: the first 64 bits of the BLAKE2b hash of its float32 bytes, as int64.
 
     What ``index.jsonl`` records per input (as 16 hex digits), so that a rerun
-    recomputes a shard whose images changed. The same on every backend.
+    recomputes a shard whose images changed. Computed on the host, the same on
+    every backend and for every kind of source.
+
+    Args:
+        images: a batch ``(n, ...)``, numpy or array-like (cast to float32).
+
+    Returns:
+        ``(n,)`` int64 numpy array.
     """
     x = np.ascontiguousarray(np.asarray(images, np.float32)).reshape(len(images), -1)
     return np.array([int.from_bytes(hashlib.blake2b(row.view(np.uint8), digest_size=8).digest(), "little",
