@@ -19,9 +19,11 @@ import logging
 import warnings
 import weakref
 
-import numpy as np
-import tensorflow as tf
+import sys
 
+import numpy as np
+
+from keras_cam._compat import ops, to_host
 from keras_cam.audit import hotspots, spray
 from keras_cam.audit import verify as interventions
 from keras_cam.base import Explainer
@@ -564,11 +566,11 @@ class _VerifyImages:
                     "the order the audit read them (an array, or a dataset that yields that order)."
                 )
             self.array = result.images
-        elif isinstance(images, tf.data.Dataset):
+        elif is_tf_dataset(images):
             self.array = None
             wanted, position = set(int(i) for i in needed), 0
             for element in images:
-                x = (element[0] if isinstance(element, (tuple, list)) else element).numpy()
+                x = to_host(element[0] if isinstance(element, (tuple, list)) else element)
                 x = x[None] if x.ndim == 3 else x
                 for j in range(len(x)):
                     if position + j in wanted:
@@ -619,7 +621,7 @@ def _quiet_dataset_retracing():
     tf.function retracing" warning about explain_dataset's step is dropped: every audit compiles
     that step for its explainer once, and auditing several models in one process is expected to
     trace it once per model (the step's cache is per explainer, so nothing is retraced in vain)."""
-    logger = tf.get_logger()
+    logger = logging.getLogger("tensorflow")  # TensorFlow's logger (nothing is imported for it)
     quiet = _RetracingFilter()
     logger.addFilter(quiet)
     try:
@@ -715,10 +717,9 @@ def _make_cluster(target, members, x, rated, c, grid):
 
 class _ScoreStep:
     """The class scores ``(N, C)`` of one explainer's model (its selected output, see
-    ``ActivationGraph.scores``), as a callable object: ``tf.function`` keys its retracing
-    statistics by the function's code, so one object per explainer keeps each explainer's
-    traces apart (auditing several models in one process traces one step per model, which
-    TensorFlow would otherwise count as one function retracing)."""
+    ``ActivationGraph.scores``), as a callable object compiled once per explainer
+    (:mod:`keras_cam.compiled`), so auditing several models in one process traces one step
+    per model."""
 
     def __init__(self, explainer):
         self.owner = weakref.ref(explainer)  # the cache must not keep the explainer alive
@@ -737,7 +738,8 @@ def class_scores(explainer, images, batch_size=64):
     head) of ``images`` (in the model's input format), in batches of ``batch_size``: one
     compiled forward pass per explainer, traced once per image shape."""
     if explainer not in _score_steps:
-        _score_steps[explainer] = tf.function(_ScoreStep(explainer), reduce_retracing=True, autograph=False)
+        from keras_cam.compiled import Compiled
+        _score_steps[explainer] = Compiled(_ScoreStep(explainer), model=explainer.model)
     step = _score_steps[explainer]
     images = np.asarray(images, np.float32)
     if len(images) == 0:
@@ -747,7 +749,7 @@ def class_scores(explainer, images, batch_size=64):
         chunk = images[i:i + batch_size]
         # Every batch is padded to batch_size rows: one trace per explainer and image shape.
         padded = np.concatenate([chunk, np.zeros((batch_size - len(chunk), *chunk.shape[1:]), np.float32)])
-        out.append(step(tf.convert_to_tensor(padded)).numpy()[:len(chunk)])
+        out.append(to_host(step(ops.convert_to_tensor(padded)))[:len(chunk)])
     return np.concatenate(out)
 
 
@@ -769,18 +771,29 @@ def thumbnail(explainer, image):
     return rgb
 
 
+def is_tf_dataset(obj) -> bool:
+    """True for a ``tf.data.Dataset`` (without importing TensorFlow)."""
+    tf = sys.modules.get("tensorflow")
+    return tf is not None and isinstance(obj, tf.data.Dataset)
+
+
+class _Iterable:
+    """An object whose every ``iter()`` calls ``make()`` afresh (a re-iterable generator)."""
+
+    def __init__(self, make):
+        self.make = make
+
+    def __iter__(self):
+        return self.make()
+
+
 def _batches(images, labels, batch_size):
-    """Arrays as a dataset of batches, sliced as they are read (``from_tensor_slices`` would first
-    copy the whole array into a constant)."""
+    """Arrays as an iterable of numpy batches, sliced as they are read."""
     def batches():
         for start in range(0, len(images), batch_size):
             x = np.asarray(images[start:start + batch_size])
             yield x if labels is None else (x, labels[start:start + batch_size])
-
-    image_spec = tf.TensorSpec((None, *images.shape[1:]), tf.as_dtype(images.dtype))
-    spec = image_spec if labels is None else (image_spec, tf.TensorSpec((None, *labels.shape[1:]),
-                                                                         tf.as_dtype(labels.dtype)))
-    return tf.data.Dataset.from_generator(batches, output_signature=spec)
+    return _Iterable(batches)
 
 
 class _Source:
@@ -788,7 +801,7 @@ class _Source:
 
     def __init__(self, data, labels, batch_size):
         self.size = None
-        if isinstance(data, tf.data.Dataset):
+        if is_tf_dataset(data):
             if labels is not None:
                 raise TypeError(
                     "`labels=` goes with an array of images; a tf.data.Dataset carries its labels "
@@ -844,7 +857,6 @@ class _Source:
         import collections
 
         self.queue = collections.deque()
-        spec = self.dataset.element_spec
         state = {"iterator": None, "prefix": [], "runs": 0, "overflow": False}
 
         def elements():
@@ -862,7 +874,8 @@ class _Source:
                         element = next(state["iterator"])
                     except StopIteration:
                         return
-                    element = tf.nest.map_structure(lambda t: t.numpy(), element)
+                    element = tuple(to_host(t) for t in element) if isinstance(element, (tuple, list)) \
+                        else to_host(element)
                     x = element[0] if self.has_labels else element
                     self.queue.append(x[None] if x.ndim == 3 else x)
                     if first_run:
@@ -876,7 +889,7 @@ class _Source:
                 i += 1
                 yield element
 
-        return tf.data.Dataset.from_generator(elements, output_signature=spec)
+        return _Iterable(elements)
 
     def take(self, count):
         """The next ``count`` images read by :meth:`recorded`, as one array."""
