@@ -25,6 +25,17 @@ def resnet(stacks, size):
         block_type="basic_block", image_shape=(size, size, 3))
 
 
+def same_weights(model, seed):
+    """The same weights on every backend (Keras's seeded initializers draw other numbers on each):
+    constant arrays (biases, norms' scales and statistics) kept, every other one drawn by numpy
+    with a fan-in scale."""
+    rng = np.random.default_rng(seed)
+    model.set_weights([w if np.ptp(w) == 0 else
+                       rng.normal(0, 1 / np.sqrt(np.prod(w.shape[:-1]) if w.ndim > 1 else 1.0), w.shape).astype(w.dtype)
+                       for w in model.get_weights()])
+    return model
+
+
 def gradcam(a, g):
     """ReLU(sum_k mean_ij(g_k) A_k) for (N, h, w, K) arrays."""
     return np.maximum((a * g.mean(axis=(1, 2), keepdims=True)).sum(-1), 0)
@@ -99,6 +110,7 @@ def detector():
     backbone = keras_hub.models.RetinaNetBackbone(image_encoder=resnet(4, 64), min_level=3, max_level=5,
                                                   use_p5=False, image_shape=(64, 64, 3))
     detector = keras_hub.models.RetinaNetObjectDetector(backbone=backbone, num_classes=3, pre_logits_num_conv_layers=1)
+    same_weights(detector, 1)  # an untrained detector's maps must not depend on the backend's draws
     # Untrained, its box deltas are large (boxes far off the image); a trained detector's boxes stay
     # near their anchors: scale the box head's last layer down so that they do.
     layer = detector.box_head.prediction_layer
