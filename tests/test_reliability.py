@@ -207,3 +207,15 @@ def test_an_intercepted_activation_still_reads_as_the_original():
         with _patch.intercepted(layer, "activation", lambda inner: lambda x: inner(x) * 2):
             assert layer.activation(-1.0) == -2.0  # the outer replacement, doubled
     assert "activation" in layer.__dict__ and layer.activation.__name__ == "relu"
+
+
+def test_save_html_into_a_missing_folder_names_that_folder(tmp_path, rng):
+    model = _softmax_cnn(7)
+    images = rng.random((24, 12, 12, 3)).astype("float32")
+    result = kc.audit(kc.GradCAM(model), images, verbose=0)
+    missing = tmp_path / "no" / "such"
+    for save in (result.save_html, result.save_json):
+        with pytest.raises(FileNotFoundError) as info:
+            save(str(missing / "report.out"))
+        assert str(missing) in str(info.value) and ".tmp" not in str(info.value)
+    assert not (tmp_path / "no").exists()
