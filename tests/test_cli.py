@@ -178,7 +178,7 @@ def test_explain_end_to_end(work, runs):
     model = load_model()
     pixels = np.stack([cv2.imread(str(work / f"shape{i}.png"))[..., ::-1] for i in range(2)])
     x = pixels.astype(np.float32) / 255.0
-    probs = np.asarray(model(x, training=False))
+    probs = model.predict(x, verbose=0)
     maps = kc.GradCAM(model)(x)
     for i, record in enumerate(report["images"]):
         k = int(probs[i].argmax())
