@@ -461,8 +461,7 @@ def read_labels_csv(path, image_paths):
 
 def cmd_audit(args):
     """``keras-cam audit``: cluster a folder's maps per class; write report.html and clusters.json."""
-    import tensorflow as tf
-
+    from keras_cam import backend
     from keras_cam import methods as registry
     from keras_cam.audit import audit
     from keras_cam.audit.report import render
@@ -503,14 +502,18 @@ def cmd_audit(args):
             x = preprocess(pixels[start:start + args.batch_size].astype(np.float32), args.preprocess)
             yield x if labels is None else (x, labels[start:start + args.batch_size])
 
-    image_spec = tf.TensorSpec((None, *pixels.shape[1:]), tf.float32)
-    spec = image_spec if labels is None else (image_spec, tf.TensorSpec((None,), tf.int64))
-    dataset = tf.data.Dataset.from_generator(batches, output_signature=spec)
+    if backend.is_tensorflow():  # a dataset that preprocesses each batch as it is read
+        import tensorflow as tf
+        image_spec = tf.TensorSpec((None, *pixels.shape[1:]), tf.float32)
+        spec = image_spec if labels is None else (image_spec, tf.TensorSpec((None,), tf.int64))
+        data, data_labels = tf.data.Dataset.from_generator(batches, output_signature=spec), None
+    else:  # the preprocessed array (the audit keeps it for the verification)
+        data, data_labels = preprocess(pixels.astype(np.float32), args.preprocess), labels
     verbose = 0 if args.quiet or not sys.stdout.isatty() else 1
-    result = audit(explainer, dataset, max_clusters=args.max_clusters, n_neighbors=args.neighbors,
+    result = audit(explainer, data, data_labels, max_clusters=args.max_clusters, n_neighbors=args.neighbors,
                    batch_size=args.batch_size, seed=args.seed, verbose=verbose)
     if getattr(args, "verify", False):
-        result.verify_first(dataset, seed=args.seed)
+        result.verify_first(data if backend.is_tensorflow() else None, seed=args.seed)  # an array is kept
 
     os.makedirs(args.out, exist_ok=True)
     summary = result.to_dict(class_names)
