@@ -2,7 +2,7 @@
 # then under Keras 3 on JAX and on PyTorch (there, the tests that are TensorFlow by nature are skipped).
 PYTHON ?= python
 
-.PHONY: install-test test test-keras3 test-legacy test-jax test-torch bench
+.PHONY: install-test test test-lane-tensorflow test-lane-others test-keras3 test-legacy test-jax test-torch bench
 
 # What the tests need, on a CPU machine (run as root, or with chromium installed). tf-keras, tensorflow-hub and keras-hub's
 # tensorflow-text declare a dependency on the full `tensorflow` (572 MB), which would
@@ -21,19 +21,28 @@ install-test:
 	  apt-get update -qq && apt-get install -y -qq --no-install-recommends chromium >/dev/null; } || \
 	  { echo "install Debian's chromium (apt-get install chromium) for tests/test_audit.py" >&2; exit 1; }
 
-test: test-keras3 test-legacy test-jax test-torch
+# Two lanes at once (the machine has 2 cores; JAX compiles on one): TensorFlow then legacy
+# tf-keras, beside JAX then PyTorch. Either lane failing fails `make test`.
+test:
+	$(MAKE) --no-print-directory -j2 test-lane-tensorflow test-lane-others
+
+test-lane-tensorflow:
+	$(MAKE) --no-print-directory test-keras3 && $(MAKE) --no-print-directory test-legacy
+
+test-lane-others:
+	$(MAKE) --no-print-directory test-jax && $(MAKE) --no-print-directory test-torch
 
 test-keras3:
-	KERAS_BACKEND=tensorflow $(PYTHON) -m pytest -q
+	KERAS_BACKEND=tensorflow $(PYTHON) -m pytest -q -p no:cacheprovider
 
 test-legacy:
-	KERAS_BACKEND=tensorflow TF_USE_LEGACY_KERAS=1 $(PYTHON) -m pytest -q
+	KERAS_BACKEND=tensorflow TF_USE_LEGACY_KERAS=1 $(PYTHON) -m pytest -q -p no:cacheprovider
 
 test-jax:
-	KERAS_BACKEND=jax $(PYTHON) -m pytest -q
+	KERAS_BACKEND=jax $(PYTHON) -m pytest -q -p no:cacheprovider
 
 test-torch:
-	KERAS_BACKEND=torch $(PYTHON) -m pytest -q
+	KERAS_BACKEND=torch $(PYTHON) -m pytest -q -p no:cacheprovider
 
 bench:
 	$(PYTHON) bench/bench_gradcam.py
