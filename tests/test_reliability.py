@@ -219,3 +219,22 @@ def test_save_html_into_a_missing_folder_names_that_folder(tmp_path, rng):
             save(str(missing / "report.out"))
         assert str(missing) in str(info.value) and ".tmp" not in str(info.value)
     assert not (tmp_path / "no").exists()
+
+
+def test_explaining_many_models_in_one_process_warns_of_no_retracing(rng):
+    """Each compiled call counts its own traces (TensorFlow's retracing warning keys on the
+    function: a wrapper shared by every explainer would add their traces up)."""
+    import io
+    import logging
+    buffer = io.StringIO()
+    handler = logging.StreamHandler(buffer)
+    logging.getLogger("tensorflow").addHandler(handler)
+    try:
+        images = rng.random((2, 12, 12, 3)).astype("float32")
+        for seed in range(7):
+            cam = kc.GradCAM(_softmax_cnn(seed))
+            first, second, third = cam(images), cam(images), cam(images)
+            np.testing.assert_allclose(third, first, atol=1e-6)
+    finally:
+        logging.getLogger("tensorflow").removeHandler(handler)
+    assert "retracing" not in buffer.getvalue()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import warnings
 
 import numpy as np
@@ -76,6 +77,10 @@ def is_out_of_memory(err) -> bool:
     return isinstance(err, tf.errors.ResourceExhaustedError)
 
 
+def _positional(fn, *args):
+    return fn(*args)
+
+
 class compiled:
     """``tf.function(fn)``, optionally run eagerly on the first call of each input signature.
 
@@ -110,10 +115,9 @@ class compiled:
 
     def __init__(self, fn, model=None, eager_first=False):
         self._fn = fn
-
-        def positional(*args):  # a plain signature, so a concrete function can be called with the same args
-            return fn(*args)
-        self._function = tf.function(positional, autograph=False)
+        # A plain positional signature, so that a concrete function takes the same arguments; a
+        # partial (no __code__), so that TensorFlow counts each compiled call's retracing apart.
+        self._function = tf.function(functools.partial(_positional, fn), autograph=False)
         self._converted = None
         self._eager_only = False
         self._seen = set() if eager_first else None
