@@ -15,11 +15,21 @@ import numpy as np
 import pytest
 
 import keras_cam as kc
+from keras_cam import _compat, backend
 from keras_cam.audit import hotspots
 from keras_cam.audit import verify as interventions
 from keras_cam.demo.run import f1_score
 from keras_cam.demo.shortcuts import (FEATURE_LAYER, KINDS, SHARES, artifact_region, make_shortcut_dataset,
                                       shortcut_model)
+
+# The family's models are trained here, with the Keras under test; the family was built and its
+# numbers validated on Keras 3 / TensorFlow. Issue 22 is open: under legacy tf-keras the level is
+# not yet calibrated (5 of 36 clean classes raised an alarm, one clean group verified as
+# "depends"), and the JAX and PyTorch runs of the family are not yet measured. The audit's own
+# arithmetic runs in every mode (tests/test_audit.py, tests/test_audit_reading.py).
+pytestmark = pytest.mark.skipif(
+    _compat.LEGACY or backend.name() != "tensorflow",
+    reason="the planted-shortcut family is validated on Keras 3 / TensorFlow only (issue 22 is open)")
 
 N_AUDIT = 240
 # Cases the audit finds and verifies today (the rest of the family is in test_family_known_gaps).
