@@ -16,6 +16,8 @@ install-test:
 	$(PYTHON) -m pip install -q --no-deps "keras-hub==0.32.0" "tensorflow-text==2.21.0"
 	@# The other two Keras backends, CPU builds (an unpinned torch pulls a CUDA build of several GB).
 	$(PYTHON) -m pip install -q "jax[cpu]" "torch==2.13.0"
+	@# tensorflow-hub imports pkg_resources, which setuptools 81 and later no longer ship.
+	$(PYTHON) -m pip install -q "setuptools<81"
 	@# Headless Chromium for the audit report's browser test (tests/test_audit.py).
 	@command -v chromium >/dev/null || { [ "$$(id -u)" = 0 ] && \
 	  apt-get update -qq && apt-get install -y -qq --no-install-recommends chromium >/dev/null; } || \
