@@ -20,6 +20,8 @@ from keras_cam._compat import LEGACY, keras
 from keras_cam.methods.ablation import AblationCAM
 from test_layout import ClassToken
 
+pytestmark = pytest.mark.tf_reference  # see tests/conftest.py
+
 SIZE = 16
 CLASSES = 3
 DEAD = 1  # a target channel forced to zero everywhere

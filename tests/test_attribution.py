@@ -187,6 +187,7 @@ def test_smoothgrad_without_noise_is_saliency_and_seeds(models):
 
 # ----------------------------------------------------------------------------- Integrated Gradients
 
+@pytest.mark.tf_reference
 @pytest.mark.parametrize("rank", [2, 3])
 def test_integrated_gradients_completeness(models, rank):
     """sum IG = S(x) - S(0) within 1% at 256 steps (a ReLU network: the error is O(1/steps))."""
@@ -226,6 +227,7 @@ def test_integrated_gradients_matches_the_midpoint_rule(models, rank):
     assert_close_to_max(ig(x, upsample=False), np_minmax(np.abs(want.sum(axis=-1))))
 
 
+@pytest.mark.tf_reference
 def test_integrated_gradients_baselines(models):
     model, x = models[2], inputs(2)
     # An array broadcastable to one input: one value per channel.

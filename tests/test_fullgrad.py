@@ -19,6 +19,8 @@ from keras_cam._compat import keras
 from keras_cam.methods.fullgrad import FullGrad, bias_kind
 from test_gradcam import traces
 
+pytestmark = pytest.mark.tf_reference  # see tests/conftest.py
+
 H = W = 16
 T = 32
 CLASSES = 4

@@ -21,6 +21,8 @@ from keras_cam.methods.gradient import (EigenGradCAM, GradCAMElementWise, HiResC
 from keras_cam.random import normal_numpy
 from test_layout import _weights, hand_conv1d
 
+pytestmark = pytest.mark.tf_reference  # see tests/conftest.py
+
 H = W = 16
 T = 32
 CLASSES = 3

@@ -18,6 +18,8 @@ from keras_cam._compat import keras
 from keras_cam.random import normal_numpy
 from keras_cam.methods.score import ISCAM, SSCAM, ScoreCAM
 
+pytestmark = pytest.mark.tf_reference  # see tests/conftest.py
+
 SIZE, T = 16, 24
 
 

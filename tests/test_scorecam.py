@@ -15,6 +15,8 @@ import keras_cam as kc
 from keras_cam._compat import keras
 from keras_cam.methods.score import ScoreCAM
 
+pytestmark = pytest.mark.tf_reference  # see tests/conftest.py
+
 SIZE = 16
 DEAD, FLAT = 1, 2  # target-layer channels forced constant: all 0, and all 0.5
 
