@@ -185,8 +185,8 @@ class Audit:
                 it, the array the audit was given is used.
             region: the pixels to intervene on instead of the cluster's
                 region: an ``(H, W)`` bool mask or a box ``(y0, x0, y1, x1)``.
-            n_members, n_others: the most members and other-class images
-                used (a seeded sample).
+            n_members: the most members used (a seeded sample).
+            n_others: the most other-class images used (a seeded sample).
             n_random: random regions per image.
             seed: the seed of the samples, the random regions and the
                 imputation noise: the same seed gives the same numbers.
