@@ -469,16 +469,7 @@ class _HostJob:
         self.keep_images, self.fingerprints = images, fingerprints
         layout = explainer.graph.inputs
         elements, count = _host_source(dataset)
-        first = next(elements, None)
-        if first is None:
-            raise ValueError("`dataset` is empty; there is nothing to explain.")
-        x, y = _split_element(first, 0)
-        if x.ndim not in (layout.rank + 1, layout.rank + 2):
-            raise ValueError(
-                f"Dataset elements must be single examples, {layout.name} for this model, or batches "
-                f"of them; the dataset yields shape {tuple(x.shape)}."
-            )
-        single = x.ndim == layout.rank + 1
+        x, y, single = _first_element(elements, layout)
         self.use_labels = isinstance(targets, str) and targets == "labels" and y is not None
         if self.use_labels and (y.ndim - (0 if single else 1)) not in (0, 1):
             raise ValueError(
@@ -652,11 +643,9 @@ def _compiled_step(explainer, strategy, upsample, normalize, target_fn, keep_ima
     return _cached(explainer, (strategy, upsample, normalize, target_fn, keep_images, gather), make)
 
 
-def _as_tf_dataset(dataset, explainer, batch_size):
-    """Any other source as a ``tf.data.Dataset`` of float32 batches (for a strategy), read once."""
-    tf = _tf()
-    layout = explainer.graph.inputs
-    elements, _ = _host_source(dataset)
+def _first_element(elements, layout):
+    """``(images, labels or None, whether the elements are single examples)`` of the first
+    element, checked against the model's input ``layout``."""
     first = next(elements, None)
     if first is None:
         raise ValueError("`dataset` is empty; there is nothing to explain.")
@@ -666,7 +655,15 @@ def _as_tf_dataset(dataset, explainer, batch_size):
             f"Dataset elements must be single examples, {layout.name} for this model, or batches "
             f"of them; the dataset yields shape {tuple(x.shape)}."
         )
-    single = x.ndim == layout.rank + 1
+    return x, y, x.ndim == layout.rank + 1
+
+
+def _as_tf_dataset(dataset, explainer, batch_size):
+    """Any other source as a ``tf.data.Dataset`` of float32 batches (for a strategy), read once."""
+    tf = _tf()
+    layout = explainer.graph.inputs
+    elements, _ = _host_source(dataset)
+    x, y, single = _first_element(elements, layout)
     pairs = itertools.chain([(x, y)], (_split_element(e, i) for i, e in enumerate(elements, 1)))
     batches = _HostJob._batches(pairs, single, batch_size)
     head = next(batches)
