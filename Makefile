@@ -35,16 +35,16 @@ test-lane-others:
 	$(MAKE) --no-print-directory test-jax && $(MAKE) --no-print-directory test-torch
 
 test-keras3:
-	KERAS_BACKEND=tensorflow $(PYTHON) -m pytest -q -p no:cacheprovider
+	KERAS_BACKEND=tensorflow $(PYTHON) -m pytest -q -p no:cacheprovider --durations=8
 
 test-legacy:
-	KERAS_BACKEND=tensorflow TF_USE_LEGACY_KERAS=1 $(PYTHON) -m pytest -q -p no:cacheprovider
+	KERAS_BACKEND=tensorflow TF_USE_LEGACY_KERAS=1 $(PYTHON) -m pytest -q -p no:cacheprovider --durations=8
 
 test-jax:
-	KERAS_BACKEND=jax $(PYTHON) -m pytest -q -p no:cacheprovider
+	KERAS_BACKEND=jax $(PYTHON) -m pytest -q -p no:cacheprovider --durations=8
 
 test-torch:
-	KERAS_BACKEND=torch $(PYTHON) -m pytest -q -p no:cacheprovider
+	KERAS_BACKEND=torch $(PYTHON) -m pytest -q -p no:cacheprovider --durations=8
 
 bench:
 	$(PYTHON) bench/bench_gradcam.py
