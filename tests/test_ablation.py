@@ -14,13 +14,14 @@ import pytest
 import tensorflow as tf
 
 import keras_cam as kc
+from keras_cam import backend
 from keras_cam import graph as G
 from keras_cam import layers as L
-from keras_cam._compat import LEGACY, keras
+from keras_cam._compat import LEGACY, keras, ops, to_host
+from keras_cam.compiled import Compiled
 from keras_cam.methods.ablation import AblationCAM
+from test_gradcam import traces
 from test_layout import ClassToken
-
-pytestmark = pytest.mark.tf_reference  # see tests/conftest.py
 
 SIZE = 16
 CLASSES = 3
@@ -29,14 +30,25 @@ N = 3
 
 
 class Counter(keras.layers.Layer):
-    """Identity that counts the inputs it sees (how many forward passes ran through it)."""
+    """Identity that counts the inputs it sees (how many forward passes ran through it).
 
-    def build(self, input_shape):
-        self.count = self.add_weight(name="count", shape=(), dtype="int32", initializer="zeros",
-                                     trainable=False)
+    The count lives on the host and is added to by a host callback
+    (``backend.host_callback``: ``tf.py_function``, ``jax.debug.callback``, a plain call on
+    PyTorch), so it counts the rows that actually run, also inside a compiled call, on every
+    backend (a variable assigned inside ``call`` would not be kept by JAX's stateless calls).
+    Reset ``count`` to 0 before the run it counts: building a model may run ``call`` on
+    placeholder inputs (PyTorch's shape inference does).
+    """
+
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        object.__setattr__(self, "count", 0)
+
+    def _add(self, rows):
+        object.__setattr__(self, "count", self.count + rows)
 
     def call(self, x):
-        self.count.assign_add(tf.shape(x)[0])
+        backend.host_callback(self._add, ops.shape(x)[0])
         return x
 
 
@@ -279,35 +291,48 @@ def _counter(model, name):
     return next(layer for _, layer in L.walk(model) if isinstance(layer, Counter) and layer.name == name)
 
 
+def _reset(*counters):
+    for c in counters:
+        c._add(-c.count)
+
+
+def ablated_rows(live, batch_size):
+    """The model inputs the ablated passes run for ``live`` (image, channel) pairs: exactly those on
+    TensorFlow and PyTorch; on JAX, whose shapes are static, the last pass is a full batch whose
+    extra rows are discarded (``methods.score.stream_selected``)."""
+    if backend.name() == "jax":
+        return -(-live // batch_size) * batch_size
+    return live
+
+
 @pytest.mark.parametrize("batch_size", [1, 4])
 def test_layers_before_the_target_run_once_per_image(flat, images, batch_size):
     a, _ = hand_cnn(flat, images)
     live = int((a != 0).any(axis=(1, 2)).sum())
     assert live == N * 5
     cam = cam_of(flat, batch_size=batch_size)
-    pre, post = _counter(flat, "pre").count, _counter(flat, "post").count
+    pre, post = _counter(flat, "pre"), _counter(flat, "post")
     for _ in range(2):  # the first call traces, the second runs the compiled function
-        pre.assign(0), post.assign(0)
+        _reset(pre, post)
         cam(images)
-        assert int(pre.numpy()) == N                # the clean pass only
-        assert int(post.numpy()) == N + live        # the clean pass and one ablated pass per live channel
+        assert pre.count == N                                       # the clean pass only
+        assert post.count == N + ablated_rows(live, batch_size)     # the clean pass, one per live channel
 
 
 def test_replay_without_a_replacement_gives_the_model_outputs(flat, images):
     graph = G.ActivationGraph(flat, ["target"], linearize=False)
-    x = tf.constant(images)
-    pre = _counter(flat, "pre").count
+    pre = _counter(flat, "pre")
 
-    @tf.function(autograph=False)
-    def both():
+    def both(x):
         _, _, clean, recording = graph.capture(x, record=True)
-        rows = tf.constant([2, 0, 0, 1])
-        return clean, graph.run(tf.gather(x, rows), rows=rows, recording=recording), recording.replayed
-    pre.assign(0)
-    clean, replayed, count = both()
-    assert int(pre.numpy()) == N and int(count) >= 2  # "pre" and "early" at least return recorded outputs
-    np.testing.assert_allclose(replayed.numpy(), clean.numpy()[[2, 0, 0, 1]], rtol=1e-6, atol=1e-7)
-    np.testing.assert_allclose(clean.numpy(), flat(images).numpy(), rtol=1e-6, atol=1e-7)
+        rows = ops.convert_to_tensor(np.array([2, 0, 0, 1], np.int32))
+        replayed = graph.run(ops.take(x, rows, axis=0), rows=rows, recording=recording)
+        return clean, replayed, ops.convert_to_tensor(recording.replayed)
+    _reset(pre)
+    clean, replayed, count = Compiled(both, model=flat)(ops.convert_to_tensor(images))
+    assert pre.count == N and int(to_host(count)) >= 2  # "pre" and "early" at least return recorded outputs
+    np.testing.assert_allclose(to_host(replayed), to_host(clean)[[2, 0, 0, 1]], rtol=1e-6, atol=1e-7)
+    np.testing.assert_allclose(to_host(clean), to_host(flat(images)), rtol=1e-6, atol=1e-7)
 
 
 @pytest.mark.parametrize("kind", ["nested", "wrapped"])
@@ -316,15 +341,15 @@ def test_a_nested_or_wrapped_target_equals_the_flat_model(flat, images, kind):
     passes, its sub-layers before the target replayed): the flat model's maps."""
     keras.utils.set_random_seed(9)
     model = same_weights(cnn(kind), flat)
-    np.testing.assert_allclose(model(images).numpy(), flat(images).numpy(), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(to_host(model(images)), to_host(flat(images)), rtol=1e-5, atol=1e-6)
     layer = {"nested": "backbone/target", "wrapped": "block/target"}[kind]
     cam = cam_of(model, layer=layer, batch_size=4)
-    pre, post = _counter(model, "pre").count, _counter(model, "post").count
-    pre.assign(0), post.assign(0)
+    pre, post = _counter(model, "pre"), _counter(model, "post")
+    _reset(pre, post)
     got = cam(images, upsample=False, normalize=False)
     want = cam_of(flat)(images, upsample=False, normalize=False)
     assert_close_to_max(got, want, rtol=1e-5)
-    assert int(pre.numpy()) == N and int(post.numpy()) == N + N * 5
+    assert pre.count == N and post.count == N + ablated_rows(N * 5, 4)
     assert all("call" not in vars(layer) for _, layer in L.walk(model))
 
 
@@ -342,22 +367,30 @@ def test_a_layer_called_twice_is_explained_at_its_last_call(images):
     a = tf.nn.relu(tf.nn.conv2d(tf.nn.relu(tf.nn.conv2d(e, ks, 1, "SAME") + bs), ks, 1, "SAME") + bs).numpy()
     want, _, _ = reference(a, lambda copies, n: (tf.reduce_mean(copies, axis=(1, 2)) @ wd + bd).numpy())
     assert want.max() > 0
-    pre, post = _counter(model, "pre").count, _counter(model, "post").count
+    pre, post = _counter(model, "pre"), _counter(model, "post")
+    _reset(pre, post)
     got = cam_of(model, layer="shared", batch_size=4)(images, upsample=False, normalize=False)
     assert_close_to_max(got, want)
     live = int((a != 0).any(axis=(1, 2)).sum())
-    assert int(pre.numpy()) == N and int(post.numpy()) == N + live
+    assert pre.count == N and post.count == N + ablated_rows(live, 4)
 
 
 # ----------------------------------------------------------------------------- execution
 
+# A weight is a difference of two scores, ``y - y^(k)``: float32 rounding that depends on the batch
+# size is amplified by that cancellation. PyTorch's CPU convolutions choose their kernel by batch
+# size, which moves a map by up to ~1.5e-6 of its largest value (TensorFlow and JAX: below 1e-6).
+BATCH_RTOL = 5e-6 if backend.name() == "torch" else 1e-6
+
+
 def test_batch_equals_single_calls_and_batch_size_changes_nothing(flat, images):
     maps = [cam_of(flat, batch_size=b)(images, upsample=False, normalize=False) for b in (1, 4, 64)]
     for other in maps[1:]:
-        assert_close_to_max(other, maps[0], rtol=1e-6)
+        assert_close_to_max(other, maps[0], rtol=BATCH_RTOL)
     cam = cam_of(flat, batch_size=4)
     for i in range(N):
-        assert_close_to_max(cam(images[i], upsample=False, normalize=False)[None], maps[0][i:i + 1], rtol=1e-6)
+        assert_close_to_max(cam(images[i], upsample=False, normalize=False)[None], maps[0][i:i + 1],
+                            rtol=BATCH_RTOL)
 
 
 def test_one_trace_per_input_shape(flat, images):
@@ -365,9 +398,9 @@ def test_one_trace_per_input_shape(flat, images):
     cam(images)
     cam(images, targets=[0, 1, 2])
     cam(images[::-1].copy(), targets=2)
-    assert cam.tracing_count == 1
+    assert cam.tracing_count == traces(1)
     cam(images[:2])
-    assert cam.tracing_count == 2
+    assert cam.tracing_count == traces(2)
 
 
 def test_callable_target_and_a_negative_score(flat, images):
@@ -408,14 +441,13 @@ def test_aug_smooth_is_accepted(flat, images):
 
 
 def test_model_left_unchanged(flat, images):
-    before = np.asarray(flat(images))
+    before = to_host(flat(images))
     weights = [w.copy() for w in flat.get_weights()]
     activation = flat.get_layer("head").activation
     AblationCAM(flat, "target", verbose=0)(images)
-    np.testing.assert_array_equal(np.asarray(flat(images)), before)
+    np.testing.assert_array_equal(to_host(flat(images)), before)
     for got, want in zip(flat.get_weights(), weights):
-        if got.shape != ():  # the counters count; every other weight is as it was
-            np.testing.assert_array_equal(got, want)
+        np.testing.assert_array_equal(got, want)
     assert flat.get_layer("head").activation is activation
     assert all("call" not in vars(layer) for _, layer in L.walk(flat))
 
@@ -427,6 +459,7 @@ def test_progress_bar_only_when_verbose(flat, images, capsys):
     assert f"{N * 5}/{N * 5}" in capsys.readouterr().out  # the dead channel is not run
 
 
+@pytest.mark.tensorflow_only  # a SavedModel is TensorFlow's format
 def test_saved_model_target_runs_the_whole_model(flat, images, tmp_path):
     """An op inside a loaded SavedModel: no replay (every ablated pass is a full pass), same maps."""
     keras.utils.set_random_seed(2)
