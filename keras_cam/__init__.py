@@ -23,7 +23,9 @@ _EXPORTS = {
     "Audit": "keras_cam.audit.core",
     "CAM": "keras_cam.methods.activation",
     "CAMCallback": "keras_cam.callbacks",
+    "CRAFT": "keras_cam.concepts.craft",
     "Cluster": "keras_cam.audit.core",
+    "DeepFeatureFactorization": "keras_cam.concepts.dff",
     "EigenCAM": "keras_cam.methods.activation",
     "EigenGradCAM": "keras_cam.methods.gradient",
     "Explainer": "keras_cam.base",
@@ -66,6 +68,7 @@ if TYPE_CHECKING:  # the same names for static tools (IDEs, the docs' API refere
     from keras_cam.audit.core import Audit, Cluster
     from keras_cam.base import Explainer, Explanation
     from keras_cam.callbacks import CAMCallback
+    from keras_cam.concepts import CRAFT, DeepFeatureFactorization
     from keras_cam.dataset import explain_dataset
     from keras_cam.flatten import flatten_model
     from keras_cam.layers import list_layers

@@ -129,6 +129,7 @@ class Audit:
     masks: np.ndarray | None = dataclasses.field(repr=False, default=None)
     batch_size: int = dataclasses.field(repr=False, default=64)
     verifications: dict = dataclasses.field(repr=False, default_factory=dict)
+    concept_summaries: dict = dataclasses.field(repr=False, default_factory=dict)
 
     def __len__(self):
         return len(self.clusters)
@@ -202,6 +203,31 @@ class Audit:
         """
         return _verify_cluster(self, cluster, images, region, n_members, n_others, n_random, seed, noise,
                                batch_size or self.batch_size)
+
+    def concepts(self, cluster, images=None, *, k=5, n_members=64, seed=0, batch_size=None):
+        """The cluster's top concepts: Deep Feature Factorization over its members at the audit's layer.
+
+        See :mod:`keras_cam.concepts.audit`: DFF (:class:`keras_cam.DeepFeatureFactorization`)
+        of a seeded sample of at most ``n_members`` members into ``k`` concepts, ranked by
+        their mean share over the members. Kept in :attr:`concept_summaries` (the report shows it).
+
+        Args:
+            cluster: a :class:`Cluster` of this audit, or its position in :attr:`clusters`.
+            images: the audited images, needed when the audit read a dataset (as for :meth:`verify`).
+            k: the number of concepts, at most the layer's channels.
+            n_members: the most members factorized.
+            seed: the seed of the sample and of the factorization.
+            batch_size: images per forward pass (default: the audit's).
+
+        Returns:
+            A :class:`keras_cam.concepts.audit.ClusterConcepts`.
+        """
+        from keras_cam.concepts.audit import cluster_concepts, cluster_position
+
+        position = cluster_position(self, cluster)
+        source = _VerifyImages(self, images, self.explainer, self.clusters[position].indices)
+        return cluster_concepts(self, position, source.get, k=k, n_members=n_members, seed=seed,
+                                batch_size=batch_size or self.batch_size)
 
     def verify_first(self, images=None, **kwargs):
         """:meth:`verify` the first (highest-ranked) group of every class; returns ``{class: Verification}``."""

@@ -145,13 +145,13 @@ def render(result, class_names=None, title=None):
         else:
             parts.append(f'<p class="verdict found">Suspicious group in class {name}.</p>')
         for rank, i in enumerate(members):
-            parts.append(_cluster_html(result, i, rank, name))
+            parts.append(_cluster_html(result, i, rank, name, class_names))
         parts.append("</section>")
     parts += ["</body>", "</html>", ""]
     return "\n".join(parts)
 
 
-def _cluster_html(result, i, rank, name):
+def _cluster_html(result, i, rank, name, class_names=None):
     c = result.clusters[i]
     rep = result.thumbnails[c.representative]
     rows = [("size", f"{c.size} ({100.0 * c.size / len(result.targets):.1f}% of all images)"),
@@ -184,6 +184,10 @@ def _cluster_html(result, i, rank, name):
     out.append("</div>")
     if i in result.verifications:
         out.append(_verification_html(result.verifications[i]))
+    if i in getattr(result, "concept_summaries", {}):
+        from keras_cam.concepts.audit import summary_html
+
+        out.append(summary_html(result, result.concept_summaries[i], class_names))
     out.append("</article>")
     return "\n".join(out)
 
