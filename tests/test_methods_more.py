@@ -14,14 +14,12 @@ import pytest
 import tensorflow as tf
 
 import keras_cam as kc
-from keras_cam._compat import keras
+from keras_cam._compat import keras, to_host
 from keras_cam.methods.activation import FEM, RandomCAM
 from keras_cam.methods.gradient import (EigenGradCAM, GradCAMElementWise, HiResCAM, SmoothGradCAMPlusPlus,
                                         XGradCAM)
 from keras_cam.random import normal_numpy
-from test_layout import _weights, hand_conv1d
-
-pytestmark = pytest.mark.tf_reference  # see tests/conftest.py
+from test_gradcam import traces
 
 H = W = 16
 T = 32
@@ -58,6 +56,24 @@ def gap_cnn():
     a = keras.layers.Conv2D(6, 3, activation="relu", name="target")(x)
     y = keras.layers.Dense(CLASSES, activation="softmax", name="logits")(keras.layers.GlobalAveragePooling2D()(a))
     return keras.Model(x, y)
+
+
+def _weights(model, name):
+    """A layer's weights as TensorFlow constants (the references run on TensorFlow whatever Keras's backend)."""
+    return [tf.constant(np.asarray(w, np.float32)) for w in model.get_layer(name).get_weights()]
+
+
+def hand_conv1d(model, x):
+    """(target activations, head: activations -> logits) of :func:`cnn1d`, from the weights with tf.nn."""
+    k1, b1 = _weights(model, "target")
+    k2, b2 = _weights(model, "after")
+    wd, bd = _weights(model, "logits")
+    a = tf.nn.relu(tf.nn.conv1d(x, k1, 1, "SAME") + b1)
+
+    def head(a):
+        h = tf.nn.relu(tf.nn.conv1d(a, k2, 1, "SAME") + b2)
+        return tf.reduce_mean(h, axis=1) @ wd + bd
+    return a, head
 
 
 def hand2d(model, x):
@@ -192,7 +208,7 @@ def final_np(raw, size):
 
 
 def snapshot(model, x):
-    return ([w.copy() for w in model.get_weights()], np.asarray(model(x, training=False)),
+    return ([w.copy() for w in model.get_weights()], to_host(model(x, training=False)),
             {id(layer): sorted(vars(layer)) for _, layer in kc.layers.walk(model)})
 
 
@@ -200,7 +216,7 @@ def assert_unchanged(model, x, before):
     weights, outputs, attributes = before
     for w, w0 in zip(model.get_weights(), weights):
         np.testing.assert_array_equal(w, w0)
-    np.testing.assert_array_equal(np.asarray(model(x, training=False)), outputs)
+    np.testing.assert_array_equal(to_host(model(x, training=False)), outputs)
     for _, layer in kc.layers.walk(model):
         assert "call" not in vars(layer) and sorted(vars(layer)) == attributes[id(layer)]
 
@@ -210,7 +226,7 @@ def check_explainer(cam, x, targets, expected, model, before):
     single calls, and the model unchanged."""
     for _ in range(3):
         assert_close(cam(x, targets=targets, upsample=False, normalize=False), expected)
-    assert cam.tracing_count == 1
+    assert cam.tracing_count == traces(1)
     final = cam(x, targets=targets)
     assert final.shape == x.shape[:-1]
     assert_close(final, final_np(expected, x.shape[1:-1]))
