@@ -9,7 +9,8 @@ A target is one of
   :class:`Segmentation` (a class's logits summed over a region),
   :class:`Detection` (one box of a RetinaNet detector),
   :class:`Similarity` (cosine similarity of an embedding to a reference),
-  :class:`Regression` (one raw output);
+  :class:`Regression` (one raw output),
+  :class:`ReST` (a logit plus its log-probability, ShapleyCAM's score);
 - a callable ``f(outputs) -> (N,)``: any scalar per input (one unit of a
   multi-label head, one output of a multi-output model). ``outputs`` is what
   the model returns. An explainer wraps it in :class:`Function`.
@@ -533,6 +534,77 @@ class Similarity(Target):
         e_unit = e / ops.maximum(ops.norm(e, axis=-1, keepdims=True), 1e-12)
         r_unit = r / ops.norm(r, axis=-1, keepdims=True)
         return ops.sum(e_unit * r_unit, axis=-1)
+
+
+class ReST(Target):
+    """The Residual Softmax Target-class score (Cai 2025, proposed with ShapleyCAM).
+
+    For the logits ``y`` ``(N, C)`` of a softmax classifier and class ``c``:
+    ``S = y_c + log softmax(y)_c = 2 y_c - log sum_j exp(y_j)``, the logit plus
+    its log-probability (the logit minus the cross-entropy). Its gradient
+    ``(2 e_c - softmax(y))`` raises the class's evidence and lowers the other
+    classes' in proportion to their probability; it is not linear in ``y``, so
+    :class:`keras_cam.ShapleyCAM`'s second-order term takes effect.
+
+    Args:
+        classes: None (each input's top class), an int (the same class for
+            every input) or one int per input.
+
+    Raises:
+        ValueError: (when explaining) the output is not ``(N, classes)``
+            logits of a softmax classifier, or a class is out of range.
+
+    Example:
+        >>> from keras_cam.targets import ReST
+        >>> maps = keras_cam.ShapleyCAM(model)(images, targets=ReST())      # top class
+        >>> maps = keras_cam.ShapleyCAM(model)(images, targets=ReST([3, 7]))
+    """
+
+    def __init__(self, classes=None):
+        if classes is None:
+            self.classes = np.full((1,), TOP1, np.int32)
+        elif isinstance(classes, numbers.Integral) and not isinstance(classes, bool):
+            self.classes = class_indices(int(classes), 1)
+        elif isinstance(classes, (Sequence, np.ndarray)) and not isinstance(classes, str):
+            if len(classes) == 0:
+                raise ValueError("`classes` is empty; give None (the top class), an int, or one int per input.")
+            self.classes = class_indices(classes, len(classes))
+        else:
+            raise TypeError(f"`classes` must be None, an int or a sequence of ints; received {_short(classes)}.")
+
+    def values(self, graph, images):
+        shape = _static_output_shape(graph) if graph is not None else None
+        if graph is not None and graph.output_activation == "sigmoid":
+            raise ValueError(
+                "ReST is the score of a softmax classifier (a logit plus its log-probability); "
+                f"model {graph.model.name!r} ends with a sigmoid. Pass a class index instead."
+            )
+        if graph is not None and graph.output_activation == "softmax" and not graph.linearize:
+            raise ValueError(
+                "ReST needs the logits, and this explainer scores probabilities (linearize=False). "
+                "Build the explainer with linearize=True (the default)."
+            )
+        if shape is not None:
+            if len(shape) != 2 or (shape[-1] is not None and shape[-1] < 2):
+                raise ValueError(
+                    f"ReST needs class logits (N, classes) with at least 2 classes; model "
+                    f"{graph.model.name!r} outputs shape {shape}."
+                )
+            if shape[-1] is not None and (self.classes >= shape[-1]).any():
+                raise ValueError(
+                    f"ReST `classes` {self.classes.tolist()[:10]} is out of range for a model with "
+                    f"{shape[-1]} classes (valid: 0..{shape[-1] - 1})."
+                )
+        return (_rows(self.classes, images, "classes"),)
+
+    def score(self, outputs, *values):
+        y = ops.cast(outputs, "float32")
+        if len(y.shape) != 2:
+            raise ValueError(f"ReST needs class logits (N, classes); the output has shape {tuple(y.shape)}.")
+        classes = ops.cast(values[0], "int32") if values else ops.convert_to_tensor(self.classes)
+        idx = ops.where(classes < 0, ops.cast(ops.argmax(y, axis=-1), "int32"), classes)
+        y_c = ops.take_along_axis(y, idx[:, None], axis=1)[:, 0]
+        return 2.0 * y_c - ops.logsumexp(y, axis=-1)
 
 
 # ---------------------------------------------------------------------------

@@ -11,11 +11,16 @@ module gives the few things ``keras.ops`` does not:
   gradient of the summed score with respect to the last tapped value of each
   key and to ``inputs`` (``tf.GradientTape``, ``jax.grad`` of ``A + delta``
   at ``delta = 0``, ``torch.autograd.grad``);
+- ``tapped_hvp(forward, vectors=None)``: the same gradient and its product with
+  the Hessian of the summed score, ``H v`` (``v`` the tapped value itself by
+  default; nested tapes, ``jax.jvp`` of ``jax.grad``, ``create_graph=True``);
 - ``guided_relu(x)``: ReLU whose gradient passes only positive values where
   the input is positive (the guided-backpropagation rule);
 - the loop of the streamed many-pass methods: ``fori_loop``, ``scatter_add``,
   ``dynamic_rows`` (a run-time number of rows; on JAX a fixed size and a
   mask) and ``host_callback`` (a progress bar from inside a compiled call);
+- ``host_function(fn, args, shape, dtype)``: a numpy function's result as a tensor,
+  also from inside a compiled call (``tf.numpy_function``, ``jax.pure_callback``);
 - ``wide_float`` (float64 where the backend has it), ``is_out_of_memory``,
   ``to_numpy``, ``is_tensor`` and ``no_grad``.
 

@@ -71,6 +71,52 @@ def tapped_gradients(forward, inputs=()):
     return score, aux, taps, dict(g_deltas), list(g_inputs)
 
 
+def tapped_hvp(forward, vectors=None):
+    """Run ``forward(tap) -> (score (N,), aux)``: the gradient of the summed score with
+    respect to each tapped value ``A`` and its product with the Hessian, ``H v``.
+
+    Forward over reverse: a tapped value is routed through ``A + delta + t v``
+    (``delta = 0``, ``t = 0``); ``jax.grad`` in ``delta`` gives ``dS/dA`` and
+    ``jax.jvp`` of that gradient in ``t`` (tangent 1) gives ``H v``. ``vectors``
+    maps a key to ``v``; by default ``v`` is the tapped value itself (held
+    constant), so that ``hvps[key] = H A``. Returns what
+    :func:`keras_cam.backend.tensorflow.tapped_hvp` returns.
+    """
+    counts, specs = {}, {}
+
+    def probe(key, t):
+        counts[key] = counts.get(key, 0) + 1
+        if is_tensor(t) and jnp.issubdtype(t.dtype, jnp.floating):
+            specs[key] = (t.shape, t.dtype)
+        else:
+            specs.pop(key, None)
+        return t
+
+    jax.eval_shape(lambda: (forward(probe), None)[1])
+    deltas = {k: jnp.zeros(shape, dtype) for k, (shape, dtype) in specs.items()}
+
+    def f(deltas, t):
+        seen, taps = {}, {}
+
+        def tap(key, a):
+            seen[key] = seen.get(key, 0) + 1
+            taps[key] = a
+            if key in deltas and seen[key] == counts[key]:
+                v = jax.lax.stop_gradient(a) if vectors is None or key not in vectors else vectors[key]
+                return a + deltas[key] + t.astype(a.dtype) * jnp.asarray(v, a.dtype)
+            return a
+
+        score, aux = forward(tap)
+        return jnp.sum(score), (score, aux, {k: taps[k] for k in deltas})
+
+    def gradient(t):
+        return jax.grad(f, has_aux=True)(deltas, t)
+
+    zero = jnp.zeros((), "float32")
+    (grads, (score, aux, taps)), (hvps, _) = jax.jvp(gradient, (zero,), (jnp.ones_like(zero),))
+    return score, aux, taps, dict(grads), dict(hvps)
+
+
 def guided(fn, x):
     """``fn(x)`` (an element-wise ReLU) whose backward pass is ``fn'(x) * ReLU(dy)``."""
     @jax.custom_vjp
@@ -181,6 +227,13 @@ def dynamic_rows(x, start, count, size):
 def host_callback(fn, *args):
     """Call ``fn(*args)`` on the host with the values, also from inside a compiled function."""
     jax.debug.callback(lambda *a: fn(*(int(x) for x in a)), *args)
+
+
+def host_function(fn, args, shape, dtype):
+    """``fn(*numpy arrays) -> numpy array`` run on the host, also from inside a compiled
+    function (``jax.pure_callback``): an array of ``shape`` (static) and ``dtype``."""
+    return jax.pure_callback(lambda *a: np.asarray(fn(*(np.asarray(x) for x in a)), dtype),
+                             jax.ShapeDtypeStruct(tuple(shape), dtype), *args)
 
 
 def wide_float() -> str:

@@ -60,6 +60,44 @@ def tapped_gradients(forward, inputs=()):
     return score, aux, taps, dict(zip(keys, grads[:n])), input_grads
 
 
+def tapped_hvp(forward, vectors=None):
+    """Run ``forward(tap) -> (score (N,), aux)`` under two nested tapes: the gradient of
+    the summed score with respect to each tapped value ``A``, and its product with
+    the Hessian, ``H v = d/dA <dS/dA, v>`` (reverse over reverse).
+
+    ``vectors`` maps a key to ``v`` (a tensor shaped as that key's tapped value);
+    by default ``v`` is the tapped value itself (held constant), so that
+    ``hvps[key] = H A``. With several keys the Hessian is the joint one.
+
+    Returns:
+        ``(score, aux, taps, grads, hvps)``: ``grads`` as
+        :func:`tapped_gradients` returns them, ``hvps`` by key (zeros where the
+        score is linear in the taps, None where it does not depend on them).
+    """
+    taps = {}
+
+    def tap(key, t):
+        if tf.is_tensor(t):
+            outer.watch(t)
+            inner.watch(t)
+        taps[key] = t
+        return t
+
+    with tf.GradientTape(watch_accessed_variables=False) as outer:
+        with tf.GradientTape(watch_accessed_variables=False) as inner:
+            score, aux = forward(tap)
+        keys = [k for k in taps if tf.is_tensor(taps[k])]
+        grads = inner.gradient(score, [taps[k] for k in keys])
+        terms = []
+        for k, g in zip(keys, grads):
+            if g is not None:
+                v = tf.stop_gradient(taps[k]) if vectors is None or k not in vectors else vectors[k]
+                terms.append(tf.reduce_sum(g * tf.cast(v, g.dtype)))
+    hvps = outer.gradient(tf.add_n(terms), [taps[k] for k in keys]) if terms else [None] * len(keys)
+    hvps = [None if g is None else (tf.zeros_like(g) if h is None else h) for g, h in zip(grads, hvps)]
+    return score, aux, taps, dict(zip(keys, grads)), dict(zip(keys, hvps))
+
+
 def guided(fn, x):
     """``fn(x)`` (an element-wise ReLU) whose backward pass is ``fn'(x) * ReLU(dy)``."""
     @tf.custom_gradient
@@ -207,6 +245,14 @@ def dynamic_rows(x, start, count, size):
 def host_callback(fn, *args):
     """Call ``fn(*args)`` on the host with the values, also from inside a compiled function."""
     tf.py_function(lambda *a: fn(*(int(x) for x in a)), list(args), [])
+
+
+def host_function(fn, args, shape, dtype):
+    """``fn(*numpy arrays) -> numpy array`` run on the host, also from inside a compiled
+    function (``tf.numpy_function``): a tensor of ``shape`` (None for a free size) and ``dtype``."""
+    out = tf.numpy_function(lambda *a: np.asarray(fn(*a), dtype), list(args), tf.as_dtype(dtype), stateful=False)
+    out.set_shape(shape)
+    return out
 
 
 def wide_float() -> str:

@@ -67,6 +67,43 @@ def tapped_gradients(forward, inputs=()):
             [g.detach() for g in input_grads])
 
 
+def tapped_hvp(forward, vectors=None):
+    """Run ``forward(tap) -> (score (N,), aux)``: the gradient of the summed score with
+    respect to each tapped value ``A`` and its product with the Hessian,
+    ``H v = d/dA <dS/dA, v>`` (the gradient taken with ``create_graph=True``,
+    then differentiated once more).
+
+    ``vectors`` maps a key to ``v``; by default ``v`` is the tapped value itself
+    (detached), so that ``hvps[key] = H A``. Returns what
+    :func:`keras_cam.backend.tensorflow.tapped_hvp` returns.
+    """
+    taps = {}
+
+    def tap(key, t):
+        if torch.is_tensor(t) and t.is_floating_point() and not t.requires_grad:
+            t = t.detach().requires_grad_(True)
+        taps[key] = t
+        return t
+
+    with torch.enable_grad():
+        score, aux = forward(tap)
+        keys = [k for k in taps if torch.is_tensor(taps[k]) and taps[k].requires_grad]
+        wrt = [taps[k] for k in keys]
+        if score.requires_grad and wrt:
+            grads = list(torch.autograd.grad(score.sum(), wrt, allow_unused=True, create_graph=True))
+        else:
+            grads = [None] * len(wrt)
+        terms = []
+        for k, g in zip(keys, grads):
+            if g is not None and g.requires_grad:
+                v = taps[k].detach() if vectors is None or k not in vectors else vectors[k]
+                terms.append((g * v.to(g.dtype)).sum())
+        hvps = list(torch.autograd.grad(sum(terms), wrt, allow_unused=True)) if terms else [None] * len(wrt)
+    hvps = [None if g is None else (torch.zeros_like(g) if h is None else h.detach()) for g, h in zip(grads, hvps)]
+    grads = [None if g is None else g.detach() for g in grads]
+    return score.detach(), _detached(aux), _detached(taps), dict(zip(keys, grads)), dict(zip(keys, hvps))
+
+
 class _Guided(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, fn):
@@ -140,6 +177,13 @@ def dynamic_rows(x, start, count, size):
 def host_callback(fn, *args):
     """Call ``fn(*args)`` (PyTorch runs eagerly)."""
     fn(*(int(a) for a in args))
+
+
+def host_function(fn, args, shape, dtype):
+    """``fn(*numpy arrays) -> numpy array`` run on the host (PyTorch runs eagerly): a tensor
+    of ``shape`` and ``dtype`` on the first argument's device."""
+    out = np.asarray(fn(*(to_numpy(a) for a in args)), dtype)
+    return torch.as_tensor(out, device=args[0].device if args and torch.is_tensor(args[0]) else None)
 
 
 def wide_float() -> str:
