@@ -39,6 +39,9 @@ METHODS = {
     "integratedgradients": "keras_cam.methods.attribution:IntegratedGradients",
     "fullgrad": "keras_cam.methods.fullgrad:FullGrad",
     "randomcam": "keras_cam.methods.activation:RandomCAM",
+    "shapleycam": "keras_cam.methods.shapley:ShapleyCAM",
+    "finercam": "keras_cam.methods.finer:FinerCAM",
+    "kpcacam": "keras_cam.methods.kpca:KPCACAM",
 }
 
 
