@@ -68,7 +68,8 @@ if TYPE_CHECKING:  # the same names for static tools (IDEs, the docs' API refere
     from keras_cam.audit.core import Audit, Cluster
     from keras_cam.base import Explainer, Explanation
     from keras_cam.callbacks import CAMCallback
-    from keras_cam.concepts import CRAFT, DeepFeatureFactorization
+    from keras_cam.concepts.craft import CRAFT
+    from keras_cam.concepts.dff import DeepFeatureFactorization
     from keras_cam.dataset import explain_dataset
     from keras_cam.flatten import flatten_model
     from keras_cam.layers import list_layers

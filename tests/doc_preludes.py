@@ -229,6 +229,7 @@ PRELUDES = {
     "docs/compilation.md": lambda: ({}, {}),
     "docs/audit.md": lambda: ({}, {}),
     "docs/vizgradcam.md": lambda: ({}, {"H": 64, "W": 64}),
+    "docs/concepts.md": lambda: ({}, {"N": 32, "H": 64, "W": 64}),
 }
 
 
