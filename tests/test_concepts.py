@@ -111,6 +111,18 @@ def test_nmf_fixed_basis_and_the_sklearn_path_agree_on_exact_data():
     assert sk.errors[-1] < 0.01
 
 
+def test_nmf_is_scale_free():
+    """An untrained deep network's activations can be 1e-11 (MobileNetV2's last layer): the factors scale
+    with the data, the coefficients and the errors do not."""
+    v = np.random.default_rng(6).gamma(0.5, size=(40, 9)).astype(np.float32)
+    one = nmf(v, 3, iterations=50, tol=0)
+    tiny = nmf(v * np.float32(1e-11), 3, iterations=50, tol=0)
+    np.testing.assert_allclose(tiny.errors, one.errors, rtol=1e-4)
+    np.testing.assert_allclose(tiny.coefficients, one.coefficients, rtol=1e-3, atol=1e-6)
+    np.testing.assert_allclose(tiny.basis * 1e11, one.basis, rtol=1e-3, atol=1e-6)
+    assert one.errors[-1] < 0.6
+
+
 def test_nmf_errors():
     v = np.ones((4, 3), np.float32)
     with pytest.raises(ValueError, match="`k` is 4, more parts than the data's 3 features"):

@@ -71,7 +71,10 @@ def plot_concepts(images, concepts, class_names=None, n_images=12, alpha=0.6, ce
         concepts: a :class:`~keras_cam.concepts.dff.Concepts` with maps at the images' size.
         class_names: a list or dict of class names, for the legend.
         n_images: how many of the images to draw (the first ones).
-        alpha, cell_size, path, dpi: as for :func:`keras_cam.plot`.
+        alpha: the colours' weight at a concept's strongest pixel (see :func:`concept_overlay`).
+        cell_size: inches per panel.
+        path: when given, the figure is also saved there (format from the suffix).
+        dpi: resolution of the figure.
 
     Returns:
         A :class:`matplotlib.figure.Figure`.

@@ -108,15 +108,20 @@ def _block(v, h, w, n, fixed_basis):
     return h, w, squared_error(v, h, w)
 
 
-_compiled_block = None
+# One compiled block per problem shape (each traced once: a new shape is a new problem, not a retrace),
+# the most recent _MAX_SHAPES kept.
+_compiled_blocks = {}
+_MAX_SHAPES = 16
 
 
 def _run_block(v, h, w, n, fixed_basis):
-    global _compiled_block
-    if _compiled_block is None:
-        _compiled_block = Compiled(_block)
-    # The count is a tensor, so blocks of any length share one trace per shape.
-    return _compiled_block(v, h, w, ops.convert_to_tensor(int(n), "int32"), bool(fixed_basis))
+    key = (tuple(v.shape), int(h.shape[-1]), bool(fixed_basis))
+    block = _compiled_blocks.pop(key, None) or Compiled(_block)
+    _compiled_blocks[key] = block
+    while len(_compiled_blocks) > _MAX_SHAPES:
+        del _compiled_blocks[next(iter(_compiled_blocks))]
+    # The count is a tensor, so blocks of any length share the trace.
+    return block(v, h, w, ops.convert_to_tensor(int(n), "int32"), bool(fixed_basis))
 
 
 def _as_problems(data, name):
@@ -177,7 +182,11 @@ def nmf(data, k, *, iterations=200, seed=0, tol=1e-4, basis=None, history=False,
     if solver != "mu":
         raise ValueError(f"`solver` must be 'mu' or 'sklearn'; received {solver!r}.")
     batched = v.ndim == 3
-    problems = v if batched else v[None]
+    # Each problem is solved on V / max(V) (the updates are scale-free, their floor EPSILON is not: the
+    # activations of an untrained deep network can be 1e-11), and W is scaled back.
+    unit = v.reshape(len(v) if batched else 1, -1).max(axis=1) if v.size else np.ones(1, np.float32)
+    unit = np.where(unit > 0, unit, 1.0).astype(np.float32)
+    problems = (v if batched else v[None]) / unit[:, None, None]
     # Both factors start at the data's scale: mean(V) = mean(H W) when H and W hover around sqrt(mean(V) / k).
     scale = np.sqrt(np.maximum(problems.mean(axis=(1, 2)), 1e-12) / k)[:, None, None].astype(np.float32)
     h = np.broadcast_to(scale, problems.shape[:2] + (k,)).astype(np.float32)
@@ -188,6 +197,7 @@ def nmf(data, k, *, iterations=200, seed=0, tol=1e-4, basis=None, history=False,
         if w.shape != (len(problems), k, features) or (w.size and w.min() < 0):
             raise ValueError(f"`basis` must be non-negative ({'B, ' if batched else ''}k, K) = "
                              f"{(k, features)}; received shape {np.shape(basis)}.")
+        w = w / unit[:, None, None]
     else:
         w = _start(k, features, seed)[None] * (scale / 0.55)
     vt, ht, wt = (ops.convert_to_tensor(a) for a in (problems, h, w))
@@ -203,7 +213,7 @@ def nmf(data, k, *, iterations=200, seed=0, tol=1e-4, basis=None, history=False,
         if not history and tol > 0 and previous is not None and np.all(previous - loss <= tol * previous):
             break
         previous = loss
-    h, w = np.asarray(_compat.to_host(ht)), np.asarray(_compat.to_host(wt))
+    h, w = np.asarray(_compat.to_host(ht)), np.asarray(_compat.to_host(wt)) * unit[:, None, None]
     errors = np.stack(errors)
     if not batched:
         h, w, errors = h[0], w[0], errors[:, 0]
