@@ -20,6 +20,7 @@ on ``--images`` seeded random images, measured in the same run, interleaved:
 import argparse
 import os
 import sys
+import warnings
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
@@ -43,6 +44,7 @@ def main():
     parser.add_argument("--repeat", type=int, default=5)
     parser.add_argument("--batch", type=int, default=32)
     args = parser.parse_args()
+    warnings.filterwarnings("ignore", message="Maximum number of iterations")   # scikit-learn at 200 updates
     keras.utils.set_random_seed(0)
     model = keras.applications.MobileNetV2(weights=None, input_shape=(args.size, args.size, 3))
     x = np.random.default_rng(0).random((args.images, args.size, args.size, 3), dtype=np.float32) * 2 - 1
