@@ -61,6 +61,21 @@ def normal(seed, ids, shape):
     return ops.reshape(z, (-1,) + tuple(int(s) for s in shape))
 
 
+def uniform(seed, ids, shape):
+    """Uniform draws in (0, 1) ``(len(ids), *shape)`` float32 (multiples of 2^-24 plus 2^-25);
+    row ``r`` depends only on ``(seed, ids[r])``, the same on every backend.
+
+    Args:
+        seed: an int.
+        ids: ``(b,)`` integer tensor, one draw per entry.
+        shape: the shape of one draw (a tuple of ints).
+    """
+    n = math.prod(int(s) for s in shape)
+    key = hash32(hash32(ops.cast(ids, "int32") * _GOLDEN) ^ int(np.int32(np.uint32(seed & 0xFFFFFFFF))))
+    h = hash32(ops.bitwise_xor(key[:, None], ops.arange(n, dtype="int32")[None] * 2))
+    return ops.reshape(_uniform(h), (-1,) + tuple(int(s) for s in shape))
+
+
 def _hash_np(x):
     x = x.astype(np.uint32)
     x ^= x >> np.uint32(16)
@@ -83,3 +98,13 @@ def normal_numpy(seed, ids, shape):
     u1 = ((h1 >> np.uint32(8)).astype(np.float64) + 0.5) / (1 << 24)
     u2 = ((h2 >> np.uint32(8)).astype(np.float64) + 0.5) / (1 << 24)
     return (np.sqrt(-2 * np.log(u1)) * np.cos(2 * np.pi * u2)).reshape((len(ids),) + tuple(shape))
+
+
+def uniform_numpy(seed, ids, shape):
+    """:func:`uniform` computed with numpy, in float64."""
+    n = math.prod(int(s) for s in shape)
+    ids = np.asarray(ids).astype(np.int64).astype(np.uint32)
+    with np.errstate(over="ignore"):
+        key = _hash_np(_hash_np(ids * np.uint32(_GOLDEN & 0xFFFFFFFF)) ^ np.uint32(seed & 0xFFFFFFFF))
+        h = _hash_np(key[:, None] ^ (np.arange(n, dtype=np.uint32) * np.uint32(2))[None])
+    return (((h >> np.uint32(8)).astype(np.float64) + 0.5) / (1 << 24)).reshape((len(ids),) + tuple(shape))

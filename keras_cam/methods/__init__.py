@@ -42,6 +42,10 @@ METHODS = {
     "shapleycam": "keras_cam.methods.shapley:ShapleyCAM",
     "finercam": "keras_cam.methods.finer:FinerCAM",
     "kpcacam": "keras_cam.methods.kpca:KPCACAM",
+    "occlusion": "keras_cam.methods.blackbox:Occlusion",
+    "rise": "keras_cam.methods.blackbox:RISE",
+    "sobolattribution": "keras_cam.methods.blackbox:SobolAttribution",
+    "hsicattribution": "keras_cam.methods.blackbox:HSICAttribution",
 }
 
 
