@@ -296,8 +296,8 @@ def _reset(*counters):
         c._add(-c.count)
 
 
-def ablated_rows(live, batch_size):
-    """The model inputs the ablated passes run for ``live`` (image, channel) pairs: exactly those on
+def streamed_rows(live, batch_size):
+    """The model inputs the ablated (masked) passes run for ``live`` (image, channel) pairs: exactly those on
     TensorFlow and PyTorch; on JAX, whose shapes are static, the last pass is a full batch whose
     extra rows are discarded (``methods.score.stream_selected``)."""
     if backend.name() == "jax":
@@ -316,7 +316,7 @@ def test_layers_before_the_target_run_once_per_image(flat, images, batch_size):
         _reset(pre, post)
         cam(images)
         assert pre.count == N                                       # the clean pass only
-        assert post.count == N + ablated_rows(live, batch_size)     # the clean pass, one per live channel
+        assert post.count == N + streamed_rows(live, batch_size)     # the clean pass, one per live channel
 
 
 def test_replay_without_a_replacement_gives_the_model_outputs(flat, images):
@@ -349,7 +349,7 @@ def test_a_nested_or_wrapped_target_equals_the_flat_model(flat, images, kind):
     got = cam(images, upsample=False, normalize=False)
     want = cam_of(flat)(images, upsample=False, normalize=False)
     assert_close_to_max(got, want, rtol=1e-5)
-    assert pre.count == N and post.count == N + ablated_rows(N * 5, 4)
+    assert pre.count == N and post.count == N + streamed_rows(N * 5, 4)
     assert all("call" not in vars(layer) for _, layer in L.walk(model))
 
 
@@ -372,7 +372,7 @@ def test_a_layer_called_twice_is_explained_at_its_last_call(images):
     got = cam_of(model, layer="shared", batch_size=4)(images, upsample=False, normalize=False)
     assert_close_to_max(got, want)
     live = int((a != 0).any(axis=(1, 2)).sum())
-    assert pre.count == N and post.count == N + ablated_rows(live, 4)
+    assert pre.count == N and post.count == N + streamed_rows(live, 4)
 
 
 # ----------------------------------------------------------------------------- execution

@@ -12,25 +12,14 @@ import pytest
 import tensorflow as tf
 
 import keras_cam as kc
-from keras_cam._compat import keras
+from keras_cam import backend
+from keras_cam._compat import keras, ops, to_host
 from keras_cam.methods.score import ScoreCAM
-
-pytestmark = pytest.mark.tf_reference  # see tests/conftest.py
+from test_ablation import Counter, _reset, streamed_rows
+from test_gradcam import traces
 
 SIZE = 16
 DEAD, FLAT = 1, 2  # target-layer channels forced constant: all 0, and all 0.5
-
-
-class Counter(keras.layers.Layer):
-    """Identity that counts the images it sees (how many forward passes ran)."""
-
-    def build(self, input_shape):
-        self.count = self.add_weight(name="count", shape=(), dtype="int32", initializer="zeros",
-                                     trainable=False)
-
-    def call(self, x):
-        self.count.assign_add(tf.shape(x)[0])
-        return x
 
 
 def build(head, count=False, channels=6):
@@ -68,12 +57,12 @@ def submodel(model, name):
 
 
 def activations(model, x):
-    return submodel(model, "target")(x).numpy()
+    return to_host(submodel(model, "target")(x))
 
 
 def head_logits(model, x):
     """Pre-activation class scores ``(N, C)`` in float64, from the head's own weights."""
-    feats = submodel(model, "gap")(x).numpy().astype(np.float64)
+    feats = to_host(submodel(model, "gap")(x)).astype(np.float64)
     w, b = (v.astype(np.float64) for v in model.get_layer("head").get_weights())
     z = feats @ w + b
     return np.concatenate([-z, z], axis=1) if z.shape[1] == 1 else z
@@ -167,7 +156,7 @@ def test_matches_independent_implementation(models, images, head, weighting):
     assert want.max() > 0
     assert_close_to_max(result.maps, want)
     # The reported probability is the model's own output (never a second softmax).
-    p = np.asarray(model(images))
+    p = to_host(model(images))
     expect_p = p[np.arange(3), classes] if head != "sigmoid" else np.where(classes == 1, p[:, 0], 1 - p[:, 0])
     if head != "logits":
         np.testing.assert_allclose(result.probabilities, expect_p, rtol=1e-5)
@@ -251,10 +240,11 @@ def test_channel_choice_closed_form():
     a[0, :, :, 1] = [[0, 4], [0, 0]]   # variance 3
     a[0, :, :, 2] = 7.0                # constant: never run
     a[0, :, :, 3] = [[1, 2], [1, 2]]   # variance 0.25
-    np.testing.assert_array_equal(ScoreCAM.channels(tf.constant(a)).numpy(), [[True, True, False, True]])
-    np.testing.assert_array_equal(ScoreCAM.channels(tf.constant(a), 1).numpy(), [[False, True, False, False]])
+    a = ops.convert_to_tensor(a)
+    np.testing.assert_array_equal(to_host(ScoreCAM.channels(a)), [[True, True, False, True]])
+    np.testing.assert_array_equal(to_host(ScoreCAM.channels(a, 1)), [[False, True, False, False]])
     # Asking for more channels than are live never brings a constant one in.
-    np.testing.assert_array_equal(ScoreCAM.channels(tf.constant(a), 4).numpy(), [[True, True, False, True]])
+    np.testing.assert_array_equal(to_host(ScoreCAM.channels(a, 4)), [[True, True, False, True]])
 
 
 # ----------------------------------------------------------------------------- execution
@@ -271,14 +261,14 @@ def test_constant_channels_are_not_run(counted, images, batch_size):
     live = (acts.max(axis=(1, 2)) != acts.min(axis=(1, 2))).sum()
     assert live == 3 * 6  # the two forced channels are constant in every image
     cam = cam_of(counted, batch_size=batch_size)
-    counter = counted.get_layer("counter").count
-    counter.assign(0)
+    counter = counted.get_layer("counter")
+    _reset(counter)
     cam(images)
     # one pass per image, plus one masked pass per non-constant channel of each image
-    assert int(counter.numpy()) == 3 + live
-    counter.assign(0)
+    assert counter.count == 3 + streamed_rows(live, batch_size)
+    _reset(counter)
     cam_of(counted, batch_size=batch_size, max_channels=2)(images)
-    assert int(counter.numpy()) == 3 + 3 * 2
+    assert counter.count == 3 + streamed_rows(3 * 2, batch_size)
 
 
 def test_batch_size_does_not_change_the_maps(counted, images):
@@ -292,7 +282,7 @@ def test_one_trace_per_input_shape_and_single_image(models, images):
     batch = cam(images)
     cam(images, targets=[0, 1, 2])
     cam(images[::-1].copy(), targets=2)
-    assert cam.tracing_count == 1
+    assert cam.tracing_count == traces(1)
     one = cam(images[1])
     assert one.shape == (SIZE, SIZE)
     assert_close_to_max(one[None], batch[1:2], rtol=1e-6)
@@ -318,9 +308,9 @@ def test_progress_bar_only_when_verbose(models, images, capsys):
 
 def test_model_left_unchanged(models, images):
     model = models["softmax"]
-    before, activation = np.asarray(model(images)), model.get_layer("head").activation
+    before, activation = to_host(model(images)), model.get_layer("head").activation
     ScoreCAM(model, "target", verbose=0)(images)
-    np.testing.assert_array_equal(np.asarray(model(images)), before)
+    np.testing.assert_array_equal(to_host(model(images)), before)
     assert "call" not in vars(model.get_layer("target"))
     assert model.get_layer("head").activation is activation
 
@@ -350,11 +340,22 @@ def test_layer_without_a_spatial_map(models, images):
         ScoreCAM(models["softmax"], "gap", verbose=0)
 
 
+def out_of_memory():
+    """The error the backend raises when an allocation fails."""
+    if backend.name() == "jax":
+        import jax
+        return jax.errors.JaxRuntimeError("RESOURCE_EXHAUSTED: Out of memory while trying to allocate 4096 bytes.")
+    if backend.name() == "torch":
+        import torch
+        return torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 4.00 KiB.")
+    return tf.errors.ResourceExhaustedError(None, None, "OOM when allocating tensor")
+
+
 def test_out_of_memory_suggests_a_smaller_batch(models, images, monkeypatch):
     cam = ScoreCAM(models["softmax"], "target", batch_size=64, verbose=0)
 
     def exhausted(x, rows=None):
-        raise tf.errors.ResourceExhaustedError(None, None, "OOM when allocating tensor")
+        raise out_of_memory()
 
     monkeypatch.setattr(cam.graph, "run", exhausted)
     with pytest.raises(MemoryError, match=r"smaller batch_size.*batch_size=16"):
