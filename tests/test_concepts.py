@@ -223,6 +223,21 @@ def test_dff_errors_name_the_argument():
         DeepFeatureFactorization(model, "conv2", k=2)(_images(1)[0])
 
 
+def test_dff_of_a_model_without_classes_has_maps_and_says_it_has_no_scores():
+    keras.utils.set_random_seed(0)
+    x = keras.Input((10, 10, 3))
+    features = keras.layers.Conv2D(5, 3, padding="same", activation="relu", name="features")(x)
+    segmenter = keras.Model(x, keras.layers.Conv2D(3, 1, activation="softmax")(features))
+    images = _images(3, size=10)
+    before = images.copy()
+    with pytest.warns(UserWarning, match="does not output class scores"):
+        concepts = DeepFeatureFactorization(segmenter, "features", k=5)(images)
+    assert concepts.class_scores is None and concepts.maps.shape == (3, 5, 10, 10)
+    np.testing.assert_array_equal(images, before)                  # the caller's images are untouched
+    with pytest.raises(ValueError, match="no class scores"):
+        concepts.top_classes()
+
+
 # --- Sobol indices and CRAFT --------------------------------------------------------------------------
 
 

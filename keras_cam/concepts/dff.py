@@ -154,8 +154,13 @@ class DeepFeatureFactorization:
             ValueError: for ``k`` larger than the layer's channels, or images of mismatched shapes.
         """
         batch = self.reader.batch(images)
-        features, _ = self.reader.activations(batch)
-        return factorize(features, self.k, reader=self.reader, image=batch[0],
+        features, scores = self.reader.activations(batch)
+        scored = scores.shape[-1] > 0
+        if not scored:
+            warnings.warn(f"DeepFeatureFactorization: model {self.model.name!r} does not output class scores "
+                          f"(N, classes), so the concepts have maps but no class scores (class_scores is None).",
+                          stacklevel=2)
+        return factorize(features, self.k, reader=self.reader, image=batch[0] if scored else None,
                          size=tuple(int(d) for d in batch.shape[1:-1]) if upsample else None,
                          normalize=normalize, iterations=self.iterations, seed=self.seed, tol=self.tol,
                          solver=self.solver)
@@ -204,8 +209,8 @@ def _class_scores(reader, image, basis, spatial):
     try:
         scores = reader.head_scores(image, basis, spatial)
     except ValueError as err:
-        warnings.warn(f"DeepFeatureFactorization: no class scores for the concepts ({str(err)[:300]})",
-                      stacklevel=4)
+        warnings.warn(f"DeepFeatureFactorization: the concepts cannot be sent through the rest of the model, "
+                      f"so they have no class scores ({str(err)[:300]})", stacklevel=4)
         return None, None
     from keras_cam._compat import ops, to_host
 
