@@ -246,6 +246,10 @@ def method_cases(models, data):
 
     for method in kc.methods.names() + list(GUIDED):
         for name, (model, layer) in models.items():
+            if (method, name) == ("shapleycam", "vit"):
+                # Its Hessian crosses LayerNormalizations, whose second derivative Keras 3 on TensorFlow
+                # misses (tf.nn.moments; see ShapleyCAM's docstring): tests/test_new_cams.py checks it.
+                continue
             made = {}
 
             def get(method=method, model=model, layer=layer, made=made):

@@ -76,7 +76,12 @@ def tapped_hvp(forward, vectors=None):
     ``vectors`` maps a key to ``v``; by default ``v`` is the tapped value itself
     (detached), so that ``hvps[key] = H A``. Returns what
     :func:`keras_cam.backend.tensorflow.tapped_hvp` returns.
+
+    Attention runs on PyTorch's plain ("math") kernel during the call: the
+    fused CPU kernel's backward pass cannot be differentiated again.
     """
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
     taps = {}
 
     def tap(key, t):
@@ -85,7 +90,7 @@ def tapped_hvp(forward, vectors=None):
         taps[key] = t
         return t
 
-    with torch.enable_grad():
+    with torch.enable_grad(), sdpa_kernel([SDPBackend.MATH]):
         score, aux = forward(tap)
         keys = [k for k in taps if torch.is_tensor(taps[k]) and taps[k].requires_grad]
         wrt = [taps[k] for k in keys]

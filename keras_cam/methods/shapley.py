@@ -31,8 +31,13 @@ class ShapleyCAM(Explainer):
     ``cam(images, targets=ReST())``.
 
     The product ``H A`` is exact (:func:`keras_cam.backend.tapped_hvp`); the
-    backward passes stop at the target layer. ``eigen_smooth`` takes the
-    principal component of ``w_k A^k``.
+    backward passes stop at the target layer. One exception: Keras 3 on
+    TensorFlow normalizes with ``tf.nn.moments``, whose variance stops the
+    gradient of the mean, so the curvature of a ``LayerNormalization`` (or a
+    training-mode batch normalization) after the target layer is missed there
+    (JAX, PyTorch and legacy tf-keras are exact; inference-mode
+    ``BatchNormalization`` is linear and unaffected). ``eigen_smooth`` takes
+    the principal component of ``w_k A^k``.
 
     Args:
         model: a Keras model; never modified.
