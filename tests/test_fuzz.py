@@ -28,8 +28,9 @@ from keras_cam._compat import keras
 
 EXAMPLES = int(os.environ.get("KERAS_CAM_FUZZ_EXAMPLES", "40"))
 METHODS = kc.methods.names()
-# Methods whose definition needs a particular head, and say so with a ValueError.
-NEEDS_HEAD = {"cam"}
+# Methods whose definition needs a particular head, or class targets (FinerCAM compares class
+# logits and refuses callables), and say so with a ValueError.
+NEEDS_HEAD = {"cam", "finercam"}
 TALLY = {"cases": 0, "maps": 0, "errors": 0}
 
 LAYOUTS = {"1d": ((12, 2), keras.layers.Conv1D, 3), "2d": ((10, 10, 3), keras.layers.Conv2D, 3),
