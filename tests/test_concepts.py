@@ -225,14 +225,14 @@ def test_dff_errors_name_the_argument():
 
 def test_dff_of_a_model_without_classes_has_maps_and_says_it_has_no_scores():
     keras.utils.set_random_seed(0)
-    x = keras.Input((10, 10, 3))
+    x = keras.Input((12, 12, 3))
     features = keras.layers.Conv2D(5, 3, padding="same", activation="relu", name="features")(x)
     segmenter = keras.Model(x, keras.layers.Conv2D(3, 1, activation="softmax")(features))
-    images = _images(3, size=10)
+    images = _images(3)
     before = images.copy()
     with pytest.warns(UserWarning, match="does not output class scores"):
         concepts = DeepFeatureFactorization(segmenter, "features", k=5)(images)
-    assert concepts.class_scores is None and concepts.maps.shape == (3, 5, 10, 10)
+    assert concepts.class_scores is None and concepts.maps.shape == (3, 5, 12, 12)
     np.testing.assert_array_equal(images, before)                  # the caller's images are untouched
     with pytest.raises(ValueError, match="no class scores"):
         concepts.top_classes()
@@ -279,14 +279,14 @@ def test_craft_importance_is_the_estimator_on_the_head_by_hand(seed, k):
     """With a GAP + Dense head, the class score of masked coefficients is linear in the mask:
     f(M) = b_c + sum_j M_j mean_p(u_j(p)) (W_j . w_c), so CRAFT's indices equal the estimator's on that
     function, and approach a_j^2 / sum a^2."""
-    model = _model(seed, size=16, channels=8)
-    images = _images(3, size=16, seed=seed + 7)
-    craft = CRAFT(model, "conv2", k=k, crop_size=8, n_designs=128, seed=seed, iterations=200, batch_size=64)
+    model = _model(seed)
+    images = _images(3, seed=seed + 7)
+    craft = CRAFT(model, "conv2", k=k, crop_size=6, n_designs=128, seed=seed, iterations=200, batch_size=64)
     found = craft.fit(images, target=1)
-    assert found.crops.shape == (12, 8, 8, 3) and len(found.crop_boxes) == 12
+    assert found.crops.shape == (12, 6, 6, 3) and len(found.crop_boxes) == 12
     i, y, x = found.crop_boxes[5]
-    np.testing.assert_array_equal(found.crops[5], images[i, y:y + 8, x:x + 8])
-    coefficients = craft.maps(images, upsample=False)            # (3, k, 8, 8)
+    np.testing.assert_array_equal(found.crops[5], images[i, y:y + 6, x:x + 6])
+    coefficients = craft.maps(images, upsample=False)            # (3, k, 6, 6)
     kernel, bias = _head(model)
     a = coefficients.mean(axis=(2, 3)) * (found.basis.astype(np.float64) @ kernel[:, 1])   # (3, k)
     design = sobol_design(k, 128, seed)
@@ -300,36 +300,36 @@ def test_craft_importance_is_the_estimator_on_the_head_by_hand(seed, k):
 
 
 def test_craft_maps_on_new_images_and_errors():
-    model = _model(2, size=16, channels=8)
-    images = _images(2, size=16, seed=3)
-    craft = CRAFT(model, "conv2", k=3, crop_size=8, n_designs=8)
+    model = _model(2)
+    images = _images(2, seed=3)
+    craft = CRAFT(model, "conv2", k=3, crop_size=6, n_designs=8)
     with pytest.raises(ValueError, match="call fit first"):
         craft.maps(images)
     found = craft.fit(images, 0)
-    maps = craft.maps(_images(3, size=16, seed=9))
-    assert maps.shape == (3, 3, 16, 16) and maps.min() >= 0
+    maps = craft.maps(_images(3, seed=9))
+    assert maps.shape == (3, 3, 12, 12) and maps.min() >= 0
     reconstructed = np.einsum("nkhw,kc->nhwc", craft.maps(images, upsample=False), found.basis)
     features = _features(model, images)
     assert np.linalg.norm(reconstructed - features) < 0.6 * np.linalg.norm(features)
-    with pytest.raises(ValueError, match="`k` is 9, more concepts than layer 'conv2'.s 8 channels"):
-        CRAFT(model, "conv2", k=9, crop_size=8).fit(images, 0)
-    with pytest.raises(ValueError, match="`crop_size` is 17, larger than the 16x16 images"):
-        CRAFT(model, "conv2", k=2, crop_size=17).fit(images, 0)
+    with pytest.raises(ValueError, match="`k` is 7, more concepts than layer 'conv2'.s 6 channels"):
+        CRAFT(model, "conv2", k=7, crop_size=6).fit(images, 0)
+    with pytest.raises(ValueError, match="`crop_size` is 13, larger than the 12x12 images"):
+        CRAFT(model, "conv2", k=2, crop_size=13).fit(images, 0)
     with pytest.raises(ValueError, match="`n_designs` must be an int >= 2"):
         CRAFT(model, "conv2", n_designs=1)
     with pytest.raises(ValueError, match="`target` is 5; the model has 3 classes"):
-        CRAFT(model, "conv2", k=2, crop_size=8, n_designs=4).fit(images, 5)
+        CRAFT(model, "conv2", k=2, crop_size=6, n_designs=4).fit(images, 5)
     with pytest.raises(ValueError, match="negative activations"):
-        CRAFT(_model(2, size=16, channels=8, activation=None), "conv2", k=2, crop_size=8).fit(images, 0)
+        CRAFT(_model(2, activation=None), "conv2", k=2, crop_size=6).fit(images, 0)
 
 
 # --- the audit --------------------------------------------------------------------------------------
 
 
 def test_audit_concepts_are_dff_over_the_cluster_members(tmp_path):
-    model = _model(6, size=16, channels=8)
+    model = _model(6)
     rng = np.random.default_rng(8)
-    images = rng.uniform(size=(24, 16, 16, 3)).astype(np.float32)
+    images = rng.uniform(size=(24, 12, 12, 3)).astype(np.float32)
     labels = np.arange(24) % 2
     result = kc.audit(kc.GradCAM(model, layer="conv2"), images, labels, n_neighbors=3, batch_size=8, verbose=0)
     cluster = result.clusters[0]
@@ -348,5 +348,5 @@ def test_audit_concepts_are_dff_over_the_cluster_members(tmp_path):
     assert "Top concepts (DFF at conv2" in text
     with pytest.raises(ValueError, match="not a cluster position"):
         result.concepts(99)
-    with pytest.raises(ValueError, match="`k` is 9, more concepts"):
-        result.concepts(0, k=9)
+    with pytest.raises(ValueError, match="`k` is 7, more concepts"):
+        result.concepts(0, k=7)
