@@ -47,9 +47,14 @@ def images():
     return np.random.default_rng(0).random((4, H, W, 3)).astype(np.float32)
 
 
+# Fewer passes for the methods that make a thousand by default (the eager/compiled equality does not depend on it).
+FEW = {"lime": {"samples": 8}, "kernelshap": {"coalitions": 8}}
+
+
 def explainers(model):
     """``(name, factory)`` for every registered method and the guided ones."""
-    made = [(name, lambda n=name: methods.create(n, model, layer="target")) for name in methods.names()]
+    made = [(name, lambda n=name: methods.create(n, model, layer="target", **FEW.get(n, {})))
+            for name in methods.names()]
     made.append(("guidedbackprop", lambda: kc.GuidedBackprop(model)))
     made.append(("guidedgradcam", lambda: kc.GuidedGradCAM(model, layer="target")))
     return made

@@ -24,6 +24,9 @@ L = keras.layers
 # Cheap settings for the methods that run many passes (the invariances do not depend on them).
 CHEAP = {"sscam": {"samples": 2}, "iscam": {"steps": 2}, "smoothgradcampp": {"samples": 2},
          "smoothgrad": {"samples": 3}, "integratedgradients": {"steps": 4}}
+CHEAP.update(lime={"samples": 8}, kernelshap={"coalitions": 8})
+# Methods on superpixels: SLIC needs 2-D or 3-D inputs, so a signal takes `segments=` (windows here).
+SUPERPIXELS = {"lime", "kernelshap"}
 
 
 def create(name, model, **kw):
@@ -76,7 +79,12 @@ def test_other_layouts(name, shape):
     """1-D signals and 3-D volumes: maps at the input's size, batch == single."""
     model = build(shape)
     x = np.random.default_rng(1).uniform(-1, 1, (2,) + shape).astype(np.float32)
-    cam = create(name, model)
+    kw = {}
+    if name in SUPERPIXELS and len(shape) == 2:
+        with pytest.raises(ValueError, match="segments="):
+            create(name, model)
+        kw = {"segments": np.arange(shape[0]) // 4}
+    cam = create(name, model, **kw)
     batch = cam(x, targets=1)
     assert batch.shape == x.shape[:-1] and np.isfinite(batch).all()
     assert 0 <= batch.min() and batch.max() <= 1

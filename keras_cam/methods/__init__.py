@@ -39,6 +39,8 @@ METHODS = {
     "integratedgradients": "keras_cam.methods.attribution:IntegratedGradients",
     "fullgrad": "keras_cam.methods.fullgrad:FullGrad",
     "randomcam": "keras_cam.methods.activation:RandomCAM",
+    "lime": "keras_cam.methods.surrogate:LIME",
+    "kernelshap": "keras_cam.methods.surrogate:KernelSHAP",
     "shapleycam": "keras_cam.methods.shapley:ShapleyCAM",
     "finercam": "keras_cam.methods.finer:FinerCAM",
     "kpcacam": "keras_cam.methods.kpca:KPCACAM",
