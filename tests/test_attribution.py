@@ -15,7 +15,7 @@ import pytest
 import tensorflow as tf
 
 import keras_cam as kc
-from keras_cam._compat import keras
+from keras_cam._compat import keras, ops
 from keras_cam.methods.attribution import IntegratedGradients, Saliency, SmoothGrad
 from keras_cam.random import normal_numpy
 from test_gradcam import traces
@@ -187,12 +187,13 @@ def test_smoothgrad_without_noise_is_saliency_and_seeds(models):
 
 # ----------------------------------------------------------------------------- Integrated Gradients
 
-@pytest.mark.tf_reference
 @pytest.mark.parametrize("rank", [2, 3])
 def test_integrated_gradients_completeness(models, rank):
     """sum IG = S(x) - S(0) within 1% at 256 steps (a ReLU network: the error is O(1/steps))."""
     model = models[rank]
-    x = 2.0 * inputs(rank, n=2, seed=1)
+    # Scaled by 3: the models' initial weights are drawn by each backend's own generator, and at
+    # 2x one image's score changes by only 0.46 on JAX's 3-D model (3x: at least 0.9 everywhere).
+    x = 3.0 * inputs(rank, n=2, seed=1)
     z = logits(model, tf.constant(x)).numpy()
     z0 = logits(model, tf.zeros_like(x)).numpy()
     c = np.abs(z - z0).argmax(axis=1)  # the class whose score changes most along the path
@@ -227,7 +228,6 @@ def test_integrated_gradients_matches_the_midpoint_rule(models, rank):
     assert_close_to_max(ig(x, upsample=False), np_minmax(np.abs(want.sum(axis=-1))))
 
 
-@pytest.mark.tf_reference
 def test_integrated_gradients_baselines(models):
     model, x = models[2], inputs(2)
     # An array broadcastable to one input: one value per channel.
@@ -238,14 +238,17 @@ def test_integrated_gradients_baselines(models):
     one = inputs(2, n=1, seed=9)[0] * 0.5
     got = IntegratedGradients(model, baseline=one, steps=16, verbose=0)(x, normalize=False)
     assert_close_to_max(got, ref_ig(model, x, np.broadcast_to(one, x.shape), 16))
-    # A callable: a blur of each input.
-    blur = lambda images: tf.nn.avg_pool2d(images, 5, 1, "SAME")  # noqa: E731
+    # A callable: a blur of each input (in keras.ops: the explainer calls it on the backend's
+    # tensors, inside its compiled function); the reference blurs with tf.nn (the same mean
+    # over the window's positions inside the image).
+    blur = lambda images: ops.average_pool(images, 5, 1, "same")  # noqa: E731
+    blurred = tf.nn.avg_pool2d(x, 5, 1, "SAME").numpy()
     ig = IntegratedGradients(model, baseline=blur, steps=16, verbose=0)
     got = ig(x, normalize=False)
-    want = ref_ig(model, x, blur(x).numpy(), 16)
+    want = ref_ig(model, x, blurred, 16)
     assert_close_to_max(got, want)
     # Completeness from that baseline, at 256 steps.
-    z, zb = logits(model, tf.constant(x)).numpy(), logits(model, blur(x)).numpy()
+    z, zb = logits(model, tf.constant(x)).numpy(), logits(model, tf.constant(blurred)).numpy()
     c = np.abs(z - zb).argmax(axis=1)
     delta = z[np.arange(3), c] - zb[np.arange(3), c]
     assert (np.abs(delta) > 0.5).all(), delta
