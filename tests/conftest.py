@@ -26,10 +26,6 @@ def pytest_configure(config):
     config.addinivalue_line(
         "markers", "tensorflow_only: TensorFlow by nature (SavedModel graphs, tf.distribute, tf.data, "
         "TensorBoard, legacy tf-keras): runs in the TensorFlow test modes, not under KERAS_BACKEND=jax/torch")
-    config.addinivalue_line(
-        "markers", "tf_reference: the test's reference computation is written with TensorFlow ops (not "
-        "yet ported; the methods themselves are checked on every backend by test_backend_methods.py "
-        "and test_cross_backend.py): runs in the TensorFlow test modes")
     config.addinivalue_line("markers", "slow: a case that takes tens of seconds")
 
 
@@ -38,13 +34,9 @@ def pytest_collection_modifyitems(config, items):
         return
     skip = pytest.mark.skip(reason=f"TensorFlow by nature; this run is on the {BACKEND} backend "
                                    f"(the TensorFlow test modes run it)")
-    reference = pytest.mark.skip(reason="the reference is written with TensorFlow ops (porting it is open, "
-                                        "issue 21); the method is checked here by test_backend_methods.py")
     for item in items:
         if item.get_closest_marker("tensorflow_only"):
             item.add_marker(skip)
-        elif item.get_closest_marker("tf_reference"):
-            item.add_marker(reference)
 
 
 @pytest.fixture(scope="module", autouse=True)
