@@ -66,6 +66,10 @@ CASES = [
          lambda model, bs: RISE(model, masks=2000, grid=7, batch_size=bs), 2000),
     Case("sobol", "Sobol (grid 8, 32 designs)",
          lambda model, bs: SobolAttribution(model, grid=8, designs=32, batch_size=bs), 32 * (64 + 2)),
+    # keras_cam.methods.surrogate: SLIC superpixels (on the host), the baseline's pass, then the coalitions.
+    Case("kernelshap", "KernelSHAP (1,000 coalitions)",
+         lambda model, bs: __import__("keras_cam.methods.surrogate", fromlist=["KernelSHAP"]).KernelSHAP(
+             model, coalitions=1000, batch_size=bs), 1000 + 1),
 ]
 
 
