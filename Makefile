@@ -16,6 +16,10 @@ install-test:
 	$(PYTHON) -m pip install -q --no-deps "keras-hub==0.32.0" "tensorflow-text==2.21.0"
 	@# The other two Keras backends, CPU builds (an unpinned torch pulls a CUDA build of several GB).
 	$(PYTHON) -m pip install -q "jax[cpu]" "torch==2.13.0"
+	@# Peers the tests compare with: xplique (Occlusion) declares old scipy/scikit-learn pins and
+	@# imports fine without them; shap (KernelSHAP's KernelExplainer).
+	$(PYTHON) -m pip install -q --no-deps "xplique==2.0.2" "tensorflow-probability==0.25.0" "einops" "dm-tree"
+	$(PYTHON) -m pip install -q "decorator" "deprecated" "shap==0.51.0"
 	@# tensorflow-hub imports pkg_resources, which setuptools 81 and later no longer ship.
 	$(PYTHON) -m pip install -q "setuptools<81"
 	@# Headless Chromium for the audit report's browser test (tests/test_audit.py).

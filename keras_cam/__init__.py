@@ -31,23 +31,32 @@ _EXPORTS = {
     "Explainer": "keras_cam.base",
     "Explanation": "keras_cam.base",
     "FEM": "keras_cam.methods.activation",
+    "FinerCAM": "keras_cam.methods.finer",
     "FullGrad": "keras_cam.methods.fullgrad",
     "GradCAM": "keras_cam.methods.gradient",
     "GradCAMElementWise": "keras_cam.methods.gradient",
     "GradCAMPlusPlus": "keras_cam.methods.gradient",
     "GuidedBackprop": "keras_cam.methods.guided",
     "GuidedGradCAM": "keras_cam.methods.guided",
+    "HSICAttribution": "keras_cam.methods.blackbox",
     "HiResCAM": "keras_cam.methods.gradient",
     "ISCAM": "keras_cam.methods.score",
     "IntegratedGradients": "keras_cam.methods.attribution",
+    "KPCACAM": "keras_cam.methods.kpca",
+    "KernelSHAP": "keras_cam.methods.surrogate",
+    "LIME": "keras_cam.methods.surrogate",
     "LayerCAM": "keras_cam.methods.gradient",
+    "Occlusion": "keras_cam.methods.blackbox",
+    "RISE": "keras_cam.methods.blackbox",
     "RandomCAM": "keras_cam.methods.activation",
     "SSCAM": "keras_cam.methods.score",
     "Saliency": "keras_cam.methods.attribution",
     "SanityResult": "keras_cam.sanity",
     "ScoreCAM": "keras_cam.methods.score",
+    "ShapleyCAM": "keras_cam.methods.shapley",
     "SmoothGrad": "keras_cam.methods.attribution",
     "SmoothGradCAMPlusPlus": "keras_cam.methods.gradient",
+    "SobolAttribution": "keras_cam.methods.blackbox",
     "VizGradCAM": "keras_cam.vizgradcam",
     "XGradCAM": "keras_cam.methods.gradient",
     "audit": None,  # a submodule that is also callable: keras_cam.audit(explainer, data, ...)
@@ -76,11 +85,16 @@ if TYPE_CHECKING:  # the same names for static tools (IDEs, the docs' API refere
     from keras_cam.methods.ablation import AblationCAM
     from keras_cam.methods.activation import CAM, FEM, EigenCAM, RandomCAM
     from keras_cam.methods.attribution import IntegratedGradients, Saliency, SmoothGrad
+    from keras_cam.methods.blackbox import RISE, HSICAttribution, Occlusion, SobolAttribution
+    from keras_cam.methods.finer import FinerCAM
     from keras_cam.methods.fullgrad import FullGrad
     from keras_cam.methods.gradient import (EigenGradCAM, GradCAM, GradCAMElementWise, GradCAMPlusPlus, HiResCAM, LayerCAM,
                                            SmoothGradCAMPlusPlus, XGradCAM)
     from keras_cam.methods.guided import GuidedBackprop, GuidedGradCAM, gradient_image
+    from keras_cam.methods.kpca import KPCACAM
     from keras_cam.methods.score import ISCAM, SSCAM, ScoreCAM
+    from keras_cam.methods.shapley import ShapleyCAM
+    from keras_cam.methods.surrogate import LIME, KernelSHAP
     from keras_cam.sanity import SanityResult, sanity_check
     from keras_cam.viz import overlay, plot
     from keras_cam.vizgradcam import VizGradCAM
