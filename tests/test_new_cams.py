@@ -136,7 +136,7 @@ def layernorm_model():
     return keras.Model(x, keras.layers.Dense(3)(keras.layers.GlobalAveragePooling2D()(h)))
 
 
-@pytest.mark.xfail(backend.name() == "tensorflow" and not LEGACY, strict=True,
+@pytest.mark.xfail(backend.name() == "tensorflow" and not LEGACY, strict=True, raises=AssertionError,
                    reason="Keras 3 on TensorFlow normalizes with tf.nn.moments, whose variance stops the gradient "
                           "of the mean: first derivatives are exact, second derivatives through a LayerNormalization "
                           "after the target layer are not (documented on ShapleyCAM)")
@@ -144,7 +144,7 @@ def test_shapleycam_hvp_through_a_layer_normalization_is_the_difference_of_gradi
     model = layernorm_model()
     images = ops.convert_to_tensor(np.random.default_rng(8).normal(size=(2, 6, 6, 2)).astype(np.float32))
     cam = ShapleyCAM(model, layer="target")
-    cam(images)  # chooses the layer, reads the head
+    cam.read_call(images, None)  # the checks and automatic choices of a call, without computing
     classes = ops.convert_to_tensor(np.array([0, 2], np.int32))
     _, _, hv, _ = cam.activations_gradients_and_hvp(images, classes)
 
