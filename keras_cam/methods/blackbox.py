@@ -402,6 +402,7 @@ class Occlusion(_AtInput, _BlackBox):
         aug_smooth: not supported (a ValueError).
         eigen_smooth: not supported (a ValueError).
         reshape: accepted for a uniform call; changes nothing.
+        **kwargs: the options from ``output`` to ``reshape`` above, passed to :class:`keras_cam.Explainer`.
 
     Example:
         >>> maps = keras_cam.Occlusion(model, patch_size=32, stride=16)(images)
@@ -491,8 +492,8 @@ class RISE(_AtInput, _BlackBox):
             most the input's size on that axis; None is 7 per axis (at most the axis's size).
         p: the probability that a cell is kept, in (0, 1).
         seed: the seed of the masks.
-        output, linearize, batch_size, verbose, image_input, data_format,
-        aug_smooth, eigen_smooth, reshape: as for :class:`Occlusion`.
+        **kwargs: ``output``, ``linearize``, ``batch_size``, ``verbose``, ``image_input``,
+            ``data_format``, ``aug_smooth``, ``eigen_smooth``, ``reshape``: as for :class:`Occlusion`.
 
     Example:
         >>> maps = keras_cam.RISE(model, masks=4000, grid=7, p=0.5)(images)
@@ -587,8 +588,8 @@ class SobolAttribution(_GridDesign):
         designs: ``n``, rows of each of ``A``, ``B`` and the ``C_i`` (a power of 2 keeps the Sobol
             sequence balanced; the paper uses 32).
         seed: the seed of the scrambled Sobol sequence.
-        output, linearize, batch_size, verbose, image_input, data_format,
-        aug_smooth, eigen_smooth, reshape: as for :class:`Occlusion`.
+        **kwargs: ``output``, ``linearize``, ``batch_size``, ``verbose``, ``image_input``,
+            ``data_format``, ``aug_smooth``, ``eigen_smooth``, ``reshape``: as for :class:`Occlusion`.
 
     Example:
         >>> maps = keras_cam.SobolAttribution(model, grid=8, designs=32)(images)
@@ -637,8 +638,8 @@ class HSICAttribution(_GridDesign):
             is 8 per axis for signals and images, 4 for volumes (at most the axis's size).
         designs: masks per input (the paper uses 1500 for an 8 x 8 grid).
         seed: the seed of the Latin hypercube.
-        output, linearize, batch_size, verbose, image_input, data_format,
-        aug_smooth, eigen_smooth, reshape: as for :class:`Occlusion`.
+        **kwargs: ``output``, ``linearize``, ``batch_size``, ``verbose``, ``image_input``,
+            ``data_format``, ``aug_smooth``, ``eigen_smooth``, ``reshape``: as for :class:`Occlusion`.
 
     Example:
         >>> maps = keras_cam.HSICAttribution(model, grid=8, designs=1500)(images)

@@ -435,6 +435,7 @@ class LIME(SurrogateExplainer):
         aug_smooth: not supported (a ValueError).
         eigen_smooth: not supported (a ValueError).
         reshape: accepted for a uniform call; changes nothing.
+        **kwargs: the options from ``output`` to ``reshape`` above, passed to :class:`keras_cam.Explainer`.
 
     Example:
         >>> lime = keras_cam.LIME(model, samples=500, n_segments=40)
@@ -525,8 +526,8 @@ class KernelSHAP(SurrogateExplainer):
             ``"mean"`` (each superpixel's own mean), an array broadcastable to
             one input, or a callable ``f(images) -> baselines`` in ``keras.ops``.
         seed: the seed of the coalitions.
-        output, linearize, batch_size, verbose, image_input, data_format,
-            aug_smooth, eigen_smooth, reshape: see :class:`LIME`.
+        **kwargs: ``output``, ``linearize``, ``batch_size``, ``verbose``, ``image_input``,
+            ``data_format``, ``aug_smooth``, ``eigen_smooth``, ``reshape``: see :class:`LIME`.
 
     Example:
         >>> shap = keras_cam.KernelSHAP(model, coalitions=1000, baseline=0.5)
