@@ -58,6 +58,12 @@ def _kc():
     return keras_cam
 
 
+def _backend_name():
+    from keras_cam import backend
+
+    return backend.name()
+
+
 def _reader():
     """The quickstart's reader: a classifier, two images, the class names."""
     return {"kc": _kc(), "model": classifier(), "images": images_of(), "names": class_names()}
@@ -65,7 +71,7 @@ def _reader():
 
 def _tasks():
     """The README's "beyond 2-D" reader: a 1-D, a 3-D, a token and a segmentation model, labels."""
-    import tensorflow as tf
+    from keras import ops
 
     keras = _keras()
     keras.utils.set_random_seed(2)
@@ -77,12 +83,13 @@ def _tasks():
     volume_model = keras.Model(x, L.Dense(2)(L.GlobalAveragePooling3D()(L.Conv3D(4, 3, strides=2, padding="same",
                                                                                  activation="relu")(x))))
 
-    class ClassToken(L.Layer):
+    class ClassToken(L.Layer):   # in keras.ops: the same layer on every backend
         def build(self, shape):
             self.token = self.add_weight(name="token", shape=(1, 1, shape[-1]), initializer="random_normal")
 
         def call(self, t):
-            return tf.concat([tf.tile(self.token, [tf.shape(t)[0], 1, 1]), t], axis=1)
+            token = ops.broadcast_to(ops.cast(self.token, t.dtype), (ops.shape(t)[0], 1, t.shape[-1]))
+            return ops.concatenate([token, t], axis=1)
 
     x = keras.Input((SIZE, SIZE, 3))
     t = ClassToken()(L.Reshape((16, 16))(L.Conv2D(16, 8, strides=8)(x)))     # 4x4 patches and a class token
@@ -131,9 +138,10 @@ def _layers(workdir):
     model = keras.Model(x, keras.layers.Dense(CLASSES, activation="softmax")(
         keras.layers.GlobalAveragePooling2D()(base(x))))
     path = os.path.join(workdir, "savedmodel")
-    small = classifier()
-    with contextlib.redirect_stdout(io.StringIO()):     # Keras 3's export prints a signature summary
-        small.export(path) if hasattr(small, "export") else tf.saved_model.save(small, path)
+    if _backend_name() == "tensorflow":                  # the page loads it only there (TENSORFLOW_ONLY)
+        small = classifier()
+        with contextlib.redirect_stdout(io.StringIO()):     # Keras 3's export prints a signature summary
+            small.export(path) if hasattr(small, "export") else tf.saved_model.save(small, path)
     return {"kc": _kc(), "tf": tf, "model": model, "path": path}, SYMBOLS
 
 
@@ -230,6 +238,22 @@ PRELUDES = {
     "docs/audit.md": lambda: ({}, {}),
     "docs/vizgradcam.md": lambda: ({}, {"H": 64, "W": 64}),
     "docs/concepts.md": lambda: ({}, {"N": 32, "H": 64, "W": 64}),
+}
+
+
+# Statements that are TensorFlow by nature: run in the TensorFlow test modes; under JAX and PyTorch
+# they are compiled, not run. {(page, the statement's first line as written, comment stripped): why}.
+# Every entry must meet a statement of its page (tests/test_docs_run.py checks).
+TENSORFLOW_ONLY = {
+    ("docs/datasets.md", 'kc.explain_dataset(cam, dataset, out="maps_mirrored/", strategy=tf.distribute.MirroredStrategy())'):
+        "tf.distribute",
+    ("docs/layers.md", "cam = kc.GradCAM(tf.saved_model.load(path))"): "a SavedModel",
+}
+
+# Pages whose examples hold only on some backends: {page: (backends, why)}; the other modes skip them.
+PAGE_BACKENDS = {
+    "docs/compilation.md": (("tensorflow",), "the page counts tf.function's traces after an eager first call; "
+                                             "JAX compiles the first call (1 trace), PyTorch never traces (0)"),
 }
 
 
