@@ -478,6 +478,14 @@ def _plain_block_after(text, anchor):
     return match.group(1).rstrip("\n").splitlines()
 
 
+# The numbers quoted in prose were made in the TensorFlow mode (the commands' default); they hold on
+# JAX and PyTorch too (both passed when this file was ported), but rechecking them there costs about
+# 15-30 s of CPU a mode, and test_cross_backend.py already compares the backends' maps.
+_QUOTED_ON_TENSORFLOW = pytest.mark.skipif(BACKEND != "tensorflow", reason="the quoted numbers are checked "
+                                           "in the TensorFlow modes (the mode that made them)")
+
+
+@_QUOTED_ON_TENSORFLOW
 def test_the_demo_summary_quoted_in_getting_started_is_what_keras_cam_demo_prints(tmp_path):
     """getting-started.md quotes `keras-cam demo --out docs/demo --overwrite`, the defaults otherwise:
     its lines are the summary the command writes now, and so is docs/demo/summary.txt."""
@@ -523,6 +531,7 @@ SPOT_COLUMNS = {"Avg Drop % ↓": "average_drop", "Incr Conf % ↑": "increase_i
                 "Pointing % ↑": "pointing_game", "Energy PG % ↑": "energy_pointing_game"}
 
 
+@_QUOTED_ON_TENSORFLOW
 def test_the_quality_tables_quote_what_their_command_prints():
     """Spot check of the quality tables: the cheap columns of a few rows, and the two reference rows,
     recomputed as ``bench/bench_quality.py`` computes them with the settings the prose names."""
