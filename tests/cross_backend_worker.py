@@ -214,11 +214,17 @@ OPTIONS = {
     "integratedgradients": {"steps": 6},
     "randomcam": {"seed": 3},
     "fem": {"k": 1.0},  # at the default k=2 no token channel of the ViT stands out in one image: an empty map
+    "occlusion": {"patch_size": 4, "stride": 4},
+    "rise": {"masks": 16, "seed": 5},
+    "sobolattribution": {"designs": 4, "grid": 4},
+    "hsicattribution": {"designs": 16, "grid": 4},
+    "lime": {"samples": 16, "seed": 5},
+    "kernelshap": {"coalitions": 16, "seed": 5},
 }
 GUIDED = ("guidedbackprop", "guidedgradcam")
 # Methods that run many passes: every target on the CNN, top-1 (Segmentation) on the other models.
 MANY_PASS = ("scorecam", "iscam", "sscam", "ablationcam", "smoothgradcampp", "smoothgrad", "integratedgradients",
-             "fullgrad")
+             "fullgrad", "occlusion", "rise", "sobolattribution", "hsicattribution", "lime", "kernelshap")
 
 
 def explainer(method, model, layer, **kwargs):

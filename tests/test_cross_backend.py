@@ -53,7 +53,10 @@ NOT_APPLICABLE = {
 } | {("cam", model, "*") for model in ("vit", "seg", "multi")} | {
     # FinerCAM compares class logits: it refuses target objects and callables.
     ("finercam", "cnn", target) for target in ("callable", "regression", "similarity")
-} | {("finercam", "seg", "*")}
+} | {("finercam", "seg", "*")} | {
+    # LIME and KernelSHAP draw SLIC superpixels, which need 2-D or 3-D inputs: a signal without segments= is refused.
+    (method, "conv1d", "*") for method in ("lime", "kernelshap")
+}
 
 pytestmark = pytest.mark.skipif(
     LEGACY or backend_name() != "tensorflow",

@@ -48,7 +48,8 @@ def images():
 
 
 # Fewer passes for the methods that make a thousand by default (the eager/compiled equality does not depend on it).
-FEW = {"lime": {"samples": 8}, "kernelshap": {"coalitions": 8}}
+FEW = {"lime": {"samples": 8}, "kernelshap": {"coalitions": 8}, "rise": {"masks": 16}, "sobolattribution": {"designs": 4},
+       "hsicattribution": {"designs": 16}}
 
 
 def explainers(model):

@@ -25,6 +25,10 @@ L = keras.layers
 CHEAP = {"sscam": {"samples": 2}, "iscam": {"steps": 2}, "smoothgradcampp": {"samples": 2},
          "smoothgrad": {"samples": 3}, "integratedgradients": {"steps": 4}}
 CHEAP.update(lime={"samples": 8}, kernelshap={"coalitions": 8})
+CHEAP.update(rise={"masks": 8}, sobolattribution={"designs": 2}, hsicattribution={"designs": 8})
+# Methods without a layer give input-size maps with upsample=False, except those that score a grid
+# of cells: their maps are the grid (8 cells per axis by default, at most the axis).
+GRID_MAPS = {"sobolattribution": (8, 8), "hsicattribution": (8, 8)}
 # Methods on superpixels: SLIC needs 2-D or 3-D inputs, so a signal takes `segments=` (windows here).
 SUPERPIXELS = {"lime", "kernelshap"}
 
@@ -155,7 +159,7 @@ def test_every_method_on_a_token_grid(name):
         return
     cam = create(name, model)
     raw = cam(x, targets=1, upsample=False, normalize=False)
-    assert raw.shape[1:] == ((16, 16) if not cam.uses_layer else (4, 4)) + (() if raw.ndim == 3 else (3,))
+    assert raw.shape[1:] == (GRID_MAPS.get(name, (16, 16)) if not cam.uses_layer else (4, 4)) + (() if raw.ndim == 3 else (3,))
     batch = cam(x, targets=1)
     assert batch.shape == (2, 16, 16) and np.isfinite(batch).all()
     for i in range(len(x)):
@@ -188,7 +192,7 @@ def test_every_method_takes_reshape_and_is_quiet_by_default(name, capsys):
     inferred = create(name, model)(x, targets=1, upsample=False, normalize=False)
     np.testing.assert_allclose(given, inferred, rtol=1e-6, atol=1e-7)
     other = build(reshape=(2, 8))(x[:1], targets=1, upsample=False, normalize=False)
-    assert other.shape[1:3] == ((16, 16) if not cls.uses_layer else (2, 8))
+    assert other.shape[1:3] == (GRID_MAPS.get(name, (16, 16)) if not cls.uses_layer else (2, 8))
 
 
 def test_create_builds_every_method_silent(model, images, capsys):
