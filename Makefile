@@ -2,7 +2,7 @@
 # then under Keras 3 on JAX and on PyTorch (there, the tests that are TensorFlow by nature are skipped).
 PYTHON ?= python
 
-.PHONY: install-test test test-lane-tensorflow test-lane-others test-keras3 test-legacy test-jax test-torch bench
+.PHONY: install-test test test-keras3 test-legacy test-jax test-torch bench
 
 # What the tests need, on a CPU machine (run as root, or with chromium installed). tf-keras, tensorflow-hub and keras-hub's
 # tensorflow-text declare a dependency on the full `tensorflow` (572 MB), which would
@@ -27,16 +27,11 @@ install-test:
 	  apt-get update -qq && apt-get install -y -qq --no-install-recommends chromium >/dev/null; } || \
 	  { echo "install Debian's chromium (apt-get install chromium) for tests/test_audit.py" >&2; exit 1; }
 
-# Two lanes at once (the machine has 2 cores; JAX compiles on one): TensorFlow then legacy
-# tf-keras, beside JAX then PyTorch. Either lane failing fails `make test`.
+# The four test modes, two at a time (the machine has 2 cores): make starts the next mode as
+# soon as one ends, the slowest (JAX, which compiles every explainer) first. -k runs every
+# mode even after one fails; any failure fails `make test`.
 test:
-	$(MAKE) --no-print-directory -j2 test-lane-tensorflow test-lane-others
-
-test-lane-tensorflow:
-	$(MAKE) --no-print-directory test-keras3 && $(MAKE) --no-print-directory test-legacy
-
-test-lane-others:
-	$(MAKE) --no-print-directory test-jax && $(MAKE) --no-print-directory test-torch
+	$(MAKE) --no-print-directory -k -j2 test-jax test-keras3 test-legacy test-torch
 
 test-keras3:
 	KERAS_BACKEND=tensorflow $(PYTHON) -m pytest -q -p no:cacheprovider --durations=8
@@ -60,3 +55,7 @@ bench:
 	$(PYTHON) bench/bench_dataset.py
 	$(PYTHON) bench/bench_build.py
 	$(PYTHON) bench/bench_quality.py
+	$(PYTHON) bench/bench_blackbox.py
+	$(PYTHON) bench/bench_new_cams.py
+	$(PYTHON) bench/bench_concepts.py
+	$(PYTHON) bench/bench_backends.py

@@ -1,7 +1,7 @@
 """Map quality on ground truth: every method on the demo data with known boxes.
 
     python bench/bench_quality.py [--images 100] [--steps 50] [--seed 1] [--no-timing]
-                                  [--layer conv4_relu] [--fast]
+                                  [--layer conv4_relu] [--fast] [--methods gradcam,rise]
 
 Explains held-out generated images (``keras_cam.demo.make_dataset``, seed 1
 by default; the demo model trains on seed 0) with the shipped demo model
@@ -108,6 +108,9 @@ def main(argv=None):
                              f"followed by convolutions, so the gradient varies over positions there)")
     parser.add_argument("--fast", action="store_true",
                         help="registered methods only, without max-sensitivity and the sanity check")
+    parser.add_argument("--methods", default=None,
+                        help="comma-separated registry names: only their rows (and the two references); the "
+                             "numbers are deterministic, so these rows equal a full run's")
     args = parser.parse_args(argv)
 
     model = load_model(args.weights)
@@ -119,6 +122,12 @@ def main(argv=None):
           f"classified correctly; explaining those {len(images)}, each for its class.\n")
 
     factories = registered(args.layer) if args.fast else {**registered(args.layer), **EXTRA}
+    if args.methods:
+        wanted = [methods.canonical(n) for n in args.methods.split(",")]
+        unknown = [n for n in wanted if n not in factories]
+        if unknown:
+            parser.error(f"--methods: {', '.join(unknown)} not registered; choose from {', '.join(methods.names())}")
+        factories = {n: factories[n] for n in wanted}
     for name, factory in list(factories.items()):
         try:
             factory(model)
