@@ -39,8 +39,6 @@ METHODS = {
     "integratedgradients": "keras_cam.methods.attribution:IntegratedGradients",
     "fullgrad": "keras_cam.methods.fullgrad:FullGrad",
     "randomcam": "keras_cam.methods.activation:RandomCAM",
-    "lime": "keras_cam.methods.surrogate:LIME",
-    "kernelshap": "keras_cam.methods.surrogate:KernelSHAP",
     "shapleycam": "keras_cam.methods.shapley:ShapleyCAM",
     "finercam": "keras_cam.methods.finer:FinerCAM",
     "kpcacam": "keras_cam.methods.kpca:KPCACAM",
@@ -48,6 +46,8 @@ METHODS = {
     "rise": "keras_cam.methods.blackbox:RISE",
     "sobolattribution": "keras_cam.methods.blackbox:SobolAttribution",
     "hsicattribution": "keras_cam.methods.blackbox:HSICAttribution",
+    "lime": "keras_cam.methods.surrogate:LIME",
+    "kernelshap": "keras_cam.methods.surrogate:KernelSHAP",
 }
 
 
