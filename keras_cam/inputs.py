@@ -239,3 +239,63 @@ def check_images(batch, model, index=0, channels_first=False):
         )
 
 
+
+
+# ---------------------------------------------------------------- baselines (a reference input)
+
+
+def broadcastable(shape, target) -> bool:
+    """Whether ``shape`` broadcasts to ``target`` (numpy rules; None entries match anything)."""
+    if len(shape) > len(target):
+        return False
+    return all(s is None or t is None or s in (1, t) for s, t in zip(reversed(shape), reversed(target)))
+
+
+def check_baseline(baseline, graph, model_name):
+    """A reference input ``x'`` as given: None (zeros) or a callable, kept; anything else as a
+    finite float32 array that broadcasts to one input as the model takes it.
+
+    Raises:
+        TypeError: not array-like. ValueError: a shape that does not broadcast, or NaN/Inf.
+    """
+    if baseline is None or callable(baseline):
+        return baseline
+    try:
+        value = np.asarray(baseline, dtype=np.float32)
+    except (TypeError, ValueError):
+        raise TypeError(
+            f"`baseline` must be None (zeros), an array broadcastable to one input or a callable "
+            f"images -> baselines; received {type(baseline).__name__}."
+        ) from None
+    one = graph.inputs.shape  # one input as the model takes it, None where free
+    rank = graph.inputs.rank + 1
+    if value.ndim > rank or (one is not None and not broadcastable(value.shape, one)):
+        expected = one if one is not None else f"rank {rank} or less"
+        raise ValueError(
+            f"`baseline` has shape {value.shape}, which does not broadcast to one input of "
+            f"model {model_name!r}, {expected}. Pass a scalar, one value per channel or one "
+            f"whole input; for a different baseline per input pass a callable images -> baselines."
+        )
+    if not np.isfinite(value).all():
+        raise ValueError("`baseline` contains NaN or Inf; pass finite values.")
+    return value
+
+
+def baseline_inputs(baseline, graph, images):
+    """``x'`` for channels-last ``images`` ``(N, *S, C)``: a checked array or callable
+    (:func:`check_baseline`) broadcast to the inputs, channels last; None gives zeros."""
+    if baseline is None:
+        return ops.zeros_like(images)
+    x = graph.to_model_format(images)
+    if callable(baseline):
+        b = ops.cast(ops.convert_to_tensor(baseline(x)), "float32")
+        what, allowed = "The baselines returned by the `baseline` callable have", tuple(x.shape)
+    else:
+        b = ops.convert_to_tensor(baseline)
+        what, allowed = "`baseline` has", tuple(x.shape[1:])
+    if not broadcastable(tuple(b.shape), allowed):
+        raise ValueError(
+            f"{what} shape {tuple(b.shape)}, which does not broadcast to the inputs {tuple(x.shape)} "
+            f"(as the model takes them). Return one baseline per input, of the inputs' shape."
+        )
+    return graph.to_channels_last(ops.broadcast_to(b, tuple(x.shape)))

@@ -22,6 +22,7 @@ from keras_cam import backend as _backend
 from keras_cam import targets as _targets
 from keras_cam._compat import ops
 from keras_cam.base import Explainer, minmax
+from keras_cam.inputs import baseline_inputs, check_baseline
 from keras_cam.methods.streaming import (StreamingExplainer, check_positive_int, check_noise, check_seed, grid,
                                          input_range, seeded_normal)
 
@@ -280,7 +281,7 @@ class IntegratedGradients(StreamingExplainer):
                          eigen_smooth=eigen_smooth, image_input=image_input, data_format=data_format,
                          reshape=reshape)
         self.steps = steps
-        self.baseline = self._check_baseline(baseline)
+        self.baseline = check_baseline(baseline, self.graph, self.model.name)
 
     uses_layer = False
 
@@ -292,50 +293,9 @@ class IntegratedGradients(StreamingExplainer):
         attributions ``(N, *S, C)`` channels last (``upsample`` is ignored)."""
         return self.explain(images, targets, upsample=upsample, normalize=normalize).maps
 
-    def _check_baseline(self, baseline):
-        """The baseline as None, a float32 array fitting one input, or a callable."""
-        if baseline is None or callable(baseline):
-            return baseline
-        try:
-            value = np.asarray(baseline, dtype=np.float32)
-        except (TypeError, ValueError):
-            raise TypeError(
-                f"`baseline` must be None (zeros), an array broadcastable to one input or a callable "
-                f"images -> baselines; received {type(baseline).__name__}."
-            ) from None
-        one = self.graph.inputs.shape  # one input as the model takes it, None where free
-        rank = self.graph.inputs.rank + 1
-        if value.ndim > rank or (one is not None and not _broadcastable(value.shape, one)):
-            expected = one if one is not None else f"rank {rank} or less"
-            raise ValueError(
-                f"`baseline` has shape {value.shape}, which does not broadcast to one input of "
-                f"model {self.model.name!r}, {expected}. Pass a scalar, one value per channel or one "
-                f"whole input; for a different baseline per input pass a callable images -> baselines."
-            )
-        if not np.isfinite(value).all():
-            raise ValueError("`baseline` contains NaN or Inf; pass finite values.")
-        return value
-
     def baselines(self, images):
         """``x'`` for channels-last ``images`` ``(N, *S, C)``, channels last, of the same shape."""
-        x = self.graph.to_model_format(images)
-        if self.baseline is None:
-            return ops.zeros_like(images)
-        if callable(self.baseline):
-            b = ops.cast(ops.convert_to_tensor(self.baseline(x)), "float32")
-            what = "The baselines returned by the `baseline` callable have"
-            allowed = tuple(x.shape)
-        else:
-            b = ops.convert_to_tensor(self.baseline)
-            what = "`baseline` has"
-            allowed = tuple(x.shape[1:])
-        if len(b.shape) > len(allowed) or not _broadcastable(tuple(b.shape), allowed):
-            raise ValueError(
-                f"{what} shape {tuple(b.shape)}, which does not broadcast to the inputs "
-                f"{tuple(x.shape)} (as the model takes them). Return one baseline per input, of the "
-                f"inputs' shape."
-            )
-        return self.graph.to_channels_last(ops.broadcast_to(b, tuple(x.shape)))
+        return baseline_inputs(self.baseline, self.graph, images)
 
     def attributions(self, images, class_idx, target_fn=None):
         """``(IG (N, *S, C), target_scores(...) at x)`` for channels-last ``images``."""
@@ -358,13 +318,3 @@ class IntegratedGradients(StreamingExplainer):
         ig, (scores, idx, probs) = self.attributions(images, class_idx, target_fn)
         out = minmax(ops.abs(ops.sum(ig, axis=-1))) if normalize_ else ig
         return out, scores, idx, probs
-
-
-def _broadcastable(shape, target):
-    """Whether ``shape`` broadcasts to ``target`` (numpy rules; None entries match anything)."""
-    if len(shape) > len(target):
-        return False
-    for s, t in zip(reversed(shape), reversed(target)):
-        if s is not None and t is not None and s not in (1, t):
-            return False
-    return True

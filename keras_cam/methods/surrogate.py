@@ -44,7 +44,7 @@ from keras_cam import random as _random
 from keras_cam import targets as _targets
 from keras_cam._compat import ops
 from keras_cam.base import minmax
-from keras_cam.inputs import read_inputs
+from keras_cam.inputs import baseline_inputs, check_baseline, read_inputs
 from keras_cam.methods.streaming import StreamingExplainer, check_positive_int, check_seed, grid
 
 # SLIC is rerun with ten times the compactness (more regular superpixels) when it
@@ -63,13 +63,6 @@ def _number(name, value, what, minimum=0.0, strict=True):
         sign = ">" if strict else ">="
         raise ValueError(f"`{name}` must be a finite number {sign} {minimum:g} ({what}); received {value!r}.")
     return float(value)
-
-
-def _broadcastable(shape, target):
-    """Whether ``shape`` broadcasts to ``target`` (numpy rules; None entries match anything)."""
-    if len(shape) > len(target):
-        return False
-    return all(s is None or t is None or s in (1, t) for s, t in zip(reversed(shape), reversed(target)))
 
 
 def relabel(labels):
@@ -259,8 +252,6 @@ class SurrogateExplainer(StreamingExplainer):
 
     def _check_baseline(self, baseline):
         """The baseline as None (zeros), ``"mean"``, a float32 array fitting one input, or a callable."""
-        if baseline is None or callable(baseline):
-            return baseline
         if isinstance(baseline, str):
             if baseline != "mean":
                 raise ValueError(
@@ -268,24 +259,7 @@ class SurrogateExplainer(StreamingExplainer):
                     f"received {baseline!r}."
                 )
             return baseline
-        try:
-            value = np.asarray(baseline, dtype=np.float32)
-        except (TypeError, ValueError):
-            raise TypeError(
-                f"`baseline` must be None (zeros), 'mean', an array broadcastable to one input or a "
-                f"callable images -> baselines; received {type(baseline).__name__}."
-            ) from None
-        one = self.graph.inputs.shape
-        rank = self.graph.inputs.rank + 1
-        if value.ndim > rank or (one is not None and not _broadcastable(value.shape, one)):
-            expected = one if one is not None else f"rank {rank} or less"
-            raise ValueError(
-                f"`baseline` has shape {value.shape}, which does not broadcast to one input of model "
-                f"{self.model.name!r}, {expected}. Pass a scalar, one value per channel or one whole input."
-            )
-        if not np.isfinite(value).all():
-            raise ValueError("`baseline` contains NaN or Inf; pass finite values.")
-        return value
+        return check_baseline(baseline, self.graph, self.model.name)
 
     def baselines(self, images, labels):
         """The fill ``b`` of channels-last ``images`` ``(N, *S, C)`` (same shape), given their superpixels."""
@@ -299,19 +273,7 @@ class SurrogateExplainer(StreamingExplainer):
             counts = ops.segment_sum(ops.ones_like(flat[:, :1]), ids, num_segments=n * m)
             means = sums / ops.maximum(counts, 1.0)
             return ops.reshape(ops.take(means, ids, axis=0), tuple(images.shape))
-        x = self.graph.to_model_format(images)
-        if callable(self.baseline):
-            b = ops.cast(ops.convert_to_tensor(self.baseline(x)), "float32")
-            what, allowed = "The baselines returned by the `baseline` callable have", tuple(x.shape)
-        else:
-            b = ops.convert_to_tensor(self.baseline)
-            what, allowed = "`baseline` has", tuple(x.shape[1:])
-        if len(b.shape) > len(allowed) or not _broadcastable(tuple(b.shape), allowed):
-            raise ValueError(
-                f"{what} shape {tuple(b.shape)}, which does not broadcast to the inputs {tuple(x.shape)} "
-                f"(as the model takes them). Return one baseline per input, of the inputs' shape."
-            )
-        return self.graph.to_channels_last(ops.broadcast_to(b, tuple(x.shape)))
+        return baseline_inputs(self.baseline, self.graph, images)
 
     # ------------------------------------------------------------------ the fit
 
