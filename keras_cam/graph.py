@@ -76,8 +76,14 @@ def find_head(model, output=None):
     return _head_of(op)
 
 
+# Layers that are the identity at inference: the head is the layer before them.
+_PASS_THROUGH = ("dropout", "spatialdropout1d", "spatialdropout2d", "spatialdropout3d", "gaussiannoise",
+                 "gaussiandropout", "alphadropout", "activityregularization", "identity", "activation")
+
+
 def _head_of(op):
-    """``(op, kind, how)`` of :func:`find_head` for the layer that produces the output."""
+    """``(op, kind, how)`` of :func:`find_head` for the layer that produces the output
+    (looking through layers that are the identity at inference, e.g. a final Dropout)."""
     if _saved_model.is_wrapper(op):
         kind = _saved_model.head_kind(op)
         return op, kind, ("frozen" if kind else None)
@@ -85,6 +91,15 @@ def _head_of(op):
     if kind is not None:
         return op, kind, "activation"
     cls = type(op).__name__.lower()
+    if cls in _PASS_THROUGH and getattr(getattr(op, "activation", None), "__name__", "linear") == "linear":
+        try:
+            inner = _compat.producer(op.input)
+        except (AttributeError, ValueError, RuntimeError):  # called more than once, or not in a graph
+            inner = None
+        if inner is not None and not _compat.is_model(inner):
+            head = _head_of(inner)
+            if head[1] is not None:
+                return head
     if cls in ("softmax", "sigmoid"):
         return op, cls, "call"
     symbol = getattr(op, "symbol", "") or ""  # tf-keras wraps tf.nn.* as TFOpLambda

@@ -238,3 +238,32 @@ def test_explaining_many_models_in_one_process_warns_of_no_retracing(rng):
     finally:
         logging.getLogger("tensorflow").removeHandler(handler)
     assert "retracing" not in buffer.getvalue()
+
+
+@pytest.mark.parametrize("tail", ["Dropout", "GaussianNoise", "Activation", "ActivityRegularization"])
+@pytest.mark.parametrize("head", ["softmax", "sigmoid"])
+def test_a_final_identity_layer_after_the_softmax_still_explains_the_logit(tail, head, rng):
+    """A layer that is the identity at inference after the classifier (a final Dropout) hides
+    nothing: the score is the logit, computed here in numpy from the weights, and the
+    probabilities are the model's own activation applied once; ReST reads the same logits."""
+    L = keras.layers
+    inp = keras.Input((8, 8, 3))
+    pooled = L.GlobalAveragePooling2D()(L.Conv2D(4, 3, activation="relu", name="target")(inp))
+    dense = L.Dense(3, activation=head, name="head")
+    make = {"Dropout": lambda: L.Dropout(0.3), "GaussianNoise": lambda: L.GaussianNoise(0.5),
+            "Activation": lambda: L.Activation("linear"),
+            "ActivityRegularization": lambda: L.ActivityRegularization(l1=0.1)}[tail]
+    model = keras.Model(inp, make()(dense(pooled)))
+    x = rng.random((3, 8, 8, 3)).astype(np.float32)
+    w, b = dense.get_weights()
+    logits = to_host(keras.Model(inp, pooled)(x)).astype(np.float64) @ w + b
+    e = kc.GradCAM(model, layer="target").explain(x, targets=2)
+    np.testing.assert_allclose(e.scores, logits[:, 2], rtol=1e-5, atol=1e-5)
+    own = np.exp(logits) / np.exp(logits).sum(1, keepdims=True) if head == "softmax" else 1 / (1 + np.exp(-logits))
+    np.testing.assert_allclose(e.probabilities, own[:, 2], rtol=1e-5, atol=1e-6)
+    if head == "softmax":
+        from keras_cam.targets import ReST
+        rest = kc.GradCAM(model, layer="target").explain(x, targets=ReST(2)).scores
+        shifted = logits - logits.max(1, keepdims=True)
+        want = logits[:, 2] + shifted[:, 2] - np.log(np.exp(shifted).sum(1))  # y_c + log softmax(y)_c
+        np.testing.assert_allclose(rest, want, rtol=1e-5, atol=1e-5)
