@@ -253,7 +253,8 @@ def broadcastable(shape, target) -> bool:
 
 def check_baseline(baseline, graph, model_name):
     """A reference input ``x'`` as given: None (zeros) or a callable, kept; anything else as a
-    finite float32 array that broadcasts to one input as the model takes it.
+    finite float32 array that broadcasts to one input as the model takes it. A vector of one
+    value per channel is laid on the channel axis, also on a channels-first model.
 
     Raises:
         TypeError: not array-like. ValueError: a shape that does not broadcast, or NaN/Inf.
@@ -269,6 +270,9 @@ def check_baseline(baseline, graph, model_name):
         ) from None
     one = graph.inputs.shape  # one input as the model takes it, None where free
     rank = graph.inputs.rank + 1
+    if graph.data_format == "channels_first" and value.ndim == 1 and value.size > 1 and one is not None \
+            and value.shape[0] == one[0]:
+        value = value.reshape((-1,) + (1,) * graph.inputs.rank)  # one value per channel, on its axis
     if value.ndim > rank or (one is not None and not broadcastable(value.shape, one)):
         expected = one if one is not None else f"rank {rank} or less"
         raise ValueError(

@@ -267,3 +267,27 @@ def test_a_final_identity_layer_after_the_softmax_still_explains_the_logit(tail,
         shifted = logits - logits.max(1, keepdims=True)
         want = logits[:, 2] + shifted[:, 2] - np.log(np.exp(shifted).sum(1))  # y_c + log softmax(y)_c
         np.testing.assert_allclose(rest, want, rtol=1e-5, atol=1e-5)
+
+
+def test_one_baseline_value_per_channel_on_a_channels_first_model(rng):
+    """A per-channel baseline [b_0, b_1, b_2] means the channel axis on a channels-first model too,
+    even when the last spatial axis has as many entries as there are channels: KernelSHAP's values
+    sum to f(x) - f(b) with b built in numpy, and Integrated Gradients equals the same method given
+    the whole baseline array."""
+    L = keras.layers
+    inp = keras.Input((3, 6, 3))
+    h = L.Conv2D(4, 3, padding="same", activation="relu", data_format="channels_first", name="target")(inp)
+    model = keras.Model(inp, L.Dense(2)(L.GlobalAveragePooling2D(data_format="channels_first")(h)))
+    x = rng.random((2, 3, 6, 3)).astype(np.float32)
+    per_channel = np.array([0.1, 0.5, 0.9], np.float32)
+    whole = np.broadcast_to(per_channel[:, None, None], (3, 6, 3)).copy()
+    f = to_host(model(x))[:, 1]
+    fb = to_host(model(np.broadcast_to(whole, x.shape)))[:, 1]
+    segments = np.arange(18).reshape(6, 3) // 5
+    phi = kc.KernelSHAP(model, segments=segments, baseline=per_channel).explain(
+        x, targets=1, normalize=False).maps
+    values = np.stack([[m[segments == k][0] for k in range(segments.max() + 1)] for m in phi])
+    np.testing.assert_allclose(values.sum(1), f - fb, rtol=1e-4, atol=1e-5)
+    ig = kc.IntegratedGradients(model, steps=8, baseline=per_channel)(x, targets=1, normalize=False)
+    np.testing.assert_allclose(ig, kc.IntegratedGradients(model, steps=8, baseline=whole)(x, targets=1, normalize=False),
+                               rtol=1e-5, atol=1e-6)
