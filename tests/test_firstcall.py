@@ -52,6 +52,11 @@ FEW = {"lime": {"samples": 8}, "kernelshap": {"coalitions": 8}, "rise": {"masks"
        "hsicattribution": {"designs": 16}}
 
 
+# KPCA-CAM's map is an eigenvector of a kernel matrix built from squared distances in float32: JAX's
+# fused (jitted) and op-by-op runs round it differently, by about 1e-6 of the map's range.
+RTOL = {"kpcacam": 1e-5}
+
+
 def explainers(model):
     """``(name, factory)`` for every registered method and the guided ones."""
     made = [(name, lambda n=name: methods.create(n, model, layer="target", **FEW.get(n, {})))
@@ -147,12 +152,12 @@ def test_eager_first_call_equals_the_compiled_one(model, images, name):
         second = eager.explain(images, **kw)  # traced now
         assert eager.tracing_count == traced + traces(1)
         for got in (first, second):
-            assert_close(got.maps, ref.maps)
+            assert_close(got.maps, ref.maps, rtol=RTOL.get(name, 1e-6))
             np.testing.assert_array_equal(got.targets, ref.targets)
             assert_close(got.scores, ref.scores)
         third = eager.explain(images[::-1].copy(), **kw)  # same shape: no new trace
         assert eager.tracing_count == traced + traces(1)
-        assert_close(third.maps, compiled.explain(images[::-1].copy(), **kw).maps)
+        assert_close(third.maps, compiled.explain(images[::-1].copy(), **kw).maps, rtol=RTOL.get(name, 1e-6))
     assert compiled.tracing_count == traces(len(options))
 
 
