@@ -392,17 +392,17 @@ class Occlusion(_AtInput, _BlackBox):
             half the patch (at least 1).
         fill: the value of an occluded position: a number or one per channel,
             in the model's preprocessed units (0 by default).
-        output: for multi-output models, the output holding the class scores.
-        linearize: score the logit before a final softmax/sigmoid (the
-            default); False scores the model's own output.
-        batch_size: occluded copies per forward pass, and inputs per call.
-        verbose: 0 (the default) is silent, 1 draws a progress bar over the passes.
-        image_input: see :class:`keras_cam.Explainer`.
-        data_format: see :class:`keras_cam.Explainer`.
-        aug_smooth: not supported (a ValueError).
-        eigen_smooth: not supported (a ValueError).
-        reshape: accepted for a uniform call; changes nothing.
-        **kwargs: the options from ``output`` to ``reshape`` above, passed to :class:`keras_cam.Explainer`.
+        **kwargs: options passed to :class:`keras_cam.Explainer`:
+            ``output``: for multi-output models, the output holding the class scores.
+            ``linearize``: score the logit before a final softmax/sigmoid (the
+                default); False scores the model's own output.
+            ``batch_size``: occluded copies per forward pass, and inputs per call.
+            ``verbose``: 0 (the default) is silent, 1 draws a progress bar over the passes.
+            ``image_input``: see :class:`keras_cam.Explainer`.
+            ``data_format``: see :class:`keras_cam.Explainer`.
+            ``aug_smooth``: not supported (a ValueError).
+            ``eigen_smooth``: not supported (a ValueError).
+            ``reshape``: accepted for a uniform call; changes nothing.
 
     Example:
         >>> maps = keras_cam.Occlusion(model, patch_size=32, stride=16)(images)

@@ -39,10 +39,8 @@ class ShapleyCAM(Explainer):
     ``BatchNormalization`` is linear and unaffected). ``eigen_smooth`` takes
     the principal component of ``w_k A^k``.
 
-    Args:
-        model: a Keras model; never modified.
-        layer: the target layer (see :class:`keras_cam.Explainer`).
-        **kwargs: the options of :class:`keras_cam.Explainer`.
+    It takes the arguments of :class:`keras_cam.Explainer` (``model``, ``layer``
+    and its options).
 
     Example:
         >>> from keras_cam.targets import ReST

@@ -387,17 +387,17 @@ class LIME(SurrogateExplainer):
             model takes it, or a callable ``f(images) -> baselines`` in
             ``keras.ops`` (run inside the compiled function).
         seed: the seed of the coalitions.
-        output: for multi-output models, the output holding the class scores.
-        linearize: score the logit before a final softmax/sigmoid (``lime``
-            fits the probability: ``linearize=False`` on a softmax model).
-        batch_size: masked inputs per forward pass, and inputs per call.
-        verbose: 0 (the default) is silent, 1 draws a progress bar over the passes.
-        image_input: see :class:`keras_cam.Explainer`.
-        data_format: see :class:`keras_cam.Explainer`.
-        aug_smooth: not supported (a ValueError).
-        eigen_smooth: not supported (a ValueError).
-        reshape: accepted for a uniform call; changes nothing.
-        **kwargs: the options from ``output`` to ``reshape`` above, passed to :class:`keras_cam.Explainer`.
+        **kwargs: options passed to :class:`keras_cam.Explainer`:
+            ``output``: for multi-output models, the output holding the class scores.
+            ``linearize``: score the logit before a final softmax/sigmoid (``lime``
+                fits the probability: ``linearize=False`` on a softmax model).
+            ``batch_size``: masked inputs per forward pass, and inputs per call.
+            ``verbose``: 0 (the default) is silent, 1 draws a progress bar over the passes.
+            ``image_input``: see :class:`keras_cam.Explainer`.
+            ``data_format``: see :class:`keras_cam.Explainer`.
+            ``aug_smooth``: not supported (a ValueError).
+            ``eigen_smooth``: not supported (a ValueError).
+            ``reshape``: accepted for a uniform call; changes nothing.
 
     Example:
         >>> lime = keras_cam.LIME(model, samples=500, n_segments=40)
