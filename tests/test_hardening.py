@@ -247,8 +247,14 @@ def test_every_method_holds_the_other_inputs_of_each_image(images, method):
         {"rgb": images, "gate_values": gates}, targets=[0, 1, 2]).maps
     for i in range(len(images)):
         one = build(HoldGate(model, gates[i:i + 1])).explain(images[i:i + 1], targets=i).maps
-        np.testing.assert_allclose(together[i], one[0], rtol=1e-4, atol=1e-6)
+        # The black-box maps are differences of scores, min-max scaled: float32 rounding of the two
+        # batchings reaches a few 1e-6 of the range (3.4e-6 measured for Occlusion on JAX).
+        atol = 1e-5 if method in BLACK_BOX else 1e-6
+        np.testing.assert_allclose(together[i], one[0], rtol=1e-4, atol=atol)
     assert np.abs(together).max() > 0
+
+
+BLACK_BOX = {"occlusion", "rise", "sobolattribution", "hsicattribution", "lime", "kernelshap"}
 
 
 def channels_first_pair():
