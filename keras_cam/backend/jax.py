@@ -41,18 +41,7 @@ def tapped_gradients(forward, inputs=()):
     :func:`keras_cam.backend.tensorflow.tapped_gradients` returns; a tapped
     value the score does not depend on gets a zero gradient.
     """
-    counts, specs = {}, {}
-
-    def probe(key, t):
-        counts[key] = counts.get(key, 0) + 1
-        if is_tensor(t) and jnp.issubdtype(t.dtype, jnp.floating):
-            specs[key] = (t.shape, t.dtype)
-        else:
-            specs.pop(key, None)
-        return t
-
-    jax.eval_shape(lambda *x: (forward(probe, *x), None)[1], *inputs)
-    deltas = {k: jnp.zeros(shape, dtype) for k, (shape, dtype) in specs.items()}
+    counts, deltas = _tapped_zeros(forward, *inputs)
 
     def f(deltas, inputs):
         seen, taps = {}, {}
@@ -71,6 +60,24 @@ def tapped_gradients(forward, inputs=()):
     return score, aux, taps, dict(g_deltas), list(g_inputs)
 
 
+def _tapped_zeros(forward, *inputs):
+    """``(counts, deltas)``: how often ``forward(tap, *inputs)`` taps each key, and a zero array
+    shaped like the last floating value tapped at each key, read by ``jax.eval_shape`` (a trace,
+    no computation)."""
+    counts, specs = {}, {}
+
+    def probe(key, t):
+        counts[key] = counts.get(key, 0) + 1
+        if is_tensor(t) and jnp.issubdtype(t.dtype, jnp.floating):
+            specs[key] = (t.shape, t.dtype)
+        else:
+            specs.pop(key, None)
+        return t
+
+    jax.eval_shape(lambda *x: (forward(probe, *x), None)[1], *inputs)
+    return counts, {k: jnp.zeros(shape, dtype) for k, (shape, dtype) in specs.items()}
+
+
 def tapped_hvp(forward, vectors=None):
     """Run ``forward(tap) -> (score (N,), aux)``: the gradient of the summed score with
     respect to each tapped value ``A`` and its product with the Hessian, ``H v``.
@@ -82,18 +89,7 @@ def tapped_hvp(forward, vectors=None):
     constant), so that ``hvps[key] = H A``. Returns what
     :func:`keras_cam.backend.tensorflow.tapped_hvp` returns.
     """
-    counts, specs = {}, {}
-
-    def probe(key, t):
-        counts[key] = counts.get(key, 0) + 1
-        if is_tensor(t) and jnp.issubdtype(t.dtype, jnp.floating):
-            specs[key] = (t.shape, t.dtype)
-        else:
-            specs.pop(key, None)
-        return t
-
-    jax.eval_shape(lambda: (forward(probe), None)[1])
-    deltas = {k: jnp.zeros(shape, dtype) for k, (shape, dtype) in specs.items()}
+    counts, deltas = _tapped_zeros(forward)
 
     def f(deltas, t):
         seen, taps = {}, {}
