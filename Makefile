@@ -20,6 +20,9 @@ install-test:
 	@# imports fine without them; shap (KernelSHAP's KernelExplainer).
 	$(PYTHON) -m pip install -q --no-deps "xplique==2.0.2" "tensorflow-probability==0.25.0" "einops" "dm-tree"
 	$(PYTHON) -m pip install -q "decorator" "deprecated" "shap==0.51.0"
+	@# Quantus 0.6 (the metrics' reference) pins tensorflow<=2.20 and opencv; it imports without them.
+	$(PYTHON) -m pip install -q --no-deps "quantus==0.6.0"
+	$(PYTHON) -m pip install -q "cachetools"
 	@# tensorflow-hub imports pkg_resources, which setuptools 81 and later no longer ship.
 	$(PYTHON) -m pip install -q "setuptools<81"
 	@# Headless Chromium for the audit report's browser test (tests/test_audit.py).
