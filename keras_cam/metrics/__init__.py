@@ -8,7 +8,11 @@ Four families, one module each:
   2018), :func:`deletion_auc`, :func:`insertion_auc` (Petsiuk et al. 2018),
   :func:`road` with :func:`impute` (Rong et al. 2022);
 - localization (:mod:`keras_cam.metrics.localization`): against
-  ground-truth boxes, :func:`pointing_game`, :func:`energy_pointing_game`;
+  ground-truth boxes or masks, :func:`pointing_game`,
+  :func:`energy_pointing_game`, :func:`attribution_localization`,
+  :func:`top_k_intersection`, :func:`relevance_rank_accuracy`,
+  :func:`relevance_mass_accuracy`, :func:`mask_auc`, and :func:`focus` on
+  mosaics it builds;
 - properties of the map (:mod:`keras_cam.metrics.properties`):
   :func:`sparseness`, :func:`complexity`, and, calling the explainer again,
   :func:`random_logit` and :func:`max_sensitivity`;
@@ -50,7 +54,18 @@ from keras_cam.metrics.evaluation import (
     bootstrap_interval,
     evaluate,
 )
-from keras_cam.metrics.localization import energy_pointing_game, pointing_game
+from keras_cam.metrics.localization import (
+    attribution_localization,
+    energy_pointing_game,
+    focus,
+    focus_mosaics,
+    focus_scores,
+    mask_auc,
+    pointing_game,
+    relevance_mass_accuracy,
+    relevance_rank_accuracy,
+    top_k_intersection,
+)
 from keras_cam.metrics.perturbation import (
     PERCENTAGES,
     SUBSTRATES,
@@ -64,27 +79,92 @@ from keras_cam.metrics.perturbation import (
     saliency_ranks,
     substrate_images,
 )
-from keras_cam.metrics.properties import complexity, max_sensitivity, random_logit, sparseness, ssim
+from keras_cam.metrics.axiomatic import completeness, input_invariance, non_sensitivity, shifted_copy
+from keras_cam.metrics.faithfulness import (
+    faithfulness_correlation,
+    faithfulness_estimate,
+    infidelity,
+    irof,
+    monotonicity,
+    monotonicity_correlation,
+    pixel_flipping,
+    region_perturbation,
+    selectivity,
+    sensitivity_n,
+    sufficiency,
+)
+from keras_cam.metrics.properties import (
+    complexity,
+    effective_complexity,
+    max_sensitivity,
+    random_logit,
+    sparseness,
+    ssim,
+)
+from keras_cam.metrics.randomization import efficient_mprt, randomized_copy, smooth_mprt
+from keras_cam.metrics.robustness import (
+    avg_sensitivity,
+    consistency,
+    continuity,
+    local_lipschitz_estimate,
+    relative_input_stability,
+    relative_output_stability,
+    relative_representation_stability,
+)
 
 __all__ = [
+    "faithfulness_correlation",
+    "faithfulness_estimate",
+    "infidelity",
+    "irof",
+    "monotonicity",
+    "monotonicity_correlation",
+    "pixel_flipping",
+    "region_perturbation",
+    "selectivity",
+    "sensitivity_n",
+    "sufficiency",
+    "avg_sensitivity",
+    "completeness",
+    "consistency",
+    "continuity",
+    "effective_complexity",
+    "efficient_mprt",
+    "input_invariance",
+    "local_lipschitz_estimate",
+    "non_sensitivity",
+    "randomized_copy",
+    "relative_input_stability",
+    "relative_output_stability",
+    "relative_representation_stability",
+    "shifted_copy",
+    "smooth_mprt",
     "Comparison",
     "EvaluationTable",
+    "attribution_localization",
     "average_drop",
     "bootstrap_interval",
     "complexity",
     "deletion_auc",
     "energy_pointing_game",
     "evaluate",
+    "focus",
+    "focus_mosaics",
+    "focus_scores",
     "impute",
     "increase_in_confidence",
     "insertion_auc",
+    "mask_auc",
     "max_sensitivity",
     "neighbour_weights",
     "pointing_game",
     "random_logit",
+    "relevance_mass_accuracy",
+    "relevance_rank_accuracy",
     "road",
     "saliency_ranks",
     "sparseness",
     "ssim",
+    "top_k_intersection",
     "substrate_images",
 ]

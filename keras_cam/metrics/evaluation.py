@@ -21,7 +21,7 @@ import numpy as np
 
 from keras_cam._compat import to_host
 from keras_cam.inputs import as_batch
-from keras_cam.metrics import localization, perturbation, properties
+from keras_cam.metrics import axiomatic, localization, perturbation, properties, randomization, robustness
 from keras_cam.metrics._scoring import _classes, _scorer
 
 # Resampled images per bootstrap chunk (resamples x images), to keep the memory bounded.
@@ -33,8 +33,10 @@ class _Metric:
     fn: object
     label: str
     better: str            # "lower" or "higher"
-    needs: str             # "model" (model, images, maps), "maps", "boxes", "explainer", "sanity"
+    needs: str             # "model" (model, images, maps), "maps", "boxes" (boxes or masks), "explainer", "sanity",
+                           # "factory" (f(model) -> explainer, model, images, targets)
     digits: int = 3
+    default: bool = True   # computed by evaluate(metrics=None)
 
 
 _METRICS = {
@@ -45,15 +47,38 @@ _METRICS = {
     "road": _Metric(perturbation.road, "ROAD", "higher", "model"),
     "pointing_game": _Metric(localization.pointing_game, "Pointing %", "higher", "boxes", 1),
     "energy_pointing_game": _Metric(localization.energy_pointing_game, "Energy PG %", "higher", "boxes", 1),
+    "attribution_localization": _Metric(localization.attribution_localization, "Attr loc", "higher", "boxes"),
+    "top_k_intersection": _Metric(localization.top_k_intersection, "Top-k ∩", "higher", "boxes", default=False),
+    "relevance_rank_accuracy": _Metric(localization.relevance_rank_accuracy, "Rank acc", "higher", "boxes"),
+    "relevance_mass_accuracy": _Metric(localization.relevance_mass_accuracy, "Mass acc", "higher", "boxes"),
+    "mask_auc": _Metric(localization.mask_auc, "Mask AUC", "higher", "boxes"),
+    "focus": _Metric(localization.focus, "Focus", "higher", "explainer", default=False),
     "sparseness": _Metric(properties.sparseness, "Sparseness", "higher", "maps"),
     "complexity": _Metric(properties.complexity, "Complexity", "lower", "maps"),
     "random_logit": _Metric(properties.random_logit, "Random logit", "lower", "explainer"),
     "max_sensitivity": _Metric(properties.max_sensitivity, "Max sens", "lower", "explainer"),
+    "effective_complexity": _Metric(properties.effective_complexity, "Eff complexity", "lower", "maps", 1, default=False),
+    "avg_sensitivity": _Metric(robustness.avg_sensitivity, "Avg sens", "lower", "explainer", default=False),
+    "local_lipschitz_estimate": _Metric(robustness.local_lipschitz_estimate, "Local Lipschitz", "lower", "explainer",
+                                        default=False),
+    "continuity": _Metric(robustness.continuity, "Continuity", "lower", "explainer", default=False),
+    "consistency": _Metric(robustness.consistency, "Consistency", "higher", "model", default=False),
+    "relative_input_stability": _Metric(robustness.relative_input_stability, "RIS", "lower", "explainer",
+                                        default=False),
+    "relative_output_stability": _Metric(robustness.relative_output_stability, "ROS", "lower", "explainer",
+                                         default=False),
+    "relative_representation_stability": _Metric(robustness.relative_representation_stability, "RRS", "lower",
+                                                  "explainer", default=False),
+    "smooth_mprt": _Metric(randomization.smooth_mprt, "sMPRT ρ", "lower", "factory", default=False),
+    "efficient_mprt": _Metric(randomization.efficient_mprt, "eMPRT", "higher", "factory", default=False),
+    "completeness": _Metric(axiomatic.completeness, "Completeness gap", "lower", "model", default=False),
+    "non_sensitivity": _Metric(axiomatic.non_sensitivity, "Non-sensitivity", "lower", "model", 1, default=False),
+    "input_invariance": _Metric(axiomatic.input_invariance, "Input inv", "higher", "factory", default=False),
     "sanity_check": _Metric(None, "Sanity ρ", "lower", "sanity"),
 }
 
 METRICS = tuple(_METRICS)
-DEFAULT_METRICS = tuple(name for name in METRICS if name != "sanity_check")
+DEFAULT_METRICS = tuple(name for name in METRICS if name != "sanity_check" and _METRICS[name].default)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -309,10 +334,11 @@ def _label(name, metric, kwargs):
     return f"{label} {'↓' if better == 'lower' else '↑'}"
 
 
-def _chosen(metrics, boxes):
+def _chosen(metrics, boxes, masks=None):
     """``{name: kwargs}`` of the metrics to compute, in the given order."""
     if metrics is None:
-        names = [m for m in DEFAULT_METRICS if boxes is not None or _METRICS[m].needs != "boxes"]
+        truth = boxes is not None or masks is not None
+        names = [m for m in DEFAULT_METRICS if truth or _METRICS[m].needs != "boxes"]
         chosen = {m: {} for m in names}
     elif isinstance(metrics, dict):
         chosen = {m: dict(kw or {}) for m, kw in metrics.items()}
@@ -323,8 +349,12 @@ def _chosen(metrics, boxes):
     unknown = [m for m in chosen if m not in _METRICS]
     if unknown:
         raise ValueError(f"Unknown metric(s) {unknown}; choose among {list(METRICS)}.")
-    if boxes is None and any(_METRICS[m].needs == "boxes" for m in chosen):
-        raise ValueError("The pointing games compare maps with ground-truth boxes: pass `boxes=`.")
+    needy = [m for m in chosen if _METRICS[m].needs == "boxes"]
+    if boxes is None and masks is None and needy:
+        raise ValueError(f"The localization metrics {needy} compare maps with the object's ground truth: pass "
+                         f"`boxes=` (N, 2r) integer boxes or `masks=` (N, *S) boolean masks.")
+    if boxes is not None and masks is not None:
+        raise ValueError("Pass either `boxes=` or `masks=` for the localization metrics, not both.")
     if "road" in chosen:
         chosen["road"].setdefault("order", "combined")
     return chosen
@@ -371,7 +401,7 @@ def _build(name, spec, model):
     return None, None, maps
 
 
-def evaluate(explainers, model, images, targets=None, boxes=None, metrics=None, *, batch_size=32,
+def evaluate(explainers, model, images, targets=None, boxes=None, metrics=None, *, masks=None, batch_size=32,
              ci=0.95, resamples=1000, seed=0, verbose=0) -> EvaluationTable:
     """Every metric for every method: one table.
 
@@ -406,10 +436,14 @@ def evaluate(explainers, model, images, targets=None, boxes=None, metrics=None, 
         images: the batch, as the model takes it.
         targets: None (top-1), an int, or one int per image.
         boxes: ``(N, 2 r)`` integer ground-truth boxes (see
-            :func:`pointing_game`); the pointing games are computed when given.
-        metrics: None (every metric but ``sanity_check``; the pointing games
-            when there are boxes), a list of metric names, or a dict
+            :func:`pointing_game`); the localization metrics are computed when given.
+        metrics: None (every metric but ``sanity_check``, ``focus``,
+            ``top_k_intersection`` and the other metrics marked not default;
+            the localization metrics when there are boxes or masks), a list
+            of metric names (any of :data:`METRICS`), or a dict
             ``{name: keyword arguments}``.
+        masks: instead of ``boxes``, ``(N, *S)`` boolean ground-truth masks
+            at the maps' size.
         batch_size: images per compiled model call (the model metrics).
         ci: the confidence level of each cell's bootstrap interval
             (:func:`bootstrap_interval` over the images), in (0, 1), or None
@@ -424,8 +458,9 @@ def evaluate(explainers, model, images, targets=None, boxes=None, metrics=None, 
         metric)``, intervals ``table.intervals`` and ``table.compare(a, b)``.
 
     Raises:
-        ValueError: for an unknown metric name, pointing games without
-            boxes, a ``sanity_check`` of a method given as an instance, or a
+        ValueError: for an unknown metric name, localization metrics without
+            boxes or masks, fixed maps of another size than the images or
+            with NaN, a ``sanity_check`` of a method given as an instance, or a
             ``ci`` outside (0, 1).
 
     Example:
@@ -438,7 +473,7 @@ def evaluate(explainers, model, images, targets=None, boxes=None, metrics=None, 
         raise ValueError(f"`ci` is a confidence level in (0, 1), such as 0.95, or None; received {ci!r}.")
     if isinstance(resamples, bool) or not isinstance(resamples, (int, np.integer)) or resamples < 1:
         raise ValueError(f"`resamples` must be a positive int; received {resamples!r}.")
-    chosen = _chosen(metrics, boxes)
+    chosen = _chosen(metrics, boxes, masks)
     methods = _methods(explainers)
     scorer = _scorer(model)
     x, _ = as_batch(images, scorer.graph.inputs)
@@ -447,6 +482,7 @@ def evaluate(explainers, model, images, targets=None, boxes=None, metrics=None, 
     classes = classes.astype(np.int32)
     x = np.asarray(to_host(x))
     n = len(x)
+    expected = (n,) + tuple(int(d) for d in scorer.graph.to_channels_last(x[:1]).shape[1:-1])
     bar = None
     if verbose:
         from keras_cam._compat import progbar
@@ -458,13 +494,17 @@ def evaluate(explainers, model, images, targets=None, boxes=None, metrics=None, 
         explainer, factory, maps = _build(name, spec, model)
         if maps is None:
             maps = explainer(x, classes)
+        elif maps.shape != expected or not np.isfinite(maps).all():
+            raise ValueError(f"The maps of method {name!r} must be (N, *S) = {expected}, one finite map per image "
+                             f"at the image size; received shape {maps.shape}"
+                             f"{'' if maps.shape != expected else ' with NaN or infinite values'}.")
         step += 1
         if bar is not None:
             bar.update(step)
         row, spans = {"method": name}, {}
         images_rows = [{"method": name, "image": i} for i in range(n)]
         for metric, kwargs in chosen.items():
-            values = _score(metric, kwargs, name, explainer, factory, model, x, maps, classes, boxes,
+            values = _score(metric, kwargs, name, explainer, factory, model, x, maps, classes, (boxes, masks),
                             batch_size)
             row[metric] = None if values is None else float(np.mean(values))
             spans[metric] = None if values is None or ci is None else bootstrap_interval(values, ci, resamples, seed)
@@ -499,7 +539,8 @@ def _score(metric, kwargs, name, explainer, factory, model, x, maps, classes, bo
     if spec.needs == "model":
         return spec.fn(model, x, maps, classes, batch_size=batch_size, reduce=None, **kwargs)
     if spec.needs == "boxes":
-        return spec.fn(maps, boxes, reduce=None)
+        boxes, masks = boxes
+        return spec.fn(maps, boxes, masks=masks, reduce=None, **kwargs)
     if spec.needs == "maps":
         return spec.fn(maps, reduce=None)
     if explainer is None:
@@ -508,9 +549,11 @@ def _score(metric, kwargs, name, explainer, factory, model, x, maps, classes, bo
         return spec.fn(explainer, x, classes, reduce=None, **kwargs)
     if factory is None:
         raise ValueError(
-            f"sanity_check rebuilds the method on a randomized copy of the model; pass method {name!r} as "
+            f"{metric} rebuilds the method on a copy of the model; pass method {name!r} as "
             f"an explainer class, a registry name or a factory f(model) -> explainer, not as an instance."
         )
+    if spec.needs == "factory":
+        return spec.fn(factory, model, x, classes, reduce=None, **kwargs)
     from keras_cam.sanity import sanity_check
 
     return sanity_check(factory, model, x, classes, **kwargs).image_spearman[-1]

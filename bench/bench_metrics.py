@@ -1,0 +1,198 @@
+"""keras-cam's metrics against Quantus 0.6 on the same model, maps and settings.
+
+    python bench/bench_metrics.py [--images 64] [--repeat 3] [--rows focus,mask_auc] [--no-memory]
+
+MobileNetV2 at 96x96 (``weights=None``, 1000 classes, seeded), ``--images``
+random images, Grad-CAM maps (``keras_cam.GradCAM``), one random box per
+image as the ground-truth mask. Each row of :data:`ROWS` times keras-cam's
+call and Quantus's call of the same metric with Quantus's default settings
+(keras-cam's call takes the same settings), interleaved (``_timing.interleaved``:
+A, B, A, B, ..., the median of ``--repeat`` rounds after one warm-up), and
+prints seconds and the ratio. Where Quantus explains again (Focus, the
+robustness and randomization metrics), its ``explain_func`` is keras-cam's
+own (:func:`keras_cam.quantus.explain_func`: Quantus's TensorFlow path
+needs tf-explain, which is unmaintained), so the ratio measures the metric's
+loop, not the explainer.
+
+A row is ``(name, model calls per image, keras-cam call, Quantus call)``,
+each call a function of the shared context :class:`Context`; to add a metric,
+append a row (the other metric modules add theirs the same way).
+
+Memory (``--no-memory`` skips it): the peak resident memory of a fresh
+process computing a many-perturbation metric with 1x, 4x and 16x the
+perturbations, to show it stays flat.
+"""
+
+import argparse
+import os
+import resource
+import subprocess
+import sys
+import warnings
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import numpy as np  # noqa: E402
+
+sys.path.insert(0, os.path.dirname(__file__))
+from _timing import interleaved, table  # noqa: E402
+
+warnings.filterwarnings("ignore")
+
+SIZE = 96
+
+
+class Context:
+    """Everything a row needs: the model, images in both orders, maps, masks, explainers."""
+
+    def __init__(self, images, seed=0):
+        import keras_cam as kc
+        import keras_cam.quantus as kq
+        from keras_cam._compat import keras
+
+        keras.utils.set_random_seed(seed)
+        self.model = keras.applications.MobileNetV2(input_shape=(SIZE, SIZE, 3), weights=None)
+        rng = np.random.default_rng(seed)
+        self.x = rng.uniform(-1, 1, (images, SIZE, SIZE, 3)).astype(np.float32)
+        self.explainer = kc.GradCAM(self.model)
+        explained = self.explainer.explain(self.x)                    # the top-1 logit of each image
+        self.y = np.asarray(explained.targets).astype(np.int64)
+        self.maps = explained.maps
+        self.a = self.maps[:, None]                                   # Quantus's (N, 1, H, W)
+        self.masks = np.zeros((images, SIZE, SIZE), bool)
+        for mask in self.masks:
+            y0, x0 = rng.integers(0, SIZE // 2, 2)
+            h, w = rng.integers(SIZE // 4, SIZE // 2, 2)
+            mask[y0:y0 + h, x0:x0 + w] = True
+        self.s = self.masks[:, None]
+        self.labels = np.arange(images) % 4                            # Focus: 4 classes, 16 images each at 64
+        self.mosaics, self.targets, self.positions = kc.metrics.focus_mosaics(self.x, self.labels)
+        self.explain_func = kq.explain_func("gradcam")
+
+    def quantus(self, metric, **call):
+        """Call a Quantus metric on the context's images and Grad-CAM maps (or ``call``'s overrides)."""
+        args = dict(model=self.model, x_batch=self.x, y_batch=self.y, a_batch=self.a, s_batch=self.s,
+                    channel_first=False, explain_func=self.explain_func, batch_size=64)
+        args.update(call)
+        return metric(**args)
+
+
+def _q():
+    import quantus
+
+    return quantus
+
+
+def _m():
+    from keras_cam import metrics
+
+    return metrics
+
+
+K = dict(disable_warnings=True)
+
+#: (name, model calls per image, keras-cam call, Quantus call), Quantus's defaults on both sides.
+ROWS = [
+    ("pointing_game", "0",
+     lambda c: _m().pointing_game(c.maps, masks=c.masks, reduce=None),
+     lambda c: c.quantus(_q().PointingGame(**K))),
+    ("attribution_localization", "0",
+     lambda c: _m().attribution_localization(c.maps, masks=c.masks, reduce=None),
+     lambda c: c.quantus(_q().AttributionLocalisation(**K))),
+    ("top_k_intersection (k=1000)", "0",
+     lambda c: _m().top_k_intersection(c.maps, masks=c.masks, k=1000, reduce=None),
+     lambda c: c.quantus(_q().TopKIntersection(**K))),
+    ("relevance_rank_accuracy", "0",
+     lambda c: _m().relevance_rank_accuracy(c.maps, masks=c.masks, reduce=None),
+     lambda c: c.quantus(_q().RelevanceRankAccuracy(**K))),
+    ("relevance_mass_accuracy", "0",
+     lambda c: _m().relevance_mass_accuracy(c.maps, masks=c.masks, reduce=None),
+     lambda c: c.quantus(_q().RelevanceMassAccuracy(**K))),
+    ("mask_auc", "0",
+     lambda c: _m().mask_auc(c.maps, masks=c.masks, reduce=None),
+     lambda c: c.quantus(_q().AUC(**K))),
+    ("focus (explains the mosaics)", "1",
+     lambda c: _m().focus(c.explainer, c.x, c.labels, reduce=None),
+     lambda c: c.quantus(_q().Focus(**K), x_batch=c.mosaics, y_batch=c.targets, a_batch=None, s_batch=None,
+                         custom_batch=c.positions)),
+    ("sparseness", "0",
+     lambda c: _m().sparseness(c.maps, reduce=None),
+     lambda c: c.quantus(_q().Sparseness(**K))),
+    ("complexity", "0",
+     lambda c: _m().complexity(c.maps, reduce=None),
+     lambda c: c.quantus(_q().Complexity(**K))),
+    ("random_logit (1000 classes)", "1 explanation",
+     lambda c: _m().random_logit(c.explainer, c.x, c.y, reduce=None),
+     lambda c: c.quantus(_q().RandomLogit(num_classes=1000, **K))),
+    ("road (percentages 1, 3, ..., 99)", "50",
+     lambda c: _m().road(c.model, c.x, c.maps, c.y, percentages=tuple(range(1, 100, 2)), order="morf",
+                         reduce=None),
+     lambda c: c.quantus(_q().ROAD(**K))),
+]
+
+
+def run(ctx, rows, repeat):
+    out = []
+    for name, calls, ours, theirs in rows:
+        times = interleaved({"keras-cam": lambda: ours(ctx), "Quantus": lambda: theirs(ctx)},
+                            repeat=repeat, warmup=1)
+        k, q = times["keras-cam"], times["Quantus"]
+        out.append([name, calls, f"{k:.3f}", f"{q:.3f}", f"{q / k:.1f}x"])
+        print(f"  {name}: keras-cam {k:.3f} s, Quantus {q:.3f} s", file=sys.stderr, flush=True)
+    return out
+
+
+# --- memory: peak RSS of a fresh process, against the number of perturbations ----------------------
+
+MEMORY = {
+    # name: (keras-cam call of a context and a count, the counts)
+    "road": (lambda c, n: _m().road(c.model, c.x, c.maps, c.y, percentages=tuple(np.linspace(1, 99, n)),
+                                     order="morf"), (3, 12, 48)),
+}
+
+
+def memory_child(name, count, images):
+    ctx = Context(images)
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    MEMORY[name][0](ctx, count)
+    after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    print(f"{before} {after}")
+
+
+def memory(images):
+    rows = []
+    for name, (_, counts) in MEMORY.items():
+        for n in counts:
+            done = subprocess.run([sys.executable, __file__, "--memory-child", name, str(n), "--images", str(images)],
+                                  capture_output=True, text=True, check=True)
+            before, after = map(int, done.stdout.split()[-2:])
+            rows.append([name, n, f"{before / 1024:.0f}", f"{after / 1024:.0f}", f"{(after - before) / 1024:.0f}"])
+    return rows
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--images", type=int, default=64)
+    parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--rows", default=None, help="comma-separated row names (their first word)")
+    parser.add_argument("--no-memory", action="store_true")
+    parser.add_argument("--memory-child", nargs=2, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.memory_child:
+        memory_child(args.memory_child[0], int(args.memory_child[1]), args.images)
+        return
+    rows = ROWS
+    if args.rows:
+        wanted = set(args.rows.split(","))
+        rows = [r for r in ROWS if r[0].split()[0] in wanted]
+    ctx = Context(args.images)
+    print(f"MobileNetV2 {SIZE}x{SIZE}, {args.images} images, Grad-CAM maps; median of {args.repeat} interleaved rounds\n")
+    print(table(["metric", "model calls per image", "keras-cam s", "Quantus 0.6 s", "speed-up"],
+                run(ctx, rows, args.repeat)))
+    if not args.no_memory:
+        print("\nPeak resident memory of a fresh process (MiB): before and after the metric\n")
+        print(table(["metric", "perturbations", "before", "peak", "added"], memory(args.images)))
+
+
+if __name__ == "__main__":
+    main()
