@@ -118,7 +118,13 @@ def _warn_empty_maps(maps, explainer, scores=None):
         )
     finite = np.ones(len(maps), bool) if scores is None else np.isfinite(scores)
     empty = np.flatnonzero((maps.reshape(len(maps), -1).max(axis=1) == 0) & finite)
-    if len(empty):
+    if len(empty) and explainer.empty_maps_hint:
+        warnings.warn(
+            f"{type(explainer).__name__}: the maps of images {empty[:10].tolist()} are all zeros: "
+            f"{explainer.empty_maps_hint}",
+            stacklevel=4,
+        )
+    elif len(empty):
         where = f"at layer {explainer.layer_path!r}" if explainer.layer_path else "in the input"
         layer = ", a shallower layer" if explainer.layer_path else ""
         warnings.warn(
@@ -179,6 +185,8 @@ class Explainer:
 
     # Whether the method reads a target layer (the attributions at the input do not).
     uses_layer = True
+    #: Why this method's map can be all zeros and what to try, for the warning (None: the gradient methods' text).
+    empty_maps_hint = None
 
     def __init__(self, model, layer=None, *, output=None, linearize=True, batch_size=32,
                  aug_smooth=False, eigen_smooth=False, image_input=None, data_format=None, reshape=None):

@@ -308,6 +308,9 @@ def test_craft_maps_on_new_images_and_errors():
     found = craft.fit(images, 0)
     maps = craft.maps(_images(3, seed=9))
     assert maps.shape == (3, 3, 12, 12) and maps.min() >= 0
+    one = _images(3, seed=9)[1]
+    # one image: (k, H, W), as in the batch up to float32 rounding of a batched convolution
+    np.testing.assert_allclose(craft.maps(one), maps[1], rtol=1e-4, atol=1e-5 * float(maps.max()))
     reconstructed = np.einsum("nkhw,kc->nhwc", craft.maps(images, upsample=False), found.basis)
     features = _features(model, images)
     assert np.linalg.norm(reconstructed - features) < 0.6 * np.linalg.norm(features)

@@ -373,6 +373,29 @@ def test_bad_arguments_are_clear_errors(cls, kwargs, match):
         cls(linear_model(0), **kwargs)
 
 
+def test_lime_refuses_a_single_coalition():
+    with pytest.raises(ValueError, match="samples` >= 2.*samples=1"):
+        LIME(linear_model(0), samples=1)
+    LIME(linear_model(0), samples=2)  # the whole input and one coalition: a fit exists
+
+
+class _UserError(Exception):
+    pass
+
+
+@pytest.mark.parametrize("cls", [LIME, KernelSHAP])
+def test_a_segments_callables_own_error_reaches_the_caller_unwrapped(cls):
+    """The callable also runs inside the compiled call (a host callback, whose errors the
+    backends wrap in their own); it runs once on the host first, so the user sees theirs."""
+    def broken(image):
+        raise _UserError("my segmenter failed on purpose")
+    kwargs = {"samples": 4} if cls is LIME else {"coalitions": 4}
+    with pytest.raises(_UserError, match="on purpose"):
+        cls(linear_model(0), segments=broken, **kwargs)(images(2, 3))
+    with pytest.raises(ValueError, match="must return integer labels of the input's spatial shape"):
+        cls(linear_model(0), segments=lambda im: np.zeros(3, int), **kwargs)(images(2, 3))
+
+
 def test_bad_callable_segments_are_clear_errors():
     model = linear_model(0)
     x = images(1, 94)

@@ -286,18 +286,20 @@ class CRAFT:
         return np.stack(out)
 
     def maps(self, images, upsample=True, normalize=False):
-        """Concept attribution maps of new ``images``: ``(N, k, *S)`` float32, each position's coefficient of
-        each concept (1: as strong as the concept's strongest crop), upsampled as the CAMs are.
+        """Concept attribution maps of new ``images``: ``(N, k, *S)`` float32 (``(k, *S)`` for one image), each
+        position's coefficient of each concept (1: as strong as the concept's strongest crop), upsampled as the
+        CAMs are.
 
         Raises:
             ValueError: before :meth:`fit`.
         """
         if self.concepts is None:
             raise ValueError("CRAFT.maps reads the concepts found by CRAFT.fit(images, target); call fit first.")
-        batch = self.reader.batch(images)
+        batch, single = self.reader.batch(images, one=True)
         features, _ = self.reader.activations(batch)
         coefficients = self._coefficients(features, self.concepts.basis)
         maps = np.moveaxis(coefficients, -1, 1)
         if upsample or normalize:
             maps = upsampled(maps, tuple(int(d) for d in batch.shape[1:-1]) if upsample else maps.shape[2:], normalize)
-        return maps.astype(np.float32)
+        maps = maps.astype(np.float32)
+        return maps[0] if single else maps

@@ -203,15 +203,23 @@ def nmf(data, k, *, iterations=200, seed=0, tol=1e-4, basis=None, history=False,
     vt, ht, wt = (ops.convert_to_tensor(a) for a in (problems, h, w))
     norm = np.sqrt(np.maximum((problems.astype(np.float64) ** 2).sum(axis=(1, 2)), 1e-30))
     step = 1 if history else BLOCK
+    # Each problem stops on its own: once a block lowers its loss by less than tol, its factors stay as
+    # they are while the others go on, so a problem's result does not depend on its batchmates.
     errors, done, previous = [], 0, None
+    active = np.ones(len(problems), bool)
     while done < iterations:
         m = min(step, iterations - done)
-        ht, wt, loss = _run_block(vt, ht, wt, m, fixed)
+        h_new, w_new, loss = _run_block(vt, ht, wt, m, fixed)
+        keep = ops.convert_to_tensor(active[:, None, None])
+        ht, wt = ops.where(keep, h_new, ht), ops.where(keep, w_new, wt)
         done += m
-        loss = np.asarray(_compat.to_host(loss), np.float64)
+        loss = np.where(active, np.asarray(_compat.to_host(loss), np.float64), previous if previous is not None
+                        else np.nan)
         errors.append(np.sqrt(loss) / norm)
-        if not history and tol > 0 and previous is not None and np.all(previous - loss <= tol * previous):
-            break
+        if not history and tol > 0 and previous is not None:
+            active &= ~(previous - loss <= tol * previous)
+            if not active.any():
+                break
         previous = loss
     h, w = np.asarray(_compat.to_host(ht)), np.asarray(_compat.to_host(wt)) * unit[:, None, None]
     errors = np.stack(errors)

@@ -73,16 +73,19 @@ class LayerReader:
     def layer_path(self):
         return self.graph.paths[0]
 
-    def batch(self, images, name="images"):
-        """``images`` as a channels-last float32 tensor ``(N, *S, C)``; the layer is chosen on the first call."""
+    def batch(self, images, name="images", one=False):
+        """``images`` as a channels-last float32 tensor ``(N, *S, C)``; the layer is chosen on the first call.
+
+        With ``one=True`` a single input is taken too, and ``(batch, single)`` is returned.
+        """
         x = check_images(images, name)
         batch, _, single = read_inputs(self.graph, x)
-        if single:
+        if single and not one:
             raise ValueError(f"`{name}` is one image of shape {tuple(x.shape)}; the concept methods compare "
                              f"several images: pass a batch (N, ...).")
         if not self.graph.ready:
             self.graph.prepare(self.graph.to_model_format(batch[:1]))
-        return batch
+        return (batch, single) if one else batch
 
     # --- compiled steps -----------------------------------------------------------------------------
 

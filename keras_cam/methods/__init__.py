@@ -48,15 +48,24 @@ METHODS = {
     "hsicattribution": "keras_cam.methods.blackbox:HSICAttribution",
     "lime": "keras_cam.methods.surrogate:LIME",
     "kernelshap": "keras_cam.methods.surrogate:KernelSHAP",
+    "attentionrollout": "keras_cam.methods.attention:AttentionRollout",
+    "gradientrollout": "keras_cam.methods.attention:GradientRollout",
+    "legrad": "keras_cam.methods.attention:LeGrad",
 }
+
+#: Short spellings of registered names (the papers' and peers' own: xplique's ``SobolAttributionMethod``
+#: and ``HsicAttributionMethod`` are "Sobol" and "HSIC" in their papers' titles).
+ALIASES = {"sobol": "sobolattribution", "hsic": "hsicattribution"}
 
 
 def canonical(name: str) -> str:
     """The registry key for a spelling: case, ``-``, ``_`` and spaces ignored, ``++`` read as ``pp``.
 
-    ``"Grad-CAM++"``, ``"grad_cam_pp"`` and ``"gradcampp"`` are the same name.
+    ``"Grad-CAM++"``, ``"grad_cam_pp"`` and ``"gradcampp"`` are the same name; a short
+    spelling in :data:`ALIASES` (``"sobol"``, ``"hsic"``) reads as its full name.
     """
-    return "".join(name.lower().replace("++", "pp").replace("+", "p").split()).replace("-", "").replace("_", "")
+    key = "".join(name.lower().replace("++", "pp").replace("+", "p").split()).replace("-", "").replace("_", "")
+    return ALIASES.get(key, key)
 
 
 def names() -> list:

@@ -307,6 +307,11 @@ class _BlackBox(StreamingExplainer):
 
     uses_layer = False
     _smoother = "raise the number of masks"
+    empty_maps_hint = (
+        "every part of the input moved the explained score by the same amount (often not at all), so "
+        "none stands out. Try another target, a baseline further from the input, or larger "
+        "masked regions."
+    )
 
     def __init__(self, model, layer=None, *, output=None, linearize=True, batch_size=32, verbose=0,
                  image_input=None, data_format=None, aug_smooth=False, eigen_smooth=False, reshape=None):

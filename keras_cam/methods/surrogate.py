@@ -123,6 +123,11 @@ class SurrogateExplainer(StreamingExplainer):
     """
 
     uses_layer = False
+    empty_maps_hint = (
+        "every part of the input moved the explained score by the same amount (often not at all), so "
+        "none stands out. Try another target, a baseline further from the input, or fewer, larger "
+        "superpixels."
+    )
 
     def __init__(self, model, layer=None, *, segments=None, n_segments=50, compactness=0.1, baseline=None,
                  seed=0, output=None, linearize=True, batch_size=32, verbose=0, image_input=None,
@@ -223,6 +228,14 @@ class SurrogateExplainer(StreamingExplainer):
 
     def _host_labels(self, images):
         return np.stack([self._labels_of_one(im) for im in np.asarray(images)]).astype(np.int32)
+
+    def read_call(self, images, targets):
+        """The base class's checks, and a user's ``segments`` callable run once on the host first: its
+        errors are raised here as they are, not from inside the compiled call that runs it again."""
+        call = super().read_call(images, targets)
+        if callable(self.segments):
+            self._host_labels(_compat.to_host(call[0]))
+        return call
 
     def labels(self, images):
         """``(N, *S)`` int32 superpixel labels of channels-last ``images``, traceable."""
@@ -408,6 +421,12 @@ class LIME(SurrogateExplainer):
     def __init__(self, model, layer=None, *, samples=1000, kernel_width=0.25, alpha=1.0, segments=None,
                  n_segments=50, compactness=0.1, baseline="mean", seed=0, **kwargs):
         self.samples = check_positive_int("samples", samples, "coalitions per input")
+        if self.samples < 2:
+            raise ValueError(
+                f"LIME needs `samples` >= 2: the first coalition is the whole input, so with "
+                f"samples={self.samples} no superpixel is ever removed and every map is zero. "
+                f"Use hundreds (lime's default is 1000)."
+            )
         self.kernel_width = _number("kernel_width", kernel_width, "the kernel's width")
         self.alpha = _number("alpha", alpha, "the ridge penalty", strict=False)
         super().__init__(model, layer, segments=segments, n_segments=n_segments, compactness=compactness,
