@@ -328,6 +328,8 @@ def _is_global(layer, inputs, out_shape, rank=2, out=None):
         return False
     if type(layer).__name__ in _GLOBAL_POOLS:
         return True
+    if type(layer).__name__.endswith("Attention"):  # mixes tokens, keeps one per position
+        return False
     if out_shape is None:  # a structure: global unless it holds a map (a feature pyramid's levels)
         return not any(len(t.shape) == rank + 2 for t in _tensors(out))
     if rank == 2 and len(out_shape) == 3 and _is_relayout(inputs, out_shape):
@@ -436,6 +438,12 @@ def _image_size(sample):
     return tuple(int(d) for d in shape[1:-1])
 
 
+def _batch_size(sample):
+    """The batch size of a probe sample (its largest array's first axis), or None."""
+    arrays = [t for t in flatten(sample) if np.ndim(t) >= 1]
+    return int(np.shape(max(arrays, key=np.ndim))[0]) if arrays else None
+
+
 def _is_patch_grid(dims, image_size):
     """Whether ``(h, w)`` is the grid of integer-stride patches of an ``image_size`` image."""
     if image_size is None or len(image_size) != 2 or None in dims:
@@ -484,11 +492,20 @@ def auto_layer(model, sample, reshape=None, score=None, context=None):
     # inside a custom layer that returns several maps (one level of a feature pyramid).
     heads = _logit_layers(model)
     branches = tuple(i.path + "/" for i in infos if i.output_shape is None and _children(i.layer))
+    # Nor what an attention layer computes inside: its scores and probabilities (N, heads, L, L),
+    # or a windowed attention's (N * windows, ...) tensors, whose first axis is not the batch.
+    attention = tuple(i.path + "/" for i in infos if type(i.layer).__name__.endswith("Attention"))
+    batch = _batch_size(sample)
     spatial = [i for i in spatial if id(i.layer) not in heads and i.calls == 1
-               and not i.path.startswith(branches)] or spatial
+               and not i.path.startswith(branches) and not i.path.startswith(attention)
+               and i.output_shape[0] in (None, batch)] or spatial
     maps = [i for i in spatial if not i.pooled]
     last = (maps or spatial)[-1] if spatial else None
-    tokens = token_candidates(infos, last, _image_size(sample), reshape)
+    tokens = [i for i in token_candidates(infos, last, _image_size(sample), reshape)
+              if i.output_shape[0] in (None, batch) and i.calls == 1]
+    tower = _vision_tower(model, infos, last) if len(flatten(sample)) > 1 else None
+    if tower is not None:  # an image-text model: the image's tokens, not the text decoder's
+        tokens = [i for i in tokens if i.path.startswith(tower)]
     if tokens:
         flows = carries_gradient(model, sample, tokens, reshape, score, context)
         chosen = [i for i, flow in zip(tokens, flows) if flow]
@@ -506,6 +523,26 @@ def auto_layer(model, sample, reshape=None, score=None, context=None):
             f"`layer=` and, if its grid is not inferred, `reshape=`)."
         )
     return last
+
+
+def _vision_tower(model, infos, last_map):
+    """``"path/"`` of the outermost layer holding ``last_map`` whose class names a vision
+    encoder (``*Vit*``, ``*Vision*``, ``*Image*Encoder*``), or None.
+
+    In an image-text model (PaliGemma, CLIP, SigLIP) the text decoder's token
+    sequences hold the image tokens next to the text's; only the vision
+    tower's own tokens lie on the patch grid.
+    """
+    if last_map is None:
+        return None
+    found = None
+    for path, layer in walk(model):
+        name = type(layer).__name__.lower()
+        if (last_map.path.startswith(path + "/") and ("vit" in name or "vision" in name
+                                                       or ("image" in name and "encoder" in name))):
+            if found is None or len(path) < len(found):
+                found = path
+    return None if found is None else found + "/"
 
 
 def token_candidates(infos, last_map, image_size, reshape=None):
@@ -610,7 +647,7 @@ def carries_gradient(model, sample, infos, reshape=None, score=None, context=Non
 def _logit_layers(model):
     """The ids of the layers that compute ``model``'s outputs as per-pixel class
     scores: a final 1x1 convolution (a segmenter's head), with the activation
-    layers after it, through nested models. A backbone's own output (an
+    and resizing layers after it, through nested models. A backbone's own output (an
     activation after a wider convolution) is not one."""
     try:
         outputs = model.outputs
@@ -619,7 +656,7 @@ def _logit_layers(model):
     ids = set()
     for t in outputs or ():
         op, chain = _compat.producer(t), []
-        while op is not None and type(op).__name__ in ("Activation", "Softmax", "ReLU"):
+        while op is not None and type(op).__name__ in ("Activation", "Softmax", "ReLU", "Resizing", "UpSampling2D"):
             chain.append(op)
             try:
                 op = _compat.producer(op.input)

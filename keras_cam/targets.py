@@ -808,3 +808,10 @@ class Detection(Target):
         decoded = decode_boxes(anchors, deltas)
         hit = box_iou(decoded, box[:, None, :]) >= self.iou
         return ops.sum(ops.where(hit, logits, 0.0), axis=1)
+
+
+# Public names of the helpers the other target modules (keras_cam.multimodal) share.
+BOX_FORMATS = _BOX_FORMATS
+check_index = _check_index
+per_input_rows = _rows
+static_output_shape = _static_output_shape
