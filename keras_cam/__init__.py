@@ -20,6 +20,7 @@ __version__ = "0.1.0"
 # Public name -> the module that defines it.
 _EXPORTS = {
     "AblationCAM": "keras_cam.methods.ablation",
+    "AttentionRollout": "keras_cam.methods.attention",
     "Audit": "keras_cam.audit.core",
     "CAM": "keras_cam.methods.activation",
     "CAMCallback": "keras_cam.callbacks",
@@ -36,6 +37,7 @@ _EXPORTS = {
     "GradCAM": "keras_cam.methods.gradient",
     "GradCAMElementWise": "keras_cam.methods.gradient",
     "GradCAMPlusPlus": "keras_cam.methods.gradient",
+    "GradientRollout": "keras_cam.methods.attention",
     "GuidedBackprop": "keras_cam.methods.guided",
     "GuidedGradCAM": "keras_cam.methods.guided",
     "HSICAttribution": "keras_cam.methods.blackbox",
@@ -46,6 +48,7 @@ _EXPORTS = {
     "KernelSHAP": "keras_cam.methods.surrogate",
     "LIME": "keras_cam.methods.surrogate",
     "LayerCAM": "keras_cam.methods.gradient",
+    "LeGrad": "keras_cam.methods.attention",
     "Occlusion": "keras_cam.methods.blackbox",
     "RISE": "keras_cam.methods.blackbox",
     "RandomCAM": "keras_cam.methods.activation",
@@ -63,6 +66,7 @@ _EXPORTS = {
     "explain_dataset": "keras_cam.dataset",
     "flatten_model": "keras_cam.flatten",
     "gradient_image": "keras_cam.methods.guided",
+    "list_attention_layers": "keras_cam.attention",
     "list_layers": "keras_cam.layers",
     "metrics": None,  # a submodule
     "overlay": "keras_cam.viz",
@@ -82,7 +86,9 @@ if TYPE_CHECKING:  # the same names for static tools (IDEs, the docs' API refere
     from keras_cam.dataset import explain_dataset
     from keras_cam.flatten import flatten_model
     from keras_cam.layers import list_layers
+    from keras_cam.attention import list_attention_layers
     from keras_cam.methods.ablation import AblationCAM
+    from keras_cam.methods.attention import AttentionRollout, GradientRollout, LeGrad
     from keras_cam.methods.activation import CAM, FEM, EigenCAM, RandomCAM
     from keras_cam.methods.attribution import IntegratedGradients, Saliency, SmoothGrad
     from keras_cam.methods.blackbox import RISE, HSICAttribution, Occlusion, SobolAttribution
