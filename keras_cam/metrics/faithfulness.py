@@ -134,12 +134,12 @@ def _setup(model, images, maps, targets, batch_size, reduce, softmax):
     ones, zeros = np.ones(n), np.zeros(n)
     # The unchanged images (an empty group range), with the top-1 classes resolved.
     y, used = [], []
+    t = ops.convert_to_tensor
     for i in range(0, n, batch_size):
         j = slice(i, i + batch_size)
-        v, c = engine.run(x, x, ops.convert_to_tensor(groups[j]), ops.convert_to_tensor(np.arange(n, dtype=np.int32)[j]),
-                          ops.convert_to_tensor(zeros[j].astype(np.int32)), ops.convert_to_tensor(zeros[j].astype(np.int32)),
-                          ops.convert_to_tensor(ones[j].astype(np.float32)), ops.convert_to_tensor(zeros[j].astype(np.float32)),
-                          ops.convert_to_tensor(idx[j]), bool(softmax))
+        v, c = engine.run(x, x, t(groups[j]), t(np.arange(n, dtype=np.int32)[j]), t(zeros[j].astype(np.int32)),
+                          t(zeros[j].astype(np.int32)), t(ones[j].astype(np.float32)), t(zeros[j].astype(np.float32)),
+                          t(idx[j]), bool(softmax))
         y.append(np.asarray(to_host(v), np.float64))
         used.append(np.asarray(to_host(c), np.int32))
     cls = np.concatenate(used)
@@ -576,9 +576,11 @@ def infidelity(model, images, maps, targets=None, *, patch_sizes=(4,), baseline=
 def sufficiency(model, images, maps, targets=None, *, threshold=0.6, softmax=True, batch_size=32, reduce="mean"):
     """Sufficiency (Dasgupta et al., ICML 2022), higher is better (↑), in [0, 1].
 
-    Two images are neighbours when their maps lie within ``threshold`` in the
-    standardized Euclidean distance (each feature divided by its variance over
-    the ``N`` maps, as ``scipy.spatial.distance.cdist(..., "seuclidean")``;
+    Two images are neighbours when the distance of their maps, divided by the
+    largest distance between two of the ``N`` maps, is at most ``threshold``;
+    the distance is the standardized Euclidean one (each squared difference divided by the
+    feature's variance, estimated as ``scipy.spatial.distance.cdist(maps, maps,
+    "seuclidean")`` does, over the ``N`` maps stacked twice, ``ddof=1``;
     features that do not vary are left out). The value of image ``i`` is the
     share of its neighbours ``j != i`` with the same class (``targets``, or
     the model's top-1 class when None), 0 without neighbours. Quantus's
@@ -588,19 +590,22 @@ def sufficiency(model, images, maps, targets=None, *, threshold=0.6, softmax=Tru
     depends on the others. Cost: one model call per image.
     """
     check_reduce(reduce)
-    if not (isinstance(threshold, numbers.Real) and not isinstance(threshold, bool) and threshold >= 0):
-        raise ValueError(f"`threshold` must be a non-negative number; received {threshold!r}.")
+    if not (isinstance(threshold, numbers.Real) and not isinstance(threshold, bool) and 0 <= threshold <= 1):
+        raise ValueError(f"`threshold` must be a number in [0, 1] (a share of the largest distance between "
+                         f"two maps); received {threshold!r}.")
     _, _, m, cls, _ = _setup(model, images, maps, targets, batch_size, reduce, softmax)
     n = len(m)
     flat = m.reshape(n, -1)
     if n < 2:
         return reduced(np.zeros(n), reduce)
-    var = flat.var(axis=0, ddof=1)
+    var = np.vstack([flat, flat]).var(axis=0, ddof=1)  # as cdist(maps, maps, "seuclidean") estimates it
     keep = var > 0
     z = flat[:, keep] / np.sqrt(var[keep])
     from scipy.spatial.distance import cdist
 
     dist = cdist(z, z, "euclidean")
+    if dist.max() > 0:
+        dist = dist / dist.max()  # Quantus's normalise_func (by the maximum) on the distances
     near = (dist <= threshold) & ~np.eye(n, dtype=bool)
     same = cls[None] == cls[:, None]
     count = near.sum(axis=1)
