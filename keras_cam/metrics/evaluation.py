@@ -21,7 +21,7 @@ import numpy as np
 
 from keras_cam._compat import to_host
 from keras_cam.inputs import as_batch
-from keras_cam.metrics import localization, perturbation, properties
+from keras_cam.metrics import faithfulness, localization, perturbation, properties
 from keras_cam.metrics._scoring import _classes, _scorer
 
 # Resampled images per bootstrap chunk (resamples x images), to keep the memory bounded.
@@ -45,6 +45,19 @@ _METRICS = {
     "deletion_auc": _Metric(perturbation.deletion_auc, "Deletion", "lower", "model"),
     "insertion_auc": _Metric(perturbation.insertion_auc, "Insertion", "higher", "model"),
     "road": _Metric(perturbation.road, "ROAD", "higher", "model"),
+    "faithfulness_correlation": _Metric(faithfulness.faithfulness_correlation, "Faith corr", "higher", "model",
+                                        default=False),
+    "faithfulness_estimate": _Metric(faithfulness.faithfulness_estimate, "Faith est", "higher", "model", default=False),
+    "monotonicity": _Metric(faithfulness.monotonicity, "Monotonicity", "higher", "model", default=False),
+    "monotonicity_correlation": _Metric(faithfulness.monotonicity_correlation, "Mono corr", "higher", "model",
+                                        default=False),
+    "pixel_flipping": _Metric(faithfulness.pixel_flipping, "Pixel flip", "lower", "model", default=False),
+    "region_perturbation": _Metric(faithfulness.region_perturbation, "AOPC", "higher", "model", default=False),
+    "selectivity": _Metric(faithfulness.selectivity, "Selectivity", "lower", "model", default=False),
+    "sensitivity_n": _Metric(faithfulness.sensitivity_n, "Sens-n", "higher", "model", default=False),
+    "irof": _Metric(faithfulness.irof, "IROF", "higher", "model", default=False),
+    "infidelity": _Metric(faithfulness.infidelity, "Infidelity", "lower", "model", default=False),
+    "sufficiency": _Metric(faithfulness.sufficiency, "Sufficiency", "higher", "model", default=False),
     "pointing_game": _Metric(localization.pointing_game, "Pointing %", "higher", "boxes", 1),
     "energy_pointing_game": _Metric(localization.energy_pointing_game, "Energy PG %", "higher", "boxes", 1),
     "attribution_localization": _Metric(localization.attribution_localization, "Attr loc", "higher", "boxes"),
@@ -308,6 +321,8 @@ def _direction(name, metric, kwargs):
     if name == "road":
         order = kwargs.get("order", "combined")
         label, better = f"ROAD {order}", ("lower" if order == "morf" else "higher")
+    if name == "region_perturbation" and kwargs.get("order", "morf") == "lerf":
+        label, better = "AOPC lerf", "lower"
     return label, better
 
 
