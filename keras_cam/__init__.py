@@ -37,6 +37,7 @@ _EXPORTS = {
     "GradCAM": "keras_cam.methods.gradient",
     "GradCAMElementWise": "keras_cam.methods.gradient",
     "GradCAMPlusPlus": "keras_cam.methods.gradient",
+    "GeneratedToken": "keras_cam.multimodal",
     "GradientRollout": "keras_cam.methods.attention",
     "GuidedBackprop": "keras_cam.methods.guided",
     "GuidedGradCAM": "keras_cam.methods.guided",
@@ -50,6 +51,7 @@ _EXPORTS = {
     "LayerCAM": "keras_cam.methods.gradient",
     "LeGrad": "keras_cam.methods.attention",
     "Occlusion": "keras_cam.methods.blackbox",
+    "QueryDetection": "keras_cam.multimodal",
     "RISE": "keras_cam.methods.blackbox",
     "RandomCAM": "keras_cam.methods.activation",
     "SSCAM": "keras_cam.methods.score",
@@ -60,10 +62,12 @@ _EXPORTS = {
     "SmoothGrad": "keras_cam.methods.attribution",
     "SmoothGradCAMPlusPlus": "keras_cam.methods.gradient",
     "SobolAttribution": "keras_cam.methods.blackbox",
+    "TextSimilarity": "keras_cam.multimodal",
     "VizGradCAM": "keras_cam.vizgradcam",
     "XGradCAM": "keras_cam.methods.gradient",
     "audit": None,  # a submodule that is also callable: keras_cam.audit(explainer, data, ...)
     "explain_dataset": "keras_cam.dataset",
+    "explain_texts": "keras_cam.multimodal",
     "flatten_model": "keras_cam.flatten",
     "gradient_image": "keras_cam.methods.guided",
     "list_attention_layers": "keras_cam.attention",
@@ -72,6 +76,7 @@ _EXPORTS = {
     "overlay": "keras_cam.viz",
     "plot": "keras_cam.viz",
     "sanity_check": "keras_cam.sanity",
+    "text_inputs": "keras_cam.multimodal",
 }
 
 __all__ = sorted(_EXPORTS)
@@ -101,6 +106,7 @@ if TYPE_CHECKING:  # the same names for static tools (IDEs, the docs' API refere
     from keras_cam.methods.score import ISCAM, SSCAM, ScoreCAM
     from keras_cam.methods.shapley import ShapleyCAM
     from keras_cam.methods.surrogate import LIME, KernelSHAP
+    from keras_cam.multimodal import GeneratedToken, QueryDetection, TextSimilarity, explain_texts, text_inputs
     from keras_cam.sanity import SanityResult, sanity_check
     from keras_cam.viz import overlay, plot
     from keras_cam.vizgradcam import VizGradCAM

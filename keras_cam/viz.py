@@ -443,9 +443,33 @@ def _explain(item, inputs, targets, n, header, rank=2):
     return maps, result
 
 
+def _several_targets(targets):
+    """Whether ``targets`` is a list or dict of target objects (one column each)."""
+    from keras_cam.targets import Target
+    values = list(targets.values()) if isinstance(targets, dict) else targets
+    return (isinstance(values, (list, tuple)) and bool(values)
+            and all(isinstance(t, Target) for t in values))
+
+
+def _text_columns(items, headers, inputs, texts, tokenizer):
+    """One column per explainer and prompt of an image-text model."""
+    from keras_cam import multimodal
+    prompts = [texts] if isinstance(texts, str) else list(texts)
+    names = [p if isinstance(p, str) else f"text {j}" for j, p in enumerate(prompts)]
+    out_headers, results = [], []
+    for item, h in zip(items, headers):
+        if not hasattr(item, "explain"):
+            raise TypeError(f"`texts` needs explainers as columns; column {h!r} is {type(item).__name__}.")
+        maps = multimodal.explain_texts(item, inputs, prompts, tokenizer)
+        for j, name in enumerate(names):
+            results.append((maps[:, j], None))
+            out_headers.append(name if len(items) == 1 else f"{h}\n{name}")
+    return out_headers, results
+
+
 def plot(images, columns, targets=None, *, inputs=None, class_names=None, labels=None,
          alpha=0.5, colormap="jet", show_image=True, row_titles=None, cell_size=2.0,
-         path=None, dpi=100, spatial=None):
+         path=None, dpi=100, spatial=None, texts=None, tokenizer=None):
     """A comparison grid: one row per image, one column per method, layer or model.
 
     Each cell is the image with a column's map overlaid (see :func:`overlay`),
@@ -480,6 +504,16 @@ def plot(images, columns, targets=None, *, inputs=None, class_names=None, labels
             (2 without one). Signals and volumes are drawn as by
             :func:`overlay`; the plain-input column then shows the same
             picture without the map (for volumes, the first column's slices).
+        texts: prompts for an image-text model (CLIP, SigLIP): one column per
+            prompt and explainer, scored by
+            :class:`~keras_cam.multimodal.TextSimilarity` (strings with
+            ``tokenizer``, or token ids; see
+            :func:`~keras_cam.multimodal.explain_texts`).
+        tokenizer: turns string ``texts`` into token ids.
+
+    Several targets, one column each: ``targets`` may be a list or a dict
+    ``{header: target}`` of target objects (e.g. one
+    :class:`~keras_cam.multimodal.GeneratedToken` per token).
 
     Returns:
         A :class:`matplotlib.figure.Figure` (shown inline when it is the last
@@ -505,10 +539,21 @@ def plot(images, columns, targets=None, *, inputs=None, class_names=None, labels
         raise ValueError(f"`row_titles` has {len(row_titles)} entries for {n} images.")
     if labels is not None and len(labels) != n:
         raise ValueError(f"`labels` has {len(labels)} entries for {n} images.")
-    results = [_explain(item, inputs, targets, n, h, rank) for item, h in zip(items, headers)]
+    if texts is not None:
+        headers, results = _text_columns(items, headers, inputs, texts, tokenizer)
+    elif _several_targets(targets):
+        named = targets if isinstance(targets, dict) else {f"{type(t).__name__} {j}": t for j, t in enumerate(targets)}
+        results, expanded = [], []
+        for item, h in zip(items, headers):
+            for name, target in named.items():
+                results.append(_explain(item, inputs, target, n, h, rank))
+                expanded.append(str(name) if len(items) == 1 else f"{h}\n{name}")
+        headers = expanded
+    else:
+        results = [_explain(item, inputs, targets, n, h, rank) for item, h in zip(items, headers)]
 
     offset = 1 if show_image else 0
-    ncols = len(items) + offset
+    ncols = len(results) + offset
     fig = _InlineFigure(figsize=(cell_size * ncols, cell_size * 1.2 * n), dpi=dpi, layout="constrained")
     axes = np.asarray(fig.subplots(n, ncols, squeeze=False))
     for i in range(n):
