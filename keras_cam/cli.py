@@ -4,7 +4,7 @@
     keras-cam explain IMAGE... --model PATH [--method NAME] [--layer NAME] [--target N] [--out DIR]
     keras-cam layers --model PATH
     keras-cam audit IMAGES_DIR --model PATH [--labels CSV] [--method NAME] [--out DIR]
-    keras-cam evaluate IMAGE... --model PATH [--method NAME] [--metric NAME]
+    keras-cam evaluate IMAGE... --model PATH [--method NAME] [--metrics A,B] [--boxes CSV] [--per-image CSV]
 
 ``demo`` runs six methods on the built-in model and generated images (no
 argument, no network). ``explain`` writes one overlay PNG per image and
@@ -357,8 +357,6 @@ def cmd_explain(args):
 
     # Same-size inputs go through in batches; otherwise one image at a time.
     inputs = [_as_model_input(im, size) for im in originals]
-    if args.text:
-        return _explain_texts(args, model, explainers, keys, stems, paths, originals, inputs)
     step = args.batch_size if size is not None else 1
     bar = _Progress(len(paths), f"explaining images with {', '.join(keys)}", args.quiet)
     records = []
@@ -388,61 +386,6 @@ def cmd_explain(args):
     }
     write_atomic(json_path, (json.dumps(report, indent=2) + "\n").encode("utf-8"))
     print(f"wrote {len(paths) * len(keys)} overlay(s) and {json_path}")
-    return 0
-
-
-def _read_prompts(texts, tokenizer_dir):
-    """``--text`` values as token-id lists (``1,7,9``) or strings, and the tokenizer for strings."""
-    import re
-
-    prompts = [[int(v) for v in t.split(",")] if re.fullmatch(r"\s*\d+(\s*,\s*\d+)*\s*", t) else t for t in texts]
-    tokenizer = None
-    if any(isinstance(p, str) for p in prompts):
-        if tokenizer_dir is None:
-            raise CliError(f"--text {next(p for p in prompts if isinstance(p, str))!r} is a string: pass "
-                           f"--tokenizer DIR (a KerasHub tokenizer preset folder), or the prompt's token ids "
-                           f"as 1,7,9,49")
-        import keras_hub
-        tokenizer = keras_hub.tokenizers.Tokenizer.from_preset(tokenizer_dir)
-    if len({isinstance(p, str) for p in prompts}) > 1:
-        raise CliError("--text values mix strings and token ids; give all prompts the same way")
-    return prompts, tokenizer
-
-
-def _explain_texts(args, model, explainers, keys, stems, paths, originals, inputs):
-    """``explain --text``: one overlay per image, method and prompt of a CLIP / SigLIP model."""
-    from keras_cam import multimodal
-    from keras_cam.viz import overlay
-
-    if args.target is not None:
-        raise CliError("--target is a class index; with --text the prompts are what is explained")
-    prompts, tokenizer = _read_prompts(args.text, args.tokenizer)
-    out = args.out
-    names = [[[os.path.join(out, f"{s}_{k}_text{j}.png") for j in range(len(prompts))] for k in keys] for s in stems]
-    json_path = os.path.join(out, "predictions.json")
-    check_free([p for a in names for b in a for p in b] + [json_path], args.overwrite)
-    try:
-        pairs = multimodal.text_inputs(model, np.zeros((1,) + inputs[0].shape, np.float32), prompts, tokenizer)
-    except (ValueError, TypeError) as e:
-        raise CliError(" ".join(str(e).split())) from e
-    records = []
-    bar = _Progress(len(paths), f"explaining images and {len(prompts)} prompt(s) with {', '.join(keys)}", args.quiet)
-    for n, image in enumerate(inputs):
-        batch = preprocess(image[None], args.preprocess)
-        x = {"images": np.repeat(batch.astype(np.float32), len(prompts), axis=0), "token_ids": pairs["token_ids"]}
-        results = [e.explain(x, targets=multimodal.TextSimilarity()) for e in explainers]
-        os.makedirs(out, exist_ok=True)
-        for j, result in enumerate(results):
-            for t in range(len(prompts)):
-                write_png(names[n][j][t], overlay(originals[n] / 255.0, result.maps[t], args.alpha, args.colormap))
-        records.append({"image": paths[n], "texts": [p if isinstance(p, str) else list(p) for p in prompts],
-                        "overlays": {k: names[n][j] for j, k in enumerate(keys)},
-                        "similarity": [float(v) for v in results[0].scores]})
-        bar.update(n + 1)
-    report = {"model": args.model, "layer": explainers[0].layer_path, "methods": keys,
-              "preprocess": args.preprocess, "images": records}
-    write_atomic(json_path, (json.dumps(report, indent=2) + "\n").encode("utf-8"))
-    print(f"wrote {len(paths) * len(keys) * len(prompts)} overlay(s) and {json_path}")
     return 0
 
 
@@ -621,15 +564,20 @@ def cmd_layers(args):
 def cmd_evaluate(args):
     """``keras-cam evaluate``: the :func:`keras_cam.metrics.evaluate` table for image files."""
     from keras_cam import methods as registry
-    from keras_cam.metrics import METRICS, evaluate
+    from keras_cam.metrics import DEFAULT_METRICS, METRICS, evaluate
+    from keras_cam.metrics.evaluation import needs_ground_truth
 
     method_names = args.method or ["gradcam"]
     for m in method_names:
         registry.get(m)  # an unknown name fails before any work
     keys = list(dict.fromkeys(registry.canonical(m) for m in method_names))
-    unknown = [m for m in (args.metric or []) if m not in METRICS]
+    asked = list(args.metric or []) + [m.strip() for text in (args.metrics or []) for m in text.split(",") if m.strip()]
+    unknown = [m for m in asked if m not in METRICS]
     if unknown:
-        raise CliError(f"unknown --metric {unknown[0]!r}; choose among {', '.join(METRICS)}")
+        raise CliError(f"unknown metric {unknown[0]!r} (--metric/--metrics); choose among {', '.join(METRICS)}")
+    if args.boxes is None and any(needs_ground_truth(m) for m in asked):
+        raise CliError(f"the localization metrics {[m for m in asked if needs_ground_truth(m)]} compare maps "
+                       f"with the objects' boxes: pass --boxes CSV (columns image,y0,x0,y1,x1)")
     if args.batch_size < 1 or args.steps < 1:
         raise CliError("--batch-size and --steps must be at least 1")
     size = _parse_size(args.size)
@@ -643,18 +591,19 @@ def cmd_evaluate(args):
         raise CliError("the images have different sizes and the model takes any size: pass --size HxW")
     images = preprocess(np.stack([_as_model_input(fit_channels(im, channels, p), size)
                                   for im, p in zip(originals, paths)]), args.preprocess)
+    boxes = None if args.boxes is None else read_boxes(args.boxes, paths, originals, images.shape[1:3])
     chosen = None
-    if args.metric:
-        chosen = {m: {} for m in dict.fromkeys(args.metric)}
+    if asked:
+        chosen = {m: {} for m in dict.fromkeys(asked)}
     else:
-        chosen = {m: {} for m in METRICS if m not in ("pointing_game", "energy_pointing_game", "sanity_check")}
+        chosen = {m: {} for m in DEFAULT_METRICS if boxes is not None or not needs_ground_truth(m)}
     for m in ("deletion_auc", "insertion_auc"):
         if m in chosen:
             chosen[m]["steps"] = args.steps
     layer = args.layer
     factories = {k: (lambda mdl, k=k: registry.create(k, mdl, layer=layer)) for k in keys}
     try:
-        table = evaluate(factories, model, images, targets=args.target, metrics=chosen,
+        table = evaluate(factories, model, images, targets=args.target, boxes=boxes, metrics=chosen,
                          batch_size=args.batch_size, verbose=int(sys.stdout.isatty() and not args.quiet))
     except ValueError as e:
         hint = " (`keras-cam layers --model PATH` lists the layers)" if args.layer else ""
@@ -662,7 +611,62 @@ def cmd_evaluate(args):
     if sys.stdout.isatty() and not args.quiet:
         print()
     print(table.to_markdown())
+    if args.per_image:
+        write_per_image(args.per_image, table, paths)
     return 0
+
+
+def read_boxes(path, paths, originals, size):
+    """``(N, 4)`` integer boxes at the model's input size from a CSV ``image,y0,x0,y1,x1``.
+
+    Each row names an image (its path as given on the command line, or its
+    file name) and its box in the original image's pixels, end exclusive;
+    the box is scaled to the model's input size (starts rounded down, ends
+    up). Every image needs exactly one row.
+    """
+    import csv
+
+    try:
+        with open(path, newline="") as f:
+            rows = list(csv.DictReader(f))
+    except OSError as e:
+        raise CliError(f"cannot read --boxes {path!r}: {e.strerror or e}") from e
+    columns = ("image", "y0", "x0", "y1", "x1")
+    if not rows or any(c not in rows[0] for c in columns):
+        raise CliError(f"--boxes {path!r} must be a CSV with a header row {','.join(columns)} and one row per image")
+    found = {}
+    for k, row in enumerate(rows, start=2):
+        try:
+            box = [int(row[c]) for c in columns[1:]]
+        except (TypeError, ValueError):
+            raise CliError(f"--boxes {path!r} line {k}: y0, x0, y1, x1 must be integers") from None
+        found[row["image"]] = box
+    out = []
+    for p, image in zip(paths, originals):
+        box = found.get(p, found.get(os.path.basename(p)))
+        if box is None:
+            raise CliError(f"--boxes {path!r} has no row for image {p!r} (name it by its path or file name)")
+        h, w = image.shape[:2]
+        y0, x0, y1, x1 = box
+        if not (0 <= y0 < y1 <= h and 0 <= x0 < x1 <= w):
+            raise CliError(f"--boxes: the box {box} of {p!r} is empty or leaves its {h}x{w} image")
+        sh, sw = size[0] / h, size[1] / w
+        out.append([int(np.floor(y0 * sh)), int(np.floor(x0 * sw)), int(np.ceil(y1 * sh)), int(np.ceil(x1 * sw))])
+    return np.asarray(out, np.int64)
+
+
+def write_per_image(path, table, paths):
+    """The table's per-image values as a CSV: method, image (the file), one column per metric."""
+    import csv
+    import io
+
+    buffer = io.StringIO()
+    writer = csv.writer(buffer)
+    writer.writerow(["method", "image"] + list(table.metrics))
+    for row in table.per_image:
+        writer.writerow([row["method"], paths[row["image"]]]
+                        + ["" if row[m] is None else repr(float(row[m])) for m in table.metrics])
+    write_atomic(path, buffer.getvalue().encode())
 
 
 def _add_evaluate_parser(sub):
@@ -680,9 +684,16 @@ def _add_evaluate_parser(sub):
     p.add_argument("--method", action="append", metavar="NAME",
                    help=f"method, repeat for several (default gradcam): {', '.join(registry.names())}")
     p.add_argument("--metric", action="append", metavar="NAME",
-                   help="metric, repeat for several (default: all but the pointing games, which need "
-                        "boxes, and sanity_check): a name of keras_cam.metrics.METRICS, such as "
+                   help="metric, repeat for several (default: keras_cam.metrics.DEFAULT_METRICS, the "
+                        "localization ones only with --boxes): a name of keras_cam.metrics.METRICS, such as "
                         "average_drop, deletion_auc, road, sparseness (an unknown name lists them all)")
+    p.add_argument("--metrics", action="append", metavar="A,B",
+                   help="metrics as a comma-separated list (with --metric: both)")
+    p.add_argument("--boxes", metavar="CSV",
+                   help="the objects' boxes, a CSV image,y0,x0,y1,x1 (pixels of the original image, end "
+                        "exclusive; image = path or file name): the localization metrics run with them")
+    p.add_argument("--per-image", metavar="CSV",
+                   help="also write one row per method and image (method,image,metric...) to this CSV")
     p.add_argument("--layer", metavar="NAME", help="target layer name or path (default: the last spatial layer)")
     p.add_argument("--target", type=int, metavar="N", help="class index to explain (default: each image's top class)")
     _add_image_args(p, see="`explain --help`")
@@ -764,12 +775,6 @@ def build_parser():
                          help="target layer name or path (e.g. base/top_activation); default: the last "
                               "spatial layer. `keras-cam layers --model PATH` lists them")
     explain.add_argument("--target", type=int, metavar="N", help="class index to explain (default: each image's top class)")
-    explain.add_argument("--text", action="append", metavar="PROMPT",
-                         help="for an image-text model (KerasHub CLIP / SigLIP): explain its similarity with this "
-                              "prompt; repeat for several (one overlay each). Token ids as 1,7,9,49, or a string "
-                              "with --tokenizer")
-    explain.add_argument("--tokenizer", metavar="DIR",
-                         help="a KerasHub tokenizer preset folder (tokenizer.save_to_preset(DIR)), for --text strings")
     _add_image_args(explain)
     explain.add_argument("--out", default="keras-cam-out", metavar="DIR", help="output folder (default: ./keras-cam-out)")
     explain.add_argument("--class-names", metavar="FILE", help="text file with one class name per line, for predictions.json")

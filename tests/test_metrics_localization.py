@@ -299,7 +299,7 @@ def test_focus_of_a_method_that_sees_the_class_is_one(quadrant_model):
     assert values.shape == (6,) and (values > 0.9).all()
     mosaics, targets, positions = metrics.focus_mosaics(x, labels)
     np.testing.assert_allclose(values, metrics.focus_scores(explainer(mosaics, targets), positions), rtol=1e-6)
-    np.testing.assert_allclose(metrics.focus(explainer, x, labels, batch_size=4), values.mean(), rtol=1e-6)
+    np.testing.assert_allclose(metrics.focus(explainer, x, labels, batch_size=3), values.mean(), rtol=1e-6)
 
 
 def test_focus_errors():

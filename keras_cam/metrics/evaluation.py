@@ -77,6 +77,11 @@ METRICS = tuple(_METRICS)
 DEFAULT_METRICS = tuple(name for name in METRICS if name != "sanity_check" and _METRICS[name].default)
 
 
+def needs_ground_truth(name):
+    """Whether metric ``name`` (of :data:`METRICS`) compares maps with boxes or masks (the localization ones)."""
+    return _METRICS[name].needs == "boxes"
+
+
 @dataclasses.dataclass(frozen=True)
 class Comparison:
     """Two methods compared on one metric, image by image (:meth:`EvaluationTable.compare`).
