@@ -357,6 +357,8 @@ def cmd_explain(args):
 
     # Same-size inputs go through in batches; otherwise one image at a time.
     inputs = [_as_model_input(im, size) for im in originals]
+    if args.text:
+        return _explain_texts(args, model, explainers, keys, stems, paths, originals, inputs)
     step = args.batch_size if size is not None else 1
     bar = _Progress(len(paths), f"explaining images with {', '.join(keys)}", args.quiet)
     records = []
@@ -386,6 +388,61 @@ def cmd_explain(args):
     }
     write_atomic(json_path, (json.dumps(report, indent=2) + "\n").encode("utf-8"))
     print(f"wrote {len(paths) * len(keys)} overlay(s) and {json_path}")
+    return 0
+
+
+def _read_prompts(texts, tokenizer_dir):
+    """``--text`` values as token-id lists (``1,7,9``) or strings, and the tokenizer for strings."""
+    import re
+
+    prompts = [[int(v) for v in t.split(",")] if re.fullmatch(r"\s*\d+(\s*,\s*\d+)*\s*", t) else t for t in texts]
+    tokenizer = None
+    if any(isinstance(p, str) for p in prompts):
+        if tokenizer_dir is None:
+            raise CliError(f"--text {next(p for p in prompts if isinstance(p, str))!r} is a string: pass "
+                           f"--tokenizer DIR (a KerasHub tokenizer preset folder), or the prompt's token ids "
+                           f"as 1,7,9,49")
+        import keras_hub
+        tokenizer = keras_hub.tokenizers.Tokenizer.from_preset(tokenizer_dir)
+    if len({isinstance(p, str) for p in prompts}) > 1:
+        raise CliError("--text values mix strings and token ids; give all prompts the same way")
+    return prompts, tokenizer
+
+
+def _explain_texts(args, model, explainers, keys, stems, paths, originals, inputs):
+    """``explain --text``: one overlay per image, method and prompt of a CLIP / SigLIP model."""
+    from keras_cam import multimodal
+    from keras_cam.viz import overlay
+
+    if args.target is not None:
+        raise CliError("--target is a class index; with --text the prompts are what is explained")
+    prompts, tokenizer = _read_prompts(args.text, args.tokenizer)
+    out = args.out
+    names = [[[os.path.join(out, f"{s}_{k}_text{j}.png") for j in range(len(prompts))] for k in keys] for s in stems]
+    json_path = os.path.join(out, "predictions.json")
+    check_free([p for a in names for b in a for p in b] + [json_path], args.overwrite)
+    try:
+        pairs = multimodal.text_inputs(model, np.zeros((1,) + inputs[0].shape, np.float32), prompts, tokenizer)
+    except (ValueError, TypeError) as e:
+        raise CliError(" ".join(str(e).split())) from e
+    records = []
+    bar = _Progress(len(paths), f"explaining images and {len(prompts)} prompt(s) with {', '.join(keys)}", args.quiet)
+    for n, image in enumerate(inputs):
+        batch = preprocess(image[None], args.preprocess)
+        x = {"images": np.repeat(batch.astype(np.float32), len(prompts), axis=0), "token_ids": pairs["token_ids"]}
+        results = [e.explain(x, targets=multimodal.TextSimilarity()) for e in explainers]
+        os.makedirs(out, exist_ok=True)
+        for j, result in enumerate(results):
+            for t in range(len(prompts)):
+                write_png(names[n][j][t], overlay(originals[n] / 255.0, result.maps[t], args.alpha, args.colormap))
+        records.append({"image": paths[n], "texts": [p if isinstance(p, str) else list(p) for p in prompts],
+                        "overlays": {k: names[n][j] for j, k in enumerate(keys)},
+                        "similarity": [float(v) for v in results[0].scores]})
+        bar.update(n + 1)
+    report = {"model": args.model, "layer": explainers[0].layer_path, "methods": keys,
+              "preprocess": args.preprocess, "images": records}
+    write_atomic(json_path, (json.dumps(report, indent=2) + "\n").encode("utf-8"))
+    print(f"wrote {len(paths) * len(keys) * len(prompts)} overlay(s) and {json_path}")
     return 0
 
 
@@ -775,6 +832,12 @@ def build_parser():
                          help="target layer name or path (e.g. base/top_activation); default: the last "
                               "spatial layer. `keras-cam layers --model PATH` lists them")
     explain.add_argument("--target", type=int, metavar="N", help="class index to explain (default: each image's top class)")
+    explain.add_argument("--text", action="append", metavar="PROMPT",
+                         help="for an image-text model (KerasHub CLIP / SigLIP): explain its similarity with this "
+                              "prompt; repeat for several (one overlay each). Token ids as 1,7,9,49, or a string "
+                              "with --tokenizer")
+    explain.add_argument("--tokenizer", metavar="DIR",
+                         help="a KerasHub tokenizer preset folder (tokenizer.save_to_preset(DIR)), for --text strings")
     _add_image_args(explain)
     explain.add_argument("--out", default="keras-cam-out", metavar="DIR", help="output folder (default: ./keras-cam-out)")
     explain.add_argument("--class-names", metavar="FILE", help="text file with one class name per line, for predictions.json")
