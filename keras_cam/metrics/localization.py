@@ -421,8 +421,19 @@ def focus(explainer, images, labels, *, seed=0, batch_size=None, reduce="mean"):
 
 
 def focus_scores(maps, positions):
-    """Focus of precomputed maps of mosaics: ``(N,)`` shares of positive relevance on the
-    tiles marked 1 in ``positions`` ``(N, 4)`` (top left, top right, bottom left, bottom right)."""
+    """Focus of precomputed maps of mosaics, per mosaic.
+
+    ``sum_{marked tiles} max(M, 0) / sum max(M, 0)``, 0 where the map has no
+    positive relevance (Quantus's ``Focus`` on ``a_batch`` and ``custom_batch``).
+
+    Args:
+        maps: ``(N, H, W)`` maps of mosaics (a tile is a quarter, split at ``H // 2`` and ``W // 2``).
+        positions: ``(N, 4)`` 0/1, the tiles of the explained class (top left,
+            top right, bottom left, bottom right), as :func:`focus_mosaics` returns.
+
+    Returns:
+        A float64 ``(N,)`` array in [0, 1].
+    """
     m = _maps(maps)
     if m.ndim != 3:
         raise ValueError(f"Focus scores 2-D maps (N, H, W); received shape {m.shape}.")
