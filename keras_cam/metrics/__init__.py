@@ -79,6 +79,7 @@ from keras_cam.metrics.perturbation import (
     saliency_ranks,
     substrate_images,
 )
+from keras_cam.metrics.axiomatic import completeness, input_invariance, non_sensitivity, shifted_copy
 from keras_cam.metrics.faithfulness import (
     faithfulness_correlation,
     faithfulness_estimate,
@@ -94,10 +95,21 @@ from keras_cam.metrics.faithfulness import (
 )
 from keras_cam.metrics.properties import (
     complexity,
+    effective_complexity,
     max_sensitivity,
     random_logit,
     sparseness,
     ssim,
+)
+from keras_cam.metrics.randomization import efficient_mprt, randomized_copy, smooth_mprt
+from keras_cam.metrics.robustness import (
+    avg_sensitivity,
+    consistency,
+    continuity,
+    local_lipschitz_estimate,
+    relative_input_stability,
+    relative_output_stability,
+    relative_representation_stability,
 )
 
 __all__ = [
@@ -112,6 +124,21 @@ __all__ = [
     "selectivity",
     "sensitivity_n",
     "sufficiency",
+    "avg_sensitivity",
+    "completeness",
+    "consistency",
+    "continuity",
+    "effective_complexity",
+    "efficient_mprt",
+    "input_invariance",
+    "local_lipschitz_estimate",
+    "non_sensitivity",
+    "randomized_copy",
+    "relative_input_stability",
+    "relative_output_stability",
+    "relative_representation_stability",
+    "shifted_copy",
+    "smooth_mprt",
     "Comparison",
     "EvaluationTable",
     "attribution_localization",

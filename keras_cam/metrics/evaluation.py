@@ -21,7 +21,7 @@ import numpy as np
 
 from keras_cam._compat import to_host
 from keras_cam.inputs import as_batch
-from keras_cam.metrics import faithfulness, localization, perturbation, properties
+from keras_cam.metrics import axiomatic, faithfulness, localization, perturbation, properties, randomization, robustness
 from keras_cam.metrics._scoring import _classes, _scorer
 
 # Resampled images per bootstrap chunk (resamples x images), to keep the memory bounded.
@@ -70,6 +70,23 @@ _METRICS = {
     "complexity": _Metric(properties.complexity, "Complexity", "lower", "maps"),
     "random_logit": _Metric(properties.random_logit, "Random logit", "lower", "explainer"),
     "max_sensitivity": _Metric(properties.max_sensitivity, "Max sens", "lower", "explainer"),
+    "effective_complexity": _Metric(properties.effective_complexity, "Eff complexity", "lower", "maps", 1, default=False),
+    "avg_sensitivity": _Metric(robustness.avg_sensitivity, "Avg sens", "lower", "explainer", default=False),
+    "local_lipschitz_estimate": _Metric(robustness.local_lipschitz_estimate, "Local Lipschitz", "lower", "explainer",
+                                        default=False),
+    "continuity": _Metric(robustness.continuity, "Continuity", "lower", "explainer", default=False),
+    "consistency": _Metric(robustness.consistency, "Consistency", "higher", "model", default=False),
+    "relative_input_stability": _Metric(robustness.relative_input_stability, "RIS", "lower", "explainer",
+                                        default=False),
+    "relative_output_stability": _Metric(robustness.relative_output_stability, "ROS", "lower", "explainer",
+                                         default=False),
+    "relative_representation_stability": _Metric(robustness.relative_representation_stability, "RRS", "lower",
+                                                  "explainer", default=False),
+    "smooth_mprt": _Metric(randomization.smooth_mprt, "sMPRT ρ", "lower", "factory", default=False),
+    "efficient_mprt": _Metric(randomization.efficient_mprt, "eMPRT", "higher", "factory", default=False),
+    "completeness": _Metric(axiomatic.completeness, "Completeness gap", "lower", "model", default=False),
+    "non_sensitivity": _Metric(axiomatic.non_sensitivity, "Non-sensitivity", "lower", "model", 1, default=False),
+    "input_invariance": _Metric(axiomatic.input_invariance, "Input inv", "higher", "factory", default=False),
     "sanity_check": _Metric(None, "Sanity ρ", "lower", "sanity"),
 }
 

@@ -5,6 +5,8 @@
 - :func:`complexity` (Bhatt et al., IJCAI 2020): the entropy of the map's
   absolute values as a distribution; ``log n`` for a uniform map, 0 for a
   single peak.
+- :func:`effective_complexity` (Nguyen and Martínez 2020): the number of
+  pixels whose absolute value exceeds ``eps`` times the map's largest.
 - :func:`random_logit` (Sixt et al., ICML 2020): how similar (SSIM) the map
   of the explained class is to the map of another class drawn at random; a
   map that ignores the class scores 1.
@@ -107,6 +109,40 @@ def complexity(maps, *, reduce="mean"):
     p = np.divide(a, total, out=np.full_like(a, 1.0 / a.shape[1]), where=~zero[:, None])
     logs = np.log(p, out=np.zeros_like(p), where=p > 0)
     return reduced(-(p * logs).sum(axis=1), reduce)
+
+
+def effective_complexity(maps, *, eps=1e-5, reduce="mean"):
+    """Effective complexity (Nguyen and Martínez 2020): how many pixels carry attribution; lower is simpler.
+
+    With each map scaled by its largest absolute value,
+
+    ``EC = #{p : |m_p| / max_q |m_q| > eps}``
+
+    (the default ``eps = 1e-5`` is Quantus's): ``n`` for a map with no zero,
+    1 for a single peak. An all-zero map scores 0: no pixel carries
+    attribution. Quantus: ``EffectiveComplexity`` (``abs=True``,
+    ``normalise=True``; Quantus scales a whole batch by its largest value,
+    the same as here when every map's maximum is 1, as keras-cam maps'
+    are). Cost: no model call.
+
+    Args:
+        maps: ``(N, *S)`` maps.
+        eps: the threshold on the scaled absolute values, >= 0.
+        reduce: ``"mean"`` (the mean over maps) or None (one count per map).
+
+    Returns:
+        The mean count, a float in [0, n]; with ``reduce=None`` the ``(N,)`` counts.
+
+    Example:
+        >>> keras_cam.metrics.effective_complexity(keras_cam.GradCAM(model)(images))
+    """
+    check_reduce(reduce)
+    if isinstance(eps, bool) or not isinstance(eps, numbers.Real) or not math.isfinite(eps) or eps < 0:
+        raise ValueError(f"`eps` must be a finite number >= 0; received {eps!r}.")
+    a = _flat_abs(maps)
+    top = a.max(axis=1, keepdims=True)
+    scaled = np.divide(a, top, out=np.zeros_like(a), where=top > 0)
+    return reduced((scaled > eps).sum(axis=1), reduce)
 
 
 def _gaussian_window(size, sigma=1.5):
