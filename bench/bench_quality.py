@@ -49,7 +49,7 @@ EXTRA = {
 
 def registered(layer=TARGET_LAYER):
     """``{name: factory}`` for every method of ``keras_cam.methods`` at ``layer``, RandomCAM (the floor) last."""
-    names = methods.names()
+    names = methods.names(attention=False)  # the demo model is a CNN
     floor = [n for n in names if "random" in n]
     out = {}
     for name in [n for n in names if n not in floor] + floor:

@@ -36,7 +36,7 @@ def main(out):
     images, labels, boxes = images[rows], labels[rows], boxes[rows]
 
     columns, seconds = {}, {}
-    for name in methods.names():
+    for name in methods.names(attention=False):  # the demo model is a CNN (ViT methods: transformers.md)
         start = time.perf_counter()
         explainer = methods.create(name, model)
         columns[f"{type(explainer).__name__}\n({explainer.layer_path or 'input'})"] = explainer.explain(images)

@@ -50,6 +50,9 @@ def attention_layers(model):
 def list_attention_layers(model):
     """The attention layers that the attention methods capture, for humans.
 
+    Args:
+        model: a Keras model (functional, subclassed, KerasHub); not run.
+
     Returns:
         A list of ``(path, num_heads)``, depth first (KerasHub's blocks in
         order); an empty list when the model has none.

@@ -250,7 +250,7 @@ def method_cases(models, data):
     """``(case, thunk)`` for every method x model x target (and the normalized maps of top-1)."""
     import keras_cam as kc
 
-    for method in kc.methods.names() + list(GUIDED):
+    for method in kc.methods.names(attention=False) + list(GUIDED):
         for name, (model, layer) in models.items():
             if (method, name) == ("shapleycam", "vit"):
                 # Its Hessian crosses LayerNormalizations, whose second derivative Keras 3 on TensorFlow

@@ -60,7 +60,7 @@ RTOL = {"kpcacam": 1e-5}
 def explainers(model):
     """``(name, factory)`` for every registered method and the guided ones."""
     made = [(name, lambda n=name: methods.create(n, model, layer="target", **FEW.get(n, {})))
-            for name in methods.names()]
+            for name in methods.names(attention=False)]
     made.append(("guidedbackprop", lambda: kc.GuidedBackprop(model)))
     made.append(("guidedgradcam", lambda: kc.GuidedGradCAM(model, layer="target")))
     return made

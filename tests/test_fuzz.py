@@ -27,7 +27,7 @@ import keras_cam as kc
 from keras_cam._compat import keras
 
 EXAMPLES = int(os.environ.get("KERAS_CAM_FUZZ_EXAMPLES", "40"))
-METHODS = kc.methods.names()
+METHODS = kc.methods.names(attention=False)
 # Methods whose definition needs a particular head, or class targets (FinerCAM compares class
 # logits and refuses callables), and say so with a ValueError.
 NEEDS_HEAD = {"cam", "finercam"}

@@ -59,7 +59,7 @@ def images():
     return np.random.default_rng(0).uniform(-1, 1, (3, H, W, 3)).astype(np.float32)
 
 
-NAMES = methods.names()
+NAMES = methods.names(attention=False)  # the attention methods: tests/test_attention.py
 
 
 @pytest.mark.parametrize("name", NAMES)

@@ -68,9 +68,15 @@ def canonical(name: str) -> str:
     return ALIASES.get(key, key)
 
 
-def names() -> list:
-    """The registered method names, in registration order."""
-    return list(METHODS)
+#: The methods that read a transformer's attention layers (:mod:`keras_cam.methods.attention`): they
+#: explain models that have one (``keras.layers.MultiHeadAttention``), and refuse others with a clear error.
+ATTENTION = ("attentionrollout", "gradientrollout", "legrad")
+
+
+def names(attention=True) -> list:
+    """The registered method names, in registration order; ``attention=False`` leaves out
+    :data:`ATTENTION`, the methods for transformers only (for code that runs every method on any model)."""
+    return [n for n in METHODS if attention or n not in ATTENTION]
 
 
 def get(name: str):

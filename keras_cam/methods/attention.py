@@ -258,9 +258,13 @@ class AttentionRollout(AttentionExplainer):
 
     Args:
         model: a Keras model with attention layers; never modified.
+        layer: must be None (the attention layers are ``layers``).
         head_fusion: ``"mean"``, ``"max"`` or ``"min"``.
         discard_ratio: in ``[0, 1)``: the fraction of smallest attention entries zeroed per block.
-        layers, token: see :class:`AttentionExplainer`.
+        layers: the attention layers (paths, names or layers); None: all of them
+            (:func:`keras_cam.list_attention_layers`).
+        token: the row read: None for the class token (the mean of all rows when
+            no token precedes the patches), or an int index (negative from the end).
         **kwargs: the options of :class:`keras_cam.Explainer`.
 
     Example:
@@ -309,12 +313,14 @@ class GradientRollout(AttentionExplainer):
 
     Args:
         model: a Keras model with attention layers; never modified.
+        layer: must be None (the attention layers are ``layers``).
         modalities: None (one modality: every square attention is
             self-attention over the image's tokens), or ``{layer: (s, q)}``.
         image_modality: the modality whose tokens are the image patches.
         query_modality: the modality of the row read (default: ``image_modality``).
-        layers, token: see :class:`AttentionExplainer` (with ``modalities``,
-            ``token`` indexes the ``query_modality`` tokens, None is its token 0).
+        layers: the attention layers; None: all of them (with ``modalities``: those it names).
+        token: the row read, as in :class:`AttentionRollout`; with ``modalities``
+            an index into the ``query_modality`` tokens (None: its token 0).
         **kwargs: the options of :class:`keras_cam.Explainer`.
 
     Example:
@@ -407,7 +413,8 @@ class LeGrad(AttentionExplainer):
 
     Args:
         model: a Keras model with attention layers; never modified.
-        layers: see :class:`AttentionExplainer`.
+        layer: must be None (the attention layers are ``layers``).
+        layers: the attention layers; None: all of them.
         **kwargs: the options of :class:`keras_cam.Explainer`.
 
     Example:
