@@ -364,13 +364,14 @@ def monotonicity(model, images, maps, targets=None, *, features_in_step=1, basel
 
 
 def monotonicity_correlation(model, images, maps, targets=None, *, features_in_step=1, samples=100, eps=1e-5,
-                             softmax=True, batch_size=32, reduce="mean", seed=0):
+                             baseline="uniform", softmax=True, batch_size=32, reduce="mean", seed=0):
     """Monotonicity correlation (Nguyen and Martínez 2020), higher is better (↑), in [-1, 1].
 
     Features in order of increasing map value, ``features_in_step`` at a time
     (group ``k``); group ``k`` alone is replaced ``samples`` times by one
     uniform [0, 1) value ``u_s`` (Quantus's default ``"uniform"`` baseline, one
-    value per image and draw), giving the output's normalized variance
+    value per image and draw; or a fixed ``baseline`` as elsewhere, which makes
+    one sample enough), giving the output's normalized variance
     ``v_k = mean_s (f_c(x_{G_k <- u_s}) - f_c(x))^2 / f_c(x)^2`` (no division
     when ``|f_c(x)| < eps``); ``rho = Spearman_k(sum_{p in G_k} m_p, v_k)``.
     Quantus's defaults (``MonotonicityCorrelation``): 100 samples, one feature
@@ -382,9 +383,10 @@ def monotonicity_correlation(model, images, maps, targets=None, *, features_in_s
                            _positive_int(samples, "samples"), _check_seed(seed))
     groups, k = _order_groups(m, step, descending=False)
     per = k * samples
+    fixed = None if isinstance(baseline, str) and baseline == "uniform" else _baseline_values(x, baseline)
     out = _Items(engine, x, x, cls, batch_size, softmax)(len(m) * per, lambda t: (
         groups[t // per], t // per, (t % per) // samples, (t % per) // samples + 1, np.zeros(len(t)),
-        _hash_uniform(seed, t))).reshape(len(m), k, samples)
+        _hash_uniform(seed, t) if fixed is None else fixed[t // per])).reshape(len(m), k, samples)
     inv = np.where(np.abs(y) >= eps, 1.0 / np.where(np.abs(y) >= eps, y, 1.0) ** 2, 1.0)
     v = ((out - y[:, None, None]) ** 2).mean(axis=2) * inv[:, None]
     return reduced(_spearman(_group_sums(m, groups, k), v), reduce)
