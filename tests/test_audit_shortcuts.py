@@ -238,9 +238,32 @@ def test_verify_rejects_bad_input_and_writes_nothing(linear_case):
         result.verify(result.clusters[0], region=np.ones((8, 8), bool))
     with pytest.raises(ValueError, match="n_random"):
         result.verify(result.clusters[0], n_random=0)
+    for wrong in (True, "0", 1.0, None):
+        with pytest.raises(TypeError, match="must be a Cluster of this audit"):
+            result.verify(wrong)
+    for wrong in (float("nan"), float("inf"), -0.1, "0.01"):
+        with pytest.raises(ValueError, match="`noise` must be a finite number"):
+            result.verify(result.clusters[0], noise=wrong)
     np.testing.assert_array_equal(images, before)
     np.testing.assert_array_equal(shuffled, before[::-1])
     assert result.verifications == done                  # failed calls record nothing
+
+
+def test_a_class_kept_whole_has_no_region_to_verify_and_verify_first_skips_it(linear_case):
+    model, images, labels, _ = linear_case
+    few = labels.copy()
+    few[:] = 0
+    few[[1, 3, 5]] = 1                                   # class 1: three images, kept as one cluster
+    with pytest.warns(UserWarning, match="3 image"):
+        result = kc.audit(kc.GradCAM(model, layer="conv"), images, few, verbose=0, n_neighbors=3)
+    small = result.of_class(1)[0]
+    assert small.size == 3 and small.region is None and small.level is None and not small.suspicious
+    with pytest.raises(ValueError, match="class 1, 3 images.*kept whole.*region="):
+        result.verify(small)
+    assert 1 not in result.verify_first(n_random=2) and set(result.verifications) == {0}
+    # With a region given, it is verified like any group.
+    check = result.verify(small, region=(0, 0, 4, 4), n_random=2)
+    assert list(check.members) == [1, 3, 5]
 
 
 def test_a_dataset_audit_verifies_with_the_images_given(linear_case):

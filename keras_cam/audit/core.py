@@ -230,11 +230,15 @@ class Audit:
                                 batch_size=batch_size or self.batch_size)
 
     def verify_first(self, images=None, **kwargs):
-        """:meth:`verify` the first (highest-ranked) group of every class; returns ``{class: Verification}``."""
+        """:meth:`verify` the first (highest-ranked) group of every class; returns ``{class: Verification}``.
+
+        A class kept whole (too few images, or all its maps alike: its group has no region) is
+        skipped, and so is everything when only one class was audited (nothing to transplant into)."""
         out = {}
         for k in sorted({c.target for c in self.clusters}):
-            if any(c.target != k for c in self.clusters):
-                out[k] = self.verify(self.of_class(k)[0], images, **kwargs)
+            first = self.of_class(k)[0]
+            if first.region is not None and any(c.target != k for c in self.clusters):
+                out[k] = self.verify(first, images, **kwargs)
         return out
 
     def save_json(self, path, class_names=None):
@@ -485,6 +489,9 @@ def _verify_cluster(result, cluster, images, region, n_members, n_others, n_rand
             raise ValueError(f"`cluster` {int(cluster)} is not a cluster position of this audit "
                              f"(0..{len(result.clusters) - 1}).")
         position = int(cluster)
+    elif not isinstance(cluster, Cluster):
+        raise TypeError(f"`cluster` must be a Cluster of this audit (an element of `audit.clusters`) or its "
+                        f"position there (an int); received {type(cluster).__name__}.")
     else:
         position = next((i for i, c in enumerate(result.clusters) if c is cluster), None)
         if position is None:
@@ -492,6 +499,9 @@ def _verify_cluster(result, cluster, images, region, n_members, n_others, n_rand
                 "`cluster` is not one of this audit's clusters (it comes from another audit, or is a copy): "
                 "pass an element of `audit.clusters`, or its position there."
             )
+    if isinstance(noise, bool) or not isinstance(noise, (int, float, np.integer, np.floating)) \
+            or not np.isfinite(noise) or noise < 0:
+        raise ValueError(f"`noise` must be a finite number >= 0; received {noise!r}.")
     for name, value, least in (("n_members", n_members, 2), ("n_others", n_others, 2), ("n_random", n_random, 1),
                                ("batch_size", batch_size, 1)):
         if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < least:
@@ -534,8 +544,6 @@ def _verify_cluster(result, cluster, images, region, n_members, n_others, n_rand
                 object_masks[j, max(0, y0):y1, max(0, x0):x1] = True
             else:
                 object_masks[j] = np.asarray(result.masks[i]) != 0
-    if isinstance(noise, bool) or not isinstance(noise, (int, float, np.integer, np.floating)) or noise < 0:
-        raise ValueError(f"`noise` must be a number >= 0; received {noise!r}.")
     removal, transplant, object_drop, depends, example, shifted = interventions.run(
         lambda x: class_scores(explainer, x, batch_size), source.get, to_last, from_last, pixels, c.target,
         members, others, result.scores[members], n_random, seed, object_masks, float(noise))
@@ -554,7 +562,9 @@ def _pixel_region(region, cluster, size):
     h, w = (int(v) for v in size)
     if region is None:
         if cluster.region is None:
-            raise ValueError("This cluster has no region; pass `region=` (an (H, W) mask or a box).")
+            raise ValueError(f"This cluster (class {cluster.target}, {cluster.size} images) has no region: its class "
+                             f"was kept whole (too few images, or all maps alike; see `audit.notes`), so its maps "
+                             f"point at no place of their own. Pass `region=` (an (H, W) mask or a box).")
         out = interventions.pixel_region(np.asarray(cluster.region, bool), (h, w))
     else:
         r = np.asarray(region)
