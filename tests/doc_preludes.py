@@ -238,6 +238,7 @@ PRELUDES = {
     "docs/audit.md": lambda: ({}, {}),
     "docs/vizgradcam.md": lambda: ({}, {"H": 64, "W": 64}),
     "docs/concepts.md": lambda: ({}, {"N": 32, "H": 64, "W": 64}),
+    "docs/transformers.md": lambda: ({}, {"N": 2, "H": 32, "W": 32}),
 }
 
 
