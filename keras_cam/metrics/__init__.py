@@ -15,7 +15,15 @@ Four families, one module each:
   mosaics it builds;
 - properties of the map (:mod:`keras_cam.metrics.properties`):
   :func:`sparseness`, :func:`complexity`, and, calling the explainer again,
-  :func:`random_logit` and :func:`max_sensitivity`;
+  :func:`random_logit` and :func:`max_sensitivity`; :func:`effective_complexity`;
+- robustness (:mod:`keras_cam.metrics.robustness`): :func:`avg_sensitivity`,
+  :func:`local_lipschitz_estimate`, :func:`continuity`, :func:`consistency`,
+  :func:`relative_input_stability`, :func:`relative_output_stability`,
+  :func:`relative_representation_stability`;
+- randomization (:mod:`keras_cam.metrics.randomization`): :func:`smooth_mprt`,
+  :func:`efficient_mprt` on a :func:`randomized_copy` of the model;
+- axioms (:mod:`keras_cam.metrics.axiomatic`): :func:`completeness`,
+  :func:`non_sensitivity`, :func:`input_invariance` (on a :func:`shifted_copy`);
 - :func:`evaluate` (:mod:`keras_cam.metrics.evaluation`): every metric for
   every method, one :class:`EvaluationTable` with per-image values,
   bootstrap confidence intervals and paired comparisons (:class:`Comparison`).

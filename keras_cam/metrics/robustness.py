@@ -387,7 +387,8 @@ _STABILITY_DOC = """
         images: a batch as the explainer's model takes it.
         targets: None (top-1), an int, one int per image, or a callable target.
         samples: perturbations per image.
-        low, high: the noise's range, fractions of each image's value range.
+        low: the noise's lower end, a fraction of each image's value range.
+        high: the noise's upper end, a fraction of each image's value range.
         seed: the seed of the perturbations.
         eps: what a zero divisor becomes.{layer_arg}
         batch_size: (image, perturbation) pairs per call.
