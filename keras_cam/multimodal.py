@@ -197,9 +197,18 @@ def text_inputs(model, images, texts, tokenizer=None, sequence_length=None):
 def explain_texts(explainer, images, texts, tokenizer=None, sequence_length=None, **kwargs):
     """One map per image and prompt for a CLIP / SigLIP model: ``(N, M, H, W)``.
 
-    Runs ``explainer`` (e.g. ``keras_cam.GradCAM(clip)``) once on
-    :func:`text_inputs` with :class:`TextSimilarity`; ``kwargs`` go to the
-    explainer call (``upsample=``, ``normalize=``, ...).
+    Runs ``explainer`` once on :func:`text_inputs` with :class:`TextSimilarity`.
+
+    Args:
+        explainer: an explainer of the model, e.g. ``keras_cam.GradCAM(clip)``.
+        images: ``(N, H, W, C)`` images (or one image ``(H, W, C)``).
+        texts: ``M`` prompts, as for :func:`text_inputs`.
+        tokenizer: for string prompts, as for :func:`text_inputs`.
+        sequence_length: as for :func:`text_inputs`.
+        **kwargs: passed to the explainer call (``upsample=``, ``normalize=``, ...).
+
+    Returns:
+        ``(N, M, H, W)`` maps: image ``i`` with prompt ``j`` at ``[i, j]``.
 
     Example:
         >>> maps = explain_texts(keras_cam.GradCAM(clip), images, ["a dog", "a cat"], tokenizer=tok)
