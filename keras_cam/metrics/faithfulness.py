@@ -53,6 +53,7 @@ BASELINES = ("black", "white", "mean")
 _BIG = 2 ** 30
 
 _engines = {}
+_KEEP = 4
 
 
 class _Engine:
@@ -82,8 +83,11 @@ class _Engine:
 def _engine(model):
     key = id(model)
     if key not in _engines or _engines[key].model is not model:
-        _engines.clear()  # one model at a time: an engine holds its model
         _engines[key] = _Engine(model)
+        while len(_engines) > _KEEP:  # an engine holds its model: keep the last few
+            del _engines[next(iter(_engines))]
+    else:
+        _engines[key] = _engines.pop(key)  # most recently used last
     return _engines[key]
 
 
@@ -104,8 +108,8 @@ class _Items:
         for start in range(0, count, b):
             t = np.arange(start, min(start + b, count), dtype=np.int64)
             real = len(t)
-            if real < b and count > b:
-                t = np.concatenate([t, np.full(b - real, t[-1])])  # one shape per call: pad the last chunk
+            if real < b:  # one shape for every call of every metric on these images: pad the last chunk
+                t = np.concatenate([t, np.full(b - real, t[-1])])
             groups, rows, lo, hi, scale, shift = spec(t)
             v, _ = self.engine.run(
                 self.x, self.fill, ops.convert_to_tensor(np.asarray(groups, np.int32)),
@@ -130,18 +134,19 @@ def _setup(model, images, maps, targets, batch_size, reduce, softmax):
     n = int(x.shape[0])
     idx = _targets.class_indices(targets, n, engine.graph.num_classes)
     x = ops.convert_to_tensor(x)
-    groups = np.zeros((n,) + m.shape[1:], np.int32)
-    ones, zeros = np.ones(n), np.zeros(n)
-    # The unchanged images (an empty group range), with the top-1 classes resolved.
+    # The unchanged images (an empty group range), with the top-1 classes resolved, in the
+    # batches of the perturbed ones (padded to batch_size: one compiled signature for all).
+    groups = np.zeros((batch_size,) + m.shape[1:], np.int32)
+    ones, zeros = np.ones(batch_size, np.float32), np.zeros(batch_size, np.int32)
     y, used = [], []
     t = ops.convert_to_tensor
     for i in range(0, n, batch_size):
-        j = slice(i, i + batch_size)
-        v, c = engine.run(x, x, t(groups[j]), t(np.arange(n, dtype=np.int32)[j]), t(zeros[j].astype(np.int32)),
-                          t(zeros[j].astype(np.int32)), t(ones[j].astype(np.float32)), t(zeros[j].astype(np.float32)),
-                          t(idx[j]), bool(softmax))
-        y.append(np.asarray(to_host(v), np.float64))
-        used.append(np.asarray(to_host(c), np.int32))
+        rows = np.minimum(np.arange(i, i + batch_size), n - 1).astype(np.int32)
+        v, c = engine.run(x, x, t(groups), t(rows), t(zeros), t(zeros), t(ones), t(zeros.astype(np.float32)),
+                          t(idx[rows]), bool(softmax))
+        real = min(batch_size, n - i)
+        y.append(np.asarray(to_host(v), np.float64)[:real])
+        used.append(np.asarray(to_host(c), np.int32)[:real])
     cls = np.concatenate(used)
     return engine, x, m.astype(np.float64), cls, np.concatenate(y)
 
@@ -246,13 +251,20 @@ def faithfulness_correlation(model, images, maps, targets=None, *, subset_size=2
     output that never moves) has no correlation: 0.
 
     Args:
-        model, images, maps, targets: see the module docstring.
+        model: the Keras classifier (never modified).
+        images: ``(N, *S, C)`` as the model takes them.
+        maps: ``(N, *S)`` at the image size.
+        targets: None (top-1), an int, or one int per image.
         subset_size: features per subset, at most the number of features.
         runs: random subsets per image.
         baseline: what removed features become.
         batch_size: perturbed images per compiled call (items of all images share batches).
         reduce: ``"mean"`` or None (one value per image).
         seed: the seed of the subsets (the same subsets on every backend and batch size).
+        softmax: probabilities (True) or logits (False, Quantus's default here).
+
+    Returns:
+        The mean correlation, a float; with ``reduce=None`` an ``(N,)`` float64 array.
     """
     engine, x, m, cls, y = _setup(model, images, maps, targets, batch_size, reduce, softmax)
     n, d = len(m), m[0].size
