@@ -166,7 +166,7 @@ def dfine():
         encoder_ffn_dim=16, num_encoder_layers=1, hidden_expansion=0.34, depth_multiplier=0.5, eval_idx=-1,
         num_decoder_layers=1, decoder_attention_heads=2, decoder_ffn_dim=16, decoder_n_points=[2, 2],
         lqe_hidden_dim=8, num_lqe_layers=1, out_features=["stage1", "stage2"], image_shape=(32, 32, 3), seed=0)
-    return K.DFineObjectDetector(backbone=backbone, num_classes=3)
+    return same_weights(K.DFineObjectDetector(backbone=backbone, num_classes=3), 10)
 
 
 def test_dfine_query_by_index_and_by_box(dfine, images):
