@@ -313,11 +313,6 @@ class BranchOnValues(keras.Model):
         return self.dense(self.pool(a))
 
 
-@pytest.mark.xfail(backend.name() == "jax", strict=True,
-                   reason="keras-cam gap on JAX: a model that branches on tensor values in Python fails in the "
-                          "jitted second call (a JAX tracer-bool error, re-raised by Keras as an AttributeError) "
-                          "instead of falling back to eager calls with a warning as on TensorFlow "
-                          "(keras_cam/backend/jax.py compiled.__call__)")
 def test_a_model_that_needs_autograph_is_compiled_with_it(images):
     """tf-keras converts a layer's call with AutoGraph when the caller has it on, so the
     explainer retries with it. Keras 3 never converts a layer's call: such a model fails

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import warnings
 
 import jax
 import jax.numpy as jnp
@@ -63,7 +64,7 @@ def tapped_gradients(forward, inputs=()):
 def _tapped_zeros(forward, *inputs):
     """``(counts, deltas)``: how often ``forward(tap, *inputs)`` taps each key, and a zero array
     shaped like the last floating value tapped at each key, read by ``jax.eval_shape`` (a trace,
-    no computation)."""
+    no computation; a forward pass for a model whose ``call`` branches on values)."""
     counts, specs = {}, {}
 
     def probe(key, t):
@@ -74,7 +75,16 @@ def _tapped_zeros(forward, *inputs):
             specs.pop(key, None)
         return t
 
-    jax.eval_shape(lambda *x: (forward(probe, *x), None)[1], *inputs)
+    try:
+        jax.eval_shape(lambda *x: (forward(probe, *x), None)[1], *inputs)
+    except Exception as err:  # noqa: BLE001  (Keras re-raises a layer's error as another type)
+        if _concretization(err) is None:
+            raise
+        # The model branches on a value, which an abstract trace does not have: one concrete run
+        # instead (outside jax.jit; inside it this raises again, and the call runs eagerly).
+        counts.clear()
+        specs.clear()
+        forward(probe, *inputs)
     return counts, {k: jnp.zeros(shape, dtype) for k, (shape, dtype) in specs.items()}
 
 
@@ -161,6 +171,7 @@ class compiled:
         self._jitted = {}
         self._traces = 0
         self._seen = set() if eager_first else None
+        self._eager_only = False
 
     def _pure(self, state, *args):
         self._traces += 1
@@ -168,8 +179,8 @@ class compiled:
             return self._fn(*args)
 
     def __call__(self, *args):
-        if any(isinstance(leaf, jax.core.Tracer) for leaf in jax.tree_util.tree_leaves(args)):
-            return self._fn(*args)  # already inside a trace
+        if self._eager_only or any(isinstance(leaf, jax.core.Tracer) for leaf in jax.tree_util.tree_leaves(args)):
+            return self._fn(*args)  # a model jax.jit cannot trace, or already inside a trace
         if self._seen is not None:
             key = signature(args)
             if key not in self._seen:
@@ -182,13 +193,37 @@ class compiled:
         if jitted is None:
             jitted = self._jitted[statics] = jax.jit(self._pure, static_argnums=statics)
         state = [v.value for v in self._variables]
-        return jitted(state, *args)
+        try:
+            return jitted(state, *args)
+        except Exception as err:  # noqa: BLE001  (Keras re-raises a layer's error as another type)
+            cause = _concretization(err)
+            if cause is None:
+                raise
+            self._eager_only = True
+            warnings.warn(
+                f"The model cannot be compiled by jax.jit: its `call` uses a traced value as a Python "
+                f"bool or number ({' '.join(str(cause).split())[:200]}). It runs eagerly from now on: the "
+                f"same maps, more slowly. Write the branch with keras.ops.where or keras.ops.cond to compile it.",
+                stacklevel=4,
+            )
+            return self._fn(*args)
 
     def tracing_count(self):
         """How many times the function was traced (once per input signature)."""
         return self._traces
 
     experimental_get_tracing_count = tracing_count
+
+
+def _concretization(err):
+    """The ``jax.errors.ConcretizationTypeError`` behind ``err`` (itself, or a cause Keras wrapped), or None."""
+    seen = set()
+    while err is not None and id(err) not in seen:
+        if isinstance(err, jax.errors.ConcretizationTypeError):
+            return err
+        seen.add(id(err))
+        err = err.__cause__ or err.__context__
+    return None
 
 
 def signature(args):
