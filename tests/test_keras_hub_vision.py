@@ -112,6 +112,21 @@ def test_dinov2_class_token_head(dino, images):
     np.testing.assert_allclose(single.maps[0], ex.maps[1], rtol=1e-4, atol=1e-6)
 
 
+def test_attention_methods_on_dinov2_and_swin(dino, swin, images):
+    """DINOv2's attention is captured (maps on the 4x4 patches, class and register tokens dropped);
+    Swin's windowed attention is not, and the attention methods say so."""
+    clf = dino_classifier(dino, "class")
+    assert len(kc.list_attention_layers(clf)) == 2
+    for method in (kc.AttentionRollout, kc.GradientRollout, kc.LeGrad):
+        maps = method(clf)(images, upsample=False, normalize=False)
+        assert maps.shape == (2, 4, 4) and np.isfinite(maps).all() and (maps.std(axis=(1, 2)) > 0).all()
+        single = method(clf)(images[1:], upsample=False, normalize=False)
+        np.testing.assert_allclose(single[0], maps[1], rtol=1e-4, atol=1e-6)
+    assert kc.list_attention_layers(swin) == []
+    with pytest.raises(ValueError, match=r"has no attention layer"):
+        kc.AttentionRollout(swin)(images)
+
+
 # ---------------------------------------------------------------------------
 # SegFormer
 
