@@ -176,34 +176,35 @@ def test_faithfulness_estimate_and_curves_by_direct_loops(conv2d):
         order = np.argsort(-m.ravel(), kind="stable")
         b = _baseline(img)
         # Faithfulness estimate, 3 features at a time, each group alone removed.
-        drops, sums = [], []
+        changed, sums = [], []  # the perturbed copies, scored in one call
         for k in range(0, order.size, 3):
             z = img.reshape(-1, 2).copy()
             z[order[k:k + 3]] = b
-            drops.append(y - predict(model, z.reshape(img.shape)[None], c)[0])
+            changed.append(z.reshape(img.shape))
             sums.append(m.ravel()[order[k:k + 3]].sum())
-        est.append(np.corrcoef(sums, drops)[0, 1])
+        est.append(np.corrcoef(sums, y - predict(model, changed, c))[0, 1])
         # Pixel flipping, 4 at a time, cumulative.
-        z, curve = img.reshape(-1, 2).copy(), []
+        z, changed = img.reshape(-1, 2).copy(), []
         for k in range(0, order.size, 4):
             z[order[k:k + 4]] = b
-            curve.append(predict(model, z.reshape(img.shape)[None], c)[0])
-        flip.append(np.trapezoid(curve))
+            changed.append(z.reshape(img.shape).copy())
+        flip.append(np.trapezoid(predict(model, changed, c)))
         # Monotonicity: from the baseline, features back in increasing order, 4 at a time.
         up = np.argsort(m.ravel(), kind="stable")
-        z, curve = np.full_like(img.reshape(-1, 2), b), []
+        z, changed = np.full_like(img.reshape(-1, 2), b), []
         for k in range(0, up.size, 4):
             z[up[k:k + 4]] = img.reshape(-1, 2)[up[k:k + 4]]
-            curve.append(predict(model, z.reshape(img.shape)[None], c)[0])
-        mono.append(float(np.all(np.diff(curve) >= 0)))
+            changed.append(z.reshape(img.shape).copy())
+        mono.append(float(np.all(np.diff(predict(model, changed, c)) >= 0)))
         # Patches of 3 on the 7x6 grid, padded to 9x6: one row of padding before, one after.
         rows, cols = (np.arange(7) + 1) // 3, np.arange(6) // 3
         cell = rows[:, None] * 2 + cols[None]
         sums = np.array([m[cell == p].sum() for p in range(6)])
-        z, curve = img.copy(), []
+        z, changed = img.copy(), []
         for p in np.argsort(-sums, kind="stable"):
             z[cell == p] = b
-            curve.append(predict(model, z[None], c)[0])
+            changed.append(z.copy())
+        curve = predict(model, changed, c)
         sel.append(np.trapezoid(curve))
         aopc.append(sum(y - v for v in curve[:5]) / 6)
     kw = dict(targets=classes, reduce=None)
@@ -228,21 +229,21 @@ def test_infidelity_irof_sufficiency_by_direct_loops(conv2d):
         b = _baseline(img)
         # Infidelity with squares of 2 (7 rows padded to 8: none before, one after), raster order, cumulative.
         cell = (np.arange(7) // 2)[:, None] * 3 + (np.arange(6) // 2)[None]
-        z, losses = img.copy(), []
+        z, changed, explained = img.copy(), [], []
         for p in range(12):
             z[cell == p] = b
-            change = ((img - z) * m[..., None]).sum()
-            losses.append((y - predict(model, z[None], c)[0] - change) ** 2)
-        infd.append(np.mean(losses))
+            changed.append(z.copy())
+            explained.append(((img - z) * m[..., None]).sum())
+        infd.append(np.mean((y - predict(model, changed, c) - np.array(explained)) ** 2))
         # IROF: superpixels by decreasing mean map value, each filled with the current image's mean.
         seg = slic(img.astype(np.float64), start_label=0, n_segments=6)
         labels = np.unique(seg)
         means = np.array([m[seg == s].mean() for s in labels])
-        z, curve = img.astype(np.float64), []
+        z, changed = img.astype(np.float64), []
         for s in labels[np.argsort(-means, kind="stable")]:
             z[seg == s] = z.mean()
-            curve.append(predict(model, z[None], c)[0] / y)
-        aoc.append(len(labels) - np.trapezoid(curve))
+            changed.append(z.copy())
+        aoc.append(len(labels) - np.trapezoid(predict(model, changed, c) / y))
     kw = dict(targets=classes, reduce=None)
     np.testing.assert_allclose(metrics.infidelity(model, images, maps, patch_sizes=(2,), softmax=True, **kw), infd,
                                rtol=1e-5, atol=1e-8)
