@@ -85,9 +85,22 @@ def region_masks(grid, sides=SIDES):
 
 
 def window_energies(q, grid, sides=SIDES):
-    """``(n, W)``: each image's share of energy in each region of :func:`region_masks`."""
-    masks, _ = _masks(tuple(grid), tuple(sides))
-    return np.asarray(q, np.float64).reshape(len(q), -1) @ masks.T
+    """``(n, W)``: each image's share of energy in each region of :func:`region_masks`, in its order.
+
+    Box sums of the 2-D cumulative sums ``S``: ``e(H) = S[y1, x1] - S[y0, x1] - S[y1, x0] + S[y0, x0]``,
+    4 reads per window instead of a product with the ``(W, g^2)`` masks (about 60x fewer operations
+    at a 16 x 16 grid, the audit's largest cost beside the maps before)."""
+    gh, gw = grid
+    q = np.asarray(q, np.float64).reshape(len(q), gh, gw)
+    total = np.zeros((len(q), gh + 1, gw + 1))
+    total[:, 1:, 1:] = q.cumsum(axis=1).cumsum(axis=2)
+    out = []
+    for s in sides:
+        if s > min(gh, gw):
+            continue
+        box = total[:, s:, s:] - total[:, :-s, s:] - total[:, s:, :-s] + total[:, :-s, :-s]
+        out.append(box.reshape(len(q), -1))
+    return np.concatenate(out, axis=1)
 
 
 _MASKS = {}
@@ -158,6 +171,15 @@ def find(x, grid, seed=0, permutations=PERMUTATIONS, sides=SIDES):
     Returns:
         A :class:`Hotspot`.
     """
+    from threadpoolctl import threadpool_limits
+
+    # One BLAS thread: beside a deep-learning runtime's threads, a multi-threaded BLAS oversubscribes
+    # the cores (measured: 0.55 s per window product instead of 8 ms, most of an audit's own time).
+    with threadpool_limits(limits=1):
+        return _find(x, grid, seed, permutations, sides)
+
+
+def _find(x, grid, seed, permutations, sides):
     q = shares(x)
     n = len(q)
     gh, gw = grid
