@@ -20,6 +20,7 @@ import pytest
 
 import keras_cam as kc
 from keras_cam import attention as _attention
+from keras_cam import backend
 from keras_cam import methods
 from keras_cam._compat import keras, ops, to_host
 from keras_cam.methods.attention import AttentionRollout, GradientRollout, LeGrad
@@ -120,6 +121,14 @@ def hand_forward(xp, model, x, deltas=(None, None)):
     return xp.matmul(pooled, w["logits"][0]) + w["logits"][1], attentions
 
 
+def compiled(fn):
+    """``fn`` compiled on JAX (its op-by-op autodiff of the hand-written forward pass is slow), as is elsewhere."""
+    if backend.name() == "jax":
+        import jax
+        return jax.jit(fn)
+    return fn
+
+
 def attention_gradients(model, x, classes):
     """``[dS/dA_b]`` (numpy) by the backend's autodiff of :func:`hand_forward` in keras.ops."""
     shapes = [a.shape for a in hand_forward(np, model, x.astype(np.float64))[1]]
@@ -129,7 +138,7 @@ def attention_gradients(model, x, classes):
     def score(d0, d1):
         logits, _ = hand_forward(ops, model, xt, (d0, d1))
         return ops.sum(logits * pick, axis=-1)
-    return native_grad(score, *[np.zeros(s, np.float32) for s in shapes])
+    return native_grad(compiled(score), *[np.zeros(s, np.float32) for s in shapes])
 
 
 # ---------------------------------------------------------------------------
@@ -370,7 +379,7 @@ def test_keras_hub_vit_maps_equal_the_formulas(hub_vit):
     np.testing.assert_allclose(got, want, atol=1e-5 * np.abs(want).max())
     classes = [1, 2]
     pick = ops.convert_to_tensor(np.eye(CLASSES, dtype=np.float32)[classes])
-    grads = native_grad(lambda d0, d1: ops.sum(hub_forward(hub_vit, xt, (d0, d1))[0] * pick, axis=-1),
+    grads = native_grad(compiled(lambda d0, d1: ops.sum(hub_forward(hub_vit, xt, (d0, d1))[0] * pick, axis=-1)),
                         *[np.zeros(a.shape, np.float32) for a in attentions])
     grads = [g.astype(np.float64) for g in grads]
     for cls, want in ((GradientRollout, on_grid(np_chefer(attentions, grads)[:, 0])),
@@ -451,7 +460,7 @@ def test_bimodal_rules_equal_the_formulas():
     classes = [0, 2]
     pick = ops.convert_to_tensor(np.eye(CLASSES, dtype=np.float32)[classes])
     xt, tt = ops.convert_to_tensor(x), ops.convert_to_tensor(text)
-    grads = native_grad(lambda *d: ops.sum(co_forward(ops, model, xt, tt, d)[0] * pick, axis=-1),
+    grads = native_grad(compiled(lambda *d: ops.sum(co_forward(ops, model, xt, tt, d)[0] * pick, axis=-1)),
                         *[np.zeros(a.shape, np.float32) for a in attentions])
     rel = np_bimodal(attentions, [g.astype(np.float64) for g in grads])
     cam = GradientRollout(model, modalities={name: (s, q) for name, s, q in CO_LAYERS},
