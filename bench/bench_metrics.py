@@ -128,6 +128,29 @@ ROWS = [
     ("max_sensitivity (10 samples)", "10 explanations",
      lambda c: _m().max_sensitivity(c.explainer, c.x, c.y, radius=0.1, samples=10, reduce=None),
      lambda c: c.quantus(_q().MaxSensitivity(nr_samples=10, lower_bound=0.2, **K))),
+    # Robustness, complexity, axioms. The images span [-1, 1]: keras-cam's noise levels are fractions
+    # of each image's range (2), Quantus's absolute, so 0.1 here is Quantus's 0.2.
+    ("avg_sensitivity (10 samples)", "10 explanations",
+     lambda c: _m().avg_sensitivity(c.explainer, c.x, c.y, radius=0.1, samples=10, batch_size=64, reduce=None),
+     lambda c: c.quantus(_q().AvgSensitivity(nr_samples=10, lower_bound=0.2, **K))),
+    ("local_lipschitz_estimate (10 samples)", "10 explanations",
+     lambda c: _m().local_lipschitz_estimate(c.explainer, c.x, c.y, std=0.05, samples=10, batch_size=64,
+                                             reduce=None),
+     lambda c: c.quantus(_q().LocalLipschitzEstimate(nr_samples=10, perturb_std=0.1, normalise=False, **K))),
+    ("relative_input_stability (10 samples)", "10 explanations",
+     lambda c: _m().relative_input_stability(c.explainer, c.x, c.y, samples=10, low=0.01, high=0.1,
+                                             batch_size=64, reduce=None),
+     lambda c: c.quantus(_q().RelativeInputStability(nr_samples=10, return_nan_when_prediction_changes=False,
+                                                     **K))),
+    ("consistency", "1",
+     lambda c: _m().consistency(c.model, c.x, c.maps, reduce=None),
+     lambda c: c.quantus(_q().Consistency(abs=False, normalise=False, **K))),
+    ("effective_complexity", "0",
+     lambda c: _m().effective_complexity(c.maps, reduce=None),
+     lambda c: c.quantus(_q().EffectiveComplexity(**K))),
+    ("completeness", "2",
+     lambda c: _m().completeness(c.model, c.x, c.maps, c.y, reduce=None),
+     lambda c: c.quantus(_q().Completeness(normalise=False, **K))),
     # Faithfulness: Quantus perturbs each channel of a position as its own feature, so its features_in_step is
     # 3x ours for the same steps; fewer steps, runs and samples than Quantus's defaults, to fit a CPU run.
     ("faithfulness_correlation (20 runs)", "21",
@@ -160,6 +183,10 @@ ROWS = [
      lambda c: _m().sufficiency(c.model, c.x, c.maps, c.y, batch_size=64, reduce=None),
      lambda c: c.quantus(_q().Sufficiency(**K))),
 ]
+# Not timed against Quantus 0.6: Continuity (it hands its explain_func the batch with the channel axis
+# moved twice), NonSensitivity (one model call per pixel: 9216 per image here), SmoothMPRT (explains
+# through quantus.explain, not explain_func), EfficientMPRT and InputInvariance (they fail on a Keras 3
+# functional model: a channels-first predict, and model.layers[0] is the input layer).
 # Quantus 0.6's ROAD is left out: on 3-channel images its noisy_linear_imputation indexes a mask of H*W
 # positions with indices over C*H*W features (IndexError), and it scores top-1 accuracy, not the probability.
 
