@@ -12,6 +12,7 @@ Second code paths:
   the mean within their Monte-Carlo spread.
 """
 
+import functools
 import warnings
 
 import numpy as np
@@ -204,11 +205,20 @@ def test_relative_representation_stability_loop(case):
     np.testing.assert_allclose(got, worst, rtol=2e-3)
 
 
-@pytest.mark.parametrize("name", ["avg_sensitivity", "local_lipschitz_estimate", "continuity",
-                                  "relative_input_stability", "relative_output_stability",
-                                  "relative_representation_stability"])
-def test_explainer_metrics_reduce_and_batch_size(case, name):
-    _, images, cam = case
+@functools.lru_cache(maxsize=None)
+def _built(spatial):
+    shape = spatial + (2,)
+    model = conv_model(shape, seed=len(spatial))
+    return model, unit_images(shape, 4, seed=len(spatial)), kc.GradCAM(model, "target")
+
+
+# each metric in one layout (the loops above run both): fewer compiles on JAX
+@pytest.mark.parametrize("name, spatial", [("avg_sensitivity", (16,)), ("local_lipschitz_estimate", (16, 16)),
+                                           ("continuity", (16,)), ("relative_input_stability", (16, 16)),
+                                           ("relative_output_stability", (16,)),
+                                           ("relative_representation_stability", (16, 16))])
+def test_explainer_metrics_reduce_and_batch_size(name, spatial):
+    _, images, cam = _built(spatial)
     fn = getattr(metrics, name)
     kw = {} if name == "continuity" else {"samples": 3}
     per_image = fn(cam, images, reduce=None, batch_size=4, **kw)  # shapes shared with the clean maps
