@@ -215,6 +215,13 @@ def shifted_copy(model, shift):
     every position its kernel sees no padding (everywhere for ``Dense`` and
     ``padding="valid"``). ``model`` and its weights are not modified.
 
+    Args:
+        model: the Keras model to copy (it must be clonable by ``keras.models.clone_model``).
+        shift: the constant (a number) added to every input element of the copy.
+
+    Returns:
+        The shifted copy, a new Keras model with the same weights but that first bias.
+
     Raises:
         ValueError: when the model cannot be copied, or its first layer with
             weights is not a biased Dense/Conv layer.

@@ -298,6 +298,21 @@ def faithfulness_estimate(model, images, maps, targets=None, *, features_in_step
     defaults (``FaithfulnessEstimate``): one feature per step, black baseline.
     Cost: ``ceil(F / features_in_step) + 1`` model calls per image (``F``
     features). Deterministic; a constant map gets 0.
+
+    Args:
+        model: the Keras classifier (never modified).
+        images: ``(N, *S, C)`` as the model takes them.
+        maps: ``(N, *S)`` at the image size.
+        targets: None (top-1), an int, or one int per image.
+        features_in_step: features per group ``G_k`` (1: one feature per step).
+        baseline: what removed features become: ``"black"`` (each image's minimum), ``"white"``
+            (its maximum), ``"mean"`` or a number.
+        softmax: probabilities (True) or logits (False, Quantus's default here).
+        batch_size: perturbed images per compiled call (items of all images share batches).
+        reduce: ``"mean"`` or None (one value per image).
+
+    Returns:
+        The mean over images, a float; with ``reduce=None`` an ``(N,)`` float64 array.
     """
     engine, x, m, cls, y = _setup(model, images, maps, targets, batch_size, reduce, softmax)
     step = _positive_int(features_in_step, "features_in_step")
@@ -322,6 +337,24 @@ def sensitivity_n(model, images, maps, targets=None, *, sizes=None, subsets=100,
     its batch*, of cumulative most-relevant-first removals, not a per-image
     value; ours follows the paper's per-image definition. Cost:
     ``len(sizes) * subsets + 1`` model calls per image.
+
+    Args:
+        model: the Keras classifier (never modified).
+        images: ``(N, *S, C)`` as the model takes them.
+        maps: ``(N, *S)`` at the image size.
+        targets: None (top-1), an int, or one int per image.
+        sizes: the subset sizes ``n`` (an int or a list of ints, each at most the number of
+            features); None: 5 sizes spaced geometrically from 1 to 80% of the features.
+        subsets: random subsets per size and image.
+        baseline: what removed features become: ``"black"`` (each image's minimum), ``"white"``
+            (its maximum), ``"mean"`` or a number.
+        softmax: probabilities (True, Quantus's default here) or logits (False).
+        batch_size: perturbed images per compiled call (items of all images share batches).
+        reduce: ``"mean"`` or None (one value per image).
+        seed: the seed of the random draws (the same on every backend and batch size).
+
+    Returns:
+        The mean over images, a float; with ``reduce=None`` an ``(N,)`` float64 array.
     """
     engine, x, m, cls, y = _setup(model, images, maps, targets, batch_size, reduce, softmax)
     n, d = len(m), m[0].size
@@ -365,6 +398,21 @@ def monotonicity(model, images, maps, targets=None, *, features_in_step=1, basel
     calls per image. Deterministic. Quantus 0.6's ``Monotonicity`` fills the
     baseline image with the baseline again instead of the image's features
     (it never reveals them), so it scores 1 whatever the map; we follow the paper.
+
+    Args:
+        model: the Keras classifier (never modified).
+        images: ``(N, *S, C)`` as the model takes them.
+        maps: ``(N, *S)`` at the image size.
+        targets: None (top-1), an int, or one int per image.
+        features_in_step: features per group ``G_k`` (1: one feature per step).
+        baseline: the image the features are put back into: ``"black"`` (each image's minimum),
+            ``"white"`` (its maximum), ``"mean"`` or a number.
+        softmax: probabilities (True, Quantus's default here) or logits (False).
+        batch_size: perturbed images per compiled call (items of all images share batches).
+        reduce: ``"mean"`` or None (one value per image).
+
+    Returns:
+        The share of monotonic maps, a float in [0, 1]; with ``reduce=None`` an ``(N,)`` array of 0s and 1s.
     """
     engine, x, m, cls, _ = _setup(model, images, maps, targets, batch_size, reduce, softmax)
     step = _positive_int(features_in_step, "features_in_step")
@@ -389,6 +437,24 @@ def monotonicity_correlation(model, images, maps, targets=None, *, features_in_s
     Quantus's defaults (``MonotonicityCorrelation``): 100 samples, one feature
     per step. Cost: ``ceil(F / features_in_step) * samples + 1`` model calls
     per image; a constant map gets 0.
+
+    Args:
+        model: the Keras classifier (never modified).
+        images: ``(N, *S, C)`` as the model takes them.
+        maps: ``(N, *S)`` at the image size.
+        targets: None (top-1), an int, or one int per image.
+        features_in_step: features per group ``G_k`` (1: one feature per step).
+        samples: replacements ``u_s`` of each group.
+        eps: the output size ``|f_c(x)|`` below which ``v_k`` is not divided by ``f_c(x)^2``.
+        baseline: ``"uniform"`` (a new uniform [0, 1) value per draw), or a fixed fill:
+            ``"black"``, ``"white"``, ``"mean"`` or a number.
+        softmax: probabilities (True, Quantus's default here) or logits (False).
+        batch_size: perturbed images per compiled call (items of all images share batches).
+        reduce: ``"mean"`` or None (one value per image).
+        seed: the seed of the uniform draws (the same on every backend and batch size).
+
+    Returns:
+        The mean over images, a float; with ``reduce=None`` an ``(N,)`` float64 array.
     """
     engine, x, m, cls, y = _setup(model, images, maps, targets, batch_size, reduce, softmax)
     step, samples, seed = (_positive_int(features_in_step, "features_in_step"),
@@ -418,6 +484,21 @@ def pixel_flipping(model, images, maps, targets=None, *, features_in_step=1, bas
     (Quantus's ``PixelFlipping(return_auc_per_sample=True)``; divide by
     ``K - 1`` for a mean height). Cost: ``K = ceil(F / features_in_step)``
     model calls per image. Deterministic.
+
+    Args:
+        model: the Keras classifier (never modified).
+        images: ``(N, *S, C)`` as the model takes them.
+        maps: ``(N, *S)`` at the image size.
+        targets: None (top-1), an int, or one int per image.
+        features_in_step: features per group ``G_k`` (1: one feature per step).
+        baseline: what removed features become: ``"black"`` (each image's minimum), ``"white"``
+            (its maximum), ``"mean"`` or a number.
+        softmax: probabilities (True, Quantus's default here) or logits (False).
+        batch_size: perturbed images per compiled call (items of all images share batches).
+        reduce: ``"mean"`` or None (one value per image).
+
+    Returns:
+        The mean over images, a float; with ``reduce=None`` an ``(N,)`` float64 array.
     """
     engine, x, m, cls, _ = _setup(model, images, maps, targets, batch_size, reduce, softmax)
     groups, k = _order_groups(m, _positive_int(features_in_step, "features_in_step"))
@@ -465,6 +546,23 @@ def region_perturbation(model, images, maps, targets=None, *, patch_size=8, orde
     (``RegionPerturbation``): patches of 8, 100 regions, black baseline, MoRF;
     Quantus returns the curve ``f_c(x) - f_c(x^k)``, whose sum over ``L + 1``
     is this value. Cost: ``L + 1`` model calls per image. Deterministic.
+
+    Args:
+        model: the Keras classifier (never modified).
+        images: ``(N, *S, C)`` as the model takes them.
+        maps: ``(N, *S)`` at the image size.
+        targets: None (top-1), an int, or one int per image.
+        patch_size: the side of the square (cube) patches, in features.
+        order: ``"morf"`` (most relevant patch first) or ``"lerf"`` (least relevant first).
+        regions: the most patches removed, ``L = min(regions, patches)``.
+        baseline: what removed features become: ``"black"`` (each image's minimum), ``"white"``
+            (its maximum), ``"mean"`` or a number.
+        softmax: probabilities (True, Quantus's default here) or logits (False).
+        batch_size: perturbed images per compiled call (items of all images share batches).
+        reduce: ``"mean"`` or None (one value per image).
+
+    Returns:
+        The mean over images, a float; with ``reduce=None`` an ``(N,)`` float64 array.
     """
     if order not in ("morf", "lerf"):
         raise ValueError(f"`order` must be \"morf\" or \"lerf\"; received {order!r}.")
@@ -487,6 +585,21 @@ def selectivity(model, images, maps, targets=None, *, patch_size=8, baseline="bl
     steps (Quantus's ``Selectivity`` curve and its ``get_auc_score``). Quantus's
     defaults: patches of 8, black baseline. Cost: ``P`` model calls per image
     (the number of patches). Deterministic.
+
+    Args:
+        model: the Keras classifier (never modified).
+        images: ``(N, *S, C)`` as the model takes them.
+        maps: ``(N, *S)`` at the image size.
+        targets: None (top-1), an int, or one int per image.
+        patch_size: the side of the square (cube) patches, in features.
+        baseline: what removed features become: ``"black"`` (each image's minimum), ``"white"``
+            (its maximum), ``"mean"`` or a number.
+        softmax: probabilities (True, Quantus's default here) or logits (False).
+        batch_size: perturbed images per compiled call (items of all images share batches).
+        reduce: ``"mean"`` or None (one value per image).
+
+    Returns:
+        The mean over images, a float; with ``reduce=None`` an ``(N,)`` float64 array.
     """
     engine, x, m, cls, _ = _setup(model, images, maps, targets, batch_size, reduce, softmax)
     groups, k = _ranked_patches(m, _positive_int(patch_size, "patch_size"))
@@ -522,6 +635,19 @@ def irof(model, images, maps, targets=None, *, softmax=True, batch_size=32, redu
     the area over the curve (unit steps; Quantus's ``IROF``). 2-D and 3-D
     layouts (SLIC needs a grid). Cost: ``K + 1`` model calls per image
     (``K`` superpixels, ~100 by SLIC's default).
+
+    Args:
+        model: the Keras classifier (never modified).
+        images: ``(N, *S, C)`` as the model takes them.
+        maps: ``(N, *S)`` at the image size.
+        targets: None (top-1), an int, or one int per image.
+        softmax: probabilities (True, Quantus's default here) or logits (False).
+        batch_size: perturbed images per compiled call (items of all images share batches).
+        reduce: ``"mean"`` or None (one value per image).
+        **slic_kwargs: passed on to ``skimage.segmentation.slic`` (``n_segments``, ``compactness``...).
+
+    Returns:
+        The mean over images, a float; with ``reduce=None`` an ``(N,)`` float64 array.
     """
     engine, x, m, cls, y = _setup(model, images, maps, targets, batch_size, reduce, softmax)
     if m.ndim == 2:
@@ -570,6 +696,22 @@ def infidelity(model, images, maps, targets=None, *, patch_sizes=(4,), baseline=
     map with the change of the input, so a gradient (``m = w`` for
     ``f_c = w . x``) is exact: 0. Cost: ``sum(patches per size) + 1`` model
     calls per image. Deterministic.
+
+    Args:
+        model: the Keras classifier (never modified).
+        images: ``(N, *S, C)`` as the model takes them.
+        maps: ``(N, *S)`` at the image size.
+        targets: None (top-1), an int, or one int per image.
+        patch_sizes: the sides of the square patches (an int or a sequence); the errors are
+            averaged over the sizes.
+        baseline: what removed features become: ``"black"`` (each image's minimum), ``"white"``
+            (its maximum), ``"mean"`` or a number.
+        softmax: probabilities (True) or logits (False, Quantus's default here).
+        batch_size: perturbed images per compiled call (items of all images share batches).
+        reduce: ``"mean"`` or None (one value per image).
+
+    Returns:
+        The mean over images, a float >= 0; with ``reduce=None`` an ``(N,)`` float64 array.
     """
     engine, x, m, cls, y = _setup(model, images, maps, targets, batch_size, reduce, softmax)
     sizes = [_positive_int(p, "patch_sizes") for p in np.atleast_1d(patch_sizes).tolist()]
@@ -602,6 +744,19 @@ def sufficiency(model, images, maps, targets=None, *, threshold=0.6, softmax=Tru
     the images of one batch, so the two agree with Quantus's ``batch_size``
     at least ``N``. A property of the set of images: one image's value
     depends on the others. Cost: one model call per image.
+
+    Args:
+        model: the Keras classifier (never modified).
+        images: ``(N, *S, C)`` as the model takes them.
+        maps: ``(N, *S)`` at the image size.
+        targets: the class of each image: None (the model's top-1), an int, or one int per image.
+        threshold: the largest normalized map distance of two neighbours, in [0, 1].
+        softmax: probabilities (True) or logits (False); the top-1 classes are the same either way.
+        batch_size: perturbed images per compiled call (items of all images share batches).
+        reduce: ``"mean"`` or None (one value per image).
+
+    Returns:
+        The mean over images, a float in [0, 1]; with ``reduce=None`` an ``(N,)`` float64 array.
     """
     check_reduce(reduce)
     if not (isinstance(threshold, numbers.Real) and not isinstance(threshold, bool) and 0 <= threshold <= 1):

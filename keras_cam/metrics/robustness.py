@@ -370,49 +370,105 @@ def _relative_stability(kind, explainer, images, targets, samples, low, high, se
     return reduced(worst, reduce)
 
 
-_STABILITY_DOC = """
+def relative_input_stability(explainer, images, targets=None, samples=200, low=0.02, high=0.2, seed=0, *,
+                             eps=1e-6, batch_size=32, reduce="mean"):
+    """Relative input stability (Agarwal et al. 2022): the map's relative change over the input's.
 
-    ``{name}(x) = max_k ||(E(x) - E(x'_k)) / E(x)||_2 / max(||{den}||_2, eps)``
+    ``RIS(x) = max_k ||(E(x) - E(x'_k)) / E(x)||_2 / max(||(x - x'_k) / x||_2, eps)``
     over ``K = samples`` perturbed inputs ``x'_k = x + d_k``, ``d_k`` uniform in
     ``[low, high]`` times the image's value range per element (Quantus's
-    ``uniform noise in [0.02, 0.2]``), the divisions elementwise, a zero
-    divisor replaced by ``eps`` (Quantus's ``eps_min=1e-6``), ``E`` the map
-    with the class held{extra}. Lower is better (↓). Quantus:
-    ``{quantus}`` (pass it ``return_nan_when_prediction_changes=False``: these
-    functions keep every perturbation). Cost: ``samples`` explainer calls per
-    image{cost}, ``batch_size`` pairs per call.
+    uniform noise in [0.02, 0.2]), the divisions elementwise, a zero divisor
+    replaced by ``eps`` (Quantus's ``eps_min=1e-6``), ``E`` the map with the
+    class held. Lower is better (↓). Quantus: ``RelativeInputStability``
+    (pass it ``return_nan_when_prediction_changes=False``: these functions
+    keep every perturbation). Cost: ``samples`` explainer calls per image,
+    ``batch_size`` pairs per call.
 
     Args:
-        explainer: a keras-cam explainer.
+        explainer: a keras-cam explainer (``keras_cam.GradCAM(model)``...).
         images: a batch as the explainer's model takes it.
         targets: None (top-1), an int, one int per image, or a callable target.
         samples: perturbations per image.
         low: the noise's lower end, a fraction of each image's value range.
-        high: the noise's upper end, a fraction of each image's value range.
-        seed: the seed of the perturbations.
-        eps: what a zero divisor becomes.{layer_arg}
+        high: the noise's upper end (at least ``low``), a fraction of each image's value range.
+        seed: the seed of the perturbations (:mod:`keras_cam.random`).
+        eps: what a zero divisor becomes (> 0).
         batch_size: (image, perturbation) pairs per call.
         reduce: ``"mean"`` or None (one value per image).
 
     Returns:
         The mean over images, a float >= 0; with ``reduce=None`` the ``(N,)`` values.
-"""
-
-
-def relative_input_stability(explainer, images, targets=None, samples=200, low=0.02, high=0.2, seed=0, *,
-                             eps=1e-6, batch_size=32, reduce="mean"):
+    """
     return _relative_stability("input", explainer, images, targets, samples, low, high, seed, eps, None,
                                batch_size, reduce)
 
 
 def relative_output_stability(explainer, images, targets=None, samples=200, low=0.02, high=0.2, seed=0, *,
                               eps=1e-6, batch_size=32, reduce="mean"):
+    """Relative output stability (Agarwal et al. 2022): the map's relative change over the logits' change.
+
+    ``ROS(x) = max_k ||(E(x) - E(x'_k)) / E(x)||_2 / max(||h(x) - h(x'_k)||_2, eps)``
+    over ``K = samples`` perturbed inputs ``x'_k = x + d_k``, ``d_k`` uniform in
+    ``[low, high]`` times the image's value range per element (Quantus's
+    uniform noise in [0.02, 0.2]), the divisions elementwise, a zero divisor
+    replaced by ``eps`` (Quantus's ``eps_min=1e-6``), ``E`` the map with the
+    class held, ``h`` the logits (the class scores before a final softmax).
+    Lower is better (↓). Quantus: ``RelativeOutputStability`` (pass it
+    ``return_nan_when_prediction_changes=False``: these functions keep every
+    perturbation). Cost: ``samples`` explainer calls per image and one
+    forward pass per perturbation, ``batch_size`` pairs per call.
+
+    Args:
+        explainer: a keras-cam explainer (``keras_cam.GradCAM(model)``...).
+        images: a batch as the explainer's model takes it.
+        targets: None (top-1), an int, one int per image, or a callable target.
+        samples: perturbations per image.
+        low: the noise's lower end, a fraction of each image's value range.
+        high: the noise's upper end (at least ``low``), a fraction of each image's value range.
+        seed: the seed of the perturbations (:mod:`keras_cam.random`).
+        eps: what a zero divisor becomes (> 0).
+        batch_size: (image, perturbation) pairs per call.
+        reduce: ``"mean"`` or None (one value per image).
+
+    Returns:
+        The mean over images, a float >= 0; with ``reduce=None`` the ``(N,)`` values.
+    """
     return _relative_stability("output", explainer, images, targets, samples, low, high, seed, eps, None,
                                batch_size, reduce)
 
 
 def relative_representation_stability(explainer, images, targets=None, samples=200, low=0.02, high=0.2, seed=0,
                                       *, layer=None, eps=1e-6, batch_size=32, reduce="mean"):
+    """Relative representation stability (Agarwal et al. 2022): the map's relative change over a layer's.
+
+    ``RRS(x) = max_k ||(E(x) - E(x'_k)) / E(x)||_2 / max(||(L(x) - L(x'_k)) / L(x)||_2, eps)``
+    over ``K = samples`` perturbed inputs ``x'_k = x + d_k``, ``d_k`` uniform in
+    ``[low, high]`` times the image's value range per element (Quantus's
+    uniform noise in [0.02, 0.2]), the divisions elementwise, a zero divisor
+    replaced by ``eps`` (Quantus's ``eps_min=1e-6``), ``E`` the map with the
+    class held, ``L`` the activations of ``layer``. Lower is better (↓).
+    Quantus: ``RelativeRepresentationStability`` with ``layer_names=[layer]``
+    (pass it ``return_nan_when_prediction_changes=False``: these functions
+    keep every perturbation). Cost: ``samples`` explainer calls per image and
+    one forward pass per perturbation, ``batch_size`` pairs per call.
+
+    Args:
+        explainer: a keras-cam explainer (``keras_cam.GradCAM(model)``...).
+        images: a batch as the explainer's model takes it.
+        targets: None (top-1), an int, one int per image, or a callable target.
+        samples: perturbations per image.
+        low: the noise's lower end, a fraction of each image's value range.
+        high: the noise's upper end (at least ``low``), a fraction of each image's value range.
+        seed: the seed of the perturbations (:mod:`keras_cam.random`).
+        layer: the layer name whose activations ``L`` are compared; None: the explainer's
+            (first) target layer.
+        eps: what a zero divisor becomes (> 0).
+        batch_size: (image, perturbation) pairs per call.
+        reduce: ``"mean"`` or None (one value per image).
+
+    Returns:
+        The mean over images, a float >= 0; with ``reduce=None`` the ``(N,)`` values.
+    """
     if layer is None:
         paths = [p for p in getattr(explainer.graph, "paths", []) if p is not None]
         if not paths:
@@ -421,25 +477,6 @@ def relative_representation_stability(explainer, images, targets=None, samples=2
         layer = paths[0]
     return _relative_stability("representation", explainer, images, targets, samples, low, high, seed, eps, layer,
                                batch_size, reduce)
-
-
-relative_input_stability.__doc__ = (
-    "Relative input stability (Agarwal et al. 2022): the map's relative change over the input's." +
-    _STABILITY_DOC.format(name="RIS", den="(x - x'_k) / x", extra="", quantus="RelativeInputStability",
-                          cost="", layer_arg=""))
-relative_output_stability.__doc__ = (
-    "Relative output stability (Agarwal et al. 2022): the map's relative change over the logits' change." +
-    _STABILITY_DOC.format(name="ROS", den="h(x) - h(x'_k)",
-                          extra=", ``h`` the logits (the class scores before a final softmax)",
-                          quantus="RelativeOutputStability", cost=" and one forward pass per perturbation",
-                          layer_arg=""))
-relative_representation_stability.__doc__ = (
-    "Relative representation stability (Agarwal et al. 2022): the map's relative change over a layer's." +
-    _STABILITY_DOC.format(name="RRS", den="(L(x) - L(x'_k)) / L(x)",
-                          extra=", ``L`` the activations of ``layer``", quantus="RelativeRepresentationStability "
-                          "with layer_names=[layer]", cost=" and one forward pass per perturbation",
-                          layer_arg="\n        layer: the layer whose activations ``L`` are compared (default: "
-                                    "the explainer's target layer)."))
 
 
 # ----------------------------------------------------------------------------- consistency
