@@ -368,7 +368,9 @@ class QueryDetection(_targets.Target):
         self.query = None if query is None else int(query)
 
     def _key(self):
-        return (self.category, self.query)
+        # The class and the query travel with the batch as values: every query target of a
+        # detector shares one compiled call, and every box target another.
+        return (self.query is None,)
 
     def values(self, graph, images):
         if graph is None or images is None:
@@ -384,9 +386,10 @@ class QueryDetection(_targets.Target):
                 f"RetinaNet, use keras_cam.targets.Detection.")
         queries, classes = shapes[self.LOGITS][1], shapes[self.LOGITS][2]
         _targets.check_index("category", self.category, classes, f"a detector with {classes} classes")
+        category = np.array([self.category], np.int32)
         if self.query is not None:
             _targets.check_index("query", self.query, queries, f"a detector with {queries} queries")
-            return (np.zeros((1, 4), np.float32),)
+            return (category, np.array([self.query], np.int32))
         height, width = int(images.shape[1]), int(images.shape[2])
         fmt = self.box_format or getattr(model, "bounding_box_format", None) or "yxyx"
         box = _targets.per_input_rows(_targets.to_xyxy(self.box, fmt, height, width), images, "box")
@@ -394,18 +397,23 @@ class QueryDetection(_targets.Target):
             raise ValueError(f"`box` {self.box.tolist()[:4]} read as {fmt!r} has no area (x2 <= x1 or "
                              f"y2 <= y1); give its format with `box_format=`.")
         # In the detector's relative frame (its boxes are fractions of the image).
-        return ((box / np.array([width, height, width, height])).astype(np.float32),)
+        return (category, (box / np.array([width, height, width, height])).astype(np.float32))
 
     def score(self, outputs, *values):
         if not isinstance(outputs, dict) or self.BOXES not in outputs or self.LOGITS not in outputs:
             raise ValueError(f"QueryDetection needs the detector's outputs {self.LOGITS!r} and "
                              f"{self.BOXES!r} (a dict); received {type(outputs).__name__}.")
-        logits = ops.cast(outputs[self.LOGITS], "float32")[..., self.category]
+        category, which = values
+        raw = ops.cast(outputs[self.LOGITS], "float32")                         # (N, Q, classes)
+        n = int(raw.shape[0])
+        category = ops.broadcast_to(ops.cast(category, "int32"), (n,))
+        logits = ops.take_along_axis(raw, category[:, None, None], axis=2)[..., 0]  # (N, Q)
         if self.query is not None:
-            return logits[:, self.query]
+            query = ops.broadcast_to(ops.cast(which, "int32"), (n,))
+            return ops.take_along_axis(logits, query[:, None], axis=1)[:, 0]
         b = ops.stop_gradient(ops.cast(outputs[self.BOXES], "float32"))  # (cx, cy, w, h), relative
         corners = ops.stack([b[..., 0] - b[..., 2] / 2, b[..., 1] - b[..., 3] / 2,
                              b[..., 0] + b[..., 2] / 2, b[..., 1] + b[..., 3] / 2], axis=-1)
-        iou = _targets.box_iou(corners, values[0][:, None, :])
+        iou = _targets.box_iou(corners, which[:, None, :])
         best = ops.cast(ops.argmax(iou, axis=1), "int32")
         return ops.take_along_axis(logits, best[:, None], axis=1)[:, 0]
