@@ -40,20 +40,24 @@ def tapped_gradients(forward, inputs=()):
     """Run ``forward(tap, *inputs) -> (score (N,), aux)`` and differentiate the summed score.
 
     A tapped activation that does not require a gradient (frozen layers
-    before it) is replaced by a detached copy that does, which is all
-    ``dS/dA`` needs. Returns what
+    before it, or no input gradient asked for: the pass up to the first
+    tapped value then runs under ``torch.no_grad``) is replaced by a detached
+    copy that does, which is all ``dS/dA`` needs. Returns what
     :func:`keras_cam.backend.tensorflow.tapped_gradients` returns.
     """
     inputs = [x.detach().requires_grad_(True) for x in inputs]
     taps = {}
 
     def tap(key, t):
+        torch.set_grad_enabled(True)  # undone when the `with` below exits, also on an error
         if torch.is_tensor(t) and t.is_floating_point() and not t.requires_grad:
             t = t.detach().requires_grad_(True)
         taps[key] = t
         return t
 
-    with torch.enable_grad():
+    # Without input gradients nothing before the first tapped value needs a graph: the forward pass
+    # runs as inference up to it (no recorded activations, as fast as the model's no_grad call).
+    with torch.enable_grad() if inputs else torch.no_grad():
         score, aux = forward(tap, *inputs)
         keys = [k for k in taps if torch.is_tensor(taps[k]) and taps[k].requires_grad]
         wrt = [taps[k] for k in keys] + inputs
