@@ -375,6 +375,77 @@ def metric_cases(models, data):
     yield "metrics/sanity_check/top1/cnn", sanity
 
 
+def quantus_metric_cases(models, data):
+    """The metrics of Quantus's six categories (faithfulness, robustness, localization,
+    complexity, randomization, axiomatic), each with few perturbations, on the same fixed maps."""
+    import keras_cam as kc
+    from keras_cam import metrics as km
+    from keras_cam._compat import to_host
+
+    rng = np.random.default_rng(SEED + 5)
+    cnn, layer = models["cnn"]
+    x = data["cnn"]
+    maps = rng.uniform(0.0, 1.0, (BATCH, 12, 12)).astype(np.float32)
+    boxes = np.array([[2, 3, 8, 9], [0, 0, 5, 12]])
+
+    def cam():
+        return kc.GradCAM(cnn, layer=layer)
+
+    on_maps = {
+        "faithfulness_correlation": dict(subset_size=20, runs=5, seed=0),
+        "faithfulness_estimate": dict(features_in_step=16),
+        "monotonicity": dict(features_in_step=16),
+        "monotonicity_correlation": dict(features_in_step=16, samples=3, seed=0),
+        "pixel_flipping": dict(features_in_step=16),
+        "region_perturbation": dict(patch_size=4, regions=5),
+        "selectivity": dict(patch_size=4),
+        "sensitivity_n": dict(sizes=(4, 16), subsets=4, seed=0),
+        "irof": dict(n_segments=9),
+        "infidelity": dict(patch_sizes=(4,)),
+        "sufficiency": {},
+        "completeness": {},
+        "consistency": {},
+        "non_sensitivity": dict(features_in_step=16),
+    }
+    for name, kwargs in on_maps.items():
+        yield (f"metrics/{name}/top1/cnn",
+               lambda name=name, kwargs=kwargs: {"v": getattr(km, name)(cnn, x, maps, reduce=None, **kwargs)})
+    for name in ("attribution_localization", "relevance_rank_accuracy", "relevance_mass_accuracy", "mask_auc"):
+        yield f"metrics/{name}/boxes/cnn", lambda name=name: {"v": getattr(km, name)(maps, boxes, reduce=None)}
+    yield "metrics/top_k_intersection/boxes/cnn", lambda: {"v": km.top_k_intersection(maps, boxes, k=20, reduce=None)}
+    yield "metrics/effective_complexity/maps/cnn", lambda: {"v": km.effective_complexity(maps, eps=0.5, reduce=None)}
+    on_explainer = {
+        "avg_sensitivity": dict(samples=3, seed=1),
+        "local_lipschitz_estimate": dict(samples=3, seed=1),
+        "relative_input_stability": dict(samples=3, seed=1),
+        "relative_output_stability": dict(samples=3, seed=1),
+        "relative_representation_stability": dict(samples=3, seed=1),
+        "continuity": dict(steps=3),
+    }
+    for name, kwargs in on_explainer.items():
+        yield (f"metrics/{name}/top1/cnn",
+               lambda name=name, kwargs=kwargs: {"v": getattr(km, name)(cam(), x, reduce=None, **kwargs)})
+    four = np.concatenate([np.asarray(x), 0.5 * np.asarray(x)]).astype(np.float32)  # two images per label
+    labels = np.array([0, 1, 0, 1])
+    yield "metrics/focus/labels/cnn", lambda: {"v": km.focus(cam(), four, labels, seed=0, reduce=None)}
+
+    def mosaics():
+        made, targets, positions = km.focus_mosaics(four, labels, seed=0)
+        mosaic_maps = np.tile(maps, (2, 1, 1))
+        return {"mosaics": to_host(made), "targets": np.asarray(targets), "positions": np.asarray(positions),
+                "scores": km.focus_scores(mosaic_maps, positions)}
+    yield "metrics/focus_mosaics/labels/cnn", mosaics
+    yield "metrics/focus_scores/labels/cnn", mosaics
+    given = {"explainer_kwargs": {"layer": layer}}
+    yield ("metrics/smooth_mprt/top1/cnn",
+           lambda: {"v": km.smooth_mprt(kc.GradCAM, cnn, x, samples=2, reduce=None, **given)})
+    yield "metrics/efficient_mprt/top1/cnn", lambda: {"v": km.efficient_mprt(kc.GradCAM, cnn, x, reduce=None, **given)}
+    yield ("metrics/input_invariance/top1/cnn",
+           lambda: {"v": km.input_invariance(kc.GradCAM, cnn, x, reduce=None, **given)})
+    yield "metrics/randomized_copy/seed42/cnn", lambda: {"v": to_host(km.randomized_copy(cnn, seed=42)(x))}
+    yield "metrics/shifted_copy/minus1/cnn", lambda: {"v": to_host(km.shifted_copy(cnn, -1.0)(x - 1.0))}
+
+
 def shards(cases, count):
     """``{case: the worker (of ``count``) that computes it}``: the ``model/method`` groups in turn.
     One group's cases stay together: they share an explainer, whose first call of a signature
@@ -397,7 +468,7 @@ def main(weights_path, out_path, shard=(0, 1), verbose=False):
     results, errors, seconds = {}, {}, {}
     start = time.perf_counter()
     cases = [*random_cases(models), *method_cases(models, data), *smoothing_cases(models, data),
-             *metric_cases(models, data)]
+             *metric_cases(models, data), *quantus_metric_cases(models, data)]
     mine = shards([case for case, _ in cases], shard[1])
     for case, thunk in cases:
         if mine[case] != shard[0]:
