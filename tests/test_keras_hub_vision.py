@@ -49,7 +49,7 @@ def swin():
 def test_swin_layer_none_is_the_last_stage_norm(swin, images):
     cam = kc.GradCAM(swin)
     # Not a windowed attention's probabilities (their first axis is windows x batch).
-    assert cam.layer_path == "swin_transformer_backbone/norm"
+    assert cam.layer_path == f"{swin.backbone.name}/norm"  # auto-named: "_1" when built twice in a process
     ex = cam.explain(images, upsample=False, normalize=False)
     # The head is a mean over the 4x4 tokens and a Dense: dS/dA = W_c / 16 at every token.
     a = to_host(swin.backbone(images, training=False)).astype(np.float64)  # (2, 16, 16), raster order
@@ -319,7 +319,7 @@ def test_generated_token_is_the_models_logit(paligemma):
     cam = kc.GradCAM(paligemma)
     for position, token in ((-1, None), (2, 7), (0, [3, 5])):
         ex = cam.explain(x, targets=GeneratedToken(position, token), upsample=False, normalize=False)
-        assert cam.layer_path == "pali_gemma_backbone/pali_gemma_vit/image_classifier"  # the image tokens
+        assert cam.layer_path == f"{paligemma.backbone.name}/pali_gemma_vit/image_classifier"  # image tokens
         t = logits[:, position].argmax(axis=-1) if token is None else np.broadcast_to(token, (2,))
         np.testing.assert_allclose(ex.scores, logits[[0, 1], position, t], rtol=1e-4, atol=1e-5)
         assert ex.maps.shape == (2, 4, 4) and (ex.maps.std(axis=(1, 2)) > 0).all()
