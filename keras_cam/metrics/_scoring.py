@@ -29,17 +29,23 @@ _KEEP = 4
 REDUCTIONS = ("mean", None)
 
 
+def input_graph(model):
+    """The model's graph with no layer captured (its input and scores only); a multi-input model is refused."""
+    graph = ActivationGraph(model, layers=[], linearize=True)
+    if graph.multi_input:
+        raise ValueError(
+            f"The faithfulness metrics perturb the input of single-input models; model "
+            f"{model.name!r} has the inputs {graph.input_names}."
+        )
+    return graph
+
+
 class _Scorer:
     """The explained-class probabilities of one model, compiled once."""
 
     def __init__(self, model):
         self.model = model
-        self.graph = ActivationGraph(model, layers=[], linearize=True)
-        if self.graph.multi_input:
-            raise ValueError(
-                f"The faithfulness metrics perturb the input of single-input models; model "
-                f"{model.name!r} has the inputs {self.graph.input_names}."
-            )
+        self.graph = input_graph(model)
         self.probabilities = Compiled(self._probabilities, model=model)
         self.curve = Compiled(self._curve, model=model)
 

@@ -46,8 +46,7 @@ import numpy as np
 from keras_cam import targets as _targets
 from keras_cam._compat import ops, to_host
 from keras_cam.compiled import Compiled
-from keras_cam.graph import ActivationGraph
-from keras_cam.metrics._scoring import _check_batch_size, _inputs, check_reduce, reduced
+from keras_cam.metrics._scoring import _check_batch_size, _inputs, check_reduce, input_graph, reduced
 
 BASELINES = ("black", "white", "mean")
 _BIG = 2 ** 30
@@ -61,12 +60,7 @@ class _Engine:
 
     def __init__(self, model):
         self.model = model
-        self.graph = ActivationGraph(model, layers=[], linearize=True)
-        if self.graph.multi_input:
-            raise ValueError(
-                f"The faithfulness metrics perturb the input of single-input models; model "
-                f"{model.name!r} has the inputs {self.graph.input_names}."
-            )
+        self.graph = input_graph(model)
         self.run = Compiled(self._run, model=model)
 
     def _run(self, images, fill, groups, rows, lo, hi, scale, shift, cls, softmax):
