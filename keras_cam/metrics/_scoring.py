@@ -19,7 +19,7 @@ from keras_cam import targets as _targets
 from keras_cam._compat import ops, to_host
 from keras_cam.compiled import Compiled
 from keras_cam.graph import ActivationGraph
-from keras_cam.inputs import as_batch
+from keras_cam.inputs import as_batch, check_images
 
 # The compiled scorers of the most recently used models (by identity). A
 # scorer holds its model, so the cache is small rather than weak.
@@ -36,6 +36,22 @@ def input_graph(model):
         raise ValueError(
             f"The faithfulness metrics perturb the input of single-input models; model "
             f"{model.name!r} has the inputs {graph.input_names}."
+        )
+    try:
+        outputs = list(model.outputs or ())
+    except (AttributeError, ValueError, RuntimeError):  # no static graph: one output assumed
+        outputs = []
+    if len(outputs) > 1:  # which one is the classifier? never guess (a dict's first key in sorted order...)
+        structure = model.output
+        if isinstance(structure, dict):
+            names, wrap = sorted(structure), 'model.output["<key>"]'
+        else:
+            names, wrap = list(getattr(model, "output_names", None) or range(len(outputs))), "model.outputs[i]"
+        raise ValueError(
+            f"The model-based metrics score one classifier output; model {model.name!r} has {len(outputs)} "
+            f"outputs {names}. Pass a single-output model for the output your maps explain, e.g. "
+            f"keras.Model(model.inputs, {wrap}) (the explainer-based metrics follow the explainer's "
+            f"`output=`)."
         )
     return graph
 
@@ -96,6 +112,14 @@ def reduced(values, reduce):
     return float(np.mean(values))
 
 
+def check_seed(seed):
+    """The seed as an int, or a ValueError naming ``seed``: a bool (an int to Python), a float (which
+    some generators truncate silently) or a negative number (numpy's message names no argument) is refused."""
+    if isinstance(seed, (bool, np.bool_)) or not isinstance(seed, (int, np.integer)) or seed < 0:
+        raise ValueError(f"`seed` must be a non-negative int; received {seed!r}.")
+    return int(seed)
+
+
 def _check_batch_size(batch_size):
     if isinstance(batch_size, (bool, np.bool_)) or not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
         raise ValueError(f"`batch_size` must be a positive int; received {batch_size!r}.")
@@ -105,6 +129,9 @@ def _inputs(images, maps, scorer):
     """Images as a float32 channels-last batch tensor and maps as float32 numpy ``(N, *S)``,
     checked against each other."""
     x, single = as_batch(images, scorer.graph.inputs)
+    graph = scorer.graph
+    # shape against the model, and finite: a NaN image would give a number, not an error
+    check_images(np.asarray(to_host(x)), graph.model, graph.input_index, graph.data_format == "channels_first")
     scorer.graph.prepare(x[:1])  # a model without a static graph: find its softmax/sigmoid once
     x = scorer.graph.to_channels_last(x)
     m = np.asarray(to_host(maps), dtype=np.float32)
@@ -150,6 +177,8 @@ def _maps(maps):
     m = np.asarray(to_host(maps), dtype=np.float64)
     if m.ndim not in (2, 3, 4):
         raise ValueError(f"`maps` must be (N, *S): (N, T), (N, H, W) or (N, D, H, W); received shape {m.shape}.")
+    if m.shape[0] == 0 or m.size == 0:  # a mean over no map is no score (numpy would say NaN or fail deep inside)
+        raise ValueError(f"`maps` is empty (shape {m.shape}); pass at least one map with at least one position.")
     if not np.isfinite(m).all():
         raise ValueError("`maps` contains NaN or infinite values.")
     return m
