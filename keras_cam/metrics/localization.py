@@ -36,7 +36,7 @@ import numpy as np
 import numbers
 
 from keras_cam._compat import to_host
-from keras_cam.metrics._scoring import _maps, check_reduce, reduced
+from keras_cam.metrics._scoring import _maps, check_reduce, check_seed, reduced
 
 
 def _boxes(boxes, shape):
@@ -361,7 +361,7 @@ def focus_mosaics(images, labels, *, seed=0, channels_first=False):
     if h % 2 or w % 2:
         raise ValueError(f"Focus halves each image into a tile of a 2x2 mosaic: the images' height and width "
                          f"must be even; received {h}x{w}.")
-    rng = np.random.default_rng(seed)
+    rng = np.random.default_rng(check_seed(seed))
     tiles = x.reshape(n, h // 2, 2, w // 2, 2, x.shape[-1]).mean(axis=(2, 4))
     mosaics = np.empty_like(x)
     positions = np.zeros((n, 4), np.int32)

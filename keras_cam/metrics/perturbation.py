@@ -36,6 +36,7 @@ from keras_cam.metrics._scoring import (
     _probabilities,
     _scorer,
     check_reduce,
+    check_seed,
     reduced,
 )
 
@@ -526,8 +527,9 @@ def road(model, images, maps, targets=None, percentages=PERCENTAGES, order="morf
     check_reduce(reduce)
     pcts = _check_percentages(percentages)
     _check_batch_size(batch_size)
-    if not isinstance(noise, numbers.Real) or noise < 0:
-        raise ValueError(f"`noise` is a standard deviation, a number >= 0; received {noise!r}.")
+    if isinstance(noise, (bool, np.bool_)) or not isinstance(noise, numbers.Real) or not 0 <= noise < math.inf:
+        raise ValueError(f"`noise` is a standard deviation, a finite number >= 0; received {noise!r}.")
+    seed = check_seed(seed)  # int(seed) below would truncate a float silently
     curves = _road_curves(model, images, maps, targets, pcts, order, noise, seed, batch_size)
     per_image = {o: c.mean(axis=1) for o, c in curves.items()}
     if order == "combined":

@@ -29,7 +29,7 @@ import numpy as np
 
 from keras_cam._compat import to_host
 from keras_cam.inputs import as_batch
-from keras_cam.metrics._scoring import _maps, check_reduce, reduced
+from keras_cam.metrics._scoring import _maps, check_reduce, check_seed, reduced
 
 
 def _flat_abs(maps):
@@ -245,6 +245,7 @@ def random_logit(explainer, images, targets=None, seed=0, *, reduce="mean"):
         raise TypeError("random_logit compares classes, so `targets` must be None (top-1), an int or one int "
                         "per image; a callable target has no other class.")
     check_reduce(reduce)
+    check_seed(seed)
     x = _single_input_batch(explainer, images, "random_logit")
     first = explainer.explain(x, targets)
     classes = np.asarray(first.targets, np.int64)
@@ -293,11 +294,13 @@ def max_sensitivity(explainer, images, targets=None, radius=0.02, samples=10, se
     Example:
         >>> keras_cam.metrics.max_sensitivity(keras_cam.GradCAM(model), images, radius=0.02)
     """
-    if not isinstance(radius, numbers.Real) or radius < 0 or not math.isfinite(radius):
+    if isinstance(radius, (bool, np.bool_)) or not isinstance(radius, numbers.Real) or radius < 0 \
+            or not math.isfinite(radius):
         raise ValueError(f"`radius` must be a finite number >= 0; received {radius!r}.")
-    if not isinstance(samples, (int, np.integer)) or samples < 1:
+    if isinstance(samples, (bool, np.bool_)) or not isinstance(samples, (int, np.integer)) or samples < 1:
         raise ValueError(f"`samples` must be a positive int; received {samples!r}.")
     check_reduce(reduce)
+    check_seed(seed)
     x = _single_input_batch(explainer, images, "max_sensitivity")
     # The clean maps come from the compiled computation, as every perturbed one does: an
     # explainer runs the first call of an input shape eagerly (keras_cam.compiled.Compiled), and

@@ -95,8 +95,9 @@ def _check(explainer_cls, model, explainer_kwargs, seed):
         )
     if explainer_kwargs is not None and not isinstance(explainer_kwargs, dict):
         raise TypeError(f"`explainer_kwargs` must be a dict or None; received {type(explainer_kwargs).__name__}.")
-    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
-        raise ValueError(f"`seed` must be an int >= 0; received {seed!r}.")
+    if isinstance(seed, (bool, np.bool_)) or not isinstance(seed, (int, np.integer)) or not 0 <= seed < 2 ** 32 - 1:
+        raise ValueError(f"`seed` must be an int in [0, 2**32 - 2] (RandomState(seed + 1) permutes the "
+                         f"weights); received {seed!r}.")
 
 
 def spearman(a, b):

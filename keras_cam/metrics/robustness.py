@@ -40,6 +40,7 @@ import numbers
 import numpy as np
 
 from keras_cam import random as _random
+from keras_cam import targets as _targets
 from keras_cam._compat import ops, to_host
 from keras_cam.compiled import Compiled
 from keras_cam.graph import ActivationGraph
@@ -50,6 +51,7 @@ from keras_cam.metrics._scoring import (
     _inputs,
     _scorer,
     check_reduce,
+    check_seed,
     reduced,
 )
 
@@ -132,6 +134,7 @@ def _noise(x_last, seed, samples, kind, low, high):
 
     ``kind="uniform"``: ``U(low, high)`` times the image's value range;
     ``kind="normal"``: ``N(0, high^2)`` times the value range."""
+    seed = check_seed(seed)
     shape = tuple(int(d) for d in x_last.shape[1:])
     span = _value_range(x_last)
 
@@ -470,6 +473,8 @@ def relative_representation_stability(explainer, images, targets=None, samples=2
         The mean over images, a float >= 0; with ``reduce=None`` the ``(N,)`` values.
     """
     if layer is None:
+        if getattr(explainer, "graph", None) is None:  # a model, not an explainer: the TypeError that says so
+            _explainer_batch(explainer, images, "relative_representation_stability")
         paths = [p for p in getattr(explainer.graph, "paths", []) if p is not None]
         if not paths:
             raise ValueError("relative_representation_stability compares a layer's activations: pass `layer=` "
@@ -528,6 +533,8 @@ def consistency(model, images, maps, targets=None, *, discretize="sign", n=5, ba
     n = _positive_int(n, "n")
     scorer = _scorer(model)
     x, m = _inputs(images, maps, scorer)
+    if not callable(targets):  # not used, but a wrong one is a caller's bug: refuse it as every metric does
+        _targets.class_indices(targets, len(m), scorer.graph.num_classes)
     _, predicted = _classes(scorer, x, None, batch_size)
     labels = _labels(m, discretize, n)
     same = np.array([[a == b for b in labels] for a in labels])
