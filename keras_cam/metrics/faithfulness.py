@@ -32,8 +32,9 @@ images fill the same batches of ``batch_size``; a compiled function gathers
 each item's image and builds its perturbed copy on the device from an int map
 of feature groups (``lo <= group < hi`` is replaced), so host memory and
 device memory stay flat in the number of perturbations. Random subsets are
-drawn from a counter-based hash of ``(seed, image, draw)``: the same numbers
-whatever ``batch_size`` and backend.
+drawn from a counter-based hash of ``(seed, image position, draw)``: the same numbers
+whatever ``batch_size`` and backend, but an image moved to another position in
+the call gets that position's draws (see "Per image" in docs/metrics.md).
 """
 
 from __future__ import annotations
