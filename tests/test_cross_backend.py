@@ -1,18 +1,17 @@
 """The same numbers on TensorFlow, JAX and PyTorch: every method, target kind, layout and metric.
 
-Keras fixes its backend when it is imported, so this test runs
-``tests/cross_backend_worker.py`` once per backend (``KERAS_BACKEND=tensorflow|jax|torch``, in
-subprocesses run at once; JAX's cases are split over two). Each worker builds the same seven models (a CNN, a Conv1D, a Conv3D, a
-tiny ViT with a class token, a segmenter, a two-input model and a model nested in a model),
-gives them the numpy weights this test draws and writes to ``tmp_path``, explains the same
-numpy inputs with every registered method and the guided methods, for every target kind
-(top-1, an int, one class per image, a callable, Regression, Similarity, Segmentation with and
-without a mask), with ``aug_smooth`` and ``eigen_smooth``, scores every metric of
+Keras fixes its backend when it is imported, so this test runs ``tests/cross_backend_worker.py``
+once per backend (``KERAS_BACKEND=tensorflow|jax|torch``, in subprocesses run at once; JAX's cases
+are split over two). Each worker builds the same eight models (a CNN, the same CNN channels-first,
+a Conv1D, a Conv3D, a tiny ViT with a class token, a segmenter, a two-input model and a model
+nested in a model), gives them the numpy weights this test draws and writes to ``tmp_path``,
+explains the same numpy inputs with every registered method and the guided methods, for every
+target kind (top-1, an int, one class per image, a callable, Regression, Similarity, Segmentation
+with and without a mask), with ``aug_smooth`` and ``eigen_smooth``, scores every metric of
 :mod:`keras_cam.metrics`, and saves the arrays. Here JAX's and PyTorch's arrays are held to
-TensorFlow's, case by case: ``max |a - b| <= 1e-4 max |b| + 1e-6`` for each array (the maps
-before upsampling and normalizing, the normalized maps, the scores, classes and probabilities,
-each metric's per-image values), integers exactly. Every disagreement is listed, not only
-the first.
+TensorFlow's, case by case: ``max |a - b| <= 1e-4 max |b| + 1e-6`` for each array (the maps before
+upsampling and normalizing, the normalized maps, the scores, classes and probabilities, each
+metric's per-image values), integers exactly. Every disagreement is listed, not only the first.
 
 The randomized methods draw from :mod:`keras_cam.random`; its draws on each backend are held
 to the numpy reference ``normal_numpy`` as well, so "the same seed gives the same numbers" is
@@ -206,7 +205,7 @@ def test_the_cases_cover_every_method_model_and_target(results):
     methods = {c.split("/")[1] for c in cases}
     assert set(kc.methods.names(attention=False)) | {"guidedbackprop", "guidedgradcam"} <= methods
     models = {c.split("/")[0] for c in cases}
-    assert {"cnn", "conv1d", "conv3d", "vit", "seg", "multi", "nested"} <= models
+    assert {"cnn", "cnn_cf", "conv1d", "conv3d", "vit", "seg", "multi", "nested"} <= models
     targets = {c.split("/")[2] for c in cases}
     assert {"top1", "int", "per_image", "callable", "regression", "similarity", "segmentation",
             "segmentation_mask"} <= targets
