@@ -63,6 +63,21 @@ def keras_of(obj):
     return keras
 
 
+def copy_model(model, purpose):
+    """A copy of ``model`` with its weights (``clone_model`` of its own Keras), for ``purpose``
+    (e.g. "The sanity check randomizes a copy of the model"): a ValueError that says so when
+    the model cannot be rebuilt (a subclassed model without get_config/from_config)."""
+    try:
+        copy = keras_of(model).models.clone_model(model)
+    except Exception as err:  # clone_model raises several types for models it cannot rebuild
+        raise ValueError(
+            f"{purpose}, and keras.models.clone_model could not copy {model.name!r} "
+            f"({type(err).__name__}: {err}). Subclassed models need get_config/from_config to be cloned."
+        ) from err
+    copy.set_weights(model.get_weights())
+    return copy
+
+
 def producer(tensor):
     """The layer or operation that produced a symbolic Keras tensor, or None."""
     history = getattr(tensor, "_keras_history", None)

@@ -20,7 +20,6 @@ import numpy as np
 
 from keras_cam import _compat
 from keras_cam import layers as _layers
-from keras_cam._compat import keras_of
 from keras_cam.metrics.properties import ssim as _ssim
 
 
@@ -128,20 +127,6 @@ def ssim(a, b):
     return _ssim(a, b, max_val=1.0)
 
 
-def _copy(model):
-    keras = keras_of(model)
-    try:
-        copy = keras.models.clone_model(model)
-    except Exception as err:  # clone_model raises several types for models it cannot rebuild
-        raise ValueError(
-            f"The sanity check randomizes a copy of the model, and keras.models.clone_model could "
-            f"not copy {model.name!r} ({type(err).__name__}: {err}). Subclassed models need a "
-            f"get_config/from_config to be cloned."
-        ) from err
-    copy.set_weights(model.get_weights())
-    return copy
-
-
 def _as_maps(maps):
     """Gradients ``(N, H, W, C)`` (guided methods) become ``sum_c |g|`` maps scaled to [0, 1]."""
     m = np.asarray(maps, np.float32)
@@ -210,7 +195,7 @@ def sanity_check(explainer_cls, model, images, targets=None, *, explainer_kwargs
             f"`explainer_cls` must be an explainer class such as keras_cam.GradCAM; received "
             f"{type(explainer_cls).__name__}."
         )
-    copy = _copy(model)
+    copy = _compat.copy_model(model, "The sanity check randomizes a copy of the model")
     explainer = explainer_cls(copy, **(explainer_kwargs or {}))
     x = np.asarray(images, np.float32)
     if x.ndim == 3:

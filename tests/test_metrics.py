@@ -12,6 +12,7 @@ from scipy import ndimage
 
 import keras_cam as kc
 from keras_cam import metrics
+from keras_cam.metrics import _scoring
 from keras_cam._compat import keras
 
 H, W = 12, 10
@@ -239,12 +240,12 @@ def test_an_explainer_maps_plug_in():
 def test_a_model_is_compiled_once_and_few_are_kept(images, maps):
     model = region_model("softmax")
     metrics.average_drop(model, images, maps)
-    scorer = metrics._scorer(model)
+    scorer = _scoring.get_scorer(model)
     traces = scorer.probabilities.experimental_get_tracing_count()
     metrics.average_drop(model, images, maps)
     metrics.increase_in_confidence(model, images, maps)
-    assert metrics._scorer(model) is scorer
+    assert _scoring.get_scorer(model) is scorer
     assert scorer.probabilities.experimental_get_tracing_count() == traces
-    for _ in range(metrics._KEEP + 1):
-        metrics._scorer(region_model("logits"))
-    assert len(metrics._scorers) == metrics._KEEP
+    for _ in range(_scoring._KEEP + 1):  # the cache of compiled scorers keeps the last few models
+        _scoring.get_scorer(region_model("logits"))
+    assert len(_scoring._scorers) == _scoring._KEEP

@@ -224,6 +224,37 @@ def test_other_bad_arguments_get_messages_naming_them(model):
         metrics.relative_representation_stability(model, images, samples=1)
 
 
+class _NoConfig(keras.Model):
+    """A subclassed model without get_config/from_config: keras.models.clone_model cannot rebuild it."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = keras.layers.Conv2D(4, 3, padding="same", activation="relu", name="conv")
+        self.pool = keras.layers.GlobalAveragePooling2D()
+        self.head = keras.layers.Dense(3, activation="softmax")
+
+    def call(self, x):
+        return self.head(self.pool(self.conv(x)))
+
+
+@pytest.mark.parametrize("purpose, run", [
+    ("The sanity check randomizes", lambda m, x: kc.sanity_check(kc.GradCAM, m, x, explainer_kwargs={"layer": "conv"})),
+    ("MPRT randomizes", lambda m, x: metrics.efficient_mprt(kc.GradCAM, m, x, explainer_kwargs={"layer": "conv"})),
+    ("MPRT randomizes", lambda m, x: metrics.randomized_copy(m)),
+    ("input_invariance shifts", lambda m, x: metrics.input_invariance(kc.GradCAM, m, x,
+                                                                      explainer_kwargs={"layer": "conv"})),
+])
+def test_a_model_that_cannot_be_copied_is_refused_saying_why_and_left_as_it_was(purpose, run):
+    model = _NoConfig()
+    images, _ = data(2)
+    model(images)
+    before = [w.copy() for w in model.get_weights()]
+    with pytest.raises(ValueError, match=f"{purpose} a copy of the model.*clone_model could not copy.*get_config"):
+        run(model, images)
+    for a, b in zip(before, model.get_weights()):
+        np.testing.assert_array_equal(a, b)
+
+
 # ----------------------------------------------------------------------------- state: weights, threads, inputs
 
 

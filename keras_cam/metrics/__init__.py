@@ -53,7 +53,6 @@ Example:
     >>> print(keras_cam.metrics.evaluate({"Grad-CAM": keras_cam.GradCAM}, model, images).to_markdown())
 """
 
-from keras_cam.metrics._scoring import _KEEP, _scorer, _scorers  # noqa: F401  (the tests reach the cache)
 from keras_cam.metrics.evaluation import (
     DEFAULT_METRICS,
     METRICS,

@@ -85,7 +85,7 @@ class _Scorer:
         return ops.reshape(probs, (t, n))
 
 
-def _scorer(model):
+def get_scorer(model):
     key = id(model)
     if key not in _scorers or _scorers[key].model is not model:
         _scorers[key] = _Scorer(model)
@@ -120,12 +120,35 @@ def check_seed(seed):
     return int(seed)
 
 
-def _check_batch_size(batch_size):
+def positive_int(value, name):
+    """``value`` as an int >= 1, or a ValueError naming ``name`` (a bool is refused, though Python calls it an int)."""
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)) or value < 1:
+        raise ValueError(f"`{name}` must be a positive int; received {value!r}.")
+    return int(value)
+
+
+def explainer_batch(explainer, images, what):
+    """The images as a host float32 batch in the model's layout, for a metric (``what``) that
+    calls a single-input keras-cam ``explainer`` again on perturbed copies."""
+    graph = getattr(explainer, "graph", None)
+    if graph is None or not hasattr(explainer, "explain"):
+        raise TypeError(
+            f"`explainer` must be a keras-cam explainer such as keras_cam.GradCAM(model) (it is "
+            f"called again by {what}); received {type(explainer).__name__}."
+        )
+    if graph.multi_input:
+        raise ValueError(f"{what} perturbs the input of single-input models; this explainer's model has "
+                         f"the inputs {graph.input_names}.")
+    x, _ = as_batch(images, graph.inputs)
+    return np.asarray(to_host(x), np.float32)
+
+
+def check_batch_size(batch_size):
     if isinstance(batch_size, (bool, np.bool_)) or not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
         raise ValueError(f"`batch_size` must be a positive int; received {batch_size!r}.")
 
 
-def _inputs(images, maps, scorer):
+def checked_inputs(images, maps, scorer):
     """Images as a float32 channels-last batch tensor and maps as float32 numpy ``(N, *S)``,
     checked against each other."""
     x, single = as_batch(images, scorer.graph.inputs)
@@ -148,7 +171,7 @@ def _inputs(images, maps, scorer):
     return x, m
 
 
-def _classes(scorer, x, targets, batch_size):
+def explained_classes(scorer, x, targets, batch_size):
     """The explained class per image (top-1 on the unchanged images when None)."""
     if callable(targets):
         raise TypeError(
@@ -156,11 +179,11 @@ def _classes(scorer, x, targets, batch_size):
             "or one int per image; a callable target has no class."
         )
     idx = _targets.class_indices(targets, int(x.shape[0]), scorer.graph.num_classes)
-    probs, used = _probabilities(scorer, x, idx, batch_size)
+    probs, used = class_probabilities(scorer, x, idx, batch_size)
     return probs, used
 
 
-def _probabilities(scorer, x, idx, batch_size):
+def class_probabilities(scorer, x, idx, batch_size):
     """``(probabilities, classes)`` as numpy ``(N,)``, ``batch_size`` images per compiled call."""
     x = ops.convert_to_tensor(x)
     idx = np.asarray(idx, np.int32)
@@ -173,7 +196,7 @@ def _probabilities(scorer, x, idx, batch_size):
     return (np.concatenate([np.asarray(to_host(p[k])) for p in parts]) for k in range(2))
 
 
-def _maps(maps):
+def checked_maps(maps):
     m = np.asarray(to_host(maps), dtype=np.float64)
     if m.ndim not in (2, 3, 4):
         raise ValueError(f"`maps` must be (N, *S): (N, T), (N, H, W) or (N, D, H, W); received shape {m.shape}.")

@@ -25,14 +25,14 @@ import numbers
 import numpy as np
 
 from keras_cam import _compat
-from keras_cam._compat import keras_of, ops, to_host
+from keras_cam._compat import ops, to_host
 from keras_cam.compiled import Compiled
 from keras_cam.inputs import as_batch
 from keras_cam.metrics._scoring import (
-    _check_batch_size,
-    _classes,
-    _inputs,
-    _scorer,
+    check_batch_size,
+    explained_classes,
+    checked_inputs,
+    get_scorer,
     check_reduce,
     reduced,
 )
@@ -113,12 +113,12 @@ def completeness(model, images, maps, targets=None, *, baseline="black", output=
     Returns:
         The mean gap, a float >= 0; with ``reduce=None`` the ``(N,)`` gaps.
     """
-    _check_batch_size(batch_size)
+    check_batch_size(batch_size)
     check_reduce(reduce)
     probability = _output(output)
-    scorer = _scorer(model)
-    x, m = _inputs(images, maps, scorer)
-    _, idx = _classes(scorer, x, targets, batch_size)
+    scorer = get_scorer(model)
+    x, m = checked_inputs(images, maps, scorer)
+    _, idx = explained_classes(scorer, x, targets, batch_size)
     fn = _score_fn(model, scorer)[probability]
     fill = _baseline_values(x, baseline)
     base = ops.broadcast_to(ops.reshape(fill, (-1,) + (1,) * (len(x.shape) - 1)), x.shape)
@@ -167,16 +167,16 @@ def non_sensitivity(model, images, maps, targets=None, *, eps=1e-5, features_in_
     Returns:
         The mean count, a float in [0, groups]; with ``reduce=None`` the ``(N,)`` counts.
     """
-    _check_batch_size(batch_size)
+    check_batch_size(batch_size)
     check_reduce(reduce)
     if isinstance(eps, bool) or not isinstance(eps, numbers.Real) or not eps > 0 or not math.isfinite(eps):
         raise ValueError(f"`eps` must be a finite number > 0; received {eps!r}.")
     if isinstance(features_in_step, bool) or not isinstance(features_in_step, (int, np.integer)) \
             or features_in_step < 1:
         raise ValueError(f"`features_in_step` must be a positive int; received {features_in_step!r}.")
-    scorer = _scorer(model)
-    x, m = _inputs(images, maps, scorer)
-    probs, idx = _classes(scorer, x, targets, batch_size)
+    scorer = get_scorer(model)
+    x, m = checked_inputs(images, maps, scorer)
+    probs, idx = explained_classes(scorer, x, targets, batch_size)
     n, pixels = len(m), int(np.prod(m.shape[1:]))
     groups = -(-pixels // features_in_step)
     group_of = np.arange(pixels) // features_in_step
@@ -226,15 +226,7 @@ def shifted_copy(model, shift):
         ValueError: when the model cannot be copied, or its first layer with
             weights is not a biased Dense/Conv layer.
     """
-    keras = keras_of(model)
-    try:
-        copy = keras.models.clone_model(model)
-    except Exception as err:  # clone_model raises several types for models it cannot rebuild
-        raise ValueError(
-            f"input_invariance shifts a copy of the model, and keras.models.clone_model could not copy "
-            f"{model.name!r} ({type(err).__name__}: {err}). Subclassed models need get_config/from_config."
-        ) from err
-    copy.set_weights(model.get_weights())
+    copy = _compat.copy_model(model, "input_invariance shifts a copy of the model")
     first = next((layer for layer in copy.layers if layer.weights), None)
     kind = type(first).__name__ if first is not None else None
     if first is None or _compat.is_model(first) or kind not in _SHIFTABLE or not getattr(first, "use_bias", False):

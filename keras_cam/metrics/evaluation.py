@@ -22,7 +22,7 @@ import numpy as np
 from keras_cam._compat import to_host
 from keras_cam.inputs import as_batch
 from keras_cam.metrics import axiomatic, faithfulness, localization, perturbation, properties, randomization, robustness
-from keras_cam.metrics._scoring import _classes, _scorer
+from keras_cam.metrics._scoring import explained_classes, get_scorer
 
 # Resampled images per bootstrap chunk (resamples x images), to keep the memory bounded.
 _BOOTSTRAP_CHUNK = 2_000_000
@@ -495,10 +495,10 @@ def evaluate(explainers, model, images, targets=None, boxes=None, metrics=None, 
         raise ValueError(f"`resamples` must be a positive int; received {resamples!r}.")
     chosen = _chosen(metrics, boxes, masks)
     methods = _methods(explainers)
-    scorer = _scorer(model)
+    scorer = get_scorer(model)
     x, _ = as_batch(images, scorer.graph.inputs)
     scorer.graph.prepare(x[:1])
-    _, classes = _classes(scorer, scorer.graph.to_channels_last(x), targets, batch_size)
+    _, classes = explained_classes(scorer, scorer.graph.to_channels_last(x), targets, batch_size)
     classes = classes.astype(np.int32)
     x = np.asarray(to_host(x))
     n = len(x)

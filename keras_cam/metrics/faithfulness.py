@@ -47,7 +47,15 @@ import numpy as np
 from keras_cam import targets as _targets
 from keras_cam._compat import ops, to_host
 from keras_cam.compiled import Compiled
-from keras_cam.metrics._scoring import _check_batch_size, _inputs, check_reduce, input_graph, reduced
+from keras_cam.metrics._scoring import (
+    check_batch_size,
+    check_reduce,
+    check_seed,
+    checked_inputs,
+    input_graph,
+    positive_int,
+    reduced,
+)
 
 BASELINES = ("black", "white", "mean")
 _BIG = 2 ** 30
@@ -120,9 +128,9 @@ class _Items:
 def _setup(model, images, maps, targets, batch_size, reduce, softmax):
     """``(engine, x, maps (N, *S) float64, classes, outputs on the unchanged images, run)``."""
     check_reduce(reduce)
-    _check_batch_size(batch_size)
+    check_batch_size(batch_size)
     engine = _engine(model)
-    x, m = _inputs(images, maps, engine)
+    x, m = checked_inputs(images, maps, engine)
     if callable(targets):
         raise TypeError("These metrics read one class output per image, so `targets` must be None (top-1), "
                         "an int or one int per image; a callable target has no class.")
@@ -161,10 +169,6 @@ def _baseline_values(x, baseline):
     raise ValueError(f"`baseline` must be one of {BASELINES} or a finite number; received {baseline!r}.")
 
 
-def _positive_int(value, name):
-    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)) or value < 1:
-        raise ValueError(f"`{name}` must be a positive int; received {value!r}.")
-    return int(value)
 
 
 def _order_groups(m, features_in_step, descending=True):
@@ -224,10 +228,6 @@ def _random_ranks(seed, draws, d):
     return ranks.astype(np.int32)
 
 
-def _check_seed(seed):
-    if isinstance(seed, (bool, np.bool_)) or not isinstance(seed, (int, np.integer)) or seed < 0:
-        raise ValueError(f"`seed` must be a non-negative int; received {seed!r}.")
-    return int(seed)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -263,7 +263,7 @@ def faithfulness_correlation(model, images, maps, targets=None, *, subset_size=2
     """
     engine, x, m, cls, y = _setup(model, images, maps, targets, batch_size, reduce, softmax)
     n, d = len(m), m[0].size
-    subset_size, runs, seed = _positive_int(subset_size, "subset_size"), _positive_int(runs, "runs"), _check_seed(seed)
+    subset_size, runs, seed = positive_int(subset_size, "subset_size"), positive_int(runs, "runs"), check_seed(seed)
     if subset_size > d:
         raise ValueError(f"`subset_size` ({subset_size}) must be at most the number of features per image ({d}).")
     b = _baseline_values(x, baseline)
@@ -310,7 +310,7 @@ def faithfulness_estimate(model, images, maps, targets=None, *, features_in_step
         The mean over images, a float; with ``reduce=None`` an ``(N,)`` float64 array.
     """
     engine, x, m, cls, y = _setup(model, images, maps, targets, batch_size, reduce, softmax)
-    step = _positive_int(features_in_step, "features_in_step")
+    step = positive_int(features_in_step, "features_in_step")
     groups, k = _order_groups(m, step)
     b = _baseline_values(x, baseline)
     out = _Items(engine, x, x, cls, batch_size, softmax)(len(m) * k, lambda t: (
@@ -353,10 +353,10 @@ def sensitivity_n(model, images, maps, targets=None, *, sizes=None, subsets=100,
     """
     engine, x, m, cls, y = _setup(model, images, maps, targets, batch_size, reduce, softmax)
     n, d = len(m), m[0].size
-    subsets, seed = _positive_int(subsets, "subsets"), _check_seed(seed)
+    subsets, seed = positive_int(subsets, "subsets"), check_seed(seed)
     if sizes is None:
         sizes = sorted({int(round(v)) for v in np.geomspace(1, max(1.0, 0.8 * d), 5)})
-    sizes = [_positive_int(s, "sizes") for s in np.atleast_1d(sizes).tolist()]
+    sizes = [positive_int(s, "sizes") for s in np.atleast_1d(sizes).tolist()]
     if max(sizes) > d:
         raise ValueError(f"`sizes` must be at most the number of features per image ({d}); received {sizes}.")
     sizes_arr, per = np.asarray(sizes), len(sizes) * subsets
@@ -410,7 +410,7 @@ def monotonicity(model, images, maps, targets=None, *, features_in_step=1, basel
         The share of monotonic maps, a float in [0, 1]; with ``reduce=None`` an ``(N,)`` array of 0s and 1s.
     """
     engine, x, m, cls, _ = _setup(model, images, maps, targets, batch_size, reduce, softmax)
-    step = _positive_int(features_in_step, "features_in_step")
+    step = positive_int(features_in_step, "features_in_step")
     groups, k = _order_groups(m, step, descending=False)
     b = _baseline_values(x, baseline)
     out = _Items(engine, x, x, cls, batch_size, softmax)(len(m) * k, lambda t: (
@@ -452,8 +452,8 @@ def monotonicity_correlation(model, images, maps, targets=None, *, features_in_s
         The mean over images, a float; with ``reduce=None`` an ``(N,)`` float64 array.
     """
     engine, x, m, cls, y = _setup(model, images, maps, targets, batch_size, reduce, softmax)
-    step, samples, seed = (_positive_int(features_in_step, "features_in_step"),
-                           _positive_int(samples, "samples"), _check_seed(seed))
+    step, samples, seed = (positive_int(features_in_step, "features_in_step"),
+                           positive_int(samples, "samples"), check_seed(seed))
     groups, k = _order_groups(m, step, descending=False)
     per = k * samples
     fixed = None if isinstance(baseline, str) and baseline == "uniform" else _baseline_values(x, baseline)
@@ -496,7 +496,7 @@ def pixel_flipping(model, images, maps, targets=None, *, features_in_step=1, bas
         The mean over images, a float; with ``reduce=None`` an ``(N,)`` float64 array.
     """
     engine, x, m, cls, _ = _setup(model, images, maps, targets, batch_size, reduce, softmax)
-    groups, k = _order_groups(m, _positive_int(features_in_step, "features_in_step"))
+    groups, k = _order_groups(m, positive_int(features_in_step, "features_in_step"))
     b = _baseline_values(x, baseline)
     out = _Items(engine, x, x, cls, batch_size, softmax)(len(m) * k, lambda t: (
         groups[t // k], t // k, np.zeros(len(t)), t % k + 1, np.zeros(len(t)), b[t // k])).reshape(len(m), k)
@@ -562,8 +562,8 @@ def region_perturbation(model, images, maps, targets=None, *, patch_size=8, orde
     if order not in ("morf", "lerf"):
         raise ValueError(f"`order` must be \"morf\" or \"lerf\"; received {order!r}.")
     engine, x, m, cls, y = _setup(model, images, maps, targets, batch_size, reduce, softmax)
-    groups, count = _ranked_patches(m, _positive_int(patch_size, "patch_size"), descending=order == "morf")
-    k = min(_positive_int(regions, "regions"), count)
+    groups, count = _ranked_patches(m, positive_int(patch_size, "patch_size"), descending=order == "morf")
+    k = min(positive_int(regions, "regions"), count)
     b = _baseline_values(x, baseline)
     out = _Items(engine, x, x, cls, batch_size, softmax)(len(m) * k, lambda t: (
         groups[t // k], t // k, np.zeros(len(t)), t % k + 1, np.zeros(len(t)), b[t // k])).reshape(len(m), k)
@@ -597,7 +597,7 @@ def selectivity(model, images, maps, targets=None, *, patch_size=8, baseline="bl
         The mean over images, a float; with ``reduce=None`` an ``(N,)`` float64 array.
     """
     engine, x, m, cls, _ = _setup(model, images, maps, targets, batch_size, reduce, softmax)
-    groups, k = _ranked_patches(m, _positive_int(patch_size, "patch_size"))
+    groups, k = _ranked_patches(m, positive_int(patch_size, "patch_size"))
     b = _baseline_values(x, baseline)
     out = _Items(engine, x, x, cls, batch_size, softmax)(len(m) * k, lambda t: (
         groups[t // k], t // k, np.zeros(len(t)), t % k + 1, np.zeros(len(t)), b[t // k])).reshape(len(m), k)
@@ -709,7 +709,7 @@ def infidelity(model, images, maps, targets=None, *, patch_sizes=(4,), baseline=
         The mean over images, a float >= 0; with ``reduce=None`` an ``(N,)`` float64 array.
     """
     engine, x, m, cls, y = _setup(model, images, maps, targets, batch_size, reduce, softmax)
-    sizes = [_positive_int(p, "patch_sizes") for p in np.atleast_1d(patch_sizes).tolist()]
+    sizes = [positive_int(p, "patch_sizes") for p in np.atleast_1d(patch_sizes).tolist()]
     b = _baseline_values(x, baseline)
     h = np.asarray(to_host(x), np.float64)
     change = (h - b.reshape((-1,) + (1,) * (h.ndim - 1))).sum(axis=-1) * m  # m_p sum_c (x_pc - baseline)

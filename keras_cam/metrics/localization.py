@@ -36,7 +36,7 @@ import numpy as np
 import numbers
 
 from keras_cam._compat import to_host
-from keras_cam.metrics._scoring import _maps, check_reduce, check_seed, reduced
+from keras_cam.metrics._scoring import checked_maps, check_reduce, check_seed, reduced
 
 
 def _boxes(boxes, shape):
@@ -123,7 +123,7 @@ def pointing_game(maps, boxes=None, *, masks=None, reduce="mean"):
             maps, masks of another size, neither, or an unknown ``reduce``.
     """
     check_reduce(reduce)
-    m = _maps(maps)
+    m = checked_maps(maps)
     inside = regions(m, boxes, masks, "pointing_game")
     axes = tuple(range(1, m.ndim))
     top = m.max(axis=axes, keepdims=True)
@@ -150,7 +150,7 @@ def energy_pointing_game(maps, boxes=None, *, masks=None, reduce="mean"):
         the ``(N,)`` per-image shares.
     """
     check_reduce(reduce)
-    m = _maps(maps)
+    m = checked_maps(maps)
     if m.min() < 0:
         raise ValueError("`maps` must be non-negative for the energy pointing game (energy is a mass).")
     inside = regions(m, boxes, masks, "energy_pointing_game")
@@ -196,7 +196,7 @@ def attribution_localization(maps, boxes=None, *, masks=None, positive=False, re
         reduce: ``"mean"`` or None (one value per image).
     """
     check_reduce(reduce)
-    m = _maps(maps)
+    m = checked_maps(maps)
     inside = regions(m, boxes, masks, "attribution_localization")
     a = np.maximum(m, 0) if positive else np.abs(m)
     return reduced(_share(a, inside), reduce)
@@ -221,7 +221,7 @@ def top_k_intersection(maps, boxes=None, *, masks=None, k=1000, concept_influenc
         reduce: ``"mean"`` or None (one value per image).
     """
     check_reduce(reduce)
-    m = _maps(maps)
+    m = checked_maps(maps)
     inside = regions(m, boxes, masks, "top_k_intersection")
     a, s = _flat(m, inside)
     n = a.shape[1]
@@ -250,7 +250,7 @@ def relevance_rank_accuracy(maps, boxes=None, *, masks=None, reduce="mean"):
         reduce: ``"mean"`` or None (one value per image).
     """
     check_reduce(reduce)
-    m = _maps(maps)
+    m = checked_maps(maps)
     inside = regions(m, boxes, masks, "relevance_rank_accuracy")
     a, s = _flat(m, inside)
     k = s.sum(axis=1)
@@ -272,7 +272,7 @@ def relevance_mass_accuracy(maps, boxes=None, *, masks=None, reduce="mean"):
         reduce: ``"mean"`` or None (one value per image).
     """
     check_reduce(reduce)
-    m = _maps(maps)
+    m = checked_maps(maps)
     inside = regions(m, boxes, masks, "relevance_mass_accuracy")
     return reduced(_share(m, inside), reduce)
 
@@ -295,7 +295,7 @@ def mask_auc(maps, boxes=None, *, masks=None, reduce="mean"):
         reduce: ``"mean"`` or None (one value per image).
     """
     check_reduce(reduce)
-    m = _maps(maps)
+    m = checked_maps(maps)
     inside = regions(m, boxes, masks, "mask_auc")
     a, s = _flat(m, inside)
     n = a.shape[1]
@@ -434,7 +434,7 @@ def focus_scores(maps, positions):
     Returns:
         A float64 ``(N,)`` array in [0, 1].
     """
-    m = _maps(maps)
+    m = checked_maps(maps)
     if m.ndim != 3:
         raise ValueError(f"Focus scores 2-D maps (N, H, W); received shape {m.shape}.")
     p = np.asarray(positions)

@@ -30,11 +30,11 @@ import numpy as np
 
 from keras_cam._compat import ops, to_host
 from keras_cam.metrics._scoring import (
-    _check_batch_size,
-    _classes,
-    _inputs,
-    _probabilities,
-    _scorer,
+    check_batch_size,
+    explained_classes,
+    checked_inputs,
+    class_probabilities,
+    get_scorer,
     check_reduce,
     check_seed,
     reduced,
@@ -45,16 +45,16 @@ SUBSTRATES = ("zeros", "blur", "mean")
 
 def _masked_scores(model, images, maps, targets, batch_size):
     """``(Y, O)``: the class probability on each image and on ``image * map``."""
-    _check_batch_size(batch_size)
-    scorer = _scorer(model)
-    x, m = _inputs(images, maps, scorer)
+    check_batch_size(batch_size)
+    scorer = get_scorer(model)
+    x, m = checked_inputs(images, maps, scorer)
     if m.min() < 0 or m.max() > 1:
         raise ValueError(
             f"`maps` must lie in [0, 1] to mask the images (they range over [{m.min():.3g}, "
             f"{m.max():.3g}]); explain with normalize=True (the default)."
         )
-    y, idx = _classes(scorer, x, targets, batch_size)
-    o, _ = _probabilities(scorer, x * ops.convert_to_tensor(m[..., None]), idx, batch_size)
+    y, idx = explained_classes(scorer, x, targets, batch_size)
+    o, _ = class_probabilities(scorer, x * ops.convert_to_tensor(m[..., None]), idx, batch_size)
     return y.astype(np.float64), o.astype(np.float64)
 
 
@@ -192,10 +192,10 @@ def _auc_curve(model, images, maps, targets, steps, substrate, batch_size, inser
     """``(N, steps + 1)`` probabilities along the deletion / insertion path."""
     if isinstance(steps, bool) or not isinstance(steps, (int, np.integer)) or steps < 1:
         raise ValueError(f"`steps` must be a positive int; received {steps!r}.")
-    _check_batch_size(batch_size)
-    scorer = _scorer(model)
-    x, m = _inputs(images, maps, scorer)
-    _, idx = _classes(scorer, x, targets, batch_size)
+    check_batch_size(batch_size)
+    scorer = get_scorer(model)
+    x, m = checked_inputs(images, maps, scorer)
+    _, idx = explained_classes(scorer, x, targets, batch_size)
     if not isinstance(substrate, str) and scorer.graph.data_format == "channels_first":
         full = _broadcast_substrate(substrate, tuple(scorer.graph.to_model_format(x).shape))
         substrate = to_host(scorer.graph.to_channels_last(full))  # given like the images, used channels-last
@@ -526,7 +526,7 @@ def road(model, images, maps, targets=None, percentages=PERCENTAGES, order="morf
         raise ValueError(f"`order` must be one of {ROAD_ORDERS}; received {order!r}.")
     check_reduce(reduce)
     pcts = _check_percentages(percentages)
-    _check_batch_size(batch_size)
+    check_batch_size(batch_size)
     if isinstance(noise, (bool, np.bool_)) or not isinstance(noise, numbers.Real) or not 0 <= noise < math.inf:
         raise ValueError(f"`noise` is a standard deviation, a finite number >= 0; received {noise!r}.")
     seed = check_seed(seed)  # int(seed) below would truncate a float silently
@@ -539,9 +539,9 @@ def road(model, images, maps, targets=None, percentages=PERCENTAGES, order="morf
 
 def _road_curves(model, images, maps, targets, pcts, order, noise, seed, batch_size):
     """``{order: (N, len(pcts)) probabilities}`` for MoRF and/or LeRF."""
-    scorer = _scorer(model)
-    x, m = _inputs(images, maps, scorer)
-    _, idx = _classes(scorer, x, targets, batch_size)
+    scorer = get_scorer(model)
+    x, m = checked_inputs(images, maps, scorer)
+    _, idx = explained_classes(scorer, x, targets, batch_size)
     orders = ("morf", "lerf") if order == "combined" else (order,)
     ranks = saliency_ranks(m)
     pixels = int(np.prod(m.shape[1:]))
@@ -561,6 +561,6 @@ def _road_curves(model, images, maps, targets, pcts, order, noise, seed, batch_s
                 filled[k] += removed[k][..., None] * rng.normal(0.0, noise, filled.shape[1:])
         filled = ops.convert_to_tensor(filled.astype(np.float32))
         cls = np.repeat(idx[rows.start:rows.stop], len(combos))
-        p, _ = _probabilities(scorer, filled, cls, batch_size)
+        p, _ = class_probabilities(scorer, filled, cls, batch_size)
         probs[rows.start:rows.stop] = p.reshape(len(rows), len(combos))
     return {o: probs[:, [k for k, (oo, _) in enumerate(combos) if oo == o]] for o in orders}

@@ -28,12 +28,11 @@ import numbers
 import numpy as np
 
 from keras_cam._compat import to_host
-from keras_cam.inputs import as_batch
-from keras_cam.metrics._scoring import _maps, check_reduce, check_seed, reduced
+from keras_cam.metrics._scoring import check_reduce, check_seed, checked_maps, explainer_batch, reduced
 
 
 def _flat_abs(maps):
-    m = _maps(maps)
+    m = checked_maps(maps)
     return np.abs(m.reshape(len(m), -1))
 
 
@@ -185,7 +184,7 @@ def ssim(a, b, max_val=1.0):
     Raises:
         ValueError: for maps of different shapes or not a batch ``(N, *S)``.
     """
-    x, y = _maps(a), _maps(b)
+    x, y = checked_maps(a), checked_maps(b)
     if x.shape != y.shape:
         raise ValueError(f"SSIM compares maps of one shape; received {x.shape} and {y.shape}.")
     window = _gaussian_window(min(11, *x.shape[1:]))
@@ -197,18 +196,6 @@ def ssim(a, b, max_val=1.0):
     return (luminance * structure).reshape(len(x), -1).mean(axis=1)
 
 
-def _single_input_batch(explainer, images, what):
-    graph = getattr(explainer, "graph", None)
-    if graph is None or not hasattr(explainer, "explain"):
-        raise TypeError(
-            f"`explainer` must be a keras-cam explainer such as keras_cam.GradCAM(model) (it is "
-            f"called again by {what}); received {type(explainer).__name__}."
-        )
-    if graph.multi_input:
-        raise ValueError(f"{what} perturbs the input of single-input models; this explainer's model has "
-                         f"the inputs {graph.input_names}.")
-    x, _ = as_batch(images, graph.inputs)
-    return np.asarray(to_host(x))
 
 
 def random_logit(explainer, images, targets=None, seed=0, *, reduce="mean"):
@@ -246,7 +233,7 @@ def random_logit(explainer, images, targets=None, seed=0, *, reduce="mean"):
                         "per image; a callable target has no other class.")
     check_reduce(reduce)
     check_seed(seed)
-    x = _single_input_batch(explainer, images, "random_logit")
+    x = explainer_batch(explainer, images, "random_logit")
     first = explainer.explain(x, targets)
     classes = np.asarray(first.targets, np.int64)
     k = explainer.graph.num_classes
@@ -301,7 +288,7 @@ def max_sensitivity(explainer, images, targets=None, radius=0.02, samples=10, se
         raise ValueError(f"`samples` must be a positive int; received {samples!r}.")
     check_reduce(reduce)
     check_seed(seed)
-    x = _single_input_batch(explainer, images, "max_sensitivity")
+    x = explainer_batch(explainer, images, "max_sensitivity")
     # The clean maps come from the compiled computation, as every perturbed one does: an
     # explainer runs the first call of an input shape eagerly (keras_cam.compiled.Compiled), and
     # eager and compiled kernels round differently (~1e-7), which would read as sensitivity.

@@ -34,9 +34,9 @@ import numpy as np
 
 from keras_cam import _compat
 from keras_cam import random as _random
-from keras_cam._compat import keras_of, ops, to_host
+from keras_cam._compat import ops, to_host
 from keras_cam.inputs import as_batch
-from keras_cam.metrics._scoring import _check_batch_size, check_reduce, reduced
+from keras_cam.metrics._scoring import check_batch_size, check_reduce, reduced
 
 RANDOMIZATIONS = ("permute", "gaussian")
 
@@ -59,15 +59,7 @@ def randomized_copy(model, seed=42, randomize="permute"):
     """
     if randomize not in RANDOMIZATIONS:
         raise ValueError(f"`randomize` must be one of {RANDOMIZATIONS}; received {randomize!r}.")
-    keras = keras_of(model)
-    try:
-        copy = keras.models.clone_model(model)
-    except Exception as err:  # clone_model raises several types for models it cannot rebuild
-        raise ValueError(
-            f"MPRT randomizes a copy of the model, and keras.models.clone_model could not copy {model.name!r} "
-            f"({type(err).__name__}: {err}). Subclassed models need get_config/from_config to be cloned."
-        ) from err
-    copy.set_weights(model.get_weights())
+    copy = _compat.copy_model(model, "MPRT randomizes a copy of the model")
     rng = np.random.default_rng(seed)
     for layer in [layer for layer in copy.layers if layer.get_weights()]:
         values = layer.get_weights()
@@ -180,7 +172,7 @@ def smooth_mprt(explainer_cls, model, images, targets=None, *, explainer_kwargs=
         The mean correlation, a float in [-1, 1]; with ``reduce=None`` the ``(N,)`` values.
     """
     _check(explainer_cls, model, explainer_kwargs, seed)
-    _check_batch_size(batch_size)
+    check_batch_size(batch_size)
     check_reduce(reduce)
     if isinstance(samples, bool) or not isinstance(samples, (int, np.integer)) or samples < 1:
         raise ValueError(f"`samples` must be a positive int; received {samples!r}.")

@@ -44,24 +44,21 @@ from keras_cam import targets as _targets
 from keras_cam._compat import ops, to_host
 from keras_cam.compiled import Compiled
 from keras_cam.graph import ActivationGraph
-from keras_cam.inputs import as_batch
 from keras_cam.metrics._scoring import (
-    _check_batch_size,
-    _classes,
-    _inputs,
-    _scorer,
+    check_batch_size,
     check_reduce,
     check_seed,
+    checked_inputs,
+    explained_classes,
+    explainer_batch,
+    get_scorer,
+    positive_int,
     reduced,
 )
 
 
 # ----------------------------------------------------------------------------- checks and the shared loop
 
-def _positive_int(value, name):
-    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)) or value < 1:
-        raise ValueError(f"`{name}` must be a positive int; received {value!r}.")
-    return int(value)
 
 
 def _nonnegative(value, name):
@@ -70,19 +67,6 @@ def _nonnegative(value, name):
     return float(value)
 
 
-def _explainer_batch(explainer, images, what):
-    """The images as a host float32 batch in the model's format, checked for a single-input explainer."""
-    graph = getattr(explainer, "graph", None)
-    if graph is None or not hasattr(explainer, "explain"):
-        raise TypeError(
-            f"`explainer` must be a keras-cam explainer such as keras_cam.GradCAM(model) (it is "
-            f"called again by {what}); received {type(explainer).__name__}."
-        )
-    if graph.multi_input:
-        raise ValueError(f"{what} perturbs the input of single-input models; this explainer's model has "
-                         f"the inputs {graph.input_names}.")
-    x, _ = as_batch(images, graph.inputs)
-    return np.asarray(to_host(x), np.float32)
 
 
 def _clean_maps(explainer, x, targets):
@@ -152,10 +136,10 @@ def _noise(x_last, seed, samples, kind, low, high):
 
 
 def _prepare(explainer, images, targets, what, samples, batch_size, reduce):
-    _check_batch_size(batch_size)
+    check_batch_size(batch_size)
     check_reduce(reduce)
-    samples = _positive_int(samples, "samples")
-    x = _explainer_batch(explainer, images, what)
+    samples = positive_int(samples, "samples")
+    x = explainer_batch(explainer, images, what)
     base, classes = _clean_maps(explainer, x, targets)
     x_last = explainer.graph.inputs.to_channels_last(ops.convert_to_tensor(x))
     return x, x_last, base, classes, samples
@@ -289,7 +273,7 @@ def continuity(explainer, images, targets=None, steps=None, *, batch_size=32, re
     x, x_last, base, classes, _ = _prepare(explainer, images, targets, "continuity", 1, batch_size, reduce)
     shape = tuple(int(d) for d in x_last.shape)
     width, channels = shape[-2], shape[-1]
-    steps = min(28, 2 * width + 1) if steps is None else _positive_int(steps, "steps")
+    steps = min(28, 2 * width + 1) if steps is None else positive_int(steps, "steps")
     shifts = _shifts(width, steps)
     grid = ops.reshape(x_last, (shape[0], -1, width, channels))
     fill = ops.min(ops.reshape(x_last, (shape[0], -1)), axis=1)
@@ -474,7 +458,7 @@ def relative_representation_stability(explainer, images, targets=None, samples=2
     """
     if layer is None:
         if getattr(explainer, "graph", None) is None:  # a model, not an explainer: the TypeError that says so
-            _explainer_batch(explainer, images, "relative_representation_stability")
+            explainer_batch(explainer, images, "relative_representation_stability")
         paths = [p for p in getattr(explainer.graph, "paths", []) if p is not None]
         if not paths:
             raise ValueError("relative_representation_stability compares a layer's activations: pass `layer=` "
@@ -528,14 +512,14 @@ def consistency(model, images, maps, targets=None, *, discretize="sign", n=5, ba
     Returns:
         The mean over images, a float in [0, 1]; with ``reduce=None`` the ``(N,)`` values.
     """
-    _check_batch_size(batch_size)
+    check_batch_size(batch_size)
     check_reduce(reduce)
-    n = _positive_int(n, "n")
-    scorer = _scorer(model)
-    x, m = _inputs(images, maps, scorer)
+    n = positive_int(n, "n")
+    scorer = get_scorer(model)
+    x, m = checked_inputs(images, maps, scorer)
     if not callable(targets):  # not used, but a wrong one is a caller's bug: refuse it as every metric does
         _targets.class_indices(targets, len(m), scorer.graph.num_classes)
-    _, predicted = _classes(scorer, x, None, batch_size)
+    _, predicted = explained_classes(scorer, x, None, batch_size)
     labels = _labels(m, discretize, n)
     same = np.array([[a == b for b in labels] for a in labels])
     np.fill_diagonal(same, False)
