@@ -69,12 +69,16 @@ def copy_model(model, purpose):
     the model cannot be rebuilt (a subclassed model without get_config/from_config)."""
     try:
         copy = keras_of(model).models.clone_model(model)
+        # tf-keras "clones" a subclassed model without a config into an unbuilt one: its
+        # set_weights fails then, with a message that prints every array
+        copy.set_weights(model.get_weights())
     except Exception as err:  # clone_model raises several types for models it cannot rebuild
+        reason = " ".join(str(err).split())
         raise ValueError(
             f"{purpose}, and keras.models.clone_model could not copy {model.name!r} "
-            f"({type(err).__name__}: {err}). Subclassed models need get_config/from_config to be cloned."
+            f"({type(err).__name__}: {reason[:200]}{'...' if len(reason) > 200 else ''}). "
+            f"Subclassed models need get_config/from_config to be cloned."
         ) from err
-    copy.set_weights(model.get_weights())
     return copy
 
 
