@@ -224,6 +224,18 @@ def test_other_bad_arguments_get_messages_naming_them(model):
         metrics.relative_representation_stability(model, images, samples=1)
 
 
+@pytest.mark.parametrize("seed", [1, 12345, 2 ** 62])
+def test_seeded_subsets_raise_no_overflow_warning(model, seed):
+    """The subsets' counter-based hash wraps around 2**64 on purpose; it used to warn for any seed > 1."""
+    import warnings
+
+    images, maps = data(3)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RuntimeWarning)
+        metrics.faithfulness_correlation(model, images, maps, subset_size=8, runs=3, seed=seed)
+        metrics.sensitivity_n(model, images, maps, sizes=(4, 16), subsets=3, seed=seed)
+
+
 class _NoConfig(keras.Model):
     """A subclassed model without get_config/from_config: keras.models.clone_model cannot rebuild it."""
 
