@@ -1,7 +1,7 @@
 """Map quality on ground truth: every method on the demo data with known boxes.
 
     python bench/bench_quality.py [--images 100] [--steps 50] [--seed 1] [--no-timing]
-                                  [--layer conv4_relu] [--fast] [--methods gradcam,rise]
+                                  [--layer conv4_relu] [--fast] [--breadth] [--methods gradcam,rise]
 
 Explains held-out generated images (``keras_cam.demo.make_dataset``, seed 1
 by default; the demo model trains on seed 0) with the shipped demo model
@@ -13,7 +13,10 @@ variants, and prints the ``keras_cam.metrics.evaluate`` table: Average Drop,
 Increase in Confidence, deletion (zeros) and insertion (blur) AUC with
 ``--steps`` steps, ROAD combined, the pointing games, sparseness, complexity,
 random logit, max-sensitivity and the sanity check's final rank correlation.
-Then it times ``evaluate`` of Grad-CAM on 256 demo images with every metric,
+``--breadth`` prints instead the metrics of Quantus's six categories that
+score fixed maps (:func:`breadth_metrics`), each cell with its 95 % bootstrap
+interval over the images (``evaluate``'s ``intervals``): the faithfulness
+metrics, then the localization ones and effective complexity. Then it times ``evaluate`` of Grad-CAM on 256 demo images with every metric,
 as a multiple of the model's forward pass over the same images.
 
 Two reference rows frame the numbers: ``random`` maps (uniform noise, what no
@@ -64,6 +67,34 @@ def box_masks(boxes, size):
     return masks
 
 
+#: The metrics of Quantus's categories that score fixed maps (no re-explanation), in two tables, at
+#: settings for the 64x64 demo images: feature groups of 64 pixels (64 steps), patches of 8 (64 patches).
+#: Infidelity and completeness are left out: they compare map sums with logit differences, so they
+#: measure the scale of an attribution, which a CAM normalized to [0, 1] does not have.
+BREADTH = (
+    {"faithfulness_correlation": {"subset_size": 256, "runs": 50}, "faithfulness_estimate": {"features_in_step": 64},
+     "monotonicity_correlation": {"features_in_step": 256, "samples": 10}, "pixel_flipping": {"features_in_step": 64},
+     "region_perturbation": {"patch_size": 8, "regions": 20}, "selectivity": {"patch_size": 8},
+     "sensitivity_n": {"subsets": 20}, "irof": {}, "sufficiency": {}, "consistency": {}},
+    {"attribution_localization": {}, "top_k_intersection": {"k": 256}, "relevance_rank_accuracy": {},
+     "relevance_mass_accuracy": {}, "mask_auc": {}, "effective_complexity": {"eps": 1e-2}},
+)
+
+
+def breadth_metrics():
+    """Both tables' metrics, one dict."""
+    return {name: options for group in BREADTH for name, options in group.items()}
+
+
+def columns(markdown, keep):
+    """The Markdown table with its first column and the columns ``keep`` (indices from 0) only."""
+    out = []
+    for line in markdown.splitlines():
+        cells = line.strip().strip("|").split("|")
+        out.append("|" + "|".join(cells[i] for i in [0] + [k + 1 for k in keep]) + "|")
+    return "\n".join(out)
+
+
 def evaluation_metrics(steps, fast=False):
     """Every metric; ``fast`` leaves out the ones that explain again (max-sensitivity, the sanity check)."""
     chosen = {
@@ -108,6 +139,9 @@ def main(argv=None):
                              f"followed by convolutions, so the gradient varies over positions there)")
     parser.add_argument("--fast", action="store_true",
                         help="registered methods only, without max-sensitivity and the sanity check")
+    parser.add_argument("--breadth", action="store_true",
+                        help="instead of the table above, the metrics of Quantus's six categories that score fixed "
+                             "maps (breadth_metrics), each cell with its 95%% bootstrap interval over the images")
     parser.add_argument("--methods", default=None,
                         help="comma-separated registry names: only their rows (and the two references); the "
                              "numbers are deterministic, so these rows equal a full run's")
@@ -121,7 +155,7 @@ def main(argv=None):
     print(f"demo model: {right.mean():.1%} of {args.images} held-out images (seed {args.seed}) "
           f"classified correctly; explaining those {len(images)}, each for its class.\n")
 
-    factories = registered(args.layer) if args.fast else {**registered(args.layer), **EXTRA}
+    factories = registered(args.layer) if args.fast or args.breadth else {**registered(args.layer), **EXTRA}
     if args.methods:
         wanted = [methods.canonical(n) for n in args.methods.split(",")]
         unknown = [n for n in wanted if n not in factories]
@@ -139,9 +173,16 @@ def main(argv=None):
         "random maps (reference)": np.random.default_rng(0).random((len(images),) + size).astype(np.float32),
         "box mask (oracle)": box_masks(boxes, size),
     }
+    chosen = breadth_metrics() if args.breadth else evaluation_metrics(args.steps, args.fast)
     table = metrics.evaluate({**factories, **references}, model, images, labels, boxes=boxes,
-                             metrics=evaluation_metrics(args.steps, args.fast), verbose=int(sys.stderr.isatty()))
-    print(table.to_markdown())
+                             metrics=chosen, verbose=int(sys.stderr.isatty()))
+    if args.breadth:
+        start = 0
+        for group in BREADTH:
+            print(columns(table.to_markdown(intervals=True), range(start, start + len(group))) + "\n")
+            start += len(group)
+    else:
+        print(table.to_markdown())
     if args.timing:
         total, pass_time = timing(model, args.steps)
         print(f"\nevaluate(Grad-CAM, 256 images, every metric): {total:.1f} s = {total / pass_time:.0f} x the "
