@@ -210,6 +210,9 @@ def test_other_bad_arguments_get_messages_naming_them(model):
     cam = kc.GradCAM(model, "conv")
     with pytest.raises(ValueError, match="`seed` must be an int in"):  # RandomState(seed + 1) takes < 2**32
         metrics.efficient_mprt(kc.GradCAM, model, images, seed=2 ** 40, explainer_kwargs={"layer": "conv"})
+    for seed in (-1, 2 ** 40, 1.5, True):
+        with pytest.raises(ValueError, match="`seed` must be an int in"):
+            metrics.randomized_copy(model, seed=seed)
     for noise in (float("nan"), True, -0.1):
         with pytest.raises(ValueError, match="`noise`"):
             metrics.road(model, images, maps, percentages=(50,), noise=noise)

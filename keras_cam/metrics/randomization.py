@@ -59,6 +59,7 @@ def randomized_copy(model, seed=42, randomize="permute"):
     """
     if randomize not in RANDOMIZATIONS:
         raise ValueError(f"`randomize` must be one of {RANDOMIZATIONS}; received {randomize!r}.")
+    _check_seed(seed)
     copy = _compat.copy_model(model, "MPRT randomizes a copy of the model")
     rng = np.random.default_rng(seed)
     for layer in [layer for layer in copy.layers if layer.get_weights()]:
@@ -76,6 +77,12 @@ def randomized_copy(model, seed=42, randomize="permute"):
     return copy
 
 
+def _check_seed(seed):
+    if isinstance(seed, (bool, np.bool_)) or not isinstance(seed, (int, np.integer)) or not 0 <= seed < 2 ** 32 - 1:
+        raise ValueError(f"`seed` must be an int in [0, 2**32 - 2] (RandomState(seed + 1) permutes the "
+                         f"weights); received {seed!r}.")
+
+
 def _check(explainer_cls, model, explainer_kwargs, seed):
     if not _compat.is_model(model):
         raise TypeError(f"`model` must be a Keras model; received {type(model).__name__}.")
@@ -87,9 +94,7 @@ def _check(explainer_cls, model, explainer_kwargs, seed):
         )
     if explainer_kwargs is not None and not isinstance(explainer_kwargs, dict):
         raise TypeError(f"`explainer_kwargs` must be a dict or None; received {type(explainer_kwargs).__name__}.")
-    if isinstance(seed, (bool, np.bool_)) or not isinstance(seed, (int, np.integer)) or not 0 <= seed < 2 ** 32 - 1:
-        raise ValueError(f"`seed` must be an int in [0, 2**32 - 2] (RandomState(seed + 1) permutes the "
-                         f"weights); received {seed!r}.")
+    _check_seed(seed)
 
 
 def spearman(a, b):
