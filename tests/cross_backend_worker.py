@@ -468,6 +468,50 @@ def quantus_metric_cases(models, data):
     yield "metrics/shifted_copy/minus1/cnn", lambda: {"v": to_host(km.shifted_copy(cnn, -1.0)(x - 1.0))}
 
 
+def detection_cases():
+    """Grad-CAM and Layer-CAM of one box of a tiny KerasHub RetinaNet (``targets.Detection``), its
+    weights drawn here with numpy from their shapes, so that every backend has the same detector."""
+    try:
+        import keras_hub
+    except ImportError:  # the comparison of the other cases does not need KerasHub
+        return
+    from keras_cam.targets import Detection
+
+    made = {}
+
+    def detector():
+        if "d" not in made:
+            encoder = keras_hub.models.ResNetBackbone(
+                input_conv_filters=[64], input_conv_kernel_sizes=[3], stackwise_num_filters=[64, 8, 8, 8],
+                stackwise_num_blocks=[1, 1, 1, 1], stackwise_num_strides=[1, 2, 2, 2], block_type="basic_block",
+                image_shape=(32, 32, 3))
+            backbone = keras_hub.models.RetinaNetBackbone(image_encoder=encoder, min_level=3, max_level=4,
+                                                          use_p5=False, image_shape=(32, 32, 3))
+            d = keras_hub.models.RetinaNetObjectDetector(backbone=backbone, num_classes=CLASSES,
+                                                         pre_logits_num_conv_layers=1)
+            rng = np.random.default_rng(SEED + 7)
+            d.set_weights([w if np.ptp(w) == 0 else rng.normal(0, 1 / np.sqrt(np.prod(w.shape[:-1]) if w.ndim > 1
+                                                                               else 1.0), w.shape).astype(w.dtype)
+                           for w in d.get_weights()])
+            head = d.box_head.prediction_layer  # small deltas: the decoded boxes stay near their anchors
+            head.set_weights([w * 0.01 for w in head.get_weights()])
+            made["d"] = d
+        return made["d"]
+
+    x = np.random.default_rng(SEED + 8).uniform(0.0, 1.0, (BATCH, 32, 32, 3)).astype(np.float32)
+    target = Detection(np.array([[4.0, 4.0, 20.0, 20.0], [8.0, 12.0, 28.0, 30.0]]), 1, iou=0.1)
+    for method in ("gradcam", "layercam"):
+        yield (f"detector/{method}/detection/raw",
+               lambda method=method: _explanation(kc_method(method, detector()).explain(
+                   x, target, upsample=False, normalize=False)))
+
+
+def kc_method(name, model):
+    import keras_cam as kc
+
+    return kc.methods.create(name, model)
+
+
 def shards(cases, count):
     """``{case: the worker (of ``count``) that computes it}``: the ``model/method`` groups in turn.
     One group's cases stay together: they share an explainer, whose first call of a signature
@@ -490,7 +534,7 @@ def main(weights_path, out_path, shard=(0, 1), verbose=False):
     results, errors, seconds = {}, {}, {}
     start = time.perf_counter()
     cases = [*random_cases(models), *method_cases(models, data), *smoothing_cases(models, data),
-             *metric_cases(models, data), *quantus_metric_cases(models, data)]
+             *metric_cases(models, data), *quantus_metric_cases(models, data), *detection_cases()]
     mine = shards([case for case, _ in cases], shard[1])
     for case, thunk in cases:
         if mine[case] != shard[0]:

@@ -17,8 +17,8 @@ The randomized methods draw from :mod:`keras_cam.random`; its draws on each back
 to the numpy reference ``normal_numpy`` as well, so "the same seed gives the same numbers" is
 checked directly and not only through the maps.
 
-Detection (a KerasHub RetinaNet) is left out: it needs a detector model per backend, which
-costs more than the rest together.
+Detection is compared on a tiny KerasHub RetinaNet (32x32, two pyramid levels) whose weights
+each worker draws with numpy from their shapes: Grad-CAM and Layer-CAM of one box per image.
 """
 
 import json
@@ -208,7 +208,7 @@ def test_the_cases_cover_every_method_model_and_target(results):
     assert {"cnn", "cnn_cf", "conv1d", "conv3d", "vit", "seg", "multi", "nested"} <= models
     targets = {c.split("/")[2] for c in cases}
     assert {"top1", "int", "per_image", "callable", "regression", "similarity", "segmentation",
-            "segmentation_mask"} <= targets
+            "segmentation_mask", "detection"} <= targets
     assert {"hirescam+aug_smooth", "gradcam+eigen_smooth"} <= methods
     metrics = {c.split("/")[1] for c in cases if c.startswith("metrics/")}
     import keras_cam.metrics as km
@@ -217,10 +217,10 @@ def test_the_cases_cover_every_method_model_and_target(results):
 
 def test_the_maps_compared_are_not_empty(results):
     """Agreement on all-zero maps would prove nothing: each method's maps on TensorFlow vary
-    on every model it explains (top-1 or Segmentation), before normalization."""
+    on every model it explains (top-1, Segmentation or Detection), before normalization."""
     empty = []
     for case, fields in _cases(results["tensorflow"]).items():
-        if case.endswith(("/top1/raw", "/segmentation/raw")) and "maps" in fields:
+        if case.endswith(("/top1/raw", "/segmentation/raw", "/detection/raw")) and "maps" in fields:
             maps = fields["maps"].reshape(len(fields["maps"]), -1).astype(np.float64)
             if (np.ptp(maps, axis=1) == 0).any():
                 empty.append(case)
