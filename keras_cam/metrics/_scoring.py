@@ -34,7 +34,7 @@ def input_graph(model):
     graph = ActivationGraph(model, layers=[], linearize=True)
     if graph.multi_input:
         raise ValueError(
-            f"The faithfulness metrics perturb the input of single-input models; model "
+            f"The model-based metrics perturb the input of single-input models; model "
             f"{model.name!r} has the inputs {graph.input_names}."
         )
     try:
@@ -112,11 +112,14 @@ def reduced(values, reduce):
     return float(np.mean(values))
 
 
-def check_seed(seed):
+def check_seed(seed, below=None, why=""):
     """The seed as an int, or a ValueError naming ``seed``: a bool (an int to Python), a float (which
-    some generators truncate silently) or a negative number (numpy's message names no argument) is refused."""
-    if isinstance(seed, (bool, np.bool_)) or not isinstance(seed, (int, np.integer)) or seed < 0:
-        raise ValueError(f"`seed` must be a non-negative int; received {seed!r}.")
+    some generators truncate silently), a negative number (numpy's message names no argument) or, with
+    ``below``, one at or above it (``why`` says which generator bounds it) is refused."""
+    if isinstance(seed, (bool, np.bool_)) or not isinstance(seed, (int, np.integer)) or seed < 0 \
+            or (below is not None and seed >= below):
+        expected = "a non-negative int" if below is None else f"an int in [0, {below - 1}]{why}"
+        raise ValueError(f"`seed` must be {expected}; received {seed!r}.")
     return int(seed)
 
 

@@ -36,7 +36,7 @@ from keras_cam import _compat
 from keras_cam import random as _random
 from keras_cam._compat import ops, to_host
 from keras_cam.inputs import as_batch
-from keras_cam.metrics._scoring import check_batch_size, check_reduce, reduced
+from keras_cam.metrics._scoring import check_batch_size, check_reduce, check_seed, reduced
 
 RANDOMIZATIONS = ("permute", "gaussian")
 
@@ -78,9 +78,7 @@ def randomized_copy(model, seed=42, randomize="permute"):
 
 
 def _check_seed(seed):
-    if isinstance(seed, (bool, np.bool_)) or not isinstance(seed, (int, np.integer)) or not 0 <= seed < 2 ** 32 - 1:
-        raise ValueError(f"`seed` must be an int in [0, 2**32 - 2] (RandomState(seed + 1) permutes the "
-                         f"weights); received {seed!r}.")
+    return check_seed(seed, below=2 ** 32 - 1, why=" (RandomState(seed + 1) permutes the weights)")
 
 
 def _check(explainer_cls, model, explainer_kwargs, seed):
