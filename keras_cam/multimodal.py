@@ -25,7 +25,7 @@ from keras_cam import backend as _backend
 from keras_cam import targets as _targets
 from keras_cam._compat import ops
 
-__all__ = ["TextSimilarity", "GeneratedToken", "QueryDetection", "text_inputs", "explain_texts"]
+__all__ = ["TextSimilarity", "GeneratedToken", "QueryDetection", "text_inputs", "explain_texts", "image_token_span"]
 
 
 def _output_shapes(model):
@@ -222,6 +222,30 @@ def explain_texts(explainer, images, texts, tokenizer=None, sequence_length=None
 
 # ---------------------------------------------------------------------------
 # A generated token (PaliGemma)
+
+
+def image_token_span(model):
+    """``(start, count)``: where a vision-language decoder's image tokens lie in its sequence.
+
+    PaliGemma's decoder runs over ``[P image tokens, L text tokens]``
+    (``P = backbone.image_sequence_length``, one token per patch of the
+    vision tower), and its output ``(N, L, vocabulary)`` covers the text
+    positions: output position ``p`` is decoder position ``P + p``.
+
+    Raises:
+        ValueError: the model is not one whose image tokens have a fixed place
+            (Gemma 3 interleaves them where its ``vision_indices`` say).
+    """
+    backbone = getattr(model, "backbone", model)
+    count = getattr(backbone, "image_sequence_length", None)
+    if isinstance(count, numbers.Integral) and count > 0:
+        return 0, int(count)
+    raise ValueError(
+        f"The attention methods read a vision-language decoder's attention over its image tokens, which "
+        f"must have a fixed place in the sequence (PaliGemma: the first `image_sequence_length`); model "
+        f"{getattr(model, 'name', model)!r} ({type(model).__name__}) places them where its inputs say "
+        f"(Gemma 3's `vision_indices`), or has none. Explain it with keras_cam.GradCAM(model, "
+        f"...)(x, targets=GeneratedToken(...)), or pass `layers=` (its vision tower's attention layers).")
 
 
 class GeneratedToken(_targets.Target):

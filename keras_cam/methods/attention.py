@@ -26,6 +26,7 @@ import collections
 from keras_cam import attention as _attention
 from keras_cam import backend as _backend
 from keras_cam import layout as _layout
+from keras_cam import multimodal as _multimodal
 from keras_cam._compat import ops
 from keras_cam.base import Explainer
 
@@ -154,8 +155,33 @@ class AttentionExplainer(Explainer):
         if token is not None and (isinstance(token, bool) or not isinstance(token, int)):
             raise TypeError(f"`token` must be None (the class token) or an int row index; received {token!r}.")
         super().__init__(model, None, **kwargs)
-        self.attention_layers = _attention.resolve_attention_layers(self.model, layers, type(self).__name__)
+        found = _attention.resolve_attention_layers(self.model, layers, type(self).__name__)
+        sites = [_attention.attention_site(layer) for _, layer in found]
+        windowed = [path for (path, _), site in zip(found, sites) if site.windowed]
+        if windowed:
+            raise ValueError(
+                f"{type(self).__name__} follows one sequence of tokens through every attention block and "
+                f"reads the row of a class token (or of all tokens); {windowed[0]!r} "
+                f"({type(dict(found)[windowed[0]]).__name__}) attends only within local windows, which shift "
+                f"from block to block, and the patch merging between stages changes the tokens themselves "
+                f"(4 become 1), with no class token to read: a hierarchical windowed model (Swin) has no "
+                f"such sequence, and the method is not defined on it. Explain it with keras_cam.GradCAM(model) "
+                f"(its default layer is the last stage's tokens) or another CAM; the window probabilities "
+                f"themselves are captured by keras_cam.attention.AttentionCapture."
+            )
+        self.decoder = any(site.decoder for site in sites)
+        if self.decoder and layers is None:
+            # A vision-language model: the decoder's attention over the image and text tokens.
+            found = [(p, layer) for (p, layer), site in zip(found, sites) if site.decoder]
+        elif self.decoder and not all(site.decoder for site in sites):
+            raise ValueError(
+                f"`layers` mixes a language decoder's attention layers with others ({[p for p, _ in found][:4]}); "
+                f"pass the decoder's layers (a map over its image tokens) or the vision tower's (a map over "
+                f"its patches), not both."
+            )
+        self.attention_layers = found
         self.token = token
+        self.image_span = _multimodal.image_token_span(self.model) if self.decoder else None
 
     def _layer_specs(self, layer):
         return []
@@ -199,6 +225,43 @@ class AttentionExplainer(Explainer):
                 f"[{-length}, {length - 1}] (0 is the class token), or None."
             )
         return r[:, self.token % length]
+
+    def decoder_row(self, length, target_fn):
+        """The decoder row read: ``P + p`` for a ``GeneratedToken(position=p)`` (``P`` image
+        tokens precede the text), or :attr:`token`, an index into the decoder's sequence."""
+        start, count = self.image_span
+        if self.token is not None:
+            if not -length <= self.token < length:
+                raise ValueError(f"`token={self.token}` is outside the decoder's sequence of {length} tokens "
+                                 f"({count} image tokens, then the text); pass an index in "
+                                 f"[{-length}, {length - 1}], or None for the GeneratedToken's position.")
+            return self.token % length
+        target = getattr(target_fn, "target", target_fn)
+        if not isinstance(target, _multimodal.GeneratedToken):
+            raise ValueError(
+                f"{type(self).__name__} on a vision-language decoder reads the attention row of the explained "
+                f"output position: pass targets=keras_cam.multimodal.GeneratedToken(position, token) (or "
+                f"token=, a row of the decoder's sequence); received {type(target).__name__}.")
+        text = length - start - count
+        if not -text <= target.position < text:
+            raise ValueError(f"`position={target.position}` is outside the sequence of {text} text tokens "
+                             f"(valid: {-text}..{text - 1}).")
+        return start + count + target.position % text
+
+    def mapped(self, r, images, target_fn=None):
+        """``(N, h, w)`` maps from relevance ``r``: ``(N, L, L)`` (a row is read) or ``(N, L)`` rows.
+
+        On a vision-language decoder, the row :meth:`decoder_row` and the
+        columns of the image tokens, laid on the patch grid.
+        """
+        if not self.decoder:
+            lay = self.grid_layout(int(r.shape[-1]), images)
+            return self.on_grid(self.row(r, lay) if len(r.shape) == 3 else r, lay)
+        start, count = self.image_span
+        if len(r.shape) == 3:
+            r = r[:, self.decoder_row(int(r.shape[-1]), target_fn)]
+        lay = self.grid_layout(count, images)
+        return self.on_grid(r[:, start:start + count], lay)
 
     @staticmethod
     def on_grid(row, lay):
@@ -284,8 +347,7 @@ class AttentionRollout(AttentionExplainer):
         records, scored = self.forward_with(images, class_idx, target_fn)
         records = self.self_attention(records)
         r = rollout([rec.probabilities for rec in records], self.head_fusion, self.discard_ratio)
-        lay = self.grid_layout(int(r.shape[-1]), images)
-        return self.on_grid(self.row(r, lay), lay), scored
+        return self.mapped(r, images, target_fn), scored
 
 
 class GradientRollout(AttentionExplainer):
@@ -365,9 +427,7 @@ class GradientRollout(AttentionExplainer):
             length = int(records[0].probabilities.shape[-1])
             steps = [("image", "image", weighted_attention(rec.probabilities, grads[rec.key])) for rec in records]
             r = chefer_relevance(steps, {"image": length})[("image", "image")]
-            lay = self.grid_layout(length, images)
-            eye = ops.eye(length, dtype=r.dtype)
-            return self.on_grid(self.row(r - eye, lay), lay), scored
+            return self.mapped(r - ops.eye(length, dtype=r.dtype), images, target_fn), scored
         lengths, steps = {}, []
         for rec in records:
             s, q = self.modalities[rec.path]
@@ -429,5 +489,4 @@ class LeGrad(AttentionExplainer):
         records = self.self_attention(records)
         per_block = [ops.mean(ops.relu(ops.cast(grads[rec.key], "float32")), axis=(1, 2)) for rec in records]
         e = ops.mean(ops.stack(per_block), axis=0)
-        lay = self.grid_layout(int(e.shape[-1]), images)
-        return self.on_grid(e, lay), scored
+        return self.mapped(e, images, target_fn), scored
