@@ -496,6 +496,9 @@ def auto_layer(model, sample, reshape=None, score=None, context=None):
     # or a windowed attention's (N * windows, ...) tensors, whose first axis is not the batch.
     attention = tuple(i.path + "/" for i in infos if type(i.layer).__name__.endswith("Attention"))
     batch = _batch_size(sample)
+    per_image = _per_image_tokens(model, infos, sample, batch)
+    if per_image is not None:
+        return per_image
     spatial = [i for i in spatial if id(i.layer) not in heads and i.calls == 1
                and not i.path.startswith(branches) and not i.path.startswith(attention)
                and i.output_shape[0] in (None, batch)] or spatial
@@ -523,6 +526,30 @@ def auto_layer(model, sample, reshape=None, score=None, context=None):
             f"`layer=` and, if its grid is not inferred, `reshape=`)."
         )
     return last
+
+
+def _per_image_tokens(model, infos, sample, batch):
+    """A multi-image vision-language model's image tokens, or None for other models.
+
+    Gemma 3 takes ``(N, images, H, W, C)`` next to its text inputs; its vision
+    encoder (a layer whose class names ``*Vision*``) runs on the ``N * images``
+    images and returns each image's tokens ``(N * images, h * w, K)``, which
+    its decoder receives. The last such layer of the encoder, whose tokens lie
+    on the image's patch grid, is chosen (seen as ``(N, images, h, w, K)`` by
+    :func:`keras_cam.layout.describe`).
+    """
+    arrays = [t for t in flatten(sample) if np.ndim(t) == 5]
+    if len(arrays) != 1 or len(flatten(sample)) < 2 or batch is None:
+        return None
+    images, size = int(np.shape(arrays[0])[1]), tuple(int(d) for d in np.shape(arrays[0])[2:4])
+    towers = tuple(path + "/" for path, layer in walk(model) if "vision" in type(layer).__name__.lower()
+                   and _children(layer))
+    attention = tuple(i.path + "/" for i in infos if type(i.layer).__name__.endswith("Attention"))
+    found = [i for i in infos if i.path.startswith(towers) and not i.path.startswith(attention)
+             and i.output_shape is not None and len(i.output_shape) == 3 and i.calls == 1
+             and i.output_shape[0] == images * batch and i.output_shape[1] is not None
+             and _layout.token_grid(int(i.output_shape[1]), size, max_prefix=0) is not None]
+    return found[-1] if found and towers else None
 
 
 def _vision_tower(model, infos, last_map):

@@ -294,6 +294,9 @@ class FeatureLayout:
         prefix: tokens before the patch tokens (dropped).
         grid: ``(h, w)`` of the patch tokens.
         reshape: a user's ``(N, L, K) -> (N, h, w, K)`` transform, used instead.
+        images: 0, or the images per input of a multi-image model (Gemma 3's
+            ``(N, images, H, W, C)``) whose tokens are ``(N * images, h * w, K)``,
+            each image's on its own grid: seen as ``(N, images, h, w, K)``.
     """
 
     kind: str
@@ -301,6 +304,7 @@ class FeatureLayout:
     prefix: int = 0
     grid: tuple | None = None
     reshape: Callable | None = None
+    images: int = 0
 
     def view(self, raw):
         """The raw output (or its gradient) as a channels-last feature map."""
@@ -308,7 +312,8 @@ class FeatureLayout:
             if self.reshape is not None:
                 return self.reshape(raw)
             patches = raw[:, self.prefix:]
-            return ops.reshape(patches, (-1, self.grid[0], self.grid[1], int(raw.shape[-1])))
+            per_image = (self.images,) if self.images else ()
+            return ops.reshape(patches, (-1,) + per_image + (self.grid[0], self.grid[1], int(raw.shape[-1])))
         if self.channels_first:
             rank = len(raw.shape)
             return ops.transpose(raw, (0,) + tuple(range(2, rank)) + (1,))
@@ -349,6 +354,11 @@ def describe(shape, rank, image_size=None, channels_first=False, reshape=None):
         return FeatureLayout("tokens", reshape=reshape)
     if len(shape) == rank + 2 and reshape is None:
         return FeatureLayout("spatial", channels_first=channels_first)
+    if (len(shape) == 3 and rank == 3 and reshape is None and shape[1] is not None and image_size is not None
+            and None not in tuple(image_size)):
+        # Each image's tokens (N * images, h * w, K) of a multi-image input (N, images, H, W, C).
+        fit = token_grid(int(shape[1]), tuple(image_size)[1:], max_prefix=0)
+        return None if fit is None else FeatureLayout("tokens", grid=fit[1], images=int(tuple(image_size)[0]))
     if len(shape) != 3 or rank != 2 or shape[1] is None:
         return None
     length = int(shape[1])

@@ -244,8 +244,8 @@ def image_token_span(model):
         f"The attention methods read a vision-language decoder's attention over its image tokens, which "
         f"must have a fixed place in the sequence (PaliGemma: the first `image_sequence_length`); model "
         f"{getattr(model, 'name', model)!r} ({type(model).__name__}) places them where its inputs say "
-        f"(Gemma 3's `vision_indices`), or has none. Explain it with keras_cam.GradCAM(model, "
-        f"...)(x, targets=GeneratedToken(...)), or pass `layers=` (its vision tower's attention layers).")
+        f"(Gemma 3's `vision_indices`), or has none. Explain it with keras_cam.GradCAM(model)(x, "
+        f"targets=GeneratedToken(...)): one map per image.")
 
 
 class GeneratedToken(_targets.Target):

@@ -336,3 +336,75 @@ def test_capture_is_undone_when_the_pass_raises(paligemma, swin, images):
                 model(x)
         assert untouched(model)
         np.testing.assert_array_equal(to_host(model(x)), before)
+
+
+# ---------------------------------------------------------------------------
+# Gemma 3 with vision: several images per input (N, images, H, W, C), Grad-CAM per image
+
+IMAGES, G3_LEN = 2, 12
+
+
+@pytest.fixture(scope="module")
+def gemma3():
+    keras.utils.set_random_seed(8)
+    encoder = K.Gemma3VisionEncoder(image_size=16, patch_size=4, num_heads=2, hidden_dim=8, num_layers=1,
+                                    intermediate_dim=16, output_dim=16, pool_size=2)
+    backbone = K.Gemma3Backbone(vocabulary_size=VOCAB, image_size=16, num_layers=1, num_query_heads=2,
+                                num_key_value_heads=1, hidden_dim=16, intermediate_dim=16, head_dim=8,
+                                vision_encoder=encoder)
+    return same_weights(K.Gemma3CausalLM(preprocessor=None, backbone=backbone), 12)
+
+
+def gemma3_inputs(n=2):
+    """Two 16x16 images per input, 4 tokens each (a 4x4 patch grid pooled 2x2), at positions 1-8."""
+    rng = np.random.default_rng(13)
+    mask = np.zeros((n, G3_LEN), np.int32)
+    mask[:, 1:9] = 1
+    return {"images": rng.uniform(size=(n, IMAGES, 16, 16, 3)).astype(np.float32),
+            "token_ids": rng.integers(1, VOCAB, (n, G3_LEN)).astype(np.int32), "vision_mask": mask,
+            "vision_indices": np.tile(np.arange(1, 9, dtype=np.int32), (n, 1)),
+            "padding_mask": np.ones((n, G3_LEN), np.int32)}
+
+
+def test_gemma3_gradcam_maps_each_image(gemma3):
+    x = gemma3_inputs()
+    cam = kc.GradCAM(gemma3)
+    position, token = -2, [3, 30]
+    ex = cam.explain(x, targets=GeneratedToken(position, token), upsample=False, normalize=False)
+    assert cam.layer_path.endswith("gemma3_vision_encoder/vision_output_encoder")  # the decoder's image tokens
+    layer = cam.graph.layers[0]
+    logits = to_host(gemma3(x)).astype(np.float64)
+    np.testing.assert_allclose(ex.scores, logits[[0, 1], position, token], rtol=1e-4, atol=1e-5)
+    # The image tokens A (N * images, 4, 16) and dS/dA by the backend's autodiff of the model with A + delta.
+    found = {}
+
+    def keep(inner):
+        def call(*args, **kwargs):
+            out = inner(*args, **kwargs)
+            found["a"] = to_host(out).astype(np.float64)
+            return out
+        return call
+    with intercepted(layer, "call", keep):
+        gemma3(x)
+    a = found["a"]
+    assert a.shape == (2 * IMAGES, 4, 16)
+    xt = {k: ops.convert_to_tensor(v) for k, v in x.items()}
+    pick = ops.convert_to_tensor(np.eye(VOCAB, dtype=np.float32)[token])
+
+    def score(delta):
+        with intercepted(layer, "call", lambda inner: lambda *args, **kw: inner(*args, **kw) + delta):
+            return ops.sum(gemma3(xt)[:, position] * pick, axis=-1)
+    g = native_grad(score, np.zeros(a.shape, np.float32)).astype(np.float64)
+    # Grad-CAM over each input's image tokens: one channel weight per input, maps per image.
+    a5, g5 = a.reshape(2, IMAGES, 2, 2, 16), g.reshape(2, IMAGES, 2, 2, 16)
+    alpha = g5.mean(axis=(1, 2, 3))
+    want = np.maximum((a5 * alpha[:, None, None, None]).sum(-1), 0)
+    assert want.shape == ex.maps.shape and (want.reshape(2, -1).std(axis=1) > 0).all()
+    np.testing.assert_allclose(ex.maps, want, rtol=1e-4, atol=1e-5 * np.abs(want).max())
+    assert cam(x, targets=GeneratedToken(position, token)).shape == (2, IMAGES, 16, 16)
+    single = cam.explain({k: v[1:] for k, v in x.items()}, targets=GeneratedToken(position, token[1]),
+                         upsample=False, normalize=False)
+    np.testing.assert_allclose(single.maps[0], ex.maps[1], rtol=1e-4, atol=1e-6)
+    with pytest.raises(ValueError, match=r"vision_indices.*keras_cam\.GradCAM"):
+        kc.AttentionRollout(gemma3)
+    assert untouched(gemma3)
