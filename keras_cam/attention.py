@@ -110,7 +110,11 @@ SITES = (
 
 
 def attention_site(layer):
-    """The :class:`AttentionSite` of ``layer``, or None when it is no attention layer capture knows."""
+    """The :class:`AttentionSite` of ``layer``, or None when it is no attention layer capture knows.
+
+    Args:
+        layer: any layer (or object).
+    """
     if not _compat.is_layer(layer):
         return None
     for cls in type(layer).__mro__:
@@ -124,7 +128,11 @@ def attention_site(layer):
 def is_attention_layer(layer) -> bool:
     """Whether capture knows ``layer``: a ``MultiHeadAttention`` (Keras 3 or tf-keras) or a
     subclass, or one of KerasHub's own attention layers in :data:`SITES` (Swin's windows,
-    PaliGemma's and Gemma 3's vision towers, Gemma's decoders)."""
+    PaliGemma's and Gemma 3's vision towers, Gemma's decoders).
+
+    Args:
+        layer: any layer (or object).
+    """
     return attention_site(layer) is not None
 
 
@@ -153,7 +161,11 @@ def list_attention_layers(model):
 
 
 def num_heads(layer):
-    """The number of (query) heads of an attention layer (0 when it does not say)."""
+    """The number of (query) heads of an attention layer (0 when it does not say).
+
+    Args:
+        layer: an attention layer.
+    """
     for name in ("num_heads", "_num_heads", "num_query_heads"):
         value = getattr(layer, name, None)
         if isinstance(value, int) and value > 0:
@@ -209,7 +221,12 @@ class AttentionRecord:
 def per_image(probabilities, batch):
     """A windowed layer's ``(N * windows, heads, w*w, w*w)`` probabilities as
     ``(N, windows, heads, w*w, w*w)`` (KerasHub's Swin partitions each image's
-    grid into windows image-major, windows in raster order)."""
+    grid into windows image-major, windows in raster order).
+
+    Args:
+        probabilities: a windowed :class:`AttentionRecord`'s probabilities.
+        batch: ``N``, the number of images.
+    """
     shape = tuple(int(d) for d in probabilities.shape)
     if shape[0] % batch:
         raise ValueError(f"{shape[0]} windows do not split over a batch of {batch}.")

@@ -232,6 +232,12 @@ def image_token_span(model):
     vision tower), and its output ``(N, L, vocabulary)`` covers the text
     positions: output position ``p`` is decoder position ``P + p``.
 
+    Args:
+        model: a KerasHub causal vision-language model (or its backbone).
+
+    Returns:
+        ``(0, P)`` for PaliGemma.
+
     Raises:
         ValueError: the model is not one whose image tokens have a fixed place
             (Gemma 3 interleaves them where its ``vision_indices`` say).
