@@ -33,7 +33,7 @@ family_mode = pytest.mark.skipif(
 
 N_AUDIT = 240
 # Cases the audit finds and verifies today (the rest of the family is in test_family_known_gaps).
-FOUND = [("patch", 0.2), ("patch", 0.5), ("patch", 1.0), ("tag", 1.0)]
+FOUND = [("patch", 0.2), ("patch", 0.5), ("patch", 1.0), ("tag", 1.0), ("cast", 0.5), ("cast", 1.0)]
 
 
 def _audit_case(kind, share, architecture="cnn", seed=0):
@@ -58,6 +58,7 @@ def family():
             rows.append({"kind": kind, "share": share, "f1": f1_score(first.indices, marked),
                          "rank": int(np.argmax([f1_score(c.indices, marked) for c in result.of_class(0)])) + 1,
                          "score": first.score, "level": first.level, "suspicious": first.suspicious,
+                         "evidence": first.evidence,
                          "removal": check.removal.mean, "removal_low": check.removal.low,
                          "transplant": check.transplant.mean, "verdict": check.verdict})
     out = os.environ.get("KERAS_CAM_FAMILY_TABLE")
@@ -67,22 +68,39 @@ def family():
     return cases, rows
 
 
+def _misses(kind, share, result, images, marked, check):
+    """What keeps a case from issue 22's target (empty when it meets it)."""
+    ours = result.of_class(0)
+    misses = []
+    if f1_score(ours[0].indices, marked) < 0.8:
+        misses.append(f"F1 {f1_score(ours[0].indices, marked):.2f} < 0.8")
+    if not (ours[0].suspicious and ours[0].level <= hotspots.ALPHA):
+        misses.append(f"level {ours[0].level} not suspicious")
+    if check.verdict != interventions.VERDICT_DEPENDS:
+        misses.append(f"verification: {check.verdict}")
+    # Removing the region lowers the class score more than removing random regions of its size.
+    if not (check.removal.low > 0 and check.removal.region > check.removal.random):
+        misses.append(f"removal {check.removal.mean:.2f} (low {check.removal.low:.2f})")
+    # The region is where the artifact is: its pixels lie on the artifact (for the moving tag: on the
+    # union of its places) at least 3 times as often as the image's pixels do. A colour cast covers
+    # every pixel, so no region can be enriched for it: there the group must have been found by its
+    # feature ("what").
+    truth = artifact_region(kind, images[check.members], marked[check.members])
+    on = truth[marked[check.members]].any(axis=0)
+    if on.all():
+        if ours[0].evidence != "what":
+            misses.append("a global artifact found by a place")
+    elif np.mean(on[check.region]) < 3 * np.mean(on):
+        misses.append(f"region on the artifact {np.mean(on[check.region]):.2f} < 3 x {np.mean(on):.2f}")
+    return misses
+
+
 @family_mode
 @pytest.mark.parametrize("kind,share", FOUND)
 def test_the_marked_images_form_the_first_group_and_the_model_depends_on_them(family, kind, share):
     cases, _ = family
     result, images, labels, marked, check = cases[kind, share]
-    ours = result.of_class(0)
-    assert f1_score(ours[0].indices, marked) >= 0.8
-    assert ours[0].suspicious and ours[0].level <= hotspots.ALPHA
-    assert check.verdict == interventions.VERDICT_DEPENDS
-    # Removing the region lowers the class score more than removing random regions of its size.
-    assert check.removal.low > 0 and check.removal.region > check.removal.random
-    # The region is where the artifact is: its pixels lie on the artifact (for the moving tag: on the
-    # union of its places) at least 3 times as often as the image's pixels do.
-    truth = artifact_region(kind, images[check.members], marked[check.members])
-    on = truth[marked[check.members]].any(axis=0)
-    assert np.mean(on[check.region]) >= 3 * np.mean(on), (np.mean(on[check.region]), np.mean(on))
+    assert not _misses(kind, share, result, images, marked, check)
 
 
 @family_mode
@@ -91,11 +109,9 @@ def test_family_known_gaps(family, kind, share):
     """Issue 22's target for the rest of the family: not met yet (see docs/audit.md's table)."""
     cases, _ = family
     result, images, labels, marked, check = cases[kind, share]
-    first = result.of_class(0)[0]
-    if not (f1_score(first.indices, marked) >= 0.8 and first.suspicious
-            and check.verdict == interventions.VERDICT_DEPENDS):
-        pytest.xfail(f"{kind} at {share:.0%}: F1 {f1_score(first.indices, marked):.2f}, level {first.level}, "
-                     f"{check.verdict}")
+    misses = _misses(kind, share, result, images, marked, check)
+    if misses:
+        pytest.xfail(f"{kind} at {share:.0%}: " + "; ".join(misses))
 
 
 @family_mode
@@ -167,6 +183,45 @@ def test_hotspot_score_and_group_equal_a_hand_computation():
     best = max(range(1, n), key=lambda k: k * (n - k) * (v[k:].mean() - v[:k].mean()) ** 2)
     np.testing.assert_array_equal(found.members, energy > (v[best - 1] + v[best]) / 2)
     assert f1_score(np.flatnonzero(found.members), np.arange(n) < 20) >= 0.9   # a few blobs fall near the spot
+
+
+def test_what_statistic_equals_a_hand_computation():
+    rng = np.random.default_rng(5)
+    n = 30
+    a = rng.normal(size=(n, 4))
+    a[:12, 2] += 6.0                                    # 12 images carry extra evidence on channel 2
+    scores = rng.normal(size=n)
+    scores[:12] += 3.0                                  # ... and the model scores them higher
+    eta, threshold = hotspots.channel_splits(a, least=0.3)
+    # By hand: every split of each sorted column with at least ceil(0.3 * 30) = 9 values on each side.
+    for k in range(4):
+        v = np.sort(a[:, k])
+        best = max(j * (n - j) * (v[j:].mean() - v[:j].mean()) ** 2 / n ** 2 / v.var() for j in range(9, n - 8))
+        assert eta[k] == pytest.approx(best, rel=1e-10)
+    found = hotspots.find_what(a, scores, seed=0)
+    assert found.channel == 2 and found.high and found.score == pytest.approx(eta[2])
+    np.testing.assert_array_equal(found.members, a[:, 2] > threshold[2])
+    np.testing.assert_array_equal(found.members, np.arange(n) < 12)
+    null = hotspots.uniform_null(n, 4)
+    assert found.level == pytest.approx((1 + np.sum(null >= found.score)) / (1 + len(null)))
+    assert found.level <= hotspots.ALPHA / 2
+    # The group is the part the model scores higher: with the scores reversed, the low part.
+    flipped = hotspots.find_what(a, -scores, seed=0)
+    np.testing.assert_array_equal(flipped.members, ~found.members)
+    # The null's eta2 for one uniform column tends to 3/4 (the split at the middle: (1/2)^2 / (1/3)).
+    assert np.mean(hotspots.uniform_null(200, 1)) == pytest.approx(0.75, abs=0.01)
+    assert hotspots.combined_level(0.01, 0.3) == 0.02 and hotspots.combined_level(None, 0.6) == 1.0
+    assert hotspots.combined_level(None, None) is None
+
+
+def test_what_level_is_conservative_on_unimodal_channels():
+    """Columns drawn from unimodal distributions (skewed, heavy-tailed or flat) rarely reach the
+    combined threshold: the uniform null is the least favourable unimodal one."""
+    rng = np.random.default_rng(1)
+    for draw in (rng.normal, rng.exponential, rng.uniform, rng.lognormal):
+        levels = np.array([hotspots.find_what(draw(size=(60, 32)), rng.normal(size=60), seed=s).level
+                           for s in range(20)])
+        assert np.mean(levels <= hotspots.ALPHA / 2) <= 1 / 20, (draw.__name__, np.sort(levels)[:4])
 
 
 @pytest.fixture(scope="module")

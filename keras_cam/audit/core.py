@@ -48,9 +48,14 @@ class Cluster:
             without labels).
         outside_energy: mean share of map energy outside the object (None
             without ``boxes`` or ``masks``).
-        score: the suspicion score ``consistency * distance * separation``
-            (times ``outside_energy`` when known), in [0, 1]; see
+        score: with ``n_clusters="auto"``, the score of the statistic that
+            found the group (see ``evidence``, :mod:`keras_cam.audit.hotspots`),
+            0 for the rest of the class; with SpRAy, ``consistency * distance *
+            separation`` (times ``outside_energy`` when known), in [0, 1]; see
             :func:`keras_cam.audit.spray.cluster_scores`.
+        level: the group's combined level (``n_clusters="auto"``), else None.
+        evidence: ``"where"`` (a place in the maps) or ``"what"`` (channel
+            ``channel`` of the explained layer), or None.
         consistency, distance, separation: the score's factors.
         representative: the member whose map is closest to ``mean_map``.
         examples: up to 16 members, the closest to ``mean_map`` first.
@@ -71,18 +76,22 @@ class Cluster:
     level: float | None = None
     region: np.ndarray | None = dataclasses.field(default=None, repr=False)
     shared_energy: float | None = None
+    evidence: str | None = None
+    channel: int | None = None
 
     @property
     def suspicious(self):
-        """Whether the level is at most :data:`~keras_cam.audit.hotspots.ALPHA` and the score at least
-        :data:`~keras_cam.audit.hotspots.MIN_SCORE`."""
-        return self.level is not None and self.level <= hotspots.ALPHA and self.score >= hotspots.MIN_SCORE
+        """Whether the level is at most :data:`~keras_cam.audit.hotspots.ALPHA`, and, for a group found by
+        its place (``evidence == "where"``), the score at least :data:`~keras_cam.audit.hotspots.MIN_SCORE`."""
+        return self.level is not None and self.level <= hotspots.ALPHA and (
+            self.evidence == "what" or self.score >= hotspots.MIN_SCORE)
 
     def to_dict(self):
         """The cluster as JSON-ready values (``indices`` and ``examples`` as lists of ints)."""
         return {
             "target": self.target, "size": self.size, "score": self.score, "level": self.level,
-            "suspicious": self.suspicious, "shared_energy": self.shared_energy,
+            "suspicious": self.suspicious, "shared_energy": self.shared_energy, "evidence": self.evidence,
+            "channel": self.channel,
             "consistency": self.consistency, "distance": self.distance, "separation": self.separation,
             "accuracy": self.accuracy, "outside_energy": self.outside_energy,
             "representative": self.representative, "examples": [int(i) for i in self.examples],
@@ -286,15 +295,21 @@ def audit(explainer, data, labels=None, *, boxes=None, masks=None, n_clusters="a
     read once) and each map is reduced to a unit-norm ``grid x grid`` vector
     (:func:`keras_cam.audit.spray.to_grid`). Then, per explained class:
 
-    - ``n_clusters="auto"`` (the default): the class's **shared hotspot**
-      (:mod:`keras_cam.audit.hotspots`): the place where the class's maps
-      put more tail energy than a null that moves each map onto another
-      map's centre of mass keeps there,
-      ``score = max_H (P(H) - mean_b P^(b)(H))``, with a permutation
-      ``level`` over the null draws; the images whose share of energy in
-      that region is above Otsu's threshold form the first group, the rest
-      of the class the second. A group is ``suspicious`` when
-      ``level <= ALPHA`` and ``score >= MIN_SCORE``.
+    - ``n_clusters="auto"`` (the default): the class's shared evidence
+      (:mod:`keras_cam.audit.hotspots`), two statistics with their own
+      nulls. "Where": the place where the class's maps put more tail energy
+      than a null that moves each map onto another map's centre of mass
+      keeps there, ``score = max_H (P(H) - mean_b P^(b)(H))``; its group is
+      the images whose share of energy in that region is above Otsu's
+      threshold. "What" (for gradient explainers): the channel ``k*`` of the
+      explained layer whose activation, averaged over positions, splits the
+      class into two parts best, ``score = max_k eta2(k)`` against the same
+      maximum over uniform columns; its group is the part with the higher
+      explained scores, its region where ``k*`` fires more in the group than
+      in the rest. The first group is that of the more significant
+      statistic, the rest of the class the second; the ``level`` is
+      ``min(1, 2 min(p_where, p_what))``. A group is ``suspicious`` when
+      ``level <= ALPHA`` (and, for a "where" group, ``score >= MIN_SCORE``).
     - an int ``n_clusters``: SpRAy (:mod:`keras_cam.audit.spray`): a
       symmetric ``n_neighbors``-nearest-neighbour graph, the smallest
       eigenvectors of ``L = I - D^-1/2 W D^-1/2``, seeded k-means, and the
@@ -367,6 +382,9 @@ def audit(explainer, data, labels=None, *, boxes=None, masks=None, n_clusters="a
 
     upsample = bool(explainer.aug_smooth or boxes is not None or masks is not None)
     grids, targets, probs, outside, correct, scores = [], [], [], [], [], []
+    # "What" (hotspots.find_what) needs each image's pooled activations at the target layer: one
+    # compiled forward pass per batch, whose class scores also give the top-1 class where needed.
+    pooled = [] if n_clusters == "auto" and _has_features(explainer) else None
     seen = 0
     # One read of the data: the images pass through `source.recorded()` on their way to the explain
     # step, which keeps each one's thumbnail and, for the few whose label probability is at most 1/2,
@@ -380,7 +398,7 @@ def audit(explainer, data, labels=None, *, boxes=None, masks=None, n_clusters="a
                                   batch_size=batch_size, upsample=upsample, normalize=True, verbose=verbose)
         for result in results:
             _read(result, explainer, source, grid, boxes, masks, sigmoid, batch_size, seen, thumbnails,
-                  grids, targets, probs, correct, outside)
+                  grids, targets, probs, correct, outside, pooled)
             scores.append(np.asarray(result.scores, np.float64))
             seen += len(result.maps)
     n = seen
@@ -399,12 +417,15 @@ def audit(explainer, data, labels=None, *, boxes=None, masks=None, n_clusters="a
     probs = np.concatenate(probs).astype(np.float64)
     outside = np.concatenate(outside) if outside else None
     correct = np.concatenate(correct) if correct else None
+    pooled = np.concatenate(pooled) if pooled else None
+    explained = np.concatenate(scores).astype(np.float64)
 
     clusters, eigenvalues, notes = [], {}, {}
     for k in np.unique(targets):
         members = np.flatnonzero(targets == k)
         if n_clusters == "auto":
-            found = _strategies(x, targets, int(k), members, grid, n_neighbors, seed)
+            found = _strategies(x, targets, int(k), members, grid, n_neighbors, seed,
+                                None if pooled is None else pooled[members], explained[members])
         else:
             found = spray.cluster(x[members], n_clusters, max_clusters, n_neighbors, seed)
         eigenvalues[int(k)] = found.eigenvalues
@@ -417,10 +438,14 @@ def audit(explainer, data, labels=None, *, boxes=None, masks=None, n_clusters="a
         for c in range(found.n_clusters):
             cluster = _make_cluster(int(k), members[found.labels == c], x, rated, c, grid)
             if n_clusters == "auto":
-                _rate_strategy(cluster, found, c)
+                _rate_strategy(cluster, found, c, x, members, grid)
             else:
                 cluster.region = _cluster_region(x, members, found.labels == c, grid)
             clusters.append(cluster)
+    if source.array is not None:
+        for cluster in clusters:
+            if cluster.evidence == "what" and cluster.level is not None:
+                _channel_region(cluster, explainer, source.array, targets, grid, seed, batch_size)
     clusters.sort(key=lambda c: (c.target, -c.score, int(c.indices[0])))
 
     if correct is not None:
@@ -430,15 +455,16 @@ def audit(explainer, data, labels=None, *, boxes=None, masks=None, n_clusters="a
         clusters=clusters, targets=targets, labels=targets.copy() if source.has_labels else None,
         maps=x.reshape(n, *grid), eigenvalues=eigenvalues, notes=notes, method=type(explainer).__name__,
         model=str(explainer.model.name), layer=", ".join(str(p) for p in explainer.layer_paths),
-        thumbnails=dict(enumerate(thumbnails)), scores=np.concatenate(scores).astype(np.float64),
+        thumbnails=dict(enumerate(thumbnails)), scores=explained,
         explainer=explainer, images=source.array, boxes=None if boxes is None else np.asarray(boxes),
         masks=None if masks is None else np.asarray(masks), batch_size=int(batch_size),
     )
 
 
-def _strategies(x, targets, k, members, grid, n_neighbors, seed):
-    """Class ``k``'s groups by strategy (:mod:`keras_cam.audit.hotspots`): the images that look at
-    the class's shared hotspot, and the rest."""
+def _strategies(x, targets, k, members, grid, n_neighbors, seed, pooled=None, explained=None):
+    """Class ``k``'s groups by strategy (:mod:`keras_cam.audit.hotspots`): the images that share a
+    place in their maps ("where") or a feature at the target layer ("what"), whichever is more
+    significant, and the rest."""
     whole = np.zeros(len(members), np.int64)
     if len(members) <= n_neighbors:
         return spray.ClassClustering(whole, 1, np.zeros(0), None,
@@ -447,7 +473,15 @@ def _strategies(x, targets, k, members, grid, n_neighbors, seed):
     if float(np.max(np.ptp(x[members], axis=0))) <= 1e-6:
         return spray.ClassClustering(whole, 1, np.zeros(0), None, "all maps alike: kept as one cluster")
     found = hotspots.find(x[members], grid, seed=seed)
-    labels = np.where(found.members, 0, 1).astype(np.int64)
+    what = None if pooled is None else hotspots.find_what(pooled, explained, seed=seed)
+    found.evidence = "where"
+    found.combined = hotspots.combined_level(found.level, None if what is None else what.level)
+    found.what = what
+    group = found.members
+    if what is not None and (found.level is None or what.level < found.level):
+        found.evidence, group = "what", what.members
+    found.group = np.asarray(group, bool)
+    labels = np.where(group, 0, 1).astype(np.int64)
     if labels.min() == labels.max():
         labels[:] = 0
     elif labels[0] == 1:  # clusters are numbered by their first member (as SpRAy's)
@@ -457,17 +491,62 @@ def _strategies(x, targets, k, members, grid, n_neighbors, seed):
     return result
 
 
-def _rate_strategy(cluster, found, c):
-    """The group that looks at the hotspot gets its score and level; the rest of the class scores 0."""
+def _rate_strategy(cluster, found, c, x, members, grid):
+    """The group gets the score of its statistic and the combined level; the rest of the class scores 0.
+
+    A "where" group's region is its hotspot; a "what" group's region is where its members' maps put
+    more energy than the rest of the class's (:func:`_cluster_region`)."""
     hot = getattr(found, "hotspot", None)
     if hot is None:
         cluster.score, cluster.level = 0.0, None
         return
-    group = found.n_clusters == 1 or bool(hot.members[found.labels == c].all())
-    cluster.region = hot.region.copy()
-    cluster.score = float(hot.score) if group else 0.0
-    cluster.level = hot.level if group else None
-    cluster.shared_energy = float(np.mean(hot.energy[found.labels == c]))
+    inside = found.labels == c
+    group = found.n_clusters == 1 or bool(hot.group[inside].all())
+    what = hot.what if hot.evidence == "what" else None
+    if what is None:
+        cluster.region = hot.region.copy()
+        cluster.shared_energy = float(np.mean(hot.energy[inside]))
+    else:
+        cluster.region = _cluster_region(x, members, hot.group, grid)
+        share = hotspots.shares(x[members]) @ cluster.region.ravel().astype(np.float64)
+        cluster.shared_energy = float(np.mean(share[inside]))
+    cluster.evidence = hot.evidence
+    cluster.channel = None if what is None else int(what.channel)
+    cluster.score = (float(hot.score) if what is None else float(what.score)) if group else 0.0
+    cluster.level = hot.combined if group else None
+
+
+def _channel_region(cluster, explainer, images, targets, grid, seed, batch_size, count=32):
+    """A "what" group's region: where its channel ``k*`` fires more in its members than in the rest of
+    the class, ``D = s (mean_members A_k* - mean_rest A_k*)`` with ``s`` the sign of ``D``'s mean
+    (for a group that is the channel's low part, the rest minus the members), on a seeded sample of ``count`` images of each; the cells of
+    the grid with ``D >= max D / 2``. Kept as it is (the maps' region) when ``D`` has no positive
+    cell or the cells cover more than half the grid (a global feature such as a colour cast: the
+    verification's random places of that size would overlap it)."""
+    rng = np.random.default_rng([int(seed), int(cluster.target), 0xC4A])
+    rest = np.setdiff1d(np.flatnonzero(targets == cluster.target), cluster.indices)
+    if len(rest) == 0:
+        return
+    picks = [np.sort(rng.choice(group, size=min(count, len(group)), replace=False)) for group in (cluster.indices, rest)]
+    graph = explainer.graph
+    means = []
+    for group in picks:
+        total = 0.0
+        for i in range(0, len(group), batch_size):
+            x = np.asarray(images[group[i:i + batch_size]], np.float32)
+            raw, layouts, _ = graph.capture(graph.to_channels_last(ops.convert_to_tensor(x)))
+            a = to_host(layouts[0].view(raw[0]))[..., cluster.channel]
+            total = total + a.astype(np.float64).sum(axis=0)
+        means.append(total / len(group))
+    d = means[0] - means[1]
+    if d.ndim != 2:
+        return
+    d = interventions.pixel_region(d, grid) * np.sign(d.mean())    # cells of the grid; the members' side up
+    if d.max() <= 0:
+        return
+    region = d >= 0.5 * d.max()
+    if region.mean() <= 0.5:    # a verification compares with random places of the region's size
+        cluster.region = region
 
 
 def _cluster_region(x, members, inside, grid):
@@ -667,10 +746,15 @@ def _quiet_dataset_retracing():
 
 
 def _read(result, explainer, source, grid, boxes, masks, sigmoid, batch_size, seen, thumbnails,
-          grids, targets, probs, correct, outside):
-    """Keep what the audit needs of one batch of maps: grids, targets, thumbnails, correctness."""
+          grids, targets, probs, correct, outside, pooled=None):
+    """Keep what the audit needs of one batch of maps: grids, targets, thumbnails, correctness, and
+    with ``pooled`` a list, the pooled activations at the target layer."""
     maps = result.maps
     images = source.take(len(maps))
+    logits = None
+    if pooled is not None:
+        features, logits = class_features(explainer, images, batch_size)
+        pooled.append(features)
     thumbnails += [thumbnail(explainer, image) for image in images]
     grids.append(spray.to_grid(maps, grid))
     targets.append(result.targets)
@@ -680,7 +764,7 @@ def _read(result, explainer, source, grid, boxes, masks, sigmoid, batch_size, se
         ok = np.asarray(result.probabilities) > 0.5 if not sigmoid else np.zeros(len(maps), bool)
         unsure = np.flatnonzero(~ok)
         if len(unsure):
-            top = class_scores(explainer, images[unsure], batch_size).argmax(axis=1)
+            top = (logits[unsure] if logits is not None else class_scores(explainer, images[unsure], batch_size)).argmax(axis=1)
             ok[unsure] = top == np.asarray(result.targets)[unsure]
         correct.append(ok)
     if boxes is not None or masks is not None:
@@ -763,6 +847,52 @@ class _ScoreStep:
     def __call__(self, x):
         graph = self.owner().graph
         return graph.scores(graph.run(graph.to_channels_last(x)))
+
+
+class _FeatureStep:
+    """The target layer's activations averaged over positions ``(N, K)`` and the class scores ``(N, C)``
+    of one explainer's model, in one forward pass (compiled once per explainer, as :class:`_ScoreStep`)."""
+
+    def __init__(self, explainer):
+        self.owner = weakref.ref(explainer)
+
+    def __call__(self, x):
+        from keras_cam.layout import spatial_axes
+
+        graph = self.owner().graph
+        raw, layouts, outputs = graph.capture(graph.to_channels_last(x))
+        a = ops.cast(layouts[0].view(raw[0]), "float32")
+        return ops.mean(a, axis=spatial_axes(a)), graph.scores(outputs)
+
+
+_feature_steps = weakref.WeakKeyDictionary()
+
+
+def _has_features(explainer):
+    """Whether the explainer has a target layer whose activations :func:`class_features` can pool."""
+    from keras_cam.methods.gradient import GradientExplainer
+
+    graph = getattr(explainer, "graph", None)
+    return isinstance(explainer, GradientExplainer) and graph is not None and len(getattr(graph, "layers", ())) >= 1
+
+
+def class_features(explainer, images, batch_size=64):
+    """``(pooled, scores)``: the first target layer's activations averaged over positions ``(n, K)``
+    float32 and the class scores ``(n, C)`` (as :func:`class_scores`), from one compiled forward pass
+    per batch, padded to ``batch_size`` rows."""
+    if explainer not in _feature_steps:
+        from keras_cam.compiled import Compiled
+        _feature_steps[explainer] = Compiled(_FeatureStep(explainer), model=explainer.model)
+    step = _feature_steps[explainer]
+    images = np.asarray(images, np.float32)
+    pooled, scores = [], []
+    for i in range(0, len(images), batch_size):
+        chunk = images[i:i + batch_size]
+        padded = np.concatenate([chunk, np.zeros((batch_size - len(chunk), *chunk.shape[1:]), np.float32)])
+        a, s = step(ops.convert_to_tensor(padded))
+        pooled.append(to_host(a)[:len(chunk)])
+        scores.append(to_host(s)[:len(chunk)])
+    return np.concatenate(pooled), np.concatenate(scores)
 
 
 # The compiled score step per explainer, kept while the explainer lives.

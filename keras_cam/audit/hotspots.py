@@ -1,43 +1,63 @@
-"""Shared hotspots: the groups of a class whose maps look at the same place, and how sure that is.
+"""Shared evidence: the group of a class whose maps share a place ("where") or a feature ("what").
 
-A shortcut such as a watermark, a border or a tag is evidence at a place that
-many images of one class share, and that the other classes' images do not.
-An object that moves around the image is not: its maps spread over all
-places, in every class alike. So instead of comparing the maps of one class
-with each other (where the object's position dominates the distances, and a
-clustering cuts the class by position), each class is compared with the
-*other* classes, place by place:
+A shortcut such as a watermark, a border, a moving tag or a colour cast is
+evidence that a *part* of a class's images carries and the rest lacks. Two
+statistics look for such a part, each with its own calibrated null, and the
+class's group is the one of the more significant statistic (see
+:func:`combined_level`).
+
+**Where** (:func:`find`): a spot fixed in place in the maps.
 
 1. **Shares.** Each map's grid vector (see :mod:`keras_cam.audit.spray`) is
    scaled to sum 1: ``q_i(c)`` is the share of image ``i``'s map energy in
    grid cell ``c``.
 2. **Windows.** For every square window ``H`` of ``s x s`` cells
-   (``s`` in :data:`SIDES`, every position), ``e_i(H) = sum_{c in H} q_i(c)``
-   (box sums of the cumulative sums).
-3. **Enrichment.** For class ``k`` (``n_k`` images) against the other
-   classes' images (``n_o``), per window, the two-sample statistic
+   (``s`` in :data:`SIDES`), ``e_i(H) = sum_{c in H} q_i(c)`` (box sums).
+3. **Tails.** ``t_i(H) = min((e_i(H) - Q_0.2(H))^+, Q_0.9(t(H)))``: the
+   energy above the class's 20th percentile at ``H``, capped at the 90th
+   percentile of those excesses.
+4. **Profile.** ``P(H) = mean_i t_i(H) / mean_H mean_i t_i(H)``.
+5. **Null.** Each map is moved (whole cells, zero fill) so that its centre
+   of mass lands on another map's of the class, drawn at random: that keeps
+   the maps' shapes and the class's spread of positions and destroys only
+   what is fixed in place. ``B`` = :data:`PERMUTATIONS` draws give ``P^(b)``.
+6. **Score, level.** ``S = max_H (P(H) - mean_b P^(b)(H))``; the level is
+   ``(1 + #{b : max_H (P^(b) - mean P) >= S}) / (1 + B)``.
+7. **Region, group.** The cells near ``H*`` whose excess is at least half
+   the largest in ``H*``; the group is the images whose energy share there is
+   above Otsu's threshold.
 
-       ``z_k(H) = (mean_k e(H) - mean_o e(H)) / (sd e(H) * sqrt(1/n_k + 1/n_o))``
+**What** (:func:`find_what`): a feature detector that fires in a part of the
+class only, wherever in the image (a moving tag, a border, a colour cast).
+With ``a_i(k)`` the target layer's activation of channel ``k`` averaged over
+positions (shift-invariant; with a global-average-pooling linear head,
+Grad-CAM's per-channel contribution ``alpha_k sum_xy A_k`` is ``a_i(k)``
+times a constant, and the statistic below is scale-free, so both give the
+same):
 
-   with ``sd`` the standard deviation over all images; the class's
-   **score** is ``z_k = max_H z_k(H)`` and ``H*`` its window.
-4. **Level.** ``z_k`` is compared with the same maximum computed after
-   giving ``n_k`` images drawn at random from all of them the class's name
-   (``B`` = :data:`PERMUTATIONS` draws, seeded): the level is
-   ``(1 + #{b : z^(b) >= z_k}) / (1 + B)``. When the class's maps share no
-   place beyond what the other classes' maps do, the class's images are
-   exchangeable with the others, so the level is uniform on [0, 1]; a level
-   at most :data:`ALPHA` marks the class's group as suspicious.
-5. **Region.** With ``d(c) = mean_k q(c) - mean_o q(c)``, the group's
-   region is ``R = {c : d(c) >= d_max(H*) / 2}``, ``d_max(H*)`` the largest
-   ``d`` in ``H*``: the cells the class looks at more than the others, as
-   much as half its strongest cell (a frame keeps its whole border).
-6. **Group.** The class's images with ``e_i(R)`` above Otsu's threshold of
-   the class's ``e(R)`` values (the split of largest between-group variance)
-   form the group; the others are the rest of the class.
+1. **Split.** Per channel, the split of the class's sorted ``a(k)`` into a
+   low and a high part, each holding at least :data:`WHAT_LEAST` of the
+   images, of largest between-part variance (Otsu):
+   ``eta2(k) = max_split n_lo n_hi (mean_hi - mean_lo)^2 / (n^2 var a(k))``,
+   in [0, 1] (1: two point masses).
+2. **Score.** ``S = max_k eta2(k)`` at channel ``k*``.
+3. **Null.** The same maximum over ``d`` independent columns of ``n``
+   uniform draws (:data:`WHAT_DRAWS` draws, seeded). Among unimodal
+   distributions the uniform is the least favourable for a two-part split
+   (its ``eta2`` tends to 3/4, a Gaussian's to 2/pi), and a maximum over
+   correlated channels is smaller than over independent ones, so the level
+   ``(1 + #{b : S^(b) >= S}) / (1 + B)`` is conservative: a class whose
+   channels are unimodal scores a level of mostly near 1, a class with a part
+   that carries extra evidence on some channel a small one.
+4. **Group.** The part of the split at ``k*`` whose members have the larger
+   mean explained class score (the part the model scores higher with that
+   evidence).
 
-Every step is a few matrix products on the grid vectors (``n x g^2``
-floats), so it costs little next to the maps themselves.
+**Combined level.** ``min(1, 2 min(p_where, p_what))`` (Bonferroni over the
+two statistics); the class's group is that of the smaller level.
+
+Everything is a few array operations on the grid vectors and the pooled
+activations, little next to the maps themselves.
 """
 
 from __future__ import annotations
@@ -47,7 +67,9 @@ import dataclasses
 import numpy as np
 
 SIDES = (1, 2, 3)
-PERMUTATIONS = 49
+# 99 draws: the smallest "where" level is 0.01, so that the Bonferroni combination with "what" can
+# reach ALPHA = 0.02.
+PERMUTATIONS = 99
 ALPHA = 0.02
 # A group is suspicious when its level is at most ALPHA and its score at least MIN_SCORE: its
 # hotspot holds at least twice the tail energy the null puts there.
@@ -58,6 +80,10 @@ LEVEL_IMAGES = 300
 BASE_QUANTILE = 0.2
 # The least share of a class's images a hotspot must be shared by to count in full (step 3).
 SHARED = 0.1
+# "What": each part of a channel's split holds at least this share of the class's images, and the
+# number of uniform null draws.
+WHAT_LEAST = 0.3
+WHAT_DRAWS = 199
 
 
 def shares(x):
@@ -246,3 +272,107 @@ def _near(mask, distance):
             shifted[ys, xs] = mask[yd, xd]
             out |= shifted
     return out
+
+
+def channel_splits(a, least=WHAT_LEAST):
+    """"What" step 1 on ``a`` ``(n, d)``: per column, ``eta2`` (the largest between-part share of the
+    variance over the splits of the sorted column with at least ``ceil(least * n)`` (>= 1) values on
+    each side) and the threshold of that split (a midpoint of two sorted values; the high part is
+    ``a > threshold``). A constant column gets 0 and threshold inf."""
+    a = np.asarray(a, np.float64)
+    n, d = a.shape
+    m = max(1, int(np.ceil(least * n)))
+    if n < 2 * m:
+        return np.zeros(d), np.full(d, np.inf)
+    v = np.sort(a, axis=0)
+    k = np.arange(m, n - m + 1)                       # values in the low part
+    low = np.cumsum(v, axis=0)[k - 1]
+    total = v.sum(axis=0)
+    kk = k[:, None].astype(np.float64)
+    between = kk * (n - kk) * ((total - low) / (n - kk) - low / kk) ** 2 / n
+    between[v[k] == v[k - 1]] = -1.0                  # no split between equal values
+    j = np.argmax(between, axis=0)
+    best = between[j, np.arange(d)]
+    var = v.var(axis=0) * n
+    eta = np.where(var > 1e-12 * np.maximum(1.0, np.abs(v).max(axis=0)) ** 2,
+                   np.maximum(best, 0.0) / np.maximum(var, 1e-300), 0.0)
+    threshold = 0.5 * (v[k[j] - 1, np.arange(d)] + v[k[j], np.arange(d)])
+    return eta, np.where(eta > 0, threshold, np.inf)
+
+
+_UNIFORM = {}
+
+
+def uniform_null(n, d, least=WHAT_LEAST, draws=WHAT_DRAWS):
+    """"What" step 3: ``(draws,)`` the largest ``eta2`` over ``d`` independent columns of ``n`` uniform
+    draws (seeded by ``(n, d)``, the same in every process; cached)."""
+    key = (int(n), int(d), float(least), int(draws))
+    if key not in _UNIFORM:
+        rng = np.random.default_rng([int(n), int(d), 0x3A7])
+        chunk = max(1, 2_000_000 // max(1, n * d))
+        out = []
+        for start in range(0, draws, chunk):
+            u = rng.uniform(size=(min(chunk, draws - start), n, d))
+            out += [channel_splits(x, least)[0].max() for x in u]
+        _UNIFORM[key] = np.array(out)
+    return _UNIFORM[key]
+
+
+@dataclasses.dataclass
+class WhatGroup:
+    """What :func:`find_what` found for one class.
+
+    Attributes:
+        score: ``S``, the largest ``eta2`` over the channels.
+        level: its level against the uniform null.
+        channel: ``k*``, the channel of the split.
+        members: bool over the class's images, True for the group.
+        threshold: the split's threshold on ``a(k*)``.
+        high: whether the group is the high part (``a(k*) > threshold``).
+    """
+
+    score: float
+    level: float
+    channel: int
+    members: np.ndarray
+    threshold: float
+    high: bool
+
+
+def find_what(a, scores, seed=0, draws=WHAT_DRAWS, least=WHAT_LEAST):
+    """"What" steps 1-4 on the pooled activations ``a`` ``(n, d)`` and the explained scores ``(n,)`` of
+    one class's images. The score and level use a seeded sample of at most :data:`LEVEL_IMAGES`
+    images (as :func:`find`); the group's split uses all of them.
+
+    Returns:
+        A :class:`WhatGroup`, or None when no channel varies.
+    """
+    a = np.asarray(a, np.float64)
+    scores = np.asarray(scores, np.float64)
+    keep = np.ptp(a, axis=0) > 1e-9 * np.maximum(1.0, np.abs(a).max(axis=0))
+    if not keep.any() or len(a) < 4:
+        return None
+    columns = np.flatnonzero(keep)
+    rng = np.random.default_rng([int(seed), 0x3A7])
+    sample = np.sort(rng.choice(len(a), size=min(len(a), LEVEL_IMAGES), replace=False))
+    eta, _ = channel_splits(a[sample][:, columns], least)
+    best = int(np.argmax(eta))
+    score = float(eta[best])
+    null = uniform_null(len(sample), len(columns), least, draws)
+    level = float((1 + np.count_nonzero(null >= score)) / (1 + len(null)))
+    channel = int(columns[best])
+    _, threshold = channel_splits(a[:, [channel]], least)
+    threshold = float(threshold[0])
+    high = a[:, channel] > threshold
+    upper = not (high.all() or not high.any()) and scores[high].mean() >= scores[~high].mean()
+    return WhatGroup(score=score, level=level, channel=channel, members=high if upper else ~high,
+                     threshold=threshold, high=bool(upper))
+
+
+def combined_level(where, what):
+    """The Bonferroni level over the two statistics: ``min(1, 2 min(p_where, p_what))`` (a missing level
+    counts as 1)."""
+    levels = [p for p in (where, what) if p is not None]
+    if not levels:
+        return None
+    return float(min(1.0, 2.0 * min(levels)))

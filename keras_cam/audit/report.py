@@ -112,13 +112,13 @@ def render(result, class_names=None, title=None):
         f'<p class="meta">{n} images, {len(classes)} classes, {len(result.clusters)} clusters; maps: '
         f"{esc(result.method)} at layer {esc(result.layer)}, reduced to a {result.maps.shape[1]} x "
         f"{result.maps.shape[2]} grid.</p>",
-        '<p class="how">Within each class, the first group holds the images whose maps look at the '
-        "class's <b>shared hotspot</b>: the place where this class's maps put more of their energy, beyond "
-        "each class's usual level, than the other classes' maps do. Its <b>score</b> is how much more (1: "
-        "twice the other classes' share at that place) and its <b>level</b> how often images drawn at random "
-        "from the other classes score as high: a level at most "
-        f"{_alpha():.2f} marks a <b>suspicious group</b>. A verification removes the hotspot from members "
-        "and pastes it into other classes' images, against random places of the same size.</p>",
+        '<p class="how">Within each class, the first group holds the images that share evidence the rest '
+        "of the class lacks: a <b>place</b> in their maps (\"where\": a spot fixed in place, against a null "
+        "that moves each map onto another's centre) or a <b>feature</b> at the explained layer (\"what\": a "
+        "channel on which a part of the class is split off, against a uniform null), whichever is more "
+        "significant. Its <b>level</b> is the Bonferroni level over the two statistics: a level at most "
+        f"{_alpha():.2f} marks a <b>suspicious group</b>. A verification removes the group's region from "
+        "members and pastes it into other classes' images, against random places of the same size.</p>",
         "<nav><ul>",
     ]
     for k in classes:
@@ -157,6 +157,9 @@ def _cluster_html(result, i, rank, name, class_names=None):
     rows = [("size", f"{c.size} ({100.0 * c.size / len(result.targets):.1f}% of all images)"),
             ("score", f'<span class="score">{c.score:.3f}</span>'), ("level", _level(c)),
             ("suspicious", "yes" if c.suspicious else "no"),
+            ("evidence", "n/a" if c.evidence is None else (
+                "where (a place in the maps)" if c.evidence == "where"
+                else f"what (channel {c.channel} of the layer)")),
             ("energy in hotspot", _pct(c.shared_energy)),
             ("consistency", f"{c.consistency:.3f}"), ("distance", f"{c.distance:.3f}"),
             ("separation", f"{c.separation:.3f}"), ("accuracy", _pct(c.accuracy)),
