@@ -44,7 +44,7 @@ def numpy_resize(maps, size):
 @pytest.mark.parametrize("shape, size", [
     ((2, 7), (19,)), ((2, 9), (4,)),
     ((2, 5, 6), (13, 11)), ((1, 8, 8), (3, 5)),
-    ((2, 3, 4, 5), (7, 9, 6)), ((1, 6, 5, 4), (2, 11, 8)),
+    ((2, 3, 4, 5), (7, 9, 6)), ((1, 6, 5, 4), (2, 11, 8)), ((2, 4, 5, 6), (4, 9, 3)), ((1, 8, 8, 8), (64, 64, 64)),
 ])
 def test_resize_is_separable_linear_interpolation(shape, size):
     maps = np.random.default_rng(1).normal(size=shape).astype(np.float32)
