@@ -17,6 +17,21 @@ tokens); ``token=`` picks another row. Only square (self-)attention of the
 most common length ``L`` enters a rollout; cross-attention and pooling
 attention (a single query, e.g. SigLIP's head) are left out, except in
 :class:`GradientRollout` with ``modalities=`` (Chefer's bi-modal rules).
+
+**A vision-language decoder** (PaliGemma: Gemma's decoder over ``[P image
+tokens, T text tokens]``): by default only the decoder's attention layers
+are used, the row read is decoder position ``P + p`` for a
+:class:`keras_cam.multimodal.GeneratedToken` at output position ``p``
+(``token=`` indexes the decoder's sequence instead), and the map is that
+row's entries over the ``P`` image-token columns, on the patch grid:
+rollout's ``R[P + p, :P]``, Chefer's ``(R - I)[P + p, :P]``, LeGrad's
+``mean_b mean_i E_h (G_b)^+_{i, :P}``.
+
+**A windowed, hierarchical model** (Swin) is refused: its blocks attend
+within local windows that shift from block to block, patch merging replaces
+each 2x2 tokens by one between stages, and there is no class token, so no
+single token sequence runs through the blocks for a rollout to follow; the
+error names Grad-CAM.
 """
 
 from __future__ import annotations
