@@ -374,9 +374,10 @@ def describe(shape, rank, image_size=None, channels_first=False, reshape=None):
         return FeatureLayout("tokens", reshape=reshape)
     if len(shape) == rank + 2 and reshape is None:
         return FeatureLayout("spatial", channels_first=channels_first)
-    if (len(shape) == 3 and rank == 3 and reshape is None and shape[1] is not None and image_size is not None
-            and None not in tuple(image_size)):
-        # Each image's tokens (N * images, h * w, K) of a multi-image input (N, images, H, W, C).
+    if (len(shape) == 3 and rank == 3 and reshape is None and None not in shape and image_size is not None
+            and None not in tuple(image_size) and int(shape[0]) % int(tuple(image_size)[0]) == 0):
+        # Each image's tokens (N * images, h * w, K) of a multi-image input (N, images, H, W, C):
+        # the first axis, a multiple of the images (a volume model's (N, L, K) tokens are no such layer).
         fit = token_grid(int(shape[1]), tuple(image_size)[1:], max_prefix=0)
         return None if fit is None else FeatureLayout("tokens", grid=fit[1], images=int(tuple(image_size)[0]))
     if len(shape) != 3 or rank != 2 or shape[1] is None:

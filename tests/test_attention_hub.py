@@ -407,3 +407,15 @@ def test_gemma3_gradcam_maps_each_image(gemma3):
     with pytest.raises(ValueError, match=r"vision_indices.*keras_cam\.GradCAM"):
         kc.AttentionRollout(gemma3)
     assert untouched(gemma3)
+
+
+def test_per_image_token_layout():
+    from keras_cam import layout
+    lay = layout.describe((4, 4, 8), 3, (2, 16, 16))  # (N * images, h * w, K) of (N, images, 16, 16, C)
+    assert (lay.kind, lay.grid, lay.images) == ("tokens", (2, 2), 2)
+    raw = np.arange(4 * 4 * 8, dtype=np.float32).reshape(4, 4, 8)
+    view = to_host(lay.view(ops.convert_to_tensor(raw)))
+    np.testing.assert_array_equal(view[1, 0, 1, 0], raw[2, 2])  # input 1, image 0, token (1, 0)
+    np.testing.assert_array_equal(to_host(lay.unview(lay.view(ops.convert_to_tensor(raw)), raw)), raw)
+    assert layout.describe((3, 4, 8), 3, (2, 16, 16)) is None  # 3 rows are not N x 2 images
+    assert layout.describe((4, 5, 8), 3, (2, 16, 16)) is None  # 5 tokens lie on no grid of a 16x16 image
