@@ -446,7 +446,8 @@ def audit(explainer, data, labels=None, *, boxes=None, masks=None, n_clusters="a
         for cluster in clusters:
             if cluster.evidence == "what" and cluster.level is not None:
                 _channel_region(cluster, explainer, source.array, targets, grid, seed, batch_size)
-    clusters.sort(key=lambda c: (c.target, -c.score, int(c.indices[0])))
+    # A class's group (the one with a level) first, then by score (SpRAy's clusters: by score).
+    clusters.sort(key=lambda c: (c.target, c.level is None, -c.score, int(c.indices[0])))
 
     if correct is not None:
         for c in clusters:

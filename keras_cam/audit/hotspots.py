@@ -230,8 +230,9 @@ def _find(x, grid, seed, permutations, sides):
     best = int(np.argmax(excess))
     level = None
     if permutations:
-        beaten = int(np.count_nonzero((nulls - expected).max(axis=1) >= excess[best]))
-        level = (1.0 + beaten) / (1.0 + len(nulls)) if excess[best] > 0 else 1.0
+        beaten = int(np.count_nonzero((nulls - expected).max(axis=1) >= excess[best] - 1e-9))
+        # An excess at round-off size (maps whose tails are all but empty) is no excess.
+        level = (1.0 + beaten) / (1.0 + len(nulls)) if excess[best] > 1e-9 else 1.0
     dc = (cells_observed - np.mean(cells_null, axis=0)).reshape(grid)
     chosen = masks[best].reshape(grid) > 0
     peak = float(dc[chosen].max())
