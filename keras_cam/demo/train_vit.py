@@ -23,7 +23,8 @@ def main(argv=None):
                                     vit_accuracy)
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--clip", action="store_true", help="train the CLIP-style model (its image tower is the shipped ViT's)")
+    parser.add_argument("--clip", action="store_true",
+                        help="train the CLIP-style model (its image trunk is the shipped ViT's)")
     parser.add_argument("--out", help="weights file to write (.npz); default: the shipped file")
     parser.add_argument("--n-train", type=int, default=4000, help="training images (default 4000)")
     parser.add_argument("--epochs", type=int, help="epochs (default 15 for the ViT, 4 for the CLIP model)")
