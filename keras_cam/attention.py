@@ -94,7 +94,8 @@ def _never_fused(inner):
 #: The interception points, one per kind of attention layer (first match along the MRO wins).
 SITES = (
     # Keras 3 / tf-keras, and its KerasHub subclasses (ViT, DeiT, DINOv2, CLIP, SigLIP).
-    AttentionSite("MultiHeadAttention", "_masked_softmax", explicit=(("_compute_attention", _with_scores, "return_attention_scores"),)),
+    AttentionSite("MultiHeadAttention", "_masked_softmax",
+                  explicit=(("_compute_attention", _with_scores, "return_attention_scores"),)),
     # Swin: A goes through the attention dropout right after its softmax.
     AttentionSite("WindowAttention", "call", sublayer="attention_dropout_layer", reads="input", windowed=True),
     # PaliGemma's and Gemma 3's vision towers: the same, through their dropout.

@@ -11,6 +11,8 @@ backend's own autodiff (``native_grad``); Swin's refusal; nothing left on
 the models after a pass or an error.
 """
 
+import contextlib
+
 import keras
 import keras_hub
 import numpy as np
@@ -43,7 +45,6 @@ def np_softmax(s):
 
 def inputs_of(layers):
     """A context recording the first argument (and keyword arguments) of each layer's call."""
-    import contextlib
     seen = {}
 
     def recorder(path):
@@ -253,7 +254,6 @@ def decoder_attentions(model, x):
 def decoder_gradients(model, x, decoder, position, token):
     """``[dS/dA_b]`` with ``S = logits[:, position, token]``, by the backend's own autodiff of the model
     run with ``delta_b`` added to each decoder softmax's output (no keras-cam tap)."""
-    import contextlib
     xt = {k: ops.convert_to_tensor(v) for k, v in x.items()}
     pick = ops.convert_to_tensor(np.eye(VOCAB, dtype=np.float32)[token])
 
@@ -286,8 +286,8 @@ def test_paligemma_methods_read_the_generated_tokens_row_over_the_image_tokens(p
     np.testing.assert_allclose(got, want, atol=1e-5 * np.abs(want).max())
     position, token = 3, [4, 17]
     grads = decoder_gradients(paligemma, x, decoder, position, token)
-    chefer = kc.GradientRollout(paligemma)
-    ex = chefer.explain(x, targets=GeneratedToken(position, token), upsample=False, normalize=False)
+    ex = kc.GradientRollout(paligemma).explain(x, targets=GeneratedToken(position, token), upsample=False,
+                                               normalize=False)
     np.testing.assert_allclose(ex.scores, logits[[0, 1], position, token], rtol=1e-4, atol=1e-5)
     want = grid(np_chefer(attentions, grads)[:, P + position])
     assert (want.reshape(2, -1).std(axis=1) > 0).all()
@@ -298,10 +298,6 @@ def test_paligemma_methods_read_the_generated_tokens_row_over_the_image_tokens(p
     # token= reads another decoder row (an index into image + text tokens).
     got = kc.AttentionRollout(paligemma, token=P + 1)(x, targets=GeneratedToken(0), upsample=False, normalize=False)
     np.testing.assert_allclose(got, grid(np_rollout(attentions, "mean")[:, P + 1]), atol=1e-6)
-    # Batch equals single (the token ids travel with the batch: the same compiled call).
-    single = chefer.explain({k: v[1:] for k, v in x.items()}, targets=GeneratedToken(position, token[1]),
-                            upsample=False, normalize=False)
-    np.testing.assert_allclose(single.maps[0], ex.maps[1], rtol=1e-4, atol=1e-6)
     # The vision tower alone, when asked: its patches' rollout (no class token: the mean row).
     vit = [kc.list_attention_layers(paligemma)[0][0]]
     maps = kc.AttentionRollout(paligemma, layers=vit)(x, targets=GeneratedToken(0), upsample=False, normalize=False)
@@ -401,9 +397,6 @@ def test_gemma3_gradcam_maps_each_image(gemma3):
     want = np.maximum((a5 * alpha[:, None, None, None]).sum(-1), 0)
     assert want.shape == ex.maps.shape and (want.reshape(2, -1).std(axis=1) > 0).all()
     np.testing.assert_allclose(ex.maps, want, rtol=1e-4, atol=1e-5 * np.abs(want).max())
-    single = cam.explain({k: v[1:] for k, v in x.items()}, targets=GeneratedToken(position, token[1]),
-                         upsample=False, normalize=False)
-    np.testing.assert_allclose(single.maps[0], ex.maps[1], rtol=1e-4, atol=1e-6)
     with pytest.raises(ValueError, match=r"vision_indices.*keras_cam\.GradCAM"):
         kc.AttentionRollout(gemma3)
     assert untouched(gemma3)
