@@ -23,18 +23,18 @@ from keras_cam.demo.shortcuts import (FEATURE_LAYER, KINDS, SHARES, artifact_reg
                                       shortcut_model)
 
 # The family's models are trained here, with the Keras under test; the family was built and its
-# numbers validated on Keras 3 / TensorFlow. Issue 22 is open: under legacy tf-keras the "where"
-# level is not yet calibrated (4 of the 36 clean classes of the cnn family raised an alarm, all by
-# "where", against 0 of 36 on Keras 3; docs/audit.md), and the JAX and PyTorch runs of the family
-# are not yet measured.
-# The hand computations and the bad-input tests below run in every mode.
+# numbers validated on Keras 3 / TensorFlow. Under legacy tf-keras (other trained models) the level
+# is now calibrated (1 of 36 clean classes raised an alarm; docs/audit.md), but the held-out
+# residual patch at 50 % is not flagged (level 0.11) and one clean class's first group shows a
+# dependence (0.42 logits), so the family stays off there; the JAX and PyTorch runs of the family
+# are not yet measured. The hand computations and the bad-input tests below run in every mode.
 family_mode = pytest.mark.skipif(
     _compat.LEGACY or backend.name() != "tensorflow",
     reason="the planted-shortcut family is validated on Keras 3 / TensorFlow only (issue 22 is open)")
 
 N_AUDIT = 240
 # Cases the audit finds and verifies today (the rest of the family is in test_family_known_gaps).
-FOUND = [("patch", 0.2), ("patch", 0.5), ("patch", 1.0), ("tag", 1.0), ("cast", 0.5), ("cast", 1.0)]
+FOUND = [("patch", 0.5), ("patch", 1.0), ("tag", 1.0), ("cast", 0.5), ("cast", 1.0)]
 
 
 def _audit_case(kind, share, architecture="cnn", seed=0):
@@ -184,6 +184,13 @@ def test_hotspot_score_and_group_equal_a_hand_computation():
     best = max(range(1, n), key=lambda k: k * (n - k) * (v[k:].mean() - v[:k].mean()) ** 2)
     np.testing.assert_array_equal(found.members, energy > (v[best - 1] + v[best]) / 2)
     assert f1_score(np.flatnonzero(found.members), np.arange(n) < 20) >= 0.9   # a few blobs fall near the spot
+    # Step 8: the energy shares split into two parts (each at least 30 % of the 40 images: 12).
+    v = np.sort(energy)
+    split = max(j * (n - j) * (v[j:].mean() - v[:j].mean()) ** 2 / n ** 2 / v.var() for j in range(12, n - 11))
+    assert found.split == pytest.approx(split, rel=1e-10)
+    null = hotspots.uniform_null(n, 1)
+    assert found.split_level == pytest.approx((1 + np.sum(null >= split)) / (1 + len(null)))
+    assert found.level == max(found.place_level, found.split_level)
 
 
 def test_what_statistic_equals_a_hand_computation():

@@ -479,7 +479,9 @@ def _strategies(x, targets, k, members, grid, n_neighbors, seed, pooled=None, ex
     found.combined = hotspots.combined_level(found.level, None if what is None else what.level)
     found.what = what
     group = found.members
-    if what is not None and (found.level is None or what.level < found.level):
+    # The "what" group replaces the "where" group when it is the more significant one and passes on
+    # its own (a class with neither keeps its "where" group: the place its maps look at most).
+    if what is not None and what.level <= hotspots.ALPHA / 2 and (found.level is None or what.level < found.level):
         found.evidence, group = "what", what.members
     found.group = np.asarray(group, bool)
     labels = np.where(group, 0, 1).astype(np.int64)

@@ -21,11 +21,17 @@ class's group is the one of the more significant statistic (see
    of mass lands on another map's of the class, drawn at random: that keeps
    the maps' shapes and the class's spread of positions and destroys only
    what is fixed in place. ``B`` = :data:`PERMUTATIONS` draws give ``P^(b)``.
-6. **Score, level.** ``S = max_H (P(H) - mean_b P^(b)(H))``; the level is
-   ``(1 + #{b : max_H (P^(b) - mean P) >= S}) / (1 + B)``.
+6. **Score, place level.** ``S = max_H (P(H) - mean_b P^(b)(H))``; the
+   place level is ``p_place = (1 + #{b : max_H (P^(b) - mean P) >= S}) / (1 + B)``.
 7. **Region, group.** The cells near ``H*`` whose excess is at least half
    the largest in ``H*``; the group is the images whose energy share there is
    above Otsu's threshold.
+8. **A part, not a continuum.** The energy shares ``e_i(R)`` must split into
+   two parts: their ``eta2`` (as "what", step 1) against the uniform null of
+   one column gives ``p_split``. The level of "where" is
+   ``p_where = max(p_place, p_split)`` (an intersection-union test: the class
+   shares a fixed place *and* a part of it, not all of it by degrees, looks
+   there).
 
 **What** (:func:`find_what`): a feature detector that fires in a part of the
 class only, wherever in the image (a moving tag, a border, a colour cast).
@@ -54,7 +60,8 @@ same):
    evidence).
 
 **Combined level.** ``min(1, 2 min(p_where, p_what))`` (Bonferroni over the
-two statistics); the class's group is that of the smaller level.
+two statistics). The class's group is the "what" group when ``p_what`` is the
+smaller and at most ``ALPHA / 2``, the "where" group otherwise.
 
 Everything is a few array operations on the grid vectors and the pooled
 activations, little next to the maps themselves.
@@ -173,8 +180,11 @@ class Hotspot:
     """What :func:`find` found for one class.
 
     Attributes:
-        score: ``z_k``, the largest enrichment over the windows (step 3).
-        level: its permutation level (step 4), or None without other classes.
+        score: ``S``, the largest excess over the null (step 6).
+        level: ``p_where = max(p_place, p_split)`` (steps 6 and 8), or None without null draws.
+        place_level: ``p_place`` (step 6), or None.
+        split: ``eta2`` of the members' energy shares in the region (step 8).
+        split_level: ``p_split`` (step 8).
         window: ``(y0, x0, side)`` of ``H*`` in grid cells.
         region: ``(gh, gw)`` bool, the group's region ``R`` (step 5).
         members: bool over the class's images, True for the group (step 6).
@@ -189,6 +199,9 @@ class Hotspot:
     members: np.ndarray
     threshold: float
     energy: np.ndarray
+    place_level: float | None = None
+    split: float = 0.0
+    split_level: float = 1.0
 
 
 def find(x, grid, seed=0, permutations=PERMUTATIONS, sides=SIDES):
@@ -241,8 +254,12 @@ def _find(x, grid, seed, permutations, sides):
         region = chosen.copy()
     energy = q @ region.ravel().astype(np.float64)
     t = otsu(energy)
-    return Hotspot(score=float(excess[best]), level=level, window=names[best], region=region,
-                   members=energy > t, threshold=float(t), energy=energy)
+    eta, _ = channel_splits(energy[sample][:, None], WHAT_LEAST)
+    null = uniform_null(len(sample), 1, WHAT_LEAST)
+    split_level = float((1 + np.count_nonzero(null >= eta[0])) / (1 + len(null)))
+    return Hotspot(score=float(excess[best]), level=None if level is None else max(level, split_level),
+                   window=names[best], region=region, members=energy > t, threshold=float(t), energy=energy,
+                   place_level=level, split=float(eta[0]), split_level=split_level)
 
 
 def _recentred(maps, centre, rng):
