@@ -148,9 +148,16 @@ def _masks(grid, sides):
 def tails(e, quantile=BASE_QUANTILE, shared=SHARED):
     """Step 3: ``(n, W)`` each image's window energy above the class's ``quantile`` of that window,
     capped at the ``1 - shared`` quantile of those excesses (a spot must be shared by at least a
-    share ``shared`` of the class to count in full: a few odd maps cannot make a hotspot)."""
-    t = np.maximum(e - np.quantile(e, quantile, axis=0), 0.0)
-    return np.minimum(t, np.quantile(t, 1.0 - shared, axis=0))
+    share ``shared`` of the class to count in full: a few odd maps cannot make a hotspot).
+
+    ``x -> max(x - Q_quantile, 0)`` is nondecreasing and linear above ``Q_quantile``, where both order
+    statistics of the upper quantile lie (``1 - shared > quantile``, three or more images), so the cap
+    is ``Q_(1-shared)(e) - Q_quantile(e)``: both quantiles come from one partition."""
+    low, high = np.quantile(e, [quantile, 1.0 - shared], axis=0)
+    if len(e) < 3 or 1.0 - shared <= quantile:
+        t = np.maximum(e - low, 0.0)
+        return np.minimum(t, np.quantile(t, 1.0 - shared, axis=0))
+    return np.minimum(np.maximum(e - low, 0.0), np.maximum(high - low, 0.0))
 
 
 def profile(a):
