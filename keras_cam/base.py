@@ -318,7 +318,8 @@ class Explainer:
                 del self._functions[callables[0]]
             self._functions[target_fn] = Compiled(functools.partial(self._held_compute, target_fn=target_fn),
                                                   model=self.model,
-                                                  eager_first=self._eager_first)
+                                                  eager_first=self._eager_first,
+                                                  once=isinstance(target_fn, _targets.Function))
         return self._functions[target_fn]
 
     def _held_compute(self, images, class_idx, upsample_, normalize_, others, values, target_fn=None):

@@ -1,7 +1,7 @@
 """One compiled call per input signature, through the backend.
 
-``Compiled(fn, model=model, eager_first=...)`` compiles ``fn`` the way the
-current backend compiles best (see :mod:`keras_cam.backend`):
+``Compiled(fn, model=model, eager_first=..., once=...)`` compiles ``fn`` the
+way the current backend compiles best (see :mod:`keras_cam.backend`):
 
 - TensorFlow: ``tf.function`` without AutoGraph, one trace per signature (the
   shapes and dtypes of the tensors, the values of the Python flags). With
@@ -10,6 +10,11 @@ current backend compiles best (see :mod:`keras_cam.backend`):
 - JAX: ``jax.jit`` over the computation with the model's weights as
   arguments (a ``keras.StatelessScope`` maps the variables to them), so
   training the model further never leaves stale weights in a compiled call.
+  It compiles from the first call: run op by op, JAX compiles each primitive
+  for each new shape, which costs more than compiling the whole computation.
+  Only a function the caller marks ``once`` (a callable target made anew per
+  call, which no compiled call would serve twice) runs its first call of a
+  signature op by op, when ``eager_first`` asks for it too.
 - PyTorch: eager, under ``torch.no_grad`` (a method that differentiates turns
   gradients on for its own pass).
 
@@ -21,9 +26,18 @@ from __future__ import annotations
 from keras_cam import backend
 
 
-def Compiled(fn, model=None, eager_first=False):  # noqa: N802  (a factory that reads like the class it returns)
-    """``fn`` compiled once per input signature on the current backend (see the module docstring)."""
-    return backend.get().compiled(fn, model=model, eager_first=eager_first)
+def Compiled(fn, model=None, eager_first=False, once=False):  # noqa: N802  (a factory that reads like the class it returns)
+    """``fn`` compiled once per input signature on the current backend (see the module docstring).
+
+    Args:
+        fn: the computation, traceable.
+        model: the model ``fn`` runs (its weights become arguments on JAX).
+        eager_first: run the first call of each signature eagerly where that is cheaper than
+            compiling it (TensorFlow; JAX only with ``once``).
+        once: ``fn`` is expected to meet each signature about once (e.g. it closes over a
+            callable the user makes anew per call).
+    """
+    return backend.get().compiled(fn, model=model, eager_first=eager_first, once=once)
 
 
 def signature(args):

@@ -75,6 +75,12 @@ def traces(n):
     return 0 if backend.name() == "torch" else n
 
 
+def first_call_traces():
+    """The tracing count after an explainer's first call with class targets: 0 where that call runs
+    eagerly (TensorFlow; PyTorch never traces), 1 on JAX, which compiles from the first call."""
+    return 1 if backend.name() == "jax" else 0
+
+
 def resize_np(m, size, method="bilinear"):
     """Resize ``(n, h, w)`` maps with half-pixel centres (``tf.image.resize``'s convention), in numpy.
 

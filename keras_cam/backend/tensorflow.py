@@ -145,13 +145,14 @@ class compiled:
         fn: the computation, traceable, with tensor and hashable Python arguments.
         model: the model ``fn`` runs (unused here: TensorFlow reads variables as they are).
         eager_first: run the first call of each signature eagerly.
+        once: unused here (``eager_first`` decides on TensorFlow).
     """
 
     # Signatures remembered as run once; beyond this many the memory is reset
     # (a signature then runs eagerly once more: never wrong, only slower).
     _MAX_SEEN = 64
 
-    def __init__(self, fn, model=None, eager_first=False):
+    def __init__(self, fn, model=None, eager_first=False, once=False):
         self._fn = fn
         # A plain positional signature, so that a concrete function takes the same arguments; a
         # partial (no __code__), so that TensorFlow counts each compiled call's retracing apart.

@@ -142,7 +142,7 @@ class compiled:
     """``fn`` run eagerly, without building an autograd graph except where a method
     asks for gradients (:func:`tapped_gradients`); PyTorch has nothing to trace."""
 
-    def __init__(self, fn, model=None, eager_first=False):
+    def __init__(self, fn, model=None, eager_first=False, once=False):
         self._fn = fn
 
     def __call__(self, *args):
