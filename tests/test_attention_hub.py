@@ -26,6 +26,7 @@ from keras_cam.attention import AttentionCapture, attention_layers, per_image
 from keras_cam.multimodal import GeneratedToken
 from test_gradcam import native_grad
 from test_keras_hub import same_weights
+from test_keras_hub_vision import swin  # noqa: F401  (the tiny Swin fixture)
 
 K = keras_hub.models
 PATCHED = ("call", "_masked_softmax", "_compute_attention", "_use_fused_attention_op")
@@ -62,14 +63,6 @@ def inputs_of(layers):
 
 # ---------------------------------------------------------------------------
 # Swin
-
-
-@pytest.fixture(scope="module")
-def swin():
-    keras.utils.set_random_seed(1)
-    backbone = K.SwinTransformerBackbone(image_shape=(32, 32, 3), embed_dim=8, depths=[2, 2], num_heads=[1, 2],
-                                         window_size=2, patch_size=4, mlp_ratio=2.0, drop_path=0.0)
-    return same_weights(K.SwinTransformerImageClassifier(backbone=backbone, num_classes=3), 4)
 
 
 @pytest.fixture(scope="module")
