@@ -496,7 +496,7 @@ def auto_layer(model, sample, reshape=None, score=None, context=None):
     # or a windowed attention's (N * windows, ...) tensors, whose first axis is not the batch.
     attention = tuple(i.path + "/" for i in infos if type(i.layer).__name__.endswith("Attention"))
     batch = _batch_size(sample)
-    per_image = _per_image_tokens(model, infos, sample, batch)
+    per_image = _per_image_tokens(model, infos, sample, batch, attention)
     if per_image is not None:
         return per_image
     spatial = [i for i in spatial if id(i.layer) not in heads and i.calls == 1
@@ -528,11 +528,11 @@ def auto_layer(model, sample, reshape=None, score=None, context=None):
     return last
 
 
-def _per_image_tokens(model, infos, sample, batch):
+def _per_image_tokens(model, infos, sample, batch, attention):
     """A multi-image vision-language model's image tokens, or None for other models.
 
     Gemma 3 takes ``(N, images, H, W, C)`` next to its text inputs; its vision
-    encoder (a layer whose class names ``*Vision*``) runs on the ``N * images``
+    encoder (:func:`_names_vision_encoder`) runs on the ``N * images``
     images and returns each image's tokens ``(N * images, h * w, K)``, which
     its decoder receives. The last such layer of the encoder, whose tokens lie
     on the image's patch grid, is chosen (seen as ``(N, images, h, w, K)`` by
@@ -542,9 +542,7 @@ def _per_image_tokens(model, infos, sample, batch):
     if len(arrays) != 1 or len(flatten(sample)) < 2 or batch is None:
         return None
     images, size = int(np.shape(arrays[0])[1]), tuple(int(d) for d in np.shape(arrays[0])[2:4])
-    towers = tuple(path + "/" for path, layer in walk(model) if "vision" in type(layer).__name__.lower()
-                   and _children(layer))
-    attention = tuple(i.path + "/" for i in infos if type(i.layer).__name__.endswith("Attention"))
+    towers = tuple(path + "/" for path, layer in walk(model) if _names_vision_encoder(layer) and _children(layer))
     found = [i for i in infos if i.path.startswith(towers) and not i.path.startswith(attention)
              and i.output_shape is not None and len(i.output_shape) == 3 and i.calls == 1
              and i.output_shape[0] == images * batch and i.output_shape[1] is not None
@@ -564,12 +562,16 @@ def _vision_tower(model, infos, last_map):
         return None
     found = None
     for path, layer in walk(model):
-        name = type(layer).__name__.lower()
-        if (last_map.path.startswith(path + "/") and ("vit" in name or "vision" in name
-                                                       or ("image" in name and "encoder" in name))):
+        if last_map.path.startswith(path + "/") and _names_vision_encoder(layer):
             if found is None or len(path) < len(found):
                 found = path
     return None if found is None else found + "/"
+
+
+def _names_vision_encoder(layer):
+    """Whether ``layer``'s class names a vision encoder: ``*Vit*``, ``*Vision*``, ``*Image*Encoder*``."""
+    name = type(layer).__name__.lower()
+    return "vit" in name or "vision" in name or ("image" in name and "encoder" in name)
 
 
 def token_candidates(infos, last_map, image_size, reshape=None):

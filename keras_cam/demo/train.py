@@ -29,21 +29,29 @@ import numpy as np
 TRAIN_SEED, TEST_SEED = 0, 1
 
 
+def seed_everything(keras, seed, deterministic=True):
+    """Seed Keras's, numpy's and Python's generators; with ``deterministic``, switch on
+    TensorFlow's deterministic ops (for the whole process; JAX and PyTorch on a CPU are
+    deterministic already)."""
+    from keras_cam import backend
+
+    keras.utils.set_random_seed(int(seed))
+    if deterministic and backend.is_tensorflow():
+        import tensorflow as tf  # noqa: PLC0415 (only on its own backend)
+
+        tf.config.experimental.enable_op_determinism()
+
+
 def train(n_train=4000, epochs=5, seed=TRAIN_SEED, verbose=1, watermark=None):
     """Train a fresh demo model; returns ``(model, wall seconds, CPU seconds of all threads)``.
 
     ``watermark`` is passed to :func:`keras_cam.demo.data.make_dataset` (None: no mark).
     """
-    from keras_cam import backend
     from keras_cam._compat import keras
     from keras_cam.demo.data import make_dataset
     from keras_cam.demo.model import build_model
 
-    keras.utils.set_random_seed(seed)
-    if backend.is_tensorflow():  # JAX and PyTorch on CPU are deterministic already
-        import tensorflow as tf  # noqa: PLC0415 (only on its own backend)
-
-        tf.config.experimental.enable_op_determinism()
+    seed_everything(keras, seed)
     images, labels = make_dataset(n_train, seed=seed, watermark=watermark)[:2]
     model = build_model(keras)
     batch_size = 32

@@ -43,6 +43,7 @@ import time
 import numpy as np
 
 from keras_cam.demo.data import CLASS_NAMES, IMAGE_SIZE
+from keras_cam.demo.train import seed_everything
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 VIT_WEIGHTS_PATH = os.path.join(HERE, "vit_weights.npz")
@@ -376,16 +377,6 @@ def two_shape_images(n, seed=9, first="circle", second="square"):
 # Training
 
 
-def _seed_everything(keras, seed, deterministic=True):
-    from keras_cam import backend
-
-    keras.utils.set_random_seed(int(seed))
-    if deterministic and backend.is_tensorflow():  # JAX and PyTorch on CPU are deterministic already
-        import tensorflow as tf  # noqa: PLC0415 (only on its own backend)
-
-        tf.config.experimental.enable_op_determinism()
-
-
 def train_vit(n_train=4000, epochs=15, seed=TRAIN_SEED, verbose=0, batch_size=32, deterministic=True,
               run_eagerly=False):
     """Train a fresh demo ViT; returns ``(model, wall seconds, CPU seconds of all threads)``.
@@ -399,7 +390,7 @@ def train_vit(n_train=4000, epochs=15, seed=TRAIN_SEED, verbose=0, batch_size=32
     from keras_cam._compat import keras
     from keras_cam.demo.data import make_dataset
 
-    _seed_everything(keras, seed, deterministic)
+    seed_everything(keras, seed, deterministic)
     images, labels = make_dataset(n_train, seed=seed)[:2]
     model = build_vit(keras)
     steps = max(1, epochs * -(-n_train // batch_size))
@@ -432,7 +423,7 @@ def train_clip(n_train=4000, epochs=4, seed=TRAIN_SEED, verbose=0, batch_size=32
     from keras_cam._compat import keras
     from keras_cam.demo.data import make_dataset
 
-    _seed_everything(keras, seed, deterministic)
+    seed_everything(keras, seed, deterministic)
     n_train -= n_train % batch_size
     images, labels = make_dataset(n_train, seed=seed)[:2]
     clip = build_clip(keras)
