@@ -165,6 +165,14 @@ def test_load_model_errors(tmp_path):
     np.savez(tmp_path / "short.npz", **bad)
     with pytest.raises(ValueError, match="lack"):
         load_model(str(tmp_path / "short.npz"))
+    # A torn file (half of a good one, as an interrupted copy leaves it) and an extra array.
+    good = (tmp_path / "short.npz").read_bytes()
+    (tmp_path / "torn.npz").write_bytes(good[: len(good) // 2])
+    with pytest.raises(ValueError, match="cannot be read .*damaged"):
+        load_model(str(tmp_path / "torn.npz"))
+    np.savez(tmp_path / "extra.npz", **weights_of(build_model(keras)), stray=np.zeros(3))
+    with pytest.raises(ValueError, match="1 arrays the Demo architecture does not have"):
+        load_model(str(tmp_path / "extra.npz"))
 
 
 def test_demo_helpers():

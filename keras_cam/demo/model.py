@@ -13,6 +13,7 @@ Because the last convolution feeds ``GlobalAveragePooling2D`` and one
 from __future__ import annotations
 
 import os
+import zipfile
 
 import numpy as np
 
@@ -84,6 +85,47 @@ def save_weights(model, path):
     np.savez_compressed(buffer, **weights_of(model))
     write_atomic(path, buffer.getvalue())
 
+def load_weights_into(model, path, what, retrain):
+    """Set ``model``'s weights from a ``.npz`` of :func:`save_weights`; returns ``model``.
+
+    Every layer's arrays must be in the file with the architecture's shapes,
+    and the file must hold nothing else. ``what`` names the model and
+    ``retrain`` the command that writes the file, in the errors.
+
+    Raises:
+        FileNotFoundError: no file at ``path``.
+        ValueError: the file is damaged, or holds other arrays than the architecture's.
+    """
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"{what} weights {path!r} not found. Reinstall keras-cam, or train them with "
+                                f"`{retrain}`.")
+    try:
+        with np.load(path) as stored:
+            stored = dict(stored)
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as err:
+        raise ValueError(f"{what} weights {path!r} cannot be read ({type(err).__name__}: {err}): the file is "
+                         f"damaged or not a .npz of weights. Reinstall keras-cam, or train them again with "
+                         f"`{retrain}`.") from None
+    used = set()
+    for layer in model.layers:
+        expected = layer.get_weights()
+        keys = [f"{layer.name}/{i}" for i in range(len(expected))]
+        missing = [k for k in keys if k not in stored]
+        if missing:
+            raise ValueError(f"{what} weights {path!r} lack {missing[:4]}; they do not match the {what} "
+                             f"architecture (retrain with `{retrain}`).")
+        for key, want in zip(keys, expected):
+            if tuple(want.shape) != tuple(stored[key].shape):
+                raise ValueError(f"{what} weights {path!r}: {key} has shape {tuple(stored[key].shape)}, the "
+                                 f"architecture needs {tuple(want.shape)} (retrain with `{retrain}`).")
+        layer.set_weights([stored[k] for k in keys])
+        used.update(keys)
+    extra = sorted(set(stored) - used)
+    if extra:
+        raise ValueError(f"{what} weights {path!r} hold {len(extra)} arrays the {what} architecture does not have "
+                         f"({extra[:4]}); the file is for another model (retrain with `{retrain}`).")
+    return model
+
 
 def load_model(path=None, keras=None):
     """The trained demo model, ready to explain.
@@ -103,29 +145,7 @@ def load_model(path=None, keras=None):
         >>> model.predict(images).argmax(-1)
     """
     path = WEIGHTS_PATH if path is None else path
-    if not os.path.exists(path):
-        raise FileNotFoundError(
-            f"Demo weights {path!r} not found. Reinstall keras-cam, or train them with "
-            f"`python -m keras_cam.demo.train`."
-        )
-    model = build_model(keras)
-    with np.load(path) as stored:
-        stored = dict(stored)
-    for layer in model.layers:
-        expected = layer.get_weights()
-        keys = [f"{layer.name}/{i}" for i in range(len(expected))]
-        missing = [k for k in keys if k not in stored]
-        if missing:
-            raise ValueError(f"Demo weights {path!r} lack {missing}; they do not match the demo architecture.")
-        values = [stored[k] for k in keys]
-        for key, want, got in zip(keys, expected, values):
-            if want.shape != got.shape:
-                raise ValueError(
-                    f"Demo weights {path!r}: {key} has shape {got.shape}, the architecture "
-                    f"needs {want.shape}."
-                )
-        layer.set_weights(values)
-    return model
+    return load_weights_into(build_model(keras), path, "Demo", "python -m keras_cam.demo.train")
 
 
 def load_shortcut_model(keras=None):

@@ -43,6 +43,7 @@ import time
 import numpy as np
 
 from keras_cam.demo.data import CLASS_NAMES, IMAGE_SIZE
+from keras_cam.demo.model import load_weights_into
 from keras_cam.demo.train import seed_everything
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -197,34 +198,6 @@ def build_vit(keras=None):
     return keras.Model(inputs, outputs, name="keras_cam_demo_vit")
 
 
-def _load_into(model, path, what, retrain):
-    """Set ``model``'s weights from a ``.npz`` of :func:`keras_cam.demo.model.save_weights`."""
-    if not os.path.exists(path):
-        raise FileNotFoundError(f"{what} weights {path!r} not found. Reinstall keras-cam, or train them with "
-                                f"`{retrain}`.")
-    with np.load(path) as stored:
-        stored = dict(stored)
-    used = set()
-    for layer in model.layers:
-        expected = layer.get_weights()
-        keys = [f"{layer.name}/{i}" for i in range(len(expected))]
-        missing = [k for k in keys if k not in stored]
-        if missing:
-            raise ValueError(f"{what} weights {path!r} lack {missing[:4]}; they do not match the {what} "
-                             f"architecture (retrain with `{retrain}`).")
-        for key, want in zip(keys, expected):
-            if tuple(want.shape) != tuple(stored[key].shape):
-                raise ValueError(f"{what} weights {path!r}: {key} has shape {tuple(stored[key].shape)}, the "
-                                 f"architecture needs {tuple(want.shape)} (retrain with `{retrain}`).")
-        layer.set_weights([stored[k] for k in keys])
-        used.update(keys)
-    extra = sorted(set(stored) - used)
-    if extra:
-        raise ValueError(f"{what} weights {path!r} hold {len(extra)} arrays the {what} architecture does not have "
-                         f"({extra[:4]}); the file is for another model (retrain with `{retrain}`).")
-    return model
-
-
 def load_vit(path=None, keras=None):
     """The trained demo ViT, ready to explain.
 
@@ -246,7 +219,7 @@ def load_vit(path=None, keras=None):
         >>> maps = keras_cam.AttentionRollout(vit)(make_dataset(4, seed=1)[0])
     """
     path = VIT_WEIGHTS_PATH if path is None else path
-    return _load_into(build_vit(keras), path, "Demo ViT", "python -m keras_cam.demo.train_vit")
+    return load_weights_into(build_vit(keras), path, "Demo ViT", "python -m keras_cam.demo.train_vit")
 
 
 # ---------------------------------------------------------------------------
@@ -305,7 +278,7 @@ def load_clip(path=None, keras=None):
         >>> maps = explain_texts(keras_cam.GradCAM(clip), make_dataset(2, seed=1)[0], prompts)
     """
     path = CLIP_WEIGHTS_PATH if path is None else path
-    return _load_into(build_clip(keras), path, "Demo CLIP", "python -m keras_cam.demo.train_vit --clip")
+    return load_weights_into(build_clip(keras), path, "Demo CLIP", "python -m keras_cam.demo.train_vit --clip")
 
 
 def prompt_matrix(prompts=CLIP_PROMPTS):
