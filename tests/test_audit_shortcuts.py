@@ -34,7 +34,8 @@ family_mode = pytest.mark.skipif(
 
 N_AUDIT = 240
 # Cases the audit finds and verifies today (the rest of the family is in test_family_known_gaps).
-FOUND = [("patch", 0.5), ("patch", 1.0), ("tag", 1.0), ("cast", 0.5), ("cast", 1.0)]
+FOUND = [("patch", 0.5), ("patch", 1.0), ("frame", 0.2), ("frame", 0.5), ("frame", 1.0), ("tag", 0.5), ("tag", 1.0),
+         ("cast", 0.5), ("cast", 1.0)]
 
 
 def _audit_case(kind, share, architecture="cnn", seed=0):
@@ -252,6 +253,20 @@ def linear_case():
     labels = np.arange(24) % 2
     result = kc.audit(kc.GradCAM(model, layer="conv"), images, labels, verbose=0, n_neighbors=3)
     return model, images, labels, result
+
+
+def test_pooled_features_are_each_channels_mean_then_its_maximum(linear_case):
+    """"What" reads each channel of the explained layer pooled two ways: its mean over positions (a
+    feature spread over the image) and its maximum (a small feature wherever it sits)."""
+    from keras_cam._compat import keras
+    from keras_cam.audit import core
+
+    model, images, labels, result = linear_case
+    pooled, scores = core.class_features(result.explainer, images, batch_size=16)
+    a = keras.Model(model.inputs, model.get_layer("conv").output).predict(images, verbose=0)
+    assert core.POOLINGS == ("mean", "max")
+    np.testing.assert_allclose(pooled, np.concatenate([a.mean(axis=(1, 2)), a.max(axis=(1, 2))], axis=1), rtol=1e-5)
+    np.testing.assert_allclose(scores, model.predict(images, verbose=0), rtol=1e-4, atol=1e-5)
 
 
 def test_verification_equals_a_hand_computation(linear_case):

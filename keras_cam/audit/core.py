@@ -55,7 +55,13 @@ class Cluster:
             :func:`keras_cam.audit.spray.cluster_scores`.
         level: the group's combined level (``n_clusters="auto"``), else None.
         evidence: ``"where"`` (a place in the maps) or ``"what"`` (channel
-            ``channel`` of the explained layer), or None.
+            ``channel`` of the explained layer, pooled over positions by
+            ``pooling``: ``"mean"`` or ``"max"``), or None.
+        region: ``(g, g)`` bool, the grid cells of the group's hotspot (None
+            for a class kept whole).
+        pixels: for a "what" group, ``(H, W)`` bool, the pixels of ``region``
+            where its members' images differ from the rest's (what
+            :meth:`Audit.verify` intervenes on); None: ``region`` scaled up.
         consistency, distance, separation: the score's factors.
         representative: the member whose map is closest to ``mean_map``.
         examples: up to 16 members, the closest to ``mean_map`` first.
@@ -78,6 +84,8 @@ class Cluster:
     shared_energy: float | None = None
     evidence: str | None = None
     channel: int | None = None
+    pooling: str | None = None
+    pixels: np.ndarray | None = dataclasses.field(default=None, repr=False)
 
     @property
     def suspicious(self):
@@ -91,7 +99,7 @@ class Cluster:
         return {
             "target": self.target, "size": self.size, "score": self.score, "level": self.level,
             "suspicious": self.suspicious, "shared_energy": self.shared_energy, "evidence": self.evidence,
-            "channel": self.channel,
+            "channel": self.channel, "pooling": self.pooling,
             "consistency": self.consistency, "distance": self.distance, "separation": self.separation,
             "accuracy": self.accuracy, "outside_energy": self.outside_energy,
             "representative": self.representative, "examples": [int(i) for i in self.examples],
@@ -302,8 +310,8 @@ def audit(explainer, data, labels=None, *, boxes=None, masks=None, n_clusters="a
       keeps there, ``score = max_H (P(H) - mean_b P^(b)(H))``; its group is
       the images whose share of energy in that region is above Otsu's
       threshold. "What" (for gradient explainers): the channel ``k*`` of the
-      explained layer whose activation, averaged over positions, splits the
-      class into two parts best, ``score = max_k eta2(k)`` against the same
+      explained layer whose activation, pooled over positions (its mean or
+      its maximum), splits the class into two parts best, ``score = max_k eta2(k)`` against the same
       maximum over uniform columns; its group is the part with the higher
       explained scores, its region where ``k*`` fires more in the group than
       in the rest. The first group is that of the more significant
@@ -475,6 +483,9 @@ def _strategies(x, targets, k, members, grid, n_neighbors, seed, pooled=None, ex
         return spray.ClassClustering(whole, 1, np.zeros(0), None, "all maps alike: kept as one cluster")
     found = hotspots.find(x[members], grid, seed=seed)
     what = None if pooled is None else hotspots.find_what(pooled, explained, seed=seed)
+    if what is not None:  # column -> the layer's channel and its pooling (see class_features)
+        width = pooled.shape[1] // len(POOLINGS)
+        what.pooling, what.layer_channel = POOLINGS[what.channel // width], what.channel % width
     found.evidence = "where"
     found.combined = hotspots.combined_level(found.level, None if what is None else what.level)
     found.what = what
@@ -514,7 +525,8 @@ def _rate_strategy(cluster, found, c, x, members, grid):
         share = hotspots.shares(x[members]) @ cluster.region.ravel().astype(np.float64)
         cluster.shared_energy = float(np.mean(share[inside]))
     cluster.evidence = hot.evidence
-    cluster.channel = None if what is None else int(what.channel)
+    cluster.channel = None if what is None else int(what.layer_channel)
+    cluster.pooling = None if what is None else what.pooling
     cluster.score = (float(hot.score) if what is None else float(what.score)) if group else 0.0
     cluster.level = hot.combined if group else None
 
@@ -525,31 +537,60 @@ def _channel_region(cluster, explainer, images, targets, grid, seed, batch_size,
     (for a group that is the channel's low part, the rest minus the members), on a seeded sample of ``count`` images of each; the cells of
     the grid with ``D >= max D / 2``. Kept as it is (the maps' region) when ``D`` has no positive
     cell or the cells cover more than half the grid (a global feature such as a colour cast: the
-    verification's random places of that size would overlap it)."""
+    verification's random places of that size would overlap it).
+
+    The region's pixels (``cluster.pixels``, what a verification intervenes on) are then narrowed to
+    where the members' images differ from the rest's: with
+    ``P(p) = || mean_members x(p) - mean_rest x(p) ||`` over the colour channels (the same samples),
+    the pixels within one layer cell of the region's cells (a unit's receptive field reaches past its
+    cell) with ``P >= PIXEL_CONTRAST * median P`` (the median pixel of the image differs by chance
+    only, as long as what differs covers less than half of it). None stand out (a colour cast
+    differs everywhere alike): the whole cells are kept. A layer cell spans several pixels (4 x 4
+    in the family), and a 2-pixel frame fills only part of the cells along the edges: removing or
+    pasting whole cells moves the members' other pixels too, which random places of that size move
+    as well."""
     rng = np.random.default_rng([int(seed), int(cluster.target), 0xC4A])
     rest = np.setdiff1d(np.flatnonzero(targets == cluster.target), cluster.indices)
     if len(rest) == 0:
         return
     picks = [np.sort(rng.choice(group, size=min(count, len(group)), replace=False)) for group in (cluster.indices, rest)]
     graph = explainer.graph
-    means = []
+    means, pictures = [], []
     for group in picks:
-        total = 0.0
+        total = picture = 0.0
         for i in range(0, len(group), batch_size):
             x = np.asarray(images[group[i:i + batch_size]], np.float32)
             raw, layouts, _ = graph.capture(graph.to_channels_last(ops.convert_to_tensor(x)))
             a = to_host(layouts[0].view(raw[0]))[..., cluster.channel]
             total = total + a.astype(np.float64).sum(axis=0)
+            if x.ndim == 4:
+                x = np.moveaxis(x, 1, -1) if graph.data_format == "channels_first" else x
+                picture = picture + x.astype(np.float64).sum(axis=0)
         means.append(total / len(group))
+        pictures.append(picture / len(group))
     d = means[0] - means[1]
-    if d.ndim != 2:
-        return
-    d = interventions.pixel_region(d, grid) * np.sign(d.mean())    # cells of the grid; the members' side up
-    if d.max() <= 0:
-        return
-    region = d >= 0.5 * d.max()
-    if region.mean() <= 0.5:    # a verification compares with random places of the region's size
-        cluster.region = region
+    reach = 1
+    if d.ndim == 2:
+        reach = max(1, -(-grid[0] // d.shape[0]), -(-grid[1] // d.shape[1]))    # grid cells per layer cell
+        d = interventions.pixel_region(d, grid) * np.sign(d.mean())    # cells of the grid; the members' side up
+        region = d >= 0.5 * d.max()
+        if d.max() > 0 and region.mean() <= 0.5:    # a verification compares with random places of its size
+            cluster.region = region
+    if np.ndim(pictures[0]) == 3 and cluster.region is not None:
+        cluster.pixels = _pixels_that_differ(hotspots.near(cluster.region, reach), pictures[0] - pictures[1])
+
+
+# The pixels of a "what" region must differ between members and the rest at least this many times
+# as much as the image's median pixel does (see _channel_region).
+PIXEL_CONTRAST = 3.0
+
+
+def _pixels_that_differ(cells, difference):
+    """The pixels of grid region ``cells`` (scaled up) where ``P = ||difference||`` (over the last axis)
+    is at least :data:`PIXEL_CONTRAST` times the median ``P`` of the image; None when there are none."""
+    p = np.linalg.norm(difference, axis=-1)
+    chosen = interventions.pixel_region(cells, p.shape) & (p >= PIXEL_CONTRAST * float(np.median(p)))
+    return chosen if chosen.any() and not chosen.all() else None
 
 
 def _cluster_region(x, members, inside, grid):
@@ -647,7 +688,10 @@ def _pixel_region(region, cluster, size):
             raise ValueError(f"This cluster (class {cluster.target}, {cluster.size} images) has no region: its class "
                              f"was kept whole (too few images, or all maps alike; see `audit.notes`), so its maps "
                              f"point at no place of their own. Pass `region=` (an (H, W) mask or a box).")
-        out = interventions.pixel_region(np.asarray(cluster.region, bool), (h, w))
+        if cluster.pixels is not None and cluster.pixels.shape == (h, w):
+            out = cluster.pixels.copy()
+        else:
+            out = interventions.pixel_region(np.asarray(cluster.region, bool), (h, w))
     else:
         r = np.asarray(region)
         if r.shape == (4,) and np.issubdtype(r.dtype, np.number):
@@ -853,8 +897,9 @@ class _ScoreStep:
 
 
 class _FeatureStep:
-    """The target layer's activations averaged over positions ``(N, K)`` and the class scores ``(N, C)``
-    of one explainer's model, in one forward pass (compiled once per explainer, as :class:`_ScoreStep`)."""
+    """The target layer's activations pooled over positions ``(N, 2K)`` (the mean of each channel,
+    then its maximum) and the class scores ``(N, C)`` of one explainer's model, in one forward pass
+    (compiled once per explainer, as :class:`_ScoreStep`)."""
 
     def __init__(self, explainer):
         self.owner = weakref.ref(explainer)
@@ -865,10 +910,15 @@ class _FeatureStep:
         graph = self.owner().graph
         raw, layouts, outputs = graph.capture(graph.to_channels_last(x))
         a = ops.cast(layouts[0].view(raw[0]), "float32")
-        return ops.mean(a, axis=spatial_axes(a)), graph.scores(outputs)
+        axes = spatial_axes(a)
+        return ops.concatenate([ops.mean(a, axis=axes), ops.max(a, axis=axes)], axis=-1), graph.scores(outputs)
 
 
 _feature_steps = weakref.WeakKeyDictionary()
+# The poolings of :func:`class_features`' columns, in order: a channel's mean over positions (a
+# feature spread over the image, such as a colour cast or a frame), then its maximum (a small
+# feature wherever it sits, such as a moving tag).
+POOLINGS = ("mean", "max")
 
 
 def _has_features(explainer):
@@ -880,9 +930,10 @@ def _has_features(explainer):
 
 
 def class_features(explainer, images, batch_size=64):
-    """``(pooled, scores)``: the first target layer's activations averaged over positions ``(n, K)``
-    float32 and the class scores ``(n, C)`` (as :func:`class_scores`), from one compiled forward pass
-    per batch, padded to ``batch_size`` rows."""
+    """``(pooled, scores)``: the first target layer's activations pooled over positions ``(n, 2K)``
+    float32 (columns ``k``: channel ``k``'s mean, ``K + k``: its maximum; see :data:`POOLINGS`) and
+    the class scores ``(n, C)`` (as :func:`class_scores`), from one compiled forward pass per batch,
+    padded to ``batch_size`` rows."""
     if explainer not in _feature_steps:
         from keras_cam.compiled import Compiled
         _feature_steps[explainer] = Compiled(_FeatureStep(explainer), model=explainer.model)

@@ -35,11 +35,13 @@ class's group is the one of the more significant statistic (see
 
 **What** (:func:`find_what`): a feature detector that fires in a part of the
 class only, wherever in the image (a moving tag, a border, a colour cast).
-With ``a_i(k)`` the target layer's activation of channel ``k`` averaged over
-positions (shift-invariant; with a global-average-pooling linear head,
-Grad-CAM's per-channel contribution ``alpha_k sum_xy A_k`` is ``a_i(k)``
-times a constant, and the statistic below is scale-free, so both give the
-same):
+The columns ``a_i(k)`` are the target layer's channels pooled over positions
+two ways, both shift-invariant: each channel's mean (with a
+global-average-pooling linear head, Grad-CAM's per-channel contribution
+``alpha_k sum_xy A_k`` is the mean times a constant, and the statistic below
+is scale-free, so both give the same), then each channel's maximum (a small
+feature, such as a moving tag, barely moves a channel's mean over the
+positions but sets its maximum wherever it sits):
 
 1. **Split.** Per channel, the split of the class's sorted ``a(k)`` into a
    low and a high part, each holding at least :data:`WHAT_LEAST` of the
@@ -57,7 +59,9 @@ same):
    that carries extra evidence on some channel a small one.
 4. **Group.** The part of the split at ``k*`` whose members have the larger
    mean explained class score (the part the model scores higher with that
-   evidence).
+   evidence). (``d`` counts both poolings of every channel: the mean and the
+   maximum of one channel are strongly correlated, so the null stays
+   conservative.)
 
 **Combined level.** ``min(1, 2 min(p_where, p_what))`` (Bonferroni over the
 two statistics). The class's group is the "what" group when ``p_what`` is the
@@ -256,7 +260,7 @@ def _find(x, grid, seed, permutations, sides):
     dc = (cells_observed - np.mean(cells_null, axis=0)).reshape(grid)
     chosen = masks[best].reshape(grid) > 0
     peak = float(dc[chosen].max())
-    region = (dc >= 0.5 * peak) & _near(chosen, 2) if peak > 0 else np.zeros(grid, bool)
+    region = (dc >= 0.5 * peak) & near(chosen, 2) if peak > 0 else np.zeros(grid, bool)
     if not region.any():
         region = chosen.copy()
     energy = q @ region.ravel().astype(np.float64)
@@ -284,7 +288,7 @@ def _recentred(maps, centre, rng):
     return np.where(total > 0, out / np.maximum(total, 1e-30), 1.0 / (gh * gw))
 
 
-def _near(mask, distance):
+def near(mask, distance):
     """The cells within ``distance`` cells (Chebyshev) of ``mask``."""
     out = mask.copy()
     for dy in range(-distance, distance + 1):

@@ -159,7 +159,7 @@ def _cluster_html(result, i, rank, name, class_names=None):
             ("suspicious", "yes" if c.suspicious else "no"),
             ("evidence", "n/a" if c.evidence is None else (
                 "where (a place in the maps)" if c.evidence == "where"
-                else f"what (channel {c.channel} of the layer)")),
+                else f"what (channel {c.channel} of the layer, its {c.pooling or 'mean'} over positions)")),
             ("energy in hotspot", _pct(c.shared_energy)),
             ("consistency", f"{c.consistency:.3f}"), ("distance", f"{c.distance:.3f}"),
             ("separation", f"{c.separation:.3f}"), ("accuracy", _pct(c.accuracy)),
