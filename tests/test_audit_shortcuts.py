@@ -269,6 +269,33 @@ def test_pooled_features_are_each_channels_mean_then_its_maximum(linear_case):
     np.testing.assert_allclose(scores, model.predict(images, verbose=0), rtol=1e-4, atol=1e-5)
 
 
+def test_pixels_that_differ_equal_a_hand_computation():
+    """A "what" group's verification pixels: where the members stray from the rest's mean image more
+    than the rest do (a robust z-score over the pixels); a moving black-or-white mark is found though
+    its mean is the grey it sits on, and a change of every pixel alike (a colour cast) is found nowhere."""
+    from keras_cam.audit import core
+
+    rng = np.random.default_rng(2)
+    rest = np.clip(0.5 + rng.normal(0, 0.05, (20, 12, 12, 3)), 0, 1)
+    members = np.clip(0.5 + rng.normal(0, 0.05, (16, 12, 12, 3)), 0, 1)
+    for i in range(16):                                  # black or white, at one of two places
+        y = 2 + (i % 2)
+        members[i, y:y + 2, 7:9] = float(i % 4 < 2)
+    mu = rest.mean(axis=0)
+    p = np.sqrt(((members - mu) ** 2).sum(-1)).mean(0) - np.sqrt(((rest - mu) ** 2).sum(-1)).mean(0)
+    median = np.median(p)
+    mad = np.median(np.abs(p - median))
+    expected = p > median + core.PIXEL_CONTRAST * 1.4826 * mad
+    chosen = core.pixels_that_differ(members, rest)
+    np.testing.assert_array_equal(chosen, expected)
+    mark = np.zeros((12, 12), bool)
+    mark[2:5, 7:9] = True
+    np.testing.assert_array_equal(chosen, mark)
+    assert np.abs(members[:, 2:5, 7:9].mean() - 0.5) < 0.2           # the mark's mean is near the grey
+    cast = np.clip(rest[:16] + np.array([0.15, 0.0, -0.15]), 0, 1)
+    assert not core.pixels_that_differ(cast, rest).any()
+
+
 def test_verification_equals_a_hand_computation(linear_case):
     model, images, labels, result = linear_case
     before = images.copy()

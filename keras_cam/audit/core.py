@@ -540,15 +540,12 @@ def _channel_region(cluster, explainer, images, targets, grid, seed, batch_size,
     verification's random places of that size would overlap it).
 
     The region's pixels (``cluster.pixels``, what a verification intervenes on) are then narrowed to
-    where the members' images differ from the rest's: with
-    ``P(p) = || mean_members x(p) - mean_rest x(p) ||`` over the colour channels (the same samples),
-    the pixels within one layer cell of the region's cells (a unit's receptive field reaches past its
-    cell) with ``P >= PIXEL_CONTRAST * median P`` (the median pixel of the image differs by chance
-    only, as long as what differs covers less than half of it). None stand out (a colour cast
-    differs everywhere alike): the whole cells are kept. A layer cell spans several pixels (4 x 4
-    in the family), and a 2-pixel frame fills only part of the cells along the edges: removing or
-    pasting whole cells moves the members' other pixels too, which random places of that size move
-    as well."""
+    where the members' images stray from the rest's (:func:`pixels_that_differ`, the same samples),
+    within one layer cell of the region's cells (a unit's receptive field reaches past its cell).
+    A layer cell spans several pixels (4 x 4 in the family), and a 2-pixel frame fills only part of
+    the cells along the edges: removing or pasting whole cells moves the members' other pixels too,
+    which random places of that size move as well. Where no pixel stands out (a colour cast moves
+    every pixel alike), the whole cells are kept."""
     rng = np.random.default_rng([int(seed), int(cluster.target), 0xC4A])
     rest = np.setdiff1d(np.flatnonzero(targets == cluster.target), cluster.indices)
     if len(rest) == 0:
@@ -557,17 +554,16 @@ def _channel_region(cluster, explainer, images, targets, grid, seed, batch_size,
     graph = explainer.graph
     means, pictures = [], []
     for group in picks:
-        total = picture = 0.0
+        total, picture = 0.0, []
         for i in range(0, len(group), batch_size):
             x = np.asarray(images[group[i:i + batch_size]], np.float32)
             raw, layouts, _ = graph.capture(graph.to_channels_last(ops.convert_to_tensor(x)))
             a = to_host(layouts[0].view(raw[0]))[..., cluster.channel]
             total = total + a.astype(np.float64).sum(axis=0)
             if x.ndim == 4:
-                x = np.moveaxis(x, 1, -1) if graph.data_format == "channels_first" else x
-                picture = picture + x.astype(np.float64).sum(axis=0)
+                picture.append(np.moveaxis(x, 1, -1) if graph.data_format == "channels_first" else x)
         means.append(total / len(group))
-        pictures.append(picture / len(group))
+        pictures.append(np.concatenate(picture) if picture else None)
     d = means[0] - means[1]
     reach = 1
     if d.ndim == 2:
@@ -576,21 +572,30 @@ def _channel_region(cluster, explainer, images, targets, grid, seed, batch_size,
         region = d >= 0.5 * d.max()
         if d.max() > 0 and region.mean() <= 0.5:    # a verification compares with random places of its size
             cluster.region = region
-    if np.ndim(pictures[0]) == 3 and cluster.region is not None:
-        cluster.pixels = _pixels_that_differ(hotspots.near(cluster.region, reach), pictures[0] - pictures[1])
+    if pictures[0] is not None and cluster.region is not None:
+        chosen = pixels_that_differ(pictures[0], pictures[1])
+        near = interventions.pixel_region(hotspots.near(cluster.region, reach), chosen.shape) & chosen
+        cluster.pixels = near if near.any() else None
 
 
-# The pixels of a "what" region must differ between members and the rest at least this many times
-# as much as the image's median pixel does (see _channel_region).
-PIXEL_CONTRAST = 3.0
+# A pixel stands out when its excess distance is this many robust standard deviations (1.4826 MAD)
+# above the image's median (see pixels_that_differ).
+PIXEL_CONTRAST = 6.0
 
 
-def _pixels_that_differ(cells, difference):
-    """The pixels of grid region ``cells`` (scaled up) where ``P = ||difference||`` (over the last axis)
-    is at least :data:`PIXEL_CONTRAST` times the median ``P`` of the image; None when there are none."""
-    p = np.linalg.norm(difference, axis=-1)
-    chosen = interventions.pixel_region(cells, p.shape) & (p >= PIXEL_CONTRAST * float(np.median(p)))
-    return chosen if chosen.any() and not chosen.all() else None
+def pixels_that_differ(members, rest):
+    """``(H, W)`` bool: the pixels where the images ``members`` ``(m, H, W, C)`` stray from the mean
+    ``mu`` of the images ``rest`` more than ``rest`` do themselves.
+
+    ``P(p) = mean_i ||x_i(p) - mu(p)|| - mean_j ||y_j(p) - mu(p)||`` (norms over the colour channels),
+    and a pixel stands out when ``P(p) > median P + PIXEL_CONTRAST * 1.4826 * MAD(P)`` (a robust
+    z-score over the image's pixels; most pixels carry no artifact). A distance, not a difference of
+    means: a moving black-and-white tag averages to the grey it sits on, but every member strays from
+    the grey where it is. A change of every pixel alike (a colour cast) stands out nowhere."""
+    mu = rest.mean(axis=0, dtype=np.float64)
+    p = (np.linalg.norm(members - mu, axis=-1).mean(axis=0) - np.linalg.norm(rest - mu, axis=-1).mean(axis=0))
+    median = float(np.median(p))
+    return p > median + PIXEL_CONTRAST * 1.4826 * float(np.median(np.abs(p - median)))
 
 
 def _cluster_region(x, members, inside, grid):
