@@ -59,9 +59,10 @@ class Cluster:
             ``pooling``: ``"mean"`` or ``"max"``), or None.
         region: ``(g, g)`` bool, the grid cells of the group's hotspot (None
             for a class kept whole).
-        pixels: for a "what" group, ``(H, W)`` bool, the pixels of ``region``
-            where its members' images differ from the rest's (what
-            :meth:`Audit.verify` intervenes on); None: ``region`` scaled up.
+        pixels: for a "what" group, ``(H, W)`` bool, the pixels near ``region``
+            (within one layer cell) where its members' images stray from the
+            rest's (:func:`pixels_that_differ`; what :meth:`Audit.verify`
+            intervenes on); None: ``region`` scaled up.
         consistency, distance, separation: the score's factors.
         representative: the member whose map is closest to ``mean_map``.
         examples: up to 16 members, the closest to ``mean_map`` first.
