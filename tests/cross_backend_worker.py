@@ -56,11 +56,16 @@ class PositionEmbedding(L.Layer):
         return x + self.table
 
 
+# Every weight is replaced by draw_weights' numpy draw, so the layers start from zeros: a random
+# initializer would cost JAX a compile per kernel shape (seconds each) for nothing.
+Z = dict(kernel_initializer="zeros")
+
+
 def _cnn_body(x, prefix="", data_format="channels_last"):
     f = dict(data_format=data_format)
-    x = L.Conv2D(4, 3, padding="same", activation="relu", name=prefix + "c1", **f)(x)
+    x = L.Conv2D(4, 3, padding="same", activation="relu", name=prefix + "c1", **f, **Z)(x)
     x = L.AveragePooling2D(2, name=prefix + "pool", **f)(x)
-    x = L.Conv2D(6, 3, padding="same", name=prefix + "c2", **f)(x)
+    x = L.Conv2D(6, 3, padding="same", name=prefix + "c2", **f, **Z)(x)
     x = L.BatchNormalization(axis=1 if data_format == "channels_first" else -1, name=prefix + "bn")(x)
     return L.ReLU(name=prefix + "target")(x)
 
@@ -76,21 +81,21 @@ def build_models():
 
     x = keras.Input((12, 12, 3))
     h = L.GlobalAveragePooling2D()(_cnn_body(x))
-    models["cnn"] = (keras.Model(x, L.Dense(CLASSES, activation="softmax", name="head")(h), name="cnn"), "target")
+    models["cnn"] = (keras.Model(x, L.Dense(CLASSES, activation="softmax", name="head", **Z)(h), name="cnn"), "target")
 
     x = keras.Input((16, 2))
-    h = L.Conv1D(4, 3, padding="same", activation="relu", name="c1")(x)
-    h = L.Conv1D(5, 3, padding="same", name="c2")(h)
+    h = L.Conv1D(4, 3, padding="same", activation="relu", name="c1", **Z)(x)
+    h = L.Conv1D(5, 3, padding="same", name="c2", **Z)(h)
     h = L.GlobalAveragePooling1D()(L.ReLU(name="target")(h))
-    models["conv1d"] = (keras.Model(x, L.Dense(CLASSES, activation="softmax", name="head")(h), name="conv1d"),
+    models["conv1d"] = (keras.Model(x, L.Dense(CLASSES, activation="softmax", name="head", **Z)(h), name="conv1d"),
                         "target")
 
     x = keras.Input((4, 8, 8, 1))
-    h = L.Conv3D(3, 3, padding="same", activation="relu", name="c1")(x)
+    h = L.Conv3D(3, 3, padding="same", activation="relu", name="c1", **Z)(x)
     h = L.AveragePooling3D(2, name="pool")(h)
-    h = L.Conv3D(4, 3, padding="same", name="c2")(h)
+    h = L.Conv3D(4, 3, padding="same", name="c2", **Z)(h)
     h = L.GlobalAveragePooling3D()(L.ReLU(name="target")(h))
-    models["conv3d"] = (keras.Model(x, L.Dense(CLASSES, activation="softmax", name="head")(h), name="conv3d"),
+    models["conv3d"] = (keras.Model(x, L.Dense(CLASSES, activation="softmax", name="head", **Z)(h), name="conv3d"),
                         "target")
 
     # A tiny ViT: 2x2 patches of an 8x8 image (a 4x4 grid of 8-d tokens), a class token, a
@@ -98,28 +103,28 @@ def build_models():
     # final LN, the class token -> Dense. The explained layer is the block's first LN: after
     # the attention the patch tokens no longer reach the class token.
     x = keras.Input((8, 8, 3))
-    t = L.Reshape((16, 8))(L.Conv2D(8, 2, strides=2, name="patches")(x))
+    t = L.Reshape((16, 8))(L.Conv2D(8, 2, strides=2, name="patches", **Z)(x))
     t = PositionEmbedding(name="pos")(ClassToken(name="cls")(t))
     n = L.LayerNormalization(epsilon=1e-6, name="target")(t)
-    t = L.Add()([t, L.MultiHeadAttention(2, 4, name="mha")(n, n)])
-    h = L.Dense(16, activation="gelu", name="fc1")(L.LayerNormalization(epsilon=1e-6, name="ln2")(t))
-    t = L.Add()([t, L.Dense(8, name="fc2")(h)])
+    t = L.Add()([t, L.MultiHeadAttention(2, 4, name="mha", **Z)(n, n)])
+    h = L.Dense(16, activation="gelu", name="fc1", **Z)(L.LayerNormalization(epsilon=1e-6, name="ln2")(t))
+    t = L.Add()([t, L.Dense(8, name="fc2", **Z)(h)])
     t = L.LayerNormalization(epsilon=1e-6, name="final_ln")(t)
     v = L.Flatten()(L.Cropping1D((0, 16))(t))
-    models["vit"] = (keras.Model(x, L.Dense(CLASSES, activation="softmax", name="head")(v), name="vit"), "target")
+    models["vit"] = (keras.Model(x, L.Dense(CLASSES, activation="softmax", name="head", **Z)(v), name="vit"), "target")
 
     # A segmenter: per-pixel softmax over 3 classes at the input's resolution.
     x = keras.Input((12, 12, 3))
-    h = L.Conv2D(4, 3, padding="same", activation="relu", name="c1")(x)
-    h = L.ReLU(name="target")(L.Conv2D(5, 3, padding="same", name="c2")(h))
-    models["seg"] = (keras.Model(x, L.Conv2D(CLASSES, 1, activation="softmax", name="seg")(h), name="seg"),
+    h = L.Conv2D(4, 3, padding="same", activation="relu", name="c1", **Z)(x)
+    h = L.ReLU(name="target")(L.Conv2D(5, 3, padding="same", name="c2", **Z)(h))
+    models["seg"] = (keras.Model(x, L.Conv2D(CLASSES, 1, activation="softmax", name="seg", **Z)(h), name="seg"),
                      "target")
 
     # Two inputs: an image and a vector of side information.
     image, meta = keras.Input((12, 12, 3), name="image"), keras.Input((4,), name="meta")
     h = L.GlobalAveragePooling2D()(_cnn_body(image))
-    h = L.Concatenate()([h, L.Dense(4, activation="relu", name="meta_dense")(meta)])
-    models["multi"] = (keras.Model([image, meta], L.Dense(CLASSES, activation="softmax", name="head")(h),
+    h = L.Concatenate()([h, L.Dense(4, activation="relu", name="meta_dense", **Z)(meta)])
+    models["multi"] = (keras.Model([image, meta], L.Dense(CLASSES, activation="softmax", name="head", **Z)(h),
                                    name="multi"), "target")
 
     # A sub-model inside a model.
@@ -127,7 +132,7 @@ def build_models():
     inner = keras.Model(inner_x, _cnn_body(inner_x), name="inner")
     x = keras.Input((12, 12, 3))
     h = L.GlobalAveragePooling2D()(inner(x))
-    models["nested"] = (keras.Model(x, L.Dense(CLASSES, activation="softmax", name="head")(h), name="nested"),
+    models["nested"] = (keras.Model(x, L.Dense(CLASSES, activation="softmax", name="head", **Z)(h), name="nested"),
                         "inner/target")
 
     # The same CNN in channels-first layout (``(N, C, H, W)`` in, activations ``(N, K, h, w)``), at
@@ -137,7 +142,7 @@ def build_models():
     # model itself differs from JAX's and PyTorch's; nothing keras-cam can change).
     x = keras.Input((3, 14, 14))
     h = L.GlobalAveragePooling2D(data_format="channels_first")(_cnn_body(x, data_format="channels_first"))
-    models["cnn_cf"] = (keras.Model(x, L.Dense(CLASSES, activation="softmax", name="head")(h), name="cnn_cf"),
+    models["cnn_cf"] = (keras.Model(x, L.Dense(CLASSES, activation="softmax", name="head", **Z)(h), name="cnn_cf"),
                         "target")
     return models
 
@@ -514,8 +519,7 @@ def kc_method(name, model):
 
 def shards(cases, count):
     """``{case: the worker (of ``count``) that computes it}``: the ``model/method`` groups in turn.
-    One group's cases stay together: they share an explainer, whose first call of a signature
-    runs eagerly and later ones compiled."""
+    One group's cases stay together: they share an explainer and its compiled calls."""
     groups = list(dict.fromkeys("/".join(case.split("/")[:2]) for case in cases))
     return {case: groups.index("/".join(case.split("/")[:2])) % count for case in cases}
 
