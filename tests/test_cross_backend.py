@@ -39,8 +39,8 @@ from keras_cam.random import normal_numpy  # noqa: E402
 HERE = os.path.dirname(os.path.abspath(__file__))
 WORKER = os.path.join(HERE, "cross_backend_worker.py")
 BACKENDS = ("tensorflow", "jax", "torch")
-# Worker processes per backend, all run at once: JAX's share runs op by op at each signature's
-# first call (and compiles at the second), the slowest of the three, so it is split in two.
+# Worker processes per backend, all run at once: JAX's share compiles each explainer's first call
+# (the slowest of the three), so it is split in two.
 SHARDS = {"tensorflow": 1, "jax": 2, "torch": 1}
 RTOL, ATOL = 1e-4, 1e-6
 
