@@ -131,7 +131,7 @@ def _warn_empty_maps(maps, explainer, scores=None):
             f"{type(explainer).__name__}: the maps of images {empty[:10].tolist()} are all zeros: "
             f"nothing {where} raises the explained score (or the "
             f"score carries no gradient, e.g. a saturated probability with linearize=False). "
-            f"Try another target{layer}, or linearize=True.",
+            f"Try another target{layer}, or linearize=True." + explainer.graph.output_spec.implicit_note(),
             stacklevel=4,
         )
 

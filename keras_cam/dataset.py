@@ -396,8 +396,10 @@ def _header(job, save, weights):
     }
 
 
-def _batch_error(step, message):
+def _batch_error(step, message, explainer=None):
     hint = _NAN_HINT if "NaN" in message else _LABEL_HINT
+    if "classes of the model" in message and explainer is not None:  # perhaps the wrong one of several outputs
+        hint += explainer.graph.output_spec.implicit_note()
     return ValueError(f"Batch {step} of the dataset: {message}. {hint}")
 
 
@@ -539,7 +541,7 @@ class _HostJob:
                                  f"give one label per image.")
             classes, problem = _host_classes(labels, self.num_classes)
             if problem is not None:
-                raise _batch_error(step, problem)
+                raise _batch_error(step, problem, self.explainer)
             return classes
         fill = self.targets_kind if isinstance(self.targets_kind, int) else _targets.TOP1
         return np.full((n,), fill, np.int32)
@@ -793,7 +795,7 @@ class _Job:
             except tf.errors.InvalidArgumentError as err:
                 if "keras-cam:" in str(err):
                     message = str(err).split("keras-cam:", 1)[1].split("\n")[0].strip()
-                    raise _batch_error(step, message) from None
+                    raise _batch_error(step, message, self.explainer) from None
                 raise
             n = int(x.shape[0])
             if n:

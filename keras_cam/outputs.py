@@ -52,6 +52,15 @@ class OutputSpec:
     key: object = None
     index: int | None = None
     requested: object = None
+    choices: tuple = ()  # the outputs that ``output=None`` chose the first of (several), else ()
+
+    def implicit_note(self):
+        """For error messages: a sentence naming the outputs when ``output=None`` chose the first
+        of several (the likely cause of a score that fits nothing), else ``""``."""
+        if self.requested is not None or len(self.choices) < 2:
+            return ""
+        return (f" The model has {len(self.choices)} outputs ({', '.join(map(repr, self.choices))}), and "
+                f"without `output=` the first, {self.choices[0]!r}, is explained: pass `output=` to choose.")
 
     def select(self, outputs):
         """The selected output of what the model returned (a tensor, list or dict)."""
@@ -113,7 +122,7 @@ def resolve(model, output=None) -> OutputSpec:
     listing = ", ".join(f"{i}: {k!r}" for i, k in enumerate(keys if keys is not None else names or range(count)))
     if keys is not None:
         if output is None:
-            return OutputSpec(key=keys[0], requested=output)
+            return OutputSpec(key=keys[0], requested=output, choices=tuple(keys))
         if isinstance(output, str):
             if output in structure:
                 return OutputSpec(key=output, requested=output)
@@ -123,7 +132,8 @@ def resolve(model, output=None) -> OutputSpec:
         _check_index(output, count, model, listing)
         return OutputSpec(key=keys[output], requested=output)
     if output is None:
-        return OutputSpec(index=0 if count > 1 else None, requested=output)
+        return OutputSpec(index=0 if count > 1 else None, requested=output,
+                          choices=tuple(names) if count > 1 and len(names) == count else tuple(range(count)))
     if isinstance(output, str):
         if output in names:
             return OutputSpec(index=names.index(output) if count > 1 else None, requested=output)

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 import keras_cam as kc
+from keras_cam import backend
 from keras_cam._compat import keras, ops, to_host
 
 
@@ -73,6 +74,41 @@ def test_list_outputs_by_index_and_name_and_out_of_range(rng):
         kc.GradCAM(model, output="nope")
     with pytest.raises(TypeError, match="output"):
         kc.GradCAM(model, output=True)
+
+
+@pytest.mark.parametrize("structure", ["dict", "list"])
+def test_an_error_from_the_implicit_first_output_names_the_outputs(structure, rng):
+    """Without ``output=``, a model with several outputs is explained at its first (Keras's flat
+    order). When that first output is the wrong one (an auxiliary head that does not read the
+    explained layer, or has fewer classes than the labels), the errors that follow name the outputs
+    and the fix; with ``output=`` chosen, or one output, they do not."""
+    keras.utils.set_random_seed(4)
+    inp = keras.Input((10, 10, 3))
+    x = keras.layers.GlobalAveragePooling2D(name="gap")(keras.layers.Conv2D(5, 3, name="target")(inp))
+    aux = keras.layers.Dense(2, name="aux_head")(keras.layers.Flatten()(inp))    # skips "target"
+    cls = keras.layers.Dense(4, activation="softmax", name="cls_head")(x)
+    model = keras.Model(inp, {"aux": aux, "cls": cls} if structure == "dict" else [aux, cls])
+    names = ("'aux', 'cls'" if structure == "dict" else "'aux_head', 'cls_head'")
+    images = rng.random((8, 10, 10, 3)).astype("float32")
+    note = rf"The model has 2 outputs \({names}\), and without `output=` the first, '{'aux' if structure == 'dict' else 'aux_head'}'"
+    if backend.name() == "jax":  # jax.grad gives the unused layer a zero gradient: all-zero maps, a warning
+        with pytest.warns(UserWarning, match="are all zeros.*" + note):
+            kc.GradCAM(model, layer="target")(images)
+    else:  # TensorFlow and PyTorch see that no gradient flows: an error
+        with pytest.raises(ValueError, match="does not depend on layer 'target'.*" + note):
+            kc.GradCAM(model, layer="target")(images)
+    with pytest.raises(ValueError, match=r"labels must be classes of the model \(0\.\.1\).*" + note):
+        list(kc.explain_dataset(kc.GradCAM(model, layer="target"), [(images, np.arange(8) % 4)], verbose=0))
+    chosen = "cls" if structure == "dict" else 1
+    maps = kc.GradCAM(model, layer="target", output=chosen)(images, np.arange(8) % 4)
+    assert maps.shape == (8, 10, 10)
+    with warnings.catch_warnings(record=True) as caught:  # one output, a wrong layer: no note about outputs
+        warnings.simplefilter("always")
+        try:
+            kc.GradCAM(keras.Model(inp, aux), layer="target")(images)
+        except ValueError as err:
+            caught.append(err)
+    assert caught and not any("outputs" in str(getattr(c, "message", c)) for c in caught)
 
 
 def _softmax_cnn(seed=0):

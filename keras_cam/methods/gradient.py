@@ -51,6 +51,7 @@ class GradientExplainer(Explainer):
                 raise ValueError(
                     f"The explained score does not depend on layer {path!r} (no "
                     f"gradient flows from it). Choose a layer that feeds the output."
+                    + self.graph.output_spec.implicit_note()
                 )
             acts.append(ops.cast(lay.view(r), "float32"))
             out.append(ops.cast(lay.view(g), "float32"))

@@ -71,6 +71,7 @@ class ShapleyCAM(Explainer):
             raise ValueError(
                 f"The explained score does not depend on layer {self.graph.paths[0]!r} (no "
                 f"gradient flows from it). Choose a layer that feeds the output."
+                + self.graph.output_spec.implicit_note()
             )
         a, g, hv = (ops.cast(lay.view(t), "float32") for t in (raw[0], grads[0], hvps[0]))
         return a, g, hv, scored
