@@ -63,6 +63,10 @@ class Cluster:
             (within one layer cell) where its members' images stray from the
             rest's (:func:`pixels_that_differ`; what :meth:`Audit.verify`
             intervenes on); None: ``region`` scaled up.
+        image_wide: for a "what" group, whether no pixel of its members'
+            images stands out from the rest's (a global feature such as a
+            colour cast): :meth:`Audit.verify` then intervenes on the images'
+            per-channel means, not on a region.
         consistency, distance, separation: the score's factors.
         representative: the member whose map is closest to ``mean_map``.
         examples: up to 16 members, the closest to ``mean_map`` first.
@@ -87,6 +91,7 @@ class Cluster:
     channel: int | None = None
     pooling: str | None = None
     pixels: np.ndarray | None = dataclasses.field(default=None, repr=False)
+    image_wide: bool = False
 
     @property
     def suspicious(self):
@@ -100,7 +105,7 @@ class Cluster:
         return {
             "target": self.target, "size": self.size, "score": self.score, "level": self.level,
             "suspicious": self.suspicious, "shared_energy": self.shared_energy, "evidence": self.evidence,
-            "channel": self.channel, "pooling": self.pooling,
+            "channel": self.channel, "pooling": self.pooling, "image_wide": self.image_wide,
             "consistency": self.consistency, "distance": self.distance, "separation": self.separation,
             "accuracy": self.accuracy, "outside_energy": self.outside_energy,
             "representative": self.representative, "examples": [int(i) for i in self.examples],
@@ -191,8 +196,13 @@ class Audit:
         See :mod:`keras_cam.audit.verify`: the cluster's region is removed
         from its members (ROAD imputation) and pasted into other classes'
         images, each against same-size regions at random places, with 95 %
-        confidence intervals and a verdict. The result is also kept in
-        :attr:`verifications` (the report and ``clusters.json`` show it).
+        confidence intervals and a verdict. For an image-wide group
+        (``cluster.image_wide``, e.g. a colour cast) without ``region=``, the
+        members' per-channel means are moved to the rest of the class's and
+        the group's mean offset is added to other classes' images, each
+        against random offsets of the same size
+        (:func:`keras_cam.audit.verify.run_image_wide`). The result is also
+        kept in :attr:`verifications` (the report and ``clusters.json`` show it).
 
         Args:
             cluster: a :class:`Cluster` of this audit, or its position in
@@ -545,8 +555,10 @@ def _channel_region(cluster, explainer, images, targets, grid, seed, batch_size,
     within one layer cell of the region's cells (a unit's receptive field reaches past its cell).
     A layer cell spans several pixels (4 x 4 in the family), and a 2-pixel frame fills only part of
     the cells along the edges: removing or pasting whole cells moves the members' other pixels too,
-    which random places of that size move as well. Where no pixel stands out (a colour cast moves
-    every pixel alike), the whole cells are kept."""
+    which random places of that size move as well. Where no pixel of the image stands out (a colour
+    cast moves every pixel alike), the whole cells are kept and the group is marked ``image_wide``:
+    its verification intervenes on the images' per-channel means instead (see
+    :func:`keras_cam.audit.verify.run_image_wide`)."""
     rng = np.random.default_rng([int(seed), int(cluster.target), 0xC4A])
     rest = np.setdiff1d(np.flatnonzero(targets == cluster.target), cluster.indices)
     if len(rest) == 0:
@@ -577,6 +589,7 @@ def _channel_region(cluster, explainer, images, targets, grid, seed, batch_size,
         chosen = pixels_that_differ(pictures[0], pictures[1])
         near = interventions.pixel_region(hotspots.near(cluster.region, reach), chosen.shape) & chosen
         cluster.pixels = near if near.any() else None
+        cluster.image_wide = not chosen.any()
 
 
 # A pixel stands out when its excess distance is this many robust standard deviations (1.4826 MAD)
@@ -651,11 +664,18 @@ def _verify_cluster(result, cluster, images, region, n_members, n_others, n_rand
     if len(members) < 2:
         raise ValueError(f"Cluster {position} has {c.size} member(s); a verification needs at least 2.")
     others = np.sort(rng.choice(others_all, size=min(n_others, len(others_all)), replace=False))
-    source = _VerifyImages(result, images, explainer, np.union1d(members, others))
+    rest = None
+    if region is None and c.image_wide:    # the rest of the class (the other classes for a whole class)
+        pool = np.setdiff1d(np.flatnonzero(result.targets == c.target), c.indices)
+        pool = pool if len(pool) >= 2 else others_all
+        rest = np.sort(np.random.default_rng([int(seed), position, 0x4E57]).choice(
+            pool, size=min(n_members, len(pool)), replace=False))
+    source = _VerifyImages(result, images, explainer,
+                           np.union1d(np.union1d(members, others), [] if rest is None else rest))
     first = source.get(members[:1])
     channels_first = explainer.graph.data_format == "channels_first"
     size = first.shape[2:4] if channels_first else first.shape[1:3]
-    pixels = _pixel_region(region, c, size)
+    pixels = _pixel_region(region, c, size) if rest is None else np.ones(tuple(int(v) for v in size), bool)
 
     def to_last(x):
         return np.moveaxis(np.asarray(x, np.float32), 1, -1) if channels_first else np.asarray(x, np.float32)
@@ -673,15 +693,24 @@ def _verify_cluster(result, cluster, images, region, n_members, n_others, n_rand
                 object_masks[j, max(0, y0):y1, max(0, x0):x1] = True
             else:
                 object_masks[j] = np.asarray(result.masks[i]) != 0
-    removal, transplant, object_drop, depends, example, shifted = interventions.run(
-        lambda x: class_scores(explainer, x, batch_size), source.get, to_last, from_last, pixels, c.target,
-        members, others, result.scores[members], n_random, seed, object_masks, float(noise))
+    scores_of = lambda x: class_scores(explainer, x, batch_size)    # noqa: E731
+    wide = {}
+    if rest is None:
+        removal, transplant, object_drop, depends, example, shifted = interventions.run(
+            scores_of, source.get, to_last, from_last, pixels, c.target,
+            members, others, result.scores[members], n_random, seed, object_masks, float(noise))
+    else:    # an image-wide group: intervene on the per-channel means (verify.run_image_wide)
+        removal, transplant, offset, depends, example, offsets = interventions.run_image_wide(
+            scores_of, source.get, to_last, from_last, c.target, members, rest, others,
+            result.scores[members], n_random, seed)
+        object_drop, shifted = None, None
+        wide = {"offset": offset, "random_offsets": offsets, "rest": rest}
     example["images"] = tuple(thumbnail(explainer, from_last(im[None])[0]) for im in example["images"])
     found = interventions.Verification(
         cluster=position, target=c.target, region=pixels, members=members, others=others, removal=removal,
         transplant=transplant, object_drop=object_drop, depends=depends,
         verdict=interventions.VERDICT_DEPENDS if depends else interventions.VERDICT_NONE, seed=int(seed),
-        example=example, random_regions=shifted)
+        example=example, random_regions=shifted, **wide)
     result.verifications[position] = found
     return found
 

@@ -200,13 +200,15 @@ def _verification_html(v):
     esc = html.escape
     r, t = v.removal, v.transplant
     e = v.example
+    # An image-wide verification moves the channel means (an offset), not a region (see verify.py).
+    what, rand = ("region", "random places") if v.offset is None else ("channel-mean offset", "random offsets")
     rows = [
-        ("removal: score drop, region", f"{r.region:.3f}"), ("removal: score drop, random places", f"{r.random:.3f}"),
+        (f"removal: score drop, {what}", f"{r.region:.3f}"), (f"removal: score drop, {rand}", f"{r.random:.3f}"),
         ("removal effect (95% CI)", f"{r.mean:.3f} [{r.low:.3f}, {r.high:.3f}] over {r.n} members"),
-        ("transplant: score rise, region", f"{t.region:.3f}"),
-        ("transplant: score rise, random places", f"{t.random:.3f}"),
+        (f"transplant: score rise, {what}", f"{t.region:.3f}"),
+        (f"transplant: score rise, {rand}", f"{t.random:.3f}"),
         ("transplant effect (95% CI)", f"{t.mean:.3f} [{t.low:.3f}, {t.high:.3f}] over {t.n} images"),
-        ("predictions moved to the class", f"{_pct(t.flips_region)} (random places {_pct(t.flips_random)})"),
+        ("predictions moved to the class", f"{_pct(t.flips_region)} ({rand} {_pct(t.flips_random)})"),
     ]
     if v.object_drop is not None:
         rows.append(("removal of the object: score drop", f"{v.object_drop:.3f}"))
@@ -214,9 +216,10 @@ def _verification_html(v):
     pictures = ""
     if e.get("images"):
         captions = (f"member #{e['member']}: score {e['member_score']:.2f}",
-                    f"region removed: {e['removed_score']:.2f}",
+                    f"{what} removed: {e['removed_score']:.2f}",
                     f"other #{e['other']}: score {e['other_score']:.2f}, predicted {e['other_prediction']}",
-                    f"region pasted: {e['pasted_score']:.2f}, predicted {e['pasted_prediction']}")
+                    f"{what} {'pasted' if v.offset is None else 'added'}: {e['pasted_score']:.2f}, "
+                    f"predicted {e['pasted_prediction']}")
         pictures = '<div class="row">' + "".join(
             f'<figure><img class="heat" src="{png_data_uri(im)}" alt="{esc(cap)}"><figcaption>{esc(cap)}'
             f"</figcaption></figure>" for im, cap in zip(e["images"], captions)) + "</div>"

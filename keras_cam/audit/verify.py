@@ -27,6 +27,25 @@ explainer linearizes the head):
   artifact beside the object often keeps its other-class predictions while
   the score still rises, so the rise is reported, not only the flips.
 
+**Image-wide groups.** A group whose members' images differ from the rest of
+the class at no place (``Cluster.image_wide``: a global feature such as a
+colour cast, which moves every pixel alike) has no region to remove or paste:
+a region, and random places of its size, would carry the feature alike. Its
+verification intervenes on the image-wide difference instead. With
+``mu(x) = mean_p x(p)`` the per-channel mean of an image (a ``C``-vector),
+``rho`` the mean of ``mu`` over the rest of the class (a seeded sample of up
+to ``n_members`` images; the other classes' when the group is the whole
+class), ``delta = mean_i mu(x_i) - rho`` the group's mean offset, ``u`` and
+``v`` offsets of random directions (uniform on the sphere of ``R^C``) and
+the stated norms, and ``[.]`` clipping to the range of the pixels used:
+
+    ``r_i = mean_j s_k([x_i + u_ij]) - s_k([x_i + rho - mu(x_i)])``, ``|u_ij| = |rho - mu(x_i)|``,
+    ``t_j = s_k([y_j + delta]) - mean_l s_k([y_j + v_jl])``,           ``|v_jl| = |delta|``:
+
+removing moves each member's channel means to the rest's, pasting adds the
+group's mean offset to other-class images, each against an offset of the
+same size in a random direction; the same intervals and verdict follow.
+
 Both effects come with 95 % confidence intervals over images (Student's t).
 The **verdict** is "depends on the region (shortcut candidate)" when both
 intervals lie above 0, and "no dependence shown" otherwise.
@@ -100,6 +119,13 @@ class Verification:
         example: images for the report: ``member``, ``removed``, ``other``,
             ``pasted`` (uint8 thumbnails) and the scores/predictions before
             and after.
+        offset: image-wide verification only (``region`` all True): the
+            group's mean per-channel offset ``delta`` (``(C,)``); else None.
+        random_offsets: image-wide only, ``(u, v)``: the random offsets of
+            the removal ``(m, n_random, C)`` (row ``i`` for member ``i``) and
+            of the transplant ``(o, n_random, C)``.
+        rest: image-wide only, the images whose channel means ``rho``
+            averages.
     """
 
     cluster: int
@@ -115,6 +141,9 @@ class Verification:
     seed: int
     example: dict = dataclasses.field(repr=False, default_factory=dict)
     random_regions: np.ndarray | None = dataclasses.field(repr=False, default=None)
+    offset: np.ndarray | None = dataclasses.field(repr=False, default=None)
+    random_offsets: np.ndarray | None = dataclasses.field(repr=False, default=None)
+    rest: np.ndarray | None = dataclasses.field(repr=False, default=None)
 
     def to_dict(self):
         """JSON-ready numbers (what ``clusters.json`` carries)."""
@@ -126,6 +155,8 @@ class Verification:
             "transplant": self.transplant.to_dict(),
             "object_drop": None if self.object_drop is None else float(self.object_drop),
             "example": {k: v for k, v in self.example.items() if k != "images"},
+            "intervention": "region" if self.offset is None else "image-wide channel means",
+            "offset": None if self.offset is None else [float(v) for v in self.offset],
         }
 
 
@@ -220,3 +251,66 @@ def run(scores_of, images_of, to_last, from_last, region, k, members, others, ba
         "images": (xm[0], filled[0], xo[0], pasted[0]),
     }
     return removal, transplant, object_drop, depends, example, shifted
+
+
+def random_offsets(norms, count, channels, rng):
+    """``(len(norms), count, channels)``: offsets of uniformly random directions, row ``i`` of norm ``norms[i]``."""
+    u = rng.standard_normal((len(norms), count, channels))
+    u /= np.maximum(np.linalg.norm(u, axis=-1, keepdims=True), 1e-12)
+    return u * np.asarray(norms, np.float64)[:, None, None]
+
+
+def channel_means(x):
+    """``(n, C)``: the per-channel mean of each channels-last image ``(n, H, W, C)``."""
+    return np.asarray(x, np.float64).mean(axis=(1, 2))
+
+
+def run_image_wide(scores_of, images_of, to_last, from_last, k, members, rest, others, base_member_scores,
+                   n_random, seed):
+    """The image-wide interventions (see the module docstring, "Image-wide groups"); the arguments as for
+    :func:`run`, with ``rest`` the images whose channel means ``rho`` averages. Returns ``run``'s values
+    with the offset ``delta`` in place of the object drop and the random offsets ``(u, v)`` in place of
+    the regions."""
+    rng = np.random.default_rng([int(seed), int(k), 0x1A6E])
+    m, o = len(members), len(others)
+    xm, xr, xo = (to_last(images_of(i)) for i in (members, rest, others))
+    lo = float(min(xm.min(), xr.min(), xo.min()))
+    hi = float(max(xm.max(), xr.max(), xo.max()))
+    channels = xm.shape[-1]
+
+    def shifted(x, offsets):                    # x (n, H, W, C), offsets (n, C) -> [x + offset]
+        return np.clip(x + offsets[:, None, None, :], lo, hi).astype(np.float32)
+
+    rho = channel_means(xr).mean(axis=0)
+    own = rho - channel_means(xm)                                              # (m, C)
+    delta = channel_means(xm).mean(axis=0) - rho
+    u = random_offsets(np.linalg.norm(own, axis=1), n_random, channels, rng)          # (m, n_random, C)
+    v = random_offsets(np.full(o, np.linalg.norm(delta)), n_random, channels, rng)   # (o, n_random, C)
+    filled = np.concatenate([shifted(xm, own),
+                             shifted(np.repeat(xm, n_random, axis=0), u.reshape(m * n_random, channels))])
+    s = scores_of(from_last(filled))[:, k]
+    s_region, s_random = s[:m], s[m:].reshape(m, n_random).mean(axis=1)
+    base = np.asarray(base_member_scores, np.float64)
+    mean, low, high = interval(s_random - s_region)
+    removal = Effect(mean, low, high, m, region=float(np.mean(base - s_region)),
+                     random=float(np.mean(base - s_random)))
+    pasted = shifted(xo, np.broadcast_to(delta, (o, channels)))
+    random_pasted = shifted(np.repeat(xo, n_random, axis=0), v.reshape(o * n_random, channels))
+    every = scores_of(from_last(np.concatenate([xo, pasted, random_pasted])))
+    before, after, after_random = every[:o], every[o:2 * o], every[2 * o:].reshape(o, n_random, -1)
+    mean, low, high = interval(after[:, k] - after_random[:, :, k].mean(axis=1))
+    moved = (after.argmax(axis=1) == k) & (before.argmax(axis=1) != k)
+    moved_random = (after_random.argmax(axis=2) == k) & (before.argmax(axis=1) != k)[:, None]
+    transplant = Effect(mean, low, high, o, region=float(np.mean(after[:, k] - before[:, k])),
+                        random=float(np.mean(after_random[:, :, k].mean(axis=1) - before[:, k])),
+                        flips_region=float(moved.mean()), flips_random=float(moved_random.mean()),
+                        kept_region=float(np.mean(after.argmax(axis=1) == before.argmax(axis=1))))
+    depends = bool(removal.low > 0 and transplant.low > 0)
+    example = {
+        "member": int(members[0]), "other": int(others[0]),
+        "member_score": float(base[0]), "removed_score": float(s_region[0]),
+        "other_score": float(before[0, k]), "pasted_score": float(after[0, k]),
+        "other_prediction": int(before[0].argmax()), "pasted_prediction": int(after[0].argmax()),
+        "images": (xm[0], filled[0], xo[0], pasted[0]),
+    }
+    return removal, transplant, delta, depends, example, (u, v)
