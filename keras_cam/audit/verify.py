@@ -199,6 +199,39 @@ def random_regions(region, count, rng):
     )
 
 
+def _removal(s, m, n_random, base):
+    """The removal :class:`Effect` from the class scores ``s``: the ``m`` members with the intervention,
+    then ``n_random`` random interventions per member; and the members' scores with the intervention."""
+    s_region, s_random = s[:m], s[m:].reshape(m, n_random).mean(axis=1)
+    mean, low, high = interval(s_random - s_region)
+    return Effect(mean, low, high, m, region=float(np.mean(base - s_region)),
+                  random=float(np.mean(base - s_random))), s_region
+
+
+def _transplant(every, o, n_random, k):
+    """The transplant :class:`Effect` from the scores ``every`` of the ``o`` other-class images: as they
+    are, with the intervention, then ``n_random`` random interventions each; and the first two."""
+    before, after, after_random = every[:o], every[o:2 * o], every[2 * o:].reshape(o, n_random, -1)
+    mean, low, high = interval(after[:, k] - after_random[:, :, k].mean(axis=1))
+    moved = (after.argmax(axis=1) == k) & (before.argmax(axis=1) != k)
+    moved_random = (after_random.argmax(axis=2) == k) & (before.argmax(axis=1) != k)[:, None]
+    return Effect(mean, low, high, o, region=float(np.mean(after[:, k] - before[:, k])),
+                  random=float(np.mean(after_random[:, :, k].mean(axis=1) - before[:, k])),
+                  flips_region=float(moved.mean()), flips_random=float(moved_random.mean()),
+                  kept_region=float(np.mean(after.argmax(axis=1) == before.argmax(axis=1)))), before, after
+
+
+def _example(members, others, k, base, s_region, before, after, images):
+    """The report's before/after picture of the first member and the first other-class image."""
+    return {
+        "member": int(members[0]), "other": int(others[0]),
+        "member_score": float(base[0]), "removed_score": float(s_region[0]),
+        "other_score": float(before[0, k]), "pasted_score": float(after[0, k]),
+        "other_prediction": int(before[0].argmax()), "pasted_prediction": int(after[0].argmax()),
+        "images": images,
+    }
+
+
 def run(scores_of, images_of, to_last, from_last, region, k, members, others, base_member_scores,
         n_random, seed, object_masks=None, noise=0.01):
     """The interventions (see the module docstring); ``scores_of(x) -> (n, C)`` scores of model-format
@@ -215,12 +248,8 @@ def run(scores_of, images_of, to_last, from_last, region, k, members, others, ba
                             shifted[:m].reshape(m * n_random, *region.shape)])
     stack = np.concatenate([xm, np.repeat(xm, n_random, axis=0)])
     filled = impute(stack, masks, noise=noise, seed=int(rng.integers(2 ** 31)))
-    s = scores_of(from_last(filled))[:, k]
-    s_region, s_random = s[:m], s[m:].reshape(m, n_random).mean(axis=1)
     base = np.asarray(base_member_scores, np.float64)
-    mean, low, high = interval(s_random - s_region)
-    removal = Effect(mean, low, high, m, region=float(np.mean(base - s_region)),
-                     random=float(np.mean(base - s_random)))
+    removal, s_region = _removal(scores_of(from_last(filled))[:, k], m, n_random, base)
     object_drop = None
     if object_masks is not None:
         keep = object_masks.reshape(m, -1).any(axis=1) & ~object_masks.reshape(m, -1).all(axis=1)
@@ -234,22 +263,9 @@ def run(scores_of, images_of, to_last, from_last, region, k, members, others, ba
     random_pasted = np.where(shifted[:o, ..., None].reshape(o * n_random, *region.shape, 1),
                              np.repeat(donors, n_random, axis=0), np.repeat(xo, n_random, axis=0))
     every = scores_of(from_last(np.concatenate([xo, pasted, random_pasted])))
-    before, after, after_random = every[:o], every[o:2 * o], every[2 * o:].reshape(o, n_random, -1)
-    mean, low, high = interval(after[:, k] - after_random[:, :, k].mean(axis=1))
-    moved = (after.argmax(axis=1) == k) & (before.argmax(axis=1) != k)
-    moved_random = (after_random.argmax(axis=2) == k) & (before.argmax(axis=1) != k)[:, None]
-    transplant = Effect(mean, low, high, o, region=float(np.mean(after[:, k] - before[:, k])),
-                        random=float(np.mean(after_random[:, :, k].mean(axis=1) - before[:, k])),
-                        flips_region=float(moved.mean()), flips_random=float(moved_random.mean()),
-                        kept_region=float(np.mean(after.argmax(axis=1) == before.argmax(axis=1))))
+    transplant, before, after = _transplant(every, o, n_random, k)
     depends = bool(removal.low > 0 and transplant.low > 0)
-    example = {
-        "member": int(members[0]), "other": int(others[0]),
-        "member_score": float(base[0]), "removed_score": float(s_region[0]),
-        "other_score": float(before[0, k]), "pasted_score": float(after[0, k]),
-        "other_prediction": int(before[0].argmax()), "pasted_prediction": int(after[0].argmax()),
-        "images": (xm[0], filled[0], xo[0], pasted[0]),
-    }
+    example = _example(members, others, k, base, s_region, before, after, (xm[0], filled[0], xo[0], pasted[0]))
     return removal, transplant, object_drop, depends, example, shifted
 
 
@@ -288,29 +304,12 @@ def run_image_wide(scores_of, images_of, to_last, from_last, k, members, rest, o
     v = random_offsets(np.full(o, np.linalg.norm(delta)), n_random, channels, rng)   # (o, n_random, C)
     filled = np.concatenate([shifted(xm, own),
                              shifted(np.repeat(xm, n_random, axis=0), u.reshape(m * n_random, channels))])
-    s = scores_of(from_last(filled))[:, k]
-    s_region, s_random = s[:m], s[m:].reshape(m, n_random).mean(axis=1)
     base = np.asarray(base_member_scores, np.float64)
-    mean, low, high = interval(s_random - s_region)
-    removal = Effect(mean, low, high, m, region=float(np.mean(base - s_region)),
-                     random=float(np.mean(base - s_random)))
+    removal, s_region = _removal(scores_of(from_last(filled))[:, k], m, n_random, base)
     pasted = shifted(xo, np.broadcast_to(delta, (o, channels)))
     random_pasted = shifted(np.repeat(xo, n_random, axis=0), v.reshape(o * n_random, channels))
     every = scores_of(from_last(np.concatenate([xo, pasted, random_pasted])))
-    before, after, after_random = every[:o], every[o:2 * o], every[2 * o:].reshape(o, n_random, -1)
-    mean, low, high = interval(after[:, k] - after_random[:, :, k].mean(axis=1))
-    moved = (after.argmax(axis=1) == k) & (before.argmax(axis=1) != k)
-    moved_random = (after_random.argmax(axis=2) == k) & (before.argmax(axis=1) != k)[:, None]
-    transplant = Effect(mean, low, high, o, region=float(np.mean(after[:, k] - before[:, k])),
-                        random=float(np.mean(after_random[:, :, k].mean(axis=1) - before[:, k])),
-                        flips_region=float(moved.mean()), flips_random=float(moved_random.mean()),
-                        kept_region=float(np.mean(after.argmax(axis=1) == before.argmax(axis=1))))
+    transplant, before, after = _transplant(every, o, n_random, k)
     depends = bool(removal.low > 0 and transplant.low > 0)
-    example = {
-        "member": int(members[0]), "other": int(others[0]),
-        "member_score": float(base[0]), "removed_score": float(s_region[0]),
-        "other_score": float(before[0, k]), "pasted_score": float(after[0, k]),
-        "other_prediction": int(before[0].argmax()), "pasted_prediction": int(after[0].argmax()),
-        "images": (xm[0], filled[0], xo[0], pasted[0]),
-    }
+    example = _example(members, others, k, base, s_region, before, after, (xm[0], filled[0], xo[0], pasted[0]))
     return removal, transplant, delta, depends, example, (u, v)
