@@ -118,7 +118,9 @@ def render(result, class_names=None, title=None):
         "channel on which a part of the class is split off, against a uniform null), whichever is more "
         "significant. Its <b>level</b> is the Bonferroni level over the two statistics: a level at most "
         f"{_alpha():.2f} marks a <b>suspicious group</b>. A verification removes the group's region from "
-        "members and pastes it into other classes' images, against random places of the same size.</p>",
+        "members and pastes it into other classes' images, against random places of the same size (a "
+        "group that differs everywhere alike, such as a colour cast: its per-channel colour offset, "
+        "against random offsets of the same size).</p>",
         "<nav><ul>",
     ]
     for k in classes:
