@@ -431,6 +431,14 @@ def test_verify_rejects_bad_input_and_writes_nothing(linear_case):
     for wrong in (float("nan"), float("inf"), -0.1, "0.01"):
         with pytest.raises(ValueError, match="`noise` must be a finite number"):
             result.verify(result.clusters[0], noise=wrong)
+    head = model.get_layer("head")
+    kept = head.get_weights()
+    head.set_weights([kept[0] + 0.5, kept[1]])             # trained further after the audit
+    try:
+        with pytest.raises(ValueError, match="changed since this audit"):
+            result.verify(result.clusters[0])
+    finally:
+        head.set_weights(kept)
     np.testing.assert_array_equal(images, before)
     np.testing.assert_array_equal(shuffled, before[::-1])
     assert result.verifications == done                  # failed calls record nothing

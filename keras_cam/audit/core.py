@@ -133,6 +133,9 @@ class Audit:
         method, model, layer: what explained the images.
         thumbnails: ``{index: (h, w, 3) uint8}`` every image, at most
             :data:`THUMBNAIL` pixels a side, as read by the audit.
+        weights: the audited model's weights fingerprint
+            (:func:`keras_cam.dataset.weights_fingerprint`): :meth:`verify`
+            refuses a model trained or reloaded since.
     """
 
     clusters: list
@@ -153,6 +156,7 @@ class Audit:
     batch_size: int = dataclasses.field(repr=False, default=64)
     verifications: dict = dataclasses.field(repr=False, default_factory=dict)
     concept_summaries: dict = dataclasses.field(repr=False, default_factory=dict)
+    weights: str | None = dataclasses.field(repr=False, default=None)
 
     def __len__(self):
         return len(self.clusters)
@@ -397,7 +401,7 @@ def audit(explainer, data, labels=None, *, boxes=None, masks=None, n_clusters="a
     if source.n is not None:
         _check_objects(boxes, masks, source.n, source.size)
 
-    from keras_cam.dataset import explain_dataset
+    from keras_cam.dataset import explain_dataset, weights_fingerprint
 
     upsample = bool(explainer.aug_smooth or boxes is not None or masks is not None)
     grids, targets, probs, outside, correct, scores = [], [], [], [], [], []
@@ -478,6 +482,7 @@ def audit(explainer, data, labels=None, *, boxes=None, masks=None, n_clusters="a
         thumbnails=dict(enumerate(thumbnails)), scores=explained,
         explainer=explainer, images=source.array, boxes=None if boxes is None else np.asarray(boxes),
         masks=None if masks is None else np.asarray(masks), batch_size=int(batch_size),
+        weights=weights_fingerprint(explainer.model),
     )
 
 
@@ -655,6 +660,14 @@ def _verify_cluster(result, cluster, images, region, n_members, n_others, n_rand
                          "the model. Run keras_cam.audit(...) again.")
     c = result.clusters[position]
     explainer = result.explainer
+    from keras_cam.dataset import weights_fingerprint
+
+    if result.weights is not None and weights_fingerprint(explainer.model) != result.weights:
+        raise ValueError(
+            f"The weights of model {explainer.model.name!r} changed since this audit (trained further or "
+            f"reloaded): its groups and scores describe the old weights. Run keras_cam.audit(...) again, "
+            f"then verify its clusters."
+        )
     others_all = np.flatnonzero(result.targets != c.target)
     if len(others_all) == 0:
         raise ValueError(f"Class {c.target} is the only class audited: the transplant needs images of other "
