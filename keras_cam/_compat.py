@@ -112,6 +112,20 @@ def to_host(x):
     return np.asarray(x)
 
 
+def variable_value(v):
+    """A variable's value as a numpy array, from a Keras 3 ``Variable`` on any backend, a
+    ``tf.Variable`` (tf-keras, SavedModel) or anything array-like. Each backend's tensor is
+    read its own way: ``np.array`` on a PyTorch parameter or a ``tf.Variable`` warns under
+    numpy 2 (their ``__array__`` takes no ``copy``)."""
+    import keras as _k3
+
+    if isinstance(v, _k3.Variable):
+        v = v.value  # the backend's own tensor or variable
+    if hasattr(v, "detach"):  # torch
+        return v.detach().cpu().numpy()
+    return v.numpy() if hasattr(v, "numpy") else np.asarray(v)
+
+
 def dtype_name(dtype) -> str:
     """``"float32"`` for a dtype of numpy, Keras 3 (a string) or TensorFlow."""
     return getattr(dtype, "name", None) or str(dtype)

@@ -880,7 +880,7 @@ def weights_fingerprint(model):
         return None
     digest = hashlib.sha256()
     for v in variables:
-        value = np.ascontiguousarray(v.numpy() if hasattr(v, "numpy") else np.asarray(v))
+        value = np.ascontiguousarray(_compat.variable_value(v))
         digest.update(f"{value.dtype.str}{list(value.shape)};".encode("ascii"))
         digest.update(value.reshape(-1).view(np.uint8))  # the bytes, without a copy
     return "sha256:" + digest.hexdigest()
