@@ -56,6 +56,14 @@ def principal_component(x):
     return ops.reshape(proj * sign, (-1,) + tuple(int(d) for d in x.shape[1:-1]))
 
 
+def pooled_channels(a):
+    """A feature map ``(N, *s, K)`` pooled over its positions: ``(N, 2K)`` float32, column ``k``
+    channel ``k``'s mean ``mean_ij A^k_ij``, column ``K + k`` its maximum ``max_ij A^k_ij``."""
+    a = ops.cast(a, "float32")
+    axes = _layout.spatial_axes(a)
+    return ops.concatenate([ops.mean(a, axis=axes), ops.max(a, axis=axes)], axis=-1)
+
+
 def _shift(x, shifts, fill):
     """``out[:, i + d] = x[:, i]`` along each spatial axis (``shifts``, one per axis);
     positions shifted in take the edge value (``fill="edge"``) or zero (``fill="zeros"``)."""
@@ -99,12 +107,15 @@ class Explanation:
         targets: ``(N,)`` class index explained per image (None for target objects and callables).
         scores: ``(N,)`` the score ``S`` that was explained (a logit when linearized).
         probabilities: ``(N,)`` probability of the target class (None for target objects and callables).
+        features: ``(pooled (N, 2K), class scores (N, C))`` when asked for
+            (``keras_cam.explain_dataset(..., features=True)``, see :meth:`Explainer.pooled_features`), else None.
     """
 
     maps: np.ndarray
     targets: np.ndarray | None
     scores: np.ndarray
     probabilities: np.ndarray | None
+    features: tuple | None = None
 
 
 def _warn_empty_maps(maps, explainer, scores=None):
@@ -331,7 +342,11 @@ class Explainer:
         the model takes it) before the first compiled call."""
         self.graph.prepare(sample)
 
-    def compute(self, images, class_idx, upsample_, normalize_, target_fn=None):
+    #: Whether :meth:`raw_maps_and_features` reads the features from the maps' own forward pass
+    #: (no second pass); see :class:`keras_cam.methods.gradient.GradientExplainer`.
+    fuses_features = False
+
+    def compute(self, images, class_idx, upsample_, normalize_, target_fn=None, features=False):
         """The whole computation for one batch, traceable: what :meth:`explain`
         compiles, and what :func:`keras_cam.explain_dataset` runs per replica.
 
@@ -344,21 +359,46 @@ class Explainer:
             target_fn: a target object or callable (see :mod:`keras_cam.targets`;
                 :meth:`explain` passes it bound to its per-input arrays), or
                 None for class targets.
+            features: also return the images' features (:meth:`pooled_features`), from the
+                maps' own forward pass where the method allows it (:attr:`fuses_features`).
+                The maps are the same either way.
 
         Returns:
-            ``(maps, scores, classes used, probabilities)``, one row per image.
+            ``(maps, scores, classes used, probabilities)``, one row per image; with
+            ``features``, then ``(pooled (n, 2K), class scores (n, C))`` (:meth:`pooled_features`).
         """
+        extra = ()
         if self.aug_smooth:
             maps, outputs = self._smoothed_maps(images, class_idx, target_fn)
+            if features:
+                extra = tuple(self.pooled_features(images))
         else:
-            maps, outputs = self.raw_maps(images, class_idx, target_fn)
+            if features:
+                maps, outputs, extra = self.raw_maps_and_features(images, class_idx, target_fn)
+                extra = tuple(extra)
+            else:
+                maps, outputs = self.raw_maps(images, class_idx, target_fn)
             maps = ops.cast(maps, "float32")
             if upsample_:
                 maps = upsample(maps, images.shape[1:-1])
         scores, idx, probs = outputs
         if normalize_:
             maps = minmax(maps)
-        return maps, scores, idx, probs
+        return (maps, scores, idx, probs) + extra
+
+    def pooled_features(self, images):
+        """``(pooled, scores)`` of channels-last ``images``, traceable: the first target layer's
+        activations pooled over positions (:func:`pooled_channels`, ``(n, 2K)``) and the class
+        scores ``(n, C)`` (``ActivationGraph.scores``), from one forward pass."""
+        raw, layouts, outputs = self.graph.capture(images)
+        return pooled_channels(layouts[0].view(raw[0])), self.graph.scores(outputs)
+
+    def raw_maps_and_features(self, images, class_idx, target_fn=None):
+        """``(maps, target_scores, (pooled, scores))``: :meth:`raw_maps` and :meth:`pooled_features` of the
+        same images. Here a second forward pass; a method whose own pass already holds the target
+        layer's activations and the model's outputs reads them from it (:attr:`fuses_features`)."""
+        maps, scored = self.raw_maps(images, class_idx, target_fn)
+        return maps, scored, self.pooled_features(images)
 
     def _smoothed_maps(self, images, class_idx, target_fn):
         """``aug_smooth``: the mean over :func:`augmentations` of each transformed

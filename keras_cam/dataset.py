@@ -102,7 +102,8 @@ def _is_tf_dataset(obj):
 
 
 def explain_dataset(explainer, dataset, *, targets="labels", strategy=None, distribution=None, batch_size=64,
-                    out=None, save="npy", upsample=True, normalize=True, overwrite=False, verbose=1):
+                    out=None, save="npy", upsample=True, normalize=True, overwrite=False, verbose=1,
+                    features=False):
     """Explain every image of a dataset: any iterable of batches, on every backend.
 
     Args:
@@ -146,6 +147,13 @@ def explain_dataset(explainer, dataset, *, targets="labels", strategy=None, dist
             every shard into the folder, replacing its index, and removes the
             old index's shard files that the new run does not write again.
         verbose: 1 draws a progress bar (batches), 0 is silent.
+        features: without ``out``: each result also carries ``features``, the
+            images' first target layer's activations pooled over positions
+            ``(n, 2K)`` and their class scores ``(n, C)``
+            (:meth:`~keras_cam.Explainer.pooled_features`), computed in the same
+            compiled step as the maps: for a gradient explainer, from the maps'
+            own forward pass (:attr:`~keras_cam.Explainer.fuses_features`). The
+            maps are the same either way.
 
     Returns:
         Without ``out``: an iterator of :class:`~keras_cam.Explanation`, one per
@@ -198,9 +206,18 @@ def explain_dataset(explainer, dataset, *, targets="labels", strategy=None, dist
         backend.require_tensorflow("`strategy=` (a tf.distribute strategy)")
         if not isinstance(strategy, _tf().distribute.Strategy):
             raise TypeError(f"`strategy` must be a tf.distribute.Strategy or None; received {type(strategy).__name__}.")
+    if not isinstance(features, bool):
+        raise TypeError(f"`features` must be True or False; received {type(features).__name__}.")
+    if features and out is not None:
+        raise ValueError("`features=True` adds the features to the results returned; with `out=` nothing is "
+                         "returned: pass one or the other.")
+    if features and not explainer.uses_layer:
+        raise ValueError(f"`features=True` pools the target layer's activations; {type(explainer).__name__} "
+                         f"has no target layer.")
     distribution = _distribution(distribution)
     options = dict(targets=targets, batch_size=int(batch_size), upsample=upsample, normalize=normalize,
-                   fingerprints=out is not None, images=save == "png" and out is not None)
+                   fingerprints=out is not None, images=save == "png" and out is not None,
+                   features=features)
 
     if backend.is_tensorflow() and (strategy is not None or _is_tf_dataset(dataset)
                                     or _tf().distribute.has_strategy()):
@@ -465,9 +482,9 @@ class _HostJob:
     """One pass over any iterable, batches on the host, the explanation compiled per batch shape."""
 
     def __init__(self, explainer, dataset, *, targets, batch_size, upsample, normalize, fingerprints,
-                 images, distribution=None):
+                 images, distribution=None, features=False):
         self.explainer, self.distribution = explainer, distribution
-        self.upsample, self.normalize = bool(upsample), bool(normalize)
+        self.upsample, self.normalize, self.features = bool(upsample), bool(normalize), bool(features)
         self.keep_images, self.fingerprints = images, fingerprints
         layout = explainer.graph.inputs
         elements, count = _host_source(dataset)
@@ -508,7 +525,7 @@ class _HostJob:
         if isinstance(self.targets_kind, int):
             _targets.class_indices(self.targets_kind, 1, self.num_classes)  # validates the class
         self.batches = itertools.chain(peeked, batches)
-        self._step = _host_step(explainer, self.upsample, self.normalize, self.target_fn)
+        self._step = _host_step(explainer, self.upsample, self.normalize, self.target_fn, self.features)
 
     @staticmethod
     def _batches(pairs, single, batch_size):
@@ -579,11 +596,12 @@ class _HostJob:
                 ids = np.arange(offset, offset + n, dtype=np.int64)
                 marks = fingerprints(x) if self.fingerprints else np.zeros(n, np.int64)
                 if not (skip is not None and skip(step, ids, marks)):
-                    maps, scores, used, probs = (np.asarray(_compat.to_host(v))[:n] for v in
-                                                 self._step(*self._place(x, classes)))
+                    maps, scores, used, probs, *extra = (np.asarray(_compat.to_host(v))[:n] for v in
+                                                         self._step(*self._place(x, classes)))
                     if self.target_fn is not None:
                         used = probs = None
-                    result = Explanation(maps=maps, targets=used, scores=scores, probabilities=probs)
+                    result = Explanation(maps=maps, targets=used, scores=scores, probabilities=probs,
+                                         features=tuple(extra) if extra else None)
                     yield step, (ids, marks), result, (x if self.keep_images else None)
                 offset += n
             if bar is not None:
@@ -604,37 +622,39 @@ def _cached(explainer, key, make):
     return steps[key]
 
 
-def _host_step(explainer, upsample, normalize, target_fn):
-    """``step(images, classes) -> (maps, scores, classes used, probabilities)``, compiled
-    on the backend (``tf.function``, ``jax.jit`` with the weights as arguments, PyTorch eager)."""
+def _host_step(explainer, upsample, normalize, target_fn, features=False):
+    """``step(images, classes) -> (maps, scores, classes used, probabilities[, pooled, class
+    scores])``, compiled on the backend (``tf.function``, ``jax.jit`` with the weights as
+    arguments, PyTorch eager); ``features``: see ``Explainer.compute``."""
 
     def make(owner):
         def step(images, classes):
             explainer = owner()
             return explainer.compute(explainer.graph.to_channels_last(images), classes, upsample, normalize,
-                                     target_fn=target_fn)
+                                     target_fn=target_fn, features=features)
 
         return Compiled(step, model=explainer.model)
 
-    return _cached(explainer, ("host", upsample, normalize, target_fn), make)
+    return _cached(explainer, ("host", upsample, normalize, target_fn, features), make)
 
 
 # --- tf.data and tf.distribute (the TensorFlow backend) ------------------------------------
 
 
-def _compiled_step(explainer, strategy, upsample, normalize, target_fn, keep_images, gather):
+def _compiled_step(explainer, strategy, upsample, normalize, target_fn, keep_images, gather, features=False):
     """``step(ids, images, classes)``: every replica explains its share of a
-    batch; with ``gather``, the shares of all workers are gathered in the same call."""
+    batch; with ``gather``, the shares of all workers are gathered in the same call.
+    Returns ``(ids, maps, scores, used, probs[, pooled, class scores][, images])``."""
     tf = _tf()
 
     def make(owner):
         def replica_step(ids, images, classes):
             explainer = owner()
-            maps, scores, used, probs = explainer.compute(
-                explainer.graph.to_channels_last(images), classes, upsample, normalize, target_fn=target_fn)
+            computed = explainer.compute(explainer.graph.to_channels_last(images), classes, upsample, normalize,
+                                         target_fn=target_fn, features=features)
             # Only what is needed crosses the replicas (gathering a 0-element tensor
             # across workers crashes TensorFlow 2.21's collectives).
-            return (ids, maps, scores, used, probs) + ((images,) if keep_images else ())
+            return (ids, *computed) + ((images,) if keep_images else ())
 
         def step(*args):
             values = strategy.run(replica_step, args=args)
@@ -642,7 +662,7 @@ def _compiled_step(explainer, strategy, upsample, normalize, target_fn, keep_ima
 
         return tf.function(step)
 
-    return _cached(explainer, (strategy, upsample, normalize, target_fn, keep_images, gather), make)
+    return _cached(explainer, (strategy, upsample, normalize, target_fn, keep_images, gather, features), make)
 
 
 def _first_element(elements, layout):
@@ -689,10 +709,10 @@ class _Job:
     """One pass over a ``tf.data.Dataset``: the input pipeline and the compiled, distributed step."""
 
     def __init__(self, explainer, dataset, *, strategy, targets, batch_size, upsample, normalize,
-                 fingerprints, images):
+                 fingerprints, images, features=False):
         tf = _tf()
         self.explainer, self.strategy = explainer, strategy
-        self.upsample, self.normalize = bool(upsample), bool(normalize)
+        self.upsample, self.normalize, self.features = bool(upsample), bool(normalize), bool(features)
         self.keep_images, self.fingerprints = images, fingerprints
         first = None
         if not _is_tf_dataset(dataset):
@@ -743,7 +763,7 @@ class _Job:
         except RuntimeError:  # the default strategy has no device list: one local replica
             self.local = True
         self._step = _compiled_step(explainer, strategy, self.upsample, self.normalize, self.target_fn,
-                                    self.keep_images, gather=not self.local)
+                                    self.keep_images, gather=not self.local, features=self.features)
 
     def header(self, save, weights=True):
         return _header(self, save, weights)
@@ -803,13 +823,15 @@ class _Job:
                 if not (skip is not None and self._agreed(skip(step, ids.numpy(), marks))):
                     element = _pad_rows((ids, x, classes), n, self.replicas)
                     gathered = self._gather(self._step(*self._split(element)))
-                    ids_, maps, scores, used, probs, *kept = (v[gathered[0] >= 0] for v in gathered)
+                    ids_, maps, scores, used, probs, *rest = (v[gathered[0] >= 0] for v in gathered)
+                    extra, kept = (rest[:2], rest[2:]) if self.features else ([], rest)
                     order = np.argsort(ids_, kind="stable")
                     if self.target_fn is not None:
                         used = probs = None
                     else:
                         used, probs = used[order], probs[order]
-                    result = Explanation(maps=maps[order], targets=used, scores=scores[order], probabilities=probs)
+                    result = Explanation(maps=maps[order], targets=used, scores=scores[order], probabilities=probs,
+                                         features=tuple(v[order] for v in extra) if extra else None)
                     yield step, (ids_[order], marks), result, (kept[0][order] if kept else None)
             step += 1
             if bar is not None:

@@ -405,9 +405,12 @@ def audit(explainer, data, labels=None, *, boxes=None, masks=None, n_clusters="a
 
     upsample = bool(explainer.aug_smooth or boxes is not None or masks is not None)
     grids, targets, probs, outside, correct, scores = [], [], [], [], [], []
-    # "What" (hotspots.find_what) needs each image's pooled activations at the target layer: one
-    # compiled forward pass per batch, whose class scores also give the top-1 class where needed.
+    # "What" (hotspots.find_what) needs each image's pooled activations at the target layer, and their
+    # class scores give the top-1 class where needed: from the maps' own forward pass where the
+    # explainer allows it (Explainer.fuses_features), else one more compiled pass per batch
+    # (class_features).
     pooled = [] if n_clusters == "auto" and _has_features(explainer) else None
+    fused = pooled is not None and explainer.fuses_features
     seen = 0
     # One read of the data: the images pass through `source.recorded()` on their way to the explain
     # step, which keeps each one's thumbnail and, for the few whose label probability is at most 1/2,
@@ -418,7 +421,8 @@ def audit(explainer, data, labels=None, *, boxes=None, masks=None, n_clusters="a
     with _quiet_dataset_retracing():
         results = explain_dataset(explainer, source.recorded(keep=2 * batch_size + 2),
                                   targets="labels" if source.has_labels else None, strategy=strategy,
-                                  batch_size=batch_size, upsample=upsample, normalize=True, verbose=verbose)
+                                  batch_size=batch_size, upsample=upsample, normalize=True, verbose=verbose,
+                                  features=fused)
         for result in results:
             _read(result, explainer, source, grid, boxes, masks, sigmoid, batch_size, seen, thumbnails,
                   grids, targets, probs, correct, outside, pooled)
@@ -843,12 +847,14 @@ def _quiet_dataset_retracing():
 def _read(result, explainer, source, grid, boxes, masks, sigmoid, batch_size, seen, thumbnails,
           grids, targets, probs, correct, outside, pooled=None):
     """Keep what the audit needs of one batch of maps: grids, targets, thumbnails, correctness, and
-    with ``pooled`` a list, the pooled activations at the target layer."""
+    with ``pooled`` a list, the pooled activations at the target layer (the step's ``features``, or
+    :func:`class_features`)."""
     maps = result.maps
     images = source.take(len(maps))
     logits = None
     if pooled is not None:
-        features, logits = class_features(explainer, images, batch_size)
+        features, logits = (result.features if result.features is not None
+                            else class_features(explainer, images, batch_size))
         pooled.append(features)
     thumbnails += [thumbnail(explainer, image) for image in images]
     grids.append(spray.to_grid(maps, grid))

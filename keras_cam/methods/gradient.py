@@ -17,7 +17,7 @@ from keras_cam import backend as _backend
 from keras_cam import layout as _layout
 from keras_cam import targets as _targets
 from keras_cam._compat import ops
-from keras_cam.base import Explainer, principal_component, upsample
+from keras_cam.base import Explainer, pooled_channels, principal_component, upsample
 from keras_cam.methods.streaming import (StreamingExplainer, check_positive_int, check_noise, check_seed, grid,
                                          input_range, seeded_normal)
 
@@ -31,19 +31,38 @@ class GradientExplainer(Explainer):
         acts, grads, scored = self.activations_and_gradients(images, class_idx, target_fn)
         return self.fuse([self.combine(a, g) for a, g in zip(acts, grads)]), scored
 
-    def activations_and_gradients(self, images, class_idx, target_fn=None, rows=None):
+    @property
+    def fuses_features(self):
+        """Whether the maps come from one pass of :meth:`activations_and_gradients` on the images
+        themselves (this class's :meth:`raw_maps`, no ``aug_smooth``): that pass's activations and
+        outputs are then the features (see :meth:`raw_maps_and_features`)."""
+        return not self.aug_smooth and type(self).raw_maps is GradientExplainer.raw_maps
+
+    def raw_maps_and_features(self, images, class_idx, target_fn=None):
+        """:meth:`raw_maps` and, from the same forward pass, the first target layer's activations
+        pooled over positions and the class scores (see ``Explainer.pooled_features``); a method with its
+        own :meth:`raw_maps` gets them from a second pass."""
+        if type(self).raw_maps is not GradientExplainer.raw_maps:
+            return super().raw_maps_and_features(images, class_idx, target_fn)
+        acts, grads, scored, scores = self.activations_and_gradients(images, class_idx, target_fn, scores=True)
+        maps = self.fuse([self.combine(a, g) for a, g in zip(acts, grads)])
+        return maps, scored, (ops.stop_gradient(pooled_channels(acts[0])), ops.stop_gradient(scores))
+
+    def activations_and_gradients(self, images, class_idx, target_fn=None, rows=None, scores=False):
         """``(A, G, target_scores)``: per target layer the feature map and ``dS/dA``,
         float32 ``(N, *s, K)``, and the explained scores (``rows``: the held inputs'
-        rows that go with ``images``, see ``ActivationGraph.model_inputs``)."""
+        rows that go with ``images``, see ``ActivationGraph.model_inputs``). With
+        ``scores``, then the class scores ``(N, C)`` of the same pass (``ActivationGraph.scores``)."""
         # Only the activations are differentiated: the backward pass stops at the layer.
         found = {}
 
         def forward(tap):
             _, found["layouts"], outputs = self.graph.capture(images, tap, rows=rows)
             scored = self.target_scores(outputs, class_idx, target_fn)
-            return scored[0], scored
+            return scored[0], ((scored, self.graph.scores(outputs)) if scores else scored)
 
-        _, scored, raw, grads, _ = _backend.tapped_gradients(forward)
+        _, aux, raw, grads, _ = _backend.tapped_gradients(forward)
+        scored, classes = aux if scores else (aux, None)
         acts, out = [], []
         for i, (path, lay) in enumerate(zip(self.graph.paths, found["layouts"])):
             r, g = raw[i], grads.get(i)
@@ -55,7 +74,7 @@ class GradientExplainer(Explainer):
                 )
             acts.append(ops.cast(lay.view(r), "float32"))
             out.append(ops.cast(lay.view(g), "float32"))
-        return acts, out, scored
+        return (acts, out, scored, classes) if scores else (acts, out, scored)
 
     def combine(self, a, g):
         """``ReLU(sum_k w_k A^k)`` with the method's channel weights."""
