@@ -6,7 +6,8 @@ With ``--model mobilenetv2`` (an untrained ``keras.applications.MobileNetV2``
 at 96 x 96, ``weights=None``: no download) the images are the planted-shortcut
 family's (``keras_cam.demo.shortcuts``, scaled up 3x), and the audit is
 timed together with the verification of each class's first group
-(``Audit.verify_first``). Target: (audit + verification) / maps <= 1.5.
+(``Audit.verify_first``). Issue 22's target: the audit's own work beyond the
+maps, ``(audit - maps + verify_first) / maps``, at most 1.5.
 
 1. **Audit / maps.** ``--images`` demo images (``make_dataset(..., watermark=(0, 0.5))``)
    and the planted-shortcut demo model's Grad-CAM. Timed interleaved in the
@@ -87,7 +88,7 @@ print(json.dumps({"grid_s": t1h - t0, "hotspot_s": hot_s, "cluster_s": t2 - t1, 
 
 
 def verify_ratio(n_images, repeat, model_name):
-    """(audit + verification of each class's first group) / maps, on a real-sized model."""
+    """(audit - maps + verification of each class's first group) / maps, on a real-sized model."""
     import tensorflow as tf
 
     import keras_cam as kc
@@ -116,8 +117,9 @@ def verify_ratio(n_images, repeat, model_name):
         parts["verify"] = time.perf_counter() - t
 
     t = interleaved({"maps": maps, "audit + verify": audit}, repeat=repeat, warmup=1)
+    beyond = (parts["audit"] - t["maps"] + parts["verify"]) / t["maps"]
     return [(f"{model_name} 96 x 96, {n_images} images", f"{t['maps']:.2f}", f"{parts['audit']:.2f}",
-             f"{parts['verify']:.2f}", f"{t['audit + verify'] / t['maps']:.2f}")]
+             f"{parts['verify']:.2f}", f"{t['audit + verify'] / t['maps']:.2f}", f"{beyond:.2f}")]
 
 
 def audit_ratio(n_images, repeat):
@@ -165,7 +167,7 @@ def main():
     if args.model == "mobilenetv2":
         rows = verify_ratio(args.images, args.repeat, "MobileNetV2")
         print(table(["setting", "maps alone (s)", "audit (s, last run)", "verify_first (s, last run)",
-                     "(audit + verify) / maps"], rows))
+                     "(audit + verify) / maps", "(audit - maps + verify) / maps (issue 22: <= 1.5)"], rows))
         return
     rows = audit_ratio(args.images, args.repeat)
     print(f"Audit of {args.images} demo images (Grad-CAM, planted-shortcut model), median of {args.repeat}, "
