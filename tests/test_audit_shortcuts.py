@@ -25,8 +25,9 @@ from keras_cam.demo.shortcuts import (FEATURE_LAYER, KINDS, SHARES, artifact_reg
 # The family's models are trained here, with the Keras under test; the family was built and its
 # numbers validated on Keras 3 / TensorFlow. Under legacy tf-keras (other trained models) the level
 # is now calibrated (1 of 36 clean classes raised an alarm; docs/audit.md), but the held-out
-# residual patch at 50 % is not flagged (level 0.11) and one clean class's first group shows a
-# dependence (0.42 logits), so the family stays off there; the JAX and PyTorch runs of the family
+# residual patch at 50 % was not flagged (level 0.11, with the first residual blocks; not measured
+# there since) and one clean class's first group shows a dependence (0.42 logits), so the family
+# stays off there; the JAX and PyTorch runs of the family
 # are not yet measured. The hand computations and the bad-input tests below run in every mode.
 family_mode = pytest.mark.skipif(
     _compat.LEGACY or backend.name() != "tensorflow",
