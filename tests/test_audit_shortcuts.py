@@ -19,8 +19,8 @@ from keras_cam import _compat, backend
 from keras_cam.audit import hotspots
 from keras_cam.audit import verify as interventions
 from keras_cam.demo.run import f1_score
-from keras_cam.demo.shortcuts import (FEATURE_LAYER, KINDS, SHARES, artifact_region, learned, make_shortcut_dataset,
-                                      shortcut_model)
+from keras_cam.demo.shortcuts import (FEATURE_LAYER, KINDS, SHARES, artifact_region, draw_artifact, learned,
+                                      make_shortcut_dataset, reliance, shortcut_model)
 
 # The family's models are trained here, with the Keras under test; the family was built and its
 # numbers validated on Keras 3 / TensorFlow. Under legacy tf-keras (other trained models) the level
@@ -185,6 +185,37 @@ def test_colour_cast_verifies_on_other_seeds(architecture, seed, share):
 
 
 # --- hand computations -----------------------------------------------------------------------
+
+
+def test_reliance_equals_a_hand_computation():
+    """``reliance``: a model blind to the patch's corner does not lean on it (0, 0); a linear softmax
+    model of the corner's pixels leans on it by exactly the log-probability its weights give."""
+    keras = _compat.keras
+    inputs = keras.Input((32, 32, 3))
+    blind = keras.Model(inputs, keras.layers.Dense(4, activation="softmax")(
+        keras.layers.Flatten()(keras.layers.Cropping2D(12)(inputs))))
+    assert reliance(blind, "patch", seed=3, n=40) == (0.0, 0.0)
+    corner = keras.layers.Dense(4, activation="softmax")
+    linear = keras.Model(inputs, corner(keras.layers.Flatten()(keras.layers.Cropping2D(((3, 23), (3, 23)))(inputs))))
+    rng = np.random.default_rng(0)
+    corner.set_weights([rng.normal(0, 0.3, (108, 4)).astype(np.float32), np.zeros(4, np.float32)])
+    images, labels, _, _ = make_shortcut_dataset("patch", 40, seed=77 + 3, share=0.0)
+    others = images[labels != 0].astype(np.float64)
+    pasted = others.copy()
+    for image in pasted:
+        draw_artifact(image, "patch")
+    w = corner.get_weights()[0].astype(np.float64)
+
+    def log_p0(x):
+        z = x[:, 3:9, 3:9, :].reshape(len(x), -1) @ w
+        return z[:, 0] - np.log(np.exp(z).sum(axis=1))
+
+    def top(x):
+        return (x[:, 3:9, 3:9, :].reshape(len(x), -1) @ w).argmax(axis=1)
+
+    rise, moved = reliance(linear, "patch", seed=3, n=40)
+    assert rise == pytest.approx(np.mean(log_p0(pasted) - log_p0(others)), abs=1e-4)
+    assert moved == pytest.approx(np.mean((top(pasted) == 0) & (top(others) != 0)))
 
 
 def test_hotspot_score_and_group_equal_a_hand_computation():

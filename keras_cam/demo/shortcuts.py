@@ -221,6 +221,29 @@ def learned(model, kind, seed=0, n=400, batch_size=200):
     return per_class, float(np.mean(predicted[marked] == labels[marked]))
 
 
+def reliance(model, kind, seed=0, n=400, batch_size=200, marked_class=MARKED_CLASS):
+    """How much a family model leans on its artifact, measured with the true artifact: on ``n``
+    fresh unmarked images (``make_shortcut_dataset(kind, n, seed=77 + seed, share=0)``) of the
+    *other* classes, the artifact is drawn in and ``(rise, moved)`` returned: the mean rise of
+    ``log p(marked_class)`` and the share of predictions that move to the marked class. The
+    ground truth an audit's verification (which pastes what it found) estimates."""
+    images, labels, _, _ = make_shortcut_dataset(kind, n, seed=77 + int(seed), share=0.0)
+    images = images[labels != marked_class]
+    rng = np.random.default_rng([int(seed), 0xA7])
+    pasted = images.copy()
+    for image in pasted:
+        draw_artifact(image, kind, rng)
+
+    def predict(x):
+        return np.asarray(model.predict(x, batch_size=batch_size, verbose=0), np.float64)
+
+    before, after = predict(images), predict(pasted)
+    tiny = np.finfo(np.float32).tiny
+    rise = np.log(np.maximum(after[:, marked_class], tiny)) - np.log(np.maximum(before[:, marked_class], tiny))
+    moved = (after.argmax(axis=-1) == marked_class) & (before.argmax(axis=-1) != marked_class)
+    return float(np.mean(rise)), float(np.mean(moved))
+
+
 def artifact_region(kind, images, marked):
     """``(n, SIZE, SIZE)`` bool: the pixels that differ from the artifact-free image, as far as they
     can be read back from the images (for the tag, where the glyph is; for the others, fixed)."""
