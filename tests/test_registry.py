@@ -54,6 +54,36 @@ def model():
     return build((H, W, 3))
 
 
+# The token-grid tests share one ViT and one explainer per method (``vit_cam``): on JAX each new
+# explainer compiles its calls anew, and test_every_method_takes_reshape_and_is_quiet_by_default calls
+# the default explainer on the same (2, 16, 16, 3) inputs as test_every_method_on_a_token_grid. No test
+# changes the ViT's weights or an explainer's options; the tests that count traces or watch memory
+# build their own explainer. (Sharing the models alone saves nothing: JAX's initializer compiles are
+# already cached per shape.)
+_MODELS = {}
+
+
+def shared(make, *args, seed):
+    """``make(*args)``, built once per module; the global seed is left as building it leaves it
+    (``seed``), so what a test builds next draws as it did with a model of its own."""
+    key = (make.__name__,) + args
+    if key not in _MODELS:
+        _MODELS[key] = make(*args)
+    keras.utils.set_random_seed(seed)
+    return _MODELS[key]
+
+
+_VIT_CAMS = {}
+
+
+def vit_cam(name, model):
+    """``create(name, model)`` on the shared ViT, one per method: the token-grid tests call it on
+    the same (2, 16, 16, 3) inputs, so its compiled calls serve them all."""
+    if name not in _VIT_CAMS:
+        _VIT_CAMS[name] = create(name, model)
+    return _VIT_CAMS[name]
+
+
 @pytest.fixture(scope="module")
 def images():
     return np.random.default_rng(0).uniform(-1, 1, (3, H, W, 3)).astype(np.float32)
@@ -131,12 +161,12 @@ TOKEN_FORMULAS = {  # raw maps from the patch tokens A and g = dS/dA laid on the
 
 @pytest.mark.parametrize("name", sorted(TOKEN_FORMULAS))
 def test_gradient_methods_on_vit_tokens_equal_the_hand_computation(name):
-    model = tiny_vit()
+    model = shared(tiny_vit, seed=6)
     x = np.random.default_rng(2).uniform(size=(3, 16, 16, 3)).astype(np.float32)
     n, head = hand_vit(model, ops.convert_to_tensor(x))
     n = to_host(n)
     a = n[:, 1:].reshape(3, 4, 4, 8).astype(np.float64)  # the class token dropped
-    cam = create(name, model)
+    cam = vit_cam(name, model)
     varied = 0
     for c in range(CLASSES):
         g = native_grad(lambda n: head(n)[:, c], n)[:, 1:].reshape(3, 4, 4, 8).astype(np.float64)
@@ -151,13 +181,13 @@ def test_gradient_methods_on_vit_tokens_equal_the_hand_computation(name):
 def test_every_method_on_a_token_grid(name):
     """Every method explains a ViT at its token layer (the patch tokens on their 4 x 4 grid),
     batch == single; CAM, whose head must be pooling + Dense, says to use Grad-CAM."""
-    model = tiny_vit()
+    model = shared(tiny_vit, seed=6)
     x = np.random.default_rng(3).uniform(size=(2, 16, 16, 3)).astype(np.float32)
     if name == "cam":
         with pytest.raises(ValueError, match="GradCAM"):
             create(name, model)
         return
-    cam = create(name, model)
+    cam = vit_cam(name, model)
     raw = cam(x, targets=1, upsample=False, normalize=False)
     assert raw.shape[1:] == (GRID_MAPS.get(name, (16, 16)) if not cam.uses_layer else (4, 4)) + (() if raw.ndim == 3 else (3,))
     batch = cam(x, targets=1)
@@ -172,7 +202,7 @@ def test_every_method_takes_reshape_and_is_quiet_by_default(name, capsys):
     the grid given as (h, w) gives the maps of the inferred grid, and another grid lays the
     tokens out as asked. Built directly (not through methods.create), no method draws a
     progress bar unless told to (verbose=0 by default)."""
-    model = tiny_vit()
+    model = shared(tiny_vit, seed=6)
     x = np.random.default_rng(5).uniform(size=(2, 16, 16, 3)).astype(np.float32)
     cls = methods.get(name)
 
@@ -189,7 +219,7 @@ def test_every_method_takes_reshape_and_is_quiet_by_default(name, capsys):
     assert getattr(cam, "verbose", 0) == 0
     given = cam(x, targets=1, upsample=False, normalize=False)
     assert capsys.readouterr().out == ""
-    inferred = create(name, model)(x, targets=1, upsample=False, normalize=False)
+    inferred = vit_cam(name, model)(x, targets=1, upsample=False, normalize=False)
     np.testing.assert_allclose(given, inferred, rtol=1e-6, atol=1e-7)
     other = build(reshape=(2, 8))(x[:1], targets=1, upsample=False, normalize=False)
     assert other.shape[1:3] == (GRID_MAPS.get(name, (16, 16)) if not cls.uses_layer else (2, 8))
