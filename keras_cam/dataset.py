@@ -64,6 +64,7 @@ died is taken over).
 from __future__ import annotations
 
 import hashlib
+import inspect
 import itertools
 import json
 import os
@@ -214,6 +215,9 @@ def explain_dataset(explainer, dataset, *, targets="labels", strategy=None, dist
     if features and not explainer.uses_layer:
         raise ValueError(f"`features=True` pools the target layer's activations; {type(explainer).__name__} "
                          f"has no target layer.")
+    if features and "features" not in inspect.signature(explainer.compute).parameters:
+        raise ValueError(f"`features=True` is not available for {type(explainer).__name__}, which computes its "
+                         f"maps its own way (its `compute` takes no `features`); leave it False.")
     distribution = _distribution(distribution)
     options = dict(targets=targets, batch_size=int(batch_size), upsample=upsample, normalize=normalize,
                    fingerprints=out is not None, images=save == "png" and out is not None,
@@ -622,6 +626,12 @@ def _cached(explainer, key, make):
     return steps[key]
 
 
+def _features_option(features):
+    """``compute``'s ``features`` argument, passed only when asked for: explainers that compute their
+    maps their own way (attributions, black-box, guided) override ``compute`` without it."""
+    return {"features": True} if features else {}
+
+
 def _host_step(explainer, upsample, normalize, target_fn, features=False):
     """``step(images, classes) -> (maps, scores, classes used, probabilities[, pooled, class
     scores])``, compiled on the backend (``tf.function``, ``jax.jit`` with the weights as
@@ -631,7 +641,7 @@ def _host_step(explainer, upsample, normalize, target_fn, features=False):
         def step(images, classes):
             explainer = owner()
             return explainer.compute(explainer.graph.to_channels_last(images), classes, upsample, normalize,
-                                     target_fn=target_fn, features=features)
+                                     target_fn=target_fn, **_features_option(features))
 
         return Compiled(step, model=explainer.model)
 
@@ -651,7 +661,7 @@ def _compiled_step(explainer, strategy, upsample, normalize, target_fn, keep_ima
         def replica_step(ids, images, classes):
             explainer = owner()
             computed = explainer.compute(explainer.graph.to_channels_last(images), classes, upsample, normalize,
-                                         target_fn=target_fn, features=features)
+                                         target_fn=target_fn, **_features_option(features))
             # Only what is needed crosses the replicas (gathering a 0-element tensor
             # across workers crashes TensorFlow 2.21's collectives).
             return (ids, *computed) + ((images,) if keep_images else ())

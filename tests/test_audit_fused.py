@@ -115,6 +115,14 @@ def test_features_option_is_checked(setup, tmp_path):
         explain_dataset(cam, _batches(images, labels), features=1)
     with pytest.raises(ValueError, match="out="):
         explain_dataset(cam, _batches(images, labels), features=True, out=str(tmp_path))
+    # An explainer that computes its maps its own way says so, and one without a layer too; without
+    # `features`, both explain the dataset as the explainer does.
+    for other, match in ((kc.GuidedGradCAM(model, layer=TARGET_LAYER), "its own way"),
+                         (kc.Saliency(model), "no target layer")):
+        with pytest.raises(ValueError, match=match):
+            explain_dataset(other, _batches(images, labels), features=True)
+        first = next(iter(explain_dataset(other, _batches(images[:8], labels[:8]))))
+        np.testing.assert_allclose(first.maps, other(images[:8], targets=labels[:8]), rtol=1e-4, atol=1e-5)
 
 
 def _summary(result):

@@ -951,21 +951,16 @@ class _ScoreStep:
 
 
 class _FeatureStep:
-    """The target layer's activations pooled over positions ``(N, 2K)`` (the mean of each channel,
-    then its maximum) and the class scores ``(N, C)`` of one explainer's model, in one forward pass
-    (compiled once per explainer, as :class:`_ScoreStep`)."""
+    """``Explainer.pooled_features`` of one explainer (the target layer's activations pooled over
+    positions ``(N, 2K)``, and the class scores ``(N, C)``), a forward pass of its own, compiled once
+    per explainer as :class:`_ScoreStep`: for explainers whose maps' pass cannot give them."""
 
     def __init__(self, explainer):
         self.owner = weakref.ref(explainer)
 
     def __call__(self, x):
-        from keras_cam.layout import spatial_axes
-
-        graph = self.owner().graph
-        raw, layouts, outputs = graph.capture(graph.to_channels_last(x))
-        a = ops.cast(layouts[0].view(raw[0]), "float32")
-        axes = spatial_axes(a)
-        return ops.concatenate([ops.mean(a, axis=axes), ops.max(a, axis=axes)], axis=-1), graph.scores(outputs)
+        explainer = self.owner()
+        return explainer.pooled_features(explainer.graph.to_channels_last(x))
 
 
 _feature_steps = weakref.WeakKeyDictionary()
