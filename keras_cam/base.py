@@ -35,6 +35,31 @@ def upsample(maps, size):
 minmax = _layout.minmax
 
 
+def finish(maps, size, upsample_, normalize_):
+    """What every map goes through last: ``float32``, resized to ``size`` when ``upsample_``
+    (:func:`upsample`), scaled per map to [0, 1] when ``normalize_`` (:func:`minmax`)."""
+    maps = ops.cast(maps, "float32")
+    if upsample_:
+        maps = upsample(maps, size)
+    return minmax(maps) if normalize_ else maps
+
+
+_FINISHERS = {}
+
+
+def _finisher(size):
+    """:func:`finish` to ``size``, compiled once per process and shared by every explainer: an
+    explainer's own compiled call stops at the raw maps, so it does not compile the resize and the
+    scaling again (on JAX, about a quarter of a small model's Grad-CAM compilation)."""
+    size = tuple(int(v) for v in size)
+    fn = _FINISHERS.get(size)
+    if fn is None:
+        if len(_FINISHERS) >= 64:  # many input sizes: keep the cache bounded
+            _FINISHERS.clear()
+        fn = _FINISHERS[size] = Compiled(lambda maps, up, norm: finish(maps, size, up, norm), eager_first=True)
+    return fn
+
+
 def principal_component(x):
     """Each position's channel vector projected on the first principal axis.
 
@@ -241,6 +266,14 @@ class Explainer:
         return list(self.graph.paths)
 
     @property
+    def shares_finisher(self):
+        """Whether the maps are resized and scaled by a finisher compiled once per input size and
+        shared by every explainer (methods that keep the base class's :meth:`compute`), so the
+        explainer's own compiled call stops at the raw maps and is the same for every
+        ``upsample``/``normalize`` option."""
+        return type(self).compute is Explainer.compute
+
+    @property
     def tracing_count(self):
         """How many times the compiled computation was traced (once per input shape)."""
         return sum(f.experimental_get_tracing_count() for f in self._functions.values())
@@ -273,14 +306,22 @@ class Explainer:
         batch, others, single, target, values, idx = self.read_call(images, targets)
         fn, n = self._function(target), int(batch.shape[0])
         step = min(self.batch_size or n, n)
+        # With the base class's compute, the explainer's compiled call stops at the raw maps and the
+        # shared finisher resizes and scales them (the same operations, compiled once per size).
+        shared = self.shares_finisher
+        finisher = _finisher(batch.shape[1:-1]) if shared else None
 
         def rows(x, i):  # one chunk of a batch (the batch itself when it is one chunk)
             return x if step == n else x[i:i + step]
-        parts = [
-            fn(rows(batch, i), ops.convert_to_tensor(idx[i:i + step]), bool(upsample), bool(normalize),
-               tuple(rows(o, i) for o in others), tuple(v if v.shape[0] == 1 else rows(v, i) for v in values))
-            for i in range(0, n, step)
-        ]
+
+        def chunk(i):
+            out = fn(rows(batch, i), ops.convert_to_tensor(idx[i:i + step]), bool(upsample) and not shared,
+                     bool(normalize) and not shared, tuple(rows(o, i) for o in others),
+                     tuple(v if v.shape[0] == 1 else rows(v, i) for v in values))
+            if shared:  # aug_smooth's maps are at the input's size already
+                out = (finisher(out[0], bool(upsample) and not self.aug_smooth, bool(normalize)),) + tuple(out[1:])
+            return out
+        parts = [chunk(i) for i in range(0, n, step)]
         maps, scores, used, probs = (np.concatenate([_compat.to_host(p[k]) for p in parts]) for k in range(4))
         if target is not None:
             used = probs = None
@@ -378,12 +419,8 @@ class Explainer:
                 extra = tuple(extra)
             else:
                 maps, outputs = self.raw_maps(images, class_idx, target_fn)
-            maps = ops.cast(maps, "float32")
-            if upsample_:
-                maps = upsample(maps, images.shape[1:-1])
         scores, idx, probs = outputs
-        if normalize_:
-            maps = minmax(maps)
+        maps = finish(maps, images.shape[1:-1], upsample_ and not self.aug_smooth, normalize_)
         return (maps, scores, idx, probs) + extra
 
     def pooled_features(self, images):

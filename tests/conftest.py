@@ -17,6 +17,24 @@ from keras_cam._compat import LEGACY, keras
 
 BACKEND = backend.name()
 
+if BACKEND == "jax":
+    # JAX compiles each jitted function anew in every test module (the caches are emptied after
+    # each, see _seed_module), and a Keras initializer's random draw costs 1-2 s of XLA compilation
+    # per weight shape. A compilation cache for this run only (an empty folder, removed at exit;
+    # nothing is carried between runs) serves a program that was compiled before: the same
+    # executable, so the same numbers. Subprocesses do not share it.
+    import atexit
+    import shutil
+    import tempfile
+
+    import jax
+
+    _JAX_CACHE = tempfile.mkdtemp(prefix="keras-cam-tests-jax-cache-")
+    atexit.register(shutil.rmtree, _JAX_CACHE, ignore_errors=True)
+    jax.config.update("jax_compilation_cache_dir", _JAX_CACHE)
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
+    jax.config.update("jax_persistent_cache_min_entry_size_bytes", -1)
+
 
 def pytest_report_header(config):
     return f"keras-cam tests with {'tf-keras (legacy)' if LEGACY else 'Keras ' + keras.__version__} on {BACKEND}"

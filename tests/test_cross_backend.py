@@ -83,9 +83,14 @@ def _run_workers(tmp):
         for i in range(SHARDS[backend]):
             name = f"{backend}-{i}"
             log = open(tmp / f"{name}.log", "wb")
+            extra = {"KERAS_BACKEND": backend}
+            if backend == "jax":  # a compilation cache of its own, for this run (as tests/conftest.py's)
+                extra.update(JAX_COMPILATION_CACHE_DIR=str(tmp / f"{name}-cache"),
+                             JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
+                             JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="-1")
             proc = subprocess.Popen([sys.executable, WORKER, str(weights), str(tmp / f"{name}.npz"),
                                      f"{i}/{SHARDS[backend]}"],
-                                    env={**env, "KERAS_BACKEND": backend}, stdout=log, stderr=subprocess.STDOUT,
+                                    env={**env, **extra}, stdout=log, stderr=subprocess.STDOUT,
                                     cwd=os.path.dirname(HERE))
             procs.append((backend, name, proc, log))
     results = {backend: {"__errors__": {}, "__seconds__": {}} for backend in BACKENDS}

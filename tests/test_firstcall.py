@@ -152,22 +152,25 @@ def test_eager_first_call_equals_the_compiled_one(model, images, name):
     compiled._eager_first = False
     guided = name.startswith("guided")
     options = [{}] if guided else [{}, {"upsample": False, "normalize": False}]
+    # With the shared finisher, the explainer's own call is the same for every upsample/normalize option.
+    shared = eager.shares_finisher
     for kw in options:
         ref = compiled.explain(images, **kw)
         before = eager.tracing_count
+        new = not shared or kw is options[0]  # a signature the explainer has not met
         first = eager.explain(images, **kw)  # eager (compiled on JAX)
         traced = eager.tracing_count
-        assert traced == before + first_call_traces()
+        assert traced == before + (first_call_traces() if new else 0)
         second = eager.explain(images, **kw)  # traced now
-        assert eager.tracing_count == before + traces(1)
+        assert eager.tracing_count == before + (traces(1) if new else 0)
         for got in (first, second):
             assert_close(got.maps, ref.maps, rtol=RTOL.get(name, 1e-6))
             np.testing.assert_array_equal(got.targets, ref.targets)
             assert_close(got.scores, ref.scores)
         third = eager.explain(images[::-1].copy(), **kw)  # same shape: no new trace
-        assert eager.tracing_count == before + traces(1)
+        assert eager.tracing_count == before + (traces(1) if new else 0)
         assert_close(third.maps, compiled.explain(images[::-1].copy(), **kw).maps, rtol=RTOL.get(name, 1e-6))
-    assert compiled.tracing_count == traces(len(options))
+    assert compiled.tracing_count == traces(1 if shared else len(options))
 
 
 def test_eager_calls_with_smoothing_and_callable_targets_equal_compiled(model, images):
