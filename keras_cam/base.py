@@ -37,7 +37,8 @@ minmax = _layout.minmax
 
 def finish(maps, size, upsample_, normalize_):
     """What every map goes through last: ``float32``, resized to ``size`` when ``upsample_``
-    (:func:`upsample`), scaled per map to [0, 1] when ``normalize_`` (:func:`minmax`)."""
+    (:func:`upsample`; maps already of that size, e.g. a pixel attribution's or ``aug_smooth``'s,
+    pass unchanged), scaled per map to [0, 1] when ``normalize_`` (:func:`minmax`)."""
     maps = ops.cast(maps, "float32")
     if upsample_:
         maps = upsample(maps, size)
@@ -318,8 +319,8 @@ class Explainer:
             out = fn(rows(batch, i), ops.convert_to_tensor(idx[i:i + step]), bool(upsample) and not shared,
                      bool(normalize) and not shared, tuple(rows(o, i) for o in others),
                      tuple(v if v.shape[0] == 1 else rows(v, i) for v in values))
-            if shared:  # aug_smooth's maps are at the input's size already
-                out = (finisher(out[0], bool(upsample) and not self.aug_smooth, bool(normalize)),) + tuple(out[1:])
+            if shared:
+                out = (finisher(out[0], bool(upsample), bool(normalize)),) + tuple(out[1:])
             return out
         parts = [chunk(i) for i in range(0, n, step)]
         maps, scores, used, probs = (np.concatenate([_compat.to_host(p[k]) for p in parts]) for k in range(4))
@@ -420,7 +421,7 @@ class Explainer:
             else:
                 maps, outputs = self.raw_maps(images, class_idx, target_fn)
         scores, idx, probs = outputs
-        maps = finish(maps, images.shape[1:-1], upsample_ and not self.aug_smooth, normalize_)
+        maps = finish(maps, images.shape[1:-1], upsample_, normalize_)
         return (maps, scores, idx, probs) + extra
 
     def pooled_features(self, images):

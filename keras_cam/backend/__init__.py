@@ -22,7 +22,9 @@ module gives the few things ``keras.ops`` does not:
 - ``host_function(fn, args, shape, dtype)``: a numpy function's result as a tensor,
   also from inside a compiled call (``tf.numpy_function``, ``jax.pure_callback``);
 - ``wide_float`` (float64 where the backend has it), ``is_out_of_memory``,
-  ``to_numpy``, ``is_tensor`` and ``no_grad``.
+  ``to_numpy``, ``is_tensor`` and ``no_grad``;
+- ``deterministic_ops()``: make the backend's kernels deterministic for the whole
+  process (TensorFlow's op determinism; JAX and PyTorch on a CPU already are).
 
 The backend is Keras's (``keras.backend.backend()``); legacy tf-keras is TensorFlow.
 """

@@ -275,6 +275,10 @@ def host_function(fn, args, shape, dtype):
                              jax.ShapeDtypeStruct(tuple(shape), dtype), *args)
 
 
+def deterministic_ops():
+    """Nothing to switch on: XLA's CPU kernels are deterministic."""
+
+
 def wide_float() -> str:
     """The widest float dtype computations can use here: float64 only with ``jax_enable_x64``."""
     return "float64" if jax.config.jax_enable_x64 else "float32"

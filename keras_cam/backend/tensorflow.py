@@ -256,6 +256,11 @@ def host_function(fn, args, shape, dtype):
     return out
 
 
+def deterministic_ops():
+    """Switch on TensorFlow's deterministic kernels for the whole process."""
+    tf.config.experimental.enable_op_determinism()
+
+
 def wide_float() -> str:
     """The widest float dtype computations can use here."""
     return "float64"

@@ -195,6 +195,10 @@ def host_function(fn, args, shape, dtype):
     return torch.as_tensor(out, device=args[0].device if args and torch.is_tensor(args[0]) else None)
 
 
+def deterministic_ops():
+    """Nothing to switch on: PyTorch's CPU kernels used here are deterministic."""
+
+
 def wide_float() -> str:
     """The widest float dtype computations can use here."""
     return "float64"

@@ -36,10 +36,8 @@ def seed_everything(keras, seed, deterministic=True):
     from keras_cam import backend
 
     keras.utils.set_random_seed(int(seed))
-    if deterministic and backend.is_tensorflow():
-        import tensorflow as tf  # noqa: PLC0415 (only on its own backend)
-
-        tf.config.experimental.enable_op_determinism()
+    if deterministic:
+        backend.deterministic_ops()
 
 
 def train(n_train=4000, epochs=5, seed=TRAIN_SEED, verbose=1, watermark=None):

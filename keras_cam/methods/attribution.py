@@ -99,18 +99,7 @@ def channel_max(grads):
     return ops.max(ops.abs(grads), axis=-1)
 
 
-class _InputMaps:
-    """The ``compute`` of methods whose maps are already at the input resolution:
-    ``upsample`` is accepted and ignored, ``normalize`` min-max scales each map."""
-
-    def compute(self, images, class_idx, upsample_, normalize_, target_fn=None):
-        maps, (scores, idx, probs) = self.raw_maps(images, class_idx, target_fn)
-        if normalize_:
-            maps = minmax(maps)
-        return maps, scores, idx, probs
-
-
-class Saliency(_InputMaps, Explainer):
+class Saliency(Explainer):
     """Saliency maps (Simonyan et al., ICLR 2014 workshop): the input gradient's magnitude.
 
     ``M = max_c |dS/dx_c|`` ``(N, *S)``, min-max scaled to [0, 1] per map
@@ -154,7 +143,7 @@ class Saliency(_InputMaps, Explainer):
         return channel_max(grads), scored
 
 
-class SmoothGrad(_InputMaps, StreamingExplainer):
+class SmoothGrad(StreamingExplainer):
     """SmoothGrad (Smilkov et al., 2017): the input gradient averaged over noisy copies.
 
     ``M = max_c |(1 / n) sum_i dS/dx_c (x + eps_i)|`` over ``n = samples``

@@ -30,7 +30,6 @@ import numpy as np
 from keras_cam import random as _random
 from keras_cam import targets as _targets
 from keras_cam._compat import ops
-from keras_cam.base import minmax
 from keras_cam.methods.streaming import StreamingExplainer, check_positive_int, check_seed, grid
 
 
@@ -357,18 +356,7 @@ class _BlackBox(StreamingExplainer):
         return s
 
 
-class _AtInput:
-    """``compute`` for maps already at the input's resolution: ``upsample`` ignored."""
-
-    def compute(self, images, class_idx, upsample_, normalize_, target_fn=None):
-        maps, (scores, idx, probs) = self.raw_maps(images, class_idx, target_fn)
-        maps = ops.cast(maps, "float32")
-        if normalize_:
-            maps = minmax(maps)
-        return maps, scores, idx, probs
-
-
-class Occlusion(_AtInput, _BlackBox):
+class Occlusion(_BlackBox):
     """Occlusion (Zeiler and Fergus, ECCV 2014): the score's drop when a patch is filled.
 
     A patch of ``patch_size`` positions slides over the spatial axes with
@@ -468,7 +456,7 @@ class Occlusion(_AtInput, _BlackBox):
         return total / ops.convert_to_tensor(count)[None], scored
 
 
-class RISE(_AtInput, _BlackBox):
+class RISE(_BlackBox):
     """RISE (Petsiuk et al., BMVC 2018): the mean of random smooth masks weighted by their scores.
 
     ``M = (1 / (masks p)) sum_{i < masks} S(x * M_i) M_i``

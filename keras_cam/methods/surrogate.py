@@ -43,7 +43,6 @@ from keras_cam import backend as _backend
 from keras_cam import random as _random
 from keras_cam import targets as _targets
 from keras_cam._compat import ops
-from keras_cam.base import minmax
 from keras_cam.inputs import baseline_inputs, check_baseline, read_inputs
 from keras_cam.methods.streaming import StreamingExplainer, check_positive_int, check_seed, grid
 
@@ -348,12 +347,6 @@ class SurrogateExplainer(StreamingExplainer):
         phi, labels, scored = self.fit(images, class_idx, target_fn)
         flat = ops.reshape(labels, (labels.shape[0], -1))
         return ops.reshape(ops.take_along_axis(phi, flat, axis=1), tuple(labels.shape)), scored
-
-    def compute(self, images, class_idx, upsample_, normalize_, target_fn=None):
-        maps, (scores, idx, probs) = self.raw_maps(images, class_idx, target_fn)
-        if normalize_:
-            maps = minmax(maps)
-        return maps, scores, idx, probs
 
     def _active(self, count):
         """``(b, M)`` bool: the slots ``k < count`` that are superpixels."""
