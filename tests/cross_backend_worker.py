@@ -238,7 +238,7 @@ OPTIONS = {
     "kernelshap": {"coalitions": 16, "seed": 5},
 }
 GUIDED = ("guidedbackprop", "guidedgradcam")
-# Methods that run many passes: every target on the CNN, top-1 (Segmentation) on the other models.
+# Methods that run many passes: on the segmenter, Segmentation without a mask alone.
 MANY_PASS = ("scorecam", "iscam", "sscam", "ablationcam", "smoothgradcampp", "smoothgrad", "integratedgradients",
              "fullgrad", "occlusion", "rise", "sobolattribution", "hsicattribution", "lime", "kernelshap")
 
@@ -280,7 +280,10 @@ def method_cases(models, data):
                 return made["e"]
 
             for tname, target in targets_of(name).items():
-                if method in MANY_PASS and name not in ("cnn", "seg") and tname != "top1":
+                # Every target kind on the CNN; on the other models the method's own path (top-1, or
+                # the segmenter's Segmentation): a target is read from the scores the same way
+                # whatever the model, so the kinds times the models would repeat the CNN's cases.
+                if name not in ("cnn", "seg") and tname != "top1":
                     continue
                 if method in MANY_PASS and name == "seg" and tname != "segmentation":
                     continue

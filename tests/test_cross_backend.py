@@ -5,10 +5,11 @@ once per backend (``KERAS_BACKEND=tensorflow|jax|torch``, in subprocesses run at
 are split over two). Each worker builds the same eight models (a CNN, the same CNN channels-first,
 a Conv1D, a Conv3D, a tiny ViT with a class token, a segmenter, a two-input model and a model
 nested in a model), gives them the numpy weights this test draws and writes to ``tmp_path``,
-explains the same numpy inputs with every registered method and the guided methods, for every
-target kind (top-1, an int, one class per image, a callable, Regression, Similarity, Segmentation
-with and without a mask), with ``aug_smooth`` and ``eigen_smooth``, scores every metric of
-:mod:`keras_cam.metrics`, and saves the arrays. Here JAX's and PyTorch's arrays are held to
+explains the same numpy inputs with every registered method and the guided methods: on the CNN
+for every target kind (top-1, an int, one class per image, a callable, Regression, Similarity), on
+the segmenter for Segmentation with and without a mask and a callable, on the other models for
+top-1 (a target is read from the scores the same way on every model), with ``aug_smooth`` and
+``eigen_smooth``, scores every metric of :mod:`keras_cam.metrics`, and saves the arrays. Here JAX's and PyTorch's arrays are held to
 TensorFlow's, case by case: ``max |a - b| <= 1e-4 max |b| + 1e-6`` for each array (the maps before
 upsampling and normalizing, the normalized maps, the scores, classes and probabilities, each
 metric's per-image values), integers exactly. Every disagreement is listed, not only the first.
