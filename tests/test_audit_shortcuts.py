@@ -393,6 +393,35 @@ def test_verification_equals_a_hand_computation(linear_case):
     assert again.removal == check.removal and again.transplant == check.transplant
 
 
+def test_verification_reuses_the_audits_class_scores(linear_case, monkeypatch):
+    """The audit keeps every image's class scores (read with "what"'s features); the verification scores
+    only the changed images with them, and gives the numbers it gives when it scores the other-class
+    images again."""
+    import dataclasses
+
+    from keras_cam.audit import core
+
+    model, images, labels, result = linear_case
+    np.testing.assert_allclose(result.logits, model.predict(images, verbose=0), rtol=1e-5, atol=1e-6)
+    scored = []
+    real = core.class_scores
+    monkeypatch.setattr(core, "class_scores", lambda e, x, b=64: scored.append(len(x)) or real(e, x, b))
+    group = result.of_class(1)[0]
+    region = np.zeros((8, 8), bool)
+    region[0:3, 5:8] = True
+    kw = dict(region=region, n_members=6, n_others=5, n_random=2, seed=4, noise=0.0)
+    reused = result.verify(group, **kw)
+    m, o = len(reused.members), len(reused.others)
+    assert sum(scored) == m * (1 + 2) + o * (1 + 2)
+    scored.clear()
+    again = dataclasses.replace(result, logits=None, verifications={}).verify(group, **kw)
+    assert sum(scored) == m * (1 + 2) + o * (2 + 2)           # the other-class images scored again
+    for a, b in ((reused.removal, again.removal), (reused.transplant, again.transplant)):
+        for field in ("mean", "low", "high", "region", "random"):
+            assert getattr(a, field) == pytest.approx(getattr(b, field), abs=1e-5), field
+    assert reused.verdict == again.verdict
+
+
 def test_image_wide_verification_equals_a_hand_computation(linear_case, tmp_path):
     """A group that differs from the rest of its class at no place (a colour cast) is verified on the
     images' per-channel means: members moved to the rest's means, the group's mean offset added to

@@ -32,6 +32,10 @@ from keras_cam.base import Explainer
 # thumbnail kept for every image.
 EXAMPLES = 16
 THUMBNAIL = 64
+# The audit keeps every image's class scores (n, C) for the verification's "before" when they come with
+# "what"'s features and hold at most this many numbers (64 MB as float32); above it, verify scores
+# the other-class images again.
+LOGITS_KEPT = 2 ** 24
 
 
 @dataclasses.dataclass
@@ -136,6 +140,11 @@ class Audit:
         weights: the audited model's weights fingerprint
             (:func:`keras_cam.dataset.weights_fingerprint`): :meth:`verify`
             refuses a model trained or reloaded since.
+        logits: ``(n, C)`` float32 every image's class scores, as read with
+            "what"'s features (logits where the explainer linearizes the head),
+            or None (``n_clusters=int``, or more than :data:`LOGITS_KEPT`
+            numbers): :meth:`verify` reuses them for the other-class images'
+            scores before the transplant.
     """
 
     clusters: list
@@ -157,6 +166,7 @@ class Audit:
     verifications: dict = dataclasses.field(repr=False, default_factory=dict)
     concept_summaries: dict = dataclasses.field(repr=False, default_factory=dict)
     weights: str | None = dataclasses.field(repr=False, default=None)
+    logits: np.ndarray | None = dataclasses.field(repr=False, default=None)
 
     def __len__(self):
         return len(self.clusters)
@@ -410,6 +420,7 @@ def audit(explainer, data, labels=None, *, boxes=None, masks=None, n_clusters="a
     # explainer allows it (Explainer.fuses_features), else one more compiled pass per batch
     # (class_features).
     pooled = [] if n_clusters == "auto" and _has_features(explainer) else None
+    logits = [] if pooled is not None else None
     fused = pooled is not None and explainer.fuses_features
     seen = 0
     # One read of the data: the images pass through `source.recorded()` on their way to the explain
@@ -425,7 +436,7 @@ def audit(explainer, data, labels=None, *, boxes=None, masks=None, n_clusters="a
                                   features=fused)
         for result in results:
             _read(result, explainer, source, grid, boxes, masks, sigmoid, batch_size, seen, thumbnails,
-                  grids, targets, probs, correct, outside, pooled)
+                  grids, targets, probs, correct, outside, pooled, logits)
             scores.append(np.asarray(result.scores, np.float64))
             seen += len(result.maps)
     n = seen
@@ -487,6 +498,7 @@ def audit(explainer, data, labels=None, *, boxes=None, masks=None, n_clusters="a
         explainer=explainer, images=source.array, boxes=None if boxes is None else np.asarray(boxes),
         masks=None if masks is None else np.asarray(masks), batch_size=int(batch_size),
         weights=weights_fingerprint(explainer.model),
+        logits=np.concatenate(logits) if logits and logits[-1] is not None else None,
     )
 
 
@@ -711,15 +723,18 @@ def _verify_cluster(result, cluster, images, region, n_members, n_others, n_rand
             else:
                 object_masks[j] = np.asarray(result.masks[i]) != 0
     scores_of = lambda x: class_scores(explainer, x, batch_size)    # noqa: E731
+    # The predictions already computed: the members' explained scores, and the other-class images'
+    # class scores where the audit kept them.
+    before = None if result.logits is None else result.logits[others]
     wide = {}
     if rest is None:
         removal, transplant, object_drop, depends, example, shifted = interventions.run(
             scores_of, source.get, to_last, from_last, pixels, c.target,
-            members, others, result.scores[members], n_random, seed, object_masks, float(noise))
+            members, others, result.scores[members], n_random, seed, object_masks, float(noise), before)
     else:    # an image-wide group: intervene on the per-channel means (verify.run_image_wide)
         removal, transplant, offset, depends, example, offsets = interventions.run_image_wide(
             scores_of, source.get, to_last, from_last, c.target, members, rest, others,
-            result.scores[members], n_random, seed)
+            result.scores[members], n_random, seed, before)
         object_drop, shifted = None, None
         wide = {"offset": offset, "random_offsets": offsets, "rest": rest}
     example["images"] = tuple(thumbnail(explainer, from_last(im[None])[0]) for im in example["images"])
@@ -845,10 +860,11 @@ def _quiet_dataset_retracing():
 
 
 def _read(result, explainer, source, grid, boxes, masks, sigmoid, batch_size, seen, thumbnails,
-          grids, targets, probs, correct, outside, pooled=None):
+          grids, targets, probs, correct, outside, pooled=None, kept=None):
     """Keep what the audit needs of one batch of maps: grids, targets, thumbnails, correctness, and
     with ``pooled`` a list, the pooled activations at the target layer (the step's ``features``, or
-    :func:`class_features`)."""
+    :func:`class_features`), and with ``kept`` a list, their class scores while they hold at most
+    :data:`LOGITS_KEPT` numbers in all (then ``kept`` is emptied and left so)."""
     maps = result.maps
     images = source.take(len(maps))
     logits = None
@@ -856,6 +872,10 @@ def _read(result, explainer, source, grid, boxes, masks, sigmoid, batch_size, se
         features, logits = (result.features if result.features is not None
                             else class_features(explainer, images, batch_size))
         pooled.append(features)
+        if kept is not None and (not kept or kept[-1] is not None):
+            kept.append(np.asarray(logits, np.float32))
+            if sum(v.size for v in kept) > LOGITS_KEPT:
+                kept[:] = [None]
     thumbnails += [thumbnail(explainer, image) for image in images]
     grids.append(spray.to_grid(maps, grid))
     targets.append(result.targets)

@@ -50,9 +50,12 @@ Both effects come with 95 % confidence intervals over images (Student's t).
 The **verdict** is "depends on the region (shortcut candidate)" when both
 intervals lie above 0, and "no dependence shown" otherwise.
 
-Everything is drawn from ``seed`` and computed in batches: a verification
-costs ``2 + n_random`` forward passes per member and ``2 + n_random`` per
-other-class image, and reuses the scores the audit already has.
+Everything is drawn from ``seed`` and computed in batches. A verification
+reuses the scores the audit already has: the members' explained scores, and
+the other-class images' own class scores (``Audit.logits``, kept with
+"what"'s features). So it costs ``1 + n_random`` forward passes per member
+(one more with boxes or masks) and ``1 + n_random`` per other-class image
+(one more where the audit kept no class scores).
 """
 
 from __future__ import annotations
@@ -233,10 +236,11 @@ def _example(members, others, k, base, s_region, before, after, images):
 
 
 def run(scores_of, images_of, to_last, from_last, region, k, members, others, base_member_scores,
-        n_random, seed, object_masks=None, noise=0.01):
+        n_random, seed, object_masks=None, noise=0.01, before=None):
     """The interventions (see the module docstring); ``scores_of(x) -> (n, C)`` scores of model-format
     images, ``images_of(indices) -> model-format images``; ``to_last``/``from_last`` convert between
-    the model's format and channels-last."""
+    the model's format and channels-last; ``before``: the other-class images' scores ``(o, C)`` where
+    they are known already (else they are scored here)."""
     from keras_cam.metrics import impute
 
     rng = np.random.default_rng([int(seed), int(k), 0x7E5])
@@ -262,11 +266,20 @@ def run(scores_of, images_of, to_last, from_last, region, k, members, others, ba
     pasted = np.where(region[None, ..., None], donors, xo)
     random_pasted = np.where(shifted[:o, ..., None].reshape(o * n_random, *region.shape, 1),
                              np.repeat(donors, n_random, axis=0), np.repeat(xo, n_random, axis=0))
-    every = scores_of(from_last(np.concatenate([xo, pasted, random_pasted])))
+    every = _scored(scores_of, from_last, xo, before, pasted, random_pasted)
     transplant, before, after = _transplant(every, o, n_random, k)
     depends = bool(removal.low > 0 and transplant.low > 0)
     example = _example(members, others, k, base, s_region, before, after, (xm[0], filled[0], xo[0], pasted[0]))
     return removal, transplant, object_drop, depends, example, shifted
+
+
+def _scored(scores_of, from_last, xo, before, pasted, random_pasted):
+    """The transplant's scores ``[before; pasted; random pasted]``: one pass, with the other-class
+    images' own scores reused where ``before`` gives them."""
+    if before is None:
+        return scores_of(from_last(np.concatenate([xo, pasted, random_pasted])))
+    after = scores_of(from_last(np.concatenate([pasted, random_pasted])))
+    return np.concatenate([np.asarray(before, after.dtype), after])
 
 
 def random_offsets(norms, count, channels, rng):
@@ -282,7 +295,7 @@ def channel_means(x):
 
 
 def run_image_wide(scores_of, images_of, to_last, from_last, k, members, rest, others, base_member_scores,
-                   n_random, seed):
+                   n_random, seed, before=None):
     """The image-wide interventions (see the module docstring, "Image-wide groups"); the arguments as for
     :func:`run`, with ``rest`` the images whose channel means ``rho`` averages. Returns ``run``'s values
     with the offset ``delta`` in place of the object drop and the random offsets ``(u, v)`` in place of
@@ -308,7 +321,7 @@ def run_image_wide(scores_of, images_of, to_last, from_last, k, members, rest, o
     removal, s_region = _removal(scores_of(from_last(filled))[:, k], m, n_random, base)
     pasted = shifted(xo, np.broadcast_to(delta, (o, channels)))
     random_pasted = shifted(np.repeat(xo, n_random, axis=0), v.reshape(o * n_random, channels))
-    every = scores_of(from_last(np.concatenate([xo, pasted, random_pasted])))
+    every = _scored(scores_of, from_last, xo, before, pasted, random_pasted)
     transplant, before, after = _transplant(every, o, n_random, k)
     depends = bool(removal.low > 0 and transplant.low > 0)
     example = _example(members, others, k, base, s_region, before, after, (xm[0], filled[0], xo[0], pasted[0]))
