@@ -420,6 +420,13 @@ def test_verification_reuses_the_audits_class_scores(linear_case, monkeypatch):
         for field in ("mean", "low", "high", "region", "random"):
             assert getattr(a, field) == pytest.approx(getattr(b, field), abs=1e-5), field
     assert reused.verdict == again.verdict
+    # Past LOGITS_KEPT numbers the audit keeps no class scores, and the verification scores them itself.
+    monkeypatch.setattr(core, "LOGITS_KEPT", result.logits.size - 1)
+    capped = kc.audit(result.explainer, images, labels, verbose=0, n_neighbors=3)
+    assert capped.logits is None
+    scored.clear()
+    check = capped.verify(capped.of_class(1)[0], **kw)
+    assert sum(scored) == len(check.members) * (1 + 2) + len(check.others) * (2 + 2)
 
 
 def test_image_wide_verification_equals_a_hand_computation(linear_case, tmp_path):

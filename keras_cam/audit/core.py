@@ -498,7 +498,7 @@ def audit(explainer, data, labels=None, *, boxes=None, masks=None, n_clusters="a
         explainer=explainer, images=source.array, boxes=None if boxes is None else np.asarray(boxes),
         masks=None if masks is None else np.asarray(masks), batch_size=int(batch_size),
         weights=weights_fingerprint(explainer.model),
-        logits=np.concatenate(logits) if logits and logits[-1] is not None else None,
+        logits=np.concatenate(logits) if logits and sum(v.size for v in logits) <= LOGITS_KEPT else None,
     )
 
 
@@ -863,8 +863,7 @@ def _read(result, explainer, source, grid, boxes, masks, sigmoid, batch_size, se
           grids, targets, probs, correct, outside, pooled=None, kept=None):
     """Keep what the audit needs of one batch of maps: grids, targets, thumbnails, correctness, and
     with ``pooled`` a list, the pooled activations at the target layer (the step's ``features``, or
-    :func:`class_features`), and with ``kept`` a list, their class scores while they hold at most
-    :data:`LOGITS_KEPT` numbers in all (then ``kept`` is emptied and left so)."""
+    :func:`class_features`), and with ``kept`` a list, their class scores."""
     maps = result.maps
     images = source.take(len(maps))
     logits = None
@@ -872,10 +871,8 @@ def _read(result, explainer, source, grid, boxes, masks, sigmoid, batch_size, se
         features, logits = (result.features if result.features is not None
                             else class_features(explainer, images, batch_size))
         pooled.append(features)
-        if kept is not None and (not kept or kept[-1] is not None):
+        if kept is not None:
             kept.append(np.asarray(logits, np.float32))
-            if sum(v.size for v in kept) > LOGITS_KEPT:
-                kept[:] = [None]
     thumbnails += [thumbnail(explainer, image) for image in images]
     grids.append(spray.to_grid(maps, grid))
     targets.append(result.targets)
