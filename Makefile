@@ -30,7 +30,8 @@ install-test:
 	  apt-get update -qq && apt-get install -y -qq --no-install-recommends chromium >/dev/null; } || \
 	  { echo "install Debian's chromium (apt-get install chromium) for tests/test_audit.py" >&2; exit 1; }
 
-# The four test modes, two at a time (the machine has 2 cores): make starts the next mode as
+# The four test modes, two at a time. The cases marked `slow` run in the Keras 3 / TensorFlow mode
+# only (tests/slow.py says why each is covered in the others); KERAS_CAM_SLOW=all runs them in all four. (the machine has 2 cores): make starts the next mode as
 # soon as one ends, the slowest (JAX, which compiles every explainer) first. -k runs every
 # mode even after one fails; any failure fails `make test`.
 test:

@@ -1,11 +1,13 @@
 """Shared fixtures: small seeded models built with the Keras under test.
 
-The suite runs twice (see the Makefile): with Keras 3, and with legacy
-tf-keras (``TF_USE_LEGACY_KERAS=1``); ``keras_cam._compat.keras`` is the one
-in use, so tests build their models with it.
+The suite runs in four modes (see the Makefile): Keras 3 on TensorFlow (the reference mode),
+legacy tf-keras (``TF_USE_LEGACY_KERAS=1``), and Keras 3 on JAX and on PyTorch;
+``keras_cam._compat.keras`` is the one in use, so tests build their models with it. The cases
+marked ``slow`` run in the reference mode only, unless ``KERAS_CAM_SLOW=all`` (tests/slow.py).
 """
 
 import os
+import re
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
@@ -44,10 +46,46 @@ def pytest_configure(config):
     config.addinivalue_line(
         "markers", "tensorflow_only: TensorFlow by nature (SavedModel graphs, tf.distribute, tf.data, "
         "TensorBoard, legacy tf-keras): runs in the TensorFlow test modes, not under KERAS_BACKEND=jax/torch")
-    config.addinivalue_line("markers", "slow: a case that takes tens of seconds")
+    config.addinivalue_line(
+        "markers", "slow(covered_by): a slow case whose backend-dependent part the test named by "
+        "covered_by checks in every mode: it runs in the reference mode (Keras 3 on TensorFlow), and in "
+        "the others with KERAS_CAM_SLOW=all")
+
+
+# The reference mode runs every case. The other three run every case too, except those marked
+# ``slow``: each of these repeats, on a slow path, what its ``covered_by`` test already checks on
+# that backend (test_cross_backend.py compares every method, target kind and metric with the
+# reference, number by number, on seven models). KERAS_CAM_SLOW=all runs them in every mode.
+from slow import RUNS_SLOW  # noqa: E402
+
+_DESELECTED = []
+
+
+def _check_covered_by(item):
+    """A slow mark names the case that covers it: ``file.py::test_name`` (which must exist), or
+    ``this test on 'method'`` (a parameter of the same test, unmarked)."""
+    mark = item.get_closest_marker("slow")
+    covered_by = mark.kwargs.get("covered_by", "")
+    named = re.findall(r"(test_\w+\.py)::(test_\w+)", covered_by)
+    for file, name in named:
+        path = os.path.join(os.path.dirname(__file__), file)
+        if not os.path.exists(path) or not re.search(rf"^def {name}\(", open(path).read(), re.M):
+            raise pytest.UsageError(f"{item.nodeid}: slow(covered_by=...) names {file}::{name}, which does not exist")
+    if not named and "this test on" not in covered_by:
+        raise pytest.UsageError(f"{item.nodeid}: a slow mark must say which case covers it: "
+                                f"slow(covered_by='test_file.py::test_name')")
 
 
 def pytest_collection_modifyitems(config, items):
+    for item in items:
+        if item.get_closest_marker("slow"):
+            _check_covered_by(item)
+    if not RUNS_SLOW:
+        slow = [item for item in items if item.get_closest_marker("slow")]
+        if slow:
+            config.hook.pytest_deselected(items=slow)
+            items[:] = [item for item in items if not item.get_closest_marker("slow")]
+            _DESELECTED.extend(slow)
     if BACKEND == "tensorflow":
         return
     skip = pytest.mark.skip(reason=f"TensorFlow by nature; this run is on the {BACKEND} backend "
@@ -55,6 +93,13 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if item.get_closest_marker("tensorflow_only"):
             item.add_marker(skip)
+
+
+def pytest_terminal_summary(terminalreporter):
+    if _DESELECTED:
+        terminalreporter.write_line(
+            f"{len(_DESELECTED)} slow cases deselected: they run in the Keras 3 / TensorFlow mode "
+            f"(KERAS_CAM_SLOW=all runs them here too)")
 
 
 @pytest.fixture(scope="module", autouse=True)

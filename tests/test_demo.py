@@ -20,6 +20,7 @@ from keras_cam._compat import keras, to_host
 from keras_cam.demo import CLASS_NAMES, IMAGE_SIZE, TARGET_LAYER, build_model, load_model, make_dataset
 from keras_cam.demo.model import SHORTCUT_WEIGHTS_PATH, WEIGHTS_PATH, load_shortcut_model, save_weights, weights_of
 from keras_cam.demo.run import box_share, one_per_class
+from slow import each_method
 
 N = 160
 
@@ -194,14 +195,14 @@ def test_registry_names_and_spellings():
         methods.get(3)
 
 
-def test_every_registered_method_explains_the_demo_model(model, data):
+@pytest.mark.parametrize("name", each_method(methods.names(attention=False)))  # the demo model is a CNN
+def test_every_registered_method_explains_the_demo_model(model, data, name):
     images = data[0][:2]
-    for name in methods.names(attention=False):  # the demo model is a CNN
-        explainer = methods.create(name, model, layer=TARGET_LAYER)
-        assert isinstance(explainer, kc.Explainer)
-        maps = explainer(images)
-        assert maps.shape == (2, IMAGE_SIZE, IMAGE_SIZE), name
-        assert np.isfinite(maps).all() and maps.min() >= 0 and maps.max() == pytest.approx(1.0), name
+    explainer = methods.create(name, model, layer=TARGET_LAYER)
+    assert isinstance(explainer, kc.Explainer)
+    maps = explainer(images)
+    assert maps.shape == (2, IMAGE_SIZE, IMAGE_SIZE)
+    assert np.isfinite(maps).all() and maps.min() >= 0 and maps.max() == pytest.approx(1.0)
 
 
 # ---------------------------------------------------------------- every backend

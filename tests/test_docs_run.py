@@ -45,6 +45,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import doc_preludes  # noqa: E402
+from slow import slow  # noqa: E402
 
 from keras_cam import backend as _backend  # noqa: E402
 
@@ -352,11 +353,26 @@ def in_tmp(tmp_path, monkeypatch):
     plt.close("all")
 
 
+# The pages that take a minute or more outside the reference mode (KerasHub models and
+# keras.applications built from configs, compiled anew by JAX): they run in the reference mode,
+# and what they show is checked on every backend by the tests named.
+SLOW_PAGES = {
+    "docs/transformers.md": "test_keras_hub_vision.py::test_text_similarity_is_the_cosine_logit, "
+                            "test_keras_hub_vision.py::test_dfine_query_by_index_and_by_box, "
+                            "test_attention_hub.py::test_gemma3_gradcam_maps_each_image",
+    "docs/targets.md": "test_targets.py::test_segmentation_gradcam_by_hand, "
+                       "test_keras_hub_vision.py::test_generated_token_is_the_models_logit",
+    "docs/layers.md": "test_reach.py::test_default_table_agrees_with_the_probe_on_real_models",
+}
+
+
 def _page_param(page):
     backends, why = doc_preludes.PAGE_BACKENDS.get(page, (None, None))
-    if backends is None or BACKEND in backends:
-        return page
-    return pytest.param(page, marks=pytest.mark.skip(reason=f"{page} runs on {', '.join(backends)}: {why}"))
+    if backends is not None and BACKEND not in backends:
+        return pytest.param(page, marks=pytest.mark.skip(reason=f"{page} runs on {', '.join(backends)}: {why}"))
+    if page in SLOW_PAGES:
+        return pytest.param(page, marks=slow(SLOW_PAGES[page]))
+    return page
 
 
 @pytest.mark.parametrize("page", [_page_param(p) for p in RUN_PAGES])

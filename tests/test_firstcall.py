@@ -20,6 +20,7 @@ import keras_cam as kc
 from keras_cam import backend, methods
 from keras_cam._compat import keras, ops, to_host
 from keras_cam.compiled import Compiled
+from slow import each_method
 from test_gradcam import first_call_traces, resize_np, traces
 from keras_cam.viz import colorize
 from keras_cam.vizgradcam import ExplainerCache, VizGradCAM, last_conv_layer
@@ -144,7 +145,7 @@ def test_compiled_runs_a_new_signature_eagerly_then_traces_it_once():
 # ---------------------------------------------------------------- every method
 
 
-@pytest.mark.parametrize("name", [n for n, _ in explainers(None)])
+@pytest.mark.parametrize("name", each_method([n for n, _ in explainers(None)]))
 def test_eager_first_call_equals_the_compiled_one(model, images, name):
     make = dict(explainers(model))[name]
     eager, compiled = make(), make()
@@ -205,7 +206,7 @@ def _state(model):
             for path, layer in kc.layers.walk(model)}
 
 
-@pytest.mark.parametrize("name", [n for n, _ in explainers(None)])
+@pytest.mark.parametrize("name", each_method([n for n, _ in explainers(None)]))
 def test_eager_calls_restore_the_model_exactly(images, name):
     model = build(seed=3)
     model(images)

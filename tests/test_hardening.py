@@ -9,6 +9,7 @@ import keras_cam as kc
 from keras_cam import backend
 from keras_cam.methods import create, names
 from keras_cam._compat import LEGACY, keras, ops, to_host
+from slow import each_method
 
 H = W = 12
 
@@ -229,7 +230,7 @@ def film_model():
     return keras.Model({"rgb": a, "gate_values": b}, keras.layers.Dense(3)(pooled))
 
 
-@pytest.mark.parametrize("method", names(attention=False) + ["guidedbackprop", "guidedgradcam"])
+@pytest.mark.parametrize("method", each_method(names(attention=False) + ["guidedbackprop", "guidedgradcam"]))
 def test_every_method_holds_the_other_inputs_of_each_image(images, method):
     """A second code path per method: the maps of a multi-input model's batch equal each
     image's maps through a one-input model that supplies that image's gate."""

@@ -6,7 +6,8 @@ The definitions are checked number by number in each family's own test file
 (test_gradcam.py, test_methods_family.py, test_methods_more.py, test_scorecam.py,
 test_score_variants.py, test_ablation.py, test_attribution.py, test_fullgrad.py);
 here every name of ``keras_cam.methods`` goes through the same invariances, so a
-method registered later is covered by the line that registers it.
+method registered later is covered by the line that registers it. Outside the reference mode
+(Keras 3 on TensorFlow) they run on one method per code path (tests/slow.py).
 """
 
 import numpy as np
@@ -16,6 +17,7 @@ import keras_cam as kc
 from keras_cam import backend, methods
 from keras_cam._compat import keras, ops, to_host
 from test_gradcam import _rss_mb, native_grad, traces
+from slow import each_method
 from test_layout import CLASSES, hand_vit, tiny_vit
 
 H = W = 12
@@ -92,7 +94,7 @@ def images():
 NAMES = methods.names(attention=False)  # the attention methods: tests/test_attention.py
 
 
-@pytest.mark.parametrize("name", NAMES)
+@pytest.mark.parametrize("name", each_method(NAMES))
 def test_batch_equals_single_calls_and_one_trace_per_shape(model, images, name):
     cam = create(name, model, batch_size=2)
     batch = cam(images, targets=[0, 1, 2])
@@ -108,7 +110,7 @@ def test_batch_equals_single_calls_and_one_trace_per_shape(model, images, name):
 
 
 @pytest.mark.parametrize("shape", [(16, 2), (6, 8, 8, 1)], ids=["signal", "volume"])
-@pytest.mark.parametrize("name", NAMES)
+@pytest.mark.parametrize("name", each_method(NAMES))
 def test_other_layouts(name, shape):
     """1-D signals and 3-D volumes: maps at the input's size, batch == single."""
     model = build(shape)
@@ -126,7 +128,7 @@ def test_other_layouts(name, shape):
         np.testing.assert_allclose(cam(x[i], targets=1), batch[i], atol=2e-5)
 
 
-@pytest.mark.parametrize("name", NAMES)
+@pytest.mark.parametrize("name", each_method(NAMES))
 def test_no_memory_growth_and_model_unchanged(model, images, name):
     before = to_host(model(images))
     weights = [w.copy() for w in model.get_weights()]
@@ -177,7 +179,7 @@ def test_gradient_methods_on_vit_tokens_equal_the_hand_computation(name):
     assert varied  # not only all-zero maps
 
 
-@pytest.mark.parametrize("name", NAMES)
+@pytest.mark.parametrize("name", each_method(NAMES))
 def test_every_method_on_a_token_grid(name):
     """Every method explains a ViT at its token layer (the patch tokens on their 4 x 4 grid),
     batch == single; CAM, whose head must be pooling + Dense, says to use Grad-CAM."""
@@ -196,7 +198,7 @@ def test_every_method_on_a_token_grid(name):
         np.testing.assert_allclose(cam(x[i], targets=1), batch[i], atol=2e-5)
 
 
-@pytest.mark.parametrize("name", NAMES)
+@pytest.mark.parametrize("name", each_method(NAMES))
 def test_every_method_takes_reshape_and_is_quiet_by_default(name, capsys):
     """`reshape=` is an option of every explainer (docs/layouts.md): on a ViT's token layer
     the grid given as (h, w) gives the maps of the inferred grid, and another grid lays the
@@ -236,7 +238,7 @@ def test_create_builds_every_method_silent(model, images, capsys):
     assert methods.create("iscam", model, layer="target", verbose=1).verbose == 1
 
 
-@pytest.mark.parametrize("name", NAMES)
+@pytest.mark.parametrize("name", each_method(NAMES))
 def test_explain_dataset_equals_the_explainer(model, name):
     """Every method through explain_dataset (its compute, compiled per batch shape, with a
     partial last batch) gives the explainer's own maps for the labelled classes."""
