@@ -6,7 +6,9 @@ legacy tf-keras (``TF_USE_LEGACY_KERAS=1``), and Keras 3 on JAX and on PyTorch;
 marked ``slow`` run in the reference mode only, unless ``KERAS_CAM_SLOW=all`` (tests/slow.py).
 """
 
+import functools
 import os
+import pathlib
 import re
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -61,31 +63,33 @@ from slow import RUNS_SLOW  # noqa: E402
 _DESELECTED = []
 
 
+@functools.lru_cache(maxsize=None)
+def _test_names(file):
+    """The test functions defined in ``tests/<file>`` (empty when there is no such file)."""
+    path = pathlib.Path(__file__).parent / file
+    return frozenset(re.findall(r"^def (test_\w+)\(", path.read_text(), re.M)) if path.exists() else frozenset()
+
+
 def _check_covered_by(item):
-    """A slow mark names the case that covers it: ``file.py::test_name`` (which must exist), or
-    ``this test on 'method'`` (a parameter of the same test, unmarked)."""
-    mark = item.get_closest_marker("slow")
-    covered_by = mark.kwargs.get("covered_by", "")
+    """A slow mark names the cases that cover it, as ``file.py::test_name``; each must exist."""
+    covered_by = item.get_closest_marker("slow").kwargs.get("covered_by", "")
     named = re.findall(r"(test_\w+\.py)::(test_\w+)", covered_by)
-    for file, name in named:
-        path = os.path.join(os.path.dirname(__file__), file)
-        if not os.path.exists(path) or not re.search(rf"^def {name}\(", open(path).read(), re.M):
-            raise pytest.UsageError(f"{item.nodeid}: slow(covered_by=...) names {file}::{name}, which does not exist")
-    if not named and "this test on" not in covered_by:
+    if not named:
         raise pytest.UsageError(f"{item.nodeid}: a slow mark must say which case covers it: "
                                 f"slow(covered_by='test_file.py::test_name')")
+    for file, name in named:
+        if name not in _test_names(file):
+            raise pytest.UsageError(f"{item.nodeid}: slow(covered_by=...) names {file}::{name}, which does not exist")
 
 
 def pytest_collection_modifyitems(config, items):
-    for item in items:
-        if item.get_closest_marker("slow"):
-            _check_covered_by(item)
-    if not RUNS_SLOW:
-        slow = [item for item in items if item.get_closest_marker("slow")]
-        if slow:
-            config.hook.pytest_deselected(items=slow)
-            items[:] = [item for item in items if not item.get_closest_marker("slow")]
-            _DESELECTED.extend(slow)
+    slow = [item for item in items if item.get_closest_marker("slow")]
+    for item in slow:
+        _check_covered_by(item)
+    if slow and not RUNS_SLOW:
+        config.hook.pytest_deselected(items=slow)
+        items[:] = [item for item in items if not item.get_closest_marker("slow")]
+        _DESELECTED.extend(slow)
     if BACKEND == "tensorflow":
         return
     skip = pytest.mark.skip(reason=f"TensorFlow by nature; this run is on the {BACKEND} backend "
