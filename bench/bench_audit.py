@@ -1,6 +1,14 @@
 """The dataset audit's cost: over the maps alone, and the clustering at scale.
 
     python bench/bench_audit.py [--images 2000] [--maps 100000] [--repeat 3] [--model demo|mobilenetv2]
+    python bench/bench_audit.py --what-study
+
+``--what-study`` (no timing): the planted-shortcut family ("cnn" seeds 0 and
+2, "residual" seed 1; every kind and share) audited with ``evidence="what"``,
+each class's group verified (``Audit.verify``, 32 members, 32 other-class
+images, 3 random regions): the marked group's F1, and for every class its
+level, the removal and transplant effects and the verdict, then how many
+marked and clean classes say "depends" (docs/audit.md, "Asking for what").
 
 With ``--model mobilenetv2`` (an untrained ``keras.applications.MobileNetV2``
 at 96 x 96, ``weights=None``: no download) the images are the planted-shortcut
@@ -155,8 +163,48 @@ def clustering(n_maps):
     return json.loads(code.stdout.strip().splitlines()[-1])
 
 
+def what_study(configurations=(("cnn", 0), ("cnn", 2), ("residual", 1)), n=240):
+    """Each family case audited with ``evidence="what"`` and each class's group verified."""
+    import keras_cam as kc
+    from keras_cam.audit.verify import VERDICT_DEPENDS
+    from keras_cam.demo.run import f1_score
+    from keras_cam.demo.shortcuts import FEATURE_LAYER, KINDS, SHARES, make_shortcut_dataset, shortcut_model
+
+    rows, marked_depends, clean_depends, clean = [], 0, [], 0
+    for architecture, seed in configurations:
+        for kind in KINDS:
+            for share in SHARES:
+                model = shortcut_model(kind, share, architecture, seed)
+                images, labels, marked, _ = make_shortcut_dataset(kind, n, seed=7 + seed, share=0.5)
+                with np.errstate(all="ignore"):
+                    result = kc.audit(kc.GradCAM(model, layer=FEATURE_LAYER), images, labels, evidence="what",
+                                      verbose=0)
+                for k in np.unique(labels):
+                    first = result.of_class(int(k))[0]
+                    if first.level is None:
+                        continue
+                    check = result.verify(first, n_members=32, n_others=32, n_random=3, seed=0)
+                    depends = check.verdict == VERDICT_DEPENDS
+                    if k == 0:
+                        marked_depends += depends
+                    else:
+                        clean += 1
+                        if depends:
+                            clean_depends.append(check.removal.mean)
+                    rows.append((f"{architecture} {seed}", kind, f"{share:.0%}", int(k),
+                                 f"{f1_score(first.indices, marked):.2f}" if k == 0 else "-", f"{first.level:.2f}",
+                                 f"{check.removal.mean:.2f}", f"{check.transplant.mean:.2f}",
+                                 "depends" if depends else "none"))
+    print(table(["configuration", "kind", "share", "class", "F1 (marked class)", "level", "removal", "transplant",
+                 "verdict"], rows))
+    cases = len(configurations) * len(KINDS) * len(SHARES)
+    print(f"\nmarked classes that depend: {marked_depends} of {cases}; clean classes that depend: "
+          f"{len(clean_depends)} of {clean} (removal effects {np.round(np.sort(clean_depends), 2).tolist()})")
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--what-study", action="store_true", help="the evidence='what' study (no timing)")
     parser.add_argument("--images", type=int, default=2000)
     parser.add_argument("--maps", type=int, default=100000, help="0 skips the clustering part")
     parser.add_argument("--repeat", type=int, default=3)
@@ -164,6 +212,9 @@ def main():
     args = parser.parse_args()
 
     t0 = time.perf_counter()
+    if args.what_study:
+        what_study()
+        return
     if args.model == "mobilenetv2":
         rows = verify_ratio(args.images, args.repeat, "MobileNetV2")
         print(table(["setting", "maps alone (s)", "audit (s, last run)", "verify_first (s, last run)",

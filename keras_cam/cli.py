@@ -568,7 +568,7 @@ def cmd_audit(args):
         data, data_labels = preprocess(pixels.astype(np.float32), args.preprocess), labels
     verbose = 0 if args.quiet or not sys.stdout.isatty() else 1
     result = audit(explainer, data, data_labels, max_clusters=args.max_clusters, n_neighbors=args.neighbors,
-                   batch_size=args.batch_size, seed=args.seed, verbose=verbose)
+                   evidence=args.evidence, batch_size=args.batch_size, seed=args.seed, verbose=verbose)
     if getattr(args, "verify", False):
         result.verify_first(data if backend.is_tensorflow() else None, seed=args.seed)  # an array is kept
 
@@ -889,6 +889,9 @@ def _add_audit_parser(sub, names):
     audit.add_argument("--quiet", action="store_true", help="no progress bar")
     audit.add_argument("--verify", action="store_true",
                        help="verify each class's first group by intervention (remove and transplant its region)")
+    audit.add_argument("--evidence", choices=("auto", "where", "what"), default="auto",
+                       help="the statistic that forms each class's group: the more significant one (auto, the "
+                            "default), the shared place (where) or the split layer feature (what)")
     audit.set_defaults(func=cmd_audit)
 
 

@@ -400,6 +400,11 @@ def test_cli_audit_writes_report_and_json_and_refuses_to_overwrite(model, data, 
     for c in saved["clusters"]:
         assert all(labels[int(os.path.basename(f)[2:4])] == c["target"] for f in c["files"])
     assert (tmp_path / "out" / "report.html").stat().st_size > 0
+    # --evidence what: each class's group is the "what" split.
+    what = [str(tmp_path / "what") if a == str(tmp_path / "out") else a for a in args] + ["--evidence", "what"]
+    assert cli.main(what) == 0
+    grouped = [c for c in json.load(open(tmp_path / "what" / "clusters.json"))["clusters"] if c["level"] is not None]
+    assert grouped and all(c["evidence"] == "what" for c in grouped)
     capsys.readouterr()
     assert cli.main(args) == 1
     assert "already exists" in capsys.readouterr().err

@@ -16,7 +16,7 @@ import pytest
 
 import keras_cam as kc
 from keras_cam import _compat, backend
-from keras_cam.audit import hotspots
+from keras_cam.audit import core, hotspots
 from keras_cam.audit import verify as interventions
 from keras_cam.demo.run import f1_score
 from keras_cam.demo.shortcuts import (FEATURE_LAYER, KINDS, SHARES, artifact_region, draw_artifact, learned,
@@ -65,7 +65,7 @@ def family():
                          "removal": check.removal.mean, "removal_low": check.removal.low,
                          "transplant": check.transplant.mean, "verdict": check.verdict})
     out = os.environ.get("KERAS_CAM_FAMILY_TABLE")
-    if out:  # the table docs/audit.md shows (see bench/bench_audit.py --family)
+    if out:  # the table docs/audit.md shows (docs/audit.md, "The family of planted shortcuts")
         with open(out, "w") as f:
             json.dump(rows, f, indent=1)
     return cases, rows
@@ -619,3 +619,67 @@ def test_cli_audit_verify(tmp_path, capsys):
         firsts.setdefault(c["target"], c)
     assert all(c["verification"] is not None for c in firsts.values())
     assert firsts[0]["verification"]["verdict"] == interventions.VERDICT_DEPENDS
+
+
+# --- evidence=: the statistic that forms each class's group ----------------------------------
+
+
+@pytest.fixture(scope="module")
+def forced():
+    """The demo's shortcut model audited three times, once per `evidence`, with the class features
+    read by a pass of their own (class_features) for the hand computation."""
+    from keras_cam.demo import TARGET_LAYER, load_shortcut_model, make_dataset
+
+    images, labels, _, _ = make_dataset(120, seed=11, watermark=(0, 0.5))
+    cam = kc.GradCAM(load_shortcut_model(), layer=TARGET_LAYER)
+    runs = {evidence: kc.audit(cam, images, labels, evidence=evidence, verbose=0) for evidence in core.EVIDENCE}
+    return cam, images, labels, runs
+
+
+def test_evidence_forms_the_group_from_the_statistic_it_names(forced):
+    cam, images, labels, runs = forced
+    pooled, _ = core.class_features(cam, images)
+    for k in np.unique(labels):
+        members = np.flatnonzero(labels == k)
+        scores = runs["auto"].scores[members]
+        maps = runs["auto"].maps[members].reshape(len(members), -1)
+        # By hand: each statistic's group, from the maps and the features alone.
+        groups = {"where": members[hotspots.find(maps, runs["auto"].maps.shape[1:], seed=0).members],
+                  "what": members[hotspots.find_what(pooled[members], scores, seed=0).members]}
+        firsts = {evidence: result.of_class(k)[0] for evidence, result in runs.items()}
+        for evidence in ("where", "what"):
+            assert firsts[evidence].evidence == evidence
+            np.testing.assert_array_equal(firsts[evidence].indices, groups[evidence])
+        np.testing.assert_array_equal(firsts["auto"].indices, groups[firsts["auto"].evidence])
+        # The level does not depend on which statistic formed the group.
+        assert len({first.level for first in firsts.values()}) == 1
+        # Every run still partitions the class.
+        for result in runs.values():
+            np.testing.assert_array_equal(np.sort(np.concatenate([c.indices for c in result.of_class(k)])), members)
+
+
+def test_evidence_is_checked(forced):
+    cam, images, labels, _ = forced
+    with pytest.raises(ValueError, match="`evidence` must be one of 'auto', 'where', 'what'; received 'who'"):
+        kc.audit(cam, images, labels, evidence="who", verbose=0)
+    with pytest.raises(ValueError, match="SpRAy"):
+        kc.audit(cam, images, labels, n_clusters=3, evidence="what", verbose=0)
+    with pytest.raises(ValueError, match="does not read"):
+        kc.audit(kc.Occlusion(cam.model), images, labels, evidence="what", verbose=0)
+
+
+@family_mode
+@pytest.mark.parametrize("kind", ["tag", "cast"])
+def test_the_20_percent_cases_the_level_misses_are_found_and_verified_by_what(kind):
+    """The two 20 % cases of "cnn" seed 0 whose level stays above the threshold (the tag: 1.0, the
+    cast: 0.26): the "what" split, asked for, is the marked images, and the verification shows the
+    model depends on what it points at."""
+    model = shortcut_model(kind, 0.2, "cnn", 0)
+    images, labels, marked, _ = make_shortcut_dataset(kind, N_AUDIT, seed=7, share=0.5)
+    with np.errstate(all="ignore"):
+        result = kc.audit(kc.GradCAM(model, layer=FEATURE_LAYER), images, labels, evidence="what", verbose=0)
+    first = result.of_class(0)[0]
+    check = result.verify(first, n_members=32, n_others=32, n_random=3, seed=0)
+    misses = _misses(kind, 0.2, result, images, marked, check)
+    assert [m for m in misses if not m.startswith("level")] == [], misses
+    assert not first.suspicious    # the level is still the statistic's: forcing it raises no alarm

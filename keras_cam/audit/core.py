@@ -36,6 +36,8 @@ THUMBNAIL = 64
 # "what"'s features and hold at most this many numbers (64 MB as float32); above it, verify scores
 # the other-class images again.
 LOGITS_KEPT = 2 ** 24
+# The statistics that can form a class's group with n_clusters="auto" (see audit's `evidence`).
+EVIDENCE = ("auto", "where", "what")
 
 
 @dataclasses.dataclass
@@ -321,7 +323,7 @@ def _name(class_names, k):
 
 
 def audit(explainer, data, labels=None, *, boxes=None, masks=None, n_clusters="auto", max_clusters=8,
-          n_neighbors=10, grid=16, strategy=None, batch_size=64, seed=0, verbose=1) -> Audit:
+          n_neighbors=10, grid=16, evidence="auto", strategy=None, batch_size=64, seed=0, verbose=1) -> Audit:
     """Audit a dataset for Clever-Hans behaviour: each class's shared hotspot, or SpRAy.
 
     Every image is explained (:func:`keras_cam.explain_dataset`, the data
@@ -375,6 +377,12 @@ def audit(explainer, data, labels=None, *, boxes=None, masks=None, n_clusters="a
         n_neighbors: ``k`` of the neighbour graph. A class with at most
             ``k`` images is kept as one cluster (a warning says so).
         grid: side of the grid maps are reduced to (an int, or ``(h, w)``).
+        evidence: with ``n_clusters="auto"``, which statistic forms each
+            class's group: ``"auto"`` (the more significant one, as above),
+            ``"where"`` or ``"what"`` (that one's group whatever its level;
+            "what" needs a gradient explainer). The level is the same in all
+            three (the combined level of both statistics): forcing one
+            changes the group that :meth:`Audit.verify` tests, not the level.
         strategy: a ``tf.distribute.Strategy`` for the explain step (see
             :func:`keras_cam.explain_dataset`).
         batch_size: images per batch (for arrays and unbatched datasets).
@@ -405,6 +413,7 @@ def audit(explainer, data, labels=None, *, boxes=None, masks=None, n_clusters="a
             f"received {type(explainer).__name__}."
         )
     grid = _check_options(n_clusters, max_clusters, n_neighbors, grid, seed)
+    _check_evidence(evidence, n_clusters, explainer)
     if boxes is not None and masks is not None:
         raise ValueError("Pass `boxes` or `masks`, not both: they both say where the object is.")
     source = _Source(data, labels, batch_size)
@@ -463,7 +472,7 @@ def audit(explainer, data, labels=None, *, boxes=None, masks=None, n_clusters="a
         members = np.flatnonzero(targets == k)
         if n_clusters == "auto":
             found = _strategies(x, targets, int(k), members, grid, n_neighbors, seed,
-                                None if pooled is None else pooled[members], explained[members])
+                                None if pooled is None else pooled[members], explained[members], evidence)
         else:
             found = spray.cluster(x[members], n_clusters, max_clusters, n_neighbors, seed)
         eigenvalues[int(k)] = found.eigenvalues
@@ -502,10 +511,10 @@ def audit(explainer, data, labels=None, *, boxes=None, masks=None, n_clusters="a
     )
 
 
-def _strategies(x, targets, k, members, grid, n_neighbors, seed, pooled=None, explained=None):
+def _strategies(x, targets, k, members, grid, n_neighbors, seed, pooled=None, explained=None, evidence="auto"):
     """Class ``k``'s groups by strategy (:mod:`keras_cam.audit.hotspots`): the images that share a
     place in their maps ("where") or a feature at the target layer ("what"), whichever is more
-    significant, and the rest."""
+    significant (or the one ``evidence`` names), and the rest."""
     whole = np.zeros(len(members), np.int64)
     if len(members) <= n_neighbors:
         return spray.ClassClustering(whole, 1, np.zeros(0), None,
@@ -524,7 +533,9 @@ def _strategies(x, targets, k, members, grid, n_neighbors, seed, pooled=None, ex
     group = found.members
     # The "what" group replaces the "where" group when it is the more significant one and passes on
     # its own (a class with neither keeps its "where" group: the place its maps look at most).
-    if what is not None and what.level <= hotspots.ALPHA / 2 and (found.level is None or what.level < found.level):
+    if evidence == "what" or (
+            evidence == "auto" and what is not None and what.level <= hotspots.ALPHA / 2
+            and (found.level is None or what.level < found.level)):
         found.evidence, group = "what", what.members
     found.group = np.asarray(group, bool)
     labels = np.where(group, 0, 1).astype(np.int64)
@@ -906,6 +917,18 @@ def _check_options(n_clusters, max_clusters, n_neighbors, grid, seed):
     for side in sides:
         positive_int("grid", side, least=2)
     return int(sides[0]), int(sides[1])
+
+
+def _check_evidence(evidence, n_clusters, explainer):
+    if not (isinstance(evidence, str) and evidence in EVIDENCE):
+        raise ValueError(f"`evidence` must be one of {', '.join(map(repr, EVIDENCE))}; received {evidence!r}.")
+    if evidence != "auto" and n_clusters != "auto":
+        raise ValueError(f"`evidence={evidence!r}` chooses between the statistics of n_clusters='auto'; "
+                         f"SpRAy (n_clusters={n_clusters!r}) has none. Pass one or the other.")
+    if evidence == "what" and not _has_features(explainer):
+        raise ValueError(f"`evidence='what'` splits each class on the target layer's activations, which "
+                         f"{type(explainer).__name__} does not read; use a gradient explainer such as "
+                         f"keras_cam.GradCAM, or evidence='auto' / 'where'.")
 
 
 def _check_objects(boxes, masks, n, size):
