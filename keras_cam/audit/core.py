@@ -739,11 +739,11 @@ def _verify_cluster(result, cluster, images, region, n_members, n_others, n_rand
     before = None if result.logits is None else result.logits[others]
     wide = {}
     if rest is None:
-        removal, transplant, object_drop, depends, example, shifted = interventions.run(
+        removal, transplant, object_drop, (depends, spread), example, shifted = interventions.run(
             scores_of, source.get, to_last, from_last, pixels, c.target,
             members, others, result.scores[members], n_random, seed, object_masks, float(noise), before)
     else:    # an image-wide group: intervene on the per-channel means (verify.run_image_wide)
-        removal, transplant, offset, depends, example, offsets = interventions.run_image_wide(
+        removal, transplant, offset, (depends, spread), example, offsets = interventions.run_image_wide(
             scores_of, source.get, to_last, from_last, c.target, members, rest, others,
             result.scores[members], n_random, seed, before)
         object_drop, shifted = None, None
@@ -753,7 +753,7 @@ def _verify_cluster(result, cluster, images, region, n_members, n_others, n_rand
         cluster=position, target=c.target, region=pixels, members=members, others=others, removal=removal,
         transplant=transplant, object_drop=object_drop, depends=depends,
         verdict=interventions.VERDICT_DEPENDS if depends else interventions.VERDICT_NONE, seed=int(seed),
-        example=example, random_regions=shifted, **wide)
+        spread=spread, example=example, random_regions=shifted, **wide)
     result.verifications[position] = found
     return found
 

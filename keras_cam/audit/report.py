@@ -25,6 +25,7 @@ import html
 import numpy as np
 
 from keras_cam.files import png_bytes
+from keras_cam.audit import verify as interventions
 
 _CSS = """
 body { font: 14px/1.45 system-ui, -apple-system, "Segoe UI", sans-serif; margin: 0 auto; max-width: 1100px;
@@ -227,4 +228,4 @@ def _verification_html(v):
             f"</figcaption></figure>" for im, cap in zip(e["images"], captions)) + "</div>"
     return (f'<div class="verification" data-depends="{str(v.depends).lower()}"><h4>Verification: '
             f"{esc(v.verdict)}</h4>{pictures}<table class=\"stats\">{stats}</table>"
-            f'<p class="note">Threshold: both 95% confidence intervals above 0; seed {v.seed}.</p></div>')
+            f'<p class="note">Threshold: {esc(interventions.threshold(v.spread))}; seed {v.seed}.</p></div>')

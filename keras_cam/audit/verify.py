@@ -48,7 +48,12 @@ same size in a random direction; the same intervals and verdict follow.
 
 Both effects come with 95 % confidence intervals over images (Student's t).
 The **verdict** is "depends on the region (shortcut candidate)" when both
-intervals lie above 0, and "no dependence shown" otherwise.
+intervals lie above ``MIN_EFFECT * sigma``, and "no dependence shown"
+otherwise, with ``sigma`` the standard deviation of the class score ``s_k``
+over the images the verification used, as they were (the members and the
+other-class images): an effect must be significant *and* at least a tenth of
+how much the class score varies, so a tiny but consistent effect (a model
+whose class score barely moves) is not called a dependence.
 
 Everything is drawn from ``seed`` and computed in batches. A verification
 reuses the scores the audit already has: the members' explained scores, and
@@ -67,6 +72,8 @@ import numpy as np
 VERDICT_DEPENDS = "depends on the region (shortcut candidate)"
 VERDICT_NONE = "no dependence shown"
 CONFIDENCE = 0.95
+# The smallest effect called a dependence, as a share of the class score's standard deviation (see above).
+MIN_EFFECT = 0.1
 
 
 @dataclasses.dataclass
@@ -113,7 +120,10 @@ class Verification:
         removal, transplant: :class:`Effect` of each intervention.
         object_drop: the mean drop of the class score when the members'
             object regions are removed (with boxes or masks), else None.
-        depends: whether both effects' intervals lie above 0.
+        depends: whether both effects' intervals lie above
+            ``MIN_EFFECT * spread``.
+        spread: ``sigma``, the standard deviation of the class score over
+            the members and the other-class images as they were.
         verdict: :data:`VERDICT_DEPENDS` or :data:`VERDICT_NONE`.
         seed: the seed it was drawn with.
         random_regions: ``(max(m, o), n_random, H, W)`` bool, the random
@@ -142,6 +152,7 @@ class Verification:
     depends: bool
     verdict: str
     seed: int
+    spread: float = 0.0
     example: dict = dataclasses.field(repr=False, default_factory=dict)
     random_regions: np.ndarray | None = dataclasses.field(repr=False, default=None)
     offset: np.ndarray | None = dataclasses.field(repr=False, default=None)
@@ -152,7 +163,7 @@ class Verification:
         """JSON-ready numbers (what ``clusters.json`` carries)."""
         return {
             "cluster": self.cluster, "target": self.target, "verdict": self.verdict, "depends": self.depends,
-            "threshold": f"both {int(CONFIDENCE * 100)}% confidence intervals above 0", "seed": self.seed,
+            "threshold": threshold(self.spread), "spread": float(self.spread), "seed": self.seed,
             "region_pixels": int(self.region.sum()), "members": [int(i) for i in self.members],
             "others": [int(i) for i in self.others], "removal": self.removal.to_dict(),
             "transplant": self.transplant.to_dict(),
@@ -161,6 +172,20 @@ class Verification:
             "intervention": "region" if self.offset is None else "image-wide channel means",
             "offset": None if self.offset is None else [float(v) for v in self.offset],
         }
+
+
+def threshold(spread):
+    """The verdict's rule, in words, with its number."""
+    return (f"both {int(CONFIDENCE * 100)}% confidence intervals above {MIN_EFFECT:g} x the class score's "
+            f"standard deviation ({MIN_EFFECT * spread:.3g})")
+
+
+def dependence(removal, transplant, base, before, k):
+    """``(depends, sigma)``: the verdict's rule (see the module docstring) on the two effects, with
+    ``sigma`` the standard deviation of the members' class scores ``base`` and the other-class images'
+    ``before[:, k]`` together."""
+    sigma = float(np.std(np.concatenate([np.asarray(base, np.float64), np.asarray(before, np.float64)[:, k]])))
+    return bool(min(removal.low, transplant.low) > MIN_EFFECT * sigma), sigma
 
 
 def interval(values):
@@ -268,7 +293,7 @@ def run(scores_of, images_of, to_last, from_last, region, k, members, others, ba
                              np.repeat(donors, n_random, axis=0), np.repeat(xo, n_random, axis=0))
     every = _scored(scores_of, from_last, xo, before, pasted, random_pasted)
     transplant, before, after = _transplant(every, o, n_random, k)
-    depends = bool(removal.low > 0 and transplant.low > 0)
+    depends = dependence(removal, transplant, base, before, k)
     example = _example(members, others, k, base, s_region, before, after, (xm[0], filled[0], xo[0], pasted[0]))
     return removal, transplant, object_drop, depends, example, shifted
 
@@ -323,6 +348,6 @@ def run_image_wide(scores_of, images_of, to_last, from_last, k, members, rest, o
     random_pasted = shifted(np.repeat(xo, n_random, axis=0), v.reshape(o * n_random, channels))
     every = _scored(scores_of, from_last, xo, before, pasted, random_pasted)
     transplant, before, after = _transplant(every, o, n_random, k)
-    depends = bool(removal.low > 0 and transplant.low > 0)
+    depends = dependence(removal, transplant, base, before, k)
     example = _example(members, others, k, base, s_region, before, after, (xm[0], filled[0], xo[0], pasted[0]))
     return removal, transplant, delta, depends, example, (u, v)
