@@ -889,6 +889,7 @@ def _add_audit_parser(sub, names):
     audit.add_argument("--quiet", action="store_true", help="no progress bar")
     audit.add_argument("--verify", action="store_true",
                        help="verify each class's first group by intervention (remove and transplant its region)")
+    # keras_cam.audit.core.EVIDENCE, spelled out: building the parser imports no Keras (a test keeps them equal).
     audit.add_argument("--evidence", choices=("auto", "where", "what"), default="auto",
                        help="the statistic that forms each class's group: the more significant one (auto, the "
                             "default), the shared place (where) or the split layer feature (what)")

@@ -674,6 +674,22 @@ def test_evidence_is_checked(forced):
         kc.audit(cam, images, labels, n_clusters=3, evidence="what", verbose=0)
     with pytest.raises(ValueError, match="does not read"):
         kc.audit(kc.Occlusion(cam.model), images, labels, evidence="what", verbose=0)
+    from keras_cam import cli
+
+    audit_parser = next(a for a in cli.build_parser()._subparsers._group_actions).choices["audit"]
+    assert tuple(next(a for a in audit_parser._actions if a.dest == "evidence").choices) == core.EVIDENCE
+
+
+def test_evidence_what_keeps_where_when_no_channel_varies(forced, monkeypatch):
+    """A class none of whose channels varies has no "what" group (find_what gives None): asked for
+    "what", it keeps its "where" group instead of failing."""
+    cam, images, labels, runs = forced
+    monkeypatch.setattr(hotspots, "find_what", lambda *args, **kwargs: None)
+    result = kc.audit(cam, images, labels, evidence="what", verbose=0)
+    for k in np.unique(labels):
+        first, where = result.of_class(k)[0], runs["where"].of_class(k)[0]
+        assert first.evidence == "where"
+        np.testing.assert_array_equal(first.indices, where.indices)
 
 
 @family_mode

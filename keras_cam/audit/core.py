@@ -380,7 +380,8 @@ def audit(explainer, data, labels=None, *, boxes=None, masks=None, n_clusters="a
         evidence: with ``n_clusters="auto"``, which statistic forms each
             class's group: ``"auto"`` (the more significant one, as above),
             ``"where"`` or ``"what"`` (that one's group whatever its level;
-            "what" needs a gradient explainer). The level is the same in all
+            "what" needs a gradient explainer; a class none of whose
+            channels varies keeps its "where" group). The level is the same in all
             three (the combined level of both statistics): forcing one
             changes the group that :meth:`Audit.verify` tests, not the level.
         strategy: a ``tf.distribute.Strategy`` for the explain step (see
@@ -532,10 +533,11 @@ def _strategies(x, targets, k, members, grid, n_neighbors, seed, pooled=None, ex
     found.what = what
     group = found.members
     # The "what" group replaces the "where" group when it is the more significant one and passes on
-    # its own (a class with neither keeps its "where" group: the place its maps look at most).
-    if evidence == "what" or (
-            evidence == "auto" and what is not None and what.level <= hotspots.ALPHA / 2
-            and (found.level is None or what.level < found.level)):
+    # its own (a class with neither keeps its "where" group: the place its maps look at most), or when
+    # `evidence` asks for it. A class none of whose channels varies has no "what" group and keeps "where".
+    if what is not None and (evidence == "what" or (
+            evidence == "auto" and what.level <= hotspots.ALPHA / 2
+            and (found.level is None or what.level < found.level))):
         found.evidence, group = "what", what.members
     found.group = np.asarray(group, bool)
     labels = np.where(group, 0, 1).astype(np.int64)

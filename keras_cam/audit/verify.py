@@ -293,9 +293,9 @@ def run(scores_of, images_of, to_last, from_last, region, k, members, others, ba
                              np.repeat(donors, n_random, axis=0), np.repeat(xo, n_random, axis=0))
     every = _scored(scores_of, from_last, xo, before, pasted, random_pasted)
     transplant, before, after = _transplant(every, o, n_random, k)
-    depends = dependence(removal, transplant, base, before, k)
+    decided = dependence(removal, transplant, base, before, k)  # (depends, sigma)
     example = _example(members, others, k, base, s_region, before, after, (xm[0], filled[0], xo[0], pasted[0]))
-    return removal, transplant, object_drop, depends, example, shifted
+    return removal, transplant, object_drop, decided, example, shifted
 
 
 def _scored(scores_of, from_last, xo, before, pasted, random_pasted):
@@ -348,6 +348,6 @@ def run_image_wide(scores_of, images_of, to_last, from_last, k, members, rest, o
     random_pasted = shifted(np.repeat(xo, n_random, axis=0), v.reshape(o * n_random, channels))
     every = _scored(scores_of, from_last, xo, before, pasted, random_pasted)
     transplant, before, after = _transplant(every, o, n_random, k)
-    depends = dependence(removal, transplant, base, before, k)
+    decided = dependence(removal, transplant, base, before, k)  # (depends, sigma)
     example = _example(members, others, k, base, s_region, before, after, (xm[0], filled[0], xo[0], pasted[0]))
-    return removal, transplant, delta, depends, example, (u, v)
+    return removal, transplant, delta, decided, example, (u, v)
