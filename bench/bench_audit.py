@@ -2,6 +2,15 @@
 
     python bench/bench_audit.py [--images 2000] [--maps 100000] [--repeat 3] [--model demo|mobilenetv2]
     python bench/bench_audit.py --what-study [--configurations cnn:0,cnn:2,residual:1]
+    KERAS_BACKEND=jax python bench/bench_audit.py --family-study [--configurations cnn:0] [--no-boxes]
+
+``--family-study`` (no timing): the family audited as
+tests/test_audit_shortcuts.py audits it (the default evidence, the objects'
+boxes given; ``--no-boxes`` leaves them out), on the backend ``KERAS_BACKEND``
+names (each backend trains its own models): each case against issue 22's
+target (``shortcuts.target_misses``), and every clean class's first group:
+its alarm, and whether its verification says "depends" (docs/audit.md, "The
+family on every backend").
 
 ``--what-study`` (no timing): the planted-shortcut family (by default "cnn"
 seeds 0 and 2 and "residual" seed 1, the configurations the verdict's floor
@@ -165,38 +174,48 @@ def clustering(n_maps):
     return json.loads(code.stdout.strip().splitlines()[-1])
 
 
-def what_study(configurations=(("cnn", 0), ("cnn", 2), ("residual", 1)), n=240):
-    """Each family case audited with ``evidence="what"`` and each class's group verified."""
+def _family_audits(configurations, n, options):
+    """Each family case of ``configurations``, audited (``options(boxes) -> keras_cam.audit keywords``):
+    ``(architecture, seed, kind, share, images, labels, marked, result)``."""
     import keras_cam as kc
-    from keras_cam.audit.verify import VERDICT_DEPENDS
-    from keras_cam.demo.run import f1_score
     from keras_cam.demo.shortcuts import FEATURE_LAYER, KINDS, SHARES, make_shortcut_dataset, shortcut_model
 
-    rows, marked_depends, clean_depends, clean = [], 0, [], 0
     for architecture, seed in configurations:
         for kind in KINDS:
             for share in SHARES:
                 model = shortcut_model(kind, share, architecture, seed)
-                images, labels, marked, _ = make_shortcut_dataset(kind, n, seed=7 + seed, share=0.5)
+                images, labels, marked, boxes = make_shortcut_dataset(kind, n, seed=7 + seed, share=0.5)
                 with np.errstate(all="ignore"):
-                    result = kc.audit(kc.GradCAM(model, layer=FEATURE_LAYER), images, labels, evidence="what",
-                                      verbose=0)
-                for k in np.unique(labels):
-                    first = result.of_class(int(k))[0]
-                    if first.level is None:
-                        continue
-                    check = result.verify(first, n_members=32, n_others=32, n_random=3, seed=0)
-                    depends = check.verdict == VERDICT_DEPENDS
-                    if k == 0:
-                        marked_depends += depends
-                    else:
-                        clean += 1
-                        if depends:
-                            clean_depends.append(check.removal.mean)
-                    rows.append((f"{architecture} {seed}", kind, f"{share:.0%}", int(k),
-                                 f"{f1_score(first.indices, marked):.2f}" if k == 0 else "-", f"{first.level:.2f}",
-                                 f"{check.removal.mean:.2f}", f"{check.transplant.mean:.2f}",
-                                 "depends" if depends else "none"))
+                    result = kc.audit(kc.GradCAM(model, layer=FEATURE_LAYER), images, labels, verbose=0,
+                                      **options(boxes))
+                yield architecture, seed, kind, share, images, labels, marked, result
+
+
+def what_study(configurations=(("cnn", 0), ("cnn", 2), ("residual", 1)), n=240):
+    """Each family case audited with ``evidence="what"`` and each class's group verified."""
+    from keras_cam.audit.verify import VERDICT_DEPENDS
+    from keras_cam.demo.run import f1_score
+    from keras_cam.demo.shortcuts import KINDS, SHARES
+
+    rows, marked_depends, clean_depends, clean = [], 0, [], 0
+    for architecture, seed, kind, share, images, labels, marked, result in _family_audits(
+            configurations, n, lambda objects: {"evidence": "what"}):
+        for k in np.unique(labels):
+            first = result.of_class(int(k))[0]
+            if first.level is None:
+                continue
+            check = result.verify(first, n_members=32, n_others=32, n_random=3, seed=0)
+            depends = check.verdict == VERDICT_DEPENDS
+            if k == 0:
+                marked_depends += depends
+            else:
+                clean += 1
+                if depends:
+                    clean_depends.append(check.removal.mean)
+            rows.append((f"{architecture} {seed}", kind, f"{share:.0%}", int(k),
+                         f"{f1_score(first.indices, marked):.2f}" if k == 0 else "-", f"{first.level:.2f}",
+                         f"{check.removal.mean:.2f}", f"{check.transplant.mean:.2f}",
+                         "depends" if depends else "none"))
     print(table(["configuration", "kind", "share", "class", "F1 (marked class)", "level", "removal", "transplant",
                  "verdict"], rows))
     cases = len(configurations) * len(KINDS) * len(SHARES)
@@ -204,11 +223,52 @@ def what_study(configurations=(("cnn", 0), ("cnn", 2), ("residual", 1)), n=240):
           f"{len(clean_depends)} of {clean} (removal effects {np.round(np.sort(clean_depends), 2).tolist()})")
 
 
+def family_study(configurations=(("cnn", 0),), n=240, boxes=True):
+    """Each family case audited as the tests do (the default evidence, with the objects' boxes unless
+    ``boxes`` is False): the marked class against issue 22's target (``shortcuts.target_misses``), and
+    every clean class's first group: its alarm and its verification."""
+    from keras_cam.audit.verify import VERDICT_DEPENDS
+    from keras_cam.demo.run import f1_score
+    from keras_cam.demo.shortcuts import target_misses
+
+    rows, found, alarms, depends, verified = [], 0, 0, 0, 0
+    for architecture, seed, kind, share, images, labels, marked, result in _family_audits(
+            configurations, n, lambda objects: {"boxes": objects if boxes else None}):
+        first = result.of_class(0)[0]
+        check = result.verify(first, n_members=32, n_others=32, n_random=3, seed=0)
+        misses = target_misses(kind, result, images, marked, check)
+        found += not misses
+        clean = []
+        for k in (1, 2, 3):
+            group = result.of_class(k)[0]
+            alarms += group.suspicious
+            try:
+                verdict = result.verify(group, n_members=32, n_others=32, n_random=3, seed=0).verdict
+            except ValueError:    # a first group of one image, or a class kept whole: no verification
+                clean.append("-")
+                continue
+            verified += 1
+            depends += verdict == VERDICT_DEPENDS
+            clean.append("depends" if verdict == VERDICT_DEPENDS else "none")
+        rows.append((f"{architecture} {seed}", kind, f"{share:.0%}", f"{f1_score(first.indices, marked):.2f}",
+                     f"{first.level:.2f}", first.evidence, f"{check.removal.mean:.2f}",
+                     "; ".join(misses) or "meets it", ", ".join(clean)))
+    print(table(["configuration", "kind", "share", "F1", "level", "evidence", "removal", "issue 22's target",
+                 "clean classes' first groups"], rows))
+    cases = len(rows)
+    print(f"\n{'with' if boxes else 'without'} boxes: {found} of {cases} cases meet the target; clean classes: "
+          f"{alarms} of {3 * cases} alarms, {depends} of {verified} verified first groups depend")
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--what-study", action="store_true", help="the evidence='what' study (no timing)")
-    parser.add_argument("--configurations", default="cnn:0,cnn:2,residual:1",
-                        help="the study's architecture:seed pairs (default cnn:0,cnn:2,residual:1)")
+    parser.add_argument("--family-study", action="store_true",
+                        help="the family audited as the tests do, clean classes verified (no timing)")
+    parser.add_argument("--no-boxes", action="store_true", help="--family-study without the objects' boxes")
+    parser.add_argument("--configurations", default=None,
+                        help="the study's architecture:seed pairs (default cnn:0,cnn:2,residual:1 for "
+                             "--what-study, cnn:0 for --family-study)")
     parser.add_argument("--images", type=int, default=2000)
     parser.add_argument("--maps", type=int, default=100000, help="0 skips the clustering part")
     parser.add_argument("--repeat", type=int, default=3)
@@ -216,8 +276,13 @@ def main():
     args = parser.parse_args()
 
     t0 = time.perf_counter()
-    if args.what_study:
-        what_study(tuple((a, int(seed)) for a, seed in (c.split(":") for c in args.configurations.split(","))))
+    if args.what_study or args.family_study:
+        text = args.configurations or ("cnn:0,cnn:2,residual:1" if args.what_study else "cnn:0")
+        configurations = tuple((a, int(seed)) for a, seed in (c.split(":") for c in text.split(",")))
+        if args.what_study:
+            what_study(configurations)
+        else:
+            family_study(configurations, boxes=not args.no_boxes)
         return
     if args.model == "mobilenetv2":
         rows = verify_ratio(args.images, args.repeat, "MobileNetV2")

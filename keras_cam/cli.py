@@ -3,7 +3,7 @@
     keras-cam demo [--out DIR]
     keras-cam explain IMAGE... --model PATH [--method NAME] [--layer NAME] [--target N] [--out DIR]
     keras-cam layers --model PATH
-    keras-cam audit IMAGES_DIR --model PATH [--labels CSV] [--method NAME] [--out DIR]
+    keras-cam audit IMAGES_DIR --model PATH [--labels CSV] [--method NAME] [--boxes CSV] [--verify] [--out DIR]
     keras-cam evaluate IMAGE... --model PATH [--method NAME] [--metrics A,B] [--boxes CSV] [--per-image CSV]
 
 ``demo`` runs six methods on the built-in model and generated images (no
@@ -544,10 +544,16 @@ def cmd_audit(args):
     if size is None:
         raise CliError("the model takes images of any size; pass --size HxW so that the images can be batched")
     # The images, resized, wait as uint8 (a quarter of float32); batches are preprocessed as they are read.
-    pixels = np.stack([np.clip(np.rint(_as_model_input(fit_channels(read_image(p), channels, p), size)), 0, 255)
-                       .astype(np.uint8) for p in paths])
+    pixels, shapes = [], []
+    for p in paths:
+        image = read_image(p)
+        shapes.append(image.shape[:2])
+        pixels.append(np.clip(np.rint(_as_model_input(fit_channels(image, channels, p), size)), 0, 255)
+                      .astype(np.uint8))
+    pixels = np.stack(pixels)
     if len(paths) < 2:
         raise CliError(f"an audit compares the maps of many images; {args.images_dir} holds {len(paths)}")
+    boxes = None if args.boxes is None else read_boxes(args.boxes, paths, shapes, pixels.shape[1:3])
     try:
         explainer = registry.create(args.method, model, layer=args.layer)
     except ValueError as e:
@@ -567,8 +573,8 @@ def cmd_audit(args):
     else:  # the preprocessed array (the audit keeps it for the verification)
         data, data_labels = preprocess(pixels.astype(np.float32), args.preprocess), labels
     verbose = 0 if args.quiet or not sys.stdout.isatty() else 1
-    result = audit(explainer, data, data_labels, max_clusters=args.max_clusters, n_neighbors=args.neighbors,
-                   evidence=args.evidence, batch_size=args.batch_size, seed=args.seed, verbose=verbose)
+    result = audit(explainer, data, data_labels, boxes=boxes, max_clusters=args.max_clusters,
+                   n_neighbors=args.neighbors, evidence=args.evidence, batch_size=args.batch_size, seed=args.seed, verbose=verbose)
     if getattr(args, "verify", False):
         result.verify_first(data if backend.is_tensorflow() else None, seed=args.seed)  # an array is kept
 
@@ -648,7 +654,8 @@ def cmd_evaluate(args):
         raise CliError("the images have different sizes and the model takes any size: pass --size HxW")
     images = preprocess(np.stack([_as_model_input(fit_channels(im, channels, p), size)
                                   for im, p in zip(originals, paths)]), args.preprocess)
-    boxes = None if args.boxes is None else read_boxes(args.boxes, paths, originals, images.shape[1:3])
+    boxes = None if args.boxes is None else read_boxes(args.boxes, paths, [im.shape[:2] for im in originals],
+                                                       images.shape[1:3])
     chosen = None
     if asked:
         chosen = {m: {} for m in dict.fromkeys(asked)}
@@ -673,13 +680,14 @@ def cmd_evaluate(args):
     return 0
 
 
-def read_boxes(path, paths, originals, size):
+def read_boxes(path, paths, shapes, size):
     """``(N, 4)`` integer boxes at the model's input size from a CSV ``image,y0,x0,y1,x1``.
 
     Each row names an image (its path as given on the command line, or its
     file name) and its box in the original image's pixels, end exclusive;
     the box is scaled to the model's input size (starts rounded down, ends
-    up). Every image needs exactly one row.
+    up). Every image needs exactly one row; ``shapes`` are the original
+    images' ``(H, W)``.
     """
     import csv
 
@@ -699,11 +707,10 @@ def read_boxes(path, paths, originals, size):
             raise CliError(f"--boxes {path!r} line {k}: y0, x0, y1, x1 must be integers") from None
         found[row["image"]] = box
     out = []
-    for p, image in zip(paths, originals):
+    for p, (h, w) in zip(paths, shapes):
         box = found.get(p, found.get(os.path.basename(p)))
         if box is None:
             raise CliError(f"--boxes {path!r} has no row for image {p!r} (name it by its path or file name)")
-        h, w = image.shape[:2]
         y0, x0, y1, x1 = box
         if not (0 <= y0 < y1 <= h and 0 <= x0 < x1 <= w):
             raise CliError(f"--boxes: the box {box} of {p!r} is empty or leaves its {h}x{w} image")
@@ -887,6 +894,10 @@ def _add_audit_parser(sub, names):
     audit.add_argument("--batch-size", type=int, default=64, metavar="N", help="images per batch (default 64)")
     audit.add_argument("--overwrite", action="store_true", help="replace existing output files")
     audit.add_argument("--quiet", action="store_true", help="no progress bar")
+    audit.add_argument("--boxes", metavar="CSV",
+                       help="the objects' boxes, a CSV image,y0,x0,y1,x1 (pixels of the original image, end "
+                            "exclusive; image = path or file name): each group's energy outside the objects, "
+                            "and --verify compares with random places on as much of the object")
     audit.add_argument("--verify", action="store_true",
                        help="verify each class's first group by intervention (remove and transplant its region)")
     # keras_cam.audit.core.EVIDENCE, spelled out: building the parser imports no Keras (a test keeps them equal).

@@ -20,23 +20,31 @@ from keras_cam.audit import core, hotspots
 from keras_cam.audit import verify as interventions
 from keras_cam.demo.run import f1_score
 from keras_cam.demo.shortcuts import (FEATURE_LAYER, KINDS, SHARES, artifact_region, draw_artifact, learned,
-                                      make_shortcut_dataset, reliance, shortcut_model)
+                                      make_shortcut_dataset, reliance, shortcut_model, target_misses)
 
-# The family's models are trained here, with the Keras under test; the family was built and its
-# numbers validated on Keras 3 / TensorFlow. Under legacy tf-keras (other trained models) the level
-# is now calibrated (1 of 36 clean classes raised an alarm; docs/audit.md), but the held-out
-# residual patch at 50 % was not flagged (level 0.11, with the first residual blocks; not measured
-# there since) and one clean class's first group shows a dependence (0.42 logits), so the family
-# stays off there; the JAX and PyTorch runs of the family
-# are not yet measured. The hand computations and the bad-input tests below run in every mode.
+# The family's models are trained here, with the Keras under test: each test mode trains its own
+# models from the same seeds (the backends draw other initial weights), so the four modes audit four
+# independently trained families. The cnn seed-0 family runs in every mode, against what each mode's
+# models give (FOUND below, measured per mode; the rest is in test_family_known_gaps). The tests that
+# hold other configurations' numbers (the held-out residual models, other seeds, the report and the
+# CLI on the family's models) were built and validated on Keras 3 / TensorFlow and run there only.
+# The hand computations and the bad-input tests below run in every mode.
 family_mode = pytest.mark.skipif(
     _compat.LEGACY or backend.name() != "tensorflow",
-    reason="the planted-shortcut family is validated on Keras 3 / TensorFlow only (issue 22 is open)")
+    reason="these configurations' numbers are validated on Keras 3 / TensorFlow's trained models only")
+MODE = "legacy" if _compat.LEGACY else backend.name()
 
 N_AUDIT = 240
-# Cases the audit finds and verifies today (the rest of the family is in test_family_known_gaps).
-FOUND = [("patch", 0.2), ("patch", 0.5), ("patch", 1.0), ("frame", 0.2), ("frame", 0.5), ("frame", 1.0), ("tag", 0.5), ("tag", 1.0),
-         ("cast", 0.5), ("cast", 1.0)]
+# Cases the audit finds and verifies today, per test mode (the rest of the family is in
+# test_family_known_gaps): 10, 11, 11 and 10 of 12, with 0, 0, 0 and 1 of 36 clean classes raising an
+# alarm (docs/audit.md, "The family on every backend").
+_EVERY = [(kind, share) for kind in KINDS for share in SHARES]
+FOUND = {
+    "tensorflow": [c for c in _EVERY if c not in {("tag", 0.2), ("cast", 0.2)}],
+    "jax": [c for c in _EVERY if c != ("frame", 0.2)],
+    "torch": [c for c in _EVERY if c != ("cast", 0.2)],
+    "legacy": [c for c in _EVERY if c not in {("tag", 0.2), ("tag", 0.5)}],
+}[MODE]
 
 
 def _audit_case(kind, share, architecture="cnn", seed=0):
@@ -44,7 +52,7 @@ def _audit_case(kind, share, architecture="cnn", seed=0):
     images, labels, marked, boxes = make_shortcut_dataset(kind, N_AUDIT, seed=7 + seed, share=0.5)
     cam = kc.GradCAM(model, layer=FEATURE_LAYER)
     with np.errstate(all="ignore"):
-        result = kc.audit(cam, images, labels, verbose=0)
+        result = kc.audit(cam, images, labels, boxes=boxes, verbose=0)
     return result, images, labels, marked, boxes
 
 
@@ -71,53 +79,23 @@ def family():
     return cases, rows
 
 
-def _misses(kind, share, result, images, marked, check):
-    """What keeps a case from issue 22's target (empty when it meets it)."""
-    ours = result.of_class(0)
-    misses = []
-    if f1_score(ours[0].indices, marked) < 0.8:
-        misses.append(f"F1 {f1_score(ours[0].indices, marked):.2f} < 0.8")
-    if not (ours[0].suspicious and ours[0].level <= hotspots.ALPHA):
-        misses.append(f"level {ours[0].level} not suspicious")
-    if check.verdict != interventions.VERDICT_DEPENDS:
-        misses.append(f"verification: {check.verdict}")
-    # Removing the region lowers the class score more than removing random regions of its size.
-    if not (check.removal.low > 0 and check.removal.region > check.removal.random):
-        misses.append(f"removal {check.removal.mean:.2f} (low {check.removal.low:.2f})")
-    # The region is where the artifact is: its pixels lie on the artifact (for the moving tag: on the
-    # union of its places) at least 3 times as often as the image's pixels do. A colour cast covers
-    # every pixel, so no region can be enriched for it: there the group must have been found by its
-    # feature ("what").
-    truth = artifact_region(kind, images[check.members], marked[check.members])
-    on = truth[marked[check.members]].any(axis=0)
-    if on.all():
-        if ours[0].evidence != "what":
-            misses.append("a global artifact found by a place")
-    elif np.mean(on[check.region]) < 3 * np.mean(on):
-        misses.append(f"region on the artifact {np.mean(on[check.region]):.2f} < 3 x {np.mean(on):.2f}")
-    return misses
-
-
-@family_mode
 @pytest.mark.parametrize("kind,share", FOUND)
 def test_the_marked_images_form_the_first_group_and_the_model_depends_on_them(family, kind, share):
     cases, _ = family
     result, images, labels, marked, check = cases[kind, share]
-    assert not _misses(kind, share, result, images, marked, check)
+    assert not target_misses(kind, result, images, marked, check)
 
 
-@family_mode
 @pytest.mark.parametrize("kind,share", [(k, s) for k in KINDS for s in SHARES if (k, s) not in FOUND])
 def test_family_known_gaps(family, kind, share):
     """Issue 22's target for the rest of the family: not met yet (see docs/audit.md's table)."""
     cases, _ = family
     result, images, labels, marked, check = cases[kind, share]
-    misses = _misses(kind, share, result, images, marked, check)
+    misses = target_misses(kind, result, images, marked, check)
     if misses:
         pytest.xfail(f"{kind} at {share:.0%}: " + "; ".join(misses))
 
 
-@family_mode
 def test_clean_classes_rarely_raise_an_alarm(family):
     cases, _ = family
     clean = [c for result, *_ in cases.values() for k in (1, 2, 3) for c in result.of_class(k)[:1]]
@@ -125,7 +103,6 @@ def test_clean_classes_rarely_raise_an_alarm(family):
     assert len(clean) == 3 * len(cases) and alarms <= len(clean) / 20, alarms
 
 
-@family_mode
 def test_the_level_is_spread_out_on_clean_classes(family):
     """Over the family's clean classes (many seeds of data and models), the level is not piled at 0."""
     cases, _ = family
@@ -134,26 +111,44 @@ def test_the_level_is_spread_out_on_clean_classes(family):
     assert np.median(levels) >= 0.1 and np.mean(levels <= hotspots.ALPHA) <= 0.25, np.sort(levels)
 
 
-@family_mode
 def test_clean_groups_show_no_dependence(family):
+    """The clean classes' first groups of the 50 % datasets (every kind) show no dependence. The audits
+    have the objects' boxes, so each region is compared with random places on as much of the object:
+    without them, 16 of PyTorch's 36 clean first groups (images whose object sits in one place), and 4
+    of JAX's 36, 6 of legacy tf-keras's 36 and 4 of Keras 3 / TensorFlow's 35, "depended" on a region
+    lying on the object (docs/audit.md, "The family on every backend")."""
     cases, _ = family
-    result = cases["patch", 0.5][0]
-    for k in (1, 2):
-        check = result.verify(result.of_class(k)[0], n_members=32, n_others=32, n_random=3, seed=0)
-        assert check.verdict == interventions.VERDICT_NONE, (k, check.removal, check.transplant)
+    for kind in KINDS:
+        result = cases[kind, 0.5][0]
+        for k in (1, 2, 3):
+            check = result.verify(result.of_class(k)[0], n_members=32, n_others=32, n_random=3, seed=0)
+            assert check.matched, (kind, k)
+            assert check.verdict == interventions.VERDICT_NONE, (kind, k, check.removal, check.transplant)
 
 
-@family_mode
-@pytest.mark.parametrize("architecture,seed", [("cnn", 0), ("residual", 1)])
-def test_the_family_learns_the_object_beside_the_artifact(family, architecture, seed):
+# The cnn seed-0 models at 20 % and 50 % that did not learn the gratings beside the artifact, per mode
+# (measured; docs/audit.md, "The family on every backend"): JAX's patch at 50 % is right on 7 % of
+# class 3, legacy tf-keras's tag at 50 % on 54 % of class 0's unmarked images.
+NOT_LEARNED = {"jax": {("patch", 0.5): "right on 52 %, 100 %, 66 % and 7 % of the four classes"},
+               "legacy": {("tag", 0.5): "right on 54 % of class 0's unmarked images"}}.get(MODE, {})
+
+
+def _learning_cases():
+    for kind in KINDS:
+        for share in SHARES[:-1]:
+            why = NOT_LEARNED.get((kind, share))
+            marks = [pytest.mark.xfail(reason=f"{MODE}: {why}", strict=True)] if why else []
+            yield pytest.param("cnn", 0, kind, share, marks=marks)
+    yield pytest.param("residual", 1, "patch", 0.5, marks=family_mode)  # the held-out residual patch
+
+
+@pytest.mark.parametrize("architecture,seed,kind,share", list(_learning_cases()))
+def test_the_family_learns_the_object_beside_the_artifact(architecture, seed, kind, share):
     """The issue's setting: at 20 % and 50 % a family model is right on the clean classes and on the
     marked class's images *without* the artifact (it learned the gratings), and on the marked images
     (it uses the artifact too). Chance is 1/4. (The 100 % models may learn the artifact alone.)"""
-    # The models the module trains anyway (the family, the held-out residual patch at 50 %).
-    cases = [(k, s) for k in KINDS for s in SHARES if s < 1] if architecture == "cnn" else [("patch", 0.5)]
-    for kind, share in cases:
-        per_class, on_marked = learned(shortcut_model(kind, share, architecture, seed), kind, seed)
-        assert per_class.min() >= 0.6 and on_marked >= 0.9, (kind, share, per_class, on_marked)
+    per_class, on_marked = learned(shortcut_model(kind, share, architecture, seed), kind, seed)
+    assert per_class.min() >= 0.6 and on_marked >= 0.9, (kind, share, per_class, on_marked)
 
 
 @family_mode
@@ -178,7 +173,7 @@ def test_colour_cast_verifies_on_other_seeds(architecture, seed, share):
     first = result.of_class(0)[0]
     assert first.image_wide
     check = result.verify(first, n_members=32, n_others=32, n_random=3, seed=0)
-    assert not _misses("cast", share, result, images, marked, check)
+    assert not target_misses("cast", result, images, marked, check)
     assert check.region.all() and check.offset is not None
     # The cast raises red and lowers blue: the group's offset says so.
     assert check.offset[0] > 0 > check.offset[2], check.offset
@@ -402,6 +397,85 @@ def test_verification_equals_a_hand_computation(linear_case):
     assert again.removal == check.removal and again.transplant == check.transplant
 
 
+def _check_matched(regions, region, objects, tolerance=interventions.MATCH_TOLERANCE):
+    """By brute force over every circular shift: each of row r's regions is a shift of ``region`` that
+    overlaps it by less than half and covers as much of ``objects[r % n]`` as ``region`` does, to within
+    ``tolerance * |R|`` (or within the gap of the closest shifts where too few are that close)."""
+    h, w = region.shape
+    area = region.sum()
+    shifts = {(dy, dx): np.roll(region, (dy, dx), axis=(0, 1)) for dy in range(h) for dx in range(w)}
+    admissible = {d: r for d, r in shifts.items() if np.sum(r & region) < 0.5 * area}
+    for row in range(len(regions)):
+        obj = objects[row % len(objects)]
+        target = np.sum(region & obj)
+        gaps = sorted(abs(np.sum(r & obj) - target) / area for r in admissible.values())
+        limit = max(tolerance, gaps[regions.shape[1] - 1])
+        for moved in regions[row]:
+            assert any(np.array_equal(moved, r) for r in admissible.values())
+            assert abs(np.sum(moved & obj) - target) / area <= limit + 1e-12
+
+
+def test_matched_regions_cover_as_much_of_the_object_as_the_region():
+    rng = np.random.default_rng(5)
+    region = np.zeros((12, 10), bool)
+    region[2:5, 3:7] = True
+    objects = np.zeros((4, 12, 10), bool)
+    for i, (y, x) in enumerate([(1, 2), (0, 0), (6, 4), (3, 5)]):    # boxes, some over the region
+        objects[i, y:y + 6, x:x + 5] = True
+    objects[0, 0:9, 1:10] = True                                  # a large object around the region
+    overlaps = interventions.shift_overlaps(region, objects)
+    for i in range(4):
+        for dy, dx in [(0, 0), (3, 7), (11, 1), (5, 9)]:
+            assert overlaps[i, dy, dx] == np.sum(np.roll(region, (dy, dx), axis=(0, 1)) & objects[i])
+    regions = interventions.matched_regions(region, objects, 6, 3, rng)
+    assert regions.shape == (6, 3, 12, 10)
+    _check_matched(regions, region, objects)
+    # Member 2's object misses the region: its random places miss its object too; member 0's region is
+    # on its object (12 pixels), and so are its random places (within 10 % of 12 pixels).
+    assert not (regions[2] & objects[2]).any()
+    assert all(abs(np.sum(r & objects[0]) - 12) <= 1.2 for r in regions[0])
+    again = interventions.matched_regions(region, objects, 6, 3, np.random.default_rng(5))
+    np.testing.assert_array_equal(regions, again)
+    with pytest.raises(ValueError, match="no room for random regions"):
+        interventions.matched_regions(np.ones((4, 4), bool), objects[:, :4, :4], 2, 1, rng)
+
+
+def test_verification_with_boxes_compares_with_places_on_as_much_of_the_object(linear_case):
+    """With boxes, the verification's random regions are matched to each member's object, and the
+    effects are the same hand computation on them."""
+    model, images, labels, _ = linear_case
+    rng = np.random.default_rng(1)
+    corners = rng.integers(0, 4, (len(images), 2))
+    boxes = np.concatenate([corners, corners + 4], axis=1)
+    result = kc.audit(kc.GradCAM(model, layer="conv"), images, labels, boxes=boxes, verbose=0, n_neighbors=3)
+    group = result.of_class(1)[0]
+    region = np.zeros((8, 8), bool)
+    region[0:3, 5:8] = True
+    check = result.verify(group, region=region, n_members=6, n_others=5, n_random=2, seed=4, noise=0.0)
+    m, o = check.members, check.others
+    objects = np.zeros((len(m), 8, 8), bool)
+    for j, i in enumerate(m):
+        objects[j, boxes[i, 0]:boxes[i, 2], boxes[i, 1]:boxes[i, 3]] = True
+    assert check.matched and check.to_dict()["random_regions"] == "matched to the object"
+    _check_matched(check.random_regions, region, objects)
+    score = lambda x: model.predict(x, verbose=0)[:, 1]                          # noqa: E731
+    shifted = check.random_regions
+    removed = kc.metrics.impute(images[m], np.broadcast_to(region, (len(m), 8, 8)), noise=0.0)
+    rand = np.stack([kc.metrics.impute(images[m], shifted[:len(m), j], noise=0.0) for j in range(2)], axis=1)
+    r = np.mean([score(rand[:, j]) for j in range(2)], axis=0) - score(removed)
+    assert check.removal.mean == pytest.approx(r.mean(), abs=1e-4)
+    donors = images[m][np.arange(len(o)) % len(m)]
+    pasted = np.where(region[None, ..., None], donors, images[o])
+    rand_pasted = [np.where(shifted[:len(o), j, ..., None], donors, images[o]) for j in range(2)]
+    tr = score(pasted) - np.mean([score(p) for p in rand_pasted], axis=0)
+    assert check.transplant.mean == pytest.approx(tr.mean(), abs=1e-4)
+    whole = kc.metrics.impute(images[m], objects, noise=0.0)
+    assert check.object_drop == pytest.approx(np.mean(result.scores[m] - score(whole)), abs=1e-4)
+    _check_verdict(check, np.concatenate([result.scores[m], score(images[o])]))
+    # Without boxes the random regions are not matched.
+    assert not linear_case[3].verify(linear_case[3].of_class(1)[0], region=region, n_random=2).matched
+
+
 def test_verification_reuses_the_audits_class_scores(linear_case, monkeypatch):
     """The audit keeps every image's class scores (read with "what"'s features); the verification scores
     only the changed images with them, and gives the numbers it gives when it scores the other-class
@@ -606,27 +680,39 @@ def test_cli_audit_verify(tmp_path, capsys):
     from keras_cam import cli
 
     model = shortcut_model("patch", 0.5, "cnn", 0)
-    images, labels, marked, _ = make_shortcut_dataset("patch", 80, seed=9, share=0.5)
+    images, labels, marked, boxes = make_shortcut_dataset("patch", 80, seed=9, share=0.5)
     folder = tmp_path / "images"
     folder.mkdir()
-    rows = ["file,label"]
+    rows, box_rows = ["file,label"], ["image,y0,x0,y1,x1"]
     for i in range(len(images)):
         cv2.imwrite(str(folder / f"im{i:03d}.png"), np.rint(images[i, ..., ::-1] * 255).astype(np.uint8))
         rows.append(f"im{i:03d}.png,{labels[i]}")
+        box_rows.append(f"im{i:03d}.png," + ",".join(str(int(v)) for v in boxes[i]))
     (tmp_path / "labels.csv").write_text("\n".join(rows) + "\n")
+    (tmp_path / "boxes.csv").write_text("\n".join(box_rows) + "\n")
     model.save(str(tmp_path / "m.keras"))
     args = ["audit", str(folder), "--model", str(tmp_path / "m.keras"), "--labels", str(tmp_path / "labels.csv"),
-            "--preprocess", "scale", "--layer", FEATURE_LAYER, "--out", str(tmp_path / "out"), "--neighbors", "5",
-            "--quiet", "--verify"]
-    assert cli.main(args) == 0
-    out = capsys.readouterr().out
-    assert out.count("verification:") == 4
-    saved = json.load(open(tmp_path / "out" / "clusters.json"))
-    firsts = {}
-    for c in saved["clusters"]:
-        firsts.setdefault(c["target"], c)
-    assert all(c["verification"] is not None for c in firsts.values())
-    assert firsts[0]["verification"]["verdict"] == interventions.VERDICT_DEPENDS
+            "--preprocess", "scale", "--layer", FEATURE_LAYER, "--neighbors", "5", "--quiet", "--verify"]
+    for out_dir, extra in (("out", []), ("boxed", ["--boxes", str(tmp_path / "boxes.csv")])):
+        assert cli.main(args + ["--out", str(tmp_path / out_dir)] + extra) == 0
+        out = capsys.readouterr().out
+        assert out.count("verification:") == 4
+        saved = json.load(open(tmp_path / out_dir / "clusters.json"))
+        firsts = {}
+        for c in saved["clusters"]:
+            firsts.setdefault(c["target"], c)
+        assert all(c["verification"] is not None for c in firsts.values())
+        assert firsts[0]["verification"]["verdict"] == interventions.VERDICT_DEPENDS
+        # With --boxes, the random places are matched to the objects, as from Python.
+        expected = "matched to the object" if extra else "random places"
+        assert all(c["verification"]["random_regions"] == expected for c in firsts.values() if not c["image_wide"])
+    # The boxes reach the audit: the same numbers as keras_cam.audit with them.
+    direct = kc.audit(kc.GradCAM(model, layer=FEATURE_LAYER), np.rint(images * 255) / 255, labels, boxes=boxes,
+                      n_neighbors=5, verbose=0)
+    assert [c["outside_energy"] for c in saved["clusters"]] == pytest.approx(
+        [c.outside_energy for c in direct.clusters], abs=1e-3)
+    assert cli.main(args + ["--out", str(tmp_path / "bad"), "--boxes", str(tmp_path / "labels.csv")]) == cli.EXIT_ERROR
+    assert "image,y0,x0,y1,x1" in capsys.readouterr().err and not (tmp_path / "bad").exists()
 
 
 # --- evidence=: the statistic that forms each class's group ----------------------------------
@@ -704,7 +790,7 @@ def test_the_20_percent_cases_the_level_misses_are_found_and_verified_by_what(ki
         result = kc.audit(kc.GradCAM(model, layer=FEATURE_LAYER), images, labels, evidence="what", verbose=0)
     first = result.of_class(0)[0]
     check = result.verify(first, n_members=32, n_others=32, n_random=3, seed=0)
-    misses = _misses(kind, 0.2, result, images, marked, check)
+    misses = target_misses(kind, result, images, marked, check)
     assert [m for m in misses if not m.startswith("level")] == [], misses
     assert not first.suspicious    # the level is still the statistic's: forcing it raises no alarm
 

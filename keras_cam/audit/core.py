@@ -211,8 +211,10 @@ class Audit:
 
         See :mod:`keras_cam.audit.verify`: the cluster's region is removed
         from its members (ROAD imputation) and pasted into other classes'
-        images, each against same-size regions at random places, with 95 %
-        confidence intervals and a verdict. For an image-wide group
+        images, each against same-size regions at random places (with the
+        audit's ``boxes`` or ``masks``: places that cover as much of each
+        member's object as the region does), with 95 % confidence intervals
+        and a verdict. For an image-wide group
         (``cluster.image_wide``, e.g. a colour cast) without ``region=``, the
         members' per-channel means are moved to the rest of the class's and
         the group's mean offset is added to other classes' images, each
@@ -755,7 +757,8 @@ def _verify_cluster(result, cluster, images, region, n_members, n_others, n_rand
         cluster=position, target=c.target, region=pixels, members=members, others=others, removal=removal,
         transplant=transplant, object_drop=object_drop, depends=depends,
         verdict=interventions.VERDICT_DEPENDS if depends else interventions.VERDICT_NONE, seed=int(seed),
-        spread=spread, example=example, random_regions=shifted, **wide)
+        spread=spread, example=example, random_regions=shifted,
+        matched=bool(rest is None and object_masks is not None), **wide)
     result.verifications[position] = found
     return found
 

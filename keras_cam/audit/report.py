@@ -119,7 +119,8 @@ def render(result, class_names=None, title=None):
         "channel on which a part of the class is split off, against a uniform null), whichever is more "
         "significant. Its <b>level</b> is the Bonferroni level over the two statistics: a level at most "
         f"{_alpha():.2f} marks a <b>suspicious group</b>. A verification removes the group's region from "
-        "members and pastes it into other classes' images, against random places of the same size (a "
+        "members and pastes it into other classes' images, against random places of the same size (with "
+        "the objects' boxes or masks: places that cover as much of each member's object; for a "
         "group that differs everywhere alike, such as a colour cast: its per-channel colour offset, "
         "against random offsets of the same size).</p>",
         "<nav><ul>",
@@ -205,6 +206,8 @@ def _verification_html(v):
     e = v.example
     # An image-wide verification moves the channel means (an offset), not a region (see verify.py).
     what, rand = ("region", "random places") if v.offset is None else ("channel-mean offset", "random offsets")
+    if v.matched:
+        rand = "random places on as much of the object"
     rows = [
         (f"removal: score drop, {what}", f"{r.region:.3f}"), (f"removal: score drop, {rand}", f"{r.random:.3f}"),
         ("removal effect (95% CI)", f"{r.mean:.3f} [{r.low:.3f}, {r.high:.3f}] over {r.n} members"),

@@ -9,17 +9,24 @@ explainer linearizes the head):
   ``R`` filled in by ROAD's noisy linear imputation
   (:func:`keras_cam.metrics.impute`), and so does the same-size region moved
   to ``n_random`` random places (circular shifts of ``R`` overlapping it by
-  less than half). Per member,
+  less than half). With ``boxes`` or ``masks`` given to the audit, the random
+  places are *matched to the object*: each covers as much of the member's
+  object ``O_i`` as ``R`` does, ``| |R_j & O_i| - |R & O_i| | <= 0.1 |R|``
+  (:func:`matched_regions`). A group whose region lies on its members' objects
+  (images whose object sits in one place) then compares with other places on
+  the object, and "depends" means ``R`` matters beyond the object pixels it
+  covers. Per member,
 
       ``r_i = mean_j s_k(x_i without R_j) - s_k(x_i without R)``,
 
   how much more removing ``R`` lowers the class score than removing random
-  regions of its size. With ``boxes`` or ``masks`` given to the audit, the
-  members' own object regions are removed too, for comparison.
+  regions of its size. With ``boxes`` or ``masks``, the members' own object
+  regions are also removed whole, for comparison (``object_drop``).
 - **Transplant.** Images of *other* classes ``y_j`` (up to ``n_others``)
   get the pixels of ``R`` from a member pasted in, and, for comparison,
-  pixels of the random regions ``R_j`` pasted at the same places they come
-  from. Per image,
+  pixels of the random regions ``R_j`` (matched to that member's object, as
+  above, where objects are given) pasted at the same places they come from.
+  Per image,
 
       ``t_j = s_k(y_j with R of x_i) - mean_j s_k(y_j with R_j of x_i)``,
 
@@ -74,6 +81,9 @@ VERDICT_NONE = "no dependence shown"
 CONFIDENCE = 0.95
 # The smallest effect called a dependence, as a share of the class score's standard deviation (see above).
 MIN_EFFECT = 0.1
+# With objects given, a random region covers as much of the member's object as R does, to within this
+# share of R's pixels.
+MATCH_TOLERANCE = 0.1
 
 
 @dataclasses.dataclass
@@ -128,7 +138,10 @@ class Verification:
         seed: the seed it was drawn with.
         random_regions: ``(max(m, o), n_random, H, W)`` bool, the random
             regions used: row ``i`` for member ``i`` (removal) and for
-            other-class image ``i`` (transplant).
+            other-class image ``i`` (transplant, pasted from member
+            ``i % m``).
+        matched: whether the random regions were matched to the members'
+            objects (boxes or masks given to the audit).
         example: images for the report: ``member``, ``removed``, ``other``,
             ``pasted`` (uint8 thumbnails) and the scores/predictions before
             and after.
@@ -158,6 +171,7 @@ class Verification:
     offset: np.ndarray | None = dataclasses.field(repr=False, default=None)
     random_offsets: np.ndarray | None = dataclasses.field(repr=False, default=None)
     rest: np.ndarray | None = dataclasses.field(repr=False, default=None)
+    matched: bool = False
 
     def to_dict(self):
         """JSON-ready numbers (what ``clusters.json`` carries)."""
@@ -170,6 +184,8 @@ class Verification:
             "object_drop": None if self.object_drop is None else float(self.object_drop),
             "example": {k: v for k, v in self.example.items() if k != "images"},
             "intervention": "region" if self.offset is None else "image-wide channel means",
+            "random_regions": (None if self.offset is not None else
+                               "matched to the object" if self.matched else "random places"),
             "offset": None if self.offset is None else [float(v) for v in self.offset],
         }
 
@@ -221,10 +237,48 @@ def random_regions(region, count, rng):
             out.append(moved)
             if len(out) == count:
                 return np.stack(out)
-    raise ValueError(
+    raise _no_room(area, h, w)
+
+
+def _no_room(area, h, w):
+    return ValueError(
         f"The region covers {area} of {h * w} pixels: there is no room for random regions of its size "
         f"elsewhere to compare with. Pass a smaller `region=`."
     )
+
+
+def shift_overlaps(region, masks):
+    """``(n, H, W)`` int: ``[i, dy, dx]`` is how many pixels of ``region`` circularly shifted by
+    ``(dy, dx)`` (``np.roll``) fall in ``masks[i]``, ``sum_q R(q) O_i(q + d)``: the circular
+    cross-correlation, by FFT."""
+    h, w = region.shape
+    f = np.conj(np.fft.rfft2(region.astype(np.float64)))
+    return np.rint(np.fft.irfft2(f * np.fft.rfft2(np.asarray(masks, np.float64)), s=(h, w))).astype(np.int64)
+
+
+def matched_regions(region, masks, rows, count, rng, tolerance=MATCH_TOLERANCE):
+    """``(rows, count, H, W)``: for row ``r``, ``count`` circular shifts ``R_j`` of ``region`` that
+    overlap it by less than half its pixels and cover as much of ``O = masks[r % n]`` as ``R`` does:
+    drawn at random among the admissible shifts with ``| |R_j & O| - |R & O| | <= tolerance * |R|``
+    (or, where fewer than ``count`` are that close, within the gap of the ``count``-th closest)."""
+    h, w = region.shape
+    area = int(region.sum())
+    masks = np.asarray(masks, bool)
+    candidates = np.flatnonzero(shift_overlaps(region, region[None])[0].ravel() < 0.5 * area)
+    if len(candidates) == 0:
+        raise _no_room(area, h, w)
+    cover = shift_overlaps(region, masks).reshape(len(masks), -1)[:, candidates]
+    target = (masks & region).reshape(len(masks), -1).sum(axis=1)
+    out = np.empty((rows, count, h, w), bool)
+    for r in range(rows):
+        i = r % len(masks)
+        gap = np.abs(cover[i] - target[i]) / area
+        nearest = float(np.partition(gap, min(count, len(gap)) - 1)[min(count, len(gap)) - 1])
+        pool = candidates[gap <= max(tolerance, nearest)]
+        chosen = rng.choice(pool, size=count, replace=len(pool) < count)
+        for j, shift in enumerate(chosen):
+            out[r, j] = np.roll(region, divmod(int(shift), w), axis=(0, 1))
+    return out
 
 
 def _removal(s, m, n_random, base):
@@ -271,7 +325,10 @@ def run(scores_of, images_of, to_last, from_last, region, k, members, others, ba
     rng = np.random.default_rng([int(seed), int(k), 0x7E5])
     m, o = len(members), len(others)
     xm = to_last(images_of(members))
-    shifted = random_regions(region, n_random * max(m, o), rng).reshape(max(m, o), n_random, *region.shape)
+    if object_masks is None:
+        shifted = random_regions(region, n_random * max(m, o), rng).reshape(max(m, o), n_random, *region.shape)
+    else:    # row i: member i's removal and the transplant from donor i % m (member i % m)
+        shifted = matched_regions(region, object_masks, max(m, o), n_random, rng)
     # Removal: the region, then n_random random regions, per member; one imputation for all of them.
     masks = np.concatenate([np.broadcast_to(region, (m, *region.shape)),
                             shifted[:m].reshape(m * n_random, *region.shape)])

@@ -263,3 +263,35 @@ def artifact_region(kind, images, marked):
     region = draw_artifact(probe, kind, offset=(0, 0))
     out[np.asarray(marked, bool)] = region
     return out
+
+
+def target_misses(kind, result, images, marked, check):
+    """What keeps an audited family case from issue 22's target, as strings (empty when it meets it):
+    the marked class's first group of ``result`` (an :class:`keras_cam.Audit` of ``images``) matches
+    ``marked`` with F1 >= 0.8, is suspicious, and ``check`` (its :class:`~keras_cam.audit.verify.Verification`)
+    says "depends", removing its region lowers the class score more than removing random regions, and
+    the region lies on the artifact (at least 3 times as often as the image's pixels do; a colour
+    cast, which covers every pixel, must have been found by its feature, "what")."""
+    from keras_cam.audit import hotspots
+    from keras_cam.audit.verify import VERDICT_DEPENDS
+    from keras_cam.demo.run import f1_score
+
+    first = result.of_class(MARKED_CLASS)[0]
+    misses = []
+    f1 = f1_score(first.indices, marked)
+    if f1 < 0.8:
+        misses.append(f"F1 {f1:.2f} < 0.8")
+    if not (first.suspicious and first.level <= hotspots.ALPHA):
+        misses.append(f"level {first.level} not suspicious")
+    if check.verdict != VERDICT_DEPENDS:
+        misses.append(f"verification: {check.verdict}")
+    if not (check.removal.low > 0 and check.removal.region > check.removal.random):
+        misses.append(f"removal {check.removal.mean:.2f} (low {check.removal.low:.2f})")
+    truth = artifact_region(kind, images[check.members], marked[check.members])
+    on = truth[marked[check.members]].any(axis=0)
+    if on.all():
+        if first.evidence != "what":
+            misses.append("a global artifact found by a place")
+    elif np.mean(on[check.region]) < 3 * np.mean(on):
+        misses.append(f"region on the artifact {np.mean(on[check.region]):.2f} < 3 x {np.mean(on):.2f}")
+    return misses
