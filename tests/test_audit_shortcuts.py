@@ -472,8 +472,12 @@ def test_verification_with_boxes_compares_with_places_on_as_much_of_the_object(l
     whole = kc.metrics.impute(images[m], objects, noise=0.0)
     assert check.object_drop == pytest.approx(np.mean(result.scores[m] - score(whole)), abs=1e-4)
     _check_verdict(check, np.concatenate([result.scores[m], score(images[o])]))
-    # Without boxes the random regions are not matched.
-    assert not linear_case[3].verify(linear_case[3].of_class(1)[0], region=region, n_random=2).matched
+    # Without boxes the random regions are not matched, and the report says what that means.
+    plain = linear_case[3]
+    assert not plain.verify(plain.of_class(1)[0], region=region, n_random=2).matched
+    from keras_cam.audit.report import render
+
+    assert "Random places anywhere" in render(plain) and "Random places anywhere" not in render(result)
 
 
 def test_verification_reuses_the_audits_class_scores(linear_case, monkeypatch):

@@ -231,4 +231,12 @@ def _verification_html(v):
             f"</figcaption></figure>" for im, cap in zip(e["images"], captions)) + "</div>"
     return (f'<div class="verification" data-depends="{str(v.depends).lower()}"><h4>Verification: '
             f"{esc(v.verdict)}</h4>{pictures}<table class=\"stats\">{stats}</table>"
-            f'<p class="note">Threshold: {esc(interventions.threshold(v.spread))}; seed {v.seed}.</p></div>')
+            f'<p class="note">Threshold: {esc(interventions.threshold(v.spread))}; seed {v.seed}.{_unmatched(v)}</p></div>')
+
+
+def _unmatched(v):
+    """The caveat of a region verified against random places anywhere (no boxes or masks given)."""
+    if v.offset is not None or v.matched:
+        return ""
+    return (" Random places anywhere (the audit had no boxes or masks): a region on the members' objects "
+            "shows a dependence too; audit with boxes= or masks= to compare with places on the object.")
