@@ -132,6 +132,13 @@ def png_bytes(image) -> bytes:
     return data.tobytes()
 
 
+def png_data_uri(rgb):
+    """An ``(h, w, 3)`` uint8 RGB image as a ``data:image/png;base64,...`` URI (for HTML reports)."""
+    import base64
+
+    return "data:image/png;base64," + base64.b64encode(png_bytes(rgb)).decode("ascii")
+
+
 def write_png(path, image):
     """Write ``image`` (see :func:`png_bytes`) to ``path`` as a PNG file, atomically."""
     write_atomic(path, png_bytes(image))

@@ -135,7 +135,7 @@ def test_png_bytes_refuses_what_is_not_pixels(tmp_path):
 
 
 def test_the_audit_report_embeds_the_same_png():
-    from keras_cam.audit.report import png_data_uri
+    from keras_cam.files import png_data_uri
 
     image = np.random.default_rng(3).integers(0, 256, (8, 6, 3), dtype=np.uint8)
     uri = png_data_uri(image)

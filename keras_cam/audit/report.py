@@ -19,12 +19,11 @@ region pasted, with the scores and predictions before and after).
 
 from __future__ import annotations
 
-import base64
 import html
 
 import numpy as np
 
-from keras_cam.files import png_bytes
+from keras_cam.files import png_data_uri
 from keras_cam.audit import verify as interventions
 
 _CSS = """
@@ -51,11 +50,6 @@ table.stats td.v { font-variant-numeric: tabular-nums; text-align: right; }
 .verification { border-top: 1px solid #dde; margin-top: 8px; padding-top: 6px; }
 h4 { font-size: 14px; margin: 4px 0; }
 """
-
-
-def png_data_uri(rgb):
-    """An ``(h, w, 3)`` uint8 RGB image as a ``data:image/png;base64,...`` URI."""
-    return "data:image/png;base64," + base64.b64encode(png_bytes(rgb)).decode("ascii")
 
 
 def _unit(map_):

@@ -89,7 +89,7 @@ def cluster_concepts(result, position, get_images, k=5, n_members=64, seed=0, ba
 def summary_html(result, summary, class_names=None, n=3):
     """The report's block for a cluster's concepts: per leading concept its share, top class, and the
     member that holds most of it with the concept's map over it."""
-    from keras_cam.audit.report import png_data_uri
+    from keras_cam.files import png_data_uri
     from keras_cam.concepts.figures import colours
     from keras_cam.viz import overlay
 
