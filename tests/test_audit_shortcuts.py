@@ -472,6 +472,15 @@ def test_verification_with_boxes_compares_with_places_on_as_much_of_the_object(l
     whole = kc.metrics.impute(images[m], objects, noise=0.0)
     assert check.object_drop == pytest.approx(np.mean(result.scores[m] - score(whole)), abs=1e-4)
     _check_verdict(check, np.concatenate([result.scores[m], score(images[o])]))
+    # Masks that draw the same boxes give the same verification.
+    masks = np.zeros((len(images), 8, 8), bool)
+    for i, (y0, x0, y1, x1) in enumerate(boxes):
+        masks[i, y0:y1, x0:x1] = True
+    masked = kc.audit(kc.GradCAM(model, layer="conv"), images, labels, masks=masks, verbose=0, n_neighbors=3)
+    same = masked.verify(masked.of_class(1)[0], region=region, n_members=6, n_others=5, n_random=2, seed=4,
+                         noise=0.0)
+    np.testing.assert_array_equal(same.random_regions, check.random_regions)
+    assert same.removal == check.removal and same.transplant == check.transplant
     # Without boxes the random regions are not matched, and the report says what that means.
     plain = linear_case[3]
     assert not plain.verify(plain.of_class(1)[0], region=region, n_random=2).matched
