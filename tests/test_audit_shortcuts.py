@@ -489,6 +489,52 @@ def test_verification_with_boxes_compares_with_places_on_as_much_of_the_object(l
     assert "Random places anywhere" in render(plain) and "Random places anywhere" not in render(result)
 
 
+def test_boxes_outside_the_image_are_refused(linear_case):
+    """Boxes in another image's pixels (here twice the size) or empty would silently clip: refused."""
+    model, images, labels, _ = linear_case
+    cam = kc.GradCAM(model, layer="conv")
+    good = np.tile([[1, 1, 5, 6]], (len(images), 1))
+    for wrong, row in ((good * 2, 0), (np.concatenate([good[:3], [[4, 2, 4, 6]], good[4:]]), 3)):
+        with pytest.raises(ValueError, match=rf"`boxes` row {row} .*leaves the 8x8 image"):
+            kc.audit(cam, images, labels, boxes=wrong, verbose=0, n_neighbors=3)
+    assert kc.audit(cam, images, labels, boxes=np.tile([[0, 0, 8, 8]], (len(images), 1)), verbose=0,
+                    n_neighbors=3).boxes.shape == (len(images), 4)
+
+
+def test_a_channels_first_audit_takes_masks_and_boxes_at_the_images_height_and_width():
+    """An NCHW model's masks are (n, H, W), as a channels-last model's: its audit and verification
+    give the channels-last twin's numbers (the masks were refused, read against (C, H))."""
+    from keras_cam._compat import keras
+
+    keras.utils.set_random_seed(3)
+    h, w = 10, 12
+    conv = keras.layers.Conv2D(4, 3, padding="same", activation="relu", name="target")
+    head = keras.layers.Dense(2, name="head")
+    first = keras.Input((3, h, w))
+    nchw = keras.layers.Permute((3, 1, 2), name="nchw")(conv(keras.layers.Permute((2, 3, 1))(first)))
+    cf = keras.Model(first, head(keras.layers.GlobalAveragePooling2D(data_format="channels_first")(nchw)))
+    last = keras.Input((h, w, 3))
+    cl = keras.Model(last, head(keras.layers.GlobalAveragePooling2D()(conv(last))))
+    rng = np.random.default_rng(0)
+    images = rng.uniform(0, 1, (24, h, w, 3)).astype(np.float32)
+    labels = np.arange(24) % 2
+    masks = np.zeros((24, h, w), bool)
+    masks[:, 2:8, 3:9] = True
+    region = (0, 0, 4, 4)
+    checks = []
+    for model, x, layer in ((cf, np.moveaxis(images, -1, 1), "nchw"), (cl, images, "target")):
+        cam = kc.GradCAM(model, layer=layer, data_format="channels_first" if model is cf else None)
+        result = kc.audit(cam, x, labels, masks=masks, verbose=0, n_neighbors=3)
+        checks.append(result.verify(result.of_class(0)[0], region=region, n_members=6, n_others=5, n_random=2,
+                                    seed=1, noise=0.0))
+        with pytest.raises(ValueError, match=f"leaves the {h}x{w} image"):
+            kc.audit(cam, x, labels, boxes=np.tile([[0, 0, h, w + 1]], (24, 1)), verbose=0, n_neighbors=3)
+    assert checks[0].matched and checks[0].region.shape == (h, w)
+    np.testing.assert_array_equal(checks[0].random_regions, checks[1].random_regions)
+    assert checks[0].removal.mean == pytest.approx(checks[1].removal.mean, abs=1e-4)
+    assert checks[0].transplant.mean == pytest.approx(checks[1].transplant.mean, abs=1e-4)
+
+
 def test_verification_reuses_the_audits_class_scores(linear_case, monkeypatch):
     """The audit keeps every image's class scores (read with "what"'s features); the verification scores
     only the changed images with them, and gives the numbers it gives when it scores the other-class

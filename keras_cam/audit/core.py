@@ -421,7 +421,8 @@ def audit(explainer, data, labels=None, *, boxes=None, masks=None, n_clusters="a
         raise ValueError("Pass `boxes` or `masks`, not both: they both say where the object is.")
     source = _Source(data, labels, batch_size)
     if source.n is not None:
-        _check_objects(boxes, masks, source.n, source.size)
+        size = source.array.shape[2:4] if explainer.graph.data_format == "channels_first" else source.size
+        _check_objects(boxes, masks, source.n, size)
 
     from keras_cam.dataset import explain_dataset, weights_fingerprint
 
@@ -942,6 +943,15 @@ def _check_objects(boxes, masks, n, size):
         if b.shape != (n, 4):
             raise ValueError(f"`boxes` must be (n, 4) rows (y0, x0, y1, x1), one per image; received shape "
                              f"{b.shape} for {n} images.")
+        if size is not None:
+            h, w = (int(v) for v in size)
+            bad = np.flatnonzero(~((0 <= b[:, 0]) & (b[:, 0] < b[:, 2]) & (b[:, 2] <= h)
+                                   & (0 <= b[:, 1]) & (b[:, 1] < b[:, 3]) & (b[:, 3] <= w)))
+            if len(bad):
+                raise ValueError(f"`boxes` row {int(bad[0])} {tuple(b[bad[0]].tolist())} is empty or leaves the "
+                                 f"{h}x{w} image ({len(bad)} such row(s)): give (y0, x0, y1, x1) in the pixels "
+                                 f"the model takes, end exclusive, with 0 <= y0 < y1 <= {h} and "
+                                 f"0 <= x0 < x1 <= {w}.")
     if masks is not None:
         m = np.asarray(masks)
         if m.ndim != 3 or len(m) != n or (size is not None and m.shape[1:] != tuple(size)):
