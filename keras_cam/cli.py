@@ -574,7 +574,8 @@ def cmd_audit(args):
         data, data_labels = preprocess(pixels.astype(np.float32), args.preprocess), labels
     verbose = 0 if args.quiet or not sys.stdout.isatty() else 1
     result = audit(explainer, data, data_labels, boxes=boxes, max_clusters=args.max_clusters,
-                   n_neighbors=args.neighbors, evidence=args.evidence, batch_size=args.batch_size, seed=args.seed, verbose=verbose)
+                   n_neighbors=args.neighbors, evidence=args.evidence, batch_size=args.batch_size,
+                   seed=args.seed, verbose=verbose)
     if getattr(args, "verify", False):
         result.verify_first(data if backend.is_tensorflow() else None, seed=args.seed)  # an array is kept
 

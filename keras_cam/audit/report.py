@@ -225,7 +225,8 @@ def _verification_html(v):
             f"</figcaption></figure>" for im, cap in zip(e["images"], captions)) + "</div>"
     return (f'<div class="verification" data-depends="{str(v.depends).lower()}"><h4>Verification: '
             f"{esc(v.verdict)}</h4>{pictures}<table class=\"stats\">{stats}</table>"
-            f'<p class="note">Threshold: {esc(interventions.threshold(v.spread))}; seed {v.seed}.{_unmatched(v)}</p></div>')
+            f'<p class="note">Threshold: {esc(interventions.threshold(v.spread))}; seed {v.seed}.'
+            f'{_unmatched(v)}</p></div>')
 
 
 def _unmatched(v):
