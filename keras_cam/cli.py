@@ -518,7 +518,6 @@ def read_labels_csv(path, image_paths):
 
 def cmd_audit(args):
     """``keras-cam audit``: cluster a folder's maps per class; write report.html and clusters.json."""
-    from keras_cam import backend
     from keras_cam import methods as registry
     from keras_cam.audit import audit
     from keras_cam.audit.report import render
@@ -560,24 +559,15 @@ def cmd_audit(args):
         hint = " (`keras-cam layers --model PATH` lists the layers)" if args.layer else ""
         raise CliError(f"{' '.join(str(e).split())}{hint}") from e
 
-    def batches():
-        for start in range(0, len(pixels), args.batch_size):
-            x = preprocess(pixels[start:start + args.batch_size].astype(np.float32), args.preprocess)
-            yield x if labels is None else (x, labels[start:start + args.batch_size])
-
-    if backend.is_tensorflow():  # a dataset that preprocesses each batch as it is read
-        import tensorflow as tf
-        image_spec = tf.TensorSpec((None, *pixels.shape[1:]), tf.float32)
-        spec = image_spec if labels is None else (image_spec, tf.TensorSpec((None,), tf.int64))
-        data, data_labels = tf.data.Dataset.from_generator(batches, output_signature=spec), None
-    else:  # the preprocessed array (the audit keeps it for the verification)
-        data, data_labels = preprocess(pixels.astype(np.float32), args.preprocess), labels
+    # The preprocessed array, on every backend: the audit keeps it to verify each class's candidate
+    # groups inside the audit (its level counts them), and verify_first reuses it.
+    data, data_labels = preprocess(pixels.astype(np.float32), args.preprocess), labels
     verbose = 0 if args.quiet or not sys.stdout.isatty() else 1
     result = audit(explainer, data, data_labels, boxes=boxes, max_clusters=args.max_clusters,
                    n_neighbors=args.neighbors, evidence=args.evidence, batch_size=args.batch_size,
                    seed=args.seed, verbose=verbose)
     if getattr(args, "verify", False):
-        result.verify_first(data if backend.is_tensorflow() else None, seed=args.seed)  # an array is kept
+        result.verify_first(seed=args.seed)  # the audit keeps the array
 
     os.makedirs(args.out, exist_ok=True)
     summary = result.to_dict(class_names)
@@ -590,7 +580,7 @@ def cmd_audit(args):
     for target in sorted({c.target for c in result.clusters}):
         first = result.of_class(target)[0]
         name = _name(class_names, target)
-        level = "n/a" if first.level is None else f"{first.level:.3f}"
+        level = "n/a" if first.level is None else f"{first.level:.3g}"
         print(f"class {target}{f' ({name})' if name else ''}: {len(result.of_class(target))} cluster(s); "
               f"the first: {first.size} images, score {first.score:.3f}, level {level}"
               f"{'' if first.suspicious else ' (no suspicious group)'}")

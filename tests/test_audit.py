@@ -294,12 +294,14 @@ def test_report_opens_offline_in_a_headless_browser(result, tmp_path):
                 "article.cluster", "els => els.map(e => [e.id, e.dataset.target, e.querySelectorAll('img').length])")
         finally:
             browser.close()
-    expected_images = sum(2 + len(c.examples) for c in result.clusters)
+    # Per cluster: its two mean maps and its examples; per verification (the audit's own, kept): four pictures.
+    expected_images = sum(2 + len(c.examples) for c in result.clusters) + 4 * len(result.verifications)
     assert len(sizes) == expected_images and all(done and width > 0 for done, width in sizes)
     assert sections == [f"class-{k}" for k in sorted({c.target for c in result.clusters})]
     assert [c[0] for c in clusters] == [f"cluster-{i}" for i in range(len(result.clusters))]
     assert [int(c[1]) for c in clusters] == [c.target for c in result.clusters]
-    assert [c[2] for c in clusters] == [2 + len(c.examples) for c in result.clusters]
+    assert [c[2] for c in clusters] == [2 + len(c.examples) + 4 * (i in result.verifications)
+                                        for i, c in enumerate(result.clusters)]
     assert all(u.startswith(("file://", "data:")) for u in requests)
 
 

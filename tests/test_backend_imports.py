@@ -53,7 +53,7 @@ TENSORFLOW_BY_NATURE = {
     "files.py": "loading a SavedModel folder (tf.saved_model.load)",
     "dataset.py": "tf.data datasets and tf.distribute strategies",
     "callbacks.py": "TensorBoard summaries written with tf.summary",
-    "cli.py": "the quiet TensorFlow start-up and the audit's tf.data input, on the TensorFlow backend",
+    "cli.py": "the quiet TensorFlow start-up on the TensorFlow backend (the TensorFlow-only paths load it anyway)",
     "demo/vit.py": "the demo ViT's custom layers under legacy tf-keras (TensorFlow only)",
 }
 

@@ -13,6 +13,7 @@ maps of the whole dataset in one process.
 from __future__ import annotations
 
 import contextlib
+import copy
 import dataclasses
 import json
 import logging
@@ -59,7 +60,15 @@ class Cluster:
             0 for the rest of the class; with SpRAy, ``consistency * distance *
             separation`` (times ``outside_energy`` when known), in [0, 1]; see
             :func:`keras_cam.audit.spray.cluster_scores`.
-        level: the group's combined level (``n_clusters="auto"``), else None.
+        level: the group's combined level (``n_clusters="auto"``): the
+            Bonferroni level over ``tests``, ``min(1, len(tests) min_t p_t)``;
+            else None.
+        tests: the p-values the level combines: ``"where"`` and ``"what"``
+            (the statistics, :mod:`keras_cam.audit.hotspots`) and, where the
+            audit verified the class's candidate groups (its ``verify``),
+            ``"verified where"`` / ``"verified what"`` (each candidate's
+            verification level, :func:`keras_cam.audit.verify.level`; 1 for a
+            candidate that could not be verified); None for the rest.
         evidence: ``"where"`` (a place in the maps) or ``"what"`` (channel
             ``channel`` of the explained layer, pooled over positions by
             ``pooling``: ``"mean"`` or ``"max"``), or None.
@@ -98,19 +107,29 @@ class Cluster:
     pooling: str | None = None
     pixels: np.ndarray | None = dataclasses.field(default=None, repr=False)
     image_wide: bool = False
+    tests: dict | None = None
 
     @property
     def suspicious(self):
         """Whether the level is at most :data:`~keras_cam.audit.hotspots.ALPHA`, and, for a group found by
-        its place (``evidence == "where"``), the score at least :data:`~keras_cam.audit.hotspots.MIN_SCORE`."""
+        its place (``evidence == "where"``), the score at least :data:`~keras_cam.audit.hotspots.MIN_SCORE`
+        or its own verification significant at that level."""
         return self.level is not None and self.level <= hotspots.ALPHA and (
-            self.evidence == "what" or self.score >= hotspots.MIN_SCORE)
+            self.evidence == "what" or self.score >= hotspots.MIN_SCORE or self.proven)
+
+    @property
+    def proven(self):
+        """Whether the group's own verification (``tests["verified <evidence>"]``) reaches the level
+        :data:`~keras_cam.audit.hotspots.ALPHA` after the Bonferroni factor."""
+        p = (self.tests or {}).get(f"verified {self.evidence}")
+        return p is not None and len(self.tests) * p <= hotspots.ALPHA
 
     def to_dict(self):
         """The cluster as JSON-ready values (``indices`` and ``examples`` as lists of ints)."""
         return {
             "target": self.target, "size": self.size, "score": self.score, "level": self.level,
-            "suspicious": self.suspicious, "shared_energy": self.shared_energy, "evidence": self.evidence,
+            "suspicious": self.suspicious, "tests": self.tests, "proven": self.proven,
+            "shared_energy": self.shared_energy, "evidence": self.evidence,
             "channel": self.channel, "pooling": self.pooling, "image_wide": self.image_wide,
             "consistency": self.consistency, "distance": self.distance, "separation": self.separation,
             "accuracy": self.accuracy, "outside_energy": self.outside_energy,
@@ -325,7 +344,8 @@ def _name(class_names, k):
 
 
 def audit(explainer, data, labels=None, *, boxes=None, masks=None, n_clusters="auto", max_clusters=8,
-          n_neighbors=10, grid=16, evidence="auto", strategy=None, batch_size=64, seed=0, verbose=1) -> Audit:
+          n_neighbors=10, grid=16, evidence="auto", verify=True, strategy=None, batch_size=64, seed=0,
+          verbose=1) -> Audit:
     """Audit a dataset for Clever-Hans behaviour: each class's shared hotspot, or SpRAy.
 
     Every image is explained (:func:`keras_cam.explain_dataset`, the data
@@ -345,8 +365,16 @@ def audit(explainer, data, labels=None, *, boxes=None, masks=None, n_clusters="a
       explained scores, its region where ``k*`` fires more in the group than
       in the rest. The first group is that of the more significant
       statistic, the rest of the class the second; the ``level`` is
-      ``min(1, 2 min(p_where, p_what))``. A group is ``suspicious`` when
-      ``level <= ALPHA`` (and, for a "where" group, ``score >= MIN_SCORE``).
+      ``min(1, 2 min(p_where, p_what))``. With ``verify`` (and the images
+      given as an array), the class's candidate groups are then tested by
+      intervention (:meth:`Audit.verify`): the "what" group, and the "where"
+      group when ``boxes`` or ``masks`` are given. Each verification's level
+      ``p_v`` (the p-value of its verdict, :func:`keras_cam.audit.verify.level`)
+      joins the statistics': ``level = min(1, m min_t p_t)`` over the ``m``
+      tests (2 to 4), and the group is the candidate of the smallest ``p_t``
+      when that level is at most ``ALPHA``. A group is ``suspicious`` when
+      ``level <= ALPHA`` (and, for a "where" group, ``score >= MIN_SCORE`` or
+      its own verification significant).
     - an int ``n_clusters``: SpRAy (:mod:`keras_cam.audit.spray`): a
       symmetric ``n_neighbors``-nearest-neighbour graph, the smallest
       eigenvectors of ``L = I - D^-1/2 W D^-1/2``, seeded k-means, and the
@@ -384,8 +412,15 @@ def audit(explainer, data, labels=None, *, boxes=None, masks=None, n_clusters="a
             ``"where"`` or ``"what"`` (that one's group whatever its level;
             "what" needs a gradient explainer; a class none of whose
             channels varies keeps its "where" group). The level is the same in all
-            three (the combined level of both statistics): forcing one
+            three (the combined level of the class's tests): forcing one
             changes the group that :meth:`Audit.verify` tests, not the level.
+        verify: with ``n_clusters="auto"``, test each class's candidate
+            groups by intervention inside the audit and count the result in
+            the level (above). It needs the images at hand: with a
+            ``tf.data.Dataset`` the level is the statistics' alone (verify its
+            groups afterwards with :meth:`Audit.verify` and ``images=``).
+            It costs about ``2 (1 + n_random) (32 + 32)`` forward passes per
+            candidate; False skips it.
         strategy: a ``tf.distribute.Strategy`` for the explain step (see
             :func:`keras_cam.explain_dataset`).
         batch_size: images per batch (for arrays and unbatched datasets).
@@ -417,6 +452,8 @@ def audit(explainer, data, labels=None, *, boxes=None, masks=None, n_clusters="a
         )
     grid = _check_options(n_clusters, max_clusters, n_neighbors, grid, seed)
     _check_evidence(evidence, n_clusters, explainer)
+    if not isinstance(verify, (bool, np.bool_)):
+        raise TypeError(f"`verify` must be True or False; received {verify!r}.")
     if boxes is not None and masks is not None:
         raise ValueError("Pass `boxes` or `masks`, not both: they both say where the object is.")
     source = _Source(data, labels, batch_size)
@@ -471,12 +508,14 @@ def audit(explainer, data, labels=None, *, boxes=None, masks=None, n_clusters="a
     pooled = np.concatenate(pooled) if pooled else None
     explained = np.concatenate(scores).astype(np.float64)
 
-    clusters, eigenvalues, notes = [], {}, {}
+    clusters, eigenvalues, notes, candidates = [], {}, {}, {}
     for k in np.unique(targets):
         members = np.flatnonzero(targets == k)
         if n_clusters == "auto":
             found = _strategies(x, targets, int(k), members, grid, n_neighbors, seed,
                                 None if pooled is None else pooled[members], explained[members], evidence)
+            if getattr(found, "hotspot", None) is not None:
+                candidates[int(k)] = (members, found.hotspot)
         else:
             found = spray.cluster(x[members], n_clusters, max_clusters, n_neighbors, seed)
         eigenvalues[int(k)] = found.eigenvalues
@@ -484,26 +523,11 @@ def audit(explainer, data, labels=None, *, boxes=None, masks=None, n_clusters="a
             notes[int(k)] = found.note
             if n_neighbors >= len(members):
                 warnings.warn(f"keras_cam.audit: class {int(k)} has {found.note}.", stacklevel=2)
-        rated = spray.cluster_scores(x[members], found.labels, found.affinity,
-                                     None if outside is None else outside[members])
-        for c in range(found.n_clusters):
-            cluster = _make_cluster(int(k), members[found.labels == c], x, rated, c, grid)
-            if n_clusters == "auto":
-                _rate_strategy(cluster, found, c, x, members, grid)
-            else:
-                cluster.region = _cluster_region(x, members, found.labels == c, grid)
-            clusters.append(cluster)
-    if source.array is not None:
-        for cluster in clusters:
-            if cluster.evidence == "what" and cluster.level is not None:
-                _channel_region(cluster, explainer, source.array, targets, grid, seed, batch_size)
+        clusters.extend(_class_clusters(int(k), members, found, n_clusters == "auto", x, outside, grid, explainer,
+                                        source.array, targets, seed, batch_size))
     # A class's group (the one with a level) first, then by score (SpRAy's clusters: by score).
-    clusters.sort(key=lambda c: (c.target, c.level is None, -c.score, int(c.indices[0])))
-
-    if correct is not None:
-        for c in clusters:
-            c.accuracy = float(np.mean(correct[c.indices]))
-    return Audit(
+    clusters.sort(key=_rank)
+    result = Audit(
         clusters=clusters, targets=targets, labels=targets.copy() if source.has_labels else None,
         maps=x.reshape(n, *grid), eigenvalues=eigenvalues, notes=notes, method=type(explainer).__name__,
         model=str(explainer.model.name), layer=", ".join(str(p) for p in explainer.layer_paths),
@@ -513,6 +537,90 @@ def audit(explainer, data, labels=None, *, boxes=None, masks=None, n_clusters="a
         weights=weights_fingerprint(explainer.model),
         logits=np.concatenate(logits) if logits and sum(v.size for v in logits) <= LOGITS_KEPT else None,
     )
+    if verify and source.array is not None and len(eigenvalues) > 1:
+        kinds = ("where",) if boxes is not None or masks is not None else ()
+        kinds += ("what",) if pooled is not None else ()
+        for k, (members, hot) in candidates.items():
+            _prove(result, k, members, hot, kinds, evidence, x, outside, grid, seed)
+    if correct is not None:
+        for c in result.clusters:
+            c.accuracy = float(np.mean(correct[c.indices]))
+    return result
+
+
+def _rank(c):
+    """The clusters' order: by class; a class's group (the one with a level) first, then by score."""
+    return c.target, c.level is None, -c.score, int(c.indices[0])
+
+
+def _class_clusters(k, members, found, auto, x, outside, grid, explainer, images, targets, seed, batch_size):
+    """Class ``k``'s clusters from its clustering ``found`` (a group and the rest with
+    ``n_clusters="auto"``, SpRAy's clusters otherwise), rated, with their regions."""
+    rated = spray.cluster_scores(x[members], found.labels, found.affinity,
+                                 None if outside is None else outside[members])
+    out = []
+    for c in range(found.n_clusters):
+        cluster = _make_cluster(k, members[found.labels == c], x, rated, c, grid)
+        if auto:
+            _rate_strategy(cluster, found, c, x, members, grid)
+        else:
+            cluster.region = _cluster_region(x, members, found.labels == c, grid)
+        if images is not None and cluster.evidence == "what" and cluster.level is not None:
+            _channel_region(cluster, explainer, images, targets, grid, seed, batch_size)
+        out.append(cluster)
+    return out
+
+
+# The in-audit verification of each class's candidate groups (audit's `verify`): Audit.verify's defaults.
+PROOF = {"n_members": 32, "n_others": 32, "n_random": 3, "noise": 0.01}
+
+
+def _prove(result, k, members, hot, kinds, evidence, x, outside, grid, seed):
+    """Verify class ``k``'s candidate groups by intervention and count their levels in its group's level.
+
+    ``kinds`` names the candidates verified: the "where" group (only with objects given: without them a
+    group whose images hold their object in one place depends on that place, and random places off the
+    object cannot tell it from an artifact there) and the "what" group (with a gradient explainer). The
+    group's level is the Bonferroni level over the two statistics and these verifications,
+    ``min(1, (2 + len(kinds)) min_t p_t)``; with ``evidence="auto"`` and that level at most ``ALPHA``, the
+    group is the candidate of the smallest ``p_t``. The chosen group's verification is kept in
+    ``result.verifications`` (:meth:`Audit.verify` with these options and the audit's seed returns it)."""
+    start = next(i for i, c in enumerate(result.clusters) if c.target == k)
+    count = sum(c.target == k for c in result.clusters)
+    built = {hot.evidence: result.clusters[start:start + count]}
+    tests, proofs = dict(hot.tests), {}
+    for kind in kinds:
+        tests[f"verified {kind}"] = 1.0
+        if kind == "what" and hot.what is None:
+            continue
+        if kind not in built:
+            grouped = _grouping(hot, kind)
+            if grouped.n_clusters != count:
+                continue
+            built[kind] = sorted(_class_clusters(k, members, grouped, True, x, outside, grid, result.explainer,
+                                                 result.images, result.targets, seed, result.batch_size), key=_rank)
+        group = built[kind][0]
+        if group.level is None or group.region is None or group.size < 2:
+            continue
+        clusters = result.clusters[:start] + built[kind] + result.clusters[start + count:]
+        probe = dataclasses.replace(result, clusters=clusters, verifications={})
+        try:
+            with np.errstate(all="ignore"):
+                proofs[kind] = _verify_cluster(probe, start, None, None, PROOF["n_members"], PROOF["n_others"],
+                                               PROOF["n_random"], seed, PROOF["noise"], result.batch_size)
+        except ValueError:    # no region to intervene on (no pixel, or all of them): nothing shown
+            continue
+        tests[f"verified {kind}"] = proofs[kind].level
+    level = hotspots.combined_level(*tests.values(), tests=len(tests))
+    chosen = hot.evidence
+    if evidence == "auto" and level is not None and level <= hotspots.ALPHA:
+        best = min(tests, key=lambda t: 1.0 if tests[t] is None else tests[t]).split()[-1]
+        chosen = best if best in built else chosen
+    result.clusters[start:start + count] = built[chosen]
+    group = result.clusters[start]
+    group.level, group.tests = level, tests
+    if chosen in proofs:
+        result.verifications[start] = proofs[chosen]
 
 
 def _strategies(x, targets, k, members, grid, n_neighbors, seed, pooled=None, explained=None, evidence="auto"):
@@ -533,23 +641,32 @@ def _strategies(x, targets, k, members, grid, n_neighbors, seed, pooled=None, ex
         what.pooling, what.layer_channel = POOLINGS[what.channel // width], what.channel % width
     found.evidence = "where"
     found.combined = hotspots.combined_level(found.level, None if what is None else what.level)
+    found.tests = {"where": found.level, "what": None if what is None else what.level}
     found.what = what
-    group = found.members
     # The "what" group replaces the "where" group when it is the more significant one and passes on
     # its own (a class with neither keeps its "where" group: the place its maps look at most), or when
     # `evidence` asks for it. A class none of whose channels varies has no "what" group and keeps "where".
+    choice = "where"
     if what is not None and (evidence == "what" or (
             evidence == "auto" and what.level <= hotspots.ALPHA / 2
             and (found.level is None or what.level < found.level))):
-        found.evidence, group = "what", what.members
-    found.group = np.asarray(group, bool)
-    labels = np.where(group, 0, 1).astype(np.int64)
+        choice = "what"
+    return _grouping(found, choice)
+
+
+def _grouping(found, evidence):
+    """The class split into the group of ``evidence``'s statistic (``"where"`` or ``"what"``) and the
+    rest, as a :class:`~keras_cam.audit.spray.ClassClustering` carrying the statistics (``hotspot``)."""
+    hot = copy.copy(found)
+    hot.evidence = evidence
+    hot.group = np.asarray(found.what.members if evidence == "what" else found.members, bool)
+    labels = np.where(hot.group, 0, 1).astype(np.int64)
     if labels.min() == labels.max():
         labels[:] = 0
     elif labels[0] == 1:  # clusters are numbered by their first member (as SpRAy's)
         labels = 1 - labels
     result = spray.ClassClustering(labels, int(labels.max()) + 1, np.zeros(0), None)
-    result.hotspot = found
+    result.hotspot = hot
     return result
 
 
@@ -577,6 +694,7 @@ def _rate_strategy(cluster, found, c, x, members, grid):
     cluster.pooling = None if what is None else what.pooling
     cluster.score = (float(hot.score) if what is None else float(what.score)) if group else 0.0
     cluster.level = hot.combined if group else None
+    cluster.tests = dict(hot.tests) if group else None
 
 
 def _channel_region(cluster, explainer, images, targets, grid, seed, batch_size, count=32):
@@ -700,6 +818,11 @@ def _verify_cluster(result, cluster, images, region, n_members, n_others, n_rand
             f"reloaded): its groups and scores describe the old weights. Run keras_cam.audit(...) again, "
             f"then verify its clusters."
         )
+    options = (int(n_members), int(n_others), int(n_random), int(seed), float(noise))
+    stored = result.verifications.get(position)
+    if stored is not None and images is None and region is None and stored.options == options \
+            and _verified(stored, c):
+        return stored    # the audit's own verification of this group (audit's `verify`), the same numbers
     others_all = np.flatnonzero(result.targets != c.target)
     if len(others_all) == 0:
         raise ValueError(f"Class {c.target} is the only class audited: the transplant needs images of other "
@@ -759,9 +882,23 @@ def _verify_cluster(result, cluster, images, region, n_members, n_others, n_rand
         transplant=transplant, object_drop=object_drop, depends=depends,
         verdict=interventions.VERDICT_DEPENDS if depends else interventions.VERDICT_NONE, seed=int(seed),
         spread=spread, example=example, random_regions=shifted,
-        matched=bool(rest is None and object_masks is not None), **wide)
+        matched=bool(rest is None and object_masks is not None),
+        level=interventions.level(removal, transplant, spread), options=options, **wide)
     result.verifications[position] = found
     return found
+
+
+def _verified(found, cluster):
+    """Whether the verification ``found`` is of ``cluster`` as it is now: its class, members among the
+    cluster's, and its pixels (a cluster edited or moved since is verified anew)."""
+    if found.target != cluster.target or not np.isin(found.members, cluster.indices).all():
+        return False
+    if found.offset is not None:
+        return bool(cluster.image_wide)
+    try:
+        return bool(np.array_equal(found.region, _pixel_region(None, cluster, found.region.shape)))
+    except ValueError:
+        return False
 
 
 def _pixel_region(region, cluster, size):

@@ -67,7 +67,10 @@ positions but sets its maximum wherever it sits):
 
 **Combined level.** ``min(1, 2 min(p_where, p_what))`` (Bonferroni over the
 two statistics). The class's group is the "what" group when ``p_what`` is the
-smaller and at most ``ALPHA / 2``, the "where" group otherwise.
+smaller and at most ``ALPHA / 2``, the "where" group otherwise. Where the
+audit also verifies the candidate groups by intervention, their levels join
+the two (``min(1, m min_t p_t)`` over ``m`` tests, :func:`combined_level`;
+see :func:`keras_cam.audit`).
 
 Everything is a few array operations on the grid vectors and the pooled
 activations, little next to the maps themselves.
@@ -424,10 +427,10 @@ def find_what(a, scores, seed=0, draws=WHAT_DRAWS, least=WHAT_LEAST):
                      threshold=threshold, high=bool(upper))
 
 
-def combined_level(where, what):
-    """The Bonferroni level over the two statistics: ``min(1, 2 min(p_where, p_what))`` (a missing level
-    counts as 1)."""
-    levels = [p for p in (where, what) if p is not None]
-    if not levels:
+def combined_level(*levels, tests=2):
+    """The Bonferroni level over ``tests`` tests: ``min(1, tests * min_t p_t)``, e.g. the two statistics'
+    ``min(1, 2 min(p_where, p_what))`` (a missing level counts as 1; None when all are missing)."""
+    given = [p for p in levels if p is not None]
+    if not given:
         return None
-    return float(min(1.0, 2.0 * min(levels)))
+    return float(min(1.0, max(int(tests), len(levels)) * min(given)))

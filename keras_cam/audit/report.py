@@ -87,7 +87,10 @@ def _alpha():
 
 
 def _level(c):
-    return "n/a" if c.level is None else f"{c.level:.3f}"
+    if c.level is None:
+        return "n/a"
+    tests = "; ".join(f"{name} {'n/a' if p is None else f'{p:.2g}'}" for name, p in (c.tests or {}).items())
+    return f"{c.level:.3g}" + (f" (Bonferroni over {len(c.tests)} tests: {tests})" if tests else "")
 
 
 def _pct(value):
@@ -111,7 +114,10 @@ def render(result, class_names=None, title=None):
         "of the class lacks: a <b>place</b> in their maps (\"where\": a spot fixed in place, against a null "
         "that moves each map onto another's centre) or a <b>feature</b> at the explained layer (\"what\": a "
         "channel on which a part of the class is split off, against a uniform null), whichever is more "
-        "significant. Its <b>level</b> is the Bonferroni level over the two statistics: a level at most "
+        "significant. Where the audit had the images, it also verified the candidate groups by "
+        "intervention (the \"what\" group, and the \"where\" group when boxes or masks were given), and "
+        "the first group is the candidate of the strongest test. Its <b>level</b> is the Bonferroni level "
+        "over the statistics and these verifications (each test's p-value is listed): a level at most "
         f"{_alpha():.2f} marks a <b>suspicious group</b>. A verification removes the group's region from "
         "members and pastes it into other classes' images, against random places of the same size (with "
         "the objects' boxes or masks: places that cover as much of each member's object; for a "

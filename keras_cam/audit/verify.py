@@ -62,6 +62,13 @@ other-class images): an effect must be significant *and* at least a tenth of
 how much the class score varies, so a tiny but consistent effect (a model
 whose class score barely moves) is not called a dependence.
 
+The verification's **level** is the p-value of that rule: with ``tau =
+MIN_EFFECT * sigma`` and each effect's one-sided Student's t test of "the
+effect is at most ``tau``", ``p_e = P(T_{n-1} >= (mean_e - tau) / se_e)``, the
+level is ``max(p_removal, p_transplant)`` (both effects must exceed ``tau``:
+an intersection-union test). "Depends" is exactly ``level < (1 - CONFIDENCE) / 2``.
+The audit counts this level in a group's own level (see :func:`keras_cam.audit`).
+
 Everything is drawn from ``seed`` and computed in batches. A verification
 reuses the scores the audit already has: the members' explained scores, and
 the other-class images' own class scores (``Audit.logits``, kept with
@@ -135,6 +142,7 @@ class Verification:
         spread: ``sigma``, the standard deviation of the class score over
             the members and the other-class images as they were.
         verdict: :data:`VERDICT_DEPENDS` or :data:`VERDICT_NONE`.
+        level: the p-value of the verdict's rule (see the module docstring).
         seed: the seed it was drawn with.
         random_regions: ``(max(m, o), n_random, H, W)`` bool, the random
             regions used: row ``i`` for member ``i`` (removal) and for
@@ -172,11 +180,14 @@ class Verification:
     random_offsets: np.ndarray | None = dataclasses.field(repr=False, default=None)
     rest: np.ndarray | None = dataclasses.field(repr=False, default=None)
     matched: bool = False
+    level: float = 1.0
+    options: tuple = dataclasses.field(repr=False, default=())
 
     def to_dict(self):
         """JSON-ready numbers (what ``clusters.json`` carries)."""
         return {
             "cluster": self.cluster, "target": self.target, "verdict": self.verdict, "depends": self.depends,
+            "level": float(self.level),
             "threshold": threshold(self.spread), "spread": float(self.spread), "seed": self.seed,
             "region_pixels": int(self.region.sum()), "members": [int(i) for i in self.members],
             "others": [int(i) for i in self.others], "removal": self.removal.to_dict(),
@@ -202,6 +213,26 @@ def dependence(removal, transplant, base, before, k):
     ``before[:, k]`` together."""
     sigma = float(np.std(np.concatenate([np.asarray(base, np.float64), np.asarray(before, np.float64)[:, k]])))
     return bool(min(removal.low, transplant.low) > MIN_EFFECT * sigma), sigma
+
+
+def effect_level(effect, floor):
+    """The one-sided p-value of "``effect`` is at most ``floor``": ``P(T_{n-1} >= (mean - floor) / se)``,
+    with ``se`` read back from the effect's t-interval (1 for fewer than two images)."""
+    from scipy.stats import t
+
+    if effect.n < 2 or not np.isfinite(effect.low):
+        return 1.0
+    se = (effect.mean - effect.low) / float(t.ppf(0.5 + CONFIDENCE / 2, effect.n - 1))
+    if se <= 0:    # every image's difference alike
+        return 0.0 if effect.mean > floor else 1.0
+    return float(t.sf((effect.mean - floor) / se, effect.n - 1))
+
+
+def level(removal, transplant, sigma):
+    """The verification's level: ``max(p_removal, p_transplant)`` against the floor ``MIN_EFFECT * sigma``
+    (see the module docstring)."""
+    floor = MIN_EFFECT * sigma
+    return max(effect_level(removal, floor), effect_level(transplant, floor))
 
 
 def interval(values):

@@ -194,7 +194,7 @@ def run_audit_demo(out="keras-cam-demo", n_images=400, seed=11, share=0.5, overw
         if not group:
             continue
         c = group[0]
-        level = "n/a" if c.level is None else f"{c.level:.2f}"
+        level = "n/a" if c.level is None else f"{c.level:.2g}"
         lines.append(
             f"  {name:9s} {len(group)} cluster(s); first: {c.size:4d} images, score {c.score:.3f}, level {level}"
             f"{' (suspicious)' if c.suspicious else ''}, accuracy {100 * c.accuracy:5.1f}%, outside energy "
@@ -209,7 +209,7 @@ def run_audit_demo(out="keras-cam-demo", n_images=400, seed=11, share=0.5, overw
         f"the first {CLASS_NAMES[WATERMARK_CLASS]} cluster against the marked images: F1 "
         f"{f1_score(first.indices, marked):.3f}; suspicious groups in the other classes: "
         f"{sum(c.suspicious for c in others)} (smallest level "
-        f"{min(c.level for c in others) if others else float('nan'):.2f})"
+        f"{min(c.level for c in others) if others else float('nan'):.2g})"
     )
     summary = "\n".join(lines) + "\n"
     os.makedirs(out, exist_ok=True)
