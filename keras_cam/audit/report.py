@@ -89,8 +89,12 @@ def _alpha():
 def _level(c):
     if c.level is None:
         return "n/a"
-    tests = "; ".join(f"{name} {'n/a' if p is None else f'{p:.2g}'}" for name, p in (c.tests or {}).items())
-    return f"{c.level:.3g}" + (f" (Bonferroni over {len(c.tests)} tests: {tests})" if tests else "")
+    return f"{c.level:.3g}" + (f" (Bonferroni over {len(c.tests)} tests)" if c.tests else "")
+
+
+def _tests(c):
+    """The p-value of each test the level combines, one per line."""
+    return "<br>".join(f"{name}: {'n/a' if p is None else f'{p:.2g}'}" for name, p in (c.tests or {}).items()) or "n/a"
 
 
 def _pct(value):
@@ -159,7 +163,7 @@ def _cluster_html(result, i, rank, name, class_names=None):
     c = result.clusters[i]
     rep = result.thumbnails[c.representative]
     rows = [("size", f"{c.size} ({100.0 * c.size / len(result.targets):.1f}% of all images)"),
-            ("score", f'<span class="score">{c.score:.3f}</span>'), ("level", _level(c)),
+            ("score", f'<span class="score">{c.score:.3f}</span>'), ("level", _level(c)), ("tests (p)", _tests(c)),
             ("suspicious", "yes" if c.suspicious else "no"),
             ("evidence", "n/a" if c.evidence is None else (
                 "where (a place in the maps)" if c.evidence == "where"
@@ -231,7 +235,8 @@ def _verification_html(v):
             f"</figcaption></figure>" for im, cap in zip(e["images"], captions)) + "</div>"
     return (f'<div class="verification" data-depends="{str(v.depends).lower()}"><h4>Verification: '
             f"{esc(v.verdict)}</h4>{pictures}<table class=\"stats\">{stats}</table>"
-            f'<p class="note">Threshold: {esc(interventions.threshold(v.spread))}; seed {v.seed}.'
+            f'<p class="note">Threshold: {esc(interventions.threshold(v.spread))} (the verdict\'s p-value: '
+            f'{v.level:.2g}); seed {v.seed}.'
             f'{_unmatched(v)}</p></div>')
 
 
