@@ -106,8 +106,10 @@ print(json.dumps({"grid_s": t1h - t0, "hotspot_s": hot_s, "cluster_s": t2 - t1, 
 """
 
 
-def verify_ratio(n_images, repeat, model_name):
-    """(audit - maps + verification of each class's first group) / maps, on a real-sized model."""
+def verify_ratio(n_images, repeat, model_name, epochs=0, with_boxes=False):
+    """(audit - maps + verification of each class's first group) / maps, on a real-sized model: MobileNetV2
+    at 96 x 96, untrained (``weights=None``) or trained ``epochs`` on the images (then its channels vary,
+    and the audit verifies its "what" candidates itself); with the objects' boxes or without."""
     import tensorflow as tf
 
     import keras_cam as kc
@@ -115,30 +117,37 @@ def verify_ratio(n_images, repeat, model_name):
     from keras_cam.dataset import explain_dataset
     from keras_cam.demo.shortcuts import make_shortcut_dataset
 
-    images, labels, _, _ = make_shortcut_dataset("patch", n_images, seed=11, share=0.5)
+    images, labels, _, boxes = make_shortcut_dataset("patch", n_images, seed=11, share=0.5)
     images = np.repeat(np.repeat(images, 3, axis=1), 3, axis=2)                 # 96 x 96
+    boxes = np.asarray(boxes) * 3 if with_boxes else None
     keras.utils.set_random_seed(0)
     model = keras.applications.MobileNetV2(input_shape=(96, 96, 3), weights=None, classes=4)
+    if epochs:
+        model.compile("adam", "sparse_categorical_crossentropy")
+        model.fit(images, labels, epochs=epochs, batch_size=64, verbose=0)
     cam = kc.GradCAM(model)
     dataset = tf.data.Dataset.from_tensor_slices((images, labels)).batch(64)
     parts = {}
 
     def maps():
-        for r in explain_dataset(cam, dataset, upsample=False, normalize=True, verbose=0):
+        for r in explain_dataset(cam, dataset, upsample=with_boxes, normalize=True, verbose=0):
             np.asarray(r.maps)
 
     def audit():
         t = time.perf_counter()
-        result = kc.audit(cam, images, labels, verbose=0)
+        result = kc.audit(cam, images, labels, boxes=boxes, verbose=0)
         parts["audit"] = time.perf_counter() - t
         t = time.perf_counter()
         result.verify_first()
         parts["verify"] = time.perf_counter() - t
+        parts["tests"] = max(len(c.tests) for c in result.clusters if c.tests)
 
     t = interleaved({"maps": maps, "audit + verify": audit}, repeat=repeat, warmup=1)
     beyond = (parts["audit"] - t["maps"] + parts["verify"]) / t["maps"]
-    return [(f"{model_name} 96 x 96, {n_images} images", f"{t['maps']:.2f}", f"{parts['audit']:.2f}",
-             f"{parts['verify']:.2f}", f"{t['audit + verify'] / t['maps']:.2f}", f"{beyond:.2f}")]
+    setting = (f"{model_name} 96 x 96, {n_images} images, {'trained %d epoch(s)' % epochs if epochs else 'untrained'}"
+               f"{', boxes' if with_boxes else ''} ({parts['tests']} tests per class)")
+    return [(setting, f"{t['maps']:.2f}", f"{parts['audit']:.2f}", f"{parts['verify']:.2f}",
+             f"{t['audit + verify'] / t['maps']:.2f}", f"{beyond:.2f}")]
 
 
 def audit_ratio(n_images, repeat):
@@ -273,6 +282,7 @@ def main():
     parser.add_argument("--maps", type=int, default=100000, help="0 skips the clustering part")
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--model", choices=("demo", "mobilenetv2"), default="demo")
+    parser.add_argument("--epochs", type=int, default=1, help="--model mobilenetv2: the trained model's epochs")
     args = parser.parse_args()
 
     t0 = time.perf_counter()
@@ -285,7 +295,8 @@ def main():
             family_study(configurations, boxes=not args.no_boxes)
         return
     if args.model == "mobilenetv2":
-        rows = verify_ratio(args.images, args.repeat, "MobileNetV2")
+        rows = [row for epochs, with_boxes in ((0, False), (args.epochs, False), (args.epochs, True))
+                for row in verify_ratio(args.images, args.repeat, "MobileNetV2", epochs, with_boxes)]
         print(table(["setting", "maps alone (s)", "audit (s, last run)", "verify_first (s, last run)",
                      "(audit + verify) / maps", "(audit - maps + verify) / maps (issue 22: <= 1.5)"], rows))
         return
