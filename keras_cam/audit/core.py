@@ -39,6 +39,9 @@ THUMBNAIL = 64
 LOGITS_KEPT = 2 ** 24
 # The statistics that can form a class's group with n_clusters="auto" (see audit's `evidence`).
 EVIDENCE = ("auto", "where", "what")
+# Audit.verify's defaults, which the audit's own verification of each class's candidates uses too
+# (audit's `verify`), so that Audit.verify with them returns what the audit kept.
+PROOF = {"n_members": 32, "n_others": 32, "n_random": 3, "noise": 0.01}
 
 
 @dataclasses.dataclass
@@ -224,8 +227,8 @@ class Audit:
         """The suspicious groups of class ``target`` (see :attr:`Cluster.suspicious`); empty: "no suspicious group"."""
         return [c for c in self.of_class(target) if c.suspicious]
 
-    def verify(self, cluster, images=None, *, region=None, n_members=32, n_others=32, n_random=3, seed=0,
-               noise=0.01, batch_size=None):
+    def verify(self, cluster, images=None, *, region=None, n_members=PROOF["n_members"], n_others=PROOF["n_others"],
+               n_random=PROOF["n_random"], seed=0, noise=PROOF["noise"], batch_size=None):
         """Test by intervention whether the model depends on what ``cluster``'s maps point at.
 
         See :mod:`keras_cam.audit.verify`: the cluster's region is removed
@@ -571,10 +574,6 @@ def _class_clusters(k, members, found, auto, x, outside, grid, explainer, images
     return out
 
 
-# The in-audit verification of each class's candidate groups (audit's `verify`): Audit.verify's defaults.
-PROOF = {"n_members": 32, "n_others": 32, "n_random": 3, "noise": 0.01}
-
-
 def _prove(result, k, members, hot, kinds, evidence, x, outside, grid, seed):
     """Verify class ``k``'s candidate groups by intervention and count their levels in its group's level.
 
@@ -611,7 +610,7 @@ def _prove(result, k, members, hot, kinds, evidence, x, outside, grid, seed):
         except ValueError:    # no region to intervene on (no pixel, or all of them): nothing shown
             continue
         tests[f"verified {kind}"] = proofs[kind].level
-    level = hotspots.combined_level(*tests.values(), tests=len(tests))
+    level = hotspots.combined_level(*tests.values())
     chosen = hot.evidence
     if evidence == "auto" and level is not None and level <= hotspots.ALPHA:
         best = min(tests, key=lambda t: 1.0 if tests[t] is None else tests[t]).split()[-1]

@@ -427,10 +427,10 @@ def find_what(a, scores, seed=0, draws=WHAT_DRAWS, least=WHAT_LEAST):
                      threshold=threshold, high=bool(upper))
 
 
-def combined_level(*levels, tests=2):
-    """The Bonferroni level over ``tests`` tests: ``min(1, tests * min_t p_t)``, e.g. the two statistics'
-    ``min(1, 2 min(p_where, p_what))`` (a missing level counts as 1; None when all are missing)."""
+def combined_level(*levels):
+    """The Bonferroni level over the ``m = len(levels)`` tests: ``min(1, m * min_t p_t)``, e.g. the two
+    statistics' ``min(1, 2 min(p_where, p_what))`` (a missing level counts as 1; None when all are missing)."""
     given = [p for p in levels if p is not None]
     if not given:
         return None
-    return float(min(1.0, max(int(tests), len(levels)) * min(given)))
+    return float(min(1.0, len(levels) * min(given)))
