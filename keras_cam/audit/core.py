@@ -79,7 +79,8 @@ class Cluster:
             for a class kept whole).
         pixels: for a "what" group, ``(H, W)`` bool, the pixels near ``region``
             (within one layer cell) where its members' images stray from the
-            rest's (:func:`pixels_that_differ`; what :meth:`Audit.verify`
+            rest's (:func:`pixels_that_differ`), with the whole connected
+            parts of those pixels they touch (what :meth:`Audit.verify`
             intervenes on); None: ``region`` scaled up.
         image_wide: for a "what" group, whether no pixel of its members'
             images stands out from the rest's (a global feature such as a
@@ -706,7 +707,9 @@ def _channel_region(cluster, explainer, images, targets, grid, seed, batch_size,
 
     The region's pixels (``cluster.pixels``, what a verification intervenes on) are then narrowed to
     where the members' images stray from the rest's (:func:`pixels_that_differ`, the same samples),
-    within one layer cell of the region's cells (a unit's receptive field reaches past its cell).
+    within one layer cell of the region's cells (a unit's receptive field reaches past its cell),
+    and grown to the whole connected parts of those pixels (:func:`artifact_pixels`): the channel of a frame
+    may fire along two of its sides only, and the members carry the whole frame.
     A layer cell spans several pixels (4 x 4 in the family), and a 2-pixel frame fills only part of
     the cells along the edges: removing or pasting whole cells moves the members' other pixels too,
     which random places of that size move as well. Where no pixel of the image stands out (a colour
@@ -740,10 +743,25 @@ def _channel_region(cluster, explainer, images, targets, grid, seed, batch_size,
         if d.max() > 0 and region.mean() <= 0.5:    # a verification compares with random places of its size
             cluster.region = region
     if pictures[0] is not None and cluster.region is not None:
-        chosen = pixels_that_differ(pictures[0], pictures[1])
-        near = interventions.pixel_region(hotspots.near(cluster.region, reach), chosen.shape) & chosen
-        cluster.pixels = near if near.any() else None
+        cluster.pixels, chosen = artifact_pixels(cluster.region, pictures[0], pictures[1], reach)
         cluster.image_wide = not chosen.any()
+
+
+def artifact_pixels(region, members, rest, reach):
+    """``(pixels, chosen)``: ``chosen`` ``(H, W)`` bool, the pixels where the images ``members`` stray
+    from ``rest`` (:func:`pixels_that_differ`); ``pixels``, those within ``reach`` cells of the grid
+    region ``region``, grown to the whole connected parts of ``chosen`` (8-neighbours) that they touch;
+    None where no such pixel is near. The channel of a thin artifact such as a frame can fire along two
+    of its sides only; what the members carry is the whole frame. (``chosen`` holds at most half the
+    pixels, its threshold being above their median, so random places of its size fit beside it.)"""
+    from scipy import ndimage
+
+    chosen = pixels_that_differ(members, rest)
+    near = interventions.pixel_region(hotspots.near(region, reach), chosen.shape) & chosen
+    if not near.any():
+        return None, chosen
+    parts, _ = ndimage.label(chosen, structure=np.ones((3, 3), bool))
+    return np.isin(parts, np.unique(parts[near])), chosen
 
 
 # A pixel stands out when its excess distance is this many robust standard deviations (1.4826 MAD)

@@ -57,10 +57,18 @@ Both effects come with 95 % confidence intervals over images (Student's t).
 The **verdict** is "depends on the region (shortcut candidate)" when both
 intervals lie above ``MIN_EFFECT * sigma``, and "no dependence shown"
 otherwise, with ``sigma`` the standard deviation of the class score ``s_k``
-over the images the verification used, as they were (the members and the
-other-class images): an effect must be significant *and* at least a tenth of
-how much the class score varies, so a tiny but consistent effect (a model
-whose class score barely moves) is not called a dependence.
+pooled within the two sets of images the verification used, as they were
+(the members ``i`` and the other-class images ``j``),
+
+    ``sigma^2 = (sum_i (s_k(x_i) - mean_i s_k(x_i))^2 + sum_j (s_k(y_j) - mean_j s_k(y_j))^2) / (m + o)``:
+
+an effect must be significant *and* at least a tenth of how much the class
+score varies from image to image (a standardized effect of 0.1, Cohen's d
+with the pooled spread), so a tiny but consistent effect (a model whose
+class score barely moves) is not called a dependence. The gap between the
+two sets' means (the class the model tells apart) is not part of ``sigma``:
+a confident model separates its classes by tens of logits, and a floor on
+that scale hid artifacts whose pasting moved a quarter of the predictions.
 
 The verification's **level** is the p-value of that rule: with ``tau =
 MIN_EFFECT * sigma`` and each effect's one-sided Student's t test of "the
@@ -139,8 +147,9 @@ class Verification:
             object regions are removed (with boxes or masks), else None.
         depends: whether both effects' intervals lie above
             ``MIN_EFFECT * spread``.
-        spread: ``sigma``, the standard deviation of the class score over
-            the members and the other-class images as they were.
+        spread: ``sigma``, the standard deviation of the class score pooled
+            within the members and within the other-class images, as they
+            were (see the module docstring).
         verdict: :data:`VERDICT_DEPENDS` or :data:`VERDICT_NONE`.
         level: the p-value of the verdict's rule (see the module docstring).
         seed: the seed it was drawn with.
@@ -204,14 +213,15 @@ class Verification:
 def threshold(spread):
     """The verdict's rule, in words, with its number."""
     return (f"both {int(CONFIDENCE * 100)}% confidence intervals above {MIN_EFFECT:g} x the class score's "
-            f"standard deviation ({MIN_EFFECT * spread:.3g})")
+            f"standard deviation within the images used ({MIN_EFFECT * spread:.3g})")
 
 
 def dependence(removal, transplant, base, before, k):
     """``(depends, sigma)``: the verdict's rule (see the module docstring) on the two effects, with
-    ``sigma`` the standard deviation of the members' class scores ``base`` and the other-class images'
-    ``before[:, k]`` together."""
-    sigma = float(np.std(np.concatenate([np.asarray(base, np.float64), np.asarray(before, np.float64)[:, k]])))
+    ``sigma`` the standard deviation of the class score pooled within the members' scores ``base`` and
+    within the other-class images' ``before[:, k]``."""
+    b, o = np.asarray(base, np.float64), np.asarray(before, np.float64)[:, k]
+    sigma = float(np.sqrt((len(b) * b.var() + len(o) * o.var()) / (len(b) + len(o))))
     return bool(min(removal.low, transplant.low) > MIN_EFFECT * sigma), sigma
 
 
