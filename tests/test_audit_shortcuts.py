@@ -85,6 +85,25 @@ def test_the_marked_images_form_the_first_group_and_the_model_depends_on_them(fa
     assert not target_misses(kind, result, images, marked, check)
 
 
+def test_a_place_groups_pixels_lie_on_its_artifact(family):
+    """A "where" group of the marked class intervenes on the pixels that stand out from other classes'
+    images near its hotspot, grown to the whole artifact: they lie on the artifact, and cover a fixed
+    one whole (in the modes whose marked groups are places: the patch and the frame on Keras 3, the
+    patch and the tag on legacy tf-keras; JAX's and PyTorch's are all "what" groups, whose pixels the
+    test above checks through the target)."""
+    cases, _ = family
+    for (kind, share), (result, images, labels, marked, check) in cases.items():
+        first = result.of_class(0)[0]
+        if first.evidence != "where":
+            continue
+        truth = artifact_region(kind, images, marked)[marked].any(axis=0)
+        assert first.pixels is not None, (kind, share)
+        assert np.mean(truth[first.pixels]) >= 0.9, (kind, share)
+        if kind != "tag":    # a fixed artifact is covered whole (a moving tag's places, where most of them fall)
+            assert first.pixels.sum() >= 0.9 * truth.sum(), (kind, share)
+        np.testing.assert_array_equal(check.region, first.pixels)
+
+
 def test_clean_classes_rarely_raise_an_alarm(family):
     cases, _ = family
     clean = [c for result, *_ in cases.values() for k in (1, 2, 3) for c in result.of_class(k)[:1]]

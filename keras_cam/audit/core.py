@@ -571,6 +571,8 @@ def _class_clusters(k, members, found, auto, x, outside, grid, explainer, images
             cluster.region = _cluster_region(x, members, found.labels == c, grid)
         if images is not None and cluster.evidence == "what" and cluster.level is not None:
             _channel_region(cluster, explainer, images, targets, grid, seed, batch_size)
+        elif images is not None and cluster.evidence == "where" and cluster.level is not None:
+            _place_pixels(cluster, images, targets, seed, explainer.graph.data_format == "channels_first")
         out.append(cluster)
     return out
 
@@ -745,6 +747,25 @@ def _channel_region(cluster, explainer, images, targets, grid, seed, batch_size,
     if pictures[0] is not None and cluster.region is not None:
         cluster.pixels, chosen = artifact_pixels(cluster.region, pictures[0], pictures[1], reach)
         cluster.image_wide = not chosen.any()
+
+
+def _place_pixels(cluster, images, targets, seed, channels_first, count=32):
+    """A "where" group's pixels (``cluster.pixels``): :func:`artifact_pixels` of its hotspot, within
+    one grid cell, on seeded samples of ``count`` members and ``count`` images of the *other* classes.
+    Not the rest of the class, as for "what": a place's group leaves some of the marked images in the
+    rest (the maps of a few look elsewhere), which blurs the contrast, while images of other classes
+    carry no artifact of this class. A place where no pixel stands out keeps its whole cells (an
+    object that sits in one place differs from other classes' images by its texture, not at fixed
+    pixels). Images only (4-D)."""
+    others = np.flatnonzero(targets != cluster.target)
+    if len(others) == 0 or cluster.region is None or np.ndim(images) != 4:
+        return
+    rng = np.random.default_rng([int(seed), int(cluster.target), 0x91AC])
+    pictures = []
+    for group in (cluster.indices, others):
+        x = np.asarray(images[np.sort(rng.choice(group, size=min(count, len(group)), replace=False))], np.float32)
+        pictures.append(np.moveaxis(x, 1, -1) if channels_first else x)
+    cluster.pixels, _ = artifact_pixels(cluster.region, pictures[0], pictures[1], 1)
 
 
 def artifact_pixels(region, members, rest, reach):
