@@ -77,11 +77,14 @@ class Cluster:
             ``pooling``: ``"mean"`` or ``"max"``), or None.
         region: ``(g, g)`` bool, the grid cells of the group's hotspot (None
             for a class kept whole).
-        pixels: for a "what" group, ``(H, W)`` bool, the pixels near ``region``
-            (within one layer cell) where its members' images stray from the
-            rest's (:func:`pixels_that_differ`), with the whole connected
-            parts of those pixels they touch (what :meth:`Audit.verify`
-            intervenes on); None: ``region`` scaled up.
+        pixels: ``(H, W)`` bool, what :meth:`Audit.verify` intervenes on: for
+            a "what" group, the pixels near ``region`` (within one layer cell)
+            where its members' images stray from the rest of the class's
+            (:func:`pixels_that_differ`); for a "where" group, those near
+            ``region`` (within one grid cell) where they stray from other
+            classes' images; both with the whole connected parts of those
+            pixels they touch (:func:`artifact_pixels`). None: ``region``
+            scaled up.
         image_wide: for a "what" group, whether no pixel of its members'
             images stands out from the rest's (a global feature such as a
             colour cast): :meth:`Audit.verify` then intervenes on the images'
