@@ -3,6 +3,7 @@
     python bench/bench_audit.py [--images 2000] [--maps 100000] [--repeat 3] [--model demo|mobilenetv2]
     python bench/bench_audit.py --what-study [--configurations cnn:0,cnn:2,residual:1]
     KERAS_BACKEND=jax python bench/bench_audit.py --family-study [--configurations cnn:0] [--no-boxes]
+    python bench/bench_audit.py --null-study [--configurations cnn:0,...,residual:7] [--no-boxes]
 
 ``--family-study`` (no timing): the family audited as
 tests/test_audit_shortcuts.py audits it (the default evidence, the objects'
@@ -11,6 +12,15 @@ names (each backend trains its own models): each case against issue 22's
 target (``shortcuts.target_misses``), and every clean class's first group:
 its alarm, and whether its verification says "depends" (docs/audit.md, "The
 family on every backend").
+
+``--null-study`` (no timing): audits where no class carries a shortcut, so
+every alarm is a false one. Each configuration's architecture, *untrained*
+(``build_shortcut_model``, Keras seeded with the seed), explains two datasets
+of 240 images: the family's images with no artifact (``share=0``) and
+uniform noise with random labels, with the family's boxes (``--no-boxes``
+leaves them out). Each class's first
+group: its alarm, its level and the tests' own levels (docs/audit.md,
+"Known false alarms").
 
 ``--what-study`` (no timing): the planted-shortcut family (by default "cnn"
 seeds 0 and 2 and "residual" seed 1, the configurations the verdict's floor
@@ -269,15 +279,50 @@ def family_study(configurations=(("cnn", 0),), n=240, boxes=True):
           f"{alarms} of {3 * cases} alarms, {depends} of {verified} verified first groups depend")
 
 
+def null_study(configurations, n=240, boxes=True):
+    """Untrained models on data without shortcuts (see the module docstring): every alarm is false."""
+    import keras_cam as kc
+    from keras_cam._compat import keras
+    from keras_cam.demo.shortcuts import FEATURE_LAYER, build_shortcut_model, make_shortcut_dataset
+
+    rows, alarms, classes = [], 0, 0
+    for architecture, seed in configurations:
+        keras.utils.set_random_seed(seed)
+        model = build_shortcut_model(architecture)
+        images, labels, _, objects = make_shortcut_dataset("patch", n, seed=7 + seed, share=0.0)
+        rng = np.random.default_rng([seed, 0x0015E])
+        noise = rng.random(images.shape).astype(np.float32)
+        for data, x, y in (("family, no artifact", images, labels),
+                           ("noise, random labels", noise, rng.integers(0, 4, n))):
+            with np.errstate(all="ignore"):
+                result = kc.audit(kc.GradCAM(model, layer=FEATURE_LAYER), x, y, verbose=0,
+                                  boxes=objects if boxes else None)
+            for k in np.unique(y):
+                first = result.of_class(int(k))[0]
+                if first.level is None:
+                    continue
+                classes += 1
+                alarms += first.suspicious
+                if first.suspicious:
+                    tests = ", ".join(f"{name} {p:.3g}" for name, p in first.tests.items())
+                    rows.append((f"{architecture} {seed}", data, int(k), first.evidence, f"{first.level:.2g}",
+                                 "yes" if first.image_wide else "no", tests))
+    print(table(["configuration", "data", "class", "evidence", "level", "image-wide", "the tests' levels"], rows))
+    print(f"\n{'with' if boxes else 'without'} boxes: false alarms: {alarms} of {classes} classes")
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--what-study", action="store_true", help="the evidence='what' study (no timing)")
     parser.add_argument("--family-study", action="store_true",
                         help="the family audited as the tests do, clean classes verified (no timing)")
-    parser.add_argument("--no-boxes", action="store_true", help="--family-study without the objects' boxes")
+    parser.add_argument("--null-study", action="store_true",
+                        help="untrained models on data without shortcuts: the false alarms (no timing)")
+    parser.add_argument("--no-boxes", action="store_true",
+                        help="--family-study or --null-study without the objects' boxes")
     parser.add_argument("--configurations", default=None,
                         help="the study's architecture:seed pairs (default cnn:0,cnn:2,residual:1 for "
-                             "--what-study, cnn:0 for --family-study)")
+                             "--what-study, cnn:0 for --family-study, seeds 0-7 of both for --null-study)")
     parser.add_argument("--images", type=int, default=2000)
     parser.add_argument("--maps", type=int, default=100000, help="0 skips the clustering part")
     parser.add_argument("--repeat", type=int, default=3)
@@ -286,10 +331,14 @@ def main():
     args = parser.parse_args()
 
     t0 = time.perf_counter()
-    if args.what_study or args.family_study:
-        text = args.configurations or ("cnn:0,cnn:2,residual:1" if args.what_study else "cnn:0")
+    if args.what_study or args.family_study or args.null_study:
+        default = ("cnn:0,cnn:2,residual:1" if args.what_study else
+                   ",".join(f"{a}:{s}" for a in ("cnn", "residual") for s in range(8)) if args.null_study else "cnn:0")
+        text = args.configurations or default
         configurations = tuple((a, int(seed)) for a, seed in (c.split(":") for c in text.split(",")))
-        if args.what_study:
+        if args.null_study:
+            null_study(configurations, boxes=not args.no_boxes)
+        elif args.what_study:
             what_study(configurations)
         else:
             family_study(configurations, boxes=not args.no_boxes)

@@ -912,11 +912,11 @@ def _verify_cluster(result, cluster, images, region, n_members, n_others, n_rand
             scores_of, source.get, to_last, from_last, pixels, c.target,
             members, others, result.scores[members], n_random, seed, object_masks, float(noise), before)
     else:    # an image-wide group: intervene on the per-channel means (verify.run_image_wide)
-        removal, transplant, offset, (depends, spread), example, offsets = interventions.run_image_wide(
+        removal, transplant, offset, (depends, spread), example, offsets, distinct = interventions.run_image_wide(
             scores_of, source.get, to_last, from_last, c.target, members, rest, others,
             result.scores[members], n_random, seed, before)
         object_drop, shifted = None, None
-        wide = {"offset": offset, "random_offsets": offsets, "rest": rest}
+        wide = {"offset": offset, "random_offsets": offsets, "rest": rest, "distinct": distinct}
     example["images"] = tuple(thumbnail(explainer, from_last(im[None])[0]) for im in example["images"])
     found = interventions.Verification(
         cluster=position, target=c.target, region=pixels, members=members, others=others, removal=removal,
@@ -924,7 +924,7 @@ def _verify_cluster(result, cluster, images, region, n_members, n_others, n_rand
         verdict=interventions.VERDICT_DEPENDS if depends else interventions.VERDICT_NONE, seed=int(seed),
         spread=spread, example=example, random_regions=shifted,
         matched=bool(rest is None and object_masks is not None),
-        level=interventions.level(removal, transplant, spread), options=options, **wide)
+        level=interventions.level(removal, transplant, spread, wide.get("distinct")), options=options, **wide)
     result.verifications[position] = found
     return found
 

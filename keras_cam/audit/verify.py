@@ -53,6 +53,24 @@ removing moves each member's channel means to the rest's, pasting adds the
 group's mean offset to other-class images, each against an offset of the
 same size in a random direction; the same intervals and verdict follow.
 
+An image-wide test alone cannot tell a feature the group *shares* from one
+along which the group was *chosen*. A "what" group is the part of its class
+where a channel fires more, and a channel that follows the image's
+brightness splits any class into its brighter and darker images; an
+untrained model's score rises with brightness, so removing and pasting the
+offset "prove" a dependence on a class with no shortcut. So the offset must
+first be *distinct*: with ``e = delta / |delta|``,
+
+    ``d = |delta| / sd_j(mu(y_j) . e)``   (the other-class images ``y_j``),
+
+the group's offset in standard deviations of how other images vary along
+it, must be at least ``MIN_DISTINCT`` (3). A split of a one-humped feature
+moves the mean of its upper part by less than that: by 1.6 standard
+deviations at the median of a normal feature, 1.7 (``sqrt(3)``) at most for a
+uniform one, about 2 for its top tenth. A colour cast the other images do
+not carry lies many standard deviations out. Below ``MIN_DISTINCT`` the
+verdict is "no dependence shown" and the level 1, whatever the effects.
+
 Both effects come with 95 % confidence intervals over images (Student's t).
 The **verdict** is "depends on the region (shortcut candidate)" when both
 intervals lie above ``MIN_EFFECT * sigma``, and "no dependence shown"
@@ -96,6 +114,9 @@ VERDICT_NONE = "no dependence shown"
 CONFIDENCE = 0.95
 # The smallest effect called a dependence, as a share of the class score's standard deviation (see above).
 MIN_EFFECT = 0.1
+# An image-wide group's offset must lie this many standard deviations of the other images' channel means
+# (along the offset) away, or there is no distinct feature to test (see above).
+MIN_DISTINCT = 3.0
 # With objects given, a random region covers as much of the member's object as R does, to within this
 # share of R's pixels.
 MATCH_TOLERANCE = 0.1
@@ -169,6 +190,9 @@ class Verification:
             of the transplant ``(o, n_random, C)``.
         rest: image-wide only, the images whose channel means ``rho``
             averages.
+        distinct: image-wide only, ``d``: the offset in standard deviations
+            of the other-class images' channel means along it (the verdict
+            needs ``d >= MIN_DISTINCT``); else None.
     """
 
     cluster: int
@@ -188,6 +212,7 @@ class Verification:
     offset: np.ndarray | None = dataclasses.field(repr=False, default=None)
     random_offsets: np.ndarray | None = dataclasses.field(repr=False, default=None)
     rest: np.ndarray | None = dataclasses.field(repr=False, default=None)
+    distinct: float | None = None
     matched: bool = False
     level: float = 1.0
     options: tuple = dataclasses.field(repr=False, default=())
@@ -207,6 +232,7 @@ class Verification:
             "random_regions": (None if self.offset is not None else
                                "matched to the object" if self.matched else "random places"),
             "offset": None if self.offset is None else [float(v) for v in self.offset],
+            "distinct": None if self.distinct is None else float(self.distinct),
         }
 
 
@@ -238,9 +264,12 @@ def effect_level(effect, floor):
     return float(t.sf((effect.mean - floor) / se, effect.n - 1))
 
 
-def level(removal, transplant, sigma):
-    """The verification's level: ``max(p_removal, p_transplant)`` against the floor ``MIN_EFFECT * sigma``
-    (see the module docstring)."""
+def level(removal, transplant, sigma, distinct=None):
+    """The verification's level: ``max(p_removal, p_transplant)`` against the floor ``MIN_EFFECT * sigma``;
+    1 for an image-wide group whose offset is not distinct (``distinct < MIN_DISTINCT``, see the module
+    docstring)."""
+    if distinct is not None and not distinct >= MIN_DISTINCT:
+        return 1.0
     floor = MIN_EFFECT * sigma
     return max(effect_level(removal, floor), effect_level(transplant, floor))
 
@@ -422,7 +451,8 @@ def run_image_wide(scores_of, images_of, to_last, from_last, k, members, rest, o
     """The image-wide interventions (see the module docstring, "Image-wide groups"); the arguments as for
     :func:`run`, with ``rest`` the images whose channel means ``rho`` averages. Returns ``run``'s values
     with the offset ``delta`` in place of the object drop and the random offsets ``(u, v)`` in place of
-    the regions."""
+    the regions, then the offset's distinctness ``d`` (the verdict is "depends" only where
+    ``d >= MIN_DISTINCT``)."""
     rng = np.random.default_rng([int(seed), int(k), 0x1A6E])
     m, o = len(members), len(others)
     xm, xr, xo = (to_last(images_of(i)) for i in (members, rest, others))
@@ -446,6 +476,18 @@ def run_image_wide(scores_of, images_of, to_last, from_last, k, members, rest, o
     random_pasted = shifted(np.repeat(xo, n_random, axis=0), v.reshape(o * n_random, channels))
     every = _scored(scores_of, from_last, xo, before, pasted, random_pasted)
     transplant, before, after = _transplant(every, o, n_random, k)
-    decided = dependence(removal, transplant, base, before, k)  # (depends, sigma)
+    depends, sigma = dependence(removal, transplant, base, before, k)
+    d = distinctness(delta, channel_means(xo))
     example = _example(members, others, k, base, s_region, before, after, (xm[0], filled[0], xo[0], pasted[0]))
-    return removal, transplant, delta, decided, example, (u, v)
+    return removal, transplant, delta, (depends and d >= MIN_DISTINCT, sigma), example, (u, v), d
+
+
+def distinctness(delta, means):
+    """``d = |delta| / sd(means . e)``, ``e = delta / |delta|``: the offset ``delta`` ``(C,)`` in standard
+    deviations of the channel means ``means`` ``(n, C)`` along it (inf where they do not vary along it and
+    ``delta`` is not zero; 0 for a zero offset or fewer than two images)."""
+    norm = float(np.linalg.norm(delta))
+    if norm == 0 or len(means) < 2:
+        return 0.0
+    spread = float(np.std(np.asarray(means, np.float64) @ (np.asarray(delta, np.float64) / norm), ddof=1))
+    return norm / spread if spread > 0 else float("inf")
