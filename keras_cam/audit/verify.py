@@ -64,11 +64,13 @@ first be *distinct*: with ``e = delta / |delta|``,
     ``d = |delta| / sd_j(mu(y_j) . e)``   (the other-class images ``y_j``),
 
 the group's offset in standard deviations of how other images vary along
-it, must be at least ``MIN_DISTINCT`` (3). A split of a one-humped feature
-moves the mean of its upper part by less than that: by 1.6 standard
-deviations at the median of a normal feature, 1.7 (``sqrt(3)``) at most for a
-uniform one, about 2 for its top tenth. A colour cast the other images do
-not carry lies many standard deviations out. Below ``MIN_DISTINCT`` the
+it, must be at least ``MIN_DISTINCT`` (3). Cutting a one-humped feature
+puts less than that between the two parts' means unless the group is a
+small tail: 1.6 standard deviations at the median of a normal feature, 1.7
+(``sqrt(3)``) for a uniform one wherever it is cut, 2.0 for a normal
+feature's top tenth and 2.7 for its top hundredth (a heavy-tailed feature's
+top hundredth can pass 3). A colour cast the other images do not carry lies
+many standard deviations out. Below ``MIN_DISTINCT`` the
 verdict is "no dependence shown" and the level 1, whatever the effects.
 
 Both effects come with 95 % confidence intervals over images (Student's t).
