@@ -223,8 +223,8 @@ def _verification_html(v):
     if v.object_drop is not None:
         rows.append(("removal of the object: score drop", f"{v.object_drop:.3f}"))
     if v.distinct is not None:
-        rows.append(("offset, in standard deviations of other images' colour (needs "
-                     f"{interventions.MIN_DISTINCT:g})", f"{v.distinct:.2f}"))
+        rows.append(("members' median from the rest's, in standard deviations of other images' colour "
+                     f"along the offset (needs {interventions.MIN_DISTINCT:g})", f"{v.distinct:.2f}"))
     stats = "".join(f"<tr><td>{k}</td><td class=\"v\">{val}</td></tr>" for k, val in rows)
     pictures = ""
     if e.get("images"):
@@ -247,9 +247,10 @@ def _not_distinct(v):
     """Why an image-wide verification says "no dependence shown" whatever its effects."""
     if v.distinct is None or v.distinct >= interventions.MIN_DISTINCT:
         return ""
-    return (f" The group's colour offset is {v.distinct:.2f} standard deviations of how other images vary "
-            f"along it, under {interventions.MIN_DISTINCT:g}: a split of the class along a feature every image "
-            f"has (such as brightness), not a feature the group shares, so no dependence is called.")
+    return (f" The group's typical member lies {v.distinct:.2f} standard deviations of how other images vary "
+            f"along its colour offset from the rest, under {interventions.MIN_DISTINCT:g}: a split of the class "
+            f"along a feature every image has (such as brightness), not a feature the group shares, so no "
+            f"dependence is called.")
 
 
 def _unmatched(v):

@@ -58,19 +58,27 @@ along which the group was *chosen*. A "what" group is the part of its class
 where a channel fires more, and a channel that follows the image's
 brightness splits any class into its brighter and darker images; an
 untrained model's score rises with brightness, so removing and pasting the
-offset "prove" a dependence on a class with no shortcut. So the offset must
-first be *distinct*: with ``e = delta / |delta|``,
+offset "prove" a dependence on a class with no shortcut. So the members must
+first be *distinct*:
 
-    ``d = |delta| / sd_j(mu(y_j) . e)``   (the other-class images ``y_j``),
+    ``d = (median_i mu(x_i) . e - median_r mu(x_r) . e) / sd_j(mu(y_j) . e)``
 
-the group's offset in standard deviations of how other images vary along
-it, must be at least ``MIN_DISTINCT`` (3). Cutting a one-humped feature
-puts less than that between the two parts' means unless the group is a
-small tail: 1.6 standard deviations at the median of a normal feature, 1.7
-(``sqrt(3)``) for a uniform one wherever it is cut, 2.0 for a normal
-feature's top tenth and 2.7 for its top hundredth (a heavy-tailed feature's
-top hundredth can pass 3). A colour cast the other images do not carry lies
-many standard deviations out. Below ``MIN_DISTINCT`` the
+(members ``x_i``, the rest ``x_r``, other-class images ``y_j``), how far the
+typical member lies from the typical rest image along ``e``, in standard
+deviations of how other images vary along it, must be at least
+``MIN_DISTINCT`` (3). ``e ~ (S + lambda I)^-1 delta`` is the offset whitened
+by the other images' covariance ``S`` of channel means (``lambda = 1e-3
+trace(S) / C``): a cast that also brightens slightly is measured along its
+colour, where images vary little, not along brightness, where they vary a
+lot. Medians, because a group found by its maps is not pure: members
+without the feature and rest images with it pull the means together, not
+the medians. Cutting a one-humped feature puts less than 3
+between the two parts' medians unless the group is a tiny tail: 1.35
+standard deviations at the median of a normal feature, 1.73 (``sqrt(3)``)
+at the median of a uniform one, 1.77 for a normal feature's top tenth and
+2.6 for its top hundredth (a heavy-tailed feature's top hundredth can pass
+3). A colour cast the other images do not carry lies many standard
+deviations out. Below ``MIN_DISTINCT`` the
 verdict is "no dependence shown" and the level 1, whatever the effects.
 
 Both effects come with 95 % confidence intervals over images (Student's t).
@@ -116,8 +124,8 @@ VERDICT_NONE = "no dependence shown"
 CONFIDENCE = 0.95
 # The smallest effect called a dependence, as a share of the class score's standard deviation (see above).
 MIN_EFFECT = 0.1
-# An image-wide group's offset must lie this many standard deviations of the other images' channel means
-# (along the offset) away, or there is no distinct feature to test (see above).
+# An image-wide group's members must lie this many standard deviations of the other images' channel means
+# (along the offset) from the rest, or there is no distinct feature to test (see above).
 MIN_DISTINCT = 3.0
 # With objects given, a random region covers as much of the member's object as R does, to within this
 # share of R's pixels.
@@ -192,9 +200,10 @@ class Verification:
             of the transplant ``(o, n_random, C)``.
         rest: image-wide only, the images whose channel means ``rho``
             averages.
-        distinct: image-wide only, ``d``: the offset in standard deviations
-            of the other-class images' channel means along it (the verdict
-            needs ``d >= MIN_DISTINCT``); else None.
+        distinct: image-wide only, ``d``: how far the members' median lies
+            from the rest's along the offset, in standard deviations of the
+            other-class images' channel means along it (the verdict needs
+            ``d >= MIN_DISTINCT``); else None.
     """
 
     cluster: int
@@ -479,17 +488,28 @@ def run_image_wide(scores_of, images_of, to_last, from_last, k, members, rest, o
     every = _scored(scores_of, from_last, xo, before, pasted, random_pasted)
     transplant, before, after = _transplant(every, o, n_random, k)
     depends, sigma = dependence(removal, transplant, base, before, k)
-    d = distinctness(delta, channel_means(xo))
+    d = distinctness(delta, channel_means(xm), channel_means(xr), channel_means(xo))
     example = _example(members, others, k, base, s_region, before, after, (xm[0], filled[0], xo[0], pasted[0]))
     return removal, transplant, delta, (depends and d >= MIN_DISTINCT, sigma), example, (u, v), d
 
 
-def distinctness(delta, means):
-    """``d = |delta| / sd(means . e)``, ``e = delta / |delta|``: the offset ``delta`` ``(C,)`` in standard
-    deviations of the channel means ``means`` ``(n, C)`` along it (inf where they do not vary along it and
-    ``delta`` is not zero; 0 for a zero offset or fewer than two images)."""
+def distinctness(delta, members, rest, others):
+    """``d``: ``(median(members . e) - median(rest . e)) / sd(others . e)`` for the channel means ``(n, C)``
+    of the members, the rest and the other-class images, along ``e``, the offset ``delta`` ``(C,)``
+    whitened by the other images' covariance ``S`` of channel means: ``e ~ (S + lambda I)^-1 delta`` with
+    ``lambda = 1e-3 trace(S) / C`` (see the module docstring). Inf where the other images do not vary
+    along ``e`` and the medians differ; 0 for a zero offset or fewer than two other images."""
+    others = np.asarray(others, np.float64)
     norm = float(np.linalg.norm(delta))
-    if norm == 0 or len(means) < 2:
+    if norm == 0 or len(others) < 2:
         return 0.0
-    spread = float(np.std(np.asarray(means, np.float64) @ (np.asarray(delta, np.float64) / norm), ddof=1))
-    return norm / spread if spread > 0 else float("inf")
+    cov = np.atleast_2d(np.cov(others, rowvar=False))
+    ridge = 1e-3 * float(np.trace(cov)) / len(cov)
+    e = np.linalg.solve(cov + (ridge if ridge > 0 else 1.0) * np.eye(len(cov)), np.asarray(delta, np.float64))
+    e /= np.linalg.norm(e)
+    project = lambda means: np.asarray(means, np.float64) @ e    # noqa: E731
+    shift = float(np.median(project(members)) - np.median(project(rest)))
+    spread = float(np.std(project(others), ddof=1))
+    if spread > 0:
+        return shift / spread
+    return float("inf") if shift > 0 else 0.0
