@@ -53,6 +53,7 @@ import contextlib
 import dataclasses
 import difflib
 import re
+import warnings
 
 import numpy as np
 
@@ -62,6 +63,7 @@ from keras_cam import layout as _layout
 from keras_cam import saved_model as _saved_model
 from keras_cam._compat import ops
 from keras_cam._patch import replaced_call, wrapped_call
+from keras_cam.compiled import Compiled
 
 
 def flatten(structure):
@@ -348,7 +350,10 @@ def _is_relayout(inputs, out_shape):
 
 
 def trace_layers(model, sample):
-    """Run ``model`` once on ``sample`` and record every layer's output.
+    """Run ``model`` once on ``sample`` and record every layer's output shape.
+
+    Only shapes are read: a built model runs through the backend's
+    ``run_for_shapes`` (on JAX an abstract trace, which compiles nothing).
 
     Returns:
         A list of :class:`LayerInfo` in execution order (a layer called twice
@@ -418,13 +423,21 @@ def trace_layers(model, sample):
             return out
         return call
 
-    with contextlib.ExitStack() as stack:
-        for path, layer in pairs:
-            if not isinstance(layer, _saved_model.GraphOp):
-                stack.enter_context(replaced_call(layer, recorder(path, layer)))
-        if isinstance(model, _saved_model.FrozenModel):
-            stack.enter_context(replaced_call(model, recorder("", model)))
-        model(as_tensors(sample), training=False)
+    def run(x):
+        for found in (seen, producer, pooled, tokenish, grids):
+            found.clear()  # a clean slate: the backend may trace abstractly first, then run for real
+        with contextlib.ExitStack() as stack:
+            for path, layer in pairs:
+                if not isinstance(layer, _saved_model.GraphOp):
+                    stack.enter_context(replaced_call(layer, recorder(path, layer)))
+            if isinstance(model, _saved_model.FrozenModel):
+                stack.enter_context(replaced_call(model, recorder("", model)))
+            model(as_tensors(x), training=False)
+
+    if all(getattr(layer, "built", True) for _, layer in [("", model), *pairs]):
+        _backend.run_for_shapes(run, sample)  # only shapes are read (on JAX, no compilation)
+    else:
+        run(sample)  # the run builds the model's unbuilt layers: their weights are made for real
     seen.pop("", None)
     return list(seen.values())
 
@@ -648,18 +661,25 @@ def carries_gradient(model, sample, infos, reshape=None, score=None, context=Non
     Returns:
         A list of bools, one per layer of ``infos``.
     """
-    x = as_tensors(probe_input(sample))
     image_size = _image_size(sample)
 
-    def forward(tap):
-        with contextlib.ExitStack() as stack:
-            for info in {id(i.layer): i for i in infos}.values():
-                stack.enter_context(wrapped_call(info.layer, lambda out, path=info.path: tap(path, out)))
-            if context is not None:
-                stack.enter_context(context())
-            return (score or top_score)(model(x, training=False)), ()
+    def gradients(x):
+        def forward(tap):
+            with contextlib.ExitStack() as stack:
+                for info in {id(i.layer): i for i in infos}.values():
+                    stack.enter_context(wrapped_call(info.layer, lambda out, path=info.path: tap(path, out)))
+                if context is not None:
+                    stack.enter_context(context())
+                return (score or top_score)(model(x, training=False)), ()
 
-    _, _, _, grads, _ = _backend.tapped_gradients(forward)
+        return _backend.tapped_gradients(forward)[3]
+
+    # Compiled as an explainer's pass is (on JAX one jit of the whole pass, not one per
+    # primitive; eager elsewhere); a model jax.jit cannot trace runs op by op, and its
+    # explainer says so when it runs.
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="The model cannot be compiled by jax.jit")
+        grads = Compiled(gradients, model=model, eager_first=True)(as_tensors(probe_input(sample)))
     flows = []
     for info in infos:
         g = grads.get(info.path)

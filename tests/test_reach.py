@@ -280,6 +280,77 @@ def test_squeeze_excitation_gate_does_not_stop_the_choice(rng):
     assert L.auto_layer(model, rng.random((1, 6, 6, 3)).astype("float32")).path == "excite"
 
 
+class _ValueBranch(keras.layers.Layer):
+    """A layer whose ``call`` branches on a value: an abstract trace cannot run it."""
+
+    def call(self, x):
+        return x * 2.0 if float(to_host(ops.max(x))) > 0 else x
+
+
+class _Probed(keras.Model):
+    """A subclassed model (a functional one cannot hold a layer that branches on a value:
+    building it runs ``call`` symbolically)."""
+
+    def __init__(self, value_branch):
+        super().__init__()
+        self.stack = [keras.layers.Conv2D(4, 3, padding="same", name="conv"),
+                      keras.layers.Conv2D(5, 3, name="last_map"),
+                      keras.layers.GlobalAveragePooling2D(name="pool"),
+                      keras.layers.Dense(2, name="head")]
+        if value_branch:
+            self.stack.insert(1, _ValueBranch(name="branch"))
+
+    def call(self, x):
+        for layer in self.stack:
+            x = layer(x)
+        return x
+
+
+def _records(infos):
+    return [(i.path, i.output_shape, i.pooled, i.calls, i.from_tokens) for i in infos]
+
+
+@pytest.mark.parametrize("value_branch", [False, True], ids=["traceable", "branches-on-a-value"])
+def test_the_probe_of_a_built_model_reads_the_shapes_by_hand(rng, value_branch):
+    """Two code paths of ``trace_layers``: an unbuilt model is run for real (the run builds it);
+    once built, it goes through the backend's ``run_for_shapes`` (on JAX an abstract trace, and
+    a real run where the model branches on a value). Both record the layers and shapes worked
+    out by hand, the weights are left as they were, and on JAX the abstract trace compiles
+    nothing."""
+    model = _Probed(value_branch)
+    x = rng.random((1, 8, 8, 3)).astype("float32")
+    by_hand = [("conv", (1, 8, 8, 4), False), ("last_map", (1, 6, 6, 5), False),
+               ("pool", (1, 5), True), ("head", (1, 2), True)]
+    if value_branch:
+        by_hand.insert(1, ("branch", (1, 8, 8, 4), False))
+    assert not model.built
+    assert [r[:3] for r in _records(L.trace_layers(model, x))] == by_hand   # the real run that builds it
+    weights = [w.copy() for w in model.get_weights()]
+    compiles = []
+
+    def listen(event, secs, **kwargs):
+        if event.endswith("backend_compile_duration"):
+            compiles.append(event)
+
+    if backend.name() == "jax":
+        import jax.monitoring
+
+        jax.monitoring.register_event_duration_secs_listener(listen)
+    bigger = rng.random((1, 10, 10, 3)).astype("float32")    # new shapes: nothing compiled before serves them
+    try:
+        probed = _records(L.trace_layers(model, bigger))
+    finally:
+        if backend.name() == "jax":
+            jax.monitoring.unregister_event_duration_listener(listen)
+    grown = {(1, 8, 8, 4): (1, 10, 10, 4), (1, 6, 6, 5): (1, 8, 8, 5)}
+    assert probed == [(p, grown.get(shape, shape), pooled, 1, False) for p, shape, pooled in by_hand]
+    for a, b in zip(model.get_weights(), weights):
+        np.testing.assert_array_equal(a, b)
+    if backend.name() == "jax" and not value_branch:
+        assert compiles == []
+    assert L.auto_layer(model, x).path == "last_map"
+
+
 def test_keras3_operations_are_layers_too(rng):
     inp = keras.Input((6, 6, 3))
     x = keras.layers.Conv2D(4, 3, padding="same", name="branch")(inp)

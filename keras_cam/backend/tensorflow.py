@@ -60,6 +60,14 @@ def tapped_gradients(forward, inputs=()):
     return score, aux, taps, dict(zip(keys, grads[:n])), input_grads
 
 
+def run_for_shapes(fn, *args):
+    """Run ``fn(*args)`` for what it records about shapes (see the JAX backend's).
+
+    Eager TensorFlow runs each op at once, without compiling it: ``fn`` runs as it is.
+    """
+    fn(*args)
+
+
 def tapped_hvp(forward, vectors=None):
     """Run ``forward(tap) -> (score (N,), aux)`` under two nested tapes: the gradient of
     the summed score with respect to each tapped value ``A``, and its product with

@@ -71,6 +71,16 @@ def tapped_gradients(forward, inputs=()):
             [g.detach() for g in input_grads])
 
 
+def run_for_shapes(fn, *args):
+    """Run ``fn(*args)`` for what it records about shapes (see the JAX backend's).
+
+    PyTorch runs each op at once, without compiling it: ``fn`` runs as it is, without
+    recording a graph for gradients.
+    """
+    with torch.no_grad():
+        fn(*args)
+
+
 def tapped_hvp(forward, vectors=None):
     """Run ``forward(tap) -> (score (N,), aux)``: the gradient of the summed score with
     respect to each tapped value ``A`` and its product with the Hessian,
