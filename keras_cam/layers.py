@@ -53,7 +53,6 @@ import contextlib
 import dataclasses
 import difflib
 import re
-import warnings
 
 import numpy as np
 
@@ -63,7 +62,6 @@ from keras_cam import layout as _layout
 from keras_cam import saved_model as _saved_model
 from keras_cam._compat import ops
 from keras_cam._patch import replaced_call, wrapped_call
-from keras_cam.compiled import Compiled
 
 
 def flatten(structure):
@@ -663,23 +661,19 @@ def carries_gradient(model, sample, infos, reshape=None, score=None, context=Non
     """
     image_size = _image_size(sample)
 
-    def gradients(x):
-        def forward(tap):
-            with contextlib.ExitStack() as stack:
-                for info in {id(i.layer): i for i in infos}.values():
-                    stack.enter_context(wrapped_call(info.layer, lambda out, path=info.path: tap(path, out)))
-                if context is not None:
-                    stack.enter_context(context())
-                return (score or top_score)(model(x, training=False)), ()
+    x = as_tensors(probe_input(sample))
 
-        return _backend.tapped_gradients(forward)[3]
+    def forward(tap):
+        with contextlib.ExitStack() as stack:
+            for info in {id(i.layer): i for i in infos}.values():
+                stack.enter_context(wrapped_call(info.layer, lambda out, path=info.path: tap(path, out)))
+            if context is not None:
+                stack.enter_context(context())
+            return (score or top_score)(model(x, training=False)), ()
 
-    # Compiled as an explainer's pass is (on JAX one jit of the whole pass, not one per
-    # primitive; eager elsewhere); a model jax.jit cannot trace runs op by op, and its
-    # explainer says so when it runs.
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message="The model cannot be compiled by jax.jit")
-        grads = Compiled(gradients, model=model, eager_first=True)(as_tensors(probe_input(sample)))
+    # Op by op, not compiled: on JAX a compiled probe is a new program for every explainer built
+    # (3.6 s each on a ViT-Ti), while the primitives compiled op by op serve the next build.
+    grads = _backend.tapped_gradients(forward)[3]
     flows = []
     for info in infos:
         g = grads.get(info.path)

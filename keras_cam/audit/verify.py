@@ -474,9 +474,10 @@ def run_image_wide(scores_of, images_of, to_last, from_last, k, members, rest, o
     def shifted(x, offsets):                    # x (n, H, W, C), offsets (n, C) -> [x + offset]
         return np.clip(x + offsets[:, None, None, :], lo, hi).astype(np.float32)
 
-    rho = channel_means(xr).mean(axis=0)
-    own = rho - channel_means(xm)                                              # (m, C)
-    delta = channel_means(xm).mean(axis=0) - rho
+    mu_m, mu_r, mu_o = (channel_means(x) for x in (xm, xr, xo))
+    rho = mu_r.mean(axis=0)
+    own = rho - mu_m                                                           # (m, C)
+    delta = mu_m.mean(axis=0) - rho
     u = random_offsets(np.linalg.norm(own, axis=1), n_random, channels, rng)          # (m, n_random, C)
     v = random_offsets(np.full(o, np.linalg.norm(delta)), n_random, channels, rng)   # (o, n_random, C)
     filled = np.concatenate([shifted(xm, own),
@@ -488,7 +489,7 @@ def run_image_wide(scores_of, images_of, to_last, from_last, k, members, rest, o
     every = _scored(scores_of, from_last, xo, before, pasted, random_pasted)
     transplant, before, after = _transplant(every, o, n_random, k)
     depends, sigma = dependence(removal, transplant, base, before, k)
-    d = distinctness(delta, channel_means(xm), channel_means(xr), channel_means(xo))
+    d = distinctness(delta, mu_m, mu_r, mu_o)
     example = _example(members, others, k, base, s_region, before, after, (xm[0], filled[0], xo[0], pasted[0]))
     return removal, transplant, delta, (depends and d >= MIN_DISTINCT, sigma), example, (u, v), d
 
@@ -498,7 +499,8 @@ def distinctness(delta, members, rest, others):
     of the members, the rest and the other-class images, along ``e``, the offset ``delta`` ``(C,)``
     whitened by the other images' covariance ``S`` of channel means: ``e ~ (S + lambda I)^-1 delta`` with
     ``lambda = 1e-3 trace(S) / C`` (see the module docstring). Inf where the other images do not vary
-    along ``e`` and the medians differ; 0 for a zero offset or fewer than two other images."""
+    along ``e`` and the members' median lies above the rest's; 0 for a zero offset or fewer than two
+    other images."""
     others = np.asarray(others, np.float64)
     norm = float(np.linalg.norm(delta))
     if norm == 0 or len(others) < 2:
@@ -507,9 +509,8 @@ def distinctness(delta, members, rest, others):
     ridge = 1e-3 * float(np.trace(cov)) / len(cov)
     e = np.linalg.solve(cov + (ridge if ridge > 0 else 1.0) * np.eye(len(cov)), np.asarray(delta, np.float64))
     e /= np.linalg.norm(e)
-    project = lambda means: np.asarray(means, np.float64) @ e    # noqa: E731
-    shift = float(np.median(project(members)) - np.median(project(rest)))
-    spread = float(np.std(project(others), ddof=1))
+    shift = float(np.median(np.asarray(members, np.float64) @ e) - np.median(np.asarray(rest, np.float64) @ e))
+    spread = float(np.std(others @ e, ddof=1))
     if spread > 0:
         return shift / spread
     return float("inf") if shift > 0 else 0.0
