@@ -203,8 +203,11 @@ def test_colour_cast_verifies_on_other_seeds(architecture, seed, share):
 # Untrained models on data with no shortcut: every alarm would be false. Before the distinctness rule,
 # an image-wide "what" group (a class split into its brighter and darker images, on which an untrained
 # model's score rises) was "proven" on 28 of 99 classes (`python bench/bench_audit.py --null-study`,
-# seeds 0-7 of both architectures); seeds 8 and 9 are this test's, 10-13 were kept aside.
-@pytest.mark.parametrize("architecture,seed", [("cnn", 8), ("residual", 9)])
+# seeds 0-7 of both architectures); seeds 8 and 9 are this test's, 10-13 were kept aside. There, on
+# Keras 3, "residual" seed 13's noise raised one alarm: a "where" group whose region's verification
+# (p 0.0017) carried its level, though no pixel of it stands out; it is this test's too (14-17 are
+# the new kept-aside seeds).
+@pytest.mark.parametrize("architecture,seed", [("cnn", 8), ("residual", 9), ("residual", 13)])
 def test_untrained_models_on_data_without_shortcuts_raise_no_alarm(architecture, seed):
     _compat.keras.utils.set_random_seed(seed)
     model = build_shortcut_model(architecture)
@@ -383,15 +386,15 @@ def test_pixels_that_differ_equal_a_hand_computation():
     p = np.sqrt(((members - mu) ** 2).sum(-1)).mean(0) - np.sqrt(((rest - mu) ** 2).sum(-1)).mean(0)
     median = np.median(p)
     mad = np.median(np.abs(p - median))
-    expected = p > median + core.PIXEL_CONTRAST * 1.4826 * mad
-    chosen = core.pixels_that_differ(members, rest)
+    expected = p > median + interventions.PIXEL_CONTRAST * 1.4826 * mad
+    chosen = interventions.pixels_that_differ(members, rest)
     np.testing.assert_array_equal(chosen, expected)
     mark = np.zeros((12, 12), bool)
     mark[2:5, 7:9] = True
     np.testing.assert_array_equal(chosen, mark)
     assert np.abs(members[:, 2:5, 7:9].mean() - 0.5) < 0.2           # the mark's mean is near the grey
     cast = np.clip(rest[:16] + np.array([0.15, 0.0, -0.15]), 0, 1)
-    assert not core.pixels_that_differ(cast, rest).any()
+    assert not interventions.pixels_that_differ(cast, rest).any()
 
 
 def test_artifact_pixels_grow_to_the_whole_connected_artifact():
@@ -475,6 +478,51 @@ def test_verification_equals_a_hand_computation(linear_case):
     assert again.removal == check.removal and again.transplant == check.transplant
 
 
+@pytest.mark.parametrize("size", [(8, 8), (5, 7), (12, 20), (32, 32)])
+def test_pixel_region_keeps_every_cell_of_a_grid_finer_than_the_pixels(size):
+    """A grid region at the pixels' size: each pixel is in the region where any cell it covers is (by
+    brute force over the cells' spans); on a coarser grid each pixel takes the cell it falls in."""
+    rng = np.random.default_rng(5)
+    cells = rng.random((16, 16)) < 0.05
+    h, w = size
+    out = interventions.pixel_region(cells, size)
+    if h >= 16 and w >= 16:
+        expected = np.array([[cells[i * 16 // h, j * 16 // w] for j in range(w)] for i in range(h)])
+    else:
+        expected = np.array([[cells[i * 16 // h:-(-(i + 1) * 16 // h), j * 16 // w:-(-(j + 1) * 16 // w)].any()
+                              for j in range(w)] for i in range(h)])
+    np.testing.assert_array_equal(out, expected)
+    assert out.any()
+
+
+def test_a_groups_own_region_needs_content_its_members_share(linear_case):
+    """A group's own region verifies as "depends" only where some pixel of it stands out in the members
+    against the other-class images: on these noise images the maps chose the region, and nothing is
+    shared there. The same region given by hand is tested as it is, with the same effects."""
+    model, images, labels, result = linear_case
+    group = result.of_class(1)[0]
+    check = result.verify(group, n_members=6, n_others=5, n_random=2, seed=4, noise=0.0)
+    m, o = check.members, check.others
+    mu = images[o].astype(np.float64).mean(axis=0)
+    p = np.abs(images[m] - mu)[..., 0].mean(axis=0) - np.abs(images[o] - mu)[..., 0].mean(axis=0)
+    median = np.median(p)
+    stand = p > median + 6.0 * 1.4826 * np.median(np.abs(p - median))
+    assert check.stands_out == bool((stand & check.region).any()) and check.stands_out is False
+    assert check.level == 1.0 and check.verdict == interventions.VERDICT_NONE and not check.depends
+    assert check.to_dict()["stands_out"] is False
+    hand = result.verify(group, region=check.region, n_members=6, n_others=5, n_random=2, seed=4, noise=0.0)
+    assert hand.stands_out is None and hand.to_dict()["stands_out"] is None
+    assert hand.removal == check.removal and hand.transplant == check.transplant
+    assert hand.level == interventions.level(hand.removal, hand.transplant, hand.spread) < 1.0
+    _check_verdict(hand, result.scores[m], model.predict(images[o], verbose=0)[:, 1])
+    # Members that carry a mark at the region share content there; a region beside the mark does not.
+    marked = images[m].copy()
+    marked[:, 1:3, 1:3] = 3.0
+    at = np.zeros((8, 8), bool)
+    at[0:3, 0:3] = True
+    assert interventions.stands_out(at, marked, images[o]) and not interventions.stands_out(~at, marked, images[o])
+
+
 def _check_matched(regions, region, objects, tolerance=interventions.MATCH_TOLERANCE):
     """By brute force over every circular shift: each of row r's regions is a shift of ``region`` that
     overlaps it by less than half and covers as much of ``objects[r % n]`` as ``region`` does, to within
@@ -496,9 +544,14 @@ def _check_matched(regions, region, objects, tolerance=interventions.MATCH_TOLER
 def test_the_level_combines_the_statistics_and_the_candidates_verifications(linear_case):
     """Each class's level is the Bonferroni level over the statistics and the verification of its
     candidate groups: "what" always (a gradient explainer), "where" only with objects given. Each
-    verification's p equals Audit.verify's level on an audit whose group is that candidate."""
+    verification's p equals Audit.verify's level on an audit whose group is that candidate. Half of
+    class 0's noise images carry a bright mark, content its group shares (on noise alone no pixel of a
+    group's region stands out, and every verification's level is 1 by the rule)."""
     model, images, labels, result = linear_case
     cam = result.explainer
+    images = images.copy()
+    images[0::4, 5:7, 5:7] = 2.0
+    result = kc.audit(cam, images, labels, verbose=0, n_neighbors=3)
     boxes = np.tile([2, 2, 6, 6], (len(images), 1))
     with np.errstate(all="ignore"):
         forced = {(e, b): kc.audit(cam, images, labels, verbose=0, n_neighbors=3, evidence=e,
@@ -524,9 +577,7 @@ def test_the_level_combines_the_statistics_and_the_candidates_verifications(line
                     p = 1.0
                 assert first.tests[f"verified {e}"] == pytest.approx(p, rel=1e-6, abs=1e-12)
                 checked += p < 1.0
-    # The comparison saw a real verification: the boxed "where" candidate of class 0. (The "what"
-    # candidates of these noise images are image-wide splits that are not distinct, level 1 by the
-    # rule: test_image_wide_verification_equals_a_hand_computation.)
+    # The comparison saw a real verification: a candidate of class 0, the marked images.
     assert checked >= 1
     assert plain.verifications == {} and all(c.level is None or set(c.tests) == {"where", "what"}
                                              for c in plain.clusters)

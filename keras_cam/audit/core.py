@@ -80,7 +80,7 @@ class Cluster:
         pixels: ``(H, W)`` bool, what :meth:`Audit.verify` intervenes on: for
             a "what" group, the pixels near ``region`` (within one layer cell)
             where its members' images stray from the rest of the class's
-            (:func:`pixels_that_differ`); for a "where" group, those near
+            (:func:`keras_cam.audit.verify.pixels_that_differ`); for a "where" group, those near
             ``region`` (within one grid cell) where they stray from other
             classes' images; both with the whole connected parts of those
             pixels they touch (:func:`artifact_pixels`). None: ``region``
@@ -711,10 +711,11 @@ def _channel_region(cluster, explainer, images, targets, grid, seed, batch_size,
     verification's random places of that size would overlap it).
 
     The region's pixels (``cluster.pixels``, what a verification intervenes on) are then narrowed to
-    where the members' images stray from the rest's (:func:`pixels_that_differ`, the same samples),
-    within one layer cell of the region's cells (a unit's receptive field reaches past its cell),
-    and grown to the whole connected parts of those pixels (:func:`artifact_pixels`): the channel of a frame
-    may fire along two of its sides only, and the members carry the whole frame.
+    where the members' images stray from the rest's
+    (:func:`keras_cam.audit.verify.pixels_that_differ`, the same samples), within one layer cell of
+    the region's cells (a unit's receptive field reaches past its cell), and grown to the whole
+    connected parts of those pixels (:func:`artifact_pixels`): the channel of a frame may fire along
+    two of its sides only, and the members carry the whole frame.
     A layer cell spans several pixels (4 x 4 in the family), and a 2-pixel frame fills only part of
     the cells along the edges: removing or pasting whole cells moves the members' other pixels too,
     which random places of that size move as well. Where no pixel of the image stands out (a colour
@@ -773,39 +774,20 @@ def _place_pixels(cluster, images, targets, seed, channels_first, count=32):
 
 def artifact_pixels(region, members, rest, reach):
     """``(pixels, chosen)``: ``chosen`` ``(H, W)`` bool, the pixels where the images ``members`` stray
-    from ``rest`` (:func:`pixels_that_differ`); ``pixels``, those within ``reach`` cells of the grid
-    region ``region``, grown to the whole connected parts of ``chosen`` (8-neighbours) that they touch;
-    None where no such pixel is near. The channel of a thin artifact such as a frame can fire along two
-    of its sides only; what the members carry is the whole frame. (``chosen`` holds at most half the
-    pixels, its threshold being above their median, so random places of its size fit beside it.)"""
+    from ``rest`` (:func:`keras_cam.audit.verify.pixels_that_differ`); ``pixels``, those within
+    ``reach`` cells of the grid region ``region``, grown to the whole connected parts of ``chosen``
+    (8-neighbours) that they touch; None where no such pixel is near. The channel of a thin artifact
+    such as a frame can fire along two of its sides only; what the members carry is the whole frame.
+    (``chosen`` holds at most half the pixels, its threshold being above their median, so random
+    places of its size fit beside it.)"""
     from scipy import ndimage
 
-    chosen = pixels_that_differ(members, rest)
+    chosen = interventions.pixels_that_differ(members, rest)
     near = interventions.pixel_region(hotspots.near(region, reach), chosen.shape) & chosen
     if not near.any():
         return None, chosen
     parts, _ = ndimage.label(chosen, structure=np.ones((3, 3), bool))
     return np.isin(parts, np.unique(parts[near])), chosen
-
-
-# A pixel stands out when its excess distance is this many robust standard deviations (1.4826 MAD)
-# above the image's median (see pixels_that_differ).
-PIXEL_CONTRAST = 6.0
-
-
-def pixels_that_differ(members, rest):
-    """``(H, W)`` bool: the pixels where the images ``members`` ``(m, H, W, C)`` stray from the mean
-    ``mu`` of the images ``rest`` more than ``rest`` do themselves.
-
-    ``P(p) = mean_i ||x_i(p) - mu(p)|| - mean_j ||y_j(p) - mu(p)||`` (norms over the colour channels),
-    and a pixel stands out when ``P(p) > median P + PIXEL_CONTRAST * 1.4826 * MAD(P)`` (a robust
-    z-score over the image's pixels; most pixels carry no artifact). A distance, not a difference of
-    means: a moving black-and-white tag averages to the grey it sits on, but every member strays from
-    the grey where it is. A change of every pixel alike (a colour cast) stands out nowhere."""
-    mu = rest.mean(axis=0, dtype=np.float64)
-    p = (np.linalg.norm(members - mu, axis=-1).mean(axis=0) - np.linalg.norm(rest - mu, axis=-1).mean(axis=0))
-    median = float(np.median(p))
-    return p > median + PIXEL_CONTRAST * 1.4826 * float(np.median(np.abs(p - median)))
 
 
 def _cluster_region(x, members, inside, grid):
@@ -906,17 +888,19 @@ def _verify_cluster(result, cluster, images, region, n_members, n_others, n_rand
     # The predictions already computed: the members' explained scores, and the other-class images'
     # class scores where the audit kept them.
     before = None if result.logits is None else result.logits[others]
-    wide = {}
+    extra = {}
     if rest is None:
-        removal, transplant, object_drop, (depends, spread), example, shifted = interventions.run(
+        removal, transplant, object_drop, (depends, spread), example, shifted, shared = interventions.run(
             scores_of, source.get, to_last, from_last, pixels, c.target,
-            members, others, result.scores[members], n_random, seed, object_masks, float(noise), before)
+            members, others, result.scores[members], n_random, seed, object_masks, float(noise), before,
+            own=region is None)
+        extra = {"stands_out": shared}
     else:    # an image-wide group: intervene on the per-channel means (verify.run_image_wide)
         removal, transplant, offset, (depends, spread), example, offsets, distinct = interventions.run_image_wide(
             scores_of, source.get, to_last, from_last, c.target, members, rest, others,
             result.scores[members], n_random, seed, before)
         object_drop, shifted = None, None
-        wide = {"offset": offset, "random_offsets": offsets, "rest": rest, "distinct": distinct}
+        extra = {"offset": offset, "random_offsets": offsets, "rest": rest, "distinct": distinct}
     example["images"] = tuple(thumbnail(explainer, from_last(im[None])[0]) for im in example["images"])
     found = interventions.Verification(
         cluster=position, target=c.target, region=pixels, members=members, others=others, removal=removal,
@@ -924,7 +908,8 @@ def _verify_cluster(result, cluster, images, region, n_members, n_others, n_rand
         verdict=interventions.VERDICT_DEPENDS if depends else interventions.VERDICT_NONE, seed=int(seed),
         spread=spread, example=example, random_regions=shifted,
         matched=bool(rest is None and object_masks is not None),
-        level=interventions.level(removal, transplant, spread, wide.get("distinct")), options=options, **wide)
+        level=interventions.level(removal, transplant, spread, extra.get("distinct"), extra.get("stands_out")),
+        options=options, **extra)
     result.verifications[position] = found
     return found
 

@@ -225,6 +225,9 @@ def _verification_html(v):
     if v.distinct is not None:
         rows.append(("members' median from the rest's, in standard deviations of other images' colour "
                      f"along the offset (needs {interventions.MIN_DISTINCT:g})", f"{v.distinct:.2f}"))
+    if v.stands_out is not None:
+        rows.append(("the members' pixels stand out from other images' in the region (needed)",
+                     "yes" if v.stands_out else "no"))
     stats = "".join(f"<tr><td>{k}</td><td class=\"v\">{val}</td></tr>" for k, val in rows)
     pictures = ""
     if e.get("images"):
@@ -244,7 +247,11 @@ def _verification_html(v):
 
 
 def _not_distinct(v):
-    """Why an image-wide verification says "no dependence shown" whatever its effects."""
+    """Why a verification says "no dependence shown" whatever its effects."""
+    if v.stands_out is False:
+        return (" No pixel of the region stands out in the members against other classes' images: the "
+                "group was chosen because its maps point there, so its members depend on it by "
+                "construction; with no content they share, no dependence is called.")
     if v.distinct is None or v.distinct >= interventions.MIN_DISTINCT:
         return ""
     return (f" The group's typical member lies {v.distinct:.2f} standard deviations of how other images vary "

@@ -81,6 +81,24 @@ at the median of a uniform one, 1.77 for a normal feature's top tenth and
 deviations out. Below ``MIN_DISTINCT`` the
 verdict is "no dependence shown" and the level 1, whatever the effects.
 
+**A group's own region.** A group found through its maps (a "where" group's
+hotspot, a "what" group's region, a SpRAy cluster's) was chosen *because*
+its members' maps put their evidence in that region. Where the maps are
+faithful, removing the region lowers those members' class score more than
+removing random places, and pasting it into other images raises theirs,
+whether or not the members share anything there: on uniform noise and an
+untrained model, a "where" group's region verified with a level of 0.0017.
+Holding members out of the choice of the region does not help while they
+are picked by their maps too. What a shortcut adds is *shared content*: at
+the region, the members' pixels stand out from other images' pixels. So
+the verification of a group's own region (no ``region=`` given) first asks
+whether any pixel of it stands out in the members against the other-class
+images, :func:`pixels_that_differ` on the images the verification uses (a
+robust z-score of at least :data:`PIXEL_CONTRAST` over the image's pixels).
+Where none does, the verdict is "no dependence shown" and the level 1,
+whatever the effects (``Verification.stands_out``). A region given by hand
+is tested as it is.
+
 Both effects come with 95 % confidence intervals over images (Student's t).
 The **verdict** is "depends on the region (shortcut candidate)" when both
 intervals lie above ``MIN_EFFECT * sigma``, and "no dependence shown"
@@ -190,6 +208,10 @@ class Verification:
             ``i % m``).
         matched: whether the random regions were matched to the members'
             objects (boxes or masks given to the audit).
+        stands_out: a group's own region only: whether any of its pixels
+            stands out in the members against the other-class images
+            (:func:`stands_out`; the verdict needs it); None for a region
+            given by hand and for an image-wide group.
         example: images for the report: ``member``, ``removed``, ``other``,
             ``pasted`` (uint8 thumbnails) and the scores/predictions before
             and after.
@@ -225,6 +247,7 @@ class Verification:
     rest: np.ndarray | None = dataclasses.field(repr=False, default=None)
     distinct: float | None = None
     matched: bool = False
+    stands_out: bool | None = None
     level: float = 1.0
     options: tuple = dataclasses.field(repr=False, default=())
 
@@ -244,6 +267,7 @@ class Verification:
                                "matched to the object" if self.matched else "random places"),
             "offset": None if self.offset is None else [float(v) for v in self.offset],
             "distinct": None if self.distinct is None else float(self.distinct),
+            "stands_out": self.stands_out,
         }
 
 
@@ -275,11 +299,13 @@ def effect_level(effect, floor):
     return float(t.sf((effect.mean - floor) / se, effect.n - 1))
 
 
-def level(removal, transplant, sigma, distinct=None):
+def level(removal, transplant, sigma, distinct=None, stands_out=None):
     """The verification's level: ``max(p_removal, p_transplant)`` against the floor ``MIN_EFFECT * sigma``;
-    1 for an image-wide group whose offset is not distinct (``distinct < MIN_DISTINCT``, see the module
-    docstring)."""
+    1 for an image-wide group whose offset is not distinct (``distinct < MIN_DISTINCT``), and for a
+    group's own region where no pixel stands out (``stands_out`` False; see the module docstring)."""
     if distinct is not None and not distinct >= MIN_DISTINCT:
+        return 1.0
+    if stands_out is False:
         return 1.0
     floor = MIN_EFFECT * sigma
     return max(effect_level(removal, floor), effect_level(transplant, floor))
@@ -298,12 +324,24 @@ def interval(values):
 
 
 def pixel_region(cells, size):
-    """A grid region ``(gh, gw)`` as an ``(H, W)`` pixel mask (each pixel takes the cell it falls in)."""
+    """A grid ``(gh, gw)`` at ``size`` ``(H, W)``: each pixel takes the cell its top-left corner falls in;
+    a bool region, on a grid finer than the pixels, is True at a pixel where any cell it covers is
+    (cells ``floor(p g / n)`` to ``ceil((p + 1) g / n) - 1`` for pixel ``p`` of ``n`` on ``g`` cells:
+    a region of a 16 x 16 grid on 8 x 8 images keeps every cell, where taking one cell per pixel
+    dropped every other one)."""
+    cells = np.asarray(cells)
     gh, gw = cells.shape
-    h, w = size
+    h, w = (int(v) for v in size)
     rows = np.minimum((np.arange(h) * gh) // h, gh - 1)
     cols = np.minimum((np.arange(w) * gw) // w, gw - 1)
-    return cells[rows][:, cols]
+    if cells.dtype != bool or (gh <= h and gw <= w):
+        return cells[rows][:, cols]
+    total = np.zeros((gh + 1, gw + 1), np.int64)
+    total[1:, 1:] = cells.astype(np.int64).cumsum(axis=0).cumsum(axis=1)
+    r1 = np.maximum(rows + 1, -(-(np.arange(1, h + 1) * gh) // h))
+    c1 = np.maximum(cols + 1, -(-(np.arange(1, w + 1) * gw) // w))
+    count = (total[r1][:, c1] - total[rows][:, c1] - total[r1][:, cols] + total[rows][:, cols])
+    return count > 0
 
 
 def random_regions(region, count, rng):
@@ -362,6 +400,33 @@ def matched_regions(region, masks, rows, count, rng, tolerance=MATCH_TOLERANCE):
     return out
 
 
+# A pixel stands out when its excess distance is this many robust standard deviations (1.4826 MAD)
+# above the image's median (see pixels_that_differ).
+PIXEL_CONTRAST = 6.0
+
+
+def pixels_that_differ(members, rest):
+    """``(H, W)`` bool: the pixels where the images ``members`` ``(m, H, W, C)`` stray from the mean
+    ``mu`` of the images ``rest`` more than ``rest`` do themselves.
+
+    ``P(p) = mean_i ||x_i(p) - mu(p)|| - mean_j ||y_j(p) - mu(p)||`` (norms over the colour channels),
+    and a pixel stands out when ``P(p) > median P + PIXEL_CONTRAST * 1.4826 * MAD(P)`` (a robust
+    z-score over the image's pixels; most pixels carry no artifact). A distance, not a difference of
+    means: a moving black-and-white tag averages to the grey it sits on, but every member strays from
+    the grey where it is. A change of every pixel alike (a colour cast) stands out nowhere."""
+    mu = rest.mean(axis=0, dtype=np.float64)
+    p = (np.linalg.norm(members - mu, axis=-1).mean(axis=0) - np.linalg.norm(rest - mu, axis=-1).mean(axis=0))
+    median = float(np.median(p))
+    return p > median + PIXEL_CONTRAST * 1.4826 * float(np.median(np.abs(p - median)))
+
+
+def stands_out(region, members, others):
+    """Whether any pixel of ``region`` ``(H, W)`` stands out in the channels-last images ``members``
+    against ``others`` (:func:`pixels_that_differ`): the members share content there (see the module
+    docstring, "A group's own region")."""
+    return bool((pixels_that_differ(members, others) & np.asarray(region, bool)).any())
+
+
 def _removal(s, m, n_random, base):
     """The removal :class:`Effect` from the class scores ``s``: the ``m`` members with the intervention,
     then ``n_random`` random interventions per member; and the members' scores with the intervention."""
@@ -396,11 +461,12 @@ def _example(members, others, k, base, s_region, before, after, images):
 
 
 def run(scores_of, images_of, to_last, from_last, region, k, members, others, base_member_scores,
-        n_random, seed, object_masks=None, noise=0.01, before=None):
+        n_random, seed, object_masks=None, noise=0.01, before=None, own=False):
     """The interventions (see the module docstring); ``scores_of(x) -> (n, C)`` scores of model-format
     images, ``images_of(indices) -> model-format images``; ``to_last``/``from_last`` convert between
     the model's format and channels-last; ``before``: the other-class images' scores ``(o, C)`` where
-    they are known already (else they are scored here)."""
+    they are known already (else they are scored here); ``own``: ``region`` is the group's own (its
+    verdict then needs :func:`stands_out`, returned last; None otherwise)."""
     from keras_cam.metrics import impute
 
     rng = np.random.default_rng([int(seed), int(k), 0x7E5])
@@ -431,9 +497,10 @@ def run(scores_of, images_of, to_last, from_last, region, k, members, others, ba
                              np.repeat(donors, n_random, axis=0), np.repeat(xo, n_random, axis=0))
     every = _scored(scores_of, from_last, xo, before, pasted, random_pasted)
     transplant, before, after = _transplant(every, o, n_random, k)
-    decided = dependence(removal, transplant, base, before, k)  # (depends, sigma)
+    depends, sigma = dependence(removal, transplant, base, before, k)
+    shared = stands_out(region, xm, xo) if own else None
     example = _example(members, others, k, base, s_region, before, after, (xm[0], filled[0], xo[0], pasted[0]))
-    return removal, transplant, object_drop, decided, example, shifted
+    return removal, transplant, object_drop, (depends and shared is not False, sigma), example, shifted, shared
 
 
 def _scored(scores_of, from_last, xo, before, pasted, random_pasted):
