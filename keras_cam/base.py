@@ -164,11 +164,13 @@ def _warn_empty_maps(maps, explainer, scores=None):
     elif len(empty):
         where = f"at layer {explainer.layer_path!r}" if explainer.layer_path else "in the input"
         layer = ", a shallower layer" if explainer.layer_path else ""
+        tries = f"another target{layer}, or linearize=True" if not explainer.graph.linearize else \
+            f"another target{' or' + layer[1:] if layer else ''}"
         warnings.warn(
             f"{type(explainer).__name__}: the maps of images {empty[:10].tolist()} are all zeros: "
             f"nothing {where} raises the explained score (or the "
             f"score carries no gradient, e.g. a saturated probability with linearize=False). "
-            f"Try another target{layer}, or linearize=True." + explainer.graph.output_spec.implicit_note(),
+            f"Try {tries}." + explainer.graph.output_spec.implicit_note(),
             stacklevel=4,
         )
 
@@ -326,6 +328,7 @@ class Explainer:
         maps, scores, used, probs = (np.concatenate([_compat.to_host(p[k]) for p in parts]) for k in range(4))
         if target is not None:
             used = probs = None
+        self.graph.check_probabilities(scores, probs)
         if normalize:
             _warn_empty_maps(maps, self, scores)
         if single:

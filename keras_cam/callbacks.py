@@ -37,6 +37,7 @@ from keras_cam import backend as _backend
 from keras_cam import layout as _layout
 from keras_cam import metrics as _metrics
 from keras_cam import methods as _methods
+from keras_cam import outputs as _outputs
 from keras_cam import targets as _targets
 from keras_cam._compat import keras, to_host
 from keras_cam.base import Explainer, as_batch
@@ -81,7 +82,12 @@ class CAMCallback(keras.callbacks.Callback):
             not an explained one.
         metrics: names of :mod:`keras_cam.metrics` functions
             ``f(model, images, maps, targets)`` to compute on the maps and log
-            (class targets only); ``()`` for none.
+            (class targets only); ``()`` for none. On a model with several
+            outputs they score the explained one (``output=``), through a
+            model of that output alone that shares the weights.
+        output: which output of a multi-output model to explain (its index,
+            or its key in a dict of outputs), as for an explainer's
+            ``output=``; None: the only output, or the first of several.
 
     Attributes:
         records: one dict per explained epoch: ``epoch``, ``png`` (path or
@@ -100,7 +106,7 @@ class CAMCallback(keras.callbacks.Callback):
 
     def __init__(self, images, targets=None, method="gradcam", layer=None, every=1,
                  log_dir="logs/cam", tensorboard=True, save_png=True, class_names=None,
-                 *, at_train_end=True, metrics=FAITHFULNESS):
+                 *, at_train_end=True, metrics=FAITHFULNESS, output=None):
         super().__init__()
         # Read as a batch against the model's layout once the model is known (a (N, T, C)
         # batch of signals and one (H, W, C) image have the same rank).
@@ -120,6 +126,8 @@ class CAMCallback(keras.callbacks.Callback):
         self.class_names = class_names
         self.at_train_end = bool(at_train_end)
         self.metrics = _metric_functions(metrics)
+        self.output = output
+        self._scored = None  # (model, the model of its explained output alone) for the metrics
         self.records = []
         self.errors = []
         self.last = None
@@ -135,9 +143,11 @@ class CAMCallback(keras.callbacks.Callback):
 
     def set_model(self, model):
         """Keras hands the callback its model before training: the images are read
-        against the model's layout here, so a wrong shape fails before the first epoch."""
+        against the model's layout, and ``output=`` checked against its outputs, here, so a
+        wrong shape or output fails before the first epoch."""
         super().set_model(model)
         self._read_images(graph_input_layout(model))
+        _outputs.resolve(model, self.output)
 
     def on_epoch_end(self, epoch, logs=None):
         self._epoch = epoch + 1
@@ -154,9 +164,25 @@ class CAMCallback(keras.callbacks.Callback):
     def _explainer_for(self, model):
         """The one explainer, rebuilt only if the callback is moved to another model."""
         if self._explainer is None or self._explainer.model is not model:
-            self._explainer = self.method(model, self.layer)
+            options = {} if self.output is None else {"output": self.output}
+            self._explainer = self.method(model, self.layer, **options)
             self._read_images(self._explainer.graph.inputs)
         return self._explainer
+
+    def _scored_model(self, explainer):
+        """The model the metrics score: the explainer's model, or, where it has several outputs, a
+        model of the explained output alone (the same layers and weights, built once per model)."""
+        model = explainer.model
+        try:
+            several = len(model.outputs or ()) > 1
+        except (AttributeError, ValueError, RuntimeError):  # no static graph: one output assumed
+            several = False
+        if not several:
+            return model
+        if self._scored is None or self._scored[0] is not model:
+            outputs = model.output if isinstance(model.output, dict) else list(model.outputs)
+            self._scored = (model, keras.Model(model.inputs, explainer.graph.output_spec.select(outputs)))
+        return self._scored[1]
 
     def _read_images(self, layout):
         batch, _ = as_batch(self._given, layout)
@@ -185,7 +211,7 @@ class CAMCallback(keras.callbacks.Callback):
         scalars = {}
         if result.targets is not None:
             for name, fn in self.metrics.items():
-                scalars[name] = float(fn(explainer.model, self.images, result.maps, result.targets))
+                scalars[name] = float(fn(self._scored_model(explainer), self.images, result.maps, result.targets))
         picture = grid(self.images, result, self.class_names,
                        title=f"epoch {epoch}  {type(explainer).__name__}  {explainer.layer_path}")
         encoded = png_bytes(picture)

@@ -155,6 +155,7 @@ class ActivationGraph:
         self.reshape = _layout.check_reshape(reshape)
         self._held = None
         self.head, self.output_activation, self._how = find_head(model, self.output_spec)
+        self.warned_probabilities = False
         if self.head is None and _compat.is_model(model) and _layers._children(model):
             self._how = "probe"  # no static graph: the head is found by running the model (prepare)
         self.num_classes = self._static_num_classes()
@@ -202,7 +203,9 @@ class ActivationGraph:
             (self.head, self.output_activation, self._how), outputs = _head_by_probe(
                 self.model, sample, self.output_spec)
             if self.linearize and self.output_activation is None:
-                _warn_if_probabilities(self.model, outputs)
+                p = np.asarray(_compat.to_host(outputs), dtype=np.float64)
+                if p.ndim == 2 and p.shape[-1] > 1 and _rows_are_probabilities(p).all():
+                    self.warn_probabilities(stacklevel=6)
         if self.ready:
             return
         # Token layers (a ViT) must carry the gradient of the top logit to their patch tokens.
@@ -468,12 +471,38 @@ class ActivationGraph:
         return scores
 
     def probabilities(self, scores):
-        """Class probabilities from :meth:`scores`: the model's own activation, applied once."""
+        """Class probabilities from :meth:`scores`: the model's own activation, applied once. Where no
+        activation was found, rows that already are probabilities (non-negative, summing to 1 within
+        ``1e-4``: a softmax keras-cam could not see, such as one in a ``Lambda``) are kept as they are,
+        and other rows (logits) go through a softmax."""
         if self.output_activation == "sigmoid":
             return ops.sigmoid(scores)
         if self.output_activation == "softmax" and not self.linearize:
             return scores
+        if self.output_activation is None:
+            return ops.where(_rows_are_probabilities(scores, ops)[:, None], scores, ops.softmax(scores, axis=-1))
         return ops.softmax(scores, axis=-1)
+
+    def check_probabilities(self, scores, probabilities):
+        """After a call: warn once when the explained scores were probabilities the model computed with
+        a softmax keras-cam could not see (:meth:`probabilities` kept them as they were), so the maps
+        explain probabilities, not logits."""
+        if self.warned_probabilities or self.output_activation is not None or probabilities is None:
+            return
+        s = np.asarray(scores)
+        if len(s) and (self.num_classes or 0) > 1 and np.array_equal(s, np.asarray(probabilities)) \
+                and s.min() >= 0 and s.max() <= 1 and not np.all(s == 1 / self.num_classes):
+            self.warn_probabilities(stacklevel=5)
+
+    def warn_probabilities(self, stacklevel):
+        self.warned_probabilities = True
+        warnings.warn(
+            f"The outputs of model {self.model.name!r} look like softmax probabilities, but the softmax "
+            f"is not a layer keras-cam can see (e.g. a `Lambda` or `tf.nn.softmax` inside `call`), so the "
+            f"maps explain probabilities, not logits. Apply the softmax with a layer "
+            f"(`Dense(..., activation='softmax')` or `keras.layers.Softmax()`) or return logits.",
+            stacklevel=stacklevel,
+        )
 
 
 def _head_by_probe(model, sample, output=None):
@@ -506,17 +535,10 @@ def _head_by_probe(model, sample, output=None):
     return head, final
 
 
-def _warn_if_probabilities(model, outputs):
-    """Warn when a model whose head could not be found returns rows that sum to 1."""
-    p = np.asarray(_compat.to_host(outputs), dtype=np.float64)
-    if p.ndim == 2 and p.shape[-1] > 1 and p.min() >= 0 and np.allclose(p.sum(axis=-1), 1.0, atol=1e-4):
-        warnings.warn(
-            f"The outputs of model {model.name!r} look like softmax probabilities, but the softmax "
-            f"is not a layer keras-cam can see (e.g. `tf.nn.softmax` inside `call`), so the maps "
-            f"explain probabilities, not logits. Apply the softmax with a layer "
-            f"(`Dense(..., activation='softmax')` or `keras.layers.Softmax()`) or return logits.",
-            stacklevel=5,
-        )
+def _rows_are_probabilities(p, xp=np):
+    """``(N,)`` bool: rows of ``p`` ``(N, C)`` that are non-negative and sum to 1 within ``1e-4``
+    (``xp``: numpy, or ``keras.ops`` inside a compiled function)."""
+    return xp.logical_and(xp.all(p >= 0, axis=-1), xp.abs(xp.sum(p, axis=-1) - 1.0) <= 1e-4)
 
 
 def _not_a_feature_map(graph, i, shape):

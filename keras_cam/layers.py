@@ -274,6 +274,14 @@ def resolve(model, layer):
             f"Layer name {layer!r} is ambiguous in model {model.name!r}: it matches "
             f"{[p for p, _ in tails]}. Pass the full path."
         )
+    if layer in _input_layer_names(model):
+        raise ValueError(
+            f"Layer {layer!r} is an input of model {model.name!r} (an InputLayer): it holds the images, "
+            f"not features the model computed, so there is no map to explain at it. Pass a layer that "
+            f"computes features (the default picks the last spatial one; keras_cam.list_layers(model) "
+            f"lists the candidates), or use a pixel attribution such as keras_cam.Saliency or "
+            f"keras_cam.IntegratedGradients for the input itself."
+        )
     names = list(dict.fromkeys([p for p, _ in pairs] + [l.name for _, l in pairs]))
     close = difflib.get_close_matches(layer, names, n=5, cutoff=0.4)
     hint = f" Closest names: {close}." if close else ""
@@ -281,6 +289,15 @@ def resolve(model, layer):
         f"No layer {layer!r} in model {model.name!r}.{hint} "
         f"Call keras_cam.list_layers(model) to see every candidate."
     )
+
+
+def _input_layer_names(model):
+    """The names of ``model``'s InputLayers (the layers :func:`walk` leaves out)."""
+    try:
+        items = list(getattr(model, "_input_layers", None) or getattr(model, "layers", []))
+    except (AttributeError, ValueError):
+        return set()
+    return {l.name for l in items if type(l).__name__ == "InputLayer"}
 
 
 def probe_sample(model):

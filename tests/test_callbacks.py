@@ -164,6 +164,44 @@ def test_every_epoch_png_tensorboard_and_live_weights(data, tmp_path):
     assert cb.explainer is explainer and explainer.tracing_count == traces(1)
 
 
+@pytest.mark.parametrize("output", [None, 0, 1, "second"])
+def test_a_multi_output_model_explains_and_scores_the_chosen_output(data, tmp_path, output):
+    """A model with two classifier heads (as a dict when ``output`` is a key): the callback explains the
+    output it is given (the first without one), and its metrics score that output, equal to the metrics
+    of a model of that output alone, computed directly after training."""
+    x, y = data
+    keras.utils.set_random_seed(1)
+    inputs = keras.Input((SIZE, SIZE, 3))
+    a = keras.layers.Conv2D(6, 3, activation="relu", name="conv")(inputs)
+    pooled = keras.layers.GlobalAveragePooling2D()(a)
+    heads = [keras.layers.Dense(CLASSES, activation="softmax", name=name)(pooled) for name in ("first", "second")]
+    keyed = isinstance(output, str)
+    model = keras.Model(inputs, {"first": heads[0], "second": heads[1]} if keyed else heads)
+    labels = {"first": y, "second": (y + 1) % CLASSES} if keyed else (y, (y + 1) % CLASSES)
+    model.compile(optimizer=keras.optimizers.Adam(0.05), loss=["sparse_categorical_crossentropy"] * 2
+                  if not keyed else {"first": "sparse_categorical_crossentropy",
+                                     "second": "sparse_categorical_crossentropy"})
+    images = x[:4]
+    cb = CAMCallback(images, log_dir=tmp_path, tensorboard=False, save_png=False, output=output)
+    model.fit(x, labels, batch_size=16, epochs=1, verbose=0, callbacks=[cb])
+    assert not cb.errors and len(cb.records) == 1
+    index = {None: 0, 0: 0, 1: 1, "second": 1}[output]
+    fresh = kc.GradCAM(model, layer="conv", output=output).explain(images)
+    np.testing.assert_allclose(cb.last.maps, fresh.maps, atol=1e-5)
+    alone = keras.Model(inputs, heads[index])
+    np.testing.assert_allclose(cb.last.probabilities,
+                               to_host(alone(images))[np.arange(4), fresh.targets], atol=1e-5)
+    drop = kc.metrics.average_drop(alone, images, fresh.maps, fresh.targets)
+    assert cb.records[0]["average_drop"] == pytest.approx(drop, abs=1e-4)
+    assert len(model.outputs) == 2   # the user's model is as it was
+    if output == 1:    # an output the model does not have fails before the first epoch, naming the outputs
+        weights = [w.copy() for w in model.get_weights()]
+        wrong = CAMCallback(images, log_dir=tmp_path, tensorboard=False, save_png=False, output=2)
+        with pytest.raises(ValueError, match="output"):
+            model.fit(x, labels, batch_size=16, epochs=1, verbose=0, callbacks=[wrong])
+        assert all(np.array_equal(a, b) for a, b in zip(weights, model.get_weights()))
+
+
 def test_grid_layout():
     rng = np.random.default_rng(0)
     images = rng.random((10, 16, 16, 3), dtype=np.float32)

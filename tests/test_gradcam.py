@@ -322,6 +322,16 @@ def test_unknown_layer_lists_close_names():
         kc.GradCAM(build("fused"), layer="targt")
 
 
+def test_an_input_layer_is_refused_by_name_as_an_input():
+    """The model's InputLayer exists (``get_layer`` finds it) but holds the images: the error says so,
+    rather than that no such layer exists."""
+    model = build("fused")
+    name = next(l.name for l in model.layers if type(l).__name__ == "InputLayer")
+    assert model.get_layer(name) is not None
+    with pytest.raises(ValueError, match=rf"Layer '{name}' is an input of model .*InputLayer.*Saliency"):
+        kc.GradCAM(model, layer=name)
+
+
 def test_layer_object_and_foreign_layer():
     model = build("fused")
     assert kc.GradCAM(model, layer=model.get_layer("after")).layer_path == "after"

@@ -396,8 +396,36 @@ def test_subclassed_model_softmax_is_found_by_running_it(images):
                                    kc.metrics.average_drop(logits, images, maps), rtol=1e-5)
     hidden = SubclassedClassifier("function")
     hidden(images)
+    hidden.set_weights(logits.get_weights())
     with pytest.warns(UserWarning, match="look like softmax probabilities"):
-        kc.GradCAM(hidden, layer="target")(images)
+        got = kc.GradCAM(hidden, layer="target").explain(images, targets=[0, 1, 2])
+    # The probabilities are the model's own (one softmax, not a second one on top).
+    np.testing.assert_allclose(got.probabilities, expected.probabilities, rtol=1e-5)
+
+
+def test_a_softmax_keras_cam_cannot_see_in_a_functional_model_is_named_once(images):
+    """A functional model whose softmax is inside a Lambda: the maps explain its probabilities, which
+    the first call says once; the probabilities reported are the model's own, not a softmax of them (a
+    second code path: the logits model's)."""
+    inputs = keras.Input((H, W, 3))
+    x = keras.layers.Conv2D(4, 3, activation="relu", name="target")(inputs)
+    z = keras.layers.Dense(3, name="logits")(keras.layers.GlobalAveragePooling2D()(x))
+    logits = keras.Model(inputs, z)
+    model = keras.Model(inputs, keras.layers.Lambda(lambda t: keras.activations.softmax(t))(z))
+    expected = kc.GradCAM(logits, layer="target").explain(images, targets=[0, 1, 2])
+    cam = kc.GradCAM(model, layer="target")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        got = cam.explain(images, targets=[0, 1, 2])
+        cam.explain(images)
+    named = [w for w in caught if "look like softmax probabilities" in str(w.message)]
+    assert len(named) == 1 and "Lambda" in str(named[0].message)
+    np.testing.assert_allclose(got.probabilities, expected.probabilities, rtol=1e-5)
+    np.testing.assert_allclose(got.scores, expected.probabilities, rtol=1e-5)       # it explains probabilities
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        kc.GradCAM(logits, layer="target")(images)
+    assert not [w for w in caught if "softmax" in str(w.message)]
 
 
 @pytest.mark.skipif(backend.name() == "tensorflow", reason="on TensorFlow SavedModels are explained "
