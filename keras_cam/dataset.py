@@ -49,12 +49,18 @@ line per finished shard, which images it holds, a fingerprint of each input
 image (the first 64 bits of the BLAKE2b hash of its float32 bytes, computed
 on the host, the same on every backend and for every kind of source), the
 explained class, score and probability, and a SHA-256 of each file. A rerun
-with the same settings skips every shard whose files and inputs still match
-the index, and recomputes the others; a folder written on one backend
+with the same settings skips every shard whose files, inputs and (with
+``targets='labels'``) labels still match the index, and recomputes the others
+(a relabelled image's shard is computed again); a folder written on one backend
 resumes on another (the weights' fingerprint is the same bytes). The
-index's first line records the settings and a fingerprint of the model's
-weights (:func:`weights_fingerprint`): a rerun with other settings or other
-weights is refused unless ``overwrite=True``. Every index line carries a
+index's first line records the settings (the method, model, target layers,
+``targets``, ``upsample``, ``normalize`` and, under ``settings``, every option
+of the explainer that changes the maps: the explained output, ``linearize``,
+``aug_smooth``, ``eigen_smooth`` and the method's own options such as
+``counterfactual``, ``max_channels`` or ``seed``; not ``batch_size`` or
+``verbose``) and a fingerprint of the model's weights
+(:func:`weights_fingerprint`): a rerun with other settings or other weights
+is refused, naming each setting that differs, unless ``overwrite=True``. Every index line carries a
 check of its own bytes, so that a line torn by a crash is ignored (and its
 shard recomputed), and ``index.jsonl.lock`` keeps a second process from
 writing the same folder at the same time (a lock left by a process that
@@ -80,12 +86,13 @@ from keras_cam import targets as _targets
 from keras_cam.base import Explainer, Explanation, check_images
 from keras_cam.compiled import Compiled
 from keras_cam.files import LockFile, append_synced, png_bytes, write_atomic
+from keras_cam.layout import as_float_array
 from keras_cam.viz import displayable  # noqa: F401  (also imported from here by keras_cam.audit)
 
 INDEX = "index.jsonl"
 LOCK = "index.jsonl.lock"
 _FORMAT = "keras-cam/explain_dataset"
-_VERSION = 2  # 2: checked index lines, the weights' fingerprint in the header
+_VERSION = 3  # 2: checked index lines, the weights' fingerprint in the header; 3: the explainer's settings
 
 
 def _tf():
@@ -117,8 +124,13 @@ def explain_dataset(explainer, dataset, *, targets="labels", strategy=None, dist
             ``(H, W, C)`` are first batched by ``batch_size``. An array is
             not a dataset (pass ``[images]``, or call the explainer).
         targets: ``"labels"`` (the default): each image's label where the
-            dataset has labels (integer classes, or one-hot / probability
-            rows, read by argmax), its top-1 class otherwise; ``None``: the
+            dataset has labels, its top-1 class otherwise. Labels are one
+            array per batch: integer classes ``(n,)`` or ``(n, 1)``, or
+            one-hot / probability rows ``(n, C)`` read by argmax, ``C`` the
+            explained output's classes (values >= 0, each row summing to 1;
+            other rows, e.g. multi-hot ones, are refused). The labels of
+            several outputs (a tuple or dict, as ``model.fit`` takes them) are
+            refused: yield the explained output's (the explainer's ``output=``); ``None``: the
             top-1 class; an int: that class for every image; or a callable
             ``f(outputs) -> (n,)`` (see :mod:`keras_cam.targets`).
         strategy: TensorFlow backend only: a ``tf.distribute.Strategy``
@@ -166,8 +178,9 @@ def explain_dataset(explainer, dataset, *, targets="labels", strategy=None, dist
     Raises:
         TypeError / ValueError: for a wrong explainer, dataset, element
             structure, target or option (raised by this call, before any
-            work); ValueError for labels that are not classes of the model,
-            or images with NaN or Inf (when the batch that holds them is
+            work); ValueError for labels that are not classes of the model
+            (or rows that are not one-hot / probability rows of its
+            classes), or images with NaN or Inf (when the batch that holds them is
             read). RuntimeError for ``strategy=`` off TensorFlow (it names
             ``KERAS_BACKEND=tensorflow``) and ``distribution=`` off JAX. With
             ``out``: ValueError when the folder holds maps of other settings
@@ -309,8 +322,12 @@ def _image_spec(spec, layout):
     return images
 
 
-def _label_spec(spec):
+def _label_spec(spec, explainer, num_classes):
+    """The labels' TensorSpec of an element spec, checked: one tensor of class indices, or of
+    one-hot / probability rows as wide as the explained output's classes (``num_classes``)."""
     labels = spec[1]
+    if isinstance(labels, (tuple, list, dict)):
+        raise _per_output_error(f"The dataset's labels are {labels}", explainer)
     if not isinstance(labels, _tf().TensorSpec):
         raise TypeError(
             f"`targets='labels'` needs one label tensor per batch; the dataset's labels are "
@@ -319,16 +336,71 @@ def _label_spec(spec):
     rank = labels.shape.rank
     if rank not in (1, 2) or not (labels.dtype.is_integer or labels.dtype.is_floating):
         raise ValueError(
-            f"Labels must be class indices (n,) or (n, 1), or one-hot / probability rows "
-            f"(n, classes); the dataset's labels are {labels}. Pass `targets=` explicitly instead."
+            f"Labels must be {_label_forms(num_classes)}; the dataset's labels are {labels}. Pass "
+            f"`targets=` explicitly instead."
         )
+    width = labels.shape[-1] if rank == 2 else None
+    if num_classes is not None and width is not None and width not in (1, num_classes):
+        raise ValueError(_width_problem(f"(None, {width})", num_classes, explainer) + ".")
     return labels
 
 
+def _label_forms(num_classes):
+    rows = "classes" if num_classes is None else num_classes
+    return (f"class indices (n,) or (n, 1) (integers), or one-hot / probability rows (n, {rows}) (values >= 0, "
+            f"each row summing to 1)")
+
+
+def _width_problem(shape, num_classes, explainer):
+    """The message for 2-D labels whose width is not the explained output's number of classes."""
+    several = explainer is not None and len(getattr(explainer.model, "outputs", None) or ()) > 1
+    return (f"labels of shape {shape} are read as one-hot / probability rows, one column per class, but the "
+            f"explained output has {num_classes} classes. Labels must be {_label_forms(num_classes)}"
+            + (f". Labels of another output, or several outputs' labels side by side, are not this output's: "
+               f"{_one_output_hint(explainer)}" if several else ""))
+
+
+def _one_output_hint(explainer):
+    spec = explainer.graph.output_spec
+    which = spec.key if spec.key is not None else (spec.index or 0)
+    return (f"explain_dataset explains one output of the model (the explainer's `output=`, here {which!r}) and "
+            f"reads one label array per batch: yield that output's labels only, e.g. "
+            f"`((x, y[{which!r}]) for x, y in dataset)` or `dataset.map(lambda x, y: (x, y[{which!r}]))`, or pass "
+            f"`targets=None` to explain each image's top-1 class")
+
+
+def _per_output(labels):
+    """Whether ``labels`` are several label arrays (one per output of a model, as ``model.fit`` takes
+    them): a dict, or a tuple / list of arrays (a list of numbers or of rows is one label array)."""
+    if isinstance(labels, dict):
+        return True
+    return isinstance(labels, (tuple, list)) and any(len(getattr(v, "shape", ()) or ()) >= 1 for v in labels)
+
+
+def _per_output_error(what, explainer):
+    # Such labels are refused, not read: picking the explained output's array from them would be a guess
+    # (a tuple's order is the user's, while Keras orders a dict-output model's outputs by sorted keys), and
+    # a wrong guess explains other classes than the labels without a sign. Stacked, they were read as
+    # rows (labels [4 3] of two heads explained as classes [0 0]).
+    return ValueError(f"{what}: one label array per output of the model, as model.fit takes them. "
+                      f"{_one_output_hint(explainer)}.")
+
+
 def _labels_to_classes(labels, num_classes):
-    """Labels ``(n,)``, ``(n, 1)`` or ``(n, C)`` as int32 class indices, checked in range (in the graph)."""
+    """Labels ``(n,)``, ``(n, 1)`` or ``(n, C)`` as int32 class indices, checked in range (in the graph);
+    rows ``(n, C)`` must be one-hot / probability rows (``C`` the number of classes, checked by
+    :func:`_label_spec` where it is static)."""
     tf = _tf()
     if labels.shape.rank == 2 and labels.shape[-1] != 1:
+        rows = tf.cast(labels, tf.float32)
+        if labels.shape[-1] is None and num_classes is not None:
+            tf.debugging.assert_equal(
+                tf.shape(rows)[-1], num_classes,
+                message=f"keras-cam: labels read as one-hot / probability rows must have one column per class "
+                        f"of the explained output ({num_classes})")
+        tf.debugging.assert_non_negative(rows, message=f"keras-cam: {_ROWS_PROBLEM}")
+        tf.debugging.assert_near(tf.reduce_sum(rows, axis=-1), tf.ones_like(rows[:, 0]), atol=_ROW_SUM_TOLERANCE,
+                                 rtol=0.0, message=f"keras-cam: {_ROWS_PROBLEM}")
         return tf.argmax(labels, axis=-1, output_type=tf.int32)
     labels = tf.reshape(labels, [-1])
     if labels.dtype.is_floating:
@@ -348,10 +420,26 @@ _LABEL_HINT = "Fix the labels, or pass `targets=` explicitly (None explains each
 _NAN_HINT = "Clean or drop those images."
 
 
-def _host_classes(labels, num_classes):
+# 2-D labels are read by argmax only where each row names one class: one-hot, or probabilities (label
+# smoothing, mixup, a teacher's outputs). Multi-hot rows (a multi-label model's), integer rows or rows of
+# several outputs side by side would be argmaxed into classes nobody asked for.
+_ROWS_PROBLEM = ("labels read as one-hot / probability rows must be >= 0 and each row must sum to 1 (multi-hot "
+                 "rows of a multi-label model name no single class: pass `targets=` an int or a callable)")
+_ROW_SUM_TOLERANCE = 1e-2
+
+
+def _host_classes(labels, num_classes, explainer=None):
     """Labels ``(n,)``, ``(n, 1)`` or ``(n, C)`` (numpy) as int32 class indices, or the
-    problem (a message without the batch) when they are not classes of the model."""
+    problem (a message without the batch) when they are not classes of the model:
+    rows ``(n, C)`` must be one-hot / probability rows of the explained output's ``C`` classes."""
     if labels.ndim == 2 and labels.shape[-1] != 1:
+        if num_classes is not None and labels.shape[-1] != num_classes:
+            return None, _width_problem(tuple(labels.shape), num_classes, explainer)
+        rows = labels.astype(np.float64)
+        bad = np.flatnonzero(~(np.isfinite(rows).all(axis=1) & (rows >= 0).all(axis=1)
+                               & (np.abs(rows.sum(axis=1) - 1) <= _ROW_SUM_TOLERANCE)))
+        if len(bad):
+            return None, f"{_ROWS_PROBLEM}; row {int(bad[0])} is {labels[bad[0]].tolist()}"
         return np.argmax(labels, axis=-1).astype(np.int32), None
     labels = labels.reshape(-1)
     if labels.dtype.kind == "f" and not np.array_equal(labels, np.round(labels)):
@@ -405,6 +493,57 @@ def _num_classes(explainer, sample):
     return int(graph.scores(graph.model(sample, training=False)).shape[-1])
 
 
+# Explainer attributes that do not change the maps: the graph (its settings are read from it by
+# name in _settings) and how the work is split and reported.
+_NOT_SETTINGS = frozenset({"graph", "batch_size", "verbose"})
+
+
+def _settings(explainer):
+    """Every setting of ``explainer`` that changes its maps, as an index records it (JSON values).
+
+    An explainer keeps its options as public attributes (``aug_smooth``, ``eigen_smooth``,
+    ``counterfactual``, ``max_channels``, ``seed``, ...) and its caches and derived state as private
+    ones, so every public attribute is recorded but :data:`_NOT_SETTINGS`: a new method's options are
+    covered without a list here. Its graph holds the explained output (as resolved: ``output=None``
+    and ``output=0`` are the same), ``linearize``, the image input, the data format and ``reshape``.
+    """
+    graph = explainer.graph
+    spec = graph.output_spec
+    settings = {"output": spec.key if spec.key is not None else (spec.index or 0),
+                "linearize": bool(graph.linearize), "image_input": graph.input_index,
+                "data_format": graph.data_format, "reshape": graph.reshape}
+    settings.update((name, value) for name, value in vars(explainer).items()
+                    if not name.startswith("_") and name not in _NOT_SETTINGS)
+    return {name: _setting(settings[name]) for name in sorted(settings)}
+
+
+def _setting(value):
+    """One setting as JSON that compares equal after a round trip: numbers, strings and None as they are,
+    sequences and dicts item by item, an array by its dtype, shape and a hash of its bytes, anything
+    else (a callable, a layer) by its type and name (its code cannot be compared)."""
+    if value is None or isinstance(value, (bool, str)):
+        return value
+    if isinstance(value, (int, np.integer)):
+        return int(value)
+    if isinstance(value, (float, np.floating)):
+        return float(value) if np.isfinite(value) else str(float(value))  # JSON's NaN is not equal to itself
+    if isinstance(value, (list, tuple)):
+        return [_setting(v) for v in value]
+    if isinstance(value, dict):
+        return {str(k): _setting(v) for k, v in sorted(value.items(), key=lambda kv: str(kv[0]))}
+    if hasattr(value, "shape") and hasattr(value, "dtype"):
+        try:
+            array = np.ascontiguousarray(np.asarray(_compat.to_host(value)))
+        except Exception:  # noqa: BLE001 (not readable as an array: named below)
+            array = None
+        if array is not None and array.dtype.kind in "biuf":
+            digest = hashlib.sha256(array.astype(array.dtype.newbyteorder("="), copy=False).tobytes()).hexdigest()
+            return f"array {array.dtype.name}{list(array.shape)} sha256:{digest[:16]}"
+    name = getattr(value, "__qualname__", None) or getattr(value, "name", None)
+    kind = type(value).__qualname__
+    return f"<{kind} {name}>" if isinstance(name, str) else f"<{kind}>"
+
+
 def _header(job, save, weights):
     """The settings an index records; ``weights``: include the weights' fingerprint (computed here, once)."""
     explainer = job.explainer
@@ -413,13 +552,14 @@ def _header(job, save, weights):
         "method": type(explainer).__name__, "model": explainer.model.name,
         "layers": [str(p) for p in explainer.layer_paths],
         "targets": job.targets_kind, "upsample": job.upsample, "normalize": job.normalize,
+        "settings": _settings(explainer),
         "weights": weights_fingerprint(explainer.model) if weights else None,
     }
 
 
 def _batch_error(step, message, explainer=None):
     hint = _NAN_HINT if "NaN" in message else _LABEL_HINT
-    if "classes of the model" in message and explainer is not None:  # perhaps the wrong one of several outputs
+    if "labels" in message and explainer is not None:  # perhaps the labels of the wrong one of several outputs
         hint += explainer.graph.output_spec.implicit_note()
     return ValueError(f"Batch {step} of the dataset: {message}. {hint}")
 
@@ -446,8 +586,10 @@ def _host_source(dataset):
     return iter(dataset), n
 
 
-def _split_element(element, step):
-    """``(images, labels or None)`` of one element, as numpy."""
+def _split_element(element, step, labels_of=None):
+    """``(images, labels or None)`` of one element, as numpy: the images float32 in native byte order
+    (as an explainer call reads them), the labels read only for ``labels_of``, the explainer whose
+    ``targets='labels'`` they are (None: left out)."""
     if isinstance(element, dict) or (isinstance(element, (tuple, list)) and len(element) not in (1, 2, 3)):
         what = f"a dict with keys {sorted(map(str, element))}" if isinstance(element, dict) else \
             f"a {type(element).__name__} of {len(element)}"
@@ -461,9 +603,16 @@ def _split_element(element, step):
         images, labels = element[0], (element[1] if len(element) > 1 else None)
     else:
         images = element
-    images = _host_array(images, "images", step)
-    if labels is not None:
+    images = as_float_array(_host_array(images, "images", step))
+    if labels is not None and labels_of is None:
+        labels = None
+    elif labels is not None:
+        if _per_output(labels):
+            kind = (f"a dict with keys {sorted(map(str, labels))}" if isinstance(labels, dict) else
+                    f"a {type(labels).__name__} of {len(labels)} arrays")
+            raise _per_output_error(f"The labels of element {step} are {kind}", labels_of)
         labels = _host_array(labels, "labels", step)
+        labels = labels.astype(labels.dtype.newbyteorder("="), copy=False)
     return images, labels
 
 
@@ -492,17 +641,17 @@ class _HostJob:
         self.keep_images, self.fingerprints = images, fingerprints
         layout = explainer.graph.inputs
         elements, count = _host_source(dataset)
-        x, y, single = _first_element(elements, layout)
-        self.use_labels = isinstance(targets, str) and targets == "labels" and y is not None
+        labels_of = explainer if isinstance(targets, str) and targets == "labels" else None
+        x, y, single = _first_element(elements, layout, labels_of)
+        self.use_labels = labels_of is not None and y is not None
         if self.use_labels and (y.ndim - (0 if single else 1)) not in (0, 1):
             raise ValueError(
-                f"Labels must be class indices (n,) or (n, 1), or one-hot / probability rows "
-                f"(n, classes); the dataset's labels have shape {tuple(y.shape)}"
+                f"Labels must be {_label_forms(None)}; the dataset's labels have shape {tuple(y.shape)}"
                 f"{' per example' if single else ''}. Pass `targets=` explicitly instead."
             )
         self.target_fn = targets if callable(targets) else None
         self.targets_kind = _targets_kind(targets, self.use_labels)
-        batches = self._batches(itertools.chain([(x, y)], (_split_element(e, i) for i, e in
+        batches = self._batches(itertools.chain([(x, y)], (_split_element(e, i, labels_of) for i, e in
                                                            enumerate(elements, 1))), single, batch_size)
         self.steps = None if count is None else (-(-count // batch_size) if single else count)
         self.replicas = 1
@@ -523,7 +672,7 @@ class _HostJob:
         sample = peeked[-1][0]
         check_images(sample, explainer.model, 0, explainer.graph.data_format == "channels_first")
         self.shape = sample.shape[1:]
-        sample = _compat.ops.convert_to_tensor(sample[:1])
+        sample = _compat.ops.convert_to_tensor(sample[:1])  # native float32 (_split_element)
         explainer.prepare(sample)
         self.num_classes = None if self.target_fn is not None else _num_classes(explainer, sample)
         if isinstance(self.targets_kind, int):
@@ -560,7 +709,7 @@ class _HostJob:
             if len(labels) != n:
                 raise ValueError(f"Batch {step} of the dataset has {n} images but {len(labels)} labels; "
                                  f"give one label per image.")
-            classes, problem = _host_classes(labels, self.num_classes)
+            classes, problem = _host_classes(labels, self.num_classes, self.explainer)
             if problem is not None:
                 raise _batch_error(step, problem, self.explainer)
             return classes
@@ -583,7 +732,7 @@ class _HostJob:
     def run(self, verbose, skip=None):
         """Yield ``(step, (ids, marks), Explanation, images or None)`` per batch, in order.
 
-        ``skip(step, ids, marks)`` -> True leaves a batch out without computing it.
+        ``skip(step, ids, marks, classes)`` -> True leaves a batch out without computing it.
         """
         bar = _compat.progbar(self.steps) if verbose else None
         offset = 0
@@ -599,7 +748,7 @@ class _HostJob:
                 classes = self._classes(step, n, labels)
                 ids = np.arange(offset, offset + n, dtype=np.int64)
                 marks = fingerprints(x) if self.fingerprints else np.zeros(n, np.int64)
-                if not (skip is not None and skip(step, ids, marks)):
+                if not (skip is not None and skip(step, ids, marks, classes)):
                     maps, scores, used, probs, *extra = (np.asarray(_compat.to_host(v))[:n] for v in
                                                          self._step(*self._place(x, classes)))
                     if self.target_fn is not None:
@@ -675,13 +824,13 @@ def _compiled_step(explainer, strategy, upsample, normalize, target_fn, keep_ima
     return _cached(explainer, (strategy, upsample, normalize, target_fn, keep_images, gather, features), make)
 
 
-def _first_element(elements, layout):
+def _first_element(elements, layout, labels_of=None):
     """``(images, labels or None, whether the elements are single examples)`` of the first
-    element, checked against the model's input ``layout``."""
+    element, checked against the model's input ``layout`` (``labels_of``: see :func:`_split_element`)."""
     first = next(elements, None)
     if first is None:
         raise ValueError("`dataset` is empty; there is nothing to explain.")
-    x, y = _split_element(first, 0)
+    x, y = _split_element(first, 0, labels_of)
     if x.ndim not in (layout.rank + 1, layout.rank + 2):
         raise ValueError(
             f"Dataset elements must be single examples, {layout.name} for this model, or batches "
@@ -690,13 +839,14 @@ def _first_element(elements, layout):
     return x, y, x.ndim == layout.rank + 1
 
 
-def _as_tf_dataset(dataset, explainer, batch_size):
-    """Any other source as a ``tf.data.Dataset`` of float32 batches (for a strategy), read once."""
+def _as_tf_dataset(dataset, explainer, batch_size, labels_of=None):
+    """Any other source as a ``tf.data.Dataset`` of float32 batches (for a strategy), read once
+    (the labels only for ``labels_of``, see :func:`_split_element`)."""
     tf = _tf()
     layout = explainer.graph.inputs
     elements, _ = _host_source(dataset)
-    x, y, single = _first_element(elements, layout)
-    pairs = itertools.chain([(x, y)], (_split_element(e, i) for i, e in enumerate(elements, 1)))
+    x, y, single = _first_element(elements, layout, labels_of)
+    pairs = itertools.chain([(x, y)], (_split_element(e, i, labels_of) for i, e in enumerate(elements, 1)))
     batches = _HostJob._batches(pairs, single, batch_size)
     head = next(batches)
     image_spec = tf.TensorSpec((None, *head[0].shape[1:]), tf.float32)
@@ -726,7 +876,8 @@ class _Job:
         self.keep_images, self.fingerprints = images, fingerprints
         first = None
         if not _is_tf_dataset(dataset):
-            dataset, first = _as_tf_dataset(dataset, explainer, batch_size)
+            labels_of = explainer if isinstance(targets, str) and targets == "labels" else None
+            dataset, (first, _) = _as_tf_dataset(dataset, explainer, batch_size, labels_of)
         spec = dataset.element_spec
         image_spec = _image_spec(spec, explainer.graph.inputs)
         if image_spec.shape.rank == explainer.graph.inputs.rank + 1:  # single examples
@@ -734,7 +885,7 @@ class _Job:
             spec = dataset.element_spec
         use_labels = isinstance(targets, str) and targets == "labels" and _has_labels(spec)
         if use_labels:
-            _label_spec(spec)
+            _label_spec(spec, explainer, None)
         self.target_fn = targets if callable(targets) else None
         self.targets_kind = _targets_kind(targets, use_labels)
         self.steps = int(dataset.cardinality())
@@ -744,13 +895,16 @@ class _Job:
             first = next(iter(dataset.take(1)), None)
             if first is None:
                 raise ValueError("`dataset` is empty; there is nothing to explain.")
-        first = tf.cast(first[0] if _has_labels(spec) else first, tf.float32)
+            first = first[0] if _has_labels(spec) else first
+        first = tf.cast(first, tf.float32)
         check_images(first, explainer.model, 0, explainer.graph.data_format == "channels_first")  # shape and channels; finiteness is checked per batch below
         sample = first[:1]
         explainer.prepare(sample)
         num_classes = None
         if self.target_fn is None:
             num_classes = _num_classes(explainer, sample)
+        if use_labels:
+            _label_spec(spec, explainer, num_classes)  # rows as wide as the explained output's classes
         if isinstance(self.targets_kind, int):
             _targets.class_indices(self.targets_kind, 1, num_classes)  # validates the class
 
@@ -810,7 +964,7 @@ class _Job:
     def run(self, verbose, skip=None):
         """Yield ``(step, (ids, marks), Explanation, images or None)`` per batch, in order.
 
-        ``skip(step, ids, marks)`` -> True leaves a batch out without computing it.
+        ``skip(step, ids, marks, classes)`` -> True leaves a batch out without computing it.
         A batch with no images (a batched dataset may yield one) is left out too.
         """
         tf = _tf()
@@ -830,7 +984,7 @@ class _Job:
             n = int(x.shape[0])
             if n:
                 marks = fingerprints(x.numpy()) if self.fingerprints else np.zeros(n, np.int64)
-                if not (skip is not None and self._agreed(skip(step, ids.numpy(), marks))):
+                if not (skip is not None and self._agreed(skip(step, ids.numpy(), marks, classes.numpy()))):
                     element = _pad_rows((ids, x, classes), n, self.replicas)
                     gathered = self._gather(self._step(*self._split(element)))
                     ids_, maps, scores, used, probs, *rest = (v[gathered[0] >= 0] for v in gathered)
@@ -1002,8 +1156,12 @@ def _detail(key, there, now):
             return "weights: no fingerprint there (an index of an older keras-cam)"
         return f"weights: {str(there)[:19]}... there, {str(now)[:19]}... now (the model was retrained or reloaded)"
     if key == "version":
-        return f"index version {there!r} there (an older keras-cam), {now!r} now"
+        return (f"index version {there!r} there (an older keras-cam, whose index does not record every "
+                f"setting that changes the maps), {now!r} now")
     return f"{key}: {there!r} there, {now!r} now"
+
+
+_UNSET = "(not set)"
 
 
 class _Writer:
@@ -1038,7 +1196,12 @@ class _Writer:
             self.replaced = {name for entry in entries.values() for name in entry.get("files", [])}
             write_atomic(self.index, _index_line(self.header).encode("utf-8"))
             return
-        changed = {k: (old.get(k), v) for k, v in self.header.items() if old.get(k) != v}
+        changed = {k: (old.get(k), v) for k, v in self.header.items() if k != "settings" and old.get(k) != v}
+        if "version" not in changed:  # the explainer's settings, one by one (an older index has none)
+            there, now = old.get("settings"), self.header["settings"]
+            there = there if isinstance(there, dict) else {}
+            changed.update((k, (there.get(k, _UNSET), now.get(k, _UNSET))) for k in sorted(set(there) | set(now))
+                           if there.get(k, _UNSET) != now.get(k, _UNSET))
         if changed:
             detail = "; ".join(_detail(k, a, b) for k, (a, b) in changed.items())
             raise ValueError(
@@ -1060,12 +1223,19 @@ class _Writer:
             return [f"maps_{step:06d}.npy"]
         return [f"overlay_{int(i):07d}.png" for i in ids]
 
-    def unchanged(self, step, ids, marks):
-        """True when shard ``step`` is on disk, intact, and made from these very images."""
+    def unchanged(self, step, ids, marks, classes=None):
+        """True when shard ``step`` is on disk, intact, and made from these very images (and, with
+        ``targets='labels'``, for these very labels: ``classes``)."""
         entry = self.entries.get(step)
         if entry is None:
             return False
         if entry.get("ids") != [int(i) for i in ids] or entry.get("inputs") != _hex(marks):
+            return False
+        # Labels are data, like the images: a shard whose labels changed (a relabelled image, a
+        # resumed job after a label fix) is recomputed, as one whose images changed, and the others
+        # are kept. The header's settings, which change every shard's maps, are refused instead.
+        if self.header.get("targets") == "labels" and classes is not None \
+                and entry.get("targets") != [int(c) for c in classes]:
             return False
         files = entry.get("files", [])
         if files != self._files(step, ids):
@@ -1109,8 +1279,8 @@ class _Writer:
     def consume(self, job, verbose):
         counts = {"images": 0, "shards": 0, "written": 0, "skipped": 0}
 
-        def skip(step, ids, marks):
-            if self.active and self.unchanged(step, ids, marks):
+        def skip(step, ids, marks, classes=None):
+            if self.active and self.unchanged(step, ids, marks, classes):
                 counts["skipped"] += 1
                 counts["images"] += len(ids)
                 counts["shards"] += 1

@@ -1,4 +1,4 @@
-"""explain_dataset(out=...) resumes only what is still right: weights, torn index lines, one writer.
+"""explain_dataset(out=...) resumes only what is still right: weights, settings, labels, torn index lines, one writer.
 
 Expected maps come from the explainer itself (``cam.explain`` on the whole
 array), which shares no code with the writer. The second writer is a real
@@ -145,6 +145,120 @@ def test_an_index_without_weights_is_refused(setup, tmp_path):
     with pytest.raises(ValueError, match=r"older keras-cam.*overwrite=True"):
         explain_dataset(cam, dataset(x, y), batch_size=BATCH, out=out, verbose=0)
     assert explain_dataset(cam, dataset(x, y), batch_size=BATCH, out=out, overwrite=True, verbose=0)["written"] == 3
+
+
+# --- the explainer's settings and the labels -------------------------------------------------------
+
+
+def two_output_model():
+    keras.utils.set_random_seed(3)
+    inp = keras.Input((SIZE, SIZE, 3))
+    h = keras.layers.Conv2D(4, 3, activation="relu", name="conv")(inp)
+    g = keras.layers.GlobalAveragePooling2D()(h)
+    return keras.Model(inp, [keras.layers.Dense(CLASSES, activation="softmax", name="h1")(g),
+                             keras.layers.Dense(2, name="h2")(g)], name="two")
+
+
+# (name of the setting in the refusal, explainer the folder was written with, explainer of the rerun)
+CHANGED = {
+    "linearize": lambda m: (kc.GradCAM(m), kc.GradCAM(m, linearize=False)),
+    "aug_smooth": lambda m: (kc.GradCAM(m), kc.GradCAM(m, aug_smooth=True)),
+    "eigen_smooth": lambda m: (kc.GradCAM(m), kc.GradCAM(m, eigen_smooth=True)),
+    "counterfactual": lambda m: (kc.GradCAM(m), kc.GradCAM(m, counterfactual=True)),
+    "max_channels": lambda m: (kc.ScoreCAM(m), kc.ScoreCAM(m, max_channels=2)),
+    "seed": lambda m: (kc.SmoothGradCAMPlusPlus(m, samples=2, seed=0), kc.SmoothGradCAMPlusPlus(m, samples=2, seed=1)),
+    "output": lambda m: (kc.GradCAM(two_output_model(), output=0), kc.GradCAM(two_output_model(), output=1)),
+}
+
+
+@pytest.mark.parametrize("setting", sorted(CHANGED))
+def test_a_changed_setting_is_refused_then_overwritten(setup, tmp_path, setting):
+    """Every explainer option that changes the maps is in the index: a rerun with another value is
+    refused (naming the option, its old and new value), and overwrite=True writes the new maps."""
+    _, x, y = setup
+    first, second = CHANGED[setting](small_model())
+    labels = y % 2  # classes of both outputs of the two-output model
+    out = str(tmp_path / "maps")
+    assert explain_dataset(first, dataset(x, labels), batch_size=BATCH, out=out, verbose=0)["written"] == 3
+    header, _ = read_index(out)
+    assert setting in header["settings"] and "batch_size" not in header["settings"]
+    before = snapshot(out)
+    with pytest.raises(ValueError) as err:
+        explain_dataset(second, dataset(x, labels), batch_size=BATCH, out=out, verbose=0)
+    message = str(err.value)
+    old, new = header["settings"][setting], read_index(out)[0]["settings"][setting]
+    assert f"{setting}: " in message and "there" in message and "now" in message, message
+    assert "overwrite=True" in message and "new folder" in message, message
+    assert snapshot(out) == before and old == new  # nothing touched
+    summary = explain_dataset(second, dataset(x, labels), batch_size=BATCH, out=out, overwrite=True, verbose=0)
+    assert (summary["written"], summary["skipped"]) == (3, 0)
+    np.testing.assert_allclose(maps_in(out), second.explain(x, targets=labels).maps, atol=1e-5)
+    assert read_index(out)[0]["settings"][setting] != old
+
+
+@pytest.mark.parametrize("change", ["batch_size", "verbose", "same_options_new_explainer"])
+def test_options_that_do_not_change_the_maps_resume(setup, tmp_path, change):
+    cam, x, y = setup
+    out = str(tmp_path / "maps")
+    explain_dataset(cam, dataset(x, y), batch_size=BATCH, out=out, verbose=0)
+    other = {"batch_size": kc.GradCAM(cam.model, batch_size=2), "verbose": kc.ScoreCAM(cam.model, verbose=1),
+             "same_options_new_explainer": kc.GradCAM(cam.model, linearize=True)}[change]
+    if change == "verbose":  # a ScoreCAM folder, rerun with another progress bar
+        out = str(tmp_path / "score")
+        explain_dataset(kc.ScoreCAM(cam.model), dataset(x, y), batch_size=BATCH, out=out, verbose=0)
+    summary = explain_dataset(other, dataset(x, y), batch_size=BATCH, out=out, verbose=0)
+    assert (summary["written"], summary["skipped"]) == (0, 3)
+    np.testing.assert_allclose(maps_in(out), other.explain(x, targets=y).maps, atol=1e-5)
+
+
+@pytest.mark.parametrize("relabelled", [[5], [0, 8], list(range(N))])
+def test_changed_labels_recompute_their_shards(setup, tmp_path, relabelled):
+    """New labels for the same images: the shards holding a changed label are computed again (the
+    others kept), and the folder holds the maps of the new labels."""
+    cam, x, y = setup
+    out = str(tmp_path / "maps")
+    explain_dataset(cam, dataset(x, y), batch_size=BATCH, out=out, verbose=0)
+    stamps = {name: os.stat(os.path.join(out, name)).st_mtime_ns for name in os.listdir(out) if name.endswith(".npy")}
+    y2 = y.copy()
+    y2[relabelled] = (y2[relabelled] + 1) % CLASSES
+    shards = sorted({i // BATCH for i in relabelled})
+    summary = explain_dataset(cam, dataset(x, y2), batch_size=BATCH, out=out, verbose=0)
+    assert (summary["written"], summary["skipped"]) == (len(shards), 3 - len(shards))
+    ref = cam.explain(x, targets=y2)
+    np.testing.assert_allclose(maps_in(out), ref.maps, atol=1e-5)
+    assert sum((s["targets"] for s in read_index(out)[1]), []) == y2.tolist()
+    assert np.abs(ref.maps - cam.explain(x, targets=y).maps)[relabelled].max() > 1e-3  # the labels mattered
+    kept = {f"maps_{b:06d}.npy" for b in range(3)} - {f"maps_{b:06d}.npy" for b in shards}
+    assert {n: os.stat(os.path.join(out, n)).st_mtime_ns for n in kept} == {n: stamps[n] for n in kept}
+    again = explain_dataset(cam, dataset(x, y2), batch_size=BATCH, out=out, verbose=0)
+    assert (again["written"], again["skipped"]) == (0, 3)
+
+
+@pytest.mark.parametrize("version", [2, None])
+def test_an_index_without_the_settings_is_refused(setup, tmp_path, version):
+    """A version-2 index (before the explainer's settings were recorded) is refused with a message
+    that says so, never resumed; overwrite=True rewrites it."""
+    cam, x, y = setup
+    out = tmp_path / "old"
+    explain_dataset(cam, dataset(x, y), batch_size=BATCH, out=out, verbose=0)
+    header, shards = read_index(out)
+    old = {k: v for k, v in header.items() if k != "settings"}
+    if version is None:
+        old.pop("version")  # the first format had no version field
+    else:
+        old["version"] = version
+    (out / INDEX).write_text("".join(files_line(r) for r in [old] + shards))
+    with pytest.raises(ValueError, match=r"index version .*older keras-cam.*every setting.*overwrite=True"):
+        explain_dataset(cam, dataset(x, y), batch_size=BATCH, out=out, verbose=0)
+    assert explain_dataset(cam, dataset(x, y), batch_size=BATCH, out=out, overwrite=True, verbose=0)["written"] == 3
+    np.testing.assert_allclose(maps_in(out), cam.explain(x, targets=y).maps, atol=1e-5)
+
+
+def files_line(record):
+    """An index line as a version-2 writer made it (checked), or a version-1 one (plain JSON)."""
+    from keras_cam.dataset import _index_line
+
+    return _index_line(record) if "version" in record else json.dumps(record) + "\n"
 
 
 # --- torn index lines -----------------------------------------------------------------------
