@@ -471,23 +471,32 @@ class ActivationGraph:
         return scores
 
     def probabilities(self, scores):
-        """Class probabilities from :meth:`scores`: the model's own activation, applied once. Where no
-        activation was found, rows that already are probabilities (non-negative, summing to 1 within
-        ``1e-4``: a softmax keras-cam could not see, such as one in a ``Lambda``) are kept as they are,
-        and other rows (logits) go through a softmax."""
+        """Class probabilities from :meth:`scores`: the model's own activation, applied once. Where the
+        output comes from a layer keras-cam cannot read (:attr:`opaque_head`: a ``Lambda``, a function
+        in ``call``), a batch whose rows all are probabilities (non-negative, summing to 1 within
+        ``1e-4``: a softmax keras-cam could not see) is kept as it is, and any other batch goes
+        through a softmax. A layer whose activation is known (a ``Dense`` of logits) always does: a
+        row of logits that happens to sum to 1 is still logits."""
         if self.output_activation == "sigmoid":
             return ops.sigmoid(scores)
         if self.output_activation == "softmax" and not self.linearize:
             return scores
-        if self.output_activation is None:
-            return ops.where(_rows_are_probabilities(scores, ops)[:, None], scores, ops.softmax(scores, axis=-1))
+        if self.opaque_head:
+            return ops.where(ops.all(_rows_are_probabilities(scores, ops)), scores, ops.softmax(scores, axis=-1))
         return ops.softmax(scores, axis=-1)
+
+    @property
+    def opaque_head(self):
+        """Whether the output's last operation is one keras-cam cannot read (no activation found, and
+        no ``activation`` attribute that says there is none: a ``Lambda``, a custom layer, a function
+        inside a subclassed model's ``call``)."""
+        return self.output_activation is None and (self.head is None or not hasattr(self.head, "activation"))
 
     def check_probabilities(self, scores, probabilities):
         """After a call: warn once when the explained scores were probabilities the model computed with
         a softmax keras-cam could not see (:meth:`probabilities` kept them as they were), so the maps
         explain probabilities, not logits."""
-        if self.warned_probabilities or self.output_activation is not None or probabilities is None:
+        if self.warned_probabilities or not self.opaque_head or probabilities is None:
             return
         s = np.asarray(scores)
         if len(s) and (self.num_classes or 0) > 1 and np.array_equal(s, np.asarray(probabilities)) \

@@ -16,6 +16,8 @@ from __future__ import annotations
 
 import dataclasses
 
+import warnings
+
 import numpy as np
 
 from keras_cam import _compat
@@ -141,9 +143,16 @@ def _randomize(layer, rng):
     """Re-initialize the trainable weights: Gaussian with each array's own mean and
     standard deviation (a constant array, e.g. zero biases, keeps its value);
     non-trainable state (batch-norm statistics) is kept. Read and written with
-    ``get_weights``/``set_weights``, which every backend and both Kerases share."""
+    ``get_weights``/``set_weights``, which every backend and both Kerases share.
+
+    A layer whose trainable arrays are all constant (e.g. a kernel initialized to ones)
+    would keep every value, and its step would show no randomization: its arrays of two
+    or more axes (kernels) are then drawn around their value with Glorot's standard
+    deviation ``sqrt(2 / (fan_in + fan_out))`` (``fan_out`` the last axis, ``fan_in``
+    the product of the others), with a warning."""
     trainable = {id(w) for w in layer.trainable_weights}
     values = layer.get_weights()
+    constant = []
     for k, w in enumerate(layer.weights):
         if id(w) not in trainable:
             continue
@@ -151,6 +160,19 @@ def _randomize(layer, rng):
         std = value.std()
         if std > 0:
             values[k] = rng.normal(value.mean(), std, value.shape).astype(values[k].dtype)
+        else:
+            constant.append(k)
+    kernels = [k for k in constant if np.ndim(values[k]) >= 2]
+    if kernels and len(constant) == len(trainable):
+        for k in kernels:
+            shape = np.shape(values[k])
+            std = np.sqrt(2.0 / (np.prod(shape[:-1]) + shape[-1]))
+            values[k] = rng.normal(np.asarray(values[k], np.float64).mean(), std, shape).astype(values[k].dtype)
+        warnings.warn(
+            f"sanity_check: every trainable weight of layer {layer.name!r} is constant (no spread to draw "
+            f"from), so its kernels are drawn around their value with Glorot's standard deviation.",
+            stacklevel=3,
+        )
     layer.set_weights(values)
 
 

@@ -403,6 +403,21 @@ def test_subclassed_model_softmax_is_found_by_running_it(images):
     np.testing.assert_allclose(got.probabilities, expected.probabilities, rtol=1e-5)
 
 
+def test_logits_that_happen_to_sum_to_1_still_get_their_softmax():
+    """A Dense head of logits: a row of logits that is non-negative and sums to 1 is still logits, so its
+    probabilities are their softmax (by hand), in the explainer and in the metrics alike."""
+    inputs = keras.Input((2, 1))
+    model = keras.Model(inputs, keras.layers.Dense(2, use_bias=False)(keras.layers.Flatten()(inputs)))
+    model.set_weights([np.eye(2, dtype="float32")])
+    x = np.array([[[0.3], [0.7]], [[0.3], [0.8]]], "float32")
+    z = x[..., 0].astype(np.float64)
+    p = np.exp(z) / np.exp(z).sum(axis=1, keepdims=True)
+    masks = np.array([[1.0, 0.5], [1.0, 0.5]], "float32")
+    masked = np.exp(z * masks) / np.exp(z * masks).sum(axis=1, keepdims=True)
+    expected = 100 * np.maximum(0, p[:, 1] - masked[:, 1]) / p[:, 1]
+    np.testing.assert_allclose(kc.metrics.average_drop(model, x, masks, reduce=None), expected, rtol=1e-4)
+
+
 def test_a_softmax_keras_cam_cannot_see_in_a_functional_model_is_named_once(images):
     """A functional model whose softmax is inside a Lambda: the maps explain its probabilities, which
     the first call says once; the probabilities reported are the model's own, not a softmax of them (a

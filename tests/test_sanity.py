@@ -87,6 +87,26 @@ def test_gradcam_passes_and_the_user_model_is_untouched(trained):
     np.testing.assert_allclose(result.maps[0], kc.GradCAM(model, layer="conv2")(x), atol=1e-6)
 
 
+def test_a_layer_of_constant_weights_is_still_randomized(trained):
+    """A head whose kernel is all ones and bias all zeros (no spread to draw from): its step draws the
+    kernel around 1 with Glorot's standard deviation, says so, and the maps change at that step; the
+    user's model keeps its ones."""
+    model, x = trained
+    inp = keras.Input((H, W, 3))
+    h = keras.layers.Conv2D(8, 3, padding="same", activation="relu", name="conv1")(inp)
+    h = keras.layers.Conv2D(8, 3, padding="same", activation="relu", name="conv2")(h)
+    out = keras.layers.Dense(3, kernel_initializer="ones", name="dense")(keras.layers.GlobalAveragePooling2D()(h))
+    flat = keras.Model(inp, out)
+    flat.get_layer("conv1").set_weights(model.get_layer("conv1").get_weights())
+    flat.get_layer("conv2").set_weights(model.get_layer("conv2").get_weights())
+    with pytest.warns(UserWarning, match="every trainable weight of layer 'dense' is constant"):
+        result = kc.sanity_check(kc.GradCAM, flat, x, targets=0, explainer_kwargs={"layer": "conv2"},
+                                 cascade=["dense"])
+    assert result.steps == ["original", "dense"] and result.spearman[1] < 0.9999     # it was exactly 1
+    assert not np.allclose(result.maps[1], result.maps[0])
+    np.testing.assert_array_equal(flat.get_layer("dense").get_weights()[0], np.ones((8, 3), np.float32))
+
+
 def test_a_method_that_ignores_the_weights_is_flagged(trained):
     model, x = trained
     result = kc.sanity_check(InputIntensity, model, x)

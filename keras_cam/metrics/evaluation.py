@@ -409,7 +409,8 @@ def _build(name, spec, model):
         return registry.create(spec, model), (lambda m: registry.create(spec, m)), None
     if not isinstance(spec, type) and hasattr(spec, "explain"):   # an instance (a class has `explain` too)
         if spec.model is not model:
-            raise ValueError(f"Method {name!r} explains model {spec.model.name!r}, not the evaluated model "
+            same = " (another model object of the same name)" if spec.model.name == model.name else ""
+            raise ValueError(f"Method {name!r} explains model {spec.model.name!r}{same}, not the evaluated model "
                              f"{model.name!r}: build it on the same model, or pass its class or a factory.")
         return spec, None, None
     if callable(spec):
