@@ -135,12 +135,19 @@ def make_shortcut_dataset(kind, n, seed=0, share=0.5, marked_class=MARKED_CLASS)
             image[y:y + OBJECT, x:x + OBJECT] + contrast * _grating(label, rng)[..., None], 0, 1)
         images[i] = image
         boxes[i] = (y, x, y + OBJECT, x + OBJECT)
+    marked = mark_share(images, labels, marked_class, share, rng, lambda image: draw_artifact(image, kind, rng))
+    return images, labels, marked, boxes
+
+
+def mark_share(images, labels, marked_class, share, rng, draw):
+    """Call ``draw(image)`` on ``round(share * m)`` of the ``m`` images of class ``marked_class``, chosen
+    with ``rng``, in place; returns the bool mask of the images marked."""
     members = np.flatnonzero(labels == marked_class)
-    marked = np.zeros(n, bool)
+    marked = np.zeros(len(labels), bool)
     marked[rng.permutation(members)[:int(round(share * len(members)))]] = True
     for i in np.flatnonzero(marked):
-        draw_artifact(images[i], kind, rng)
-    return images, labels, marked, boxes
+        draw(images[i])
+    return marked
 
 
 def build_shortcut_model(architecture="cnn", keras=None):
