@@ -170,18 +170,10 @@ class CAMCallback(keras.callbacks.Callback):
         return self._explainer
 
     def _scored_model(self, explainer):
-        """The model the metrics score: the explainer's model, or, where it has several outputs, a
-        model of the explained output alone (the same layers and weights, built once per model)."""
-        model = explainer.model
-        try:
-            several = len(model.outputs or ()) > 1
-        except (AttributeError, ValueError, RuntimeError):  # no static graph: one output assumed
-            several = False
-        if not several:
-            return model
-        if self._scored is None or self._scored[0] is not model:
-            outputs = model.output if isinstance(model.output, dict) else list(model.outputs)
-            self._scored = (model, keras.Model(model.inputs, explainer.graph.output_spec.select(outputs)))
+        """The model the metrics score: the explainer's, or, where it has several outputs, a model of
+        the explained output alone (:func:`keras_cam.outputs.alone`, built once per model)."""
+        if self._scored is None or self._scored[0] is not explainer.model:
+            self._scored = (explainer.model, _outputs.alone(explainer.model, explainer.graph.output_spec))
         return self._scored[1]
 
     def _read_images(self, layout):

@@ -101,6 +101,17 @@ class OutputSpec:
         return flat[index] if index < len(flat) else None
 
 
+def alone(model, spec):
+    """``model`` itself where it has one output (or no static graph), else a model of the output
+    ``spec`` selects alone: the same layers and weights, for code that scores one classifier."""
+    structure = _static_structure(model)
+    if not isinstance(structure, (list, tuple, dict)) or len(structure) < 2:
+        return model
+    from keras_cam._compat import keras
+
+    return keras.Model(model.inputs, spec.select(structure))
+
+
 def resolve(model, output=None) -> OutputSpec:
     """Check ``output=`` against the model's outputs and resolve it (see the module docstring).
 
