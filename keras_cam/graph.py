@@ -492,23 +492,25 @@ class ActivationGraph:
         inside a subclassed model's ``call``)."""
         return self.output_activation is None and (self.head is None or not hasattr(self.head, "activation"))
 
-    def check_probabilities(self, scores, probabilities):
-        """After a call: warn once when the explained scores were probabilities the model computed with
-        a softmax keras-cam could not see (:meth:`probabilities` kept them as they were), so the maps
-        explain probabilities, not logits."""
+    def check_probabilities(self, scores, probabilities, consequence=None, stacklevel=5):
+        """After a call: warn once when the scores were probabilities the model computed with a softmax
+        keras-cam could not see (:meth:`probabilities` kept them as they were), so what was meant to
+        read logits read probabilities (``consequence`` says what: by default, the maps explain
+        probabilities). ``scores`` and ``probabilities`` are the same entries of both, ``(N, C)`` or
+        the explained class's ``(N,)``."""
         if self.warned_probabilities or not self.opaque_head or probabilities is None:
             return
         s = np.asarray(scores)
         if len(s) and (self.num_classes or 0) > 1 and np.array_equal(s, np.asarray(probabilities)) \
                 and s.min() >= 0 and s.max() <= 1 and not np.all(s == 1 / self.num_classes):
-            self.warn_probabilities(stacklevel=5)
+            self.warn_probabilities(stacklevel=stacklevel, consequence=consequence)
 
-    def warn_probabilities(self, stacklevel):
+    def warn_probabilities(self, stacklevel, consequence=None):
         self.warned_probabilities = True
         warnings.warn(
             f"The outputs of model {self.model.name!r} look like softmax probabilities, but the softmax "
-            f"is not a layer keras-cam can see (e.g. a `Lambda` or `tf.nn.softmax` inside `call`), so the "
-            f"maps explain probabilities, not logits. Apply the softmax with a layer "
+            f"is not a layer keras-cam can see (e.g. a `Lambda` or `tf.nn.softmax` inside `call`), so "
+            f"{consequence or 'the maps explain probabilities, not logits'}. Apply the softmax with a layer "
             f"(`Dense(..., activation='softmax')` or `keras.layers.Softmax()`) or return logits.",
             stacklevel=stacklevel,
         )

@@ -468,3 +468,33 @@ def test_saved_model_off_tensorflow_names_the_backend(images, tmp_path):
         kc.GradCAM(loaded)(images)
     with pytest.raises(NotImplementedError, match="TensorFlow backend"):
         keras.layers.TFSMLayer(str(tmp_path / "net"), call_endpoint="serving_default")
+
+
+@pytest.mark.parametrize("metric", ["faithfulness_estimate", "completeness"])
+def test_a_logit_metric_on_a_softmax_keras_cam_cannot_see_says_it_scored_probabilities(images, metric):
+    """Faithfulness estimate (``softmax=False``) and completeness (``output="score"``) read logits. On a
+    model whose softmax sits in a Lambda they can only read its probabilities: the value is the one the
+    logits model gives with probabilities asked for (a second code path), and the call says so once,
+    pointing at the caller's line. Probabilities asked for, or a model of logits: no such warning."""
+    inputs = keras.Input((H, W, 3))
+    x = keras.layers.Conv2D(4, 3, activation="relu", name="target")(inputs)
+    z = keras.layers.Dense(3, name="logits")(keras.layers.GlobalAveragePooling2D()(x))
+    logits = keras.Model(inputs, z)
+    model, fresh = (keras.Model(inputs, keras.layers.Lambda(lambda t: keras.activations.softmax(t))(z))
+                    for _ in range(2))
+    maps = np.random.default_rng(0).random(images.shape[:-1]).astype("float32")
+    fn = getattr(kc.metrics, metric)
+    as_logits, as_probabilities = ({"softmax": False}, {"softmax": True}) if metric != "completeness" else \
+        ({"output": "score"}, {"output": "probability"})
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        got = fn(model, images, maps, reduce=None, **as_logits)
+        fn(model, images, maps, reduce=None, **as_logits)
+    named = [w for w in caught if "score probabilities" in str(w.message)]
+    assert len(named) == 1 and named[0].filename == __file__, [str(w.message) for w in caught]
+    np.testing.assert_allclose(got, fn(logits, images, maps, reduce=None, **as_probabilities), rtol=1e-4, atol=1e-6)
+    for m, kwargs in ((fresh, as_probabilities), (logits, as_logits)):
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            fn(m, images, maps, reduce=None, **kwargs)
+        assert not [w for w in caught if "softmax" in str(w.message)], [str(w.message) for w in caught]

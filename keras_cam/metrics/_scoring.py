@@ -95,6 +95,19 @@ def get_scorer(model):
     return _scorers[key]
 
 
+LOGITS_READ_PROBABILITIES = ("the metrics that read logits (faithfulness correlation, faithfulness estimate and "
+                             "infidelity with softmax=False, completeness with output=\"score\") score probabilities")
+
+
+def check_logits(graph, scores, probabilities, stacklevel=6):
+    """Warn once (per model) when a metric meant to read logits read probabilities: the model's softmax is
+    one keras-cam cannot see (:attr:`ActivationGraph.opaque_head`), and the explained-class ``scores`` of a
+    batch equal its ``probabilities`` (kept as they were, :meth:`ActivationGraph.probabilities`). ``stacklevel``
+    points the warning at the user's call."""
+    graph.check_probabilities(np.asarray(scores), np.asarray(probabilities),
+                              consequence=LOGITS_READ_PROBABILITIES, stacklevel=stacklevel)
+
+
 def check_reduce(reduce):
     """Refuse a ``reduce`` that is neither ``"mean"`` nor None."""
     if not (reduce is None or (isinstance(reduce, str) and reduce == "mean")):

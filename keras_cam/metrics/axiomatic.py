@@ -30,6 +30,7 @@ from keras_cam.compiled import Compiled
 from keras_cam.inputs import as_batch
 from keras_cam.metrics._scoring import (
     check_batch_size,
+    check_logits,
     explained_classes,
     checked_inputs,
     get_scorer,
@@ -127,6 +128,9 @@ def completeness(model, images, maps, targets=None, *, baseline="black", output=
         c = ops.convert_to_tensor(idx[i:i + batch_size].astype(np.int32))
         change.append(np.asarray(to_host(fn(x[i:i + batch_size], c)), np.float64)
                       - np.asarray(to_host(fn(base[i:i + batch_size], c)), np.float64))
+    if not probability and scorer.graph.opaque_head:  # logits asked for: are they probabilities? (one batch)
+        c = ops.convert_to_tensor(idx[:batch_size].astype(np.int32))
+        check_logits(scorer.graph, to_host(fn(x[:batch_size], c)), to_host(_score_fn(model, scorer)[True](x[:batch_size], c)), stacklevel=5)
     total = m.reshape(len(m), -1).astype(np.float64).sum(axis=1)
     return reduced(np.abs(total - np.concatenate(change)), reduce)
 

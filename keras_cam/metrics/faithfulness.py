@@ -49,6 +49,7 @@ from keras_cam._compat import ops, to_host
 from keras_cam.compiled import Compiled
 from keras_cam.metrics._scoring import (
     check_batch_size,
+    check_logits,
     check_reduce,
     check_seed,
     checked_inputs,
@@ -151,6 +152,12 @@ def _setup(model, images, maps, targets, batch_size, reduce, softmax):
         y.append(np.asarray(to_host(v), np.float64)[:real])
         used.append(np.asarray(to_host(c), np.int32)[:real])
     cls = np.concatenate(used)
+    if not softmax and engine.graph.opaque_head:  # logits asked for: are they probabilities? (one batch)
+        rows = np.minimum(np.arange(batch_size), n - 1).astype(np.int32)
+        p, _ = engine.run(x, x, t(groups), t(rows), t(zeros), t(zeros), t(ones), t(zeros.astype(np.float32)),
+                          t(cls[rows]), True)
+        real = min(batch_size, n)
+        check_logits(engine.graph, y[0], np.asarray(to_host(p), np.float64)[:real])
     return engine, x, m.astype(np.float64), cls, np.concatenate(y)
 
 
