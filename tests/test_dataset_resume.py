@@ -382,6 +382,46 @@ def test_a_second_process_is_refused_and_its_stale_lock_taken_over(setup, tmp_pa
     np.testing.assert_allclose(maps_in(out), cam.explain(x, targets=y).maps, atol=1e-5)
 
 
+def test_threads_writing_one_folder_with_other_settings_leave_one_writers_maps(setup, tmp_path):
+    """Two threads write the same folder at once, with explainers whose settings differ (overwrite=True,
+    so either may replace the other's maps). Whatever the interleaving, each call either writes or is
+    refused by the lock ("this process"), and the folder holds exactly the maps of the settings its index
+    records, as the explainer computes them alone; the lock is released and the explainers unchanged."""
+    import threading
+
+    _, x, y = setup
+    model = small_model()
+    cams = {True: kc.GradCAM(model), False: kc.GradCAM(model, linearize=False)}
+    expected = {k: cam.explain(x, targets=y).maps for k, cam in cams.items()}
+    assert np.abs(expected[True] - expected[False]).max() > 1e-3  # the two settings give other maps
+    for round_ in range(4):
+        out = str(tmp_path / f"maps{round_}")
+        barrier, outcome = threading.Barrier(2), {}
+
+        def write(linearize):
+            barrier.wait()
+            try:
+                outcome[linearize] = explain_dataset(cams[linearize], dataset(x, y), batch_size=BATCH, out=out,
+                                                     overwrite=True, verbose=0)["written"]
+            except ValueError as err:
+                outcome[linearize] = str(err)
+
+        threads = [threading.Thread(target=write, args=(k,)) for k in (True, False)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(timeout=300)
+        assert set(outcome) == {True, False}, outcome
+        for k, got in outcome.items():
+            assert got == 3 or ("this process" in got and LOCK in got), (k, got)
+        assert 3 in outcome.values(), outcome
+        recorded = read_index(out)[0]["settings"]["linearize"]
+        np.testing.assert_allclose(maps_in(out), expected[recorded], atol=1e-5)
+        assert not os.path.exists(os.path.join(out, LOCK))
+    for k, cam in cams.items():
+        np.testing.assert_allclose(cam.explain(x, targets=y).maps, expected[k], atol=1e-6)
+
+
 def _dead_pid():
     proc = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
     return int(proc.stdout)
