@@ -490,7 +490,7 @@ def test_a_logit_metric_on_a_softmax_keras_cam_cannot_see_says_it_scored_probabi
         warnings.simplefilter("always")
         got = fn(model, images, maps, reduce=None, **as_logits)
         fn(model, images, maps, reduce=None, **as_logits)
-    named = [w for w in caught if "score probabilities" in str(w.message)]
+    named = [w for w in caught if "scores probabilities" in str(w.message)]
     assert len(named) == 1 and named[0].filename == __file__, [str(w.message) for w in caught]
     np.testing.assert_allclose(got, fn(logits, images, maps, reduce=None, **as_probabilities), rtol=1e-4, atol=1e-6)
     for m, kwargs in ((fresh, as_probabilities), (logits, as_logits)):

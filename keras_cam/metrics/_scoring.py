@@ -95,8 +95,9 @@ def get_scorer(model):
     return _scorers[key]
 
 
-LOGITS_READ_PROBABILITIES = ("the metrics that read logits (faithfulness correlation, faithfulness estimate and "
-                             "infidelity with softmax=False, completeness with output=\"score\") score probabilities")
+LOGITS_READ_PROBABILITIES = ("a metric asked for logits (softmax=False, the default of faithfulness correlation, "
+                             "faithfulness estimate and infidelity; completeness with output=\"score\") scores "
+                             "probabilities")
 
 
 def check_logits(graph, scores, probabilities, stacklevel=6):
