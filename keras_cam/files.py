@@ -260,22 +260,41 @@ class LockFile:
             return
         raise ValueError(f"{what}: could not take the lock {self.path}; other processes keep taking it")
 
-    def _take_over_or_refuse(self):
-        import time
-
+    def _read(self):
+        """``(text, modification time, holder dict or {})`` of the lock file; None when it is gone."""
         try:
             with open(self.path, encoding="utf-8") as f:
                 found = f.read()
             stamp = os.path.getmtime(self.path)
         except FileNotFoundError:
-            return  # released meanwhile: try again
+            return None
         try:
             owner = json.loads(found)
-            owner = owner if isinstance(owner, dict) else {}
         except ValueError:
             owner = {}
+        return found, stamp, owner if isinstance(owner, dict) else {}
+
+    def _take_over_or_refuse(self):
+        import time
+
+        read = self._read()
+        # A lock created a moment ago names no holder yet: its creator writes it right after creating
+        # the file. Wait up to a second for the name (another thread of this process, another process).
+        for _ in range(20):
+            if read is None or read[2] or time.time() - read[1] >= 5.0:
+                break
+            time.sleep(0.05)
+            read = self._read()
+        if read is None:
+            return  # released meanwhile: try again
+        found, stamp, owner = read
         if not owner and time.time() - stamp < 5.0:
-            owner = {"pid": "?", "host": "?"}  # being written by its creator right now
+            raise ValueError(
+                f"{self.what} is being written by another writer: its lock {self.path} was created "
+                f"{time.time() - stamp:.1f} s ago and does not name its holder yet; two writers would replace "
+                f"each other's files. Wait until it ends, or choose another folder. If no writer is running, "
+                f"delete {self.path}."
+            )
         if owner and _alive(owner):
             who = ("this process" if owner.get("pid") == os.getpid() and owner.get("host") == _host()
                    else "another process")

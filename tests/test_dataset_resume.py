@@ -422,6 +422,34 @@ def test_threads_writing_one_folder_with_other_settings_leave_one_writers_maps(s
         np.testing.assert_allclose(cam.explain(x, targets=y).maps, expected[k], atol=1e-6)
 
 
+def test_a_lock_created_a_moment_ago_is_read_once_it_names_its_holder(setup, tmp_path):
+    """The race two threads of one process run into: one has created the lock file and not yet written
+    its holder. The other waits for the name and reports the holder as it is ("this process", its pid),
+    not as an unknown process, and leaves the holder's lock as it was."""
+    import threading
+
+    cam, x, y = setup
+    out = tmp_path / "maps"
+    out.mkdir()
+    lock = out / LOCK
+    template = files.LockFile(tmp_path / "template.lock", "`template`")  # a holder record of this process
+    text = template.text
+    template.release()
+    lock.write_text("")
+    writer = threading.Timer(0.3, lambda: lock.write_text(text))
+    writer.start()
+    try:
+        with pytest.raises(ValueError, match=rf"this process \(pid {os.getpid()}"):
+            files.LockFile(lock, f"`out={str(out)!r}`")  # what explain_dataset takes first
+    finally:
+        writer.join()
+    assert lock.read_text() == text
+    assert sorted(os.listdir(out)) == [LOCK]  # nothing written beside it
+    with pytest.raises(ValueError, match=rf"this process \(pid {os.getpid()}"):
+        explain_dataset(cam, dataset(x, y), batch_size=BATCH, out=out, verbose=0)
+    assert lock.read_text() == text
+
+
 def _dead_pid():
     proc = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
     return int(proc.stdout)
@@ -448,8 +476,8 @@ def test_locks_alive_stale_and_foreign(setup, tmp_path):
         assert explain_dataset(cam, dataset(x, y), batch_size=BATCH, out=out, verbose=0)["images"] == N
         assert not lock.exists(), record
 
-    lock.write_text("")  # a lock being written this instant counts as held ...
-    with pytest.raises(ValueError, match="another process"):
+    lock.write_text("")  # a lock being written this instant counts as held (after a second's wait) ...
+    with pytest.raises(ValueError, match="another writer: its lock .* does not name its holder yet"):
         explain_dataset(cam, dataset(x, y), batch_size=BATCH, out=out, verbose=0)
     old = time.time() - 60
     os.utime(lock, (old, old))  # ... an empty one a minute old is a crash's leftover
