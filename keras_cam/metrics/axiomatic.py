@@ -123,14 +123,15 @@ def completeness(model, images, maps, targets=None, *, baseline="black", output=
     fn = _score_fn(model, scorer)[probability]
     fill = _baseline_values(x, baseline)
     base = ops.broadcast_to(ops.reshape(fill, (-1,) + (1,) * (len(x.shape) - 1)), x.shape)
-    change = []
+    change, first = [], None
     for i in range(0, len(m), batch_size):
         c = ops.convert_to_tensor(idx[i:i + batch_size].astype(np.int32))
-        change.append(np.asarray(to_host(fn(x[i:i + batch_size], c)), np.float64)
-                      - np.asarray(to_host(fn(base[i:i + batch_size], c)), np.float64))
+        scores = np.asarray(to_host(fn(x[i:i + batch_size], c)), np.float64)
+        change.append(scores - np.asarray(to_host(fn(base[i:i + batch_size], c)), np.float64))
+        first = scores if first is None else first
     if not probability and scorer.graph.opaque_head:  # logits asked for: are they probabilities? (one batch)
         c = ops.convert_to_tensor(idx[:batch_size].astype(np.int32))
-        check_logits(scorer.graph, to_host(fn(x[:batch_size], c)), to_host(_score_fn(model, scorer)[True](x[:batch_size], c)), stacklevel=5)
+        check_logits(scorer.graph, first, to_host(_score_fn(model, scorer)[True](x[:batch_size], c)), stacklevel=5)
     total = m.reshape(len(m), -1).astype(np.float64).sum(axis=1)
     return reduced(np.abs(total - np.concatenate(change)), reduce)
 
