@@ -159,6 +159,7 @@ class ActivationGraph:
         if self.head is None and _compat.is_model(model) and _layers._children(model):
             self._how = "probe"  # no static graph: the head is found by running the model (prepare)
         self.num_classes = self._static_num_classes()
+        self._probed_shape = None  # the selected output's shape from the probe run, without a static graph
         self._specs = list(layers)
         self.layers = [None] * len(self._specs)
         self.paths = [None] * len(self._specs)
@@ -185,6 +186,13 @@ class ActivationGraph:
         return 2 if (n == 1 and self.output_activation == "sigmoid") else n
 
     @property
+    def output_shape(self):
+        """The selected output's shape (batch axis None) from the model's static graph, or from
+        the probe run of :meth:`prepare` where there is none; None while unknown."""
+        symbolic = self.output_spec.symbolic(self.model) if _compat.is_model(self.model) else None
+        return tuple(symbolic.shape) if symbolic is not None else self._probed_shape
+
+    @property
     def ready(self):
         return None not in self.layers and self._how != "probe"
 
@@ -202,6 +210,13 @@ class ActivationGraph:
         if self._how == "probe":
             (self.head, self.output_activation, self._how), outputs = _head_by_probe(
                 self.model, sample, self.output_spec)
+            if hasattr(outputs, "shape") and len(outputs.shape):
+                # Without a static graph the output's shape is known from this run: targets check
+                # their class or index against it before anything is compiled.
+                self._probed_shape = (None,) + tuple(int(d) for d in outputs.shape[1:])
+                if self.num_classes is None and len(self._probed_shape) == 2:
+                    n = self._probed_shape[1]
+                    self.num_classes = 2 if (n == 1 and self.output_activation == "sigmoid") else n
             if self.linearize and self.output_activation is None:
                 p = np.asarray(_compat.to_host(outputs), dtype=np.float64)
                 if p.ndim == 2 and p.shape[-1] > 1 and _rows_are_probabilities(p).all():

@@ -306,9 +306,9 @@ def score(target, outputs, graph):
 
 
 def _static_output_shape(graph):
-    """The explainer's selected output's shape (batch axis included), or None when unknown."""
-    symbolic = graph.output_spec.symbolic(graph.model) if hasattr(graph, "output_spec") else None
-    return None if symbolic is None else tuple(symbolic.shape)
+    """The explainer's selected output's shape (batch axis included), or None when unknown
+    (see ``ActivationGraph.output_shape``)."""
+    return getattr(graph, "output_shape", None)
 
 
 def _check_index(name, value, size, what):
@@ -372,7 +372,9 @@ class Segmentation(Target):
         self.in_frame = mask is not None
 
     def _key(self):
-        return (self.category, self.mask is None)
+        # The class travels with the batch as a value: every class of a segmenter shares one
+        # compiled call (one with a mask, one without).
+        return (self.mask is None,)
 
     def values(self, graph, images):
         shape = _static_output_shape(graph) if graph is not None else None
@@ -393,8 +395,9 @@ class Segmentation(Target):
             if classes == 1 and graph.output_activation == "sigmoid":
                 classes = 2
             _check_index("category", self.category, classes, f"an output with {classes} classes")
+        category = np.array([self.category], np.int32)
         if self.mask is None:
-            return ()
+            return (category,)
         out_size = None if shape is None or None in shape[1:-1] else tuple(shape[1:-1])
         in_size = None if images is None else tuple(int(d) for d in images.shape[1:-1])
         rank = len(out_size) if out_size is not None else (len(in_size) if in_size is not None else None)
@@ -422,7 +425,7 @@ class Segmentation(Target):
                 f" (at the output's resolution {tuple(mask.shape[1:])}): the score would be 0 and "
                 f"the map empty. Give a mask with at least one nonzero pixel."
             )
-        return (mask.astype(np.float32),)
+        return (category, mask.astype(np.float32))
 
     def score(self, outputs, *values):
         z = ops.cast(outputs, "float32")
@@ -432,19 +435,15 @@ class Segmentation(Target):
                 f"Segmentation needs an output of per-pixel class scores (N, *spatial, classes); "
                 f"the model's output has shape {tuple(z.shape)}."
             )
-        if z.shape[-1] is not None and self.category >= max(int(z.shape[-1]), 2):
-            raise ValueError(
-                f"`category={self.category}` is out of range for an output with {z.shape[-1]} "
-                f"classes (shape {tuple(z.shape)})."
-            )
-        if z.shape[-1] == 1 and self.category == 1:
-            zc = z[..., 0]
-        elif z.shape[-1] == 1:
-            zc = -z[..., 0]
+        # The class c is a value (checked against the output's classes by values()): z_c by a
+        # one-hot sum over the class axis, or for one sigmoid channel z (c = 1) and -z (c = 0).
+        category = ops.reshape(ops.cast(values[0], "int32"), (-1,) + (1,) * (rank - 1))
+        if z.shape[-1] == 1:
+            zc = z[..., 0] * ops.cast(2 * category[..., 0] - 1, "float32")
         else:
-            zc = z[..., self.category]
-        if values:
-            zc = zc * values[0]
+            zc = ops.sum(z * ops.one_hot(category, int(z.shape[-1]), dtype="float32")[..., 0, :], axis=-1)
+        if len(values) > 1:
+            zc = zc * values[1]
         return ops.sum(ops.reshape(zc, (-1, int(np.prod(zc.shape[1:])))), axis=1)
 
 
@@ -751,7 +750,8 @@ class Detection(Target):
         self.box_format = box_format
 
     def _key(self):
-        return (self.category, self.iou)
+        # The class travels with the batch as a value: every class shares one compiled call.
+        return (self.iou,)
 
     def values(self, graph, images):
         model = None if graph is None else graph.model
@@ -794,7 +794,7 @@ class Detection(Target):
             )
         centred = np.stack([(anchors[:, 0] + anchors[:, 2]) / 2, (anchors[:, 1] + anchors[:, 3]) / 2,
                             anchors[:, 2] - anchors[:, 0], anchors[:, 3] - anchors[:, 1]], axis=-1)
-        return box.astype(np.float32), centred[None].astype(np.float32)
+        return np.array([self.category], np.int32), box.astype(np.float32), centred[None].astype(np.float32)
 
     def score(self, outputs, *values):
         if not isinstance(outputs, dict) or self.BOXES not in outputs or self.LOGITS not in outputs:
@@ -802,9 +802,11 @@ class Detection(Target):
                 f"Detection needs the detector's outputs {self.BOXES!r} and {self.LOGITS!r} (a dict); "
                 f"received {type(outputs).__name__}."
             )
-        box, anchors = values
+        category, box, anchors = values
         deltas = ops.cast(outputs[self.BOXES], "float32")
-        logits = ops.cast(outputs[self.LOGITS], "float32")[..., self.category]
+        raw = ops.cast(outputs[self.LOGITS], "float32")                         # (N, anchors, classes)
+        onehot = ops.one_hot(ops.reshape(ops.cast(category, "int32"), (-1, 1)), int(raw.shape[-1]), dtype="float32")
+        logits = ops.sum(raw * onehot, axis=-1)                                  # (N, anchors)
         decoded = decode_boxes(anchors, deltas)
         hit = box_iou(decoded, box[:, None, :]) >= self.iou
         return ops.sum(ops.where(hit, logits, 0.0), axis=1)

@@ -155,6 +155,14 @@ def test_retinanet_detection(detector, rng):
     # The boxes in another format: the same scores.
     same = cam.explain(x, targets=Detection(boxes[:, [1, 0, 3, 2]], 0, iou=0.1, box_format="xyxy"))
     np.testing.assert_allclose(same.scores, ex.scores, rtol=1e-6)
+    # The class travels with the batch: the other classes reuse the compiled call of iou=0.1 (the
+    # second call of class 0 traced it), each with its own score.
+    traced = cam.tracing_count
+    for category in (2, 1):
+        other = cam.explain(x, targets=Detection(boxes, category, iou=0.1))
+        np.testing.assert_allclose(other.scores, detection_score_by_hand(detector, x, boxes, category, 0.1)[0],
+                                   rtol=1e-4, atol=1e-4)
+    assert cam.tracing_count == traced
     with pytest.raises(ValueError, match=r"out of range for a detector with 3 classes"):
         cam(x, targets=Detection(boxes, 3))
     with pytest.raises(ValueError, match=r"has no area"):

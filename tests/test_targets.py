@@ -111,6 +111,59 @@ def test_segmentation_batch_equals_single_calls_and_no_retrace(segmenter, images
     assert cam.tracing_count == traces(1)
 
 
+def test_every_class_shares_one_compiled_call(segmenter, images):
+    """The class travels with the batch as a value: a segmenter's classes, asked in any order, share
+    one compiled call, and each gives its own maps and scores (the hand computation), on Grad-CAM and
+    on Score-CAM's streamed masked passes."""
+    mask = np.random.default_rng(5).random((3, 4, 4)) > 0.3
+    cam = kc.GradCAM(segmenter, "feat")
+    score_cam = kc.ScoreCAM(segmenter, "feat", batch_size=3, verbose=0)
+    for c in (2, 0, 1, 2, 0):
+        ex = cam.explain(images, targets=T.Segmentation(c, mask), upsample=False, normalize=False)
+        maps, s = _segmentation_by_hand(segmenter, images, c, mask.astype(np.float64))
+        np.testing.assert_allclose(ex.scores, s, rtol=TOL, atol=TOL)
+        np.testing.assert_allclose(ex.maps, maps, rtol=TOL, atol=TOL)
+        # Score-CAM's weights read the class from the same values: a fresh explainer, compiled for
+        # this class alone, gives the same maps.
+        alone = kc.ScoreCAM(segmenter, "feat", batch_size=3, verbose=0)
+        np.testing.assert_allclose(score_cam(images, targets=T.Segmentation(c, mask)),
+                                   alone(images, targets=T.Segmentation(c, mask)), rtol=TOL, atol=TOL)
+    assert cam.tracing_count == traces(1)
+    assert score_cam.tracing_count == traces(1)
+
+
+def test_a_model_without_a_static_graph_checks_classes_against_its_probed_output(images):
+    """A subclassed model has no static output shape: the probe run that finds its head gives it,
+    and an out-of-range class is refused before anything runs (it was read silently past the end
+    on JAX and PyTorch, and failed inside TensorFlow's gather), for class targets and Segmentation."""
+
+    class Subclassed(keras.Model):
+        def __init__(self, head):
+            super().__init__()
+            self.feat = L.Conv2D(4, 3, padding="same", activation="relu", name="feat")
+            self.head = head
+
+        def call(self, x):
+            return self.head(self.feat(x))
+
+    segmenter = Subclassed(L.Conv2D(3, 1, name="logits"))
+    classifier = Subclassed(keras.Sequential([L.GlobalAveragePooling2D(), L.Dense(3)]))
+    for model in (segmenter, classifier):
+        model(images)
+    with pytest.raises(ValueError, match=r"`category=3` is out of range for an output with 3 classes"):
+        kc.GradCAM(segmenter, "feat")(images, targets=T.Segmentation(3))
+    with pytest.raises(ValueError, match=r"`targets` \[3, 3, 3\] is out of range for a model with 3 classes"):
+        kc.GradCAM(classifier, "feat")(images, targets=3)
+    # In range, the same explainer's classes share one compiled call and equal their definition.
+    cam = kc.GradCAM(segmenter, "feat")
+    a = to_host(segmenter.feat(images)).astype(np.float64)
+    w = np.asarray(segmenter.head.get_weights()[0], np.float64)[0, 0]
+    for c in (1, 2, 0):
+        ex = cam.explain(images, targets=T.Segmentation(c), upsample=False, normalize=False)
+        np.testing.assert_allclose(ex.maps, _gradcam(a, np.broadcast_to(w[:, c], a.shape)), rtol=TOL, atol=TOL)
+    assert cam.tracing_count == traces(1)
+
+
 def test_segmentation_scorecam_weights_are_masked_scores(segmenter, images):
     """Score-CAM with a target object: w_k = S(X * M_k), the target's score of each masked image."""
     mask = np.random.default_rng(4).random((3, 4, 4)) > 0.5
