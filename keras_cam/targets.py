@@ -177,6 +177,7 @@ class Target:
         return ()
 
     def __eq__(self, other):
+        """Equal targets share one compiled computation (their values may differ)."""
         return type(self) is type(other) and self._key() == other._key()
 
     def __hash__(self):
@@ -466,7 +467,9 @@ class Regression(Target):
         self.index = tuple(int(i) for i in index)
 
     def _key(self):
-        return self.index
+        # The index travels with the batch as a value: every feature of a regressor shares one
+        # compiled call.
+        return (len(self.index),)
 
     def values(self, graph, images):
         shape = _static_output_shape(graph) if graph is not None else None
@@ -479,13 +482,25 @@ class Regression(Target):
                 )
             for i, n in zip(self.index, features):
                 _check_index("index", i, n, f"an output of shape {shape}")
-        return ()
+        return (np.array([self.index], np.int32),)
 
     def score(self, outputs, *values):
         y = ops.cast(outputs, "float32")
         if len(y.shape) == 1:
             y = y[:, None]
-        return y[(slice(None),) + self.index]
+        features = tuple(int(d) for d in y.shape[1:])
+        index = ops.cast(values[0], "int32")                                    # (1, k)
+        if int(index.shape[-1]) != len(features):
+            raise ValueError(
+                f"`index` has {int(index.shape[-1])} entries for an output of shape {tuple(y.shape)}: give "
+                f"{len(features)}, one per feature axis.")
+        # y[:, i_1, ..., i_k] as a one-hot sum over the flattened features, the flat index being
+        # sum_j i_j * stride_j (a negative i_j counts from the end, as in Python).
+        sizes = ops.convert_to_tensor(np.array(features, np.int32))
+        strides = ops.convert_to_tensor(np.cumprod((features[1:] + (1,))[::-1])[::-1].astype(np.int32))
+        flat = ops.sum(ops.where(index < 0, index + sizes, index) * strides, axis=-1)
+        y = ops.reshape(y, (-1, int(np.prod(features))))
+        return ops.sum(y * ops.one_hot(flat, int(y.shape[1]), dtype="float32"), axis=-1)
 
 
 class Similarity(Target):

@@ -205,6 +205,25 @@ def test_regression_by_hand(regressor, images):
         np.testing.assert_allclose(ex.maps, _gradcam(a, np.broadcast_to(w[:, j] / 64, a.shape)), rtol=TOL, atol=TOL)
 
 
+def test_regression_with_several_feature_axes_shares_one_compiled_call(images):
+    """An output (N, 3, 2): ``Regression((i, j))`` scores y[:, i, j]; every index shares one compiled
+    call, and its maps equal a callable target's that indexes by hand."""
+    model = _feature_model(lambda a: L.Reshape((3, 2))(L.Dense(6, name="out")(L.GlobalAveragePooling2D()(a))))
+    y = to_host(model(images)).astype(np.float64)
+    cam = kc.GradCAM(model, "feat")
+    for i, j in ((2, 1), (0, 0), (1, 1), (0, 1)):
+        ex = cam.explain(images, targets=T.Regression((i, j)), normalize=False)
+        np.testing.assert_allclose(ex.scores, y[:, i, j], rtol=TOL, atol=TOL)
+        by_hand = kc.GradCAM(model, "feat").explain(images, targets=lambda out, i=i, j=j: out[:, i, j], normalize=False)
+        np.testing.assert_allclose(ex.maps, by_hand.maps, rtol=TOL, atol=1e-6)
+    assert cam.tracing_count == traces(1)
+    # Called on outputs with no model to check against (as CAMCallback does), a negative index counts
+    # from the end, as in Python; with the model, it is out of range.
+    np.testing.assert_allclose(to_host(T.Regression((1, -1))(model(images))), y[:, 1, 1], rtol=TOL, atol=TOL)
+    with pytest.raises(ValueError, match=r"`index=-1` is out of range for an output of shape \(None, 3, 2\)"):
+        cam(images, targets=T.Regression((1, -1)))
+
+
 def test_regression_reads_the_logit_before_a_sigmoid(images):
     model = _feature_model(lambda a: L.Dense(1, activation="sigmoid", name="out")(L.GlobalAveragePooling2D()(a)))
     a = _features(model, images)
@@ -249,7 +268,12 @@ def test_callable_targets_still_work_and_share_a_trace(regressor, images):
         cam(images, targets=fn)
         cam(images, targets=T.Regression(1))
     assert cam.tracing_count == traces(2)  # one per target kind
-    assert T.Function(fn) == T.as_target(fn) and T.Regression(1) == T.Regression(1) != T.Regression(0)
+    # The index travels with the batch: another feature reuses the trace, with its own maps.
+    np.testing.assert_allclose(cam(images, targets=T.Regression(0)),
+                               kc.GradCAM(regressor, "feat")(images, targets=lambda out: out[:, 0]), atol=1e-6)
+    assert cam.tracing_count == traces(2)
+    # Targets are equal when they share one compiled computation.
+    assert T.Function(fn) == T.as_target(fn) and T.Regression(1) == T.Regression(0) != T.Regression((0, 0))
 
 
 def test_segmentation_without_mask_takes_aug_smooth(segmenter, images):
