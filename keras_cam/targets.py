@@ -428,6 +428,13 @@ class Segmentation(Target):
             )
         return (category, mask.astype(np.float32))
 
+    def __call__(self, outputs):
+        # Scored on bare outputs (no model for values() to check against): the class against them.
+        classes = outputs.shape[-1] if len(outputs.shape) >= 3 else None
+        if classes is not None:
+            _check_index("category", self.category, max(int(classes), 2), f"an output with {int(classes)} classes")
+        return super().__call__(outputs)
+
     def score(self, outputs, *values):
         z = ops.cast(outputs, "float32")
         rank = len(z.shape)
@@ -483,6 +490,16 @@ class Regression(Target):
             for i, n in zip(self.index, features):
                 _check_index("index", i, n, f"an output of shape {shape}")
         return (np.array([self.index], np.int32),)
+
+    def __call__(self, outputs):
+        # Scored on bare outputs (no model for values() to check against): the index against them,
+        # a negative one counting from the end as in Python.
+        features = tuple(outputs.shape[1:]) or (1,)
+        if len(features) == len(self.index):
+            for i, n in zip(self.index, features):
+                if n is not None and not -int(n) <= i < int(n):
+                    raise ValueError(f"`index={i}` is out of range for an output of shape {tuple(outputs.shape)}.")
+        return super().__call__(outputs)
 
     def score(self, outputs, *values):
         y = ops.cast(outputs, "float32")

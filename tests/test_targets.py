@@ -152,6 +152,12 @@ def test_a_model_without_a_static_graph_checks_classes_against_its_probed_output
         model(images)
     with pytest.raises(ValueError, match=r"`category=3` is out of range for an output with 3 classes"):
         kc.GradCAM(segmenter, "feat")(images, targets=T.Segmentation(3))
+    # Scored on bare outputs, the class is checked against them; in range, it is z_c summed.
+    z = segmenter(images)
+    with pytest.raises(ValueError, match=r"`category=3` is out of range for an output with 3 classes"):
+        T.Segmentation(3)(z)
+    np.testing.assert_allclose(to_host(T.Segmentation(2)(z)), to_host(z).astype(np.float64)[..., 2].sum(axis=(1, 2)),
+                               rtol=TOL, atol=1e-4)
     with pytest.raises(ValueError, match=r"`targets` \[3, 3, 3\] is out of range for a model with 3 classes"):
         kc.GradCAM(classifier, "feat")(images, targets=3)
     # In range, the same explainer's classes share one compiled call and equal their definition.
@@ -220,6 +226,8 @@ def test_regression_with_several_feature_axes_shares_one_compiled_call(images):
     # Called on outputs with no model to check against (as CAMCallback does), a negative index counts
     # from the end, as in Python; with the model, it is out of range.
     np.testing.assert_allclose(to_host(T.Regression((1, -1))(model(images))), y[:, 1, 1], rtol=TOL, atol=TOL)
+    with pytest.raises(ValueError, match=r"`index=3` is out of range for an output of shape \(3, 3, 2\)"):
+        T.Regression((3, 0))(model(images))
     with pytest.raises(ValueError, match=r"`index=-1` is out of range for an output of shape \(None, 3, 2\)"):
         cam(images, targets=T.Regression((1, -1)))
 
