@@ -177,9 +177,10 @@ class ActivationGraph:
 
     def _static_num_classes(self):
         symbolic = self.output_spec.symbolic(self.model) if _compat.is_model(self.model) else None
-        if symbolic is None:
-            return None
-        shape = symbolic.shape
+        return None if symbolic is None else self._classes(symbolic.shape)
+
+    def _classes(self, shape):
+        """The classes of an output of ``shape`` ``(N, C)`` (one sigmoid unit is two), else None."""
         if len(shape) != 2 or shape[-1] is None:
             return None
         n = int(shape[-1])
@@ -214,9 +215,8 @@ class ActivationGraph:
                 # Without a static graph the output's shape is known from this run: targets check
                 # their class or index against it before anything is compiled.
                 self._probed_shape = (None,) + tuple(int(d) for d in outputs.shape[1:])
-                if self.num_classes is None and len(self._probed_shape) == 2:
-                    n = self._probed_shape[1]
-                    self.num_classes = 2 if (n == 1 and self.output_activation == "sigmoid") else n
+                if self.num_classes is None:
+                    self.num_classes = self._classes(self._probed_shape)
             if self.linearize and self.output_activation is None:
                 p = np.asarray(_compat.to_host(outputs), dtype=np.float64)
                 if p.ndim == 2 and p.shape[-1] > 1 and _rows_are_probabilities(p).all():
